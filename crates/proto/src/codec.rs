@@ -204,9 +204,15 @@ mod tests {
         ));
         let mut small = b[..HEADER_LEN].to_vec();
         small[0..4].copy_from_slice(&15i32.to_be_bytes());
-        assert_eq!(decode_frame(&small, MAX_BODY), Err(CodecError::TooShort(15)));
+        assert_eq!(
+            decode_frame(&small, MAX_BODY),
+            Err(CodecError::TooShort(15))
+        );
         small[0..4].copy_from_slice(&(-1i32).to_be_bytes());
-        assert_eq!(decode_frame(&small, MAX_BODY), Err(CodecError::TooShort(-1)));
+        assert_eq!(
+            decode_frame(&small, MAX_BODY),
+            Err(CodecError::TooShort(-1))
+        );
     }
 
     #[test]

@@ -94,7 +94,12 @@ impl Frame {
     /// Appends the encoded frame to `dst`.
     pub fn encode_into(&self, dst: &mut BytesMut) {
         dst.reserve(self.encoded_len());
-        dst.put_slice(&Header::encode(self.ver, self.op, self.seq, self.body.len()));
+        dst.put_slice(&Header::encode(
+            self.ver,
+            self.op,
+            self.seq,
+            self.body.len(),
+        ));
         dst.put_slice(&self.body);
     }
 

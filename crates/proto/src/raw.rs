@@ -106,7 +106,10 @@ mod tests {
         assert_eq!(frames.len(), 2);
         assert_eq!(frames[0], Frame::push(1000, &b"{\"test\":1}"[..]));
         assert_eq!(frames[1], Frame::push(1001, Bytes::new()));
-        assert_eq!(unpack(&single(5, b"x")).unwrap(), vec![Frame::push(5, &b"x"[..])]);
+        assert_eq!(
+            unpack(&single(5, b"x")).unwrap(),
+            vec![Frame::push(5, &b"x"[..])]
+        );
     }
 
     #[test]

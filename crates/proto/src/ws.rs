@@ -98,7 +98,9 @@ pub fn parse_upgrade(buf: &[u8], path: &str) -> Result<Option<(Upgrade, usize)>,
             .map(str::trim)
     };
     if header("sec-websocket-version") != Some("13") {
-        return Err(WsError::BadRequest("Sec-WebSocket-Version must be 13".into()));
+        return Err(WsError::BadRequest(
+            "Sec-WebSocket-Version must be 13".into(),
+        ));
     }
     if !header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
         return Err(WsError::BadRequest("Upgrade must be websocket".into()));
@@ -107,7 +109,9 @@ pub fn parse_upgrade(buf: &[u8], path: &str) -> Result<Option<(Upgrade, usize)>,
         v.split(',')
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
     }) {
-        return Err(WsError::BadRequest("Connection must contain upgrade".into()));
+        return Err(WsError::BadRequest(
+            "Connection must contain upgrade".into(),
+        ));
     }
     let key = header("sec-websocket-key").unwrap_or("");
     if key.is_empty() {
@@ -335,7 +339,10 @@ mod tests {
 
     #[test]
     fn rfc_accept_key() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -361,7 +368,13 @@ mod tests {
             REQ.replace("dGhlIHNhbXBsZSBub25jZQ==", ""),
         ];
         for c in cases {
-            assert!(matches!(parse_upgrade(c.as_bytes(), "/sub"), Err(WsError::BadRequest(_))), "{c}");
+            assert!(
+                matches!(
+                    parse_upgrade(c.as_bytes(), "/sub"),
+                    Err(WsError::BadRequest(_))
+                ),
+                "{c}"
+            );
         }
         let other = REQ.replace("/sub", "/other");
         assert_eq!(

@@ -1,0 +1,244 @@
+//! One authenticated connection as the rest of comet sees it: identity, accept
+//! filter, room slot and the bounded outbound queue that its connection task drains.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use herald_proto::Frame;
+use tokio::sync::Notify;
+
+/// Something waiting to be written to a client.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// An OpRaw body: `frames` complete push frames, shared by every receiver.
+    /// TCP clients get the bytes verbatim; WebSocket clients get one op-9 frame.
+    Raw {
+        /// The encoded frames.
+        body: Bytes,
+        /// How many frames `body` holds (for metrics).
+        frames: u32,
+    },
+    /// A single frame (a reply to the client).
+    Frame(Frame),
+    /// A WebSocket pong carrying the ping's payload.
+    Pong(Bytes),
+}
+
+/// Result of offering a push to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Queued for writing.
+    Queued,
+    /// The queue is full: the connection is a slow consumer.
+    Full,
+    /// The connection is closing.
+    Closed,
+}
+
+struct OutboxState {
+    /// Items in arrival order.
+    queue: VecDeque<Outbound>,
+    /// Set once the connection must close; the task exits at its next wake-up.
+    closed: bool,
+}
+
+/// An authenticated connection.
+pub struct Channel {
+    /// Unique per comet process; tells apart two connections with the same key.
+    pub id: u64,
+    /// Connection key (device id); the route table's key.
+    pub key: String,
+    /// Member id; 0 when anonymous.
+    pub mid: i64,
+    /// Peer address, for the distinct-IP count.
+    pub ip: IpAddr,
+    /// Ops accepted for key, mid and broadcast pushes (small, sorted).
+    accepts: Mutex<Vec<i32>>,
+    /// Current room and this channel's index in that room's member list; guarded
+    /// in practice by the bucket lock, kept here so leaving a room is O(1).
+    room: Mutex<Option<String>>,
+    pub(crate) room_slot: AtomicUsize,
+    /// Pending outbound items.
+    outbox: Mutex<OutboxState>,
+    /// Wakes the connection task when the outbox changes.
+    pub(crate) wake: Notify,
+    /// Outbox capacity.
+    capacity: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Channel {
+    /// A channel with an empty outbox of `capacity` items.
+    pub fn new(
+        id: u64,
+        key: String,
+        mid: i64,
+        ip: IpAddr,
+        accepts: Vec<i32>,
+        capacity: usize,
+    ) -> Channel {
+        let mut accepts = accepts;
+        accepts.sort_unstable();
+        accepts.dedup();
+        Channel {
+            id,
+            key,
+            mid,
+            ip,
+            accepts: Mutex::new(accepts),
+            room: Mutex::new(None),
+            room_slot: AtomicUsize::new(usize::MAX),
+            outbox: Mutex::new(OutboxState {
+                queue: VecDeque::new(),
+                closed: false,
+            }),
+            wake: Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Whether key, mid and broadcast pushes with `op` reach this connection.
+    pub fn accepts(&self, op: i32) -> bool {
+        lock(&self.accepts).binary_search(&op).is_ok()
+    }
+
+    /// Adds ops to the accept filter.
+    pub fn watch(&self, ops: &[i32]) {
+        let mut a = lock(&self.accepts);
+        a.extend_from_slice(ops);
+        a.sort_unstable();
+        a.dedup();
+    }
+
+    /// Removes ops from the accept filter.
+    pub fn unwatch(&self, ops: &[i32]) {
+        lock(&self.accepts).retain(|o| !ops.contains(o));
+    }
+
+    /// The current room key.
+    pub fn room(&self) -> Option<String> {
+        lock(&self.room).clone()
+    }
+
+    pub(crate) fn set_room(&self, room: Option<String>) {
+        *lock(&self.room) = room;
+    }
+
+    pub(crate) fn slot(&self) -> usize {
+        self.room_slot.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_slot(&self, slot: usize) {
+        self.room_slot.store(slot, Ordering::Relaxed);
+    }
+
+    /// Offers an item; never blocks.
+    pub fn offer(&self, item: Outbound) -> Offer {
+        let mut st = lock(&self.outbox);
+        if st.closed {
+            return Offer::Closed;
+        }
+        if st.queue.len() >= self.capacity {
+            return Offer::Full;
+        }
+        st.queue.push_back(item);
+        drop(st);
+        self.wake.notify_one();
+        Offer::Queued
+    }
+
+    /// Queues a reply regardless of the capacity (replies are bounded by the
+    /// client's own requests, which are read one batch at a time).
+    pub(crate) fn reply(&self, item: Outbound) {
+        let mut st = lock(&self.outbox);
+        if !st.closed {
+            st.queue.push_back(item);
+        }
+    }
+
+    /// Takes everything queued. Returns whether the connection must close.
+    pub(crate) fn drain(&self, into: &mut VecDeque<Outbound>) -> bool {
+        let mut st = lock(&self.outbox);
+        if into.is_empty() {
+            std::mem::swap(into, &mut st.queue);
+        } else {
+            into.append(&mut st.queue);
+        }
+        st.closed
+    }
+
+    /// Asks the connection to close (replaced by a newer one, slow consumer,
+    /// shutdown). Idempotent.
+    pub fn close(&self) {
+        let mut st = lock(&self.outbox);
+        st.closed = true;
+        st.queue.clear();
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Whether [`Channel::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.outbox).closed
+    }
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("mid", &self.mid)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ch(cap: usize) -> Channel {
+        Channel::new(
+            1,
+            "k".into(),
+            1,
+            IpAddr::from([127, 0, 0, 1]),
+            vec![1001, 1000, 1000],
+            cap,
+        )
+    }
+
+    #[test]
+    fn accept_filter() {
+        let c = ch(4);
+        assert!(c.accepts(1000) && c.accepts(1001) && !c.accepts(5));
+        c.watch(&[5, 6]);
+        assert!(c.accepts(5));
+        c.unwatch(&[1000, 6]);
+        assert!(!c.accepts(1000) && !c.accepts(6) && c.accepts(1001));
+    }
+
+    #[test]
+    fn bounded_outbox() {
+        let c = ch(2);
+        let item = || Outbound::Pong(Bytes::new());
+        assert_eq!(c.offer(item()), Offer::Queued);
+        assert_eq!(c.offer(item()), Offer::Queued);
+        assert_eq!(c.offer(item()), Offer::Full);
+        let mut q = VecDeque::new();
+        assert!(!c.drain(&mut q));
+        assert_eq!(q.len(), 2);
+        assert_eq!(c.offer(item()), Offer::Queued);
+        c.close();
+        assert_eq!(c.offer(item()), Offer::Closed);
+        let mut q = VecDeque::new();
+        assert!(c.drain(&mut q));
+        assert!(q.is_empty());
+    }
+}

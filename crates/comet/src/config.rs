@@ -1,0 +1,91 @@
+//! comet's settings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What comet does with a connection whose outbound queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumerPolicy {
+    /// Drop the new push for that connection and count it (goim's behaviour).
+    #[default]
+    Drop,
+    /// Close the connection so the client reconnects (and, with history, recovers).
+    Disconnect,
+}
+
+/// comet settings; every field has a default (see `docs/configuration.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CometConfig {
+    /// TCP client listeners (goim: 3101).
+    pub tcp_bind: Vec<SocketAddr>,
+    /// WebSocket client listeners (goim: 3102).
+    pub ws_bind: Vec<SocketAddr>,
+    /// HTTP path of the WebSocket endpoint.
+    pub ws_path: String,
+    /// Time from accept to successful auth (covers the WebSocket upgrade too).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Heartbeat deadline used when logic returns none.
+    #[serde(with = "humantime_serde")]
+    pub default_heartbeat: Duration,
+    /// Largest body a client frame may carry.
+    pub max_body: usize,
+    /// Outbound queue length per connection (pushes and batches waiting to be written).
+    pub outbound_queue: usize,
+    /// What to do when a connection's outbound queue is full.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Longest time one socket write may block before the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Number of buckets (rounded up to a power of two).
+    pub buckets: usize,
+    /// How often room counts are reported to logic and metadata to the registry.
+    #[serde(with = "humantime_serde")]
+    pub online_report_interval: Duration,
+    /// Lower bound of the per-connection interval between route refreshes in logic.
+    #[serde(with = "humantime_serde")]
+    pub route_refresh_min: Duration,
+    /// Upper bound of that interval.
+    #[serde(with = "humantime_serde")]
+    pub route_refresh_max: Duration,
+    /// Deadline for each call to logic.
+    #[serde(with = "humantime_serde")]
+    pub logic_timeout: Duration,
+    /// Most client connections held at once; 0 = no limit but the open-file limit.
+    pub max_connections: usize,
+    /// Public addresses advertised to clients through `/goim/nodes/weighted`.
+    pub public_addrs: Vec<String>,
+    /// Balancer weight advertised in the registry.
+    pub weight: i64,
+    /// Advertise this comet as offline (not given to new clients).
+    pub offline: bool,
+}
+
+impl Default for CometConfig {
+    fn default() -> Self {
+        CometConfig {
+            tcp_bind: vec![SocketAddr::from(([0, 0, 0, 0], 3101))],
+            ws_bind: vec![SocketAddr::from(([0, 0, 0, 0], 3102))],
+            ws_path: "/sub".into(),
+            handshake_timeout: Duration::from_secs(8),
+            default_heartbeat: Duration::from_secs(480),
+            max_body: herald_proto::MAX_BODY,
+            outbound_queue: 256,
+            slow_consumer: SlowConsumerPolicy::Drop,
+            write_timeout: Duration::from_secs(10),
+            buckets: 32,
+            online_report_interval: Duration::from_secs(10),
+            route_refresh_min: Duration::from_secs(600),
+            route_refresh_max: Duration::from_secs(1800),
+            logic_timeout: Duration::from_secs(3),
+            max_connections: 0,
+            public_addrs: Vec::new(),
+            weight: 10,
+            offline: false,
+        }
+    }
+}

@@ -1,0 +1,665 @@
+//! One client connection, from accept to close, on one task.
+//!
+//! The task owns the socket and selects over "socket readable", "outbound items
+//! queued" (the channel's wake-up), the heartbeat deadline and shutdown. It reads
+//! whatever is available into a stack buffer and keeps only an incomplete frame
+//! between reads, so an idle connection holds no read buffer. Everything queued is
+//! written with one vectored write per drain: shared push buffers are never copied,
+//! only their small headers are built per connection.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use herald_proto::{ws, Frame, Header, Op, HEADER_LEN, PROTO_VERSION};
+use herald_rpc::{
+    ConnectReply, ConnectReq, DisconnectReq, HeartbeatReq, LogicService, Proto, ReceiveReq,
+};
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::channel::{Channel, Outbound};
+use crate::config::CometConfig;
+use crate::hub::Hub;
+
+/// Everything a connection task needs from its comet.
+pub(crate) struct ConnContext {
+    pub hub: Arc<Hub>,
+    pub logic: Arc<dyn LogicService>,
+    pub cfg: Arc<CometConfig>,
+    pub server_id: String,
+    pub shutdown: CancellationToken,
+}
+
+/// Largest amount read from the socket in one wake-up before frames are handled.
+const READ_BATCH: usize = 64 * 1024;
+/// Most iovecs handed to one `writev`.
+const MAX_IOV: usize = 512;
+
+enum Transport {
+    Tcp,
+    Ws {
+        /// Set once the HTTP upgrade has been answered.
+        upgraded: bool,
+        decoder: ws::Decoder,
+    },
+}
+
+/// Something read from the client.
+enum Inbound {
+    Frame(Frame),
+    Upgrade(ws::Upgrade),
+    Ping(Bytes),
+    Close,
+}
+
+/// Why reading stopped.
+enum ReadError {
+    /// The peer closed the connection.
+    Eof,
+    Io(io::Error),
+    /// Malformed frame; the connection is closed.
+    BadFrame(String),
+    /// Malformed WebSocket upgrade; an HTTP error is sent first.
+    BadUpgrade(u16, &'static str, String),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    transport: Transport,
+    /// Bytes of an incomplete frame; empty (and unallocated) between frames.
+    pending: BytesMut,
+    max_body: usize,
+    ws_path: String,
+    eof: bool,
+}
+
+enum Event {
+    Shutdown,
+    Deadline,
+    Wake,
+    Readable(io::Result<()>),
+}
+
+impl Conn {
+    /// Reads what the socket has and decodes it. Never blocks.
+    fn read_available(&mut self) -> Result<Vec<Inbound>, ReadError> {
+        let mut out = Vec::new();
+        let mut total = 0;
+        let mut buf = [0u8; 8192];
+        while total < READ_BATCH {
+            match self.stream.try_read(&mut buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    total += n;
+                    self.parse(&buf[..n], &mut out)?;
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if self.eof && out.is_empty() {
+            return Err(ReadError::Eof);
+        }
+        Ok(out)
+    }
+
+    fn parse(&mut self, data: &[u8], out: &mut Vec<Inbound>) -> Result<(), ReadError> {
+        if self.pending.is_empty() {
+            let used = self.parse_slice(data, out)?;
+            if used < data.len() {
+                self.pending.extend_from_slice(&data[used..]);
+            }
+        } else {
+            let mut pending = std::mem::take(&mut self.pending);
+            pending.extend_from_slice(data);
+            let used = self.parse_slice(&pending, out)?;
+            pending.advance(used);
+            if !pending.is_empty() {
+                self.pending = pending;
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_slice(&mut self, buf: &[u8], out: &mut Vec<Inbound>) -> Result<usize, ReadError> {
+        let mut pos = 0;
+        loop {
+            let rest = &buf[pos..];
+            match &mut self.transport {
+                Transport::Tcp => match herald_proto::decode_frame(rest, self.max_body) {
+                    Ok(Some((f, used))) => {
+                        out.push(Inbound::Frame(f));
+                        pos += used;
+                    }
+                    Ok(None) => return Ok(pos),
+                    Err(e) => return Err(ReadError::BadFrame(e.to_string())),
+                },
+                Transport::Ws { upgraded, decoder } if !*upgraded => {
+                    match ws::parse_upgrade(rest, &self.ws_path) {
+                        Ok(Some((up, used))) => {
+                            *upgraded = true;
+                            out.push(Inbound::Upgrade(up));
+                            pos += used;
+                            let _ = decoder;
+                        }
+                        Ok(None) => return Ok(pos),
+                        Err(ws::WsError::NotFound(p)) => {
+                            return Err(ReadError::BadUpgrade(
+                                404,
+                                "Not Found",
+                                format!("no WebSocket endpoint at {p}; use {}", self.ws_path),
+                            ))
+                        }
+                        Err(e) => {
+                            return Err(ReadError::BadUpgrade(400, "Bad Request", e.to_string()))
+                        }
+                    }
+                }
+                Transport::Ws { decoder, .. } => match decoder.decode(rest) {
+                    Ok(Some((msg, used))) => {
+                        pos += used;
+                        match msg {
+                            Some(ws::Message::Data(data)) => {
+                                let f = herald_proto::decode_exact(&data, self.max_body)
+                                    .map_err(|e| ReadError::BadFrame(e.to_string()))?;
+                                out.push(Inbound::Frame(f));
+                            }
+                            Some(ws::Message::Ping(p)) => out.push(Inbound::Ping(p)),
+                            Some(ws::Message::Close) => {
+                                out.push(Inbound::Close);
+                                return Ok(buf.len());
+                            }
+                            Some(ws::Message::Pong) | None => {}
+                        }
+                    }
+                    Ok(None) => return Ok(pos),
+                    Err(e) => return Err(ReadError::BadFrame(e.to_string())),
+                },
+            }
+        }
+    }
+
+    fn is_ws(&self) -> bool {
+        matches!(self.transport, Transport::Ws { .. })
+    }
+
+    /// Writes `bytes` completely (used before a channel exists).
+    async fn write_plain(&self, bytes: &[u8]) -> io::Result<()> {
+        self.write_slices(&mut [IoSlice::new(bytes)]).await
+    }
+
+    async fn write_slices(&self, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+        while !slices.is_empty() {
+            self.stream.writable().await?;
+            let n = slices.len().min(MAX_IOV);
+            match self.stream.try_write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => IoSlice::advance_slices(&mut slices, written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes and writes every item with one vectored write (more only if the
+    /// kernel takes it in pieces). Returns the number of push frames written.
+    async fn write_items(&self, items: &mut VecDeque<Outbound>) -> io::Result<u64> {
+        enum Part {
+            Head(usize, usize),
+            Body(Bytes),
+        }
+        let ws = self.is_ws();
+        let mut heads: Vec<u8> = Vec::with_capacity(items.len() * 30);
+        let mut parts: Vec<Part> = Vec::with_capacity(items.len() * 2);
+        let mut frames = 0u64;
+        let head = |heads: &mut Vec<u8>, parts: &mut Vec<Part>, bytes: &[u8]| {
+            let start = heads.len();
+            heads.extend_from_slice(bytes);
+            match parts.last_mut() {
+                Some(Part::Head(_, end)) if *end == start => *end = heads.len(),
+                _ => parts.push(Part::Head(start, heads.len())),
+            }
+        };
+        for item in items.drain(..) {
+            match item {
+                Outbound::Raw { body, frames: n } => {
+                    frames += n as u64;
+                    if ws {
+                        let (h, hl) =
+                            ws::server_header(ws::opcode::BINARY, HEADER_LEN + body.len());
+                        head(&mut heads, &mut parts, &h[..hl]);
+                        head(
+                            &mut heads,
+                            &mut parts,
+                            &Header::encode(PROTO_VERSION, Op::RAW, 0, body.len()),
+                        );
+                    }
+                    parts.push(Part::Body(body));
+                }
+                Outbound::Frame(f) => {
+                    if ws {
+                        let (h, hl) = ws::server_header(ws::opcode::BINARY, f.encoded_len());
+                        head(&mut heads, &mut parts, &h[..hl]);
+                    }
+                    head(
+                        &mut heads,
+                        &mut parts,
+                        &Header::encode(f.ver, f.op, f.seq, f.body.len()),
+                    );
+                    if !f.body.is_empty() {
+                        parts.push(Part::Body(f.body));
+                    }
+                }
+                Outbound::Pong(payload) => {
+                    if ws {
+                        let (h, hl) = ws::server_header(ws::opcode::PONG, payload.len());
+                        head(&mut heads, &mut parts, &h[..hl]);
+                        if !payload.is_empty() {
+                            parts.push(Part::Body(payload));
+                        }
+                    }
+                }
+            }
+        }
+        let mut slices: Vec<IoSlice<'_>> = parts
+            .iter()
+            .map(|p| match p {
+                Part::Head(s, e) => IoSlice::new(&heads[*s..*e]),
+                Part::Body(b) => IoSlice::new(b),
+            })
+            .filter(|s| !s.is_empty())
+            .collect();
+        self.write_slices(&mut slices).await?;
+        Ok(frames)
+    }
+}
+
+/// Serves one accepted socket until it closes.
+pub(crate) async fn serve(
+    ctx: Arc<ConnContext>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    websocket: bool,
+) {
+    let _ = stream.set_nodelay(true);
+    let transport = if websocket {
+        Transport::Ws {
+            upgraded: false,
+            decoder: ws::Decoder::server(HEADER_LEN + ctx.cfg.max_body),
+        }
+    } else {
+        Transport::Tcp
+    };
+    let mut conn = Conn {
+        stream,
+        peer,
+        transport,
+        pending: BytesMut::new(),
+        max_body: ctx.cfg.max_body,
+        ws_path: ctx.cfg.ws_path.clone(),
+        eof: false,
+    };
+    ctx.hub.metrics.accepted.increment(1);
+    let handshake = tokio::select! {
+        _ = ctx.shutdown.cancelled() => return,
+        r = tokio::time::timeout(ctx.cfg.handshake_timeout, handshake(&ctx, &mut conn)) => r,
+    };
+    let (reply, auth_frame, leftover) = match handshake {
+        Ok(Ok(v)) => v,
+        Ok(Err(reason)) => {
+            debug!(%peer, %reason, "connection closed before auth");
+            return;
+        }
+        Err(_) => {
+            ctx.hub.metrics.timeouts.increment(1);
+            debug!(%peer, "handshake timeout");
+            return;
+        }
+    };
+    session(&ctx, conn, reply, auth_frame, leftover).await;
+}
+
+/// Reads until the auth frame (answering the WebSocket upgrade on the way) and
+/// authenticates with logic. Frames before auth are discarded, as in goim; frames
+/// that arrived after it are returned.
+async fn handshake(
+    ctx: &ConnContext,
+    conn: &mut Conn,
+) -> Result<(ConnectReply, Frame, Vec<Inbound>), String> {
+    let mut cookie = String::new();
+    loop {
+        if conn.eof {
+            return Err("closed by peer".into());
+        }
+        conn.stream.readable().await.map_err(|e| e.to_string())?;
+        let inbound = match conn.read_available() {
+            Ok(v) => v,
+            Err(ReadError::Eof) => return Err("closed by peer".into()),
+            Err(ReadError::Io(e)) => return Err(e.to_string()),
+            Err(ReadError::BadFrame(m)) => {
+                ctx.hub.metrics.bad_input.increment(1);
+                return Err(format!("malformed frame: {m}"));
+            }
+            Err(ReadError::BadUpgrade(status, reason, m)) => {
+                ctx.hub.metrics.bad_input.increment(1);
+                let _ = conn
+                    .write_plain(ws::http_error(status, reason, &m).as_bytes())
+                    .await;
+                return Err(format!("bad upgrade: {m}"));
+            }
+        };
+        let mut items = inbound.into_iter();
+        while let Some(item) = items.next() {
+            match item {
+                Inbound::Upgrade(up) => {
+                    conn.write_plain(ws::switching_protocols(&up.accept).as_bytes())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    cookie = up.cookie;
+                }
+                Inbound::Ping(p) => {
+                    let (h, hl) = ws::server_header(ws::opcode::PONG, p.len());
+                    let mut out = h[..hl].to_vec();
+                    out.extend_from_slice(&p);
+                    conn.write_plain(&out).await.map_err(|e| e.to_string())?;
+                }
+                Inbound::Close => return Err("closed by peer".into()),
+                Inbound::Frame(f) if f.op == Op::AUTH => {
+                    let req = ConnectReq {
+                        server: ctx.server_id.clone(),
+                        cookie: cookie.clone(),
+                        token: f.body.clone(),
+                    };
+                    let reply =
+                        match tokio::time::timeout(ctx.cfg.logic_timeout, ctx.logic.connect(req))
+                            .await
+                        {
+                            Ok(Ok(r)) => r,
+                            Ok(Err(e)) => {
+                                ctx.hub.metrics.auth_failures.increment(1);
+                                return Err(format!("auth refused: {e}"));
+                            }
+                            Err(_) => {
+                                ctx.hub.metrics.auth_failures.increment(1);
+                                return Err("auth timed out in logic".into());
+                            }
+                        };
+                    return Ok((reply, f, items.collect()));
+                }
+                Inbound::Frame(f) => {
+                    debug!(peer = %conn.peer, op = f.op, "frame before auth ignored")
+                }
+            }
+        }
+    }
+}
+
+async fn call<T>(
+    timeout: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = herald_rpc::RpcResult<T>>,
+) -> Option<T> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            warn!(call = what, error = %e, "logic call failed");
+            None
+        }
+        Err(_) => {
+            warn!(call = what, "logic call timed out");
+            None
+        }
+    }
+}
+
+/// The authenticated life of a connection.
+async fn session(
+    ctx: &ConnContext,
+    mut conn: Conn,
+    reply: ConnectReply,
+    auth_frame: Frame,
+    leftover: Vec<Inbound>,
+) {
+    let hub = &ctx.hub;
+    let removals_before = hub.route_removals();
+    let ch = Arc::new(Channel::new(
+        hub.next_id(),
+        reply.key.clone(),
+        reply.mid,
+        conn.peer.ip(),
+        reply.accepts.clone(),
+        ctx.cfg.outbound_queue,
+    ));
+    hub.register(&ch, &reply.room_id);
+    let gauge = if conn.is_ws() {
+        &hub.metrics.connections_ws
+    } else {
+        &hub.metrics.connections_tcp
+    };
+    gauge.increment(1.0);
+    ch.reply(Outbound::Frame(Frame::reply_to(
+        &auth_frame,
+        Op::AUTH_REPLY,
+        Bytes::new(),
+    )));
+    let hb_req = || HeartbeatReq {
+        mid: ch.mid,
+        key: ch.key.clone(),
+        server: ctx.server_id.clone(),
+    };
+    if hub.route_removals() != removals_before {
+        // A route removal finished while this client authenticated: it may have been
+        // this key's (a same-key reconnect); make sure the route points here.
+        call(
+            ctx.cfg.logic_timeout,
+            "heartbeat",
+            ctx.logic.heartbeat(hb_req()),
+        )
+        .await;
+    }
+
+    let hb = match reply.heartbeat {
+        n if n > 0 => Duration::from_nanos(n as u64),
+        _ => ctx.cfg.default_heartbeat,
+    };
+    let deadline = tokio::time::sleep(hb);
+    tokio::pin!(deadline);
+    let refresh_every = {
+        let (lo, hi) = (ctx.cfg.route_refresh_min, ctx.cfg.route_refresh_max);
+        if hi > lo {
+            rand::rng().random_range(lo..hi)
+        } else {
+            lo
+        }
+    };
+    let mut last_refresh = Instant::now();
+    let mut out = VecDeque::new();
+    let mut inbound = leftover;
+    let close_reason: &str = 'serve: loop {
+        for item in inbound.drain(..) {
+            match item {
+                Inbound::Frame(f) => {
+                    if f.op == Op::HEARTBEAT {
+                        deadline.as_mut().reset(tokio::time::Instant::now() + hb);
+                        if last_refresh.elapsed() >= refresh_every
+                            && call(
+                                ctx.cfg.logic_timeout,
+                                "heartbeat",
+                                ctx.logic.heartbeat(hb_req()),
+                            )
+                            .await
+                            .is_some()
+                        {
+                            last_refresh = Instant::now();
+                        }
+                    }
+                    handle_frame(ctx, &ch, f).await;
+                }
+                Inbound::Ping(p) => ch.reply(Outbound::Pong(p)),
+                Inbound::Close => break 'serve "closed by peer",
+                Inbound::Upgrade(_) => break 'serve "unexpected upgrade",
+            }
+        }
+        let closing = ch.drain(&mut out);
+        if !out.is_empty() {
+            let n = out.len();
+            let write = tokio::time::timeout(ctx.cfg.write_timeout, conn.write_items(&mut out));
+            tokio::pin!(write);
+            // A blocked write must not keep a connection that the server closed
+            // (slow-consumer policy, replacement, shutdown) alive.
+            let written = loop {
+                tokio::select! {
+                    r = &mut write => break Some(r),
+                    _ = ch.wake.notified() => {
+                        if ch.is_closed() {
+                            break None;
+                        }
+                    }
+                }
+            };
+            let Some(written) = written else {
+                break 'serve "closed by server during a write";
+            };
+            match written {
+                Ok(Ok(frames)) => {
+                    hub.metrics.writes.increment(1);
+                    hub.metrics.frames_delivered.increment(frames);
+                }
+                Ok(Err(_)) => break 'serve "write failed",
+                Err(_) => {
+                    debug!(items = n, "write timed out");
+                    break 'serve "write timed out";
+                }
+            }
+        }
+        if closing {
+            break 'serve "closed by server";
+        }
+        if conn.eof {
+            break 'serve "closed by peer";
+        }
+        let event = tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => Event::Shutdown,
+            _ = &mut deadline => Event::Deadline,
+            _ = ch.wake.notified() => Event::Wake,
+            r = conn.stream.readable() => Event::Readable(r),
+        };
+        match event {
+            Event::Shutdown => break 'serve "shutdown",
+            Event::Deadline => {
+                hub.metrics.timeouts.increment(1);
+                break 'serve "heartbeat timeout";
+            }
+            Event::Wake => {}
+            Event::Readable(Err(_)) => break 'serve "socket error",
+            Event::Readable(Ok(())) => match conn.read_available() {
+                Ok(items) => inbound = items,
+                Err(ReadError::Eof) => break 'serve "closed by peer",
+                Err(ReadError::Io(_)) => break 'serve "read failed",
+                Err(ReadError::BadFrame(m)) => {
+                    hub.metrics.bad_input.increment(1);
+                    debug!(peer = %conn.peer, key = %ch.key, error = %m, "malformed frame");
+                    break 'serve "malformed frame";
+                }
+                Err(ReadError::BadUpgrade(..)) => break 'serve "unexpected upgrade",
+            },
+        }
+    };
+    debug!(peer = %conn.peer, key = %ch.key, reason = close_reason, "connection closed");
+    ch.close();
+    let current = hub.unregister(&ch);
+    drop(conn);
+    gauge.decrement(1.0);
+    if current {
+        let req = DisconnectReq {
+            mid: ch.mid,
+            key: ch.key.clone(),
+            server: ctx.server_id.clone(),
+        };
+        call(
+            ctx.cfg.logic_timeout,
+            "disconnect",
+            ctx.logic.disconnect(req),
+        )
+        .await;
+        hub.note_route_removal();
+        if let Some(newer) = hub.channel(&ch.key) {
+            // A new connection with this key registered while the route was being
+            // removed: put its route back.
+            let req = HeartbeatReq {
+                mid: newer.mid,
+                key: newer.key.clone(),
+                server: ctx.server_id.clone(),
+            };
+            call(ctx.cfg.logic_timeout, "heartbeat", ctx.logic.heartbeat(req)).await;
+        }
+    }
+}
+
+/// Handles one frame from an authenticated client and queues its reply.
+async fn handle_frame(ctx: &ConnContext, ch: &Arc<Channel>, f: Frame) {
+    let reply = match f.op {
+        Op::HEARTBEAT => {
+            let online = ch.room().map_or(0, |r| ctx.hub.room_online(&r));
+            Frame::reply_to(
+                &f,
+                Op::HEARTBEAT_REPLY,
+                Bytes::copy_from_slice(&online.to_be_bytes()),
+            )
+        }
+        Op::CHANGE_ROOM => {
+            let room = String::from_utf8_lossy(&f.body);
+            ctx.hub.change_room(ch, room.trim());
+            Frame::reply_to(&f, Op::CHANGE_ROOM_REPLY, f.body.clone())
+        }
+        Op::SUB => {
+            if let Some(ops) = herald_proto::parse_op_list(&f.body) {
+                ch.watch(&ops);
+            }
+            Frame::reply_to(&f, Op::SUB_REPLY, f.body.clone())
+        }
+        Op::UNSUB => {
+            if let Some(ops) = herald_proto::parse_op_list(&f.body) {
+                ch.unwatch(&ops);
+            }
+            Frame::reply_to(&f, Op::UNSUB_REPLY, f.body.clone())
+        }
+        _ => {
+            let req = ReceiveReq {
+                mid: ch.mid,
+                proto: Some(Proto {
+                    ver: f.ver as i32,
+                    op: f.op,
+                    seq: f.seq,
+                    body: f.body.clone(),
+                }),
+            };
+            call(ctx.cfg.logic_timeout, "receive", ctx.logic.receive(req)).await;
+            Frame::reply_to(&f, f.op, Bytes::new())
+        }
+    };
+    ch.reply(Outbound::Frame(reply));
+}

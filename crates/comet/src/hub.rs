@@ -1,0 +1,483 @@
+//! Buckets and rooms: who is connected to this comet and how to reach them.
+//!
+//! Connections are sharded over a power-of-two number of buckets by a hash of their
+//! key; each bucket owns its key map, its share of every room and its IP counts
+//! behind one lock. A room broadcast walks buckets, never holding more than one lock,
+//! and offers the same shared buffer to each member (no copy, no await).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::channel::{Channel, Offer, Outbound};
+use crate::config::SlowConsumerPolicy;
+use crate::metrics::CometMetrics;
+
+#[derive(Default)]
+struct BucketInner {
+    /// key → connection.
+    channels: HashMap<String, Arc<Channel>>,
+    /// room key → members in this bucket; each member knows its index.
+    rooms: HashMap<String, Vec<Arc<Channel>>>,
+    /// client IP → connections from it.
+    ips: HashMap<IpAddr, u32>,
+}
+
+impl BucketInner {
+    fn join(&mut self, ch: &Arc<Channel>, room: &str) {
+        let members = self.rooms.entry(room.to_string()).or_default();
+        ch.set_slot(members.len());
+        members.push(ch.clone());
+        ch.set_room(Some(room.to_string()));
+    }
+
+    fn leave(&mut self, ch: &Arc<Channel>) {
+        let Some(room) = ch.room() else {
+            return;
+        };
+        ch.set_room(None);
+        let slot = ch.slot();
+        if let Some(members) = self.rooms.get_mut(&room) {
+            if members.get(slot).is_some_and(|m| Arc::ptr_eq(m, ch)) {
+                members.swap_remove(slot);
+                if let Some(moved) = members.get(slot) {
+                    moved.set_slot(slot);
+                }
+            }
+            if members.is_empty() {
+                self.rooms.remove(&room);
+            }
+        }
+    }
+
+    fn ip_add(&mut self, ip: IpAddr) {
+        *self.ips.entry(ip).or_default() += 1;
+    }
+
+    fn ip_remove(&mut self, ip: IpAddr) {
+        if let Some(n) = self.ips.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.ips.remove(&ip);
+            }
+        }
+    }
+}
+
+/// Outcome counts of one push, for the caller and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fanout {
+    /// Connections the item was queued for.
+    pub queued: usize,
+    /// Connections whose queue was full.
+    pub full: usize,
+}
+
+/// All connections of one comet.
+pub struct Hub {
+    buckets: Box<[RwLock<BucketInner>]>,
+    /// Cluster-wide room counts from logic's last online reply.
+    all_online: RwLock<HashMap<String, i32>>,
+    /// Source of channel ids.
+    next_id: AtomicU64,
+    /// Incremented whenever a route removal completes in logic; lets a connection
+    /// that authenticated concurrently detect that its route may have been removed.
+    route_removals: AtomicU64,
+    policy: SlowConsumerPolicy,
+    /// Signalled when connections or room memberships change, so online counts are
+    /// reported soon rather than at the next interval.
+    pub changed: tokio::sync::Notify,
+    /// Metric handles.
+    pub metrics: CometMetrics,
+}
+
+fn fnv1a(key: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in key.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hub {
+    /// A hub with `buckets` buckets (rounded up to a power of two).
+    pub fn new(buckets: usize, policy: SlowConsumerPolicy, metrics: CometMetrics) -> Hub {
+        let n = buckets.max(1).next_power_of_two();
+        Hub {
+            buckets: (0..n)
+                .map(|_| RwLock::new(BucketInner::default()))
+                .collect(),
+            all_online: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            route_removals: AtomicU64::new(0),
+            policy,
+            changed: tokio::sync::Notify::new(),
+            metrics,
+        }
+    }
+
+    fn bucket(&self, key: &str) -> &RwLock<BucketInner> {
+        let i = (fnv1a(key) as usize) & (self.buckets.len() - 1);
+        &self.buckets[i]
+    }
+
+    /// A fresh channel id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds a connection (and puts it in `room` if not empty). A connection already
+    /// holding the same key is removed and told to close; it is returned.
+    pub fn register(&self, ch: &Arc<Channel>, room: &str) -> Option<Arc<Channel>> {
+        let old = {
+            let mut b = write(self.bucket(&ch.key));
+            let old = b.channels.insert(ch.key.clone(), ch.clone());
+            if let Some(old) = &old {
+                b.leave(old);
+                b.ip_remove(old.ip);
+            }
+            b.ip_add(ch.ip);
+            if !room.is_empty() {
+                b.join(ch, room);
+            }
+            old
+        };
+        if let Some(old) = &old {
+            old.close();
+        }
+        self.changed.notify_one();
+        old
+    }
+
+    /// Removes a connection. Returns false when the key already belongs to a newer
+    /// connection (then the route belongs to that one and must be left alone).
+    pub fn unregister(&self, ch: &Arc<Channel>) -> bool {
+        self.changed.notify_one();
+        let mut b = write(self.bucket(&ch.key));
+        match b.channels.get(&ch.key) {
+            Some(cur) if Arc::ptr_eq(cur, ch) => {
+                b.channels.remove(&ch.key);
+                b.leave(ch);
+                b.ip_remove(ch.ip);
+                true
+            }
+            _ => {
+                b.leave(ch);
+                false
+            }
+        }
+    }
+
+    /// The connection currently holding `key`.
+    pub fn channel(&self, key: &str) -> Option<Arc<Channel>> {
+        read(self.bucket(key)).channels.get(key).cloned()
+    }
+
+    /// Moves a connection to `room` (empty = leave its room).
+    pub fn change_room(&self, ch: &Arc<Channel>, room: &str) {
+        let mut b = write(self.bucket(&ch.key));
+        if !b.channels.get(&ch.key).is_some_and(|c| Arc::ptr_eq(c, ch)) {
+            return;
+        }
+        if ch.room().as_deref() == Some(room) {
+            return;
+        }
+        b.leave(ch);
+        if !room.is_empty() {
+            b.join(ch, room);
+        }
+        self.changed.notify_one();
+    }
+
+    /// Members of `room` on this comet.
+    pub fn local_room_count(&self, room: &str) -> i32 {
+        self.buckets
+            .iter()
+            .map(|b| read(b).rooms.get(room).map_or(0, |m| m.len() as i32))
+            .sum()
+    }
+
+    /// The online count a heartbeat reply carries: the cluster-wide count, or the
+    /// local one when that is higher (the cluster count lags by one report).
+    pub fn room_online(&self, room: &str) -> i32 {
+        let all = read(&self.all_online).get(room).copied().unwrap_or(0);
+        all.max(self.local_room_count(room))
+    }
+
+    /// Stores the cluster-wide room counts from logic.
+    pub fn set_all_online(&self, counts: HashMap<String, i32>) {
+        *write(&self.all_online) = counts;
+    }
+
+    /// Members per room on this comet.
+    pub fn room_counts(&self) -> HashMap<String, i32> {
+        let mut out: HashMap<String, i32> = HashMap::new();
+        for b in self.buckets.iter() {
+            for (room, members) in &read(b).rooms {
+                *out.entry(room.clone()).or_default() += members.len() as i32;
+            }
+        }
+        out
+    }
+
+    /// Authenticated connections.
+    pub fn connection_count(&self) -> usize {
+        self.buckets.iter().map(|b| read(b).channels.len()).sum()
+    }
+
+    /// Distinct client IPs.
+    pub fn ip_count(&self) -> usize {
+        let mut ips = std::collections::HashSet::new();
+        for b in self.buckets.iter() {
+            ips.extend(read(b).ips.keys().copied());
+        }
+        ips.len()
+    }
+
+    /// Records that logic finished removing a route.
+    pub(crate) fn note_route_removal(&self) {
+        self.route_removals.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Route removals completed so far.
+    pub(crate) fn route_removals(&self) -> u64 {
+        self.route_removals.load(Ordering::Acquire)
+    }
+
+    fn offer(&self, ch: &Channel, item: Outbound, out: &mut Fanout) {
+        match ch.offer(item) {
+            Offer::Queued => out.queued += 1,
+            Offer::Closed => {}
+            Offer::Full => {
+                out.full += 1;
+                self.metrics.slow_consumers.increment(1);
+                match self.policy {
+                    SlowConsumerPolicy::Drop => self.metrics.dropped.increment(1),
+                    SlowConsumerPolicy::Disconnect => {
+                        self.metrics.dropped.increment(1);
+                        self.metrics.slow_disconnects.increment(1);
+                        ch.close();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues `body` (an OpRaw body) for the given keys that accept `op`.
+    pub fn push_keys(&self, keys: &[String], op: i32, body: Bytes) -> Fanout {
+        let frames = count_frames(&body);
+        let mut out = Fanout::default();
+        for key in keys {
+            let ch = read(self.bucket(key)).channels.get(key).cloned();
+            if let Some(ch) = ch {
+                if ch.accepts(op) {
+                    self.offer(
+                        &ch,
+                        Outbound::Raw {
+                            body: body.clone(),
+                            frames,
+                        },
+                        &mut out,
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Queues `body` for every member of `room` (no op filter, as in goim).
+    pub fn broadcast_room(&self, room: &str, body: Bytes) -> Fanout {
+        let frames = count_frames(&body);
+        let mut out = Fanout::default();
+        for b in self.buckets.iter() {
+            let b = read(b);
+            if let Some(members) = b.rooms.get(room) {
+                for ch in members {
+                    self.offer(
+                        ch,
+                        Outbound::Raw {
+                            body: body.clone(),
+                            frames,
+                        },
+                        &mut out,
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Queues `body` for every connection accepting `op`, bucket by bucket. With a
+    /// `speed` (connections per second) it pauses between buckets to keep that rate.
+    pub async fn broadcast(&self, op: i32, body: Bytes, speed: i32) -> Fanout {
+        let frames = count_frames(&body);
+        let mut out = Fanout::default();
+        for b in self.buckets.iter() {
+            let n = {
+                let b = read(b);
+                for ch in b.channels.values() {
+                    if ch.accepts(op) {
+                        self.offer(
+                            ch,
+                            Outbound::Raw {
+                                body: body.clone(),
+                                frames,
+                            },
+                            &mut out,
+                        );
+                    }
+                }
+                b.channels.len()
+            };
+            if speed > 0 && n > 0 {
+                tokio::time::sleep(Duration::from_secs_f64(n as f64 / speed as f64)).await;
+            }
+        }
+        out
+    }
+
+    /// Closes every connection (shutdown).
+    pub fn close_all(&self) {
+        for b in self.buckets.iter() {
+            for ch in read(b).channels.values() {
+                ch.close();
+            }
+        }
+    }
+}
+
+/// Number of frames in an OpRaw body (walks the length prefixes; stops at the first
+/// malformed header).
+pub fn count_frames(body: &[u8]) -> u32 {
+    let mut n = 0;
+    let mut rest = body;
+    while let Some(h) = herald_proto::Header::parse(rest) {
+        let len = h.pack_len as usize;
+        if h.pack_len < herald_proto::HEADER_LEN as i32 || len > rest.len() {
+            break;
+        }
+        n += 1;
+        rest = &rest[len..];
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    fn hub() -> Hub {
+        Hub::new(4, SlowConsumerPolicy::Drop, CometMetrics::new())
+    }
+
+    fn ch(h: &Hub, key: &str, accepts: Vec<i32>) -> Arc<Channel> {
+        Arc::new(Channel::new(
+            h.next_id(),
+            key.into(),
+            1,
+            IpAddr::from([10, 0, 0, 1]),
+            accepts,
+            4,
+        ))
+    }
+
+    fn queued(c: &Channel) -> usize {
+        let mut q = VecDeque::new();
+        c.drain(&mut q);
+        q.len()
+    }
+
+    #[test]
+    fn rooms_track_members_across_buckets() {
+        let h = hub();
+        let chans: Vec<_> = (0..20).map(|i| ch(&h, &format!("k{i}"), vec![])).collect();
+        for c in &chans {
+            h.register(c, "live://1");
+        }
+        assert_eq!(h.local_room_count("live://1"), 20);
+        for c in &chans[..5] {
+            h.change_room(c, "live://2");
+        }
+        h.change_room(&chans[5], "");
+        assert_eq!(h.local_room_count("live://1"), 14);
+        assert_eq!(h.room_counts().get("live://2"), Some(&5));
+        assert_eq!(
+            h.broadcast_room("live://1", Bytes::from_static(b"x"))
+                .queued,
+            14
+        );
+        for c in &chans {
+            assert!(h.unregister(c));
+        }
+        assert!(h.room_counts().is_empty());
+        assert_eq!(h.connection_count(), 0);
+        assert_eq!(h.ip_count(), 0);
+    }
+
+    #[test]
+    fn same_key_replaces_and_old_unregister_is_harmless() {
+        let h = hub();
+        let a = ch(&h, "dup", vec![1000]);
+        let b = ch(&h, "dup", vec![1000]);
+        h.register(&a, "live://1");
+        let old = h.register(&b, "live://1");
+        assert!(old.is_some_and(|o| Arc::ptr_eq(&o, &a)));
+        assert!(a.is_closed());
+        assert!(!h.unregister(&a));
+        assert_eq!(h.local_room_count("live://1"), 1);
+        assert!(h.channel("dup").is_some_and(|c| Arc::ptr_eq(&c, &b)));
+        assert_eq!(h.connection_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn filters_and_slow_consumers() {
+        let h = hub();
+        let a = ch(&h, "a", vec![1000]);
+        let b = ch(&h, "b", vec![2000]);
+        h.register(&a, "");
+        h.register(&b, "");
+        let f = h.push_keys(
+            &["a".into(), "b".into(), "zz".into()],
+            1000,
+            Bytes::from_static(b"m"),
+        );
+        assert_eq!(f.queued, 1);
+        assert_eq!(
+            h.broadcast(2000, Bytes::from_static(b"m"), 0).await.queued,
+            1
+        );
+        assert_eq!(queued(&a), 1);
+        assert_eq!(queued(&b), 1);
+        for _ in 0..4 {
+            h.push_keys(&["a".into()], 1000, Bytes::from_static(b"m"));
+        }
+        assert_eq!(
+            h.push_keys(&["a".into()], 1000, Bytes::from_static(b"m"))
+                .full,
+            1
+        );
+    }
+
+    #[test]
+    fn counts_frames_in_batches() {
+        let mut b = herald_proto::raw::RawBatch::default();
+        b.push(1, b"a");
+        b.push(1, b"bc");
+        assert_eq!(count_frames(&b.finish()), 2);
+        assert_eq!(count_frames(b"short"), 0);
+    }
+}

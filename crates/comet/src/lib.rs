@@ -1,0 +1,336 @@
+//! comet: the connection tier.
+//!
+//! [`Comet`] binds the TCP and WebSocket listeners, runs one task per client
+//! connection ([`conn`]), keeps connections in the bucketed [`Hub`] with their rooms,
+//! reports room counts to logic and its own load to the registry, and serves the
+//! other tiers through [`herald_rpc::CometService`] (returned by [`Comet::service`]).
+//! It calls logic only through [`herald_rpc::LogicService`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald_discovery::{Instance, Registration, Registry};
+use herald_rpc::{
+    BroadcastReq, BroadcastRoomReq, CometService, LogicService, OnlineReq, PushMsgReq, RoomsReply,
+    RpcError, RpcResult,
+};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub mod channel;
+pub mod config;
+mod conn;
+pub mod hub;
+pub mod metrics;
+
+pub use config::{CometConfig, SlowConsumerPolicy};
+pub use hub::Hub;
+pub use metrics::CometMetrics;
+
+use conn::ConnContext;
+
+/// A running comet.
+pub struct Comet {
+    ctx: Arc<ConnContext>,
+    tracker: TaskTracker,
+    /// Addresses actually bound (ports resolved when configured as 0).
+    pub tcp_addrs: Vec<SocketAddr>,
+    /// WebSocket addresses actually bound.
+    pub ws_addrs: Vec<SocketAddr>,
+    registration: Option<Arc<dyn Registration>>,
+}
+
+/// Why a comet could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The registry refused the registration.
+    #[error("cannot register in discovery: {0}")]
+    Register(String),
+}
+
+impl Comet {
+    /// Binds the listeners, registers `instance` (its metadata is filled in and kept
+    /// current) and starts serving.
+    pub async fn start(
+        cfg: CometConfig,
+        server_id: String,
+        logic: Arc<dyn LogicService>,
+        registry: Arc<dyn Registry>,
+        instance: Instance,
+    ) -> Result<Comet, StartError> {
+        let cfg = Arc::new(cfg);
+        let hub = Arc::new(Hub::new(
+            cfg.buckets,
+            cfg.slow_consumer,
+            CometMetrics::new(),
+        ));
+        let ctx = Arc::new(ConnContext {
+            hub,
+            logic,
+            cfg: cfg.clone(),
+            server_id,
+            shutdown: CancellationToken::new(),
+        });
+        let limit = Arc::new(Semaphore::new(if cfg.max_connections == 0 {
+            Semaphore::MAX_PERMITS
+        } else {
+            cfg.max_connections
+        }));
+        let tracker = TaskTracker::new();
+        let mut tcp_addrs = Vec::new();
+        let mut ws_addrs = Vec::new();
+        for (binds, websocket, out) in [
+            (&cfg.tcp_bind, false, &mut tcp_addrs),
+            (&cfg.ws_bind, true, &mut ws_addrs),
+        ] {
+            for addr in binds {
+                let listener =
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            addr: *addr,
+                            source,
+                        })?;
+                let local = listener.local_addr().map_err(|source| StartError::Bind {
+                    addr: *addr,
+                    source,
+                })?;
+                info!(addr = %local, transport = if websocket { "ws" } else { "tcp" }, "comet listening");
+                out.push(local);
+                tracker.spawn(accept_loop(
+                    listener,
+                    ctx.clone(),
+                    websocket,
+                    limit.clone(),
+                    tracker.clone(),
+                ));
+            }
+        }
+        let mut instance = instance;
+        instance.metadata = metadata(&ctx);
+        let registration = registry
+            .register(instance)
+            .await
+            .map_err(|e| StartError::Register(e.to_string()))?;
+        let registration: Arc<dyn Registration> = Arc::from(registration);
+        tracker.spawn(report_loop(ctx.clone(), registration.clone()));
+        Ok(Comet {
+            ctx,
+            tracker,
+            tcp_addrs,
+            ws_addrs,
+            registration: Some(registration),
+        })
+    }
+
+    /// The hub (for inspection and tests).
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.ctx.hub
+    }
+
+    /// The service the other tiers call.
+    pub fn service(&self) -> Arc<dyn CometService> {
+        Arc::new(CometHandle {
+            hub: self.ctx.hub.clone(),
+        })
+    }
+
+    /// This comet's server id.
+    pub fn server_id(&self) -> &str {
+        &self.ctx.server_id
+    }
+
+    /// Deregisters, stops accepting, closes every connection (each one tells logic)
+    /// and waits for the connection tasks to finish, at most `grace`.
+    pub async fn shutdown(mut self, grace: Duration) {
+        if let Some(r) = self.registration.take() {
+            if let Err(e) = r.deregister().await {
+                warn!(error = %e, "deregistration failed");
+            }
+        }
+        self.ctx.shutdown.cancel();
+        self.ctx.hub.close_all();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("some connections did not finish within the shutdown grace period");
+        }
+    }
+}
+
+fn metadata(ctx: &ConnContext) -> BTreeMap<String, String> {
+    let cfg = &ctx.cfg;
+    BTreeMap::from([
+        ("weight".to_string(), cfg.weight.to_string()),
+        ("offline".to_string(), cfg.offline.to_string()),
+        ("addrs".to_string(), cfg.public_addrs.join(",")),
+        (
+            "conn_count".to_string(),
+            ctx.hub.connection_count().to_string(),
+        ),
+        ("ip_count".to_string(), ctx.hub.ip_count().to_string()),
+    ])
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ConnContext>,
+    websocket: bool,
+    limit: Arc<Semaphore>,
+    tracker: TaskTracker,
+) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(5);
+                let ctx = ctx.clone();
+                tracker.spawn(async move {
+                    conn::serve(ctx, stream, peer, websocket).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Typically EMFILE: wait for connections to close instead of spinning.
+                warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Shortest time between two online reports triggered by changes.
+const MIN_REPORT_GAP: Duration = Duration::from_secs(1);
+
+/// Reports room counts to logic (storing the cluster-wide counts it returns) and
+/// load metadata to the registry, every `online_report_interval` and, at most once
+/// a second, soon after connections or rooms change.
+async fn report_loop(ctx: Arc<ConnContext>, registration: Arc<dyn Registration>) {
+    let mut tick = tokio::time::interval(ctx.cfg.online_report_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = tokio::time::Instant::now() - MIN_REPORT_GAP;
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+            _ = ctx.hub.changed.notified() => {
+                let next = last + MIN_REPORT_GAP.min(ctx.cfg.online_report_interval);
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep_until(next) => {}
+                }
+            }
+        }
+        last = tokio::time::Instant::now();
+        let counts = ctx.hub.room_counts();
+        ctx.hub.metrics.rooms.set(counts.len() as f64);
+        let req = OnlineReq {
+            server: ctx.server_id.clone(),
+            room_count: counts,
+        };
+        match tokio::time::timeout(ctx.cfg.logic_timeout, ctx.logic.renew_online(req)).await {
+            Ok(Ok(reply)) => ctx.hub.set_all_online(reply.all_room_count),
+            Ok(Err(e)) => warn!(error = %e, "online report failed"),
+            Err(_) => warn!("online report timed out"),
+        }
+        if let Err(e) = registration.update(metadata(&ctx)).await {
+            warn!(error = %e, "registry update failed");
+        }
+    }
+}
+
+/// [`CometService`] over a hub.
+struct CometHandle {
+    hub: Arc<Hub>,
+}
+
+#[async_trait]
+impl CometService for CometHandle {
+    async fn push_msg(&self, req: PushMsgReq) -> RpcResult<()> {
+        let proto = req
+            .proto
+            .ok_or_else(|| RpcError::invalid("push without proto"))?;
+        if req.keys.is_empty() {
+            return Err(RpcError::invalid("push without keys"));
+        }
+        self.hub.metrics.push_keys.increment(1);
+        self.hub.push_keys(&req.keys, req.proto_op, raw_body(proto));
+        Ok(())
+    }
+
+    async fn broadcast(&self, req: BroadcastReq) -> RpcResult<()> {
+        let proto = req
+            .proto
+            .ok_or_else(|| RpcError::invalid("broadcast without proto"))?;
+        self.hub.metrics.push_broadcast.increment(1);
+        let body = raw_body(proto);
+        if req.speed > 0 {
+            let hub = self.hub.clone();
+            tokio::spawn(async move { hub.broadcast(req.proto_op, body, req.speed).await });
+        } else {
+            self.hub.broadcast(req.proto_op, body, 0).await;
+        }
+        Ok(())
+    }
+
+    async fn broadcast_room(&self, req: BroadcastRoomReq) -> RpcResult<()> {
+        let proto = req
+            .proto
+            .ok_or_else(|| RpcError::invalid("room broadcast without proto"))?;
+        if req.room_id.is_empty() {
+            return Err(RpcError::invalid("room broadcast without room"));
+        }
+        self.hub.metrics.push_room.increment(1);
+        self.hub.broadcast_room(&req.room_id, raw_body(proto));
+        Ok(())
+    }
+
+    async fn rooms(&self) -> RpcResult<RoomsReply> {
+        Ok(RoomsReply {
+            rooms: self
+                .hub
+                .room_counts()
+                .into_keys()
+                .map(|r| (r, true))
+                .collect(),
+        })
+    }
+}
+
+/// The bytes to queue for a proto: an OpRaw body as is, any other proto encoded as
+/// one frame (so a non-batched sender still works).
+fn raw_body(proto: herald_rpc::Proto) -> bytes::Bytes {
+    if proto.op == herald_proto::Op::RAW {
+        proto.body
+    } else {
+        herald_proto::Frame::new(proto.ver as i16, proto.op, proto.seq, proto.body).to_bytes()
+    }
+}

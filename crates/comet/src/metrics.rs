@@ -1,0 +1,68 @@
+//! comet's Prometheus metrics. Handles are resolved once, so the fast path only
+//! touches atomics. Names are documented in `docs/operations.md`.
+
+use metrics::{counter, gauge, Counter, Gauge};
+
+/// Metric handles shared by the hub and every connection task.
+#[derive(Clone)]
+pub struct CometMetrics {
+    /// Open authenticated connections by transport.
+    pub connections_tcp: Gauge,
+    /// Open authenticated WebSocket connections.
+    pub connections_ws: Gauge,
+    /// Distinct rooms with members (set by the online report loop).
+    pub rooms: Gauge,
+    /// Sockets accepted.
+    pub accepted: Counter,
+    /// Auth frames refused by logic or malformed.
+    pub auth_failures: Counter,
+    /// Connections closed for a malformed frame or upgrade.
+    pub bad_input: Counter,
+    /// Connections closed for a missed heartbeat or handshake deadline.
+    pub timeouts: Counter,
+    /// Pushes handled, by kind.
+    pub push_keys: Counter,
+    /// Room broadcasts handled.
+    pub push_room: Counter,
+    /// Broadcasts handled.
+    pub push_broadcast: Counter,
+    /// Push frames written to clients (a room batch counts each frame).
+    pub frames_delivered: Counter,
+    /// Socket writes (each one a vectored write of a whole drain).
+    pub writes: Counter,
+    /// Times a connection's outbound queue was full.
+    pub slow_consumers: Counter,
+    /// Pushes dropped for a full queue.
+    pub dropped: Counter,
+    /// Connections closed by the slow-consumer policy.
+    pub slow_disconnects: Counter,
+}
+
+impl CometMetrics {
+    /// Resolves every handle against the installed recorder.
+    pub fn new() -> CometMetrics {
+        CometMetrics {
+            connections_tcp: gauge!("herald_connections", "transport" => "tcp"),
+            connections_ws: gauge!("herald_connections", "transport" => "ws"),
+            rooms: gauge!("herald_rooms"),
+            accepted: counter!("herald_accepted_total"),
+            auth_failures: counter!("herald_auth_failures_total"),
+            bad_input: counter!("herald_bad_input_closes_total"),
+            timeouts: counter!("herald_timeout_closes_total"),
+            push_keys: counter!("herald_comet_pushes_total", "kind" => "keys"),
+            push_room: counter!("herald_comet_pushes_total", "kind" => "room"),
+            push_broadcast: counter!("herald_comet_pushes_total", "kind" => "broadcast"),
+            frames_delivered: counter!("herald_frames_delivered_total"),
+            writes: counter!("herald_socket_writes_total"),
+            slow_consumers: counter!("herald_slow_consumers_total"),
+            dropped: counter!("herald_dropped_frames_total", "reason" => "slow_consumer"),
+            slow_disconnects: counter!("herald_slow_consumer_disconnects_total"),
+        }
+    }
+}
+
+impl Default for CometMetrics {
+    fn default() -> Self {
+        CometMetrics::new()
+    }
+}

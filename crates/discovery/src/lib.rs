@@ -1,0 +1,91 @@
+//! Service discovery: which comets and logics exist and what they advertise.
+//!
+//! A process registers an [`Instance`] (appid `goim.comet` or `goim.logic`, with
+//! goim's metadata keys: `weight`, `offline`, `addrs`, `conn_count`, `ip_count`)
+//! and keeps it current through its [`Registration`]; others [`Registry::watch`] an
+//! appid and receive the full instance list on every change (push, never poll).
+//!
+//! [`local`] is the standalone backend (the process itself); cluster backends
+//! implement the same trait.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+pub mod local;
+
+pub use local::LocalRegistry;
+
+/// appid of comets.
+pub const COMET_APPID: &str = "goim.comet";
+/// appid of logics.
+pub const LOGIC_APPID: &str = "goim.logic";
+
+/// A registered process, in goim's discovery JSON shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Region of the process.
+    pub region: String,
+    /// Zone (data centre) of the process.
+    pub zone: String,
+    /// Deployment environment.
+    pub env: String,
+    /// `goim.comet` or `goim.logic`.
+    pub appid: String,
+    /// The server id: the same string in routes, the registry and job.
+    pub hostname: String,
+    /// Internal addresses, e.g. `grpc://10.0.0.1:3109`.
+    pub addrs: Vec<String>,
+    /// Software version.
+    pub version: String,
+    /// Last change, unix nanoseconds.
+    pub latest_timestamp: i64,
+    /// goim metadata: `weight`, `offline`, `addrs`, `conn_count`, `ip_count`.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// A metadata value parsed as a number.
+    pub fn meta_i64(&self, key: &str) -> Option<i64> {
+        self.metadata.get(key)?.trim().parse().ok()
+    }
+
+    /// Whether the instance declared itself offline (not to be given to clients).
+    pub fn offline(&self) -> bool {
+        self.metadata.get("offline").is_some_and(|v| v == "true")
+    }
+}
+
+/// Why a registry operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry is unreachable.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The live instances of one appid; replaced whole on every change.
+pub type Instances = Arc<Vec<Instance>>;
+
+/// Registers processes and watches appids.
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Registers `instance` until the returned registration is deregistered or the
+    /// process ends.
+    async fn register(&self, instance: Instance) -> Result<Box<dyn Registration>, RegistryError>;
+
+    /// The instances of `appid`, updated on every change.
+    async fn watch(&self, appid: &str) -> Result<watch::Receiver<Instances>, RegistryError>;
+}
+
+/// A live registration.
+#[async_trait]
+pub trait Registration: Send + Sync {
+    /// Replaces the instance's metadata (e.g. connection counts).
+    async fn update(&self, metadata: BTreeMap<String, String>) -> Result<(), RegistryError>;
+    /// Removes the instance.
+    async fn deregister(&self) -> Result<(), RegistryError>;
+}

@@ -1,0 +1,13 @@
+//! The herald binary's library: configuration, wiring of the tiers into roles, the
+//! embedded browser assets and the metrics endpoint.
+//!
+//! [`standalone::Standalone`] runs comet, logic and job in one process on the
+//! embedded seams (in-process queue, in-memory store, local registry, direct calls).
+
+pub mod config;
+pub mod observe;
+pub mod standalone;
+pub mod web;
+
+pub use config::Config;
+pub use standalone::Standalone;

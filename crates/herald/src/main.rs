@@ -1,0 +1,92 @@
+//! The `herald` command.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use herald::{observe, Config, Standalone};
+use tracing::info;
+
+/// herald: a real-time push server speaking goim's protocol and HTTP API.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run comet, logic and job in one process with embedded storage and queue.
+    Standalone {
+        /// TOML configuration file; `HERALD_<SECTION>__<KEY>` variables override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the effective configuration (defaults, file and environment) as TOML.
+    Config {
+        /// TOML configuration file to merge over the defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config { config } => {
+            let cfg = Config::load(config.as_deref())?;
+            print!(
+                "{}",
+                toml::to_string(&cfg).context("cannot render configuration")?
+            );
+            Ok(())
+        }
+        Command::Standalone { config } => {
+            let cfg = Config::load(config.as_deref())?;
+            observe::init_logging(&cfg.log.level);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(run_standalone(cfg))
+        }
+    }
+}
+
+async fn run_standalone(cfg: Config) -> anyhow::Result<()> {
+    let server = Standalone::start(cfg).await?;
+    info!(
+        tcp = ?server.tcp_addrs,
+        ws = ?server.ws_addrs,
+        http = %server.http_addr,
+        "herald standalone ready (demo page at http://{}/_/)",
+        server.http_addr
+    );
+    shutdown_signal().await;
+    info!("shutting down");
+    server.shutdown().await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,179 @@
+//! `herald standalone`: comet, logic and job in one process on the embedded seams.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use herald_comet::Comet;
+use herald_discovery::{Instance, LocalRegistry, Registry, COMET_APPID};
+use herald_job::{CometConnector, Job};
+use herald_logic::{Logic, TrustingAuthenticator};
+use herald_queue::{MemoryQueue, Queue};
+use herald_rpc::{CometService, LogicService};
+use herald_store::MemoryStore;
+use metrics::gauge;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::config::Config;
+use crate::{observe, web};
+
+/// Connects job to the comet in this process.
+struct LocalComets {
+    server_id: String,
+    comet: Arc<dyn CometService>,
+}
+
+impl CometConnector for LocalComets {
+    fn connect(&self, instance: &Instance) -> Option<Arc<dyn CometService>> {
+        (instance.hostname == self.server_id).then(|| self.comet.clone())
+    }
+}
+
+/// A running standalone server.
+pub struct Standalone {
+    /// Bound TCP client listeners.
+    pub tcp_addrs: Vec<SocketAddr>,
+    /// Bound WebSocket client listeners.
+    pub ws_addrs: Vec<SocketAddr>,
+    /// Bound HTTP API address.
+    pub http_addr: SocketAddr,
+    /// The server id in force.
+    pub server_id: String,
+    comet: Comet,
+    job: Job,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    grace: Duration,
+}
+
+impl Standalone {
+    /// Builds and starts every tier. Listeners are bound before this returns.
+    pub async fn start(cfg: Config) -> anyhow::Result<Standalone> {
+        let metrics = observe::metrics_handle();
+        let server_id = cfg.server_id();
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let registry: Arc<dyn Registry> = Arc::new(LocalRegistry::new());
+        let store = Arc::new(MemoryStore::new(cfg.store.route_ttl));
+        let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::new(
+            cfg.queue.capacity,
+            cfg.queue.publish_timeout,
+        ));
+
+        let logic = Logic::new(
+            cfg.logic.clone(),
+            Arc::new(TrustingAuthenticator),
+            store.clone(),
+            store.clone(),
+            queue.clone(),
+            registry.clone(),
+        )
+        .await?;
+        tasks.spawn(logic.clone().run(stop.clone()));
+        {
+            let store = store.clone();
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => { store.sweep(); }
+                    }
+                }
+            });
+        }
+
+        let instance = Instance {
+            region: cfg.server.region.clone(),
+            zone: cfg.server.zone.clone(),
+            env: cfg.server.env.clone(),
+            appid: COMET_APPID.into(),
+            hostname: server_id.clone(),
+            addrs: Vec::new(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        };
+        let logic_service: Arc<dyn LogicService> = logic.clone();
+        let comet = Comet::start(
+            cfg.comet.clone(),
+            server_id.clone(),
+            logic_service,
+            registry.clone(),
+            instance,
+        )
+        .await
+        .context("cannot start comet")?;
+
+        let job = Job::start(
+            cfg.job.clone(),
+            queue.clone(),
+            registry.clone(),
+            Arc::new(LocalComets {
+                server_id: server_id.clone(),
+                comet: comet.service(),
+            }),
+        )
+        .await
+        .context("cannot start job")?;
+
+        let depth = {
+            let queue = queue.clone();
+            let g = gauge!("herald_queue_depth", "backend" => queue.backend());
+            Arc::new(move || {
+                if let Some(d) = queue.depth() {
+                    g.set(d as f64);
+                }
+            }) as Arc<dyn Fn() + Send + Sync>
+        };
+        let app = herald_logic::http::router(logic.clone())
+            .merge(web::router())
+            .merge(observe::router(metrics, depth));
+        let listener = TcpListener::bind(cfg.logic.http_bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.logic.http_bind))?;
+        let http_addr = listener.local_addr()?;
+        {
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    stop.cancelled().await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            });
+        }
+        info!(%http_addr, server_id = %server_id, "logic HTTP API listening");
+        Ok(Standalone {
+            tcp_addrs: comet.tcp_addrs.clone(),
+            ws_addrs: comet.ws_addrs.clone(),
+            http_addr,
+            server_id,
+            comet,
+            job,
+            stop,
+            tasks,
+            grace: cfg.shutdown.grace,
+        })
+    }
+
+    /// The comet (for inspection in tests).
+    pub fn comet(&self) -> &Comet {
+        &self.comet
+    }
+
+    /// Stops accepting, closes connections (telling logic), stops job and logic.
+    pub async fn shutdown(self) {
+        self.comet.shutdown(self.grace).await;
+        self.job.shutdown().await;
+        self.stop.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(self.grace, self.tasks.wait()).await;
+    }
+}

@@ -1,0 +1,100 @@
+//! The `herald` binary itself: configuration from the environment, serving, and a
+//! clean exit on SIGTERM.
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn binary_serves_and_stops_on_sigterm() {
+    let (tcp, ws, http_port) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("standalone")
+        .env("HERALD_COMET__TCP_BIND", format!("[\"127.0.0.1:{tcp}\"]"))
+        .env("HERALD_COMET__WS_BIND", format!("[\"127.0.0.1:{ws}\"]"))
+        .env("HERALD_LOGIC__HTTP_BIND", format!("127.0.0.1:{http_port}"))
+        .env("HERALD_LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("herald binary starts");
+    let http = format!("127.0.0.1:{http_port}").parse().unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(http).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "herald did not open its HTTP port");
+    let mut c = Client::tcp(format!("127.0.0.1:{tcp}").parse().unwrap()).await;
+    c.auth(1, "bin", "live://1", &[1000]).await;
+    let r = post(
+        http,
+        "/goim/push/room?operation=1000&type=live&room=1",
+        b"hi",
+    )
+    .await;
+    assert_eq!(r.json()["code"], 0);
+    assert_eq!(&c.recv_push().await.body[..], b"hi");
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(st) = child.try_wait().unwrap() {
+            exited = Some(st);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = exited.expect("herald exits after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    c.expect_closed().await;
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["standalone", "--config", "/nonexistent/herald.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not exist"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("config")
+        .env("HERALD_COMET__OUTBOUND_QUEUE", "not-a-number")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_lowercase().contains("outbound_queue"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("[comet]") && text.contains("tcp_bind"),
+        "{text}"
+    );
+}

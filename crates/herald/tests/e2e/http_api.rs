@@ -1,0 +1,183 @@
+//! The HTTP API: validation errors, online and nodes endpoints, metrics and the
+//! demo page.
+
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn validation_errors_are_json_4xx() {
+    let s = start().await;
+    let h = s.http_addr;
+    let cases: &[(&str, &str, u16)] = &[
+        ("POST", "/goim/push/keys?operation=1000", 400),
+        ("POST", "/goim/push/keys?operation=x&keys=a", 400),
+        ("POST", "/goim/push/mids?operation=1000", 400),
+        ("POST", "/goim/push/mids?operation=1000&mids=abc", 400),
+        ("POST", "/goim/push/room?operation=1000&type=live", 400),
+        ("POST", "/goim/push/room?type=live&room=1", 400),
+        ("POST", "/goim/push/room?operation=0&type=live&room=1", 400),
+        ("POST", "/goim/push/all", 400),
+        ("POST", "/goim/push/all?operation=1000&speed=-1", 400),
+        ("GET", "/goim/online/top?type=live", 400),
+        ("GET", "/goim/online/top?limit=5", 400),
+        ("GET", "/goim/online/room?type=live", 400),
+        ("GET", "/goim/push/all?operation=1000", 405),
+        ("GET", "/goim/no/such", 404),
+        ("GET", "/nothing/here", 404),
+    ];
+    for (method, path, status) in cases {
+        let r = http(h, method, path, b"{}").await;
+        assert_eq!(r.status, *status, "{method} {path}: {}", r.text());
+        let body = r.json();
+        assert!(
+            body["code"].as_i64().unwrap() < 0,
+            "{method} {path}: {body}"
+        );
+        assert!(
+            !body["message"].as_str().unwrap().is_empty(),
+            "{method} {path}: {body}"
+        );
+    }
+    // Oversized push body: 413 with a JSON error.
+    let big = vec![b'x'; (1 << 20) + 1];
+    let r = post(h, "/goim/push/all?operation=1000", &big).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["code"], -400);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn online_endpoints_reflect_rooms() {
+    let s = start().await;
+    let h = s.http_addr;
+    let mut clients = Vec::new();
+    for (i, room) in [
+        "live://1000",
+        "live://1000",
+        "live://2000",
+        "livestream://9",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut c = if i % 2 == 0 {
+            Client::tcp(s.tcp_addrs[0]).await
+        } else {
+            Client::ws(s.ws_addrs[0]).await
+        };
+        c.auth(i as i64 + 1, &format!("on{i}"), room, &[]).await;
+        clients.push(c);
+    }
+    eventually("online/room to count the rooms", || async {
+        let r = get(
+            h,
+            "/goim/online/room?type=live&rooms=1000&rooms=2000&rooms=3000",
+        )
+        .await;
+        r.json() == json!({"code": 0, "message": "", "data": {"1000": 2, "2000": 1, "3000": 0}})
+    })
+    .await;
+    let top = get(h, "/goim/online/top?type=live&limit=5").await.json();
+    assert_eq!(
+        top,
+        json!({"code": 0, "message": "", "data": [{"room_id": "1000", "count": 2}, {"room_id": "2000", "count": 1}]})
+    );
+    let top1 = get(h, "/goim/online/top?type=live&limit=1").await.json();
+    assert_eq!(top1["data"].as_array().unwrap().len(), 1);
+    eventually("online/total to count connections", || async {
+        let d = get(h, "/goim/online/total").await.json();
+        d["data"] == json!({"conn_count": 4, "ip_count": 1})
+    })
+    .await;
+    // A client leaving is reflected too.
+    clients.pop();
+    clients.pop();
+    eventually("counts to drop", || async {
+        let d = get(h, "/goim/online/room?type=live&rooms=2000")
+            .await
+            .json();
+        d["data"]["2000"] == 0
+    })
+    .await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn nodes_endpoints() {
+    let s = start().await;
+    let h = s.http_addr;
+    let mut c = Client::tcp(s.tcp_addrs[0]).await;
+    c.auth(1, "n1", "", &[]).await;
+    let web = get(h, "/goim/nodes/weighted?platform=web").await.json();
+    assert_eq!(web["code"], 0);
+    let d = &web["data"];
+    assert_eq!(d["tcp_port"], 3101);
+    assert_eq!(d["ws_port"], 3102);
+    assert_eq!(d["heartbeat"], 240);
+    assert_eq!(d["heartbeat_max"], 2);
+    assert_eq!(d["nodes"], json!(["test-comet"]));
+    assert_eq!(
+        d["backoff"],
+        json!({"max_delay": 300, "base_delay": 3, "factor": 1.8, "jitter": 0.3})
+    );
+    let app = get(h, "/goim/nodes/weighted").await.json();
+    assert!(app["data"]["nodes"]
+        .as_array()
+        .is_some_and(|n| !n.is_empty()));
+    let inst = get(h, "/goim/nodes/instances").await.json();
+    let list = inst["data"].as_array().expect("instances");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["appid"], "goim.comet");
+    assert_eq!(list[0]["hostname"], "test-comet:3109");
+    for k in ["weight", "offline", "addrs", "conn_count", "ip_count"] {
+        assert!(list[0]["metadata"][k].is_string(), "metadata {k}");
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_and_demo_page() {
+    let s = start().await;
+    let h = s.http_addr;
+    let mut c = Client::ws(s.ws_addrs[0]).await;
+    c.auth(1, "m1", "live://m", &[1000]).await;
+    post(h, "/goim/push/room?operation=1000&type=live&room=m", b"x").await;
+    c.recv_push().await;
+    let r = get(h, "/metrics").await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .headers
+        .to_ascii_lowercase()
+        .contains("content-type: text/plain"));
+    let m = r.text();
+    for name in [
+        "herald_connections",
+        "herald_rooms",
+        "herald_pushes_total",
+        "herald_comet_pushes_total",
+        "herald_frames_delivered_total",
+        "herald_dropped_frames_total",
+        "herald_slow_consumers_total",
+        "herald_queue_depth",
+    ] {
+        assert!(m.contains(name), "metric {name} missing from:\n{m}");
+    }
+
+    let page = get(h, "/_/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.headers.to_ascii_lowercase().contains("text/html"));
+    let html = page.text();
+    for asset in ["goim.js", "app.js", "style.css"] {
+        assert!(html.contains(asset), "page does not load {asset}");
+        let a = get(h, &format!("/_/{asset}")).await;
+        assert_eq!(a.status, 200, "{asset}");
+        assert!(!a.body.is_empty());
+    }
+    assert!(
+        !html.contains("http://cdn") && !html.contains("https://"),
+        "page must not load remote assets"
+    );
+    assert_eq!(get(h, "/_/missing.js").await.status, 404);
+    s.shutdown().await;
+}

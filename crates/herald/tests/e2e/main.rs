@@ -1,0 +1,10 @@
+//! End-to-end tests: a real server on ephemeral loopback ports, driven by clients
+//! that speak the wire protocol over real sockets.
+
+#![allow(clippy::unwrap_used)]
+
+mod bad_input;
+mod binary;
+mod http_api;
+mod protocol;
+mod support;

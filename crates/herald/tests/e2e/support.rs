@@ -1,0 +1,344 @@
+//! Test clients written from the wire protocol: goim over TCP and over WebSocket,
+//! and a minimal HTTP/1.1 client. They share nothing with the server but the
+//! sans-io `herald-proto` helpers for encoding.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use herald::{Config, Standalone};
+use herald_proto::{ws, Frame, Op};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A config on ephemeral loopback ports with short intervals.
+pub fn test_config() -> Config {
+    let mut cfg = Config::default();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    cfg.comet.tcp_bind = vec![any];
+    cfg.comet.ws_bind = vec![any];
+    cfg.logic.http_bind = any;
+    cfg.comet.online_report_interval = Duration::from_millis(200);
+    cfg.logic.online_interval = Duration::from_millis(200);
+    cfg.comet.handshake_timeout = Duration::from_secs(3);
+    cfg.server.id = "test-comet:3109".into();
+    cfg.shutdown.grace = Duration::from_secs(3);
+    cfg
+}
+
+pub async fn start() -> Standalone {
+    start_with(test_config()).await
+}
+
+pub async fn start_with(cfg: Config) -> Standalone {
+    Standalone::start(cfg).await.expect("server starts")
+}
+
+pub fn auth_body(mid: i64, key: &str, room: &str, accepts: &[i32]) -> Vec<u8> {
+    serde_json::json!({"mid": mid, "key": key, "room_id": room, "platform": "test", "accepts": accepts})
+        .to_string()
+        .into_bytes()
+}
+
+/// A goim client over TCP or WebSocket.
+pub struct Client {
+    stream: TcpStream,
+    ws: bool,
+    buf: BytesMut,
+    decoder: ws::Decoder,
+    /// Frames received but not yet returned (from OpRaw batches on TCP or WS).
+    queued: std::collections::VecDeque<Frame>,
+    seq: i32,
+}
+
+impl Client {
+    pub async fn tcp(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        Client::new(stream, false)
+    }
+
+    /// Opens a WebSocket on `/sub` and completes the upgrade.
+    pub async fn ws(addr: SocketAddr) -> Client {
+        let mut c = Client::new(TcpStream::connect(addr).await.expect("ws connect"), true);
+        let req = format!(
+            "GET /sub HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        c.stream.write_all(req.as_bytes()).await.unwrap();
+        let head = c.read_http_head().await;
+        assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
+        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+        c
+    }
+
+    fn new(stream: TcpStream, ws: bool) -> Client {
+        Client {
+            stream,
+            ws,
+            buf: BytesMut::new(),
+            decoder: ws::Decoder::server(64 << 20),
+            queued: Default::default(),
+            seq: 0,
+        }
+    }
+
+    /// Reads an HTTP response head (through the blank line).
+    pub async fn read_http_head(&mut self) -> String {
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end + 4]).to_string();
+                self.buf.advance(end + 4);
+                return head;
+            }
+            let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("http head in time")
+                .unwrap();
+            if n == 0 {
+                return String::from_utf8_lossy(&self.buf).to_string();
+            }
+        }
+    }
+
+    /// Writes raw bytes (as a WebSocket binary message when on WebSocket).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        if self.ws {
+            let f = ws::client_frame(ws::opcode::BINARY, bytes, [0x11, 0x22, 0x33, 0x44]);
+            self.stream.write_all(&f).await.unwrap();
+        } else {
+            self.stream.write_all(bytes).await.unwrap();
+        }
+    }
+
+    /// Writes bytes to the socket as they are (no WebSocket framing).
+    pub async fn send_socket(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn send(&mut self, op: i32, body: &[u8]) -> i32 {
+        self.seq += 1;
+        let f = Frame::new(1, op, self.seq, body.to_vec()).to_bytes();
+        self.send_raw(&f).await;
+        self.seq
+    }
+
+    pub async fn auth(&mut self, mid: i64, key: &str, room: &str, accepts: &[i32]) {
+        let seq = self
+            .send(Op::AUTH, &auth_body(mid, key, room, accepts))
+            .await;
+        let f = self.recv().await.expect("auth reply");
+        assert_eq!((f.op, f.seq, f.body.len()), (Op::AUTH_REPLY, seq, 0));
+    }
+
+    /// Reads the next wire-level message: a goim frame (TCP) or one WebSocket
+    /// message decoded as exactly one goim frame. `None` on close.
+    pub async fn recv_wire(&mut self) -> Option<Frame> {
+        loop {
+            if self.ws {
+                match self.decoder.decode(&self.buf) {
+                    Ok(Some((msg, used))) => {
+                        self.buf.advance(used);
+                        match msg {
+                            Some(ws::Message::Data(d)) => {
+                                return Some(
+                                    herald_proto::decode_exact(&d, usize::MAX / 2)
+                                        .expect("server sends one frame per message"),
+                                )
+                            }
+                            Some(ws::Message::Close) => return None,
+                            _ => continue,
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => panic!("bad websocket data from server: {e}"),
+                }
+            } else if let Some((f, used)) =
+                herald_proto::decode_frame(&self.buf, usize::MAX / 2).expect("valid frame")
+            {
+                self.buf.advance(used);
+                return Some(f);
+            }
+            let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("server answers in time")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Next frame with OpRaw envelopes unpacked (as goim's clients do).
+    pub async fn recv(&mut self) -> Option<Frame> {
+        if let Some(f) = self.queued.pop_front() {
+            return Some(f);
+        }
+        let f = self.recv_wire().await?;
+        if f.op == Op::RAW {
+            let mut inner = herald_proto::raw::unpack(&f.body).expect("valid OpRaw body");
+            assert!(!inner.is_empty(), "empty OpRaw");
+            let first = inner.remove(0);
+            self.queued.extend(inner);
+            return Some(first);
+        }
+        Some(f)
+    }
+
+    /// Next frame that is not a heartbeat reply.
+    pub async fn recv_push(&mut self) -> Frame {
+        loop {
+            let f = self.recv().await.expect("a push");
+            if f.op != Op::HEARTBEAT_REPLY {
+                return f;
+            }
+        }
+    }
+
+    /// Asserts nothing arrives within `d`.
+    pub async fn expect_silence(&mut self, d: Duration) {
+        if let Ok(f) = tokio::time::timeout(d, self.recv()).await {
+            panic!("expected nothing, got {f:?}");
+        }
+    }
+
+    /// Waits until the server closes the connection.
+    pub async fn expect_closed(&mut self) {
+        let closed = tokio::time::timeout(WAIT, async {
+            loop {
+                let mut b = [0u8; 4096];
+                match self.stream.read(&mut b).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "server did not close the connection");
+    }
+
+    /// Heartbeats until the reply carries `want` (online counts settle within a
+    /// report interval).
+    pub async fn heartbeat_until(&mut self, want: i32) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let got = self.heartbeat().await;
+            if got == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "online count stuck at {got}, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn heartbeat(&mut self) -> i32 {
+        let seq = self.send(Op::HEARTBEAT, b"").await;
+        let f = loop {
+            let f = self.recv().await.expect("heartbeat reply");
+            if f.op == Op::HEARTBEAT_REPLY {
+                break f;
+            }
+        };
+        assert_eq!(f.seq, seq);
+        assert_eq!(f.body.len(), 4);
+        i32::from_be_bytes([f.body[0], f.body[1], f.body[2], f.body[3]])
+    }
+}
+
+/// A minimal HTTP/1.1 response.
+pub struct Response {
+    pub status: u16,
+    pub headers: String,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+}
+
+/// Sends one request with `Connection: close` and reads the whole response.
+pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Response {
+    let mut s = TcpStream::connect(addr).await.expect("http connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .expect("http response in time")
+        .unwrap();
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("http head");
+    let headers = String::from_utf8_lossy(&raw[..end]).to_string();
+    let status = headers[9..12].parse().unwrap();
+    let mut body = raw[end + 4..].to_vec();
+    if headers
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[eol + 2 + size + 2..];
+    }
+}
+
+pub async fn post(addr: SocketAddr, path: &str, body: &[u8]) -> Response {
+    http(addr, "POST", path, body).await
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Response {
+    http(addr, "GET", path, b"").await
+}
+
+/// Polls `f` until it returns true or fails after `WAIT`.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}

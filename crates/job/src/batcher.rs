@@ -1,0 +1,168 @@
+//! Room batching: one task per active room concatenates that room's messages into
+//! OpRaw batches of at most `room_batch` frames and sends each batch to every comet.
+//!
+//! Unlike goim, a lone message is sent at once: the batcher takes what is queued when
+//! it wakes (plus, optionally, what arrives within `room_window`) and flushes. Batches
+//! form naturally while a flush is in flight. One task per room keeps the room's
+//! messages in order; an idle task retires after `room_idle`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use herald_proto::raw::RawBatch;
+use herald_queue::Delivery;
+use herald_rpc::{BroadcastRoomReq, Proto};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
+
+use crate::directory::{AckGroup, Directory, Work};
+use crate::{JobConfig, JobMetrics};
+
+struct Item {
+    op: i32,
+    msg: Bytes,
+    delivery: Delivery,
+}
+
+/// Per-room batching tasks.
+pub struct RoomBatcher {
+    cfg: JobConfig,
+    directory: Directory,
+    metrics: JobMetrics,
+    rooms: Arc<Mutex<HashMap<String, mpsc::Sender<Item>>>>,
+}
+
+impl RoomBatcher {
+    pub(crate) fn new(cfg: JobConfig, directory: Directory, metrics: JobMetrics) -> RoomBatcher {
+        RoomBatcher {
+            cfg,
+            directory,
+            metrics,
+            rooms: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn sender(&self, room: &str) -> mpsc::Sender<Item> {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = rooms.get(room) {
+            if !tx.is_closed() {
+                return tx.clone();
+            }
+        }
+        let (tx, rx) = mpsc::channel(self.cfg.room_queue.max(1));
+        rooms.insert(room.to_string(), tx.clone());
+        tokio::spawn(room_task(
+            room.to_string(),
+            rx,
+            self.cfg.clone(),
+            self.directory.clone(),
+            self.metrics.clone(),
+            self.rooms.clone(),
+        ));
+        tx
+    }
+
+    /// Queues a room message; waits while the room's queue is full.
+    pub(crate) async fn push(&self, room: String, op: i32, msg: Bytes, delivery: Delivery) {
+        let mut item = Item { op, msg, delivery };
+        loop {
+            match self.sender(&room).send(item).await {
+                Ok(()) => return,
+                // The room's task retired between lookup and send: start a new one.
+                Err(mpsc::error::SendError(back)) => item = back,
+            }
+        }
+    }
+}
+
+async fn room_task(
+    room: String,
+    mut rx: mpsc::Receiver<Item>,
+    cfg: JobConfig,
+    directory: Directory,
+    metrics: JobMetrics,
+    rooms: Arc<Mutex<HashMap<String, mpsc::Sender<Item>>>>,
+) {
+    let max = cfg.room_batch.max(1);
+    let mut items: Vec<Item> = Vec::with_capacity(max);
+    loop {
+        let first = match tokio::time::timeout(cfg.room_idle, rx.recv()).await {
+            Ok(Some(item)) => item,
+            Ok(None) => return,
+            Err(_) => {
+                // Idle: retire, unless something arrived while deciding.
+                let arrived = {
+                    let mut map = rooms.lock().unwrap_or_else(|e| e.into_inner());
+                    match rx.try_recv() {
+                        Ok(item) => Some(item),
+                        Err(_) => {
+                            map.remove(&room);
+                            rx.close();
+                            None
+                        }
+                    }
+                };
+                match arrived {
+                    Some(item) => item,
+                    None => {
+                        // Anything sent before the close is still flushed.
+                        while let Some(item) = rx.recv().await {
+                            items.push(item);
+                            if items.len() == max {
+                                flush(&room, &mut items, &directory, &metrics).await;
+                            }
+                        }
+                        if !items.is_empty() {
+                            flush(&room, &mut items, &directory, &metrics).await;
+                        }
+                        return;
+                    }
+                }
+            }
+        };
+        items.push(first);
+        if !cfg.room_window.is_zero() {
+            let until = tokio::time::Instant::now() + cfg.room_window;
+            while items.len() < max {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(item)) => items.push(item),
+                    _ => break,
+                }
+            }
+        }
+        while items.len() < max {
+            match rx.try_recv() {
+                Ok(item) => items.push(item),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        flush(&room, &mut items, &directory, &metrics).await;
+    }
+}
+
+/// Sends one batch to every comet and acknowledges its messages when all calls
+/// have returned.
+async fn flush(room: &str, items: &mut Vec<Item>, directory: &Directory, metrics: &JobMetrics) {
+    let mut batch = RawBatch::with_capacity(items.iter().map(|i| i.msg.len() + 16).sum());
+    let mut deliveries = Vec::with_capacity(items.len());
+    for item in items.drain(..) {
+        batch.push(item.op, &item.msg);
+        deliveries.push(item.delivery);
+    }
+    metrics.room_batches.increment(1);
+    metrics.room_batch_frames.increment(batch.count() as u64);
+    let body = batch.finish();
+    let (ack, done) = AckGroup::many(deliveries, metrics.clone());
+    for link in directory.all() {
+        let req = BroadcastRoomReq {
+            room_id: room.to_string(),
+            proto: Some(Proto::raw(body.clone())),
+        };
+        link.send(Work::Room(req), ack.clone()).await;
+    }
+    drop(ack);
+    // Wait until every comet has the batch: messages arriving meanwhile form the
+    // next batch.
+    let _ = done.await;
+}

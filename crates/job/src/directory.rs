@@ -1,0 +1,249 @@
+//! The comets job can reach: kept current from the registry (every zone), one
+//! ordered work queue per comet, and the acknowledgement bookkeeping that ties queue
+//! messages to the comet calls they cause.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use herald_discovery::{Instance, Registry, RegistryError, COMET_APPID};
+use herald_queue::Delivery;
+use herald_rpc::{BroadcastReq, BroadcastRoomReq, CometService, PushMsgReq};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::JobMetrics;
+
+/// Turns a registry instance into a callable comet.
+pub trait CometConnector: Send + Sync + 'static {
+    /// A client for the comet described by `instance`, or `None` if it cannot be
+    /// reached by this connector.
+    fn connect(&self, instance: &Instance) -> Option<Arc<dyn CometService>>;
+}
+
+/// Acknowledges the queue message(s) it holds once the last clone is dropped, i.e.
+/// when every comet call caused by them has returned.
+#[derive(Clone)]
+pub(crate) struct AckGroup {
+    _guard: Arc<AckOnDrop>,
+}
+
+struct AckOnDrop {
+    deliveries: Mutex<Vec<Delivery>>,
+    metrics: JobMetrics,
+    /// Told when the group completes (the room batcher waits on it).
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl AckGroup {
+    pub(crate) fn new(delivery: Delivery, metrics: JobMetrics) -> AckGroup {
+        AckGroup {
+            _guard: Arc::new(AckOnDrop {
+                deliveries: Mutex::new(vec![delivery]),
+                metrics,
+                done: None,
+            }),
+        }
+    }
+
+    /// A group for several deliveries, and a receiver told when it completes.
+    pub(crate) fn many(
+        deliveries: Vec<Delivery>,
+        metrics: JobMetrics,
+    ) -> (AckGroup, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let group = AckGroup {
+            _guard: Arc::new(AckOnDrop {
+                deliveries: Mutex::new(deliveries),
+                metrics,
+                done: Some(tx),
+            }),
+        };
+        (group, rx)
+    }
+}
+
+impl Drop for AckOnDrop {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+        let deliveries =
+            std::mem::take(self.deliveries.get_mut().unwrap_or_else(|e| e.into_inner()));
+        if deliveries.is_empty() {
+            return;
+        }
+        let metrics = self.metrics.clone();
+        let ack = async move {
+            for d in deliveries {
+                if let Err(e) = d.ack().await {
+                    metrics.ack_errors.increment(1);
+                    warn!(error = %e, "acknowledgement failed; the message may be delivered again");
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(ack);
+            }
+            Err(_) => warn!("acknowledgement skipped outside the runtime"),
+        }
+    }
+}
+
+/// A call to make on one comet.
+pub(crate) enum Work {
+    Push(PushMsgReq),
+    Room(BroadcastRoomReq),
+    Broadcast(BroadcastReq),
+}
+
+/// One reachable comet: its client and its ordered work queue.
+pub struct CometLink {
+    /// Server id.
+    pub server: String,
+    /// The comet's client.
+    pub service: Arc<dyn CometService>,
+    tx: mpsc::Sender<(Work, AckGroup)>,
+}
+
+impl CometLink {
+    /// Queues work for this comet, waiting while its queue is full (back-pressure
+    /// on the consumer rather than a silent drop).
+    pub(crate) async fn send(&self, work: Work, ack: AckGroup) {
+        if self.tx.send((work, ack)).await.is_err() {
+            warn!(server = %self.server, "comet link closed; work dropped");
+        }
+    }
+}
+
+async fn link_worker(
+    server: String,
+    service: Arc<dyn CometService>,
+    mut rx: mpsc::Receiver<(Work, AckGroup)>,
+    timeout: Duration,
+    metrics: JobMetrics,
+) {
+    while let Some((work, ack)) = rx.recv().await {
+        let call = async {
+            match work {
+                Work::Push(r) => service.push_msg(r).await,
+                Work::Room(r) => service.broadcast_room(r).await,
+                Work::Broadcast(r) => service.broadcast(r).await,
+            }
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                metrics.dispatch_errors.increment(1);
+                warn!(%server, error = %e, "comet call failed");
+            }
+            Err(_) => {
+                metrics.dispatch_errors.increment(1);
+                warn!(%server, "comet call timed out");
+            }
+        }
+        drop(ack);
+    }
+}
+
+/// Server id → link; replaced whole on every registry change.
+type Links = Arc<HashMap<String, Arc<CometLink>>>;
+
+/// The live set of comets, shared by the consumers and room batchers.
+#[derive(Clone)]
+pub struct Directory {
+    links: Arc<RwLock<Links>>,
+}
+
+impl Directory {
+    pub(crate) async fn start(
+        registry: Arc<dyn Registry>,
+        connector: Arc<dyn CometConnector>,
+        queue: usize,
+        timeout: Duration,
+        metrics: JobMetrics,
+        stop: CancellationToken,
+    ) -> Result<Directory, RegistryError> {
+        let mut watch = registry.watch(COMET_APPID).await?;
+        let dir = Directory {
+            links: Arc::new(RwLock::new(Arc::new(HashMap::new()))),
+        };
+        let initial = watch.borrow_and_update().clone();
+        dir.apply(&initial, &*connector, queue, timeout, &metrics);
+        let d = dir.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = watch.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        let list = watch.borrow_and_update().clone();
+                        d.apply(&list, &*connector, queue, timeout, &metrics);
+                    }
+                }
+            }
+        });
+        Ok(dir)
+    }
+
+    fn apply(
+        &self,
+        instances: &[Instance],
+        connector: &dyn CometConnector,
+        queue: usize,
+        timeout: Duration,
+        metrics: &JobMetrics,
+    ) {
+        let old = self.snapshot();
+        let mut next = HashMap::new();
+        for ins in instances {
+            if let Some(link) = old.get(&ins.hostname) {
+                next.insert(ins.hostname.clone(), link.clone());
+                continue;
+            }
+            let Some(service) = connector.connect(ins) else {
+                warn!(server = %ins.hostname, "comet is not reachable by this job");
+                continue;
+            };
+            let (tx, rx) = mpsc::channel(queue.max(1));
+            tokio::spawn(link_worker(
+                ins.hostname.clone(),
+                service.clone(),
+                rx,
+                timeout,
+                metrics.clone(),
+            ));
+            info!(server = %ins.hostname, zone = %ins.zone, "comet added");
+            next.insert(
+                ins.hostname.clone(),
+                Arc::new(CometLink {
+                    server: ins.hostname.clone(),
+                    service,
+                    tx,
+                }),
+            );
+        }
+        for gone in old.keys().filter(|k| !next.contains_key(*k)) {
+            info!(server = %gone, "comet removed");
+        }
+        *self.links.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+    }
+
+    fn snapshot(&self) -> Links {
+        self.links.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The comet with this server id.
+    pub fn get(&self, server: &str) -> Option<Arc<CometLink>> {
+        self.snapshot().get(server).cloned()
+    }
+
+    /// Every comet.
+    pub fn all(&self) -> Vec<Arc<CometLink>> {
+        self.snapshot().values().cloned().collect()
+    }
+}

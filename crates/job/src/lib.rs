@@ -1,0 +1,218 @@
+//! job: the fan-out tier.
+//!
+//! [`Job`] consumes `PushMsg`s from the [`herald_queue::Queue`], keeps a live
+//! directory of comets from the registry ([`directory`]), and dispatches: PUSH to the
+//! comet that holds the keys, ROOM through a per-room [`batcher`] to every comet,
+//! BROADCAST to every comet with the speed limit shared among them. Each queue
+//! message is acknowledged only after every comet call it caused has returned
+//! (at-least-once).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_discovery::Registry;
+use herald_queue::{Delivery, Queue, QueueError};
+use herald_rpc::{BroadcastReq, Proto, PushMsg, PushMsgReq, PushType};
+use metrics::{counter, Counter};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+pub mod batcher;
+pub mod config;
+pub mod directory;
+
+pub use config::JobConfig;
+pub use directory::{CometConnector, Directory};
+
+use batcher::RoomBatcher;
+use directory::{AckGroup, Work};
+
+/// job's metric handles.
+#[derive(Clone)]
+pub(crate) struct JobMetrics {
+    pub consumed_push: Counter,
+    pub consumed_room: Counter,
+    pub consumed_broadcast: Counter,
+    pub bad_messages: Counter,
+    pub unroutable: Counter,
+    pub dispatch_errors: Counter,
+    pub room_batches: Counter,
+    pub room_batch_frames: Counter,
+    pub ack_errors: Counter,
+}
+
+impl JobMetrics {
+    fn new() -> JobMetrics {
+        JobMetrics {
+            consumed_push: counter!("herald_job_messages_total", "type" => "push"),
+            consumed_room: counter!("herald_job_messages_total", "type" => "room"),
+            consumed_broadcast: counter!("herald_job_messages_total", "type" => "broadcast"),
+            bad_messages: counter!("herald_job_bad_messages_total"),
+            unroutable: counter!("herald_job_unroutable_total"),
+            dispatch_errors: counter!("herald_job_dispatch_errors_total"),
+            room_batches: counter!("herald_job_room_batches_total"),
+            room_batch_frames: counter!("herald_job_room_batch_frames_total"),
+            ack_errors: counter!("herald_job_ack_errors_total"),
+        }
+    }
+}
+
+/// A running job.
+pub struct Job {
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Job {
+    /// Starts consuming `queue` and dispatching to the comets found in `registry`.
+    pub async fn start(
+        cfg: JobConfig,
+        queue: Arc<dyn Queue>,
+        registry: Arc<dyn Registry>,
+        connector: Arc<dyn CometConnector>,
+    ) -> Result<Job, QueueError> {
+        let metrics = JobMetrics::new();
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let directory = Directory::start(
+            registry,
+            connector,
+            cfg.comet_queue,
+            cfg.comet_timeout,
+            metrics.clone(),
+            stop.clone(),
+        )
+        .await
+        .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+        let batcher = Arc::new(RoomBatcher::new(
+            cfg.clone(),
+            directory.clone(),
+            metrics.clone(),
+        ));
+        for _ in 0..cfg.consumers.max(1) {
+            let consumer = queue.consumer().await?;
+            tracker.spawn(consume(
+                consumer,
+                directory.clone(),
+                batcher.clone(),
+                metrics.clone(),
+                stop.clone(),
+            ));
+        }
+        Ok(Job { stop, tracker })
+    }
+
+    /// Stops consuming and waits for the consumers to finish their current message.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+async fn consume(
+    mut consumer: Box<dyn herald_queue::Consumer>,
+    directory: Directory,
+    batcher: Arc<RoomBatcher>,
+    metrics: JobMetrics,
+    stop: CancellationToken,
+) {
+    let mut backoff = std::time::Duration::from_millis(100);
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return,
+            n = consumer.next() => n,
+        };
+        let delivery = match next {
+            Ok(d) => {
+                backoff = std::time::Duration::from_millis(100);
+                d
+            }
+            Err(QueueError::Closed) => return,
+            Err(e) => {
+                warn!(error = %e, "queue consume failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                continue;
+            }
+        };
+        dispatch(delivery, &directory, &batcher, &metrics).await;
+    }
+}
+
+/// Routes one queue message. The delivery travels with the work it causes and is
+/// acknowledged when the last of it completes.
+async fn dispatch(
+    delivery: Delivery,
+    directory: &Directory,
+    batcher: &RoomBatcher,
+    metrics: &JobMetrics,
+) {
+    let msg = match PushMsg::decode(delivery.payload.clone()) {
+        Ok(m) => m,
+        Err(e) => {
+            // A message that can never be decoded is acknowledged so it does not
+            // block the queue forever; it is counted and logged.
+            metrics.bad_messages.increment(1);
+            warn!(error = %e, "undecodable queue message dropped");
+            AckGroup::new(delivery, metrics.clone());
+            return;
+        }
+    };
+    match PushType::try_from(msg.r#type) {
+        Ok(PushType::Push) => {
+            metrics.consumed_push.increment(1);
+            let ack = AckGroup::new(delivery, metrics.clone());
+            let Some(link) = directory.get(&msg.server) else {
+                metrics.unroutable.increment(1);
+                warn!(server = %msg.server, "push for an unknown comet dropped");
+                return;
+            };
+            let req = PushMsgReq {
+                keys: msg.keys,
+                proto: Some(Proto::raw(herald_proto::raw::single(
+                    msg.operation,
+                    &msg.msg,
+                ))),
+                proto_op: msg.operation,
+            };
+            link.send(Work::Push(req), ack).await;
+        }
+        Ok(PushType::Room) => {
+            metrics.consumed_room.increment(1);
+            batcher
+                .push(msg.room, msg.operation, msg.msg, delivery)
+                .await;
+        }
+        Ok(PushType::Broadcast) => {
+            metrics.consumed_broadcast.increment(1);
+            let ack = AckGroup::new(delivery, metrics.clone());
+            let links = directory.all();
+            if links.is_empty() {
+                debug!("broadcast with no comet registered");
+                return;
+            }
+            let speed = if msg.speed > 0 {
+                (msg.speed / links.len() as i32).max(1)
+            } else {
+                0
+            };
+            let body: Bytes = herald_proto::raw::single(msg.operation, &msg.msg);
+            for link in links.iter() {
+                let req = BroadcastReq {
+                    proto_op: msg.operation,
+                    proto: Some(Proto::raw(body.clone())),
+                    speed,
+                };
+                link.send(Work::Broadcast(req), ack.clone()).await;
+            }
+        }
+        Err(_) => {
+            metrics.bad_messages.increment(1);
+            warn!(r#type = msg.r#type, "queue message of unknown type dropped");
+            AckGroup::new(delivery, metrics.clone());
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! logic: the control tier.
+//!
+//! [`Logic`] authenticates connects (through an [`Authenticator`]), keeps the route
+//! table in a [`herald_store::SessionStore`], aggregates per-comet online counts,
+//! ranks comets for clients ([`balancer`]) and turns push requests into `PushMsg`s on
+//! the [`herald_queue::Queue`]. comets call it through [`herald_rpc::LogicService`];
+//! backends call it through the goim HTTP API built by [`http::router`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use herald_discovery::{Instance, Instances, Registry, COMET_APPID};
+use herald_proto::AuthToken;
+use herald_queue::{Queue, QueueError};
+use herald_rpc::{
+    Backoff, ConnectReply, ConnectReq, DisconnectReply, DisconnectReq, HeartbeatReq, LogicService,
+    NodesReply, NodesReq, OnlineReply, OnlineReq, PushMsg, PushType, ReceiveReq, RpcError,
+    RpcResult,
+};
+use herald_store::{OnlineStore, ServerOnline, SessionStore, StoreError};
+use metrics::{counter, Counter};
+use prost::Message;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+pub mod balancer;
+pub mod config;
+pub mod http;
+
+pub use config::{BackoffConfig, LogicConfig, NodeConfig};
+
+/// Decides who a connecting client is. The default trusts the auth JSON, as goim
+/// does; deployments that need real authentication supply their own.
+#[async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    /// Returns the identity for a connect request, or an error to refuse it.
+    async fn authenticate(&self, req: &ConnectReq) -> RpcResult<AuthToken>;
+}
+
+/// goim's behaviour: the auth body is the identity.
+pub struct TrustingAuthenticator;
+
+#[async_trait]
+impl Authenticator for TrustingAuthenticator {
+    async fn authenticate(&self, req: &ConnectReq) -> RpcResult<AuthToken> {
+        AuthToken::parse(&req.token).map_err(|e| RpcError::invalid(e.to_string()))
+    }
+}
+
+/// Why a push request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The request is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The route store failed; nothing was published.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The queue did not accept the message.
+    #[error("{0}")]
+    Queue(#[from] QueueError),
+}
+
+/// Online totals over all comets.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    /// Sum of each comet's distinct client IPs.
+    pub ip_count: i64,
+    /// Connections.
+    pub conn_count: i64,
+}
+
+struct PushMetrics {
+    keys: Counter,
+    mids: Counter,
+    room: Counter,
+    all: Counter,
+    failures: Counter,
+    unroutable: Counter,
+    upstream: Counter,
+}
+
+/// The logic tier.
+pub struct Logic {
+    cfg: LogicConfig,
+    auth: Arc<dyn Authenticator>,
+    sessions: Arc<dyn SessionStore>,
+    online: Arc<dyn OnlineStore>,
+    queue: Arc<dyn Queue>,
+    /// Live comets from the registry.
+    comets: watch::Receiver<Instances>,
+    /// Each comet's last known room counts: from its own reports to this logic and
+    /// from the store (reports that reached other logics).
+    reports: Mutex<HashMap<String, ServerOnline>>,
+    /// Cluster-wide room counts: the sum of `reports`.
+    room_count: RwLock<Arc<HashMap<String, i32>>>,
+    balancer: Mutex<balancer::Balancer>,
+    metrics: PushMetrics,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+fn store_err(e: StoreError) -> RpcError {
+    RpcError::unavailable(e.to_string())
+}
+
+impl Logic {
+    /// A logic over the given seams; watches comets in `registry`.
+    pub async fn new(
+        cfg: LogicConfig,
+        auth: Arc<dyn Authenticator>,
+        sessions: Arc<dyn SessionStore>,
+        online: Arc<dyn OnlineStore>,
+        queue: Arc<dyn Queue>,
+        registry: Arc<dyn Registry>,
+    ) -> Result<Arc<Logic>, herald_discovery::RegistryError> {
+        let comets = registry.watch(COMET_APPID).await?;
+        Ok(Arc::new(Logic {
+            cfg,
+            auth,
+            sessions,
+            online,
+            queue,
+            comets,
+            reports: Mutex::new(HashMap::new()),
+            room_count: RwLock::new(Arc::new(HashMap::new())),
+            balancer: Mutex::new(balancer::Balancer::default()),
+            metrics: PushMetrics {
+                keys: counter!("herald_pushes_total", "kind" => "keys"),
+                mids: counter!("herald_pushes_total", "kind" => "mids"),
+                room: counter!("herald_pushes_total", "kind" => "room"),
+                all: counter!("herald_pushes_total", "kind" => "all"),
+                failures: counter!("herald_push_failures_total"),
+                unroutable: counter!("herald_push_unroutable_keys_total"),
+                upstream: counter!("herald_upstream_messages_total"),
+            },
+        }))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &LogicConfig {
+        &self.cfg
+    }
+
+    /// The queue (for its depth gauge).
+    pub fn queue(&self) -> &Arc<dyn Queue> {
+        &self.queue
+    }
+
+    /// Runs the online aggregation and balancer refresh until `stop` fires.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut comets = self.comets.clone();
+        let mut tick = tokio::time::interval(self.cfg.online_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => self.aggregate_online().await,
+                r = comets.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let list = comets.borrow_and_update().clone();
+                    self.refresh_balancer(&list);
+                }
+            }
+        }
+    }
+
+    fn live_comets(list: &[Instance]) -> Vec<Instance> {
+        list.iter()
+            .filter(|i| !i.offline() && i.meta_i64("conn_count").is_some())
+            .cloned()
+            .collect()
+    }
+
+    fn refresh_balancer(&self, list: &[Instance]) {
+        let live = Self::live_comets(list);
+        self.balancer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .update(&live);
+    }
+
+    /// Reloads every registered comet's latest online report from the store (drops
+    /// stale ones) and recomputes the cluster-wide room counts.
+    pub async fn aggregate_online(&self) {
+        let list = self.comets.borrow().clone();
+        let stale = unix_now() - self.cfg.online_stale.as_secs() as i64;
+        let mut reports = HashMap::new();
+        for ins in list.iter() {
+            match self.online.server_online(&ins.hostname).await {
+                Ok(Some(o)) if o.updated < stale => {
+                    if let Err(e) = self.online.remove_server_online(&ins.hostname).await {
+                        warn!(error = %e, "cannot drop stale online report");
+                    }
+                }
+                Ok(Some(o)) => {
+                    reports.insert(ins.hostname.clone(), o);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "online aggregation failed; keeping the previous counts");
+                    return;
+                }
+            }
+        }
+        let mut current = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        // A report received directly may be newer than the stored one just read.
+        for (server, report) in current.drain() {
+            if let Some(stored) = reports.get_mut(&server) {
+                if report.updated > stored.updated {
+                    *stored = report;
+                }
+            }
+        }
+        *current = reports;
+        self.recount(&current);
+    }
+
+    fn recount(&self, reports: &HashMap<String, ServerOnline>) {
+        let mut total: HashMap<String, i32> = HashMap::new();
+        for report in reports.values() {
+            for (room, n) in &report.room_count {
+                *total.entry(room.clone()).or_default() += n;
+            }
+        }
+        *self.room_count.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(total);
+    }
+
+    fn rooms(&self) -> Arc<HashMap<String, i32>> {
+        self.room_count
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    async fn publish(&self, msg: PushMsg) -> Result<(), PushError> {
+        let key = msg.partition_key();
+        let payload = Bytes::from(msg.encode_to_vec());
+        self.queue.publish(&key, payload).await.map_err(|e| {
+            self.metrics.failures.increment(1);
+            PushError::Queue(e)
+        })
+    }
+
+    async fn publish_grouped(
+        &self,
+        op: i32,
+        routes: Vec<(String, String)>,
+        msg: Bytes,
+    ) -> Result<(), PushError> {
+        let mut order: Vec<String> = Vec::new();
+        let mut groups: HashMap<String, Vec<String>> = HashMap::new();
+        for (key, server) in routes {
+            let g = groups.entry(server.clone()).or_insert_with(|| {
+                order.push(server);
+                Vec::new()
+            });
+            if !g.contains(&key) {
+                g.push(key);
+            }
+        }
+        for server in order {
+            let keys = groups.remove(&server).unwrap_or_default();
+            self.publish(PushMsg {
+                r#type: PushType::Push as i32,
+                operation: op,
+                speed: 0,
+                server,
+                room: String::new(),
+                keys,
+                msg: msg.clone(),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Pushes to connection keys (one queue message per comet holding some of them).
+    /// Keys without a route are counted and skipped.
+    pub async fn push_keys(&self, op: i32, keys: &[String], msg: Bytes) -> Result<(), PushError> {
+        if keys.is_empty() {
+            return Err(PushError::Invalid("keys is required".into()));
+        }
+        self.metrics.keys.increment(1);
+        let servers = self.sessions.servers_by_keys(keys).await?;
+        let mut routes = Vec::new();
+        for (key, server) in keys.iter().zip(servers) {
+            match server {
+                Some(s) if !s.is_empty() => routes.push((key.clone(), s)),
+                _ => self.metrics.unroutable.increment(1),
+            }
+        }
+        self.publish_grouped(op, routes, msg).await
+    }
+
+    /// Pushes to every connection of the given members.
+    pub async fn push_mids(&self, op: i32, mids: &[i64], msg: Bytes) -> Result<(), PushError> {
+        if mids.is_empty() {
+            return Err(PushError::Invalid("mids is required".into()));
+        }
+        self.metrics.mids.increment(1);
+        let routes = self.sessions.keys_by_mids(mids).await?;
+        self.publish_grouped(op, routes, msg).await
+    }
+
+    /// Pushes to a room (`type://room`).
+    pub async fn push_room(
+        &self,
+        op: i32,
+        typ: &str,
+        room: &str,
+        msg: Bytes,
+    ) -> Result<(), PushError> {
+        self.metrics.room.increment(1);
+        self.publish(PushMsg {
+            r#type: PushType::Room as i32,
+            operation: op,
+            speed: 0,
+            server: String::new(),
+            room: room_key(typ, room),
+            keys: Vec::new(),
+            msg,
+        })
+        .await
+    }
+
+    /// Pushes to every connection accepting `op`, at most `speed` connections per
+    /// second over the cluster (0 = no limit).
+    pub async fn push_all(&self, op: i32, speed: i32, msg: Bytes) -> Result<(), PushError> {
+        self.metrics.all.increment(1);
+        self.publish(PushMsg {
+            r#type: PushType::Broadcast as i32,
+            operation: op,
+            speed,
+            server: String::new(),
+            room: String::new(),
+            keys: Vec::new(),
+            msg,
+        })
+        .await
+    }
+
+    /// The busiest rooms of a type: `(room id, count)`, largest first.
+    pub fn online_top(&self, typ: &str, limit: usize) -> Vec<(String, i32)> {
+        let prefix = format!("{typ}://");
+        let mut rooms: Vec<(String, i32)> = self
+            .rooms()
+            .iter()
+            .filter_map(|(k, n)| k.strip_prefix(&prefix).map(|id| (id.to_string(), *n)))
+            .collect();
+        rooms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        rooms.truncate(limit);
+        rooms
+    }
+
+    /// Counts of the given rooms of a type (0 when unknown).
+    pub fn online_room(&self, typ: &str, rooms: &[String]) -> HashMap<String, i32> {
+        let all = self.rooms();
+        rooms
+            .iter()
+            .map(|r| (r.clone(), all.get(&room_key(typ, r)).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    /// Connection and IP totals from the registered comets.
+    pub fn online_total(&self) -> Totals {
+        let list = self.comets.borrow().clone();
+        let mut t = Totals::default();
+        for ins in Self::live_comets(&list) {
+            t.conn_count += ins.meta_i64("conn_count").unwrap_or(0);
+            t.ip_count += ins.meta_i64("ip_count").unwrap_or(0);
+        }
+        t
+    }
+
+    /// The registered comets.
+    pub fn instances(&self) -> Vec<Instance> {
+        self.comets.borrow().iter().cloned().collect()
+    }
+
+    /// The node list for a client.
+    pub fn nodes_weighted(&self, platform: &str, _client_ip: &str) -> NodesReply {
+        let node = &self.cfg.node;
+        let (domains, addrs) = {
+            let list = self.comets.borrow().clone();
+            let mut b = self.balancer.lock().unwrap_or_else(|e| e.into_inner());
+            b.update(&Self::live_comets(&list));
+            b.pick("", &node.host_domain, node.region_weight)
+        };
+        let mut nodes = if platform == "web" { domains } else { addrs };
+        if nodes.is_empty() {
+            nodes.push(node.default_domain.clone());
+        }
+        NodesReply {
+            domain: node.default_domain.clone(),
+            tcp_port: node.tcp_port,
+            ws_port: node.ws_port,
+            wss_port: node.wss_port,
+            heartbeat: node.heartbeat.as_secs() as i32,
+            nodes,
+            backoff: Some(Backoff {
+                max_delay: self.cfg.backoff.max_delay,
+                base_delay: self.cfg.backoff.base_delay,
+                factor: self.cfg.backoff.factor,
+                jitter: self.cfg.backoff.jitter,
+            }),
+            heartbeat_max: self.cfg.node.heartbeat_max as i32,
+        }
+    }
+
+    fn heartbeat_deadline(&self) -> Duration {
+        self.cfg.node.heartbeat * self.cfg.node.heartbeat_max.max(1)
+    }
+}
+
+/// The room key goim builds from a type and an id.
+pub fn room_key(typ: &str, room: &str) -> String {
+    format!("{typ}://{room}")
+}
+
+#[async_trait]
+impl LogicService for Logic {
+    async fn connect(&self, req: ConnectReq) -> RpcResult<ConnectReply> {
+        let token = self.auth.authenticate(&req).await?;
+        let key = if token.key.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            token.key
+        };
+        self.sessions
+            .add_route(token.mid, &key, &req.server)
+            .await
+            .map_err(store_err)?;
+        debug!(mid = token.mid, %key, server = %req.server, "connected");
+        Ok(ConnectReply {
+            mid: token.mid,
+            key,
+            room_id: token.room_id,
+            accepts: token.accepts,
+            heartbeat: self.heartbeat_deadline().as_nanos() as i64,
+        })
+    }
+
+    async fn disconnect(&self, req: DisconnectReq) -> RpcResult<DisconnectReply> {
+        let has = self
+            .sessions
+            .remove_route(req.mid, &req.key, &req.server)
+            .await
+            .map_err(store_err)?;
+        debug!(mid = req.mid, key = %req.key, server = %req.server, has, "disconnected");
+        Ok(DisconnectReply { has })
+    }
+
+    async fn heartbeat(&self, req: HeartbeatReq) -> RpcResult<()> {
+        let live = self
+            .sessions
+            .refresh_route(req.mid, &req.key, &req.server)
+            .await
+            .map_err(store_err)?;
+        if !live {
+            self.sessions
+                .add_route(req.mid, &req.key, &req.server)
+                .await
+                .map_err(store_err)?;
+        }
+        Ok(())
+    }
+
+    async fn renew_online(&self, req: OnlineReq) -> RpcResult<OnlineReply> {
+        let report = ServerOnline {
+            server: req.server,
+            room_count: req.room_count,
+            updated: unix_now(),
+        };
+        self.online
+            .put_server_online(&report)
+            .await
+            .map_err(store_err)?;
+        {
+            let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+            reports.insert(report.server.clone(), report);
+            self.recount(&reports);
+        }
+        Ok(OnlineReply {
+            all_room_count: (*self.rooms()).clone(),
+        })
+    }
+
+    async fn receive(&self, req: ReceiveReq) -> RpcResult<()> {
+        self.metrics.upstream.increment(1);
+        if let Some(p) = &req.proto {
+            debug!(
+                mid = req.mid,
+                op = p.op,
+                len = p.body.len(),
+                "upstream message"
+            );
+        }
+        Ok(())
+    }
+
+    async fn nodes(&self, req: NodesReq) -> RpcResult<NodesReply> {
+        Ok(self.nodes_weighted(&req.platform, &req.client_ip))
+    }
+}

@@ -1,0 +1,99 @@
+//! The queue between logic (publisher) and job (consumer).
+//!
+//! [`Queue`] is the seam: logic publishes encoded `PushMsg` payloads with a partition
+//! key, job consumes [`Delivery`]s and acknowledges each one only after it has handed
+//! the message to the comets (at-least-once). Payloads are opaque bytes, so the
+//! queue never depends on the message schema.
+//!
+//! Backends sit next to the trait: [`memory`] (in-process, the standalone default).
+//! Cluster engines implement the same trait and pass the same conformance tests.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub mod memory;
+
+pub use memory::MemoryQueue;
+
+/// Why a queue operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// The engine is unreachable or refused the operation; the message was not
+    /// accepted and the caller must report that.
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    /// The queue is full and did not accept the message in time.
+    #[error("queue full: {0}")]
+    Full(String),
+    /// The queue was shut down.
+    #[error("queue closed")]
+    Closed,
+}
+
+/// Publishes messages. Cheap to share between tasks.
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// Publishes `payload`. Messages with the same `key` are consumed in publish
+    /// order. Returns only once the engine has accepted the message.
+    async fn publish(&self, key: &str, payload: Bytes) -> Result<(), QueueError>;
+
+    /// Opens a consumer in the shared consumer group: each message goes to one
+    /// consumer of the group.
+    async fn consumer(&self) -> Result<Box<dyn Consumer>, QueueError>;
+
+    /// Messages published and not yet acknowledged, where the backend can tell.
+    fn depth(&self) -> Option<u64> {
+        None
+    }
+
+    /// A short backend name for logs and metrics, e.g. `memory`.
+    fn backend(&self) -> &'static str;
+}
+
+/// Receives messages for one consumer of the group.
+#[async_trait]
+pub trait Consumer: Send {
+    /// Waits for the next message. `Err(QueueError::Closed)` ends consumption.
+    async fn next(&mut self) -> Result<Delivery, QueueError>;
+}
+
+/// Acknowledges one delivered message to its engine.
+#[async_trait]
+pub trait Acknowledge: Send + Sync {
+    /// Marks the message as handled; the engine will not deliver it again.
+    async fn ack(self: Box<Self>) -> Result<(), QueueError>;
+}
+
+/// One consumed message. Dropping it without [`Delivery::ack`] leaves it
+/// unacknowledged, so an engine with redelivery hands it out again.
+pub struct Delivery {
+    /// The published payload.
+    pub payload: Bytes,
+    ack: Option<Box<dyn Acknowledge>>,
+}
+
+impl Delivery {
+    /// A delivery whose acknowledgement is performed by `ack`.
+    pub fn new(payload: Bytes, ack: Box<dyn Acknowledge>) -> Delivery {
+        Delivery {
+            payload,
+            ack: Some(ack),
+        }
+    }
+
+    /// Acknowledges the message.
+    pub async fn ack(mut self) -> Result<(), QueueError> {
+        match self.ack.take() {
+            Some(a) => a.ack().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}

@@ -1,0 +1,77 @@
+//! How herald's tiers talk to each other.
+//!
+//! [`CometService`] is what job (pushes) and logic (room listings) call on a comet;
+//! [`LogicService`] is what comet calls on logic (connect, disconnect, heartbeat,
+//! online renewal, upstream messages, node lists). The request and reply types are
+//! protobuf messages with goim's packages and field numbers (`goim.protocol`,
+//! `goim.comet`, `goim.logic`), so the same values travel in-process in standalone
+//! mode, over gRPC between processes, and through the queue ([`PushMsg`]).
+//!
+//! The in-process adapter is the implementation itself: comet's hub implements
+//! [`CometService`] and logic implements [`LogicService`]; the binary hands each tier
+//! an `Arc<dyn …>` of the other.
+
+pub mod comet;
+pub mod logic;
+pub mod protocol;
+
+pub use comet::{BroadcastReq, BroadcastRoomReq, CometService, PushMsgReq, RoomsReply};
+pub use logic::{
+    Backoff, ConnectReply, ConnectReq, DisconnectReply, DisconnectReq, HeartbeatReq, LogicService,
+    NodesReply, NodesReq, OnlineReply, OnlineReq, PushMsg, PushType, ReceiveReq,
+};
+pub use protocol::Proto;
+
+/// What went wrong in a call between tiers. Mirrors the gRPC status codes that the
+/// remote transport uses, so a caller can tell a bad request from an outage.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct RpcError {
+    /// The class of failure.
+    pub kind: ErrorKind,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// Classes of [`RpcError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed; retrying will not help.
+    InvalidArgument,
+    /// The credentials in the request were refused.
+    Unauthenticated,
+    /// The peer or an engine behind it is unreachable; retrying later may help.
+    Unavailable,
+    /// The call did not finish within its deadline.
+    DeadlineExceeded,
+    /// A bug or an unexpected failure in the peer.
+    Internal,
+}
+
+impl RpcError {
+    /// An error of the given kind.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> RpcError {
+        RpcError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// A malformed request.
+    pub fn invalid(message: impl Into<String>) -> RpcError {
+        RpcError::new(ErrorKind::InvalidArgument, message)
+    }
+
+    /// An unreachable peer or engine.
+    pub fn unavailable(message: impl Into<String>) -> RpcError {
+        RpcError::new(ErrorKind::Unavailable, message)
+    }
+
+    /// An unexpected failure.
+    pub fn internal(message: impl Into<String>) -> RpcError {
+        RpcError::new(ErrorKind::Internal, message)
+    }
+}
+
+/// Result of a call between tiers.
+pub type RpcResult<T> = Result<T, RpcError>;

@@ -1,0 +1,77 @@
+//! Where logic keeps connection routes and per-comet online counts.
+//!
+//! [`SessionStore`] is the route table: member id → connection keys → the comet
+//! (server id) holding each key. [`OnlineStore`] holds each comet's room counts as
+//! reported every few seconds. Both are seams: [`memory`] is the standalone backend;
+//! cluster backends keep goim's key layout and implement the same traits.
+//!
+//! Two of goim's bugs are part of the contract here: removing a route succeeds only
+//! when it still points at the caller's server, so a client that reconnected
+//! elsewhere keeps its new route; and an online report replaces the previous one
+//! whole, so rooms that emptied disappear.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub mod memory;
+
+pub use memory::MemoryStore;
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The engine is unreachable or failed; the operation did not happen.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be read.
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The route table.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Records that `key` (of member `mid`, 0 = anonymous) is held by `server`.
+    async fn add_route(&self, mid: i64, key: &str, server: &str) -> StoreResult<()>;
+
+    /// Extends the route's lifetime. Returns false when the route no longer exists
+    /// (the caller then adds it again).
+    async fn refresh_route(&self, mid: i64, key: &str, server: &str) -> StoreResult<bool>;
+
+    /// Removes the route only if it still points at `server`, atomically. Returns
+    /// whether a route was removed.
+    async fn remove_route(&self, mid: i64, key: &str, server: &str) -> StoreResult<bool>;
+
+    /// The server holding each key, in order; `None` for unknown keys.
+    async fn servers_by_keys(&self, keys: &[String]) -> StoreResult<Vec<Option<String>>>;
+
+    /// Every (key, server) of the given members.
+    async fn keys_by_mids(&self, mids: &[i64]) -> StoreResult<Vec<(String, String)>>;
+}
+
+/// One comet's room counts at a point in time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerOnline {
+    /// The comet's server id.
+    pub server: String,
+    /// Members per room key.
+    pub room_count: HashMap<String, i32>,
+    /// When the counts were reported, unix seconds.
+    pub updated: i64,
+}
+
+/// Per-comet online counts.
+#[async_trait]
+pub trait OnlineStore: Send + Sync + 'static {
+    /// Replaces the counts of `online.server`.
+    async fn put_server_online(&self, online: &ServerOnline) -> StoreResult<()>;
+    /// The last counts of `server`, if any are stored.
+    async fn server_online(&self, server: &str) -> StoreResult<Option<ServerOnline>>;
+    /// Forgets `server`'s counts.
+    async fn remove_server_online(&self, server: &str) -> StoreResult<()>;
+}

@@ -47,6 +47,8 @@ pub struct CometConfig {
     #[serde(with = "humantime_serde")]
     pub online_report_interval: Duration,
     /// Lower bound of the per-connection interval between route refreshes in logic.
+    /// Keep `route_refresh_max` plus the client heartbeat interval below the route
+    /// TTL, or routes can expire between refreshes (goim's defaults could).
     #[serde(with = "humantime_serde")]
     pub route_refresh_min: Duration,
     /// Upper bound of that interval.
@@ -79,8 +81,8 @@ impl Default for CometConfig {
             write_timeout: Duration::from_secs(10),
             buckets: 32,
             online_report_interval: Duration::from_secs(10),
-            route_refresh_min: Duration::from_secs(600),
-            route_refresh_max: Duration::from_secs(1800),
+            route_refresh_min: Duration::from_secs(300),
+            route_refresh_max: Duration::from_secs(900),
             logic_timeout: Duration::from_secs(3),
             max_connections: 0,
             public_addrs: Vec::new(),

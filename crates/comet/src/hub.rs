@@ -258,16 +258,20 @@ impl Hub {
     }
 
     fn offer(&self, ch: &Channel, item: Outbound, out: &mut Fanout) {
+        let frames = match &item {
+            Outbound::Raw { frames, .. } => *frames as u64,
+            _ => 1,
+        };
         match ch.offer(item) {
             Offer::Queued => out.queued += 1,
             Offer::Closed => {}
             Offer::Full => {
                 out.full += 1;
                 self.metrics.slow_consumers.increment(1);
+                self.metrics.dropped.increment(frames);
                 match self.policy {
-                    SlowConsumerPolicy::Drop => self.metrics.dropped.increment(1),
+                    SlowConsumerPolicy::Drop => {}
                     SlowConsumerPolicy::Disconnect => {
-                        self.metrics.dropped.increment(1);
                         self.metrics.slow_disconnects.increment(1);
                         ch.close();
                     }

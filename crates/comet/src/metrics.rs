@@ -32,7 +32,7 @@ pub struct CometMetrics {
     pub writes: Counter,
     /// Times a connection's outbound queue was full.
     pub slow_consumers: Counter,
-    /// Pushes dropped for a full queue.
+    /// Push frames dropped for a full queue (a room batch counts each frame).
     pub dropped: Counter,
     /// Connections closed by the slow-consumer policy.
     pub slow_disconnects: Counter,

@@ -45,6 +45,10 @@ pub struct Standalone {
     pub server_id: String,
     comet: Comet,
     job: Job,
+    queue: Arc<dyn Queue>,
+    /// Stops the HTTP API first, so no push is accepted that cannot be delivered.
+    http_stop: CancellationToken,
+    http_task: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
@@ -138,17 +142,18 @@ impl Standalone {
             .await
             .with_context(|| format!("cannot listen on {}", cfg.logic.http_bind))?;
         let http_addr = listener.local_addr()?;
-        {
-            let stop = stop.clone();
-            tasks.spawn(async move {
+        let http_stop = CancellationToken::new();
+        let http_task = {
+            let stop = http_stop.clone();
+            tokio::spawn(async move {
                 let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                     stop.cancelled().await;
                 });
                 if let Err(e) = serve.await {
                     tracing::error!(error = %e, "HTTP server failed");
                 }
-            });
-        }
+            })
+        };
         info!(%http_addr, server_id = %server_id, "logic HTTP API listening");
         Ok(Standalone {
             tcp_addrs: comet.tcp_addrs.clone(),
@@ -157,6 +162,9 @@ impl Standalone {
             server_id,
             comet,
             job,
+            queue,
+            http_stop,
+            http_task,
             stop,
             tasks,
             grace: cfg.shutdown.grace,
@@ -168,12 +176,25 @@ impl Standalone {
         &self.comet
     }
 
-    /// Stops accepting, closes connections (telling logic), stops job and logic.
+    /// Shuts down in the order that loses nothing accepted: the HTTP API stops
+    /// taking pushes (requests in flight finish), job hands what is queued to the
+    /// comet, then the comet deregisters and closes its connections (telling
+    /// logic), and the background loops stop. The whole sequence is bounded by
+    /// `shutdown.grace`.
     pub async fn shutdown(self) {
-        self.comet.shutdown(self.grace).await;
+        let deadline = tokio::time::Instant::now() + self.grace;
+        self.http_stop.cancel();
+        let _ = tokio::time::timeout_at(deadline, self.http_task).await;
+        while self.queue.depth().is_some_and(|d| d > 0) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.job.shutdown().await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.comet
+            .shutdown(left.max(Duration::from_millis(100)))
+            .await;
         self.stop.cancel();
         self.tasks.close();
-        let _ = tokio::time::timeout(self.grace, self.tasks.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.tasks.wait()).await;
     }
 }

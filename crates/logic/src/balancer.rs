@@ -34,7 +34,7 @@ impl Balancer {
     /// Replaces the node set from the live, online comets. Ignored when the new set
     /// is empty or less than half the current one (registry flap protection).
     pub fn update(&mut self, instances: &[Instance]) {
-        if instances.is_empty() || instances.len() < self.nodes.len() / 2 {
+        if instances.is_empty() || instances.len() * 2 < self.nodes.len() {
             return;
         }
         let mut nodes = HashMap::new();

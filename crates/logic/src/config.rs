@@ -1,6 +1,5 @@
 //! logic's settings.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -53,9 +52,9 @@ pub struct BackoffConfig {
     /// First delay, seconds.
     pub base_delay: i32,
     /// Growth factor.
-    pub factor: f32,
+    pub factor: f64,
     /// Jitter fraction.
-    pub jitter: f32,
+    pub jitter: f64,
 }
 
 impl Default for BackoffConfig {
@@ -79,8 +78,6 @@ pub struct LogicConfig {
     pub node: NodeConfig,
     /// Client reconnect backoff.
     pub backoff: BackoffConfig,
-    /// Region name → provinces (kept for goim configuration compatibility).
-    pub regions: BTreeMap<String, Vec<String>>,
     /// How often per-comet online counts are aggregated.
     #[serde(with = "humantime_serde")]
     pub online_interval: Duration,
@@ -97,7 +94,6 @@ impl Default for LogicConfig {
             http_bind: SocketAddr::from(([0, 0, 0, 0], 3111)),
             node: NodeConfig::default(),
             backoff: BackoffConfig::default(),
-            regions: BTreeMap::new(),
             online_interval: Duration::from_secs(10),
             online_stale: Duration::from_secs(300),
             max_push_body: 1 << 20,

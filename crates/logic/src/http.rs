@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, Request, State};
+use axum::extract::{OriginalUri, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -309,7 +309,7 @@ async fn nodes_instances(State(logic): Ctx) -> Response {
     ok_data(logic.instances())
 }
 
-async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+async fn not_found(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         code: -404,
@@ -317,7 +317,7 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
     }
 }
 
-async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
     ApiError {
         status: StatusCode::METHOD_NOT_ALLOWED,
         code: -405,

@@ -286,6 +286,11 @@ impl Logic {
         Ok(())
     }
 
+    fn store_failure(&self, e: StoreError) -> PushError {
+        self.metrics.failures.increment(1);
+        PushError::Store(e)
+    }
+
     /// Pushes to connection keys (one queue message per comet holding some of them).
     /// Keys without a route are counted and skipped.
     pub async fn push_keys(&self, op: i32, keys: &[String], msg: Bytes) -> Result<(), PushError> {
@@ -293,7 +298,11 @@ impl Logic {
             return Err(PushError::Invalid("keys is required".into()));
         }
         self.metrics.keys.increment(1);
-        let servers = self.sessions.servers_by_keys(keys).await?;
+        let servers = self
+            .sessions
+            .servers_by_keys(keys)
+            .await
+            .map_err(|e| self.store_failure(e))?;
         let mut routes = Vec::new();
         for (key, server) in keys.iter().zip(servers) {
             match server {
@@ -310,7 +319,11 @@ impl Logic {
             return Err(PushError::Invalid("mids is required".into()));
         }
         self.metrics.mids.increment(1);
-        let routes = self.sessions.keys_by_mids(mids).await?;
+        let routes = self
+            .sessions
+            .keys_by_mids(mids)
+            .await
+            .map_err(|e| self.store_failure(e))?;
         self.publish_grouped(op, routes, msg).await
     }
 
@@ -384,9 +397,14 @@ impl Logic {
         t
     }
 
-    /// The registered comets.
+    /// The registered comets that are not marked offline.
     pub fn instances(&self) -> Vec<Instance> {
-        self.comets.borrow().iter().cloned().collect()
+        self.comets
+            .borrow()
+            .iter()
+            .filter(|i| !i.offline())
+            .cloned()
+            .collect()
     }
 
     /// The node list for a client.
@@ -412,8 +430,8 @@ impl Logic {
             backoff: Some(Backoff {
                 max_delay: self.cfg.backoff.max_delay,
                 base_delay: self.cfg.backoff.base_delay,
-                factor: self.cfg.backoff.factor,
-                jitter: self.cfg.backoff.jitter,
+                factor: self.cfg.backoff.factor as f32,
+                jitter: self.cfg.backoff.jitter as f32,
             }),
             heartbeat_max: self.cfg.node.heartbeat_max as i32,
         }

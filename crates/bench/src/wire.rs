@@ -1,0 +1,202 @@
+//! What the load generator puts on the wire and how it reads what comes back,
+//! without copying: goim frames (TCP or inside WebSocket messages, OpRaw unpacked),
+//! server WebSocket frames, and the NATS text protocol.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use herald_proto::{ws, Frame, Header, Op, HEADER_LEN};
+
+/// Unix time in nanoseconds.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+}
+
+/// A push payload carrying its send time (and a sequence number).
+pub fn payload(seq: u64) -> String {
+    format!("{{\"t\":{},\"s\":{seq}}}", now_ns())
+}
+
+/// The send time in a payload built by [`payload`].
+pub fn timestamp_ns(body: &[u8]) -> Option<u64> {
+    let at = body.windows(4).position(|w| w == b"\"t\":")? + 4;
+    let digits = &body[at..];
+    let end = digits
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}
+
+/// An encoded goim client frame.
+pub fn goim(op: i32, seq: i32, body: &[u8]) -> Vec<u8> {
+    Frame::new(1, op, seq, body.to_vec()).to_bytes().to_vec()
+}
+
+/// A masked client WebSocket binary (or text) message.
+pub fn ws_message(payload: &[u8], text: bool) -> Vec<u8> {
+    let op = if text {
+        ws::opcode::TEXT
+    } else {
+        ws::opcode::BINARY
+    };
+    ws::client_frame(op, payload, rand::random())
+}
+
+/// An HTTP upgrade request.
+pub fn upgrade_request(host: &str, path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: aGVyYWxkLWJlbmNoLWtleQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// Length of an HTTP response head at the start of `buf`, if complete.
+pub fn http_head_len(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// One unmasked server WebSocket frame at the start of `buf`:
+/// `(opcode, payload start, frame end)`, or `None` if incomplete.
+pub fn server_ws_frame(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, String> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let op = buf[0] & 0x0f;
+    if buf[1] & 0x80 != 0 {
+        return Err("server frame is masked".into());
+    }
+    let (len, start) = match buf[1] & 0x7f {
+        126 => match buf.get(2..4) {
+            Some(b) => (u16::from_be_bytes([b[0], b[1]]) as usize, 4),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10) {
+            Some(b) => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                (u64::from_be_bytes(a) as usize, 10)
+            }
+            None => return Ok(None),
+        },
+        n => (n as usize, 2),
+    };
+    let end = start + len;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    Ok(Some((op, start, end)))
+}
+
+/// Calls `f(op, seq, body)` for every complete goim frame at the start of `buf`
+/// (unpacking OpRaw envelopes); returns the bytes consumed.
+pub fn goim_frames(buf: &[u8], f: &mut impl FnMut(i32, i32, &[u8])) -> Result<usize, String> {
+    let mut pos = 0;
+    while let Some(h) = Header::parse(&buf[pos..]) {
+        if h.header_len as usize != HEADER_LEN || h.pack_len < HEADER_LEN as i32 {
+            return Err(format!("bad frame header {h:?}"));
+        }
+        let len = h.pack_len as usize;
+        let Some(body) = buf.get(pos + HEADER_LEN..pos + len) else {
+            break;
+        };
+        if h.op == Op::RAW {
+            let used = goim_frames(body, f)?;
+            if used != body.len() {
+                return Err("truncated OpRaw body".into());
+            }
+        } else {
+            f(h.op, h.seq, body);
+        }
+        pos += len;
+    }
+    Ok(pos)
+}
+
+/// Parses NATS server protocol lines from `buf`; calls `on_msg(payload)` for each
+/// `MSG` and `on_ping()` for each `PING`. Returns the bytes consumed.
+pub fn nats_ops(
+    buf: &[u8],
+    on_msg: &mut impl FnMut(&[u8]),
+    on_ping: &mut impl FnMut(),
+) -> Result<usize, String> {
+    let mut pos = 0;
+    loop {
+        let rest = &buf[pos..];
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(pos);
+        };
+        let line = &rest[..eol];
+        if line.starts_with(b"MSG ") {
+            let text = std::str::from_utf8(line).map_err(|e| e.to_string())?;
+            let size: usize = text
+                .rsplit(' ')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("bad MSG line {text:?}"))?;
+            let start = eol + 2;
+            if rest.len() < start + size + 2 {
+                return Ok(pos);
+            }
+            on_msg(&rest[start..start + size]);
+            pos += start + size + 2;
+        } else {
+            if line == b"PING" {
+                on_ping();
+            } else if line.starts_with(b"-ERR") {
+                return Err(String::from_utf8_lossy(line).to_string());
+            }
+            pos += eol + 2;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_roundtrip() {
+        let p = payload(7);
+        let t = timestamp_ns(p.as_bytes()).unwrap();
+        assert!(t > 1_600_000_000_000_000_000);
+        assert_eq!(timestamp_ns(b"{\"x\":1}"), None);
+    }
+
+    #[test]
+    fn goim_and_raw_scanning() {
+        let mut batch = herald_proto::raw::RawBatch::default();
+        batch.push(1000, b"a");
+        batch.push(1000, b"bb");
+        let env = Frame::new(1, Op::RAW, 0, batch.finish()).to_bytes();
+        let mut stream = env.to_vec();
+        stream.extend_from_slice(&goim(3, 9, b"\0\0\0\x01"));
+        stream.extend_from_slice(&goim(1000, 0, b"partial")[..10]);
+        let mut seen = Vec::new();
+        let used = goim_frames(&stream, &mut |op, _, body| seen.push((op, body.to_vec()))).unwrap();
+        assert_eq!(used, stream.len() - 10);
+        assert_eq!(seen.len(), 3);
+        assert_eq!(seen[1], (1000, b"bb".to_vec()));
+    }
+
+    #[test]
+    fn nats_parsing() {
+        let data = b"INFO {}\r\nPING\r\nMSG a.b 1 5\r\nhello\r\nMSG a.b 1 3\r\nab";
+        let mut msgs = Vec::new();
+        let mut pings = 0;
+        let used = nats_ops(data, &mut |m| msgs.push(m.to_vec()), &mut || pings += 1).unwrap();
+        assert_eq!(msgs, vec![b"hello".to_vec()]);
+        assert_eq!(pings, 1);
+        assert_eq!(&data[used..], b"MSG a.b 1 3\r\nab");
+    }
+
+    #[test]
+    fn server_frames() {
+        let (h, n) = ws::server_header(2, 300);
+        let mut f = h[..n].to_vec();
+        f.extend(vec![0u8; 300]);
+        assert_eq!(server_ws_frame(&f).unwrap(), Some((2, 4, 304)));
+        assert_eq!(server_ws_frame(&f[..100]).unwrap(), None);
+    }
+}

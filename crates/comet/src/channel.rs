@@ -3,12 +3,12 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use herald_proto::Frame;
-use tokio::sync::Notify;
 
 /// Something waiting to be written to a client.
 #[derive(Debug, Clone)]
@@ -50,7 +50,7 @@ pub struct Channel {
     /// Unique per comet process; tells apart two connections with the same key.
     pub id: u64,
     /// Connection key (device id); the route table's key.
-    pub key: String,
+    pub key: Arc<str>,
     /// Member id; 0 when anonymous.
     pub mid: i64,
     /// Peer address, for the distinct-IP count.
@@ -59,12 +59,20 @@ pub struct Channel {
     accepts: Mutex<Vec<i32>>,
     /// Current room and this channel's index in that room's member list; guarded
     /// in practice by the bucket lock, kept here so leaving a room is O(1).
-    room: Mutex<Option<String>>,
+    room: Mutex<Option<Arc<str>>>,
     pub(crate) room_slot: AtomicUsize,
     /// Pending outbound items.
     outbox: Mutex<OutboxState>,
-    /// Wakes the connection task when the outbox changes.
-    pub(crate) wake: Notify,
+    /// Heartbeat deadline, milliseconds on the hub's clock; checked by the sweeper.
+    deadline_ms: AtomicU64,
+    /// Set when the sweeper closed the connection for a missed heartbeat.
+    timed_out: AtomicBool,
+    /// Set when the outbox changed or the connection must close; cleared by the
+    /// connection task when it looks.
+    signalled: AtomicBool,
+    /// The connection task's waker (cheaper per connection than a `Notify` and a
+    /// stored `notified()` future).
+    waker: AtomicWaker,
     /// Outbox capacity.
     capacity: usize,
 }
@@ -77,7 +85,7 @@ impl Channel {
     /// A channel with an empty outbox of `capacity` items.
     pub fn new(
         id: u64,
-        key: String,
+        key: Arc<str>,
         mid: i64,
         ip: IpAddr,
         accepts: Vec<i32>,
@@ -98,7 +106,10 @@ impl Channel {
                 queue: VecDeque::new(),
                 closed: false,
             }),
-            wake: Notify::new(),
+            deadline_ms: AtomicU64::new(u64::MAX),
+            timed_out: AtomicBool::new(false),
+            signalled: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
             capacity: capacity.max(1),
         }
     }
@@ -122,11 +133,11 @@ impl Channel {
     }
 
     /// The current room key.
-    pub fn room(&self) -> Option<String> {
+    pub fn room(&self) -> Option<Arc<str>> {
         lock(&self.room).clone()
     }
 
-    pub(crate) fn set_room(&self, room: Option<String>) {
+    pub(crate) fn set_room(&self, room: Option<Arc<str>>) {
         *lock(&self.room) = room;
     }
 
@@ -149,7 +160,7 @@ impl Channel {
         }
         st.queue.push_back(item);
         drop(st);
-        self.wake.notify_one();
+        self.signal();
         Offer::Queued
     }
 
@@ -180,7 +191,39 @@ impl Channel {
         st.closed = true;
         st.queue.clear();
         drop(st);
-        self.wake.notify_one();
+        self.signal();
+    }
+
+    fn signal(&self) {
+        self.signalled.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Registers the connection task's waker and returns (and clears) whether the
+    /// channel was signalled. Register first, then check, so no signal is missed.
+    pub(crate) fn poll_signal(&self, cx: &std::task::Context<'_>) -> bool {
+        self.waker.register(cx.waker());
+        self.signalled.swap(false, Ordering::AcqRel)
+    }
+
+    /// Moves the heartbeat deadline (hub clock, ms).
+    pub fn set_deadline(&self, at_ms: u64) {
+        self.deadline_ms.store(at_ms, Ordering::Relaxed);
+    }
+
+    /// Closes the connection if its deadline passed; returns whether it did.
+    pub(crate) fn expire(&self, now_ms: u64) -> bool {
+        if self.deadline_ms.load(Ordering::Relaxed) > now_ms || self.is_closed() {
+            return false;
+        }
+        self.timed_out.store(true, Ordering::Relaxed);
+        self.close();
+        true
+    }
+
+    /// Whether the connection was closed for a missed heartbeat.
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Relaxed)
     }
 
     /// Whether [`Channel::close`] was called.

@@ -59,6 +59,9 @@ pub struct CometConfig {
     pub logic_timeout: Duration,
     /// Most client connections held at once; 0 = no limit but the open-file limit.
     pub max_connections: usize,
+    /// Listen backlog of the client listeners (capped by `net.core.somaxconn`); a
+    /// connection storm beyond it waits for SYN retransmits.
+    pub backlog: u32,
     /// Public addresses advertised to clients through `/goim/nodes/weighted`.
     pub public_addrs: Vec<String>,
     /// Balancer weight advertised in the registry.
@@ -85,6 +88,7 @@ impl Default for CometConfig {
             route_refresh_max: Duration::from_secs(900),
             logic_timeout: Duration::from_secs(3),
             max_connections: 0,
+            backlog: 4096,
             public_addrs: Vec::new(),
             weight: 10,
             offline: false,

@@ -8,9 +8,11 @@
 //! only their small headers are built per connection.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -81,16 +83,9 @@ struct Conn {
     transport: Transport,
     /// Bytes of an incomplete frame; empty (and unallocated) between frames.
     pending: BytesMut,
-    max_body: usize,
-    ws_path: String,
+    /// comet settings (body limit, WebSocket path), shared by every connection.
+    cfg: Arc<CometConfig>,
     eof: bool,
-}
-
-enum Event {
-    Shutdown,
-    Deadline,
-    Wake,
-    Readable(io::Result<()>),
 }
 
 impl Conn {
@@ -146,7 +141,7 @@ impl Conn {
         loop {
             let rest = &buf[pos..];
             match &mut self.transport {
-                Transport::Tcp => match herald_proto::decode_frame(rest, self.max_body) {
+                Transport::Tcp => match herald_proto::decode_frame(rest, self.cfg.max_body) {
                     Ok(Some((f, used))) => {
                         out.push(Inbound::Frame(f));
                         pos += used;
@@ -155,7 +150,7 @@ impl Conn {
                     Err(e) => return Err(ReadError::BadFrame(e.to_string())),
                 },
                 Transport::Ws { upgraded, decoder } if !*upgraded => {
-                    match ws::parse_upgrade(rest, &self.ws_path) {
+                    match ws::parse_upgrade(rest, &self.cfg.ws_path) {
                         Ok(Some((up, used))) => {
                             *upgraded = true;
                             out.push(Inbound::Upgrade(up));
@@ -167,7 +162,7 @@ impl Conn {
                             return Err(ReadError::BadUpgrade(
                                 404,
                                 "Not Found",
-                                format!("no WebSocket endpoint at {p}; use {}", self.ws_path),
+                                format!("no WebSocket endpoint at {p}; use {}", self.cfg.ws_path),
                             ))
                         }
                         Err(e) => {
@@ -180,7 +175,7 @@ impl Conn {
                         pos += used;
                         match msg {
                             Some(ws::Message::Data(data)) => {
-                                let f = herald_proto::decode_exact(&data, self.max_body)
+                                let f = herald_proto::decode_exact(&data, self.cfg.max_body)
                                     .map_err(|e| ReadError::BadFrame(e.to_string()))?;
                                 out.push(Inbound::Frame(f));
                             }
@@ -296,13 +291,30 @@ impl Conn {
     }
 }
 
+/// What a successful handshake produced.
+struct Authenticated {
+    reply: ConnectReply,
+    /// `ver` and `seq` of the auth frame, echoed in the reply.
+    ver: i16,
+    seq: i32,
+    /// Frames that arrived after the auth frame in the same read.
+    leftover: Vec<Inbound>,
+    /// Route removals completed before logic was asked to connect.
+    removals_before: u64,
+}
+
 /// Serves one accepted socket until it closes.
-pub(crate) async fn serve(
+///
+/// Everything the connection keeps while idle lives in this one future, so it is
+/// written to stay small: the handshake, writes and logic calls are boxed (they are
+/// short-lived), and the heartbeat deadline is a timestamp in the channel checked
+/// by the hub's sweeper rather than a timer per connection.
+pub(crate) fn serve(
     ctx: Arc<ConnContext>,
     stream: TcpStream,
     peer: SocketAddr,
     websocket: bool,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
     let transport = if websocket {
         Transport::Ws {
@@ -312,42 +324,239 @@ pub(crate) async fn serve(
     } else {
         Transport::Tcp
     };
+    // Built outside the future and captured once, so it is not stored twice.
     let mut conn = Conn {
         stream,
         peer,
         transport,
         pending: BytesMut::new(),
-        max_body: ctx.cfg.max_body,
-        ws_path: ctx.cfg.ws_path.clone(),
+        cfg: ctx.cfg.clone(),
         eof: false,
     };
-    ctx.hub.metrics.accepted.increment(1);
-    let handshake = tokio::select! {
-        _ = ctx.shutdown.cancelled() => return,
-        r = tokio::time::timeout(ctx.cfg.handshake_timeout, handshake(&ctx, &mut conn)) => r,
-    };
-    let (reply, auth_frame, leftover) = match handshake {
-        Ok(Ok(v)) => v,
-        Ok(Err(reason)) => {
-            debug!(%peer, %reason, "connection closed before auth");
-            return;
+    async move {
+        let hub = &ctx.hub;
+        hub.metrics.accepted.increment(1);
+        let handshake = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            r = Box::pin(tokio::time::timeout(ctx.cfg.handshake_timeout, handshake(&ctx, &mut conn))) => r,
+        };
+        let Authenticated {
+            reply,
+            ver,
+            seq,
+            leftover,
+            removals_before,
+        } = match handshake {
+            Ok(Ok(v)) => v,
+            Ok(Err(reason)) => {
+                debug!(peer = %conn.peer, %reason, "connection closed before auth");
+                return;
+            }
+            Err(_) => {
+                hub.metrics.timeouts.increment(1);
+                debug!(peer = %conn.peer, "handshake timeout");
+                return;
+            }
+        };
+        let ConnectReply {
+            mid,
+            key,
+            room_id,
+            accepts,
+            heartbeat,
+        } = reply;
+        let hb = match heartbeat {
+            n if n > 0 => Duration::from_nanos(n as u64),
+            _ => ctx.cfg.default_heartbeat,
+        };
+        let ch = Arc::new(Channel::new(
+            hub.next_id(),
+            Arc::from(key),
+            mid,
+            conn.peer.ip(),
+            accepts,
+            ctx.cfg.outbound_queue,
+        ));
+        ch.set_deadline(hub.deadline_after(hb));
+        hub.register(&ch, &room_id);
+        drop(room_id);
+        if ctx.shutdown.is_cancelled() {
+            // Registered after shutdown closed everybody: close this one too.
+            ch.close();
         }
-        Err(_) => {
-            ctx.hub.metrics.timeouts.increment(1);
-            debug!(%peer, "handshake timeout");
-            return;
+        let gauge = if conn.is_ws() {
+            &hub.metrics.connections_ws
+        } else {
+            &hub.metrics.connections_tcp
+        };
+        gauge.increment(1.0);
+        ch.reply(Outbound::Frame(Frame::new(
+            ver,
+            Op::AUTH_REPLY,
+            seq,
+            Bytes::new(),
+        )));
+        if hub.route_removals() != removals_before {
+            // A route removal finished while this client authenticated: it may have been
+            // this key's (a same-key reconnect); make sure the route points here.
+            call(
+                ctx.cfg.logic_timeout,
+                "heartbeat",
+                ctx.logic.heartbeat(heartbeat_req(&ctx, &ch)),
+            )
+            .await;
         }
-    };
-    session(&ctx, conn, reply, auth_frame, leftover).await;
+        let refresh_every = {
+            let (lo, hi) = (ctx.cfg.route_refresh_min, ctx.cfg.route_refresh_max);
+            if hi > lo {
+                rand::rng().random_range(lo..hi)
+            } else {
+                lo
+            }
+        };
+        let mut last_refresh = Instant::now();
+        let mut out = VecDeque::new();
+        let mut inbound = leftover;
+        let close_reason: &str = 'serve: loop {
+            for item in inbound.drain(..) {
+                match item {
+                    Inbound::Frame(f) => {
+                        if f.op == Op::HEARTBEAT {
+                            ch.set_deadline(hub.deadline_after(hb));
+                            if last_refresh.elapsed() >= refresh_every
+                                && call(
+                                    ctx.cfg.logic_timeout,
+                                    "heartbeat",
+                                    ctx.logic.heartbeat(heartbeat_req(&ctx, &ch)),
+                                )
+                                .await
+                                .is_some()
+                            {
+                                last_refresh = Instant::now();
+                            }
+                        }
+                        if let Some(req) = handle_frame(&ctx, &ch, f) {
+                            call(ctx.cfg.logic_timeout, "receive", ctx.logic.receive(req)).await;
+                        }
+                    }
+                    Inbound::Ping(p) => ch.reply(Outbound::Pong(p)),
+                    Inbound::Close => break 'serve "closed by peer",
+                    Inbound::Upgrade(_) => break 'serve "unexpected upgrade",
+                }
+            }
+            let closing = ch.drain(&mut out);
+            if !out.is_empty() {
+                let n = out.len();
+                // Boxed: only live while writing, so idle connections do not carry it.
+                let mut write = Box::pin(tokio::time::timeout(
+                    ctx.cfg.write_timeout,
+                    conn.write_items(&mut out),
+                ));
+                // A blocked write must not keep a connection that the server closed
+                // (slow-consumer policy, replacement, shutdown) alive.
+                let written = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = write.as_mut().poll(cx) {
+                        return Poll::Ready(Some(r));
+                    }
+                    if ch.poll_signal(cx) && ch.is_closed() {
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending
+                })
+                .await;
+                drop(write);
+                match written {
+                    None => break 'serve "closed by server during a write",
+                    Some(Ok(Ok(frames))) => {
+                        hub.metrics.writes.increment(1);
+                        hub.metrics.frames_delivered.increment(frames);
+                    }
+                    Some(Ok(Err(_))) => break 'serve "write failed",
+                    Some(Err(_)) => {
+                        debug!(items = n, "write timed out");
+                        break 'serve "write timed out";
+                    }
+                }
+            }
+            if closing {
+                break 'serve if ch.timed_out() {
+                    "heartbeat timeout"
+                } else {
+                    "closed by server"
+                };
+            }
+            if conn.eof {
+                break 'serve "closed by peer";
+            }
+            // Wait for queued output or input. Polling readiness directly keeps no
+            // waiter state in this (long-lived, per-connection) future.
+            let readable = std::future::poll_fn(|cx| {
+                if ch.poll_signal(cx) {
+                    return Poll::Ready(None);
+                }
+                conn.stream.poll_read_ready(cx).map(Some)
+            })
+            .await;
+            match readable {
+                None => {}
+                Some(Err(_)) => break 'serve "socket error",
+                Some(Ok(())) => match conn.read_available() {
+                    Ok(items) => inbound = items,
+                    Err(ReadError::Eof) => break 'serve "closed by peer",
+                    Err(ReadError::Io(_)) => break 'serve "read failed",
+                    Err(ReadError::BadFrame(m)) => {
+                        hub.metrics.bad_input.increment(1);
+                        debug!(peer = %conn.peer, key = %ch.key, error = %m, "malformed frame");
+                        break 'serve "malformed frame";
+                    }
+                    Err(ReadError::BadUpgrade(..)) => break 'serve "unexpected upgrade",
+                },
+            }
+        };
+        debug!(peer = %conn.peer, key = %ch.key, reason = close_reason, "connection closed");
+        ch.close();
+        let current = hub.unregister(&ch);
+        drop(conn);
+        gauge.decrement(1.0);
+        if current {
+            let req = DisconnectReq {
+                mid: ch.mid,
+                key: ch.key.to_string(),
+                server: ctx.server_id.clone(),
+            };
+            call(
+                ctx.cfg.logic_timeout,
+                "disconnect",
+                ctx.logic.disconnect(req),
+            )
+            .await;
+            hub.note_route_removal();
+            if let Some(newer) = hub.channel(&ch.key) {
+                // A new connection with this key registered while the route was being
+                // removed: put its route back.
+                call(
+                    ctx.cfg.logic_timeout,
+                    "heartbeat",
+                    ctx.logic.heartbeat(heartbeat_req(&ctx, &newer)),
+                )
+                .await;
+            }
+        }
+    }
+}
+
+fn heartbeat_req(ctx: &ConnContext, ch: &Channel) -> HeartbeatReq {
+    HeartbeatReq {
+        mid: ch.mid,
+        key: ch.key.to_string(),
+        server: ctx.server_id.clone(),
+    }
 }
 
 /// Reads until the auth frame (answering the WebSocket upgrade on the way) and
 /// authenticates with logic. Frames before auth are discarded, as in goim; frames
 /// that arrived after it are returned.
-async fn handshake(
-    ctx: &ConnContext,
-    conn: &mut Conn,
-) -> Result<(ConnectReply, Frame, Vec<Inbound>), String> {
+async fn handshake(ctx: &ConnContext, conn: &mut Conn) -> Result<Authenticated, String> {
     let mut cookie = String::new();
     loop {
         if conn.eof {
@@ -387,6 +596,7 @@ async fn handshake(
                 }
                 Inbound::Close => return Err("closed by peer".into()),
                 Inbound::Frame(f) if f.op == Op::AUTH => {
+                    let removals_before = ctx.hub.route_removals();
                     let req = ConnectReq {
                         server: ctx.server_id.clone(),
                         cookie: cookie.clone(),
@@ -406,7 +616,13 @@ async fn handshake(
                                 return Err("auth timed out in logic".into());
                             }
                         };
-                    return Ok((reply, f, items.collect()));
+                    return Ok(Authenticated {
+                        reply,
+                        ver: f.ver,
+                        seq: f.seq,
+                        leftover: items.collect(),
+                        removals_before,
+                    });
                 }
                 Inbound::Frame(f) => {
                     debug!(peer = %conn.peer, op = f.op, "frame before auth ignored")
@@ -416,211 +632,33 @@ async fn handshake(
     }
 }
 
-async fn call<T>(
+/// A logic call with a deadline; failures are logged and give `None`. Boxed, so
+/// that the connection task only holds a pointer while a (rare) call is pending.
+fn call<'a, T: 'a>(
     timeout: Duration,
-    what: &str,
-    fut: impl std::future::Future<Output = herald_rpc::RpcResult<T>>,
-) -> Option<T> {
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(Ok(v)) => Some(v),
-        Ok(Err(e)) => {
-            warn!(call = what, error = %e, "logic call failed");
-            None
-        }
-        Err(_) => {
-            warn!(call = what, "logic call timed out");
-            None
-        }
-    }
-}
-
-/// The authenticated life of a connection.
-async fn session(
-    ctx: &ConnContext,
-    mut conn: Conn,
-    reply: ConnectReply,
-    auth_frame: Frame,
-    leftover: Vec<Inbound>,
-) {
-    let hub = &ctx.hub;
-    let removals_before = hub.route_removals();
-    let ch = Arc::new(Channel::new(
-        hub.next_id(),
-        reply.key.clone(),
-        reply.mid,
-        conn.peer.ip(),
-        reply.accepts.clone(),
-        ctx.cfg.outbound_queue,
-    ));
-    hub.register(&ch, &reply.room_id);
-    let gauge = if conn.is_ws() {
-        &hub.metrics.connections_ws
-    } else {
-        &hub.metrics.connections_tcp
-    };
-    gauge.increment(1.0);
-    ch.reply(Outbound::Frame(Frame::reply_to(
-        &auth_frame,
-        Op::AUTH_REPLY,
-        Bytes::new(),
-    )));
-    let hb_req = || HeartbeatReq {
-        mid: ch.mid,
-        key: ch.key.clone(),
-        server: ctx.server_id.clone(),
-    };
-    if hub.route_removals() != removals_before {
-        // A route removal finished while this client authenticated: it may have been
-        // this key's (a same-key reconnect); make sure the route points here.
-        call(
-            ctx.cfg.logic_timeout,
-            "heartbeat",
-            ctx.logic.heartbeat(hb_req()),
-        )
-        .await;
-    }
-
-    let hb = match reply.heartbeat {
-        n if n > 0 => Duration::from_nanos(n as u64),
-        _ => ctx.cfg.default_heartbeat,
-    };
-    let deadline = tokio::time::sleep(hb);
-    tokio::pin!(deadline);
-    let refresh_every = {
-        let (lo, hi) = (ctx.cfg.route_refresh_min, ctx.cfg.route_refresh_max);
-        if hi > lo {
-            rand::rng().random_range(lo..hi)
-        } else {
-            lo
-        }
-    };
-    let mut last_refresh = Instant::now();
-    let mut out = VecDeque::new();
-    let mut inbound = leftover;
-    let close_reason: &str = 'serve: loop {
-        for item in inbound.drain(..) {
-            match item {
-                Inbound::Frame(f) => {
-                    if f.op == Op::HEARTBEAT {
-                        deadline.as_mut().reset(tokio::time::Instant::now() + hb);
-                        if last_refresh.elapsed() >= refresh_every
-                            && call(
-                                ctx.cfg.logic_timeout,
-                                "heartbeat",
-                                ctx.logic.heartbeat(hb_req()),
-                            )
-                            .await
-                            .is_some()
-                        {
-                            last_refresh = Instant::now();
-                        }
-                    }
-                    handle_frame(ctx, &ch, f).await;
-                }
-                Inbound::Ping(p) => ch.reply(Outbound::Pong(p)),
-                Inbound::Close => break 'serve "closed by peer",
-                Inbound::Upgrade(_) => break 'serve "unexpected upgrade",
+    what: &'static str,
+    fut: impl std::future::Future<Output = herald_rpc::RpcResult<T>> + Send + 'a,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<T>> + Send + 'a>> {
+    Box::pin(async move {
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                warn!(call = what, error = %e, "logic call failed");
+                None
+            }
+            Err(_) => {
+                warn!(call = what, "logic call timed out");
+                None
             }
         }
-        let closing = ch.drain(&mut out);
-        if !out.is_empty() {
-            let n = out.len();
-            let write = tokio::time::timeout(ctx.cfg.write_timeout, conn.write_items(&mut out));
-            tokio::pin!(write);
-            // A blocked write must not keep a connection that the server closed
-            // (slow-consumer policy, replacement, shutdown) alive.
-            let written = loop {
-                tokio::select! {
-                    r = &mut write => break Some(r),
-                    _ = ch.wake.notified() => {
-                        if ch.is_closed() {
-                            break None;
-                        }
-                    }
-                }
-            };
-            let Some(written) = written else {
-                break 'serve "closed by server during a write";
-            };
-            match written {
-                Ok(Ok(frames)) => {
-                    hub.metrics.writes.increment(1);
-                    hub.metrics.frames_delivered.increment(frames);
-                }
-                Ok(Err(_)) => break 'serve "write failed",
-                Err(_) => {
-                    debug!(items = n, "write timed out");
-                    break 'serve "write timed out";
-                }
-            }
-        }
-        if closing {
-            break 'serve "closed by server";
-        }
-        if conn.eof {
-            break 'serve "closed by peer";
-        }
-        let event = tokio::select! {
-            biased;
-            _ = ctx.shutdown.cancelled() => Event::Shutdown,
-            _ = &mut deadline => Event::Deadline,
-            _ = ch.wake.notified() => Event::Wake,
-            r = conn.stream.readable() => Event::Readable(r),
-        };
-        match event {
-            Event::Shutdown => break 'serve "shutdown",
-            Event::Deadline => {
-                hub.metrics.timeouts.increment(1);
-                break 'serve "heartbeat timeout";
-            }
-            Event::Wake => {}
-            Event::Readable(Err(_)) => break 'serve "socket error",
-            Event::Readable(Ok(())) => match conn.read_available() {
-                Ok(items) => inbound = items,
-                Err(ReadError::Eof) => break 'serve "closed by peer",
-                Err(ReadError::Io(_)) => break 'serve "read failed",
-                Err(ReadError::BadFrame(m)) => {
-                    hub.metrics.bad_input.increment(1);
-                    debug!(peer = %conn.peer, key = %ch.key, error = %m, "malformed frame");
-                    break 'serve "malformed frame";
-                }
-                Err(ReadError::BadUpgrade(..)) => break 'serve "unexpected upgrade",
-            },
-        }
-    };
-    debug!(peer = %conn.peer, key = %ch.key, reason = close_reason, "connection closed");
-    ch.close();
-    let current = hub.unregister(&ch);
-    drop(conn);
-    gauge.decrement(1.0);
-    if current {
-        let req = DisconnectReq {
-            mid: ch.mid,
-            key: ch.key.clone(),
-            server: ctx.server_id.clone(),
-        };
-        call(
-            ctx.cfg.logic_timeout,
-            "disconnect",
-            ctx.logic.disconnect(req),
-        )
-        .await;
-        hub.note_route_removal();
-        if let Some(newer) = hub.channel(&ch.key) {
-            // A new connection with this key registered while the route was being
-            // removed: put its route back.
-            let req = HeartbeatReq {
-                mid: newer.mid,
-                key: newer.key.clone(),
-                server: ctx.server_id.clone(),
-            };
-            call(ctx.cfg.logic_timeout, "heartbeat", ctx.logic.heartbeat(req)).await;
-        }
-    }
+    })
 }
 
 /// Handles one frame from an authenticated client and queues its reply.
-async fn handle_frame(ctx: &ConnContext, ch: &Arc<Channel>, f: Frame) {
+///
+/// Returns the upstream message to forward to logic for business ops (the reply is
+/// already queued: goim echoes the op and seq with an empty body).
+fn handle_frame(ctx: &ConnContext, ch: &Arc<Channel>, f: Frame) -> Option<ReceiveReq> {
     let reply = match f.op {
         Op::HEARTBEAT => {
             let online = ch.room().map_or(0, |r| ctx.hub.room_online(&r));
@@ -648,18 +686,119 @@ async fn handle_frame(ctx: &ConnContext, ch: &Arc<Channel>, f: Frame) {
             Frame::reply_to(&f, Op::UNSUB_REPLY, f.body.clone())
         }
         _ => {
-            let req = ReceiveReq {
+            ch.reply(Outbound::Frame(Frame::reply_to(&f, f.op, Bytes::new())));
+            return Some(ReceiveReq {
                 mid: ch.mid,
                 proto: Some(Proto {
                     ver: f.ver as i32,
                     op: f.op,
                     seq: f.seq,
-                    body: f.body.clone(),
+                    body: f.body,
                 }),
-            };
-            call(ctx.cfg.logic_timeout, "receive", ctx.logic.receive(req)).await;
-            Frame::reply_to(&f, f.op, Bytes::new())
+            });
         }
     };
     ch.reply(Outbound::Frame(reply));
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::CometMetrics;
+
+    struct NoLogic;
+
+    #[async_trait::async_trait]
+    impl LogicService for NoLogic {
+        async fn connect(&self, _: ConnectReq) -> herald_rpc::RpcResult<ConnectReply> {
+            Err(herald_rpc::RpcError::invalid("test"))
+        }
+        async fn disconnect(
+            &self,
+            _: DisconnectReq,
+        ) -> herald_rpc::RpcResult<herald_rpc::DisconnectReply> {
+            Ok(Default::default())
+        }
+        async fn heartbeat(&self, _: HeartbeatReq) -> herald_rpc::RpcResult<()> {
+            Ok(())
+        }
+        async fn renew_online(
+            &self,
+            _: herald_rpc::OnlineReq,
+        ) -> herald_rpc::RpcResult<herald_rpc::OnlineReply> {
+            Ok(Default::default())
+        }
+        async fn receive(&self, _: ReceiveReq) -> herald_rpc::RpcResult<()> {
+            Ok(())
+        }
+        async fn nodes(
+            &self,
+            _: herald_rpc::NodesReq,
+        ) -> herald_rpc::RpcResult<herald_rpc::NodesReply> {
+            Ok(Default::default())
+        }
+    }
+
+    /// The per-connection task is the largest per-connection allocation; keep an eye
+    /// on its size (printed with `--nocapture`).
+    #[tokio::test]
+    async fn connection_task_size() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let ctx = Arc::new(ConnContext {
+            hub: Arc::new(Hub::new(1, Default::default(), CometMetrics::new())),
+            logic: Arc::new(NoLogic),
+            cfg: Arc::new(CometConfig::default()),
+            server_id: "t".into(),
+            shutdown: CancellationToken::new(),
+        });
+        let mut conn = Conn {
+            stream,
+            peer,
+            transport: Transport::Tcp,
+            pending: BytesMut::new(),
+            cfg: ctx.cfg.clone(),
+            eof: false,
+        };
+        println!("Conn {}", std::mem::size_of::<Conn>());
+        {
+            let n = tokio::sync::Notify::new();
+            let nf = n.notified();
+            let r = conn.stream.readable();
+            let c = ctx.shutdown.cancelled();
+            println!(
+                "notified {} readable {} cancelled {} frame {} inbound {} outbound {}",
+                std::mem::size_of_val(&nf),
+                std::mem::size_of_val(&r),
+                std::mem::size_of_val(&c),
+                std::mem::size_of::<Frame>(),
+                std::mem::size_of::<Inbound>(),
+                std::mem::size_of::<Outbound>()
+            );
+        }
+        {
+            let h = handshake(&ctx, &mut conn);
+            println!("handshake {}", std::mem::size_of_val(&h));
+        }
+        let mut out = VecDeque::new();
+        {
+            let w = conn.write_items(&mut out);
+            println!("write_items {}", std::mem::size_of_val(&w));
+        }
+        let listener2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _c2 = TcpStream::connect(listener2.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener2.accept().await.unwrap();
+        let fut = serve(ctx, stream, peer, true);
+        let size = std::mem::size_of_val(&fut);
+        println!(
+            "connection future: {size} bytes; channel: {} bytes",
+            std::mem::size_of::<Channel>()
+        );
+        assert!(size < 16 * 1024);
+    }
 }

@@ -19,20 +19,24 @@ use crate::metrics::CometMetrics;
 
 #[derive(Default)]
 struct BucketInner {
-    /// key → connection.
-    channels: HashMap<String, Arc<Channel>>,
+    /// key → connection (the key is shared with the channel).
+    channels: HashMap<Arc<str>, Arc<Channel>>,
     /// room key → members in this bucket; each member knows its index.
-    rooms: HashMap<String, Vec<Arc<Channel>>>,
+    rooms: HashMap<Arc<str>, Vec<Arc<Channel>>>,
     /// client IP → connections from it.
     ips: HashMap<IpAddr, u32>,
 }
 
 impl BucketInner {
     fn join(&mut self, ch: &Arc<Channel>, room: &str) {
-        let members = self.rooms.entry(room.to_string()).or_default();
+        let key: Arc<str> = match self.rooms.get_key_value(room) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(room),
+        };
+        let members = self.rooms.entry(key.clone()).or_default();
         ch.set_slot(members.len());
         members.push(ch.clone());
-        ch.set_room(Some(room.to_string()));
+        ch.set_room(Some(key));
     }
 
     fn leave(&mut self, ch: &Arc<Channel>) {
@@ -41,7 +45,7 @@ impl BucketInner {
         };
         ch.set_room(None);
         let slot = ch.slot();
-        if let Some(members) = self.rooms.get_mut(&room) {
+        if let Some(members) = self.rooms.get_mut(&*room) {
             if members.get(slot).is_some_and(|m| Arc::ptr_eq(m, ch)) {
                 members.swap_remove(slot);
                 if let Some(moved) = members.get(slot) {
@@ -49,7 +53,7 @@ impl BucketInner {
                 }
             }
             if members.is_empty() {
-                self.rooms.remove(&room);
+                self.rooms.remove(&*room);
             }
         }
     }
@@ -88,6 +92,8 @@ pub struct Hub {
     /// that authenticated concurrently detect that its route may have been removed.
     route_removals: AtomicU64,
     policy: SlowConsumerPolicy,
+    /// Origin of the millisecond clock used for heartbeat deadlines.
+    epoch: std::time::Instant,
     /// Signalled when connections or room memberships change, so online counts are
     /// reported soon rather than at the next interval.
     pub changed: tokio::sync::Notify,
@@ -124,6 +130,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             route_removals: AtomicU64::new(0),
             policy,
+            epoch: std::time::Instant::now(),
             changed: tokio::sync::Notify::new(),
             metrics,
         }
@@ -227,7 +234,7 @@ impl Hub {
         let mut out: HashMap<String, i32> = HashMap::new();
         for b in self.buckets.iter() {
             for (room, members) in &read(b).rooms {
-                *out.entry(room.clone()).or_default() += members.len() as i32;
+                *out.entry(room.to_string()).or_default() += members.len() as i32;
             }
         }
         out
@@ -285,7 +292,7 @@ impl Hub {
         let frames = count_frames(&body);
         let mut out = Fanout::default();
         for key in keys {
-            let ch = read(self.bucket(key)).channels.get(key).cloned();
+            let ch = read(self.bucket(key)).channels.get(key.as_str()).cloned();
             if let Some(ch) = ch {
                 if ch.accepts(op) {
                     self.offer(
@@ -351,6 +358,33 @@ impl Hub {
             }
         }
         out
+    }
+
+    /// Milliseconds on the deadline clock.
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The deadline `d` from now on the deadline clock.
+    pub fn deadline_after(&self, d: Duration) -> u64 {
+        self.now_ms().saturating_add(d.as_millis() as u64)
+    }
+
+    /// Closes every connection whose heartbeat deadline has passed. Returns how many.
+    pub fn sweep_expired(&self) -> usize {
+        let now = self.now_ms();
+        let mut n = 0;
+        for b in self.buckets.iter() {
+            for ch in read(b).channels.values() {
+                if ch.expire(now) {
+                    n += 1;
+                }
+            }
+        }
+        if n > 0 {
+            self.metrics.timeouts.increment(n as u64);
+        }
+        n
     }
 
     /// Closes every connection (shutdown).

@@ -98,13 +98,10 @@ impl Comet {
             (&cfg.ws_bind, true, &mut ws_addrs),
         ] {
             for addr in binds {
-                let listener =
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| StartError::Bind {
-                            addr: *addr,
-                            source,
-                        })?;
+                let listener = listen(*addr, cfg.backlog).map_err(|source| StartError::Bind {
+                    addr: *addr,
+                    source,
+                })?;
                 let local = listener.local_addr().map_err(|source| StartError::Bind {
                     addr: *addr,
                     source,
@@ -128,6 +125,7 @@ impl Comet {
             .map_err(|e| StartError::Register(e.to_string()))?;
         let registration: Arc<dyn Registration> = Arc::from(registration);
         tracker.spawn(report_loop(ctx.clone(), registration.clone()));
+        tracker.spawn(sweep_loop(ctx.clone()));
         Ok(Comet {
             ctx,
             tracker,
@@ -172,6 +170,18 @@ impl Comet {
             warn!("some connections did not finish within the shutdown grace period");
         }
     }
+}
+
+/// A listener with the configured backlog (tokio's `bind` uses a fixed one).
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 fn metadata(ctx: &ConnContext) -> BTreeMap<String, String> {
@@ -223,6 +233,22 @@ async fn accept_loop(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
+        }
+    }
+}
+
+/// How often heartbeat deadlines are checked.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Closes connections that missed their heartbeat deadline. One walk over the hub
+/// per interval replaces a timer per connection.
+async fn sweep_loop(ctx: Arc<ConnContext>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => { ctx.hub.sweep_expired(); }
         }
     }
 }

@@ -4,8 +4,8 @@
 //! route by the configured TTL; expired entries are invisible and are removed by
 //! [`MemoryStore::sweep`].
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -18,14 +18,36 @@ pub struct MemoryStore {
     state: Mutex<State>,
 }
 
+/// Where a key is held, until when.
+#[derive(Clone)]
+struct Route {
+    server: Arc<str>,
+    expires: Instant,
+}
+
+/// Kept compact because it holds one entry per connection: keys are shared between
+/// the two indexes and server ids are interned.
 #[derive(Default)]
 struct State {
-    /// key → (server, expiry).
-    keys: HashMap<String, (String, Instant)>,
-    /// mid → key → (server, expiry).
-    mids: HashMap<i64, HashMap<String, (String, Instant)>>,
+    /// Interned server ids (a handful of comets, millions of routes).
+    servers: HashSet<Arc<str>>,
+    /// key → route.
+    keys: HashMap<Arc<str>, Route>,
+    /// mid → its keys and their routes (usually one or two).
+    mids: HashMap<i64, Vec<(Arc<str>, Route)>>,
     /// server → last report.
     online: HashMap<String, ServerOnline>,
+}
+
+impl State {
+    fn intern(&mut self, server: &str) -> Arc<str> {
+        if let Some(s) = self.servers.get(server) {
+            return s.clone();
+        }
+        let s: Arc<str> = Arc::from(server);
+        self.servers.insert(s.clone());
+        s
+    }
 }
 
 impl MemoryStore {
@@ -47,9 +69,9 @@ impl MemoryStore {
         let now = Instant::now();
         let mut st = self.state();
         let before = st.keys.len();
-        st.keys.retain(|_, (_, exp)| *exp > now);
+        st.keys.retain(|_, r| r.expires > now);
         st.mids.retain(|_, keys| {
-            keys.retain(|_, (_, exp)| *exp > now);
+            keys.retain(|(_, r)| r.expires > now);
             !keys.is_empty()
         });
         before - st.keys.len()
@@ -58,39 +80,54 @@ impl MemoryStore {
     /// Number of live routes (keys).
     pub fn route_count(&self) -> usize {
         let now = Instant::now();
-        self.state().keys.values().filter(|(_, e)| *e > now).count()
+        self.state()
+            .keys
+            .values()
+            .filter(|r| r.expires > now)
+            .count()
     }
 }
 
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn add_route(&self, mid: i64, key: &str, server: &str) -> StoreResult<()> {
-        let exp = Instant::now() + self.ttl;
+        let expires = Instant::now() + self.ttl;
         let mut st = self.state();
-        st.keys.insert(key.to_string(), (server.to_string(), exp));
+        let server = st.intern(server);
+        let route = Route { server, expires };
+        let key: Arc<str> = match st.keys.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(key),
+        };
+        st.keys.insert(key.clone(), route.clone());
         if mid > 0 {
-            st.mids
-                .entry(mid)
-                .or_default()
-                .insert(key.to_string(), (server.to_string(), exp));
+            let list = st.mids.entry(mid).or_default();
+            match list.iter_mut().find(|(k, _)| *k == key) {
+                Some(entry) => entry.1 = route,
+                None => list.push((key, route)),
+            }
         }
         Ok(())
     }
 
     async fn refresh_route(&self, mid: i64, key: &str, server: &str) -> StoreResult<bool> {
         let now = Instant::now();
-        let exp = now + self.ttl;
+        let expires = now + self.ttl;
         let mut st = self.state();
         let live = match st.keys.get_mut(key) {
-            Some((s, e)) if *e > now && s == server => {
-                *e = exp;
+            Some(r) if r.expires > now && &*r.server == server => {
+                r.expires = expires;
                 true
             }
             _ => false,
         };
         if live && mid > 0 {
-            if let Some((_, e)) = st.mids.get_mut(&mid).and_then(|m| m.get_mut(key)) {
-                *e = exp;
+            if let Some(entry) = st
+                .mids
+                .get_mut(&mid)
+                .and_then(|l| l.iter_mut().find(|(k, _)| &**k == key))
+            {
+                entry.1.expires = expires;
             }
         }
         Ok(live)
@@ -99,18 +136,16 @@ impl SessionStore for MemoryStore {
     async fn remove_route(&self, mid: i64, key: &str, server: &str) -> StoreResult<bool> {
         let mut st = self.state();
         let removed = match st.keys.get(key) {
-            Some((s, _)) if s == server => {
+            Some(r) if &*r.server == server => {
                 st.keys.remove(key);
                 true
             }
             _ => false,
         };
         if mid > 0 {
-            if let Some(keys) = st.mids.get_mut(&mid) {
-                if keys.get(key).is_some_and(|(s, _)| s == server) {
-                    keys.remove(key);
-                }
-                if keys.is_empty() {
+            if let Some(list) = st.mids.get_mut(&mid) {
+                list.retain(|(k, r)| !(&**k == key && &*r.server == server));
+                if list.is_empty() {
                     st.mids.remove(&mid);
                 }
             }
@@ -123,8 +158,8 @@ impl SessionStore for MemoryStore {
         let st = self.state();
         Ok(keys
             .iter()
-            .map(|k| match st.keys.get(k) {
-                Some((s, e)) if *e > now => Some(s.clone()),
+            .map(|k| match st.keys.get(k.as_str()) {
+                Some(r) if r.expires > now => Some(r.server.to_string()),
                 _ => None,
             })
             .collect())
@@ -135,10 +170,10 @@ impl SessionStore for MemoryStore {
         let st = self.state();
         let mut out = Vec::new();
         for mid in mids {
-            if let Some(keys) = st.mids.get(mid) {
-                for (k, (s, e)) in keys {
-                    if *e > now {
-                        out.push((k.clone(), s.clone()));
+            if let Some(list) = st.mids.get(mid) {
+                for (k, r) in list {
+                    if r.expires > now {
+                        out.push((k.to_string(), r.server.to_string()));
                     }
                 }
             }

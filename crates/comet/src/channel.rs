@@ -25,11 +25,21 @@ pub enum Outbound {
     Frame(Frame),
     /// A WebSocket pong carrying the ping's payload.
     Pong(Bytes),
+    /// Bytes already encoded for this connection (the unwritten rest of a write),
+    /// carrying `frames` push frames.
+    Encoded {
+        /// The bytes.
+        bytes: Bytes,
+        /// Push frames they complete.
+        frames: u64,
+    },
 }
 
 /// Result of offering a push to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
+    /// Written to the socket at once; carries the number of push frames.
+    Written(u64),
     /// Queued for writing.
     Queued,
     /// The queue is full: the connection is a slow consumer.
@@ -43,6 +53,8 @@ struct OutboxState {
     queue: VecDeque<Outbound>,
     /// Set once the connection must close; the task exits at its next wake-up.
     closed: bool,
+    /// The connection task is writing what it drained; nobody else may write.
+    writing: bool,
 }
 
 /// An authenticated connection.
@@ -73,6 +85,8 @@ pub struct Channel {
     /// The connection task's waker (cheaper per connection than a `Notify` and a
     /// stored `notified()` future).
     waker: AtomicWaker,
+    /// The socket, for writing pushes directly when the connection is idle.
+    sink: Option<crate::sink::Sink>,
     /// Outbox capacity.
     capacity: usize,
 }
@@ -105,7 +119,9 @@ impl Channel {
             outbox: Mutex::new(OutboxState {
                 queue: VecDeque::new(),
                 closed: false,
+                writing: false,
             }),
+            sink: None,
             deadline_ms: AtomicU64::new(u64::MAX),
             timed_out: AtomicBool::new(false),
             signalled: AtomicBool::new(false),
@@ -149,11 +165,43 @@ impl Channel {
         self.room_slot.store(slot, Ordering::Relaxed);
     }
 
-    /// Offers an item; never blocks.
+    /// Attaches the socket so pushes can be written without waking the task.
+    pub fn with_sink(mut self, sink: crate::sink::Sink) -> Channel {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Offers an item; never blocks. When nothing is queued and no write is in
+    /// progress, the item is written to the socket right here (the common case);
+    /// otherwise it is queued for the connection task, in order.
     pub fn offer(&self, item: Outbound) -> Offer {
         let mut st = lock(&self.outbox);
         if st.closed {
             return Offer::Closed;
+        }
+        if let (Some(sink), true, false) = (&self.sink, st.queue.is_empty(), st.writing) {
+            match sink.write_now(std::iter::once(item)) {
+                Ok(w) => match w.rest {
+                    None => return Offer::Written(w.frames),
+                    Some(rest) => {
+                        // The socket is full: the task finishes this write.
+                        st.queue.push_back(Outbound::Encoded {
+                            bytes: rest,
+                            frames: w.frames,
+                        });
+                    }
+                },
+                Err(_) => {
+                    st.closed = true;
+                    st.queue.clear();
+                    drop(st);
+                    self.signal();
+                    return Offer::Closed;
+                }
+            }
+            drop(st);
+            self.signal();
+            return Offer::Queued;
         }
         if st.queue.len() >= self.capacity {
             return Offer::Full;
@@ -162,6 +210,16 @@ impl Channel {
         drop(st);
         self.signal();
         Offer::Queued
+    }
+
+    /// The socket sink, if attached.
+    pub(crate) fn sink(&self) -> Option<&crate::sink::Sink> {
+        self.sink.as_ref()
+    }
+
+    /// Marks the end of the connection task's write (see [`Channel::drain`]).
+    pub(crate) fn finish_write(&self) {
+        lock(&self.outbox).writing = false;
     }
 
     /// Queues a reply regardless of the capacity (replies are bounded by the
@@ -173,13 +231,18 @@ impl Channel {
         }
     }
 
-    /// Takes everything queued. Returns whether the connection must close.
+    /// Takes everything queued for the connection task to write. Until it calls
+    /// [`Channel::finish_write`], pushes are queued rather than written directly.
+    /// Returns whether the connection must close.
     pub(crate) fn drain(&self, into: &mut VecDeque<Outbound>) -> bool {
         let mut st = lock(&self.outbox);
         if into.is_empty() {
             std::mem::swap(into, &mut st.queue);
         } else {
             into.append(&mut st.queue);
+        }
+        if !into.is_empty() {
+            st.writing = true;
         }
         st.closed
     }

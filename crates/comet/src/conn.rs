@@ -9,14 +9,14 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use herald_proto::{ws, Frame, Header, Op, HEADER_LEN, PROTO_VERSION};
+use herald_proto::{ws, Frame, Op, HEADER_LEN};
 use herald_rpc::{
     ConnectReply, ConnectReq, DisconnectReq, HeartbeatReq, LogicService, Proto, ReceiveReq,
 };
@@ -28,6 +28,7 @@ use tracing::{debug, warn};
 use crate::channel::{Channel, Outbound};
 use crate::config::CometConfig;
 use crate::hub::Hub;
+use crate::sink::Sink;
 
 /// Everything a connection task needs from its comet.
 pub(crate) struct ConnContext {
@@ -40,8 +41,6 @@ pub(crate) struct ConnContext {
 
 /// Largest amount read from the socket in one wake-up before frames are handled.
 const READ_BATCH: usize = 64 * 1024;
-/// Most iovecs handed to one `writev`.
-const MAX_IOV: usize = 512;
 
 enum Transport {
     Tcp,
@@ -78,7 +77,8 @@ impl From<io::Error> for ReadError {
 }
 
 struct Conn {
-    stream: TcpStream,
+    /// Shared with the channel's sink, which writes; this task reads.
+    stream: Arc<TcpStream>,
     peer: SocketAddr,
     transport: Transport,
     /// Bytes of an incomplete frame; empty (and unallocated) between frames.
@@ -200,94 +200,7 @@ impl Conn {
 
     /// Writes `bytes` completely (used before a channel exists).
     async fn write_plain(&self, bytes: &[u8]) -> io::Result<()> {
-        self.write_slices(&mut [IoSlice::new(bytes)]).await
-    }
-
-    async fn write_slices(&self, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
-        while !slices.is_empty() {
-            self.stream.writable().await?;
-            let n = slices.len().min(MAX_IOV);
-            match self.stream.try_write_vectored(&slices[..n]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(written) => IoSlice::advance_slices(&mut slices, written),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Encodes and writes every item with one vectored write (more only if the
-    /// kernel takes it in pieces). Returns the number of push frames written.
-    async fn write_items(&self, items: &mut VecDeque<Outbound>) -> io::Result<u64> {
-        enum Part {
-            Head(usize, usize),
-            Body(Bytes),
-        }
-        let ws = self.is_ws();
-        let mut heads: Vec<u8> = Vec::with_capacity(items.len() * 30);
-        let mut parts: Vec<Part> = Vec::with_capacity(items.len() * 2);
-        let mut frames = 0u64;
-        let head = |heads: &mut Vec<u8>, parts: &mut Vec<Part>, bytes: &[u8]| {
-            let start = heads.len();
-            heads.extend_from_slice(bytes);
-            match parts.last_mut() {
-                Some(Part::Head(_, end)) if *end == start => *end = heads.len(),
-                _ => parts.push(Part::Head(start, heads.len())),
-            }
-        };
-        for item in items.drain(..) {
-            match item {
-                Outbound::Raw { body, frames: n } => {
-                    frames += n as u64;
-                    if ws {
-                        let (h, hl) =
-                            ws::server_header(ws::opcode::BINARY, HEADER_LEN + body.len());
-                        head(&mut heads, &mut parts, &h[..hl]);
-                        head(
-                            &mut heads,
-                            &mut parts,
-                            &Header::encode(PROTO_VERSION, Op::RAW, 0, body.len()),
-                        );
-                    }
-                    parts.push(Part::Body(body));
-                }
-                Outbound::Frame(f) => {
-                    if ws {
-                        let (h, hl) = ws::server_header(ws::opcode::BINARY, f.encoded_len());
-                        head(&mut heads, &mut parts, &h[..hl]);
-                    }
-                    head(
-                        &mut heads,
-                        &mut parts,
-                        &Header::encode(f.ver, f.op, f.seq, f.body.len()),
-                    );
-                    if !f.body.is_empty() {
-                        parts.push(Part::Body(f.body));
-                    }
-                }
-                Outbound::Pong(payload) => {
-                    if ws {
-                        let (h, hl) = ws::server_header(ws::opcode::PONG, payload.len());
-                        head(&mut heads, &mut parts, &h[..hl]);
-                        if !payload.is_empty() {
-                            parts.push(Part::Body(payload));
-                        }
-                    }
-                }
-            }
-        }
-        let mut slices: Vec<IoSlice<'_>> = parts
-            .iter()
-            .map(|p| match p {
-                Part::Head(s, e) => IoSlice::new(&heads[*s..*e]),
-                Part::Body(b) => IoSlice::new(b),
-            })
-            .filter(|s| !s.is_empty())
-            .collect();
-        self.write_slices(&mut slices).await?;
-        Ok(frames)
+        Sink::new(self.stream.clone(), false).write_all(bytes).await
     }
 }
 
@@ -326,7 +239,7 @@ pub(crate) fn serve(
     };
     // Built outside the future and captured once, so it is not stored twice.
     let mut conn = Conn {
-        stream,
+        stream: Arc::new(stream),
         peer,
         transport,
         pending: BytesMut::new(),
@@ -369,14 +282,17 @@ pub(crate) fn serve(
             n if n > 0 => Duration::from_nanos(n as u64),
             _ => ctx.cfg.default_heartbeat,
         };
-        let ch = Arc::new(Channel::new(
-            hub.next_id(),
-            Arc::from(key),
-            mid,
-            conn.peer.ip(),
-            accepts,
-            ctx.cfg.outbound_queue,
-        ));
+        let ch = Arc::new(
+            Channel::new(
+                hub.next_id(),
+                Arc::from(key),
+                mid,
+                conn.peer.ip(),
+                accepts,
+                ctx.cfg.outbound_queue,
+            )
+            .with_sink(Sink::new(conn.stream.clone(), conn.is_ws())),
+        );
         ch.set_deadline(hub.deadline_after(hb));
         hub.register(&ch, &room_id);
         drop(room_id);
@@ -447,36 +363,46 @@ pub(crate) fn serve(
             let closing = ch.drain(&mut out);
             if !out.is_empty() {
                 let n = out.len();
-                // Boxed: only live while writing, so idle connections do not carry it.
-                let mut write = Box::pin(tokio::time::timeout(
-                    ctx.cfg.write_timeout,
-                    conn.write_items(&mut out),
-                ));
-                // A blocked write must not keep a connection that the server closed
-                // (slow-consumer policy, replacement, shutdown) alive.
-                let written = std::future::poll_fn(|cx| {
-                    if let Poll::Ready(r) = write.as_mut().poll(cx) {
-                        return Poll::Ready(Some(r));
-                    }
-                    if ch.poll_signal(cx) && ch.is_closed() {
-                        return Poll::Ready(None);
-                    }
-                    Poll::Pending
-                })
-                .await;
-                drop(write);
-                match written {
-                    None => break 'serve "closed by server during a write",
-                    Some(Ok(Ok(frames))) => {
-                        hub.metrics.writes.increment(1);
-                        hub.metrics.frames_delivered.increment(frames);
-                    }
-                    Some(Ok(Err(_))) => break 'serve "write failed",
-                    Some(Err(_)) => {
-                        debug!(items = n, "write timed out");
-                        break 'serve "write timed out";
+                let Some(sink) = ch.sink() else {
+                    break 'serve "no socket";
+                };
+                let (frames, rest) = match sink.write_now(out.drain(..)) {
+                    Ok(w) => (w.frames, w.rest),
+                    Err(_) => break 'serve "write failed",
+                };
+                if let Some(rest) = rest {
+                    // The socket is full: wait for it, bounded by the write timeout.
+                    // Boxed, so idle connections do not carry this state. A blocked
+                    // write must not keep a connection that the server closed
+                    // (slow-consumer policy, replacement, shutdown) alive.
+                    let mut write = Box::pin(tokio::time::timeout(
+                        ctx.cfg.write_timeout,
+                        sink.write_all(&rest),
+                    ));
+                    let written = std::future::poll_fn(|cx| {
+                        if let Poll::Ready(r) = write.as_mut().poll(cx) {
+                            return Poll::Ready(Some(r));
+                        }
+                        if ch.poll_signal(cx) && ch.is_closed() {
+                            return Poll::Ready(None);
+                        }
+                        Poll::Pending
+                    })
+                    .await;
+                    drop(write);
+                    match written {
+                        None => break 'serve "closed by server during a write",
+                        Some(Ok(Ok(()))) => {}
+                        Some(Ok(Err(_))) => break 'serve "write failed",
+                        Some(Err(_)) => {
+                            debug!(items = n, "write timed out");
+                            break 'serve "write timed out";
+                        }
                     }
                 }
+                ch.finish_write();
+                hub.metrics.writes.increment(1);
+                hub.metrics.frames_delivered.increment(frames);
             }
             if closing {
                 break 'serve if ch.timed_out() {
@@ -756,7 +682,7 @@ mod tests {
             shutdown: CancellationToken::new(),
         });
         let mut conn = Conn {
-            stream,
+            stream: Arc::new(stream),
             peer,
             transport: Transport::Tcp,
             pending: BytesMut::new(),
@@ -782,11 +708,6 @@ mod tests {
         {
             let h = handshake(&ctx, &mut conn);
             println!("handshake {}", std::mem::size_of_val(&h));
-        }
-        let mut out = VecDeque::new();
-        {
-            let w = conn.write_items(&mut out);
-            println!("write_items {}", std::mem::size_of_val(&w));
         }
         let listener2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _c2 = TcpStream::connect(listener2.local_addr().unwrap())

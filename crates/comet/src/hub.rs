@@ -75,8 +75,12 @@ impl BucketInner {
 /// Outcome counts of one push, for the caller and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Fanout {
-    /// Connections the item was queued for.
+    /// Connections the item was written to or queued for.
     pub queued: usize,
+    /// Of those, connections written to directly (socket writes done here).
+    pub written: usize,
+    /// Push frames written directly.
+    pub frames: u64,
     /// Connections whose queue was full.
     pub full: usize,
 }
@@ -271,6 +275,11 @@ impl Hub {
         };
         match ch.offer(item) {
             Offer::Queued => out.queued += 1,
+            Offer::Written(n) => {
+                out.queued += 1;
+                out.written += 1;
+                out.frames += n;
+            }
             Offer::Closed => {}
             Offer::Full => {
                 out.full += 1;
@@ -284,6 +293,14 @@ impl Hub {
                     }
                 }
             }
+        }
+    }
+
+    /// Counts the socket writes a fan-out did directly.
+    fn account(&self, out: &Fanout) {
+        if out.written > 0 {
+            self.metrics.writes.increment(out.written as u64);
+            self.metrics.frames_delivered.increment(out.frames);
         }
     }
 
@@ -306,14 +323,27 @@ impl Hub {
                 }
             }
         }
+        self.account(&out);
         out
     }
 
     /// Queues `body` for every member of `room` (no op filter, as in goim).
     pub fn broadcast_room(&self, room: &str, body: Bytes) -> Fanout {
+        self.broadcast_room_part(room, body, 0, 1)
+    }
+
+    /// [`Hub::broadcast_room`] over buckets `part`, `part + parts`, … only, so that
+    /// several threads can share one room broadcast.
+    pub fn broadcast_room_part(
+        &self,
+        room: &str,
+        body: Bytes,
+        part: usize,
+        parts: usize,
+    ) -> Fanout {
         let frames = count_frames(&body);
         let mut out = Fanout::default();
-        for b in self.buckets.iter() {
+        for b in self.buckets.iter().skip(part).step_by(parts.max(1)) {
             let b = read(b);
             if let Some(members) = b.rooms.get(room) {
                 for ch in members {
@@ -357,6 +387,7 @@ impl Hub {
                 tokio::time::sleep(Duration::from_secs_f64(n as f64 / speed as f64)).await;
             }
         }
+        self.account(&out);
         out
     }
 

@@ -28,6 +28,7 @@ pub mod config;
 mod conn;
 pub mod hub;
 pub mod metrics;
+pub mod sink;
 
 pub use config::{CometConfig, SlowConsumerPolicy};
 pub use hub::Hub;
@@ -144,6 +145,7 @@ impl Comet {
     pub fn service(&self) -> Arc<dyn CometService> {
         Arc::new(CometHandle {
             hub: self.ctx.hub.clone(),
+            parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
     }
 
@@ -296,6 +298,8 @@ async fn report_loop(ctx: Arc<ConnContext>, registration: Arc<dyn Registration>)
 /// [`CometService`] over a hub.
 struct CometHandle {
     hub: Arc<Hub>,
+    /// How many tasks share one room broadcast (the runtime's worker threads).
+    parallelism: usize,
 }
 
 #[async_trait]
@@ -335,7 +339,23 @@ impl CometService for CometHandle {
             return Err(RpcError::invalid("room broadcast without room"));
         }
         self.hub.metrics.push_room.increment(1);
-        self.hub.broadcast_room(&req.room_id, raw_body(proto));
+        let body = raw_body(proto);
+        // Writes happen in the walk itself, so spread it over the worker threads.
+        let parts = self.parallelism;
+        if parts <= 1 {
+            self.hub.broadcast_room(&req.room_id, body);
+            return Ok(());
+        }
+        let room: Arc<str> = Arc::from(req.room_id);
+        let tasks: Vec<_> = (0..parts)
+            .map(|part| {
+                let (hub, room, body) = (self.hub.clone(), room.clone(), body.clone());
+                tokio::spawn(async move { hub.broadcast_room_part(&room, body, part, parts) })
+            })
+            .collect();
+        for t in tasks {
+            t.await.map_err(|e| RpcError::internal(e.to_string()))?;
+        }
         Ok(())
     }
 

@@ -522,13 +522,27 @@ fn evaluate(report: &Report, window_ms: u64) -> Vec<TargetResult> {
             ));
             if window_ms == 0 {
                 let r = ratio("nats-server");
+                let floor_vs_nats =
+                    match (report.peers.get("floor"), report.peers.get("nats-server")) {
+                        (Some(f), Some(n)) => f
+                            .server_cpu_ns_per_delivery
+                            .zip(n.server_cpu_ns_per_delivery)
+                            .map(|(f, n)| f / n),
+                        _ => None,
+                    };
+                let note = match floor_vs_nats {
+                    Some(fr) if fr > 0.5 && r.is_some_and(|v| v > 0.5) => format!(
+                        "the floor (kernel and runtime only) measured {fr:.2}× nats-server in this run, so 0.5× would need herald to cost less than the kernel's own work per loopback delivery; see docs/benchmarks.md"
+                    ),
+                    _ => String::new(),
+                };
                 t.push(target(
                     "CPU per delivery ÷ nats-server",
                     r,
                     0.5,
                     "×",
                     r.map(|v| v <= 0.5),
-                    "",
+                    &note,
                 ));
             }
             t.push(target(

@@ -27,16 +27,16 @@ if [ -w /proc/sys/net/ipv4/ip_local_port_range ]; then
   echo "1024 65000" > /proc/sys/net/ipv4/ip_local_port_range || true
 fi
 
-cargo build --release -p herald -p herald-bench
-bench=target/release/herald-bench
+cargo build --release -p herald
+bench="target/release/herald bench"
 mkdir -p "$OUT"
 for s in "${scenarios[@]}"; do
   case "$s" in
-    idle)        "$bench" run idle -n "$N" --json "$OUT/idle.json" ;;
-    fanout)      "$bench" run fanout -n "$N" --rate 5 --duration 10 --json "$OUT/fanout.json" ;;
-    fanout-goim) "$bench" run fanout -n "$N" --rate 40 --duration 10 --window-ms 500 --json "$OUT/fanout-goim.json" ;;
-    latency)     "$bench" run latency -n 100 --rate 20 --duration 5 --peers none --json "$OUT/latency.json" ;;
-    storm)       "$bench" run storm -n "$N" --peers none --json "$OUT/storm.json" ;;
+    idle)        $bench run idle -n "$N" --json "$OUT/idle.json" ;;
+    fanout)      $bench run fanout -n "$N" --rate 5 --duration 10 --json "$OUT/fanout.json" ;;
+    fanout-goim) $bench run fanout -n "$N" --rate 40 --duration 10 --window-ms 500 --json "$OUT/fanout-goim.json" ;;
+    latency)     $bench run latency -n 100 --rate 20 --duration 5 --peers none --json "$OUT/latency.json" ;;
+    storm)       $bench run storm -n "$N" --peers none --json "$OUT/storm.json" ;;
     *) echo "unknown scenario $s (idle, fanout, fanout-goim, latency, storm)" >&2; exit 2 ;;
   esac
 done

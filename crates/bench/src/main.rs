@@ -1,195 +1,27 @@
-//! `herald-bench`: load generator and benchmark runner.
-//!
-//! - `clients`: N goim (or NATS) clients over WebSocket or TCP, spread over loopback
-//!   source addresses and worker processes; prints progress and delivery rates.
-//! - `push`: pushes through herald's HTTP API at a target rate.
-//! - `run SCENARIO`: idle / fanout / latency / storm against herald and, in the same
-//!   run, nats-server and the floor; writes a JSON report and a Markdown summary.
-//! - `floor`: the minimal tokio fan-out server used as the baseline.
+//! `herald-bench`: the benchmark commands as a stand-alone binary (the same as
+//! `herald bench …`). The server under test is the `herald` binary next to it.
 
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use clap::{Parser, Subcommand};
-
-mod clients;
-mod floor;
-mod hist;
-mod procfs;
-mod push;
-mod report;
-mod scenario;
-mod wire;
-mod workers;
+use clap::Parser;
 
 #[derive(Parser)]
 #[command(version, about = "herald load generator and benchmarks")]
 struct Cli {
     #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Hold N clients and report what they receive.
-    Clients {
-        #[command(flatten)]
-        args: clients::ClientArgs,
-        /// Stop after this many seconds (0 = until Ctrl-C).
-        #[arg(long, default_value_t = 0)]
-        duration: u64,
-    },
-    /// Push through herald's HTTP API at a target rate.
-    Push {
-        /// herald HTTP API address.
-        #[arg(long, default_value = "127.0.0.1:3111")]
-        http: SocketAddr,
-        /// Push kind.
-        #[arg(long, value_enum, default_value = "room")]
-        kind: push::PushKind,
-        /// Room key for room pushes.
-        #[arg(long, default_value = "bench://1")]
-        room: String,
-        /// Members (and keys `bench-<mid>`) to cycle over: first,count.
-        #[arg(long, default_value = "1,1000")]
-        mids: String,
-        /// Pushes per second.
-        #[arg(long, default_value_t = 10.0)]
-        rate: f64,
-        /// Number of pushes.
-        #[arg(long, default_value_t = 100)]
-        count: u64,
-    },
-    /// Run a benchmark scenario and write its report.
-    Run(scenario::RunArgs),
-    /// Run the floor server.
-    Floor(floor::FloorArgs),
-    /// (internal) A client worker process driven by `run` or `clients`.
-    #[command(hide = true)]
-    Worker {
-        #[arg(long)]
-        spec: String,
-    },
+    command: herald_bench::Cmd,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        match cli.command {
-            Cmd::Worker { spec } => workers::worker_main(&spec).await,
-            Cmd::Floor(args) => floor::run(args).await,
-            Cmd::Run(args) => {
-                let report = scenario::run(args).await?;
-                if report.targets.iter().any(|t| !t.met) {
-                    eprintln!("some targets were not met (see the report)");
-                }
-                Ok(())
-            }
-            Cmd::Push {
-                http,
-                kind,
-                room,
-                mids,
-                rate,
-                count,
-            } => {
-                let (first, n) = mids
-                    .split_once(',')
-                    .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
-                    .ok_or_else(|| anyhow::anyhow!("--mids is FIRST,COUNT"))?;
-                let mut p = push::Publisher::herald(http, kind, &room, (first, n));
-                let start = Instant::now();
-                let (ok, failed) = push::publish_at_rate(&mut p, rate, count).await;
-                println!(
-                    "{ok} pushes accepted, {failed} failed in {:.2}s ({:.1}/s)",
-                    start.elapsed().as_secs_f64(),
-                    ok as f64 / start.elapsed().as_secs_f64()
-                );
-                Ok(())
-            }
-            Cmd::Clients { args, duration } => run_clients(args, duration).await,
-        }
-    })
-}
-
-async fn run_clients(args: clients::ClientArgs, duration: u64) -> anyhow::Result<()> {
-    let n = args.connections as u64;
-    let cap = clients::per_process_capacity();
-    if args.procs <= 1 && args.connections <= cap {
-        // One process: run the clients here.
-        let stats = Arc::new(clients::Stats::default());
-        let run = tokio::spawn(clients::run(Arc::new(args), stats.clone()));
-        report_loop(n, duration, || stats.snapshot(true)).await;
-        stats.stop.store(true, Ordering::Relaxed);
-        run.abort();
-        return Ok(());
-    }
-    let mut w = workers::Workers::spawn(&args).await?;
-    w.wait_connected(n, Duration::from_secs(300)).await;
-    let start = Instant::now();
-    let mut last = 0;
-    loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let s = w.report().await?;
-        print_line(&s, s.received.saturating_sub(last), 5.0);
-        last = s.received;
-        if duration > 0 && start.elapsed().as_secs() >= duration {
-            break;
-        }
-    }
-    w.stop().await;
-    Ok(())
-}
-
-async fn report_loop(n: u64, duration: u64, snap: impl Fn() -> clients::Snapshot) {
-    let start = Instant::now();
-    while snap().connected < n && start.elapsed() < Duration::from_secs(300) {
-        let s = snap();
-        eprint!("\r{}", workers::progress(s.connected, n, s.failed));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let s = snap();
-    eprintln!(
-        "\r{} in {:.2}s",
-        workers::progress(s.connected, n, s.failed),
-        start.elapsed().as_secs_f64()
-    );
-    let begin = Instant::now();
-    let mut last = s.received;
-    loop {
-        let stop = tokio::signal::ctrl_c();
-        tokio::select! {
-            _ = stop => break,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-        let s = snap();
-        print_line(&s, s.received.saturating_sub(last), 5.0);
-        last = s.received;
-        if duration > 0 && begin.elapsed().as_secs() >= duration {
-            break;
-        }
-    }
-}
-
-fn print_line(s: &clients::Snapshot, delta: u64, secs: f64) {
-    let lat = s
-        .hist
-        .as_ref()
-        .map(report::Latency::from_hist)
-        .unwrap_or_default();
-    println!(
-        "alive {} | received {} ({:.0}/s) | dropped {} | failed {} | latency p50 {:.2} ms p99 {:.2} ms",
-        s.connected,
-        s.received,
-        delta as f64 / secs,
-        s.dropped,
-        s.failed,
-        lat.p50,
-        lat.p99
-    );
+    let exe = std::env::current_exe()?;
+    let herald = exe
+        .parent()
+        .map(|d| d.join("herald"))
+        .unwrap_or_else(|| "herald".into());
+    herald_bench::run(
+        cli.command,
+        herald_bench::Invocation {
+            self_prefix: Vec::new(),
+            herald: (herald, vec!["standalone".into()]),
+        },
+    )
 }

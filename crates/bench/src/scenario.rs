@@ -58,7 +58,8 @@ pub struct RunArgs {
     /// herald client transport.
     #[arg(long, default_value = "ws")]
     pub transport: String,
-    /// herald binary (default: `herald` next to this program).
+    /// herald binary (default: this program inside `herald bench`, else the
+    /// `herald` next to `herald-bench`).
     #[arg(long)]
     pub herald: Option<PathBuf>,
     /// nats-server binary (default: from PATH, or /usr/sbin/nats-server).
@@ -129,18 +130,21 @@ impl Server {
     }
 }
 
-fn sibling(name: &str) -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join(name)))
-        .unwrap_or_else(|| PathBuf::from(name))
-}
-
 async fn start_herald(args: &RunArgs, window_ms: u64, tcp: bool) -> anyhow::Result<Server> {
     let (tcp_addr, ws_addr, http) = (free_addr()?, free_addr()?, free_addr()?);
-    let bin = args.herald.clone().unwrap_or_else(|| sibling("herald"));
+    let (default_bin, default_args) = crate::invocation().herald;
+    let (bin, herald_args) = match args.herald.clone() {
+        Some(b) => (b, vec!["standalone".to_string()]),
+        None => (default_bin, default_args),
+    };
+    if !bin.exists() && bin.components().count() > 1 {
+        bail!(
+            "{} not found: build it first (cargo build --release -p herald), pass --herald PATH, or run `herald bench …`",
+            bin.display()
+        );
+    }
     let mut child = Command::new(&bin)
-        .arg("standalone")
+        .args(&herald_args)
         .env("HERALD_COMET__TCP_BIND", format!("[\"{tcp_addr}\"]"))
         .env("HERALD_COMET__WS_BIND", format!("[\"{ws_addr}\"]"))
         .env("HERALD_LOGIC__HTTP_BIND", http.to_string())
@@ -182,9 +186,48 @@ fn nats_binary(args: &RunArgs) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Installs Debian's nats-server when running as root on a Debian-like system, so a
+/// fresh machine measures the peer too.
+async fn install_nats() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root || !std::path::Path::new("/usr/bin/apt-get").exists() {
+        return;
+    }
+    eprintln!("nats-server is missing: installing the Debian package for the side-by-side run");
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "nats-server"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+    };
+    if !install().await.is_ok_and(|s| s.success()) {
+        let _ = Command::new("apt-get")
+            .args(["update", "-qq"])
+            .stdout(Stdio::null())
+            .status()
+            .await;
+        let _ = install().await;
+    }
+}
+
 async fn start_nats(args: &RunArgs) -> anyhow::Result<Server> {
-    let bin = nats_binary(args)
-        .context("nats-server not found (apt-get install nats-server, or --nats-server PATH)")?;
+    let bin = match nats_binary(args) {
+        Some(b) => b,
+        None => {
+            install_nats().await;
+            nats_binary(args).context(
+                "nats-server not found (apt-get install nats-server, or --nats-server PATH)",
+            )?
+        }
+    };
     let (client, ws) = (free_addr()?, free_addr()?);
     let dir = std::env::temp_dir().join(format!(
         "herald-bench-nats-{}-{}",
@@ -221,6 +264,7 @@ async fn start_nats(args: &RunArgs) -> anyhow::Result<Server> {
 async fn start_floor(batch: usize, window_ms: u64) -> anyhow::Result<Server> {
     let (ws, control) = (free_addr()?, free_addr()?);
     let mut child = Command::new(std::env::current_exe()?)
+        .args(crate::invocation().self_prefix)
         .args([
             "floor",
             "--ws",

@@ -85,6 +85,7 @@ impl Workers {
             spec.connections = per.min(args.connections.saturating_sub(start));
             spec.first_mid = args.first_mid + start as u64;
             let mut child = Command::new(&exe)
+                .args(crate::invocation().self_prefix)
                 .arg("worker")
                 .arg("--spec")
                 .arg(serde_json::to_string(&spec)?)

@@ -23,6 +23,11 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Load generator and benchmarks (clients, push, run SCENARIO, floor).
+    Bench {
+        #[command(subcommand)]
+        command: herald_bench::Cmd,
+    },
     /// Print the effective configuration (defaults, file and environment) as TOML.
     Config {
         /// TOML configuration file to merge over the defaults.
@@ -34,6 +39,18 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench { command } => {
+            // The server under test is this very binary, so a bench run always
+            // measures the code it was built with.
+            let exe = std::env::current_exe().context("cannot locate this program")?;
+            herald_bench::run(
+                command,
+                herald_bench::Invocation {
+                    self_prefix: vec!["bench".into()],
+                    herald: (exe, vec!["standalone".into()]),
+                },
+            )
+        }
         Command::Config { config } => {
             let cfg = Config::load(config.as_deref())?;
             print!(

@@ -98,3 +98,33 @@ fn bad_configuration_is_a_clear_error() {
         "{text}"
     );
 }
+
+/// `herald bench run` drives a real server and writes a report with the documented
+/// fields (a smoke test of the benchmark machinery; no timing is asserted).
+#[test]
+fn bench_run_writes_a_report() {
+    let dir = std::env::temp_dir().join(format!("herald-bench-test-{}", std::process::id()));
+    let json = dir.join("latency.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["bench", "run", "latency", "-n", "20", "--rate", "20", "--duration", "1"])
+        .args(["--peers", "floor", "--sources", "2", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["scenario"], "latency");
+    assert_eq!(report["connections"], 20);
+    assert_eq!(report["lost"], 0, "{report}");
+    for q in ["p50", "p99", "p999"] {
+        assert!(report["latency_ms"][q].is_number(), "latency_ms.{q}");
+    }
+    assert!(report["server_cpu_ns_per_delivery"].is_number());
+    assert!(report["deliveries_per_sec"].is_number());
+    assert!(report["key_latency_ms"]["p99"].is_number());
+    assert_eq!(report["peers"]["floor"]["connections"], 20);
+    assert!(report["ratios"]["floor"].is_object());
+    assert!(report["targets"].as_array().is_some_and(|t| !t.is_empty()));
+    assert!(dir.join("latency.md").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}

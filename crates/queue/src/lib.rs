@@ -11,6 +11,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod conformance;
 pub mod memory;
 
 pub use memory::MemoryQueue;

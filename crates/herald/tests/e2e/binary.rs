@@ -106,12 +106,26 @@ fn bench_run_writes_a_report() {
     let dir = std::env::temp_dir().join(format!("herald-bench-test-{}", std::process::id()));
     let json = dir.join("latency.json");
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["bench", "run", "latency", "-n", "20", "--rate", "20", "--duration", "1"])
+        .args([
+            "bench",
+            "run",
+            "latency",
+            "-n",
+            "20",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+        ])
         .args(["--peers", "floor", "--sources", "2", "--json"])
         .arg(&json)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(report["scenario"], "latency");
     assert_eq!(report["connections"], 20);

@@ -1,0 +1,147 @@
+//! The behaviour every [`Queue`] backend must show, as reusable checks. Each
+//! backend's tests call these against a fresh queue on its real engine; the
+//! in-process queue runs them in this crate's tests.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::{Queue, QueueError};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A failed check.
+pub type CheckResult = Result<(), String>;
+
+fn fail<T>(msg: impl Into<String>) -> Result<T, String> {
+    Err(msg.into())
+}
+
+/// Published messages are consumed intact and, per key, in publish order; once
+/// acknowledged they are not delivered again.
+pub async fn ordered_per_key(q: &dyn Queue) -> CheckResult {
+    let keys = ["room-a", "room-b", "room-c"];
+    let per_key = 20;
+    for i in 0..per_key {
+        for k in keys {
+            q.publish(k, Bytes::from(format!("{k}:{i}")))
+                .await
+                .map_err(|e| format!("publish: {e}"))?;
+        }
+    }
+    let mut c = q.consumer().await.map_err(|e| format!("consumer: {e}"))?;
+    let mut seen: HashMap<String, Vec<usize>> = HashMap::new();
+    for _ in 0..keys.len() * per_key {
+        let d = match tokio::time::timeout(WAIT, c.next()).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => return fail(format!("consume: {e}")),
+            Err(_) => return fail("timed out waiting for a message"),
+        };
+        let text = String::from_utf8(d.payload.to_vec()).map_err(|e| e.to_string())?;
+        let (k, i) = text.split_once(':').ok_or("malformed payload")?;
+        seen.entry(k.to_string())
+            .or_default()
+            .push(i.parse().map_err(|_| "malformed index")?);
+        d.ack().await.map_err(|e| format!("ack: {e}"))?;
+    }
+    for k in keys {
+        let got = seen.get(k).cloned().unwrap_or_default();
+        let want: Vec<usize> = (0..per_key).collect();
+        if got != want {
+            return fail(format!("key {k}: got {got:?}, want {want:?}"));
+        }
+    }
+    if let Ok(Ok(d)) = tokio::time::timeout(Duration::from_millis(500), c.next()).await {
+        return fail(format!(
+            "acknowledged message delivered again: {:?}",
+            d.payload
+        ));
+    }
+    Ok(())
+}
+
+/// Two consumers of the group share the messages: each message reaches exactly one.
+pub async fn competing_consumers(q: &dyn Queue) -> CheckResult {
+    let mut a = q.consumer().await.map_err(|e| format!("consumer: {e}"))?;
+    let mut b = q.consumer().await.map_err(|e| format!("consumer: {e}"))?;
+    let n = 40;
+    for i in 0..n {
+        q.publish(&format!("k{}", i % 7), Bytes::from(i.to_string()))
+            .await
+            .map_err(|e| format!("publish: {e}"))?;
+    }
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while got.len() < n && tokio::time::Instant::now() < deadline {
+        let next = tokio::select! {
+            r = a.next() => r,
+            r = b.next() => r,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+        };
+        match next {
+            Ok(d) => {
+                got.push(String::from_utf8_lossy(&d.payload).to_string());
+                d.ack().await.map_err(|e| format!("ack: {e}"))?;
+            }
+            Err(QueueError::Closed) => return fail("queue closed"),
+            Err(e) => return fail(format!("consume: {e}")),
+        }
+    }
+    got.sort_by_key(|s| s.parse::<usize>().unwrap_or(usize::MAX));
+    let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    if got != want {
+        return fail(format!("got {got:?}"));
+    }
+    Ok(())
+}
+
+/// A message delivered but not acknowledged (its consumer died) is delivered
+/// again to another consumer of the group. Backends that cannot redeliver within
+/// the process (the in-process queue) do not run this check.
+pub async fn unacknowledged_is_redelivered(
+    q: &dyn Queue,
+    dead_consumer: impl std::future::Future<Output = ()>,
+) -> CheckResult {
+    let mut first = q.consumer().await.map_err(|e| format!("consumer: {e}"))?;
+    q.publish("k", Bytes::from_static(b"must-survive"))
+        .await
+        .map_err(|e| format!("publish: {e}"))?;
+    let d = tokio::time::timeout(WAIT, first.next())
+        .await
+        .map_err(|_| "timed out")?
+        .map_err(|e| format!("consume: {e}"))?;
+    drop(d);
+    drop(first);
+    dead_consumer.await;
+    let mut second = q.consumer().await.map_err(|e| format!("consumer: {e}"))?;
+    let again = tokio::time::timeout(WAIT * 3, second.next())
+        .await
+        .map_err(|_| "unacknowledged message was not redelivered")?
+        .map_err(|e| format!("consume: {e}"))?;
+    if &again.payload[..] != b"must-survive" {
+        return fail(format!("redelivered {:?}", again.payload));
+    }
+    again.ack().await.map_err(|e| format!("ack: {e}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryQueue;
+
+    fn q() -> MemoryQueue {
+        MemoryQueue::new(1024, Duration::from_millis(100))
+    }
+
+    #[tokio::test]
+    async fn memory_queue_is_ordered_per_key() {
+        ordered_per_key(&q()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn memory_queue_shares_between_consumers() {
+        competing_consumers(&q()).await.unwrap();
+    }
+}

@@ -50,6 +50,8 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/", get(|| async { Redirect::temporary("/_/") }))
         .route("/_", get(|| async { Redirect::permanent("/_/") }))
         .route("/_/", get(|| async { asset("index.html") }))
+        // Browsers ask for it on every page; answer without a console error.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route(
             "/_/{file}",
             get(|Path(file): Path<String>| async move { asset(&file) }),

@@ -3,7 +3,8 @@
 //! [`SessionStore`] is the route table: member id → connection keys → the comet
 //! (server id) holding each key. [`OnlineStore`] holds each comet's room counts as
 //! reported every few seconds. Both are seams: [`memory`] is the standalone backend;
-//! cluster backends keep goim's key layout and implement the same traits.
+//! `redis` (feature `redis`) keeps goim's key layout for clusters. Every backend
+//! passes the same [`conformance`] checks.
 //!
 //! Two of goim's bugs are part of the contract here: removing a route succeeds only
 //! when it still points at the caller's server, so a client that reconnected
@@ -15,8 +16,13 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub mod conformance;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 
 /// Why a store operation failed.

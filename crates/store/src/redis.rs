@@ -1,0 +1,263 @@
+//! Routes and online counts on Redis, in goim's key layout, with goim's bugs fixed.
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `<prefix>mid_<mid>` | hash | connection key → server id (members with mid > 0) |
+//! | `<prefix>key_<key>` | string | server id |
+//! | `<prefix>ol_<server>` | hash | fields `"0"`…`"63"` → JSON `{"server","room_count","updated"}` |
+//!
+//! Every write sets the shared TTL. Differences from goim: removing a route is one
+//! Lua script that deletes only if the route still points at the caller's server; an
+//! online report replaces the whole `ol_` hash atomically, so partitions whose rooms
+//! emptied are cleared; a report is read back with one `HGETALL` (goim made 64 round
+//! trips). Readers merge all 64 fields, so the partition function need not match
+//! another implementation's.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use serde::{Deserialize, Serialize};
+
+use crate::{OnlineStore, ServerOnline, SessionStore, StoreError, StoreResult};
+
+/// Fields of an `ol_` hash (goim's partition count).
+const PARTITIONS: u64 = 64;
+
+/// Removes `key_<key>` and the member's field only while they point at ARGV[1].
+/// KEYS[1] = key_<key>, KEYS[2] = mid_<mid> (or ""), ARGV[1] = server, ARGV[2] = key.
+const REMOVE: &str = r#"
+local removed = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  removed = 1
+end
+if KEYS[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[1] then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+end
+return removed
+"#;
+
+/// Extends the route's TTL if it still points at ARGV[1]; returns 1 if it did.
+/// KEYS as for REMOVE, ARGV[3] = TTL seconds.
+const REFRESH: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  if KEYS[2] ~= '' then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+  return 1
+end
+return 0
+"#;
+
+/// One `ol_` field as goim writes it.
+#[derive(Serialize, Deserialize)]
+struct Partition {
+    server: String,
+    room_count: HashMap<String, i32>,
+    updated: i64,
+}
+
+/// The Redis store. Cheap to clone; reconnects by itself.
+#[derive(Clone)]
+pub struct RedisStore {
+    con: ConnectionManager,
+    prefix: String,
+    ttl_secs: u64,
+    remove: Script,
+    refresh: Script,
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn partition(room: &str) -> u64 {
+    // FNV-1a: stable across processes and versions.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in room.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h % PARTITIONS
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://host:port/db`). Keys get `prefix` (may be empty)
+    /// and live `ttl` after their last write.
+    pub async fn connect(url: &str, prefix: &str, ttl: Duration) -> StoreResult<RedisStore> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let con = ConnectionManager::new(client).await.map_err(unavailable)?;
+        Ok(RedisStore {
+            con,
+            prefix: prefix.to_string(),
+            ttl_secs: ttl.as_secs().max(1),
+            remove: Script::new(REMOVE),
+            refresh: Script::new(REFRESH),
+        })
+    }
+
+    fn key_key(&self, key: &str) -> String {
+        format!("{}key_{key}", self.prefix)
+    }
+
+    fn mid_key(&self, mid: i64) -> String {
+        if mid > 0 {
+            format!("{}mid_{mid}", self.prefix)
+        } else {
+            String::new()
+        }
+    }
+
+    fn online_key(&self, server: &str) -> String {
+        format!("{}ol_{server}", self.prefix)
+    }
+
+    /// Checks the connection (`PING`).
+    pub async fn ping(&self) -> StoreResult<()> {
+        let mut con = self.con.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut con)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn add_route(&self, mid: i64, key: &str, server: &str) -> StoreResult<()> {
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if mid > 0 {
+            let m = self.mid_key(mid);
+            pipe.hset(&m, key, server).ignore();
+            pipe.expire(&m, self.ttl_secs as i64).ignore();
+        }
+        pipe.set_ex(self.key_key(key), server, self.ttl_secs)
+            .ignore();
+        pipe.query_async::<()>(&mut con).await.map_err(unavailable)
+    }
+
+    async fn refresh_route(&self, mid: i64, key: &str, server: &str) -> StoreResult<bool> {
+        let mut con = self.con.clone();
+        let live: i64 = self
+            .refresh
+            .key(self.key_key(key))
+            .key(self.mid_key(mid))
+            .arg(server)
+            .arg(key)
+            .arg(self.ttl_secs)
+            .invoke_async(&mut con)
+            .await
+            .map_err(unavailable)?;
+        Ok(live == 1)
+    }
+
+    async fn remove_route(&self, mid: i64, key: &str, server: &str) -> StoreResult<bool> {
+        let mut con = self.con.clone();
+        let removed: i64 = self
+            .remove
+            .key(self.key_key(key))
+            .key(self.mid_key(mid))
+            .arg(server)
+            .arg(key)
+            .invoke_async(&mut con)
+            .await
+            .map_err(unavailable)?;
+        Ok(removed == 1)
+    }
+
+    async fn servers_by_keys(&self, keys: &[String]) -> StoreResult<Vec<Option<String>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        let names: Vec<String> = keys.iter().map(|k| self.key_key(k)).collect();
+        let mut cmd = redis::cmd("MGET");
+        for n in &names {
+            cmd.arg(n);
+        }
+        cmd.query_async::<Vec<Option<String>>>(&mut con)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn keys_by_mids(&self, mids: &[i64]) -> StoreResult<Vec<(String, String)>> {
+        let mids: Vec<i64> = mids.iter().copied().filter(|m| *m > 0).collect();
+        if mids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        for m in &mids {
+            pipe.hgetall(self.mid_key(*m));
+        }
+        let maps: Vec<HashMap<String, String>> =
+            pipe.query_async(&mut con).await.map_err(unavailable)?;
+        Ok(maps.into_iter().flatten().collect())
+    }
+}
+
+#[async_trait]
+impl OnlineStore for RedisStore {
+    async fn put_server_online(&self, online: &ServerOnline) -> StoreResult<()> {
+        let mut parts: HashMap<u64, HashMap<String, i32>> = HashMap::new();
+        for (room, n) in &online.room_count {
+            parts
+                .entry(partition(room))
+                .or_default()
+                .insert(room.clone(), *n);
+        }
+        if parts.is_empty() {
+            // Keep the timestamp of an empty comet: one empty partition.
+            parts.insert(0, HashMap::new());
+        }
+        let key = self.online_key(&online.server);
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&key).ignore();
+        for (p, rooms) in parts {
+            let value = serde_json::to_string(&Partition {
+                server: online.server.clone(),
+                room_count: rooms,
+                updated: online.updated,
+            })
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            pipe.hset(&key, p.to_string(), value).ignore();
+        }
+        pipe.expire(&key, self.ttl_secs as i64).ignore();
+        let mut con = self.con.clone();
+        pipe.query_async::<()>(&mut con).await.map_err(unavailable)
+    }
+
+    async fn server_online(&self, server: &str) -> StoreResult<Option<ServerOnline>> {
+        let mut con = self.con.clone();
+        let fields: HashMap<String, String> = con
+            .hgetall(self.online_key(server))
+            .await
+            .map_err(unavailable)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let mut out = ServerOnline {
+            server: server.to_string(),
+            ..Default::default()
+        };
+        for value in fields.values() {
+            let p: Partition =
+                serde_json::from_str(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.room_count.extend(p.room_count);
+            out.updated = out.updated.max(p.updated);
+        }
+        Ok(Some(out))
+    }
+
+    async fn remove_server_online(&self, server: &str) -> StoreResult<()> {
+        let mut con = self.con.clone();
+        con.del::<_, ()>(self.online_key(server))
+            .await
+            .map_err(unavailable)
+    }
+}

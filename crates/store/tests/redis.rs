@@ -1,0 +1,96 @@
+//! The Redis store against a real, private redis-server.
+#![cfg(feature = "redis")]
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use herald_store::conformance;
+use herald_store::{OnlineStore, RedisStore, SessionStore, StoreError};
+
+async fn store(prefix: &str) -> (herald_testkit::Engine, RedisStore) {
+    let redis = herald_testkit::redis();
+    let s = RedisStore::connect(&redis.redis_url(), prefix, Duration::from_secs(60))
+        .await
+        .unwrap();
+    (redis, s)
+}
+
+#[tokio::test]
+async fn redis_store_conforms() {
+    let (_redis, s) = store("").await;
+    conformance::routes(&s).await.unwrap();
+    conformance::remove_only_own_route(&s).await.unwrap();
+    conformance::online_reports(&s).await.unwrap();
+}
+
+/// Keys use goim's layout (with the optional prefix), so goim tools and mixed
+/// deployments read them.
+#[tokio::test]
+async fn goim_key_layout_with_prefix() {
+    let (redis, s) = store("hd:").await;
+    s.add_route(42, "dev1", "comet-a:3109").await.unwrap();
+    let client = redis::Client::open(redis.redis_url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let server: String = redis::cmd("GET")
+        .arg("hd:key_dev1")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(server, "comet-a:3109");
+    let field: String = redis::cmd("HGET")
+        .arg("hd:mid_42")
+        .arg("dev1")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(field, "comet-a:3109");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("hd:key_dev1")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 60, "ttl {ttl}");
+    s.put_server_online(&herald_store::ServerOnline {
+        server: "comet-a:3109".into(),
+        room_count: [("live://1".to_string(), 3)].into(),
+        updated: 100,
+    })
+    .await
+    .unwrap();
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg("hd:ol_comet-a:3109")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(fields.len(), 1);
+    assert!(fields[0].parse::<u64>().unwrap() < 64);
+}
+
+/// A store whose Redis goes away reports `Unavailable` (never a silent success),
+/// and works again by itself once Redis is back.
+#[tokio::test]
+async fn outage_is_reported_and_recovers() {
+    let (mut redis, s) = store("").await;
+    s.add_route(1, "k", "c").await.unwrap();
+    let port = redis.addr.port();
+    redis.kill();
+    let err = tokio::time::timeout(Duration::from_secs(10), s.add_route(1, "k2", "c"))
+        .await
+        .expect("the call returns instead of hanging")
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    let _back = herald_testkit::redis_on(port);
+    let mut ok = false;
+    for _ in 0..100 {
+        if s.add_route(1, "k3", "c").await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the store did not recover after Redis came back");
+    assert_eq!(
+        s.servers_by_keys(&["k3".into()]).await.unwrap(),
+        vec![Some("c".into())]
+    );
+}

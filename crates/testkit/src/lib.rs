@@ -1,0 +1,110 @@
+//! Private engine instances for tests: each one is started from its installed
+//! binary on a free loopback port with a scratch directory, and stopped (by its own
+//! PID) when dropped. `scripts/test.sh` installs the engines; a test that needs one
+//! that is missing fails with a message saying how to install it — it never passes
+//! silently.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot find a free port: {e}"))
+}
+
+/// Finds an installed binary in `PATH` or the usual system directories.
+pub fn find_binary(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/usr/local/bin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn required(name: &str, package: &str) -> PathBuf {
+    find_binary(name).unwrap_or_else(|| {
+        panic!(
+            "{name} is not installed; this test needs the real engine. \
+             Run scripts/test.sh (it installs it) or `apt-get install {package}`."
+        )
+    })
+}
+
+fn wait_for(addr: SocketAddr, child: &mut Child, what: &str) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited during startup: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on {addr} within 20 s");
+}
+
+/// A running engine process, stopped on drop.
+pub struct Engine {
+    child: Child,
+    /// Its client address.
+    pub addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Engine {
+    /// Kills the process (as a crash would) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn scratch(name: &str, port: u16) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("herald-test-{name}-{}-{port}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// A private `redis-server` (no persistence) on a free port.
+pub fn redis() -> Engine {
+    redis_on(free_port())
+}
+
+/// A private `redis-server` on `port` (e.g. to bring one back after a kill).
+pub fn redis_on(port: u16) -> Engine {
+    let bin = required("redis-server", "redis-server");
+    let dir = scratch("redis", port);
+    let mut child = Command::new(bin)
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+    let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for(addr, &mut child, "redis-server");
+    Engine { child, addr, dir }
+}
+
+impl Engine {
+    /// `redis://<addr>/` for a Redis engine.
+    pub fn redis_url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+}

@@ -55,6 +55,8 @@ struct OutboxState {
     closed: bool,
     /// The connection task is writing what it drained; nobody else may write.
     writing: bool,
+    /// Pushes in `queue` (replies are not counted against the capacity).
+    pushes: usize,
 }
 
 /// An authenticated connection.
@@ -120,6 +122,7 @@ impl Channel {
                 queue: VecDeque::new(),
                 closed: false,
                 writing: false,
+                pushes: 0,
             }),
             sink: None,
             deadline_ms: AtomicU64::new(u64::MAX),
@@ -189,6 +192,7 @@ impl Channel {
                             bytes: rest,
                             frames: w.frames,
                         });
+                        st.pushes += 1;
                     }
                 },
                 Err(_) => {
@@ -203,10 +207,11 @@ impl Channel {
             self.signal();
             return Offer::Queued;
         }
-        if st.queue.len() >= self.capacity {
+        if st.pushes >= self.capacity {
             return Offer::Full;
         }
         st.queue.push_back(item);
+        st.pushes += 1;
         drop(st);
         self.signal();
         Offer::Queued
@@ -244,6 +249,7 @@ impl Channel {
         if !into.is_empty() {
             st.writing = true;
         }
+        st.pushes = 0;
         st.closed
     }
 
@@ -253,6 +259,7 @@ impl Channel {
         let mut st = lock(&self.outbox);
         st.closed = true;
         st.queue.clear();
+        st.pushes = 0;
         drop(st);
         self.signal();
     }
@@ -328,6 +335,17 @@ mod tests {
         assert!(c.accepts(5));
         c.unwatch(&[1000, 6]);
         assert!(!c.accepts(1000) && !c.accepts(6) && c.accepts(1001));
+    }
+
+    #[test]
+    fn replies_do_not_count_against_push_capacity() {
+        let c = ch(2);
+        for _ in 0..4 {
+            c.reply(Outbound::Pong(Bytes::new()));
+        }
+        assert_eq!(c.offer(Outbound::Pong(Bytes::new())), Offer::Queued);
+        assert_eq!(c.offer(Outbound::Pong(Bytes::new())), Offer::Queued);
+        assert_eq!(c.offer(Outbound::Pong(Bytes::new())), Offer::Full);
     }
 
     #[test]

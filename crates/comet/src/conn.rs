@@ -294,6 +294,13 @@ pub(crate) fn serve(
             .with_sink(Sink::new(conn.stream.clone(), conn.is_ws())),
         );
         ch.set_deadline(hub.deadline_after(hb));
+        // Queued before the channel is reachable, so no push can overtake it.
+        ch.reply(Outbound::Frame(Frame::new(
+            ver,
+            Op::AUTH_REPLY,
+            seq,
+            Bytes::new(),
+        )));
         hub.register(&ch, &room_id);
         drop(room_id);
         if ctx.shutdown.is_cancelled() {
@@ -306,22 +313,6 @@ pub(crate) fn serve(
             &hub.metrics.connections_tcp
         };
         gauge.increment(1.0);
-        ch.reply(Outbound::Frame(Frame::new(
-            ver,
-            Op::AUTH_REPLY,
-            seq,
-            Bytes::new(),
-        )));
-        if hub.route_removals() != removals_before {
-            // A route removal finished while this client authenticated: it may have been
-            // this key's (a same-key reconnect); make sure the route points here.
-            call(
-                ctx.cfg.logic_timeout,
-                "heartbeat",
-                ctx.logic.heartbeat(heartbeat_req(&ctx, &ch)),
-            )
-            .await;
-        }
         let refresh_every = {
             let (lo, hi) = (ctx.cfg.route_refresh_min, ctx.cfg.route_refresh_max);
             if hi > lo {
@@ -331,10 +322,30 @@ pub(crate) fn serve(
             }
         };
         let mut last_refresh = Instant::now();
+        if hub.route_removals() != removals_before {
+            // A route removal finished while this client authenticated: it may have been
+            // this key's (a same-key reconnect); make sure the route points here. If
+            // that fails, the next client heartbeat tries again.
+            let restored = call(
+                ctx.cfg.logic_timeout,
+                "heartbeat",
+                ctx.logic.heartbeat(heartbeat_req(&ctx, &ch)),
+            )
+            .await;
+            if restored.is_none() {
+                last_refresh = Instant::now()
+                    .checked_sub(refresh_every)
+                    .unwrap_or(last_refresh);
+            }
+        }
         let mut out = VecDeque::new();
         let mut inbound = leftover;
         let close_reason: &str = 'serve: loop {
             for item in inbound.drain(..) {
+                if ch.is_closed() {
+                    // Replaced, timed out or shut down while handling a batch.
+                    break;
+                }
                 match item {
                     Inbound::Frame(f) => {
                         if f.op == Op::HEARTBEAT {
@@ -370,6 +381,7 @@ pub(crate) fn serve(
                     Ok(w) => (w.frames, w.rest),
                     Err(_) => break 'serve "write failed",
                 };
+                let blocked = rest.is_some();
                 if let Some(rest) = rest {
                     // The socket is full: wait for it, bounded by the write timeout.
                     // Boxed, so idle connections do not carry this state. A blocked
@@ -403,6 +415,11 @@ pub(crate) fn serve(
                 ch.finish_write();
                 hub.metrics.writes.increment(1);
                 hub.metrics.frames_delivered.increment(frames);
+                if blocked && !closing {
+                    // Waiting for the socket consumed the wake-up of anything queued
+                    // meanwhile: look again before sleeping.
+                    continue 'serve;
+                }
             }
             if closing {
                 break 'serve if ch.timed_out() {

@@ -358,6 +358,7 @@ impl Hub {
                 }
             }
         }
+        self.account(&out);
         out
     }
 

@@ -106,7 +106,7 @@ impl Sink {
                 }
             }
         }
-        let mut slices: Vec<IoSlice<'_>> = parts
+        let slices: Vec<IoSlice<'_>> = parts
             .iter()
             .map(|p| match p {
                 Part::Head(s, e) => IoSlice::new(&heads[*s..*e]),
@@ -115,7 +115,10 @@ impl Sink {
             .filter(|s| !s.is_empty())
             .collect();
         let total: usize = slices.iter().map(|s| s.len()).sum();
-        let written = self.try_write(&mut slices)?;
+        // `try_write` advances the slices it is given; keep the originals intact to
+        // copy the unwritten rest from.
+        let mut work = slices.clone();
+        let written = self.try_write(&mut work)?;
         if written == total {
             return Ok(Written { frames, rest: None });
         }
@@ -164,5 +167,40 @@ impl Sink {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A write the socket takes only partly leaves exactly the unwritten bytes, so
+    /// the peer receives every byte in order.
+    #[tokio::test]
+    async fn partial_write_keeps_every_byte() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        let sink = Sink::new(Arc::new(server), false);
+        let body: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let body = Bytes::from(body);
+        let w = sink
+            .write_now(std::iter::once(Outbound::Raw {
+                body: body.clone(),
+                frames: 1,
+            }))
+            .unwrap();
+        let rest = w.rest.expect("an unread socket cannot take 8 MiB at once");
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        sink.write_all(&rest).await.unwrap();
+        drop(sink);
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), body.len(), "bytes lost on a partial write");
+        assert!(got == body[..], "stream corrupted");
     }
 }

@@ -43,13 +43,11 @@ impl RoomBatcher {
         }
     }
 
-    fn sender(&self, room: &str) -> mpsc::Sender<Item> {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = rooms.get(room) {
-            if !tx.is_closed() {
-                return tx.clone();
-            }
-        }
+    fn spawn_room(
+        &self,
+        rooms: &mut HashMap<String, mpsc::Sender<Item>>,
+        room: &str,
+    ) -> mpsc::Sender<Item> {
         let (tx, rx) = mpsc::channel(self.cfg.room_queue.max(1));
         rooms.insert(room.to_string(), tx.clone());
         tokio::spawn(room_task(
@@ -64,12 +62,37 @@ impl RoomBatcher {
     }
 
     /// Queues a room message; waits while the room's queue is full.
+    ///
+    /// The common case (room queue not full) enqueues under the room map's lock,
+    /// which the retiring task also takes: a message is either in the old queue
+    /// before the task decides to retire (so it does not), or goes to a new task
+    /// after the old one closed its queue empty. Either way one room's messages
+    /// stay in order.
     pub(crate) async fn push(&self, room: String, op: i32, msg: Bytes, delivery: Delivery) {
         let mut item = Item { op, msg, delivery };
         loop {
-            match self.sender(&room).send(item).await {
+            let tx = {
+                let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+                let tx = match rooms.get(&room) {
+                    Some(tx) if !tx.is_closed() => tx.clone(),
+                    _ => self.spawn_room(&mut rooms, &room),
+                };
+                match tx.try_send(item) {
+                    Ok(()) => return,
+                    Err(mpsc::error::TrySendError::Full(back)) => {
+                        item = back;
+                        tx
+                    }
+                    Err(mpsc::error::TrySendError::Closed(back)) => {
+                        item = back;
+                        rooms.remove(&room);
+                        continue;
+                    }
+                }
+            };
+            // Full: the room's task has work queued, so it is not retiring; wait.
+            match tx.send(item).await {
                 Ok(()) => return,
-                // The room's task retired between lookup and send: start a new one.
                 Err(mpsc::error::SendError(back)) => item = back,
             }
         }

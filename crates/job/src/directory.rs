@@ -106,6 +106,9 @@ pub struct CometLink {
     /// The comet's client.
     pub service: Arc<dyn CometService>,
     tx: mpsc::Sender<(Work, AckGroup)>,
+    /// Cancelled when the comet leaves the registry: its queued work is dropped
+    /// (acknowledged) instead of timing out call by call.
+    gone: CancellationToken,
 }
 
 impl CometLink {
@@ -124,8 +127,16 @@ async fn link_worker(
     mut rx: mpsc::Receiver<(Work, AckGroup)>,
     timeout: Duration,
     metrics: JobMetrics,
+    gone: CancellationToken,
 ) {
-    while let Some((work, ack)) = rx.recv().await {
+    loop {
+        let (work, ack) = tokio::select! {
+            _ = gone.cancelled() => break,
+            next = rx.recv() => match next {
+                Some(w) => w,
+                None => return,
+            },
+        };
         let call = async {
             match work {
                 Work::Push(r) => service.push_msg(r).await,
@@ -133,7 +144,11 @@ async fn link_worker(
                 Work::Broadcast(r) => service.broadcast(r).await,
             }
         };
-        match tokio::time::timeout(timeout, call).await {
+        let result = tokio::select! {
+            _ = gone.cancelled() => break,
+            r = tokio::time::timeout(timeout, call) => r,
+        };
+        match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 metrics.dispatch_errors.increment(1);
@@ -145,6 +160,17 @@ async fn link_worker(
             }
         }
         drop(ack);
+    }
+    // The comet left: its clients reconnect elsewhere. Drop what was queued for it
+    // so nothing else (room batches, acknowledgements) waits on it.
+    rx.close();
+    let mut dropped = 0u64;
+    while rx.try_recv().is_ok() {
+        dropped += 1;
+    }
+    if dropped > 0 {
+        metrics.unroutable.increment(dropped);
+        warn!(%server, dropped, "comet left; work queued for it dropped");
     }
 }
 
@@ -210,12 +236,14 @@ impl Directory {
                 continue;
             };
             let (tx, rx) = mpsc::channel(queue.max(1));
+            let gone = CancellationToken::new();
             tokio::spawn(link_worker(
                 ins.hostname.clone(),
                 service.clone(),
                 rx,
                 timeout,
                 metrics.clone(),
+                gone.clone(),
             ));
             info!(server = %ins.hostname, zone = %ins.zone, "comet added");
             next.insert(
@@ -224,11 +252,13 @@ impl Directory {
                     server: ins.hostname.clone(),
                     service,
                     tx,
+                    gone,
                 }),
             );
         }
-        for gone in old.keys().filter(|k| !next.contains_key(*k)) {
-            info!(server = %gone, "comet removed");
+        for (server, link) in old.iter().filter(|(k, _)| !next.contains_key(*k)) {
+            link.gone.cancel();
+            info!(%server, "comet removed");
         }
         *self.links.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
     }

@@ -216,3 +216,135 @@ async fn dispatch(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_discovery::{Instance, LocalRegistry, COMET_APPID};
+    use herald_queue::MemoryQueue;
+    use herald_rpc::{BroadcastRoomReq, CometService, RoomsReply, RpcResult};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// A comet that never answers.
+    struct Hang;
+
+    #[async_trait::async_trait]
+    impl CometService for Hang {
+        async fn push_msg(&self, _: PushMsgReq) -> RpcResult<()> {
+            std::future::pending().await
+        }
+        async fn broadcast(&self, _: BroadcastReq) -> RpcResult<()> {
+            std::future::pending().await
+        }
+        async fn broadcast_room(&self, _: BroadcastRoomReq) -> RpcResult<()> {
+            std::future::pending().await
+        }
+        async fn rooms(&self) -> RpcResult<RoomsReply> {
+            Ok(Default::default())
+        }
+    }
+
+    /// A comet that records the rooms it was asked to broadcast to.
+    #[derive(Default)]
+    struct Record(Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl CometService for Record {
+        async fn push_msg(&self, _: PushMsgReq) -> RpcResult<()> {
+            Ok(())
+        }
+        async fn broadcast(&self, _: BroadcastReq) -> RpcResult<()> {
+            Ok(())
+        }
+        async fn broadcast_room(&self, r: BroadcastRoomReq) -> RpcResult<()> {
+            self.0.lock().unwrap().push(r.room_id);
+            Ok(())
+        }
+        async fn rooms(&self) -> RpcResult<RoomsReply> {
+            Ok(Default::default())
+        }
+    }
+
+    struct Connector(Arc<Record>);
+
+    impl CometConnector for Connector {
+        fn connect(&self, i: &Instance) -> Option<Arc<dyn CometService>> {
+            if i.hostname == "dead" {
+                Some(Arc::new(Hang))
+            } else {
+                Some(self.0.clone())
+            }
+        }
+    }
+
+    fn room_msg(room: &str) -> Bytes {
+        Bytes::from(
+            PushMsg {
+                r#type: PushType::Room as i32,
+                operation: 1000,
+                room: room.into(),
+                msg: Bytes::from_static(b"x"),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        )
+    }
+
+    /// A comet that leaves the registry with work queued for it must not hold up
+    /// delivery to the others, and the messages it held are acknowledged.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn removed_comet_does_not_stall_the_others() {
+        let reg = LocalRegistry::new();
+        let comet = |h: &str| Instance {
+            appid: COMET_APPID.into(),
+            hostname: h.into(),
+            ..Default::default()
+        };
+        let dead = reg.register(comet("dead")).await.unwrap();
+        let _live = reg.register(comet("live")).await.unwrap();
+        let rec = Arc::new(Record::default());
+        let q = Arc::new(MemoryQueue::new(1024, Duration::from_secs(1)));
+        // A stall would last a minute per queued call.
+        let cfg = JobConfig {
+            comet_timeout: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let job = Job::start(
+            cfg,
+            q.clone(),
+            Arc::new(reg.clone()),
+            Arc::new(Connector(rec.clone())),
+        )
+        .await
+        .unwrap();
+        for i in 0..10 {
+            q.publish("", room_msg(&format!("a{i}"))).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        dead.deregister().await.unwrap();
+        for i in 0..10 {
+            q.publish("", room_msg(&format!("b{i}"))).await.unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = rec
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.starts_with('b'))
+                .count();
+            if got == 10 && q.depth() == Some(0) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stalled: {got} of 10 rooms reached the live comet, queue depth {:?}",
+                q.depth()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        job.shutdown().await;
+    }
+}

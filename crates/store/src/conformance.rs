@@ -85,6 +85,26 @@ pub async fn remove_only_own_route(s: &dyn SessionStore) -> CheckResult {
     )
 }
 
+/// A key taken over by another member (an account switch on the same device) is
+/// no longer reachable through the previous member.
+pub async fn key_changes_member(s: &dyn SessionStore) -> CheckResult {
+    let e = |e: crate::StoreError| e.to_string();
+    s.add_route(21, "conf-device", "c1").await.map_err(e)?;
+    s.add_route(22, "conf-device", "c1").await.map_err(e)?;
+    let old = s.keys_by_mids(&[21]).await.map_err(e)?;
+    check(old.is_empty(), || {
+        format!("previous member still reaches the key: {old:?}")
+    })?;
+    let new = s.keys_by_mids(&[22]).await.map_err(e)?;
+    check(new == vec![("conf-device".into(), "c1".into())], || {
+        format!("new member: {new:?}")
+    })?;
+    check(
+        s.remove_route(22, "conf-device", "c1").await.map_err(e)?,
+        || "not removed".into(),
+    )
+}
+
 /// An online report replaces the previous one whole (emptied rooms disappear) and
 /// reads back as written.
 pub async fn online_reports(s: &dyn OnlineStore) -> CheckResult {
@@ -150,6 +170,7 @@ mod tests {
         let s = MemoryStore::new(Duration::from_secs(60));
         routes(&s).await.unwrap();
         remove_only_own_route(&s).await.unwrap();
+        key_changes_member(&s).await.unwrap();
         online_reports(&s).await.unwrap();
     }
 }

@@ -22,6 +22,8 @@ pub struct MemoryStore {
 #[derive(Clone)]
 struct Route {
     server: Arc<str>,
+    /// The member the key belongs to (0 = anonymous).
+    mid: i64,
     expires: Instant,
 }
 
@@ -94,11 +96,24 @@ impl SessionStore for MemoryStore {
         let expires = Instant::now() + self.ttl;
         let mut st = self.state();
         let server = st.intern(server);
-        let route = Route { server, expires };
-        let key: Arc<str> = match st.keys.get_key_value(key) {
-            Some((k, _)) => k.clone(),
-            None => Arc::from(key),
+        let route = Route {
+            server,
+            mid,
+            expires,
         };
+        let (key, previous_mid): (Arc<str>, i64) = match st.keys.get_key_value(key) {
+            Some((k, r)) => (k.clone(), r.mid),
+            None => (Arc::from(key), 0),
+        };
+        if previous_mid > 0 && previous_mid != mid {
+            // The key now belongs to another member: the old member must not reach it.
+            if let Some(list) = st.mids.get_mut(&previous_mid) {
+                list.retain(|(k, _)| *k != key);
+                if list.is_empty() {
+                    st.mids.remove(&previous_mid);
+                }
+            }
+        }
         st.keys.insert(key.clone(), route.clone());
         if mid > 0 {
             let list = st.mids.entry(mid).or_default();

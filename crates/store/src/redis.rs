@@ -5,6 +5,7 @@
 //! | `<prefix>mid_<mid>` | hash | connection key → server id (members with mid > 0) |
 //! | `<prefix>key_<key>` | string | server id |
 //! | `<prefix>ol_<server>` | hash | fields `"0"`…`"63"` → JSON `{"server","room_count","updated"}` |
+//! | `<prefix>kmid_<key>` | string | the key's member id (herald's addition, so a key that moves to another member leaves the previous member's hash) |
 //!
 //! Every write sets the shared TTL. Differences from goim: removing a route is one
 //! Lua script that deletes only if the route still points at the caller's server; an
@@ -31,7 +32,7 @@ const PARTITIONS: u64 = 64;
 const REMOVE: &str = r#"
 local removed = 0
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1], KEYS[3])
   removed = 1
 end
 if KEYS[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[1] then
@@ -40,11 +41,30 @@ end
 return removed
 "#;
 
+/// Records a route. KEYS[1] = key_<key>, KEYS[2] = mid_<mid> (or ""),
+/// KEYS[3] = kmid_<key>; ARGV[1] = server, ARGV[2] = key, ARGV[3] = TTL,
+/// ARGV[4] = mid, ARGV[5] = the hash-key prefix for mids (`<prefix>mid_`). A key
+/// that moves to another member is removed from the previous member's hash.
+const ADD: &str = r#"
+local previous = redis.call('GET', KEYS[3])
+if previous and previous ~= ARGV[4] and previous ~= '0' then
+  redis.call('HDEL', ARGV[5] .. previous, ARGV[2])
+end
+if KEYS[2] ~= '' then
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3])
+return 1
+"#;
+
 /// Extends the route's TTL if it still points at ARGV[1]; returns 1 if it did.
 /// KEYS as for REMOVE, ARGV[3] = TTL seconds.
 const REFRESH: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
   if KEYS[2] ~= '' then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
   return 1
 end
@@ -65,6 +85,7 @@ pub struct RedisStore {
     con: ConnectionManager,
     prefix: String,
     ttl_secs: u64,
+    add: Script,
     remove: Script,
     refresh: Script,
 }
@@ -93,6 +114,7 @@ impl RedisStore {
             con,
             prefix: prefix.to_string(),
             ttl_secs: ttl.as_secs().max(1),
+            add: Script::new(ADD),
             remove: Script::new(REMOVE),
             refresh: Script::new(REFRESH),
         })
@@ -100,6 +122,10 @@ impl RedisStore {
 
     fn key_key(&self, key: &str) -> String {
         format!("{}key_{key}", self.prefix)
+    }
+
+    fn kmid_key(&self, key: &str) -> String {
+        format!("{}kmid_{key}", self.prefix)
     }
 
     fn mid_key(&self, mid: i64) -> String {
@@ -129,16 +155,19 @@ impl RedisStore {
 impl SessionStore for RedisStore {
     async fn add_route(&self, mid: i64, key: &str, server: &str) -> StoreResult<()> {
         let mut con = self.con.clone();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if mid > 0 {
-            let m = self.mid_key(mid);
-            pipe.hset(&m, key, server).ignore();
-            pipe.expire(&m, self.ttl_secs as i64).ignore();
-        }
-        pipe.set_ex(self.key_key(key), server, self.ttl_secs)
-            .ignore();
-        pipe.query_async::<()>(&mut con).await.map_err(unavailable)
+        self.add
+            .key(self.key_key(key))
+            .key(self.mid_key(mid))
+            .key(self.kmid_key(key))
+            .arg(server)
+            .arg(key)
+            .arg(self.ttl_secs)
+            .arg(mid.max(0))
+            .arg(format!("{}mid_", self.prefix))
+            .invoke_async::<i64>(&mut con)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
     }
 
     async fn refresh_route(&self, mid: i64, key: &str, server: &str) -> StoreResult<bool> {
@@ -147,6 +176,7 @@ impl SessionStore for RedisStore {
             .refresh
             .key(self.key_key(key))
             .key(self.mid_key(mid))
+            .key(self.kmid_key(key))
             .arg(server)
             .arg(key)
             .arg(self.ttl_secs)
@@ -162,6 +192,7 @@ impl SessionStore for RedisStore {
             .remove
             .key(self.key_key(key))
             .key(self.mid_key(mid))
+            .key(self.kmid_key(key))
             .arg(server)
             .arg(key)
             .invoke_async(&mut con)

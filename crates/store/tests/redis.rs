@@ -20,6 +20,7 @@ async fn redis_store_conforms() {
     let (_redis, s) = store("").await;
     conformance::routes(&s).await.unwrap();
     conformance::remove_only_own_route(&s).await.unwrap();
+    conformance::key_changes_member(&s).await.unwrap();
     conformance::online_reports(&s).await.unwrap();
 }
 

@@ -7,4 +7,5 @@ mod bad_input;
 mod binary;
 mod http_api;
 mod protocol;
+mod regressions;
 mod support;

@@ -5,15 +5,20 @@
 //! the message to the comets (at-least-once). Payloads are opaque bytes, so the
 //! queue never depends on the message schema.
 //!
-//! Backends sit next to the trait: [`memory`] (in-process, the standalone default).
-//! Cluster engines implement the same trait and pass the same conformance tests.
+//! Backends sit next to the trait: [`memory`] (in-process, the standalone default)
+//! and `redis` (Redis Streams, feature `redis`). Every backend passes the same
+//! [`conformance`] checks against its real engine.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod conformance;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStreamsConfig, RedisStreamsQueue};
 pub use memory::MemoryQueue;
 
 /// Why a queue operation failed.

@@ -1,0 +1,66 @@
+//! The Redis Streams queue against a real, private redis-server.
+#![cfg(feature = "redis")]
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use herald_queue::{conformance, Queue, QueueError, RedisStreamsConfig, RedisStreamsQueue};
+
+async fn queue(redis: &herald_testkit::Engine, stream: &str) -> RedisStreamsQueue {
+    RedisStreamsQueue::connect(RedisStreamsConfig {
+        url: redis.redis_url(),
+        stream: stream.into(),
+        group: "herald-job".into(),
+        max_len: 100_000,
+        claim_idle: Duration::from_millis(500),
+        consumer_name: "test".into(),
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn ordered_per_key() {
+    let redis = herald_testkit::redis();
+    conformance::ordered_per_key(&queue(&redis, "s1").await)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn competing_consumers() {
+    let redis = herald_testkit::redis();
+    conformance::competing_consumers(&queue(&redis, "s2").await)
+        .await
+        .unwrap();
+}
+
+/// An entry read by a consumer that died before acknowledging it is reclaimed by
+/// another consumer of the group.
+#[tokio::test]
+async fn unacknowledged_is_redelivered() {
+    let redis = herald_testkit::redis();
+    let q = queue(&redis, "s3").await;
+    conformance::unacknowledged_is_redelivered(&q, tokio::time::sleep(Duration::from_millis(600)))
+        .await
+        .unwrap();
+}
+
+/// With Redis down, publishing reports an error instead of succeeding.
+#[tokio::test]
+async fn publish_fails_while_redis_is_down() {
+    let mut redis = herald_testkit::redis();
+    let q = queue(&redis, "s4").await;
+    q.publish("k", bytes::Bytes::from_static(b"ok"))
+        .await
+        .unwrap();
+    redis.kill();
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        q.publish("k", bytes::Bytes::from_static(b"lost?")),
+    )
+    .await
+    .expect("publish returns instead of hanging")
+    .unwrap_err();
+    assert!(matches!(err, QueueError::Unavailable(_)), "{err:?}");
+}

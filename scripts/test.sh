@@ -15,6 +15,7 @@ fi
 # Debian packages when missing; tests that need one fail loudly without it.
 need_pkgs=()
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need_pkgs+=(redis-server)
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_pkgs+=(nats-server)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   step "installing test engines: ${need_pkgs[*]}"
   sudo_cmd=""

@@ -6,7 +6,8 @@
 //! queue never depends on the message schema.
 //!
 //! Backends sit next to the trait: [`memory`] (in-process, the standalone default)
-//! and `redis` (Redis Streams, feature `redis`). Every backend passes the same
+//! `redis` (Redis Streams, feature `redis`) and `nats` (NATS JetStream, feature
+//! `nats`). Every backend passes the same
 //! [`conformance`] checks against its real engine.
 
 use async_trait::async_trait;
@@ -14,9 +15,13 @@ use bytes::Bytes;
 
 pub mod conformance;
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
 
+#[cfg(feature = "nats")]
+pub use self::nats::{NatsConfig, NatsQueue};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStreamsConfig, RedisStreamsQueue};
 pub use memory::MemoryQueue;

@@ -108,3 +108,27 @@ impl Engine {
         format!("redis://{}/", self.addr)
     }
 }
+
+/// A private `nats-server` with JetStream on a free port.
+pub fn nats() -> Engine {
+    let bin = required("nats-server", "nats-server");
+    let port = free_port();
+    let dir = scratch("nats", port);
+    let mut child = Command::new(bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start nats-server: {e}"));
+    let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for(addr, &mut child, "nats-server");
+    Engine { child, addr, dir }
+}
+
+impl Engine {
+    /// `nats://<addr>` for a NATS engine.
+    pub fn nats_url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+}

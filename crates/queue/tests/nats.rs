@@ -1,0 +1,66 @@
+//! The NATS JetStream queue against a real, private nats-server.
+#![cfg(feature = "nats")]
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use herald_queue::{conformance, NatsConfig, NatsQueue, Queue, QueueError};
+
+async fn queue(nats: &herald_testkit::Engine, name: &str) -> NatsQueue {
+    NatsQueue::connect(NatsConfig {
+        url: nats.nats_url(),
+        stream: name.into(),
+        subject: format!("herald.{name}"),
+        durable: "herald-job".into(),
+        ack_wait: Duration::from_secs(1),
+        max_messages: 100_000,
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn ordered_per_key() {
+    let nats = herald_testkit::nats();
+    conformance::ordered_per_key(&queue(&nats, "S1").await)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn competing_consumers() {
+    let nats = herald_testkit::nats();
+    conformance::competing_consumers(&queue(&nats, "S2").await)
+        .await
+        .unwrap();
+}
+
+/// A message delivered to a consumer that died before acknowledging it is
+/// delivered again after `ack_wait`.
+#[tokio::test]
+async fn unacknowledged_is_redelivered() {
+    let nats = herald_testkit::nats();
+    let q = queue(&nats, "S3").await;
+    conformance::unacknowledged_is_redelivered(&q, tokio::time::sleep(Duration::from_millis(200)))
+        .await
+        .unwrap();
+}
+
+/// With the server down, publishing reports an error instead of succeeding.
+#[tokio::test]
+async fn publish_fails_while_nats_is_down() {
+    let mut nats = herald_testkit::nats();
+    let q = queue(&nats, "S4").await;
+    q.publish("k", bytes::Bytes::from_static(b"ok"))
+        .await
+        .unwrap();
+    nats.kill();
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        q.publish("k", bytes::Bytes::from_static(b"lost?")),
+    )
+    .await
+    .expect("publish returns instead of hanging")
+    .unwrap_err();
+    assert!(matches!(err, QueueError::Unavailable(_)), "{err:?}");
+}

@@ -444,10 +444,16 @@ async fn run_one_inner(
                     m.kernel_slab_per_conn_bytes = Some(per(b, a));
                 }
             }
-            Scenario::Fanout => {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let rate = args.rate.unwrap_or(5.0);
-                let count = (rate * args.duration.unwrap_or(10.0)).ceil() as u64;
+            Scenario::Fanout | Scenario::Latency => {
+                let latency = args.scenario == Scenario::Latency;
+                let (settle, rate, duration) = if latency {
+                    (Duration::from_millis(500), 20.0, 5.0)
+                } else {
+                    (Duration::from_secs(1), 5.0, 10.0)
+                };
+                tokio::time::sleep(settle).await;
+                let rate = args.rate.unwrap_or(rate);
+                let count = (rate * args.duration.unwrap_or(duration)).ceil() as u64;
                 let hist = measure_pushes(
                     server,
                     &mut workers,
@@ -460,24 +466,7 @@ async fn run_one_inner(
                 .await?;
                 m.latency_ms = Latency::from_hist(&hist);
                 m.hist = hist;
-            }
-            Scenario::Latency => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let rate = args.rate.unwrap_or(20.0);
-                let count = (rate * args.duration.unwrap_or(5.0)).ceil() as u64;
-                let hist = measure_pushes(
-                    server,
-                    &mut workers,
-                    m,
-                    PushKind::Room,
-                    rate,
-                    count,
-                    m.connections,
-                )
-                .await?;
-                m.latency_ms = Latency::from_hist(&hist);
-                m.hist = hist;
-                if server.name == "herald" {
+                if latency && server.name == "herald" {
                     let mut km = Measurement {
                         connections: m.connections,
                         ..Default::default()

@@ -268,11 +268,13 @@ impl Hub {
         self.route_removals.load(Ordering::Acquire)
     }
 
-    fn offer(&self, ch: &Channel, item: Outbound, out: &mut Fanout) {
-        let frames = match &item {
-            Outbound::Raw { frames, .. } => *frames as u64,
-            _ => 1,
+    /// Offers a shared OpRaw body of `frames` frames to one connection.
+    fn offer(&self, ch: &Channel, body: &Bytes, frames: u32, out: &mut Fanout) {
+        let item = Outbound::Raw {
+            body: body.clone(),
+            frames,
         };
+        let frames = frames as u64;
         match ch.offer(item) {
             Offer::Queued => out.queued += 1,
             Offer::Written(n) => {
@@ -312,14 +314,7 @@ impl Hub {
             let ch = read(self.bucket(key)).channels.get(key.as_str()).cloned();
             if let Some(ch) = ch {
                 if ch.accepts(op) {
-                    self.offer(
-                        &ch,
-                        Outbound::Raw {
-                            body: body.clone(),
-                            frames,
-                        },
-                        &mut out,
-                    );
+                    self.offer(&ch, &body, frames, &mut out);
                 }
             }
         }
@@ -347,14 +342,7 @@ impl Hub {
             let b = read(b);
             if let Some(members) = b.rooms.get(room) {
                 for ch in members {
-                    self.offer(
-                        ch,
-                        Outbound::Raw {
-                            body: body.clone(),
-                            frames,
-                        },
-                        &mut out,
-                    );
+                    self.offer(ch, &body, frames, &mut out);
                 }
             }
         }
@@ -372,14 +360,7 @@ impl Hub {
                 let b = read(b);
                 for ch in b.channels.values() {
                     if ch.accepts(op) {
-                        self.offer(
-                            ch,
-                            Outbound::Raw {
-                                body: body.clone(),
-                                frames,
-                            },
-                            &mut out,
-                        );
+                        self.offer(ch, &body, frames, &mut out);
                     }
                 }
                 b.channels.len()

@@ -36,6 +36,10 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --all-features --locked 2>&1 | tee "$log" || status=$?
+if [ "$status" = 0 ]; then
+  step "README run command (cargo run -- ...) resolves to the server"
+  cargo run --locked --quiet -- config >/dev/null || status=$?
+fi
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
 echo

@@ -73,12 +73,15 @@ fn main() -> anyhow::Result<()> {
 
 async fn run_standalone(cfg: Config) -> anyhow::Result<()> {
     let server = Standalone::start(cfg).await?;
+    let mut demo = server.http_addr;
+    if demo.ip().is_unspecified() {
+        demo.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
     info!(
         tcp = ?server.tcp_addrs,
         ws = ?server.ws_addrs,
         http = %server.http_addr,
-        "herald standalone ready (demo page at http://{}/_/)",
-        server.http_addr
+        "herald standalone ready (demo page at http://{demo}/_/)"
     );
     shutdown_signal().await;
     info!("shutting down");

@@ -318,6 +318,21 @@ impl Report {
 }
 
 const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+
+/// Appends a line through `points`, given as fractions (0..=1) of the plot area.
+fn polyline(body: &mut String, series: usize, points: impl Iterator<Item = (f64, f64)>) {
+    let mut pts = String::new();
+    for (fx, fy) in points {
+        let x = PAD + fx * (W - 20.0 - PAD);
+        let y = H - PAD - fy * (H - PAD - 30.0);
+        let _ = write!(pts, "{x:.1},{y:.1} ");
+    }
+    let _ = writeln!(
+        body,
+        "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{pts}\"/>",
+        COLORS[series % 4]
+    );
+}
 const W: f64 = 720.0;
 const H: f64 = 360.0;
 const PAD: f64 = 56.0;
@@ -413,18 +428,11 @@ fn latency_svg(systems: &[&Measurement]) -> String {
     for (i, m) in systems.iter().enumerate() {
         let total = m.hist.count().max(1) as f64;
         let mut seen = 0u64;
-        let mut pts = String::new();
-        for (lb, c) in m.hist.buckets() {
+        let points = m.hist.buckets().into_iter().map(|(lb, c)| {
             seen += c;
-            let x = PAD + lx(lb as f64) * (W - 20.0 - PAD);
-            let y = H - PAD - (seen as f64 / total) * (H - PAD - 30.0);
-            let _ = write!(pts, "{x:.1},{y:.1} ");
-        }
-        let _ = writeln!(
-            body,
-            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{pts}\"/>",
-            COLORS[i % 4]
-        );
+            (lx(lb as f64), seen as f64 / total)
+        });
+        polyline(&mut body, i, points);
     }
     let names: Vec<&str> = systems.iter().map(|m| m.system.as_str()).collect();
     svg_frame(
@@ -453,17 +461,11 @@ fn timeline_svg(systems: &[&Measurement]) -> String {
         format!("{v:.0}")
     });
     for (i, m) in systems.iter().enumerate() {
-        let mut pts = String::new();
-        for (t, n) in &m.timeline {
-            let x = PAD + t / t_max * (W - 20.0 - PAD);
-            let y = H - PAD - (*n as f64 / y_max) * (H - PAD - 30.0);
-            let _ = write!(pts, "{x:.1},{y:.1} ");
-        }
-        let _ = writeln!(
-            body,
-            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{pts}\"/>",
-            COLORS[i % 4]
-        );
+        let points = m
+            .timeline
+            .iter()
+            .map(|(t, n)| (t / t_max, *n as f64 / y_max));
+        polyline(&mut body, i, points);
     }
     let names: Vec<&str> = systems.iter().map(|m| m.system.as_str()).collect();
     svg_frame(

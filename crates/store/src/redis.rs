@@ -140,6 +140,24 @@ impl RedisStore {
         format!("{}ol_{server}", self.prefix)
     }
 
+    /// A route script call with the keys and leading arguments every route script
+    /// takes: KEYS = key_, mid_ (or ""), kmid_; ARGV[1] = server, ARGV[2] = key.
+    fn route_call<'a>(
+        &self,
+        script: &'a Script,
+        mid: i64,
+        key: &str,
+        server: &str,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut call = script.prepare_invoke();
+        call.key(self.key_key(key))
+            .key(self.mid_key(mid))
+            .key(self.kmid_key(key))
+            .arg(server)
+            .arg(key);
+        call
+    }
+
     /// Checks the connection (`PING`).
     pub async fn ping(&self) -> StoreResult<()> {
         let mut con = self.con.clone();
@@ -155,16 +173,11 @@ impl RedisStore {
 impl SessionStore for RedisStore {
     async fn add_route(&self, mid: i64, key: &str, server: &str) -> StoreResult<()> {
         let mut con = self.con.clone();
-        self.add
-            .key(self.key_key(key))
-            .key(self.mid_key(mid))
-            .key(self.kmid_key(key))
-            .arg(server)
-            .arg(key)
-            .arg(self.ttl_secs)
+        let mut call = self.route_call(&self.add, mid, key, server);
+        call.arg(self.ttl_secs)
             .arg(mid.max(0))
-            .arg(format!("{}mid_", self.prefix))
-            .invoke_async::<i64>(&mut con)
+            .arg(format!("{}mid_", self.prefix));
+        call.invoke_async::<i64>(&mut con)
             .await
             .map(|_| ())
             .map_err(unavailable)
@@ -172,29 +185,16 @@ impl SessionStore for RedisStore {
 
     async fn refresh_route(&self, mid: i64, key: &str, server: &str) -> StoreResult<bool> {
         let mut con = self.con.clone();
-        let live: i64 = self
-            .refresh
-            .key(self.key_key(key))
-            .key(self.mid_key(mid))
-            .key(self.kmid_key(key))
-            .arg(server)
-            .arg(key)
-            .arg(self.ttl_secs)
-            .invoke_async(&mut con)
-            .await
-            .map_err(unavailable)?;
+        let mut call = self.route_call(&self.refresh, mid, key, server);
+        call.arg(self.ttl_secs);
+        let live: i64 = call.invoke_async(&mut con).await.map_err(unavailable)?;
         Ok(live == 1)
     }
 
     async fn remove_route(&self, mid: i64, key: &str, server: &str) -> StoreResult<bool> {
         let mut con = self.con.clone();
         let removed: i64 = self
-            .remove
-            .key(self.key_key(key))
-            .key(self.mid_key(mid))
-            .key(self.kmid_key(key))
-            .arg(server)
-            .arg(key)
+            .route_call(&self.remove, mid, key, server)
             .invoke_async(&mut con)
             .await
             .map_err(unavailable)?;

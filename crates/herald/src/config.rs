@@ -1,6 +1,7 @@
 //! The configuration file (`--config FILE`, TOML) and its environment overrides
 //! (`HERALD_<SECTION>__<KEY>`). Every option has a default, so no file is needed.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Server id: the same string in routes, the registry and job. Empty means
-    /// `<hostname>:3109`.
+    /// `<advertise host>:<RPC port>` (3109 for a comet and standalone, 3119 for
+    /// logic; `<host>:job-<pid>` for job, which serves nothing).
     pub id: String,
     /// Region, for the balancer.
     pub region: String,
@@ -27,41 +29,254 @@ pub struct ServerConfig {
     pub env: String,
 }
 
-/// The embedded session/online store.
+/// Which engine holds routes and online counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// In this process (standalone only).
+    #[default]
+    Memory,
+    /// Redis, in goim's key layout (shared by every logic).
+    Redis,
+}
+
+/// The session (route) and online store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
+    /// `memory` or `redis`.
+    pub backend: StoreBackend,
     /// How long a route lives without a refresh (goim's `redis.expire`).
     #[serde(with = "humantime_serde")]
     pub route_ttl: Duration,
+    /// Redis URL (`redis://[:password@]host:port/db`).
+    pub redis_url: String,
+    /// Prefix put before every Redis key (empty = goim's exact key names).
+    pub prefix: String,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
+            backend: StoreBackend::Memory,
             route_ttl: Duration::from_secs(1800),
+            redis_url: "redis://127.0.0.1:6379/".into(),
+            prefix: String::new(),
         }
     }
 }
 
-/// The embedded queue.
+/// Which engine carries pushes from logic to job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    /// In this process (standalone only).
+    #[default]
+    Memory,
+    /// Redis Streams with a consumer group.
+    Redis,
+    /// NATS JetStream with a durable pull consumer.
+    Nats,
+    /// Kafka (or a Kafka-compatible broker) with a consumer group.
+    Kafka,
+}
+
+/// The Redis Streams queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisQueueConfig {
+    /// Redis URL.
+    pub url: String,
+    /// Stream key.
+    pub stream: String,
+    /// Consumer group shared by every job.
+    pub group: String,
+    /// Approximate stream length cap (`XADD MAXLEN ~`).
+    pub max_len: usize,
+    /// Entries pending this long on a consumer are taken over by another job.
+    #[serde(with = "humantime_serde")]
+    pub claim_idle: Duration,
+}
+
+impl Default for RedisQueueConfig {
+    fn default() -> Self {
+        RedisQueueConfig {
+            url: "redis://127.0.0.1:6379/".into(),
+            stream: "herald:push".into(),
+            group: "herald-job".into(),
+            max_len: 1_000_000,
+            claim_idle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The NATS JetStream queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsQueueConfig {
+    /// Server URL.
+    pub url: String,
+    /// Stream name (created when missing).
+    pub stream: String,
+    /// Subject the stream captures.
+    pub subject: String,
+    /// Durable consumer shared by every job.
+    pub durable: String,
+    /// Unacknowledged messages are redelivered after this long.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Stream message cap.
+    pub max_messages: i64,
+}
+
+impl Default for NatsQueueConfig {
+    fn default() -> Self {
+        NatsQueueConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            stream: "HERALD_PUSH".into(),
+            subject: "herald.push".into(),
+            durable: "herald-job".into(),
+            ack_wait: Duration::from_secs(30),
+            max_messages: 1_000_000,
+        }
+    }
+}
+
+/// The Kafka queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaQueueConfig {
+    /// Bootstrap brokers, `host:port` (comma-separated in one string is fine too).
+    pub brokers: Vec<String>,
+    /// Topic (goim's default name; created when missing).
+    pub topic: String,
+    /// Consumer group shared by every job (goim's default name).
+    pub group: String,
+    /// Partitions of a topic created by herald.
+    pub partitions: i32,
+}
+
+impl Default for KafkaQueueConfig {
+    fn default() -> Self {
+        KafkaQueueConfig {
+            brokers: vec!["127.0.0.1:9092".into()],
+            topic: "goim-push-topic".into(),
+            group: "goim-push-group-job".into(),
+            partitions: 8,
+        }
+    }
+}
+
+/// The queue between logic and job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
+    /// `memory`, `redis`, `nats` or `kafka`.
+    pub backend: QueueBackend,
     /// Messages the in-process queue holds.
     pub capacity: usize,
-    /// How long a push waits for room in a full queue before the API answers 503.
+    /// How long a push waits for room in a full in-process queue before the API
+    /// answers 503.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
+    /// Redis Streams settings.
+    pub redis: RedisQueueConfig,
+    /// NATS JetStream settings.
+    pub nats: NatsQueueConfig,
+    /// Kafka settings.
+    pub kafka: KafkaQueueConfig,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
+            backend: QueueBackend::Memory,
             capacity: 65536,
             publish_timeout: Duration::from_secs(1),
+            redis: RedisQueueConfig::default(),
+            nats: NatsQueueConfig::default(),
+            kafka: KafkaQueueConfig::default(),
         }
     }
+}
+
+/// Which registry processes find each other in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoveryBackend {
+    /// This process only (standalone).
+    #[default]
+    Local,
+    /// etcd v3 (leases and watches).
+    Etcd,
+}
+
+/// Service discovery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// `local` or `etcd`.
+    pub backend: DiscoveryBackend,
+    /// etcd client URLs.
+    pub endpoints: Vec<String>,
+    /// Key prefix of herald's registrations.
+    pub prefix: String,
+    /// Lease time to live: a process that stops keeping its lease alive disappears
+    /// after this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            backend: DiscoveryBackend::Local,
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/herald".into(),
+            lease_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Internal RPC between the tiers (gRPC).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RpcConfig {
+    /// Where `herald comet` serves `goim.comet.Comet`.
+    pub comet_bind: SocketAddr,
+    /// Where `herald logic` serves `goim.logic.Logic`.
+    pub logic_bind: SocketAddr,
+    /// The host other processes use to reach this one (registered in discovery
+    /// and part of the default server id). Empty = this machine's host name.
+    pub advertise_host: String,
+    /// Establishing a connection to another tier.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Deadline of every call to another tier.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig {
+            comet_bind: SocketAddr::from(([0, 0, 0, 0], 3109)),
+            logic_bind: SocketAddr::from(([0, 0, 0, 0], 3119)),
+            advertise_host: String::new(),
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `herald comet` and `herald job` serve `/metrics` (unset = nowhere).
+    /// `herald logic` and `herald standalone` serve it on the HTTP API port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<SocketAddr>,
 }
 
 /// Logging.
@@ -112,8 +327,14 @@ pub struct Config {
     pub job: JobConfig,
     /// Route and online store.
     pub store: StoreConfig,
+    /// Service discovery.
+    pub discovery: DiscoveryConfig,
+    /// Internal RPC.
+    pub rpc: RpcConfig,
     /// Queue between logic and job.
     pub queue: QueueConfig,
+    /// Metrics.
+    pub metrics: MetricsConfig,
     /// Logging.
     pub log: LogConfig,
     /// Shutdown.
@@ -155,12 +376,26 @@ impl Config {
         Ok(())
     }
 
-    /// The server id in force.
+    /// The server id in force for standalone (`<host>:3109` by default).
     pub fn server_id(&self) -> String {
+        self.server_id_with_port(self.rpc.comet_bind.port())
+    }
+
+    /// The server id in force for a process serving RPC on `port`.
+    pub fn server_id_with_port(&self, port: u16) -> String {
         if !self.server.id.is_empty() {
             return self.server.id.clone();
         }
-        format!("{}:3109", hostname())
+        format!("{}:{port}", self.advertise_host())
+    }
+
+    /// The host other processes use to reach this one.
+    pub fn advertise_host(&self) -> String {
+        if self.rpc.advertise_host.is_empty() {
+            hostname()
+        } else {
+            self.rpc.advertise_host.clone()
+        }
     }
 }
 

@@ -5,7 +5,9 @@
 //! embedded seams (in-process queue, in-memory store, local registry, direct calls).
 
 pub mod config;
+pub mod engines;
 pub mod observe;
+pub mod roles;
 pub mod standalone;
 pub mod web;
 

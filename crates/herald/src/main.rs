@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use herald::roles::{CometRole, JobRole, LogicRole};
 use herald::{observe, Config, Standalone};
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 /// herald: a real-time push server speaking goim's protocol and HTTP API.
@@ -19,6 +21,27 @@ struct Cli {
 enum Command {
     /// Run comet, logic and job in one process with embedded storage and queue.
     Standalone {
+        /// TOML configuration file; `HERALD_<SECTION>__<KEY>` variables override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run the connection tier: client TCP/WebSocket listeners and the comet RPC
+    /// service (3109). Needs etcd.
+    Comet {
+        /// TOML configuration file; `HERALD_<SECTION>__<KEY>` variables override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run the control tier: the HTTP push API (3111) and the logic RPC service
+    /// (3119). Needs etcd, Redis and a queue engine.
+    Logic {
+        /// TOML configuration file; `HERALD_<SECTION>__<KEY>` variables override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run the fan-out tier: consume the queue and push to comets. Needs etcd and a
+    /// queue engine.
+    Job {
         /// TOML configuration file; `HERALD_<SECTION>__<KEY>` variables override it.
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -59,16 +82,66 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Standalone { config } => {
-            let cfg = Config::load(config.as_deref())?;
-            observe::init_logging(&cfg.log.level);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            rt.block_on(run_standalone(cfg))
-        }
+        Command::Standalone { config } => run(config, run_standalone),
+        Command::Comet { config } => run(config, run_comet),
+        Command::Logic { config } => run(config, run_logic),
+        Command::Job { config } => run(config, run_job),
     }
+}
+
+/// Loads the configuration, starts logging and runs `serve` on a runtime.
+fn run<F, Fut>(config: Option<PathBuf>, serve: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let cfg = Config::load(config.as_deref())?;
+    observe::init_logging(&cfg.log.level);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve(cfg))
+}
+
+/// A token cancelled by SIGINT/SIGTERM, so a role still waiting for an engine at
+/// startup stops cleanly.
+fn stop_on_signal() -> CancellationToken {
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        s.cancel();
+    });
+    stop
+}
+
+async fn run_comet(cfg: Config) -> anyhow::Result<()> {
+    let stop = stop_on_signal();
+    let role = CometRole::start(cfg, stop.child_token()).await?;
+    stop.cancelled().await;
+    role.shutdown().await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn run_logic(cfg: Config) -> anyhow::Result<()> {
+    let stop = stop_on_signal();
+    let role = LogicRole::start(cfg, stop.child_token()).await?;
+    stop.cancelled().await;
+    role.shutdown().await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn run_job(cfg: Config) -> anyhow::Result<()> {
+    let stop = stop_on_signal();
+    let role = JobRole::start(cfg, stop.child_token()).await?;
+    stop.cancelled().await;
+    role.shutdown().await;
+    info!("stopped");
+    Ok(())
 }
 
 async fn run_standalone(cfg: Config) -> anyhow::Result<()> {

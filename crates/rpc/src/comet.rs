@@ -67,3 +67,19 @@ pub trait CometService: Send + Sync + 'static {
     /// Lists the rooms with members.
     async fn rooms(&self) -> RpcResult<RoomsReply>;
 }
+
+/// `goim.comet.PushMsgReply` (empty).
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct PushMsgReply {}
+
+/// `goim.comet.BroadcastReply` (empty).
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct BroadcastReply {}
+
+/// `goim.comet.BroadcastRoomReply` (empty).
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct BroadcastRoomReply {}
+
+/// `goim.comet.RoomsReq` (empty).
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct RoomsReq {}

@@ -12,6 +12,7 @@
 //! an `Arc<dyn …>` of the other.
 
 pub mod comet;
+pub mod grpc;
 pub mod logic;
 pub mod protocol;
 

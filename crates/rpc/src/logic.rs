@@ -78,6 +78,14 @@ pub struct HeartbeatReq {
     pub server: String,
 }
 
+/// `goim.logic.HeartbeatReply` (empty).
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct HeartbeatReply {}
+
+/// `goim.logic.ReceiveReply` (empty).
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct ReceiveReply {}
+
 /// `goim.logic.OnlineReq`: a comet reports its room counts.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct OnlineReq {

@@ -1,0 +1,385 @@
+//! `herald comet`, `herald logic` and `herald job`: one tier per process, talking
+//! gRPC to each other, finding each other in etcd, sharing routes in Redis and
+//! pushes through Kafka, NATS JetStream or Redis Streams.
+//!
+//! Each role starts its engines with [`engines`](crate::engines) (retrying while
+//! one is down), registers itself, serves, and on shutdown deregisters first so
+//! the others stop sending to it before it stops answering.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use herald_comet::Comet;
+use herald_discovery::{Instance, Registration, Registry, COMET_APPID, LOGIC_APPID};
+use herald_job::{CometConnector, Job};
+use herald_logic::{Logic, TrustingAuthenticator};
+use herald_queue::Queue;
+use herald_rpc::grpc::{self, ClientTimeouts, LogicPool, RemoteComet};
+use herald_rpc::{CometService, LogicService};
+use metrics::gauge;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::server::TcpIncoming;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::{engines, observe, web};
+
+fn timeouts(cfg: &Config) -> ClientTimeouts {
+    ClientTimeouts {
+        connect: cfg.rpc.connect_timeout,
+        call: cfg.rpc.timeout,
+    }
+}
+
+fn instance(cfg: &Config, appid: &str, server_id: &str, rpc_port: u16) -> Instance {
+    Instance {
+        region: cfg.server.region.clone(),
+        zone: cfg.server.zone.clone(),
+        env: cfg.server.env.clone(),
+        appid: appid.into(),
+        hostname: server_id.into(),
+        addrs: vec![format!("grpc://{}:{rpc_port}", cfg.advertise_host())],
+        version: env!("CARGO_PKG_VERSION").into(),
+        latest_timestamp: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// Serves tonic services on `listener` until `stop`.
+fn serve_grpc(
+    listener: TcpListener,
+    routes: tonic::service::Routes,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let r = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(60)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    })
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}"))
+}
+
+/// Serves `/metrics` on `bind` when set (comet and job have no other HTTP port).
+async fn serve_metrics(
+    bind: Option<SocketAddr>,
+    stop: CancellationToken,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(addr) = bind else { return Ok(None) };
+    let handle = observe::metrics_handle();
+    let app = observe::router(handle, Arc::new(|| {}));
+    let listener = self::bind(addr, "metrics").await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    });
+    Ok(Some(local))
+}
+
+/// A running `herald comet`.
+pub struct CometRole {
+    /// The server id (route table, registry, job).
+    pub server_id: String,
+    /// Bound RPC address.
+    pub rpc_addr: SocketAddr,
+    comet: Comet,
+    grpc: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+    grace: Duration,
+}
+
+impl CometRole {
+    /// Connects to etcd (retrying), binds the client and RPC listeners, follows the
+    /// live logics, and registers.
+    pub async fn start(cfg: Config, stop: CancellationToken) -> anyhow::Result<CometRole> {
+        engines::require_shared(&cfg, "comet", false, false)?;
+        observe::metrics_handle();
+        let registry = engines::registry(&cfg, &stop).await?;
+        let listener = bind(cfg.rpc.comet_bind, "comet RPC").await?;
+        let rpc_addr = listener.local_addr()?;
+        let server_id = cfg.server_id_with_port(rpc_addr.port());
+
+        let pool = Arc::new(LogicPool::new(timeouts(&cfg)));
+        follow_logics(registry.clone(), pool.clone(), stop.clone()).await?;
+        let logic: Arc<dyn LogicService> = pool;
+        let comet = Comet::start(
+            cfg.comet.clone(),
+            server_id.clone(),
+            logic,
+            registry,
+            instance(&cfg, COMET_APPID, &server_id, rpc_addr.port()),
+        )
+        .await
+        .context("cannot start comet")?;
+        let grpc = serve_grpc(
+            listener,
+            tonic::service::Routes::new(grpc::comet_server(comet.service())),
+            stop.child_token(),
+        );
+        if let Some(m) = serve_metrics(cfg.metrics.bind, stop.child_token()).await? {
+            info!(metrics = %m, "metrics endpoint listening");
+        }
+        info!(
+            %server_id, rpc = %rpc_addr, tcp = ?comet.tcp_addrs, ws = ?comet.ws_addrs,
+            "herald comet ready"
+        );
+        Ok(CometRole {
+            server_id,
+            rpc_addr,
+            comet,
+            grpc,
+            stop,
+            grace: cfg.shutdown.grace,
+        })
+    }
+
+    /// Deregisters, closes the connections (each tells logic), then stops serving
+    /// RPC.
+    pub async fn shutdown(self) {
+        self.comet.shutdown(self.grace).await;
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.grpc).await;
+    }
+}
+
+/// Keeps `pool` equal to the registered logics (all zones).
+async fn follow_logics(
+    registry: Arc<dyn Registry>,
+    pool: Arc<LogicPool>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut watch = registry
+        .watch(LOGIC_APPID)
+        .await
+        .context("cannot watch the registered logics")?;
+    let apply = move |list: &[Instance]| {
+        let addrs: Vec<String> = list
+            .iter()
+            .filter_map(|i| i.addrs.first().cloned())
+            .collect();
+        if addrs.is_empty() {
+            warn!("no logic is registered; clients cannot authenticate until one is");
+        } else {
+            info!(logics = ?addrs, "logic set changed");
+        }
+        pool.set(&addrs);
+    };
+    apply(&watch.borrow_and_update());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = watch.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let list = watch.borrow_and_update().clone();
+                    apply(&list);
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// A running `herald logic`.
+pub struct LogicRole {
+    /// The server id.
+    pub server_id: String,
+    /// Bound RPC address.
+    pub rpc_addr: SocketAddr,
+    /// Bound HTTP API address.
+    pub http_addr: SocketAddr,
+    registration: Box<dyn Registration>,
+    http_stop: CancellationToken,
+    http: tokio::task::JoinHandle<()>,
+    grpc: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl LogicRole {
+    /// Connects to etcd, Redis and the queue (retrying each while it is down),
+    /// then serves RPC and the HTTP API and registers.
+    pub async fn start(cfg: Config, stop: CancellationToken) -> anyhow::Result<LogicRole> {
+        engines::require_shared(&cfg, "logic", true, true)?;
+        let metrics = observe::metrics_handle();
+        let registry = engines::registry(&cfg, &stop).await?;
+        let stores = engines::store(&cfg, &stop).await?;
+        let listener = bind(cfg.rpc.logic_bind, "logic RPC").await?;
+        let rpc_addr = listener.local_addr()?;
+        let server_id = cfg.server_id_with_port(rpc_addr.port());
+        let queue = engines::queue(&cfg, &server_id, &stop).await?;
+
+        let tasks = TaskTracker::new();
+        let logic = Logic::new(
+            cfg.logic.clone(),
+            Arc::new(TrustingAuthenticator),
+            stores.sessions,
+            stores.online,
+            queue.clone(),
+            registry.clone(),
+        )
+        .await?;
+        tasks.spawn(logic.clone().run(stop.clone()));
+        let service: Arc<dyn LogicService> = logic.clone();
+        let grpc = serve_grpc(
+            listener,
+            tonic::service::Routes::new(grpc::logic_server(service)),
+            stop.child_token(),
+        );
+
+        let app = herald_logic::http::router(logic.clone())
+            .merge(web::router())
+            .merge(observe::router(metrics, depth_gauge(queue)));
+        let http_listener = bind(cfg.logic.http_bind, "the HTTP API").await?;
+        let http_addr = http_listener.local_addr()?;
+        let http_stop = CancellationToken::new();
+        let http = {
+            let stop = http_stop.clone();
+            tokio::spawn(async move {
+                let serve =
+                    axum::serve(http_listener, app).with_graceful_shutdown(stop.cancelled_owned());
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            })
+        };
+        let mut ins = instance(&cfg, LOGIC_APPID, &server_id, rpc_addr.port());
+        ins.metadata
+            .insert("weight".into(), cfg.comet.weight.to_string());
+        let registration = engines::with_retry("etcd (registering logic)", &stop, || {
+            registry.register(ins.clone())
+        })
+        .await?;
+        info!(%server_id, rpc = %rpc_addr, http = %http_addr, "herald logic ready");
+        Ok(LogicRole {
+            server_id,
+            rpc_addr,
+            http_addr,
+            registration,
+            http_stop,
+            http,
+            grpc,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Deregisters, stops taking pushes (requests in flight finish), then stops
+    /// serving RPC.
+    pub async fn shutdown(self) {
+        if let Err(e) = self.registration.deregister().await {
+            warn!(error = %e, "deregistration failed");
+        }
+        self.http_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.grpc).await;
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.tasks.wait()).await;
+    }
+}
+
+/// Refreshes `herald_queue_depth` on each scrape, for queues that can tell.
+pub fn depth_gauge(queue: Arc<dyn Queue>) -> Arc<dyn Fn() + Send + Sync> {
+    let g = gauge!("herald_queue_depth", "backend" => queue.backend());
+    Arc::new(move || {
+        if let Some(d) = queue.depth() {
+            g.set(d as f64);
+        }
+    })
+}
+
+/// Calls comets over gRPC at the address they registered.
+struct GrpcComets {
+    timeouts: ClientTimeouts,
+}
+
+impl CometConnector for GrpcComets {
+    fn connect(&self, instance: &Instance) -> Option<Arc<dyn CometService>> {
+        let addr = instance
+            .addrs
+            .iter()
+            .find(|a| a.starts_with("grpc://"))
+            .or(instance.addrs.first())?;
+        match RemoteComet::new(addr, self.timeouts) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                warn!(server = %instance.hostname, error = %e, "comet address unusable");
+                None
+            }
+        }
+    }
+}
+
+/// A running `herald job`.
+pub struct JobRole {
+    /// The server id (its name among the queue's consumers).
+    pub server_id: String,
+    job: Job,
+    stop: CancellationToken,
+}
+
+impl JobRole {
+    /// Connects to etcd and the queue (retrying while down) and starts consuming.
+    pub async fn start(cfg: Config, stop: CancellationToken) -> anyhow::Result<JobRole> {
+        engines::require_shared(&cfg, "job", false, true)?;
+        observe::metrics_handle();
+        let server_id = if cfg.server.id.is_empty() {
+            format!("{}:job-{}", cfg.advertise_host(), std::process::id())
+        } else {
+            cfg.server.id.clone()
+        };
+        let registry = engines::registry(&cfg, &stop).await?;
+        let queue = engines::queue(&cfg, &server_id, &stop).await?;
+        let connector = Arc::new(GrpcComets {
+            timeouts: timeouts(&cfg),
+        });
+        let job = engines::with_retry("the queue (starting consumers)", &stop, || {
+            Job::start(
+                cfg.job.clone(),
+                queue.clone(),
+                registry.clone(),
+                connector.clone(),
+            )
+        })
+        .await?;
+        if let Some(m) = serve_metrics(cfg.metrics.bind, stop.child_token()).await? {
+            info!(metrics = %m, "metrics endpoint listening");
+        }
+        info!(%server_id, queue = queue.backend(), "herald job ready");
+        Ok(JobRole {
+            server_id,
+            job,
+            stop,
+        })
+    }
+
+    /// Stops consuming; work in flight is finished (and acknowledged) first.
+    pub async fn shutdown(self) {
+        self.job.shutdown().await;
+        self.stop.cancel();
+    }
+}

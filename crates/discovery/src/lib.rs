@@ -15,6 +15,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod local;
 
 pub use local::LocalRegistry;

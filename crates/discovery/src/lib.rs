@@ -6,7 +6,8 @@
 //! appid and receive the full instance list on every change (push, never poll).
 //!
 //! [`local`] is the standalone backend (the process itself); cluster backends
-//! implement the same trait.
+//! implement the same trait: `etcd` (cargo feature `etcd`) keeps instances in an
+//! etcd v3 cluster.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ use tokio::sync::watch;
 pub mod etcd;
 pub mod local;
 
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdConfig, EtcdRegistry};
 pub use local::LocalRegistry;
 
 /// appid of comets.

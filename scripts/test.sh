@@ -16,6 +16,7 @@ fi
 need_pkgs=()
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need_pkgs+=(redis-server)
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_pkgs+=(nats-server)
+command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need_pkgs+=(etcd-server etcd-client)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   step "installing test engines: ${need_pkgs[*]}"
   sudo_cmd=""

@@ -6,7 +6,8 @@
 //! appid and receive the full instance list on every change (push, never poll).
 //!
 //! [`local`] is the standalone backend (the process itself); cluster backends
-//! implement the same trait.
+//! implement the same trait: `etcd` (cargo feature `etcd`) keeps instances in an
+//! etcd v3 cluster.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,8 +16,12 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod local;
 
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdConfig, EtcdRegistry};
 pub use local::LocalRegistry;
 
 /// appid of comets.

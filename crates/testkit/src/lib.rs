@@ -132,3 +132,79 @@ impl Engine {
         format!("nats://{}", self.addr)
     }
 }
+
+// etcd ------------------------------------------------------------------------
+
+/// A private single-member `etcd` on a free client port, with a scratch data dir.
+pub fn etcd() -> Engine {
+    etcd_on(free_port())
+}
+
+/// A private `etcd` on client port `port`. Started again on the same port after a
+/// [`Engine::kill`] (the killed engine not yet dropped), it reuses the same data
+/// dir and peer port, so it comes back with its data, leases and revisions.
+pub fn etcd_on(port: u16) -> Engine {
+    let bin = required("etcd", "etcd-server etcd-client");
+    let dir = scratch("etcd", port);
+    let peer_file = dir.join("peer-port");
+    let peer = std::fs::read_to_string(&peer_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<u16>().ok())
+        .unwrap_or_else(|| {
+            let p = free_port();
+            let _ = std::fs::write(&peer_file, p.to_string());
+            p
+        });
+    let client_url = format!("http://127.0.0.1:{port}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut child = Command::new(bin)
+        .args(["--name", "default", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("default={peer_url}")])
+        .args(["--initial-cluster-state", "new"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start etcd: {e}"));
+    let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for(addr, &mut child, "etcd");
+    wait_etcd_healthy(addr, &mut child);
+    Engine { child, addr, dir }
+}
+
+/// Waits until etcd's `/health` answers `"health":"true"` (it has a leader and
+/// serves requests), not just until its port accepts connections.
+fn wait_etcd_healthy(addr: SocketAddr, child: &mut Child) {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        let healthy = TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.write_all(b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                Ok(out.contains("\"health\":\"true\""))
+            })
+            .unwrap_or(false);
+        if healthy {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("etcd exited during startup: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("etcd on {addr} did not report healthy within 20 s");
+}
+
+impl Engine {
+    /// `http://<addr>` for an etcd engine.
+    pub fn etcd_endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}

@@ -175,8 +175,8 @@ pub struct QueueConfig {
     pub backend: QueueBackend,
     /// Messages the in-process queue holds.
     pub capacity: usize,
-    /// How long a push waits for room in a full in-process queue before the API
-    /// answers 503.
+    /// How long a push waits for the queue to take it (room in the in-process
+    /// queue, JetStream's acknowledgement) before the API answers 503.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
     /// Redis Streams settings.

@@ -137,6 +137,7 @@ pub async fn queue(
                 durable: q.nats.durable.clone(),
                 ack_wait: q.nats.ack_wait,
                 max_messages: q.nats.max_messages,
+                publish_timeout: q.publish_timeout,
             };
             let what = format!("the NATS JetStream queue at {}", q.nats.url);
             Arc::new(with_retry(&what, stop, || herald_queue::NatsQueue::connect(c.clone())).await?)

@@ -33,6 +33,9 @@ pub struct NatsConfig {
     pub ack_wait: Duration,
     /// Most messages the stream keeps (older ones are discarded).
     pub max_messages: i64,
+    /// How long a publish waits for JetStream's acknowledgement before it is
+    /// reported as failed.
+    pub publish_timeout: Duration,
 }
 
 /// A queue on a JetStream stream.
@@ -49,7 +52,10 @@ impl NatsQueue {
         let client = async_nats::connect(cfg.url.as_str())
             .await
             .map_err(unavailable)?;
-        let js = jetstream::new(client);
+        let mut js = jetstream::new(client);
+        // A publish (and any JetStream request) that gets no answer within this
+        // long is reported as failed instead of waiting on a dead server.
+        js.set_timeout(cfg.publish_timeout);
         let stream = js
             .get_or_create_stream(jetstream::stream::Config {
                 name: cfg.stream.clone(),

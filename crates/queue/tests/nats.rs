@@ -14,6 +14,7 @@ async fn queue(nats: &herald_testkit::Engine, name: &str) -> NatsQueue {
         durable: "herald-job".into(),
         ack_wait: Duration::from_secs(1),
         max_messages: 100_000,
+        publish_timeout: Duration::from_secs(2),
     })
     .await
     .unwrap()

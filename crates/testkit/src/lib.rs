@@ -111,8 +111,14 @@ impl Engine {
 
 /// A private `nats-server` with JetStream on a free port.
 pub fn nats() -> Engine {
+    nats_on(free_port())
+}
+
+/// A private `nats-server` on `port`. Started again on the same port after a
+/// [`Engine::kill`] (the killed engine not yet dropped), it reuses the same
+/// JetStream store directory, so streams and consumers come back.
+pub fn nats_on(port: u16) -> Engine {
     let bin = required("nats-server", "nats-server");
-    let port = free_port();
     let dir = scratch("nats", port);
     let mut child = Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])

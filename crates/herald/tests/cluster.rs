@@ -1,0 +1,492 @@
+//! The cluster end to end: real engines (etcd, Redis and the queue engine under
+//! test) and `herald comet`, `herald logic` and `herald job` as separate processes,
+//! two of each, configured through TOML files. Clients on both comets receive key,
+//! mid, room and broadcast pushes sent through either logic; the node and online
+//! APIs reflect both comets; a job killed with SIGKILL mid-stream loses no push the
+//! API accepted. Run once per queue backend.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "e2e/support.rs"]
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herald_testkit::{free_port, Engine};
+use support::{get, post, Client};
+
+const OP: i32 = 1000;
+
+/// A herald process, killed on drop.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Cluster {
+    dir: PathBuf,
+    procs: Vec<Proc>,
+    /// Client TCP and WebSocket addresses of comet 0 and 1.
+    comets: Vec<(SocketAddr, SocketAddr)>,
+    /// HTTP API of logic 0 and 1.
+    logics: Vec<SocketAddr>,
+    /// `queue` section of the TOML files, to start more processes later.
+    common: String,
+    _engines: Vec<Engine>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            p.kill();
+        }
+        if std::thread::panicking() {
+            for p in &self.procs {
+                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("---- {} (last lines) ----", p.name);
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+impl Cluster {
+    /// etcd, a Redis store, the queue engine (`queue_engine` gives its section),
+    /// and two comets (zones z1 and z2), two logics and two jobs.
+    fn start(name: &str, queue_toml: String, mut engines: Vec<Engine>) -> Cluster {
+        let etcd = herald_testkit::etcd();
+        let redis = herald_testkit::redis();
+        let common = format!(
+            r#"
+[server]
+env = "test"
+region = "r1"
+
+[rpc]
+advertise_host = "127.0.0.1"
+timeout = "3s"
+
+[discovery]
+backend = "etcd"
+endpoints = ["{etcd}"]
+prefix = "/herald-{name}"
+lease_ttl = "3s"
+
+[store]
+backend = "redis"
+redis_url = "{redis}"
+prefix = "{name}:"
+
+[logic]
+online_interval = "200ms"
+
+[comet]
+online_report_interval = "200ms"
+handshake_timeout = "5s"
+
+[shutdown]
+grace = "2s"
+
+{queue_toml}
+"#,
+            etcd = etcd.etcd_endpoint(),
+            redis = redis.redis_url(),
+        );
+        engines.push(etcd);
+        engines.push(redis);
+        let dir =
+            std::env::temp_dir().join(format!("herald-cluster-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = Cluster {
+            dir,
+            procs: Vec::new(),
+            comets: Vec::new(),
+            logics: Vec::new(),
+            common,
+            _engines: engines,
+        };
+        for i in 0..2 {
+            let http = free_port();
+            let rpc = free_port();
+            c.spawn(
+                "logic",
+                &format!("logic{i}"),
+                &format!(
+                    "[logic]\nhttp_bind = \"{}\"\n[rpc]\nlogic_bind = \"{}\"\n",
+                    addr(http),
+                    addr(rpc)
+                ),
+            );
+            c.logics.push(addr(http));
+        }
+        for i in 0..2 {
+            let (tcp, ws, rpc) = (free_port(), free_port(), free_port());
+            c.spawn(
+                "comet",
+                &format!("comet{i}"),
+                &format!(
+                    "[server]\nzone = \"z{i}\"\n[comet]\npublic_addrs = [\"10.0.0.{i}\"]\ntcp_bind = [\"{}\"]\nws_bind = [\"{}\"]\n[rpc]\ncomet_bind = \"{}\"\n",
+                    addr(tcp),
+                    addr(ws),
+                    addr(rpc)
+                ),
+            );
+            c.comets.push((addr(tcp), addr(ws)));
+        }
+        for i in 0..2 {
+            c.spawn_job(i);
+        }
+        c
+    }
+
+    fn spawn_job(&mut self, i: usize) {
+        self.spawn(
+            "job",
+            &format!("job{i}"),
+            &format!("[server]\nid = \"test-job-{i}\"\n"),
+        );
+    }
+
+    /// Starts `herald <role>` with the common configuration plus `extra` (TOML
+    /// tables given twice are merged by writing `extra` into a second file layer:
+    /// the common file is rendered with `extra`'s keys appended to each table).
+    fn spawn(&mut self, role: &str, name: &str, extra: &str) {
+        let toml = merge_toml(&self.common, extra);
+        let cfg = self.dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, toml).unwrap();
+        let log = self.dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg(role)
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        self.procs.push(Proc {
+            name: name.into(),
+            child,
+            log,
+        });
+    }
+
+    fn proc(&mut self, name: &str) -> &mut Proc {
+        self.procs.iter_mut().find(|p| p.name == name).unwrap()
+    }
+
+    /// Waits until both logics serve and see both comets, and every process lives.
+    async fn ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        'wait: loop {
+            assert!(Instant::now() < deadline, "cluster did not become ready");
+            for p in &mut self.procs {
+                assert!(p.alive(), "{} exited during startup", p.name);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for l in &self.logics {
+                if tokio::net::TcpStream::connect(l).await.is_err() {
+                    continue 'wait;
+                }
+                let r = get(*l, "/goim/nodes/instances").await;
+                let n = r.json()["data"].as_array().map_or(0, |a| a.len());
+                if n < 2 {
+                    continue 'wait;
+                }
+            }
+            for (tcp, ws) in &self.comets {
+                if tokio::net::TcpStream::connect(tcp).await.is_err()
+                    || tokio::net::TcpStream::connect(ws).await.is_err()
+                {
+                    continue 'wait;
+                }
+            }
+            return;
+        }
+    }
+}
+
+/// Appends `extra`'s tables into `base` (keys of a table in `extra` replace the
+/// same keys of that table in `base`), so each process file is one valid TOML.
+fn merge_toml(base: &str, extra: &str) -> String {
+    let mut doc: toml::Table = base.parse().unwrap();
+    let add: toml::Table = extra.parse().unwrap();
+    for (section, value) in add {
+        match (doc.get_mut(&section), value) {
+            (Some(toml::Value::Table(t)), toml::Value::Table(v)) => t.extend(v),
+            (_, v) => {
+                doc.insert(section, v);
+            }
+        }
+    }
+    toml::to_string(&doc).unwrap()
+}
+
+/// Receives pushes until every body in `want` arrived (duplicates are allowed:
+/// delivery is at least once).
+async fn collect(c: &mut Client, want: &BTreeSet<String>, within: Duration) -> BTreeSet<String> {
+    let mut got = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while !want.is_subset(&got) {
+        let f = match tokio::time::timeout_at(deadline, c.recv()).await {
+            Ok(Some(f)) => f,
+            Ok(None) => panic!("connection closed while waiting for pushes"),
+            Err(_) => break,
+        };
+        if f.op == OP {
+            got.insert(String::from_utf8_lossy(&f.body).to_string());
+        }
+    }
+    got
+}
+
+async fn push_ok(logic: SocketAddr, path: &str, body: &str) {
+    let r = post(logic, path, body.as_bytes()).await;
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+    assert_eq!(r.json()["code"], 0, "{path}: {}", r.text());
+}
+
+/// One client per comet (TCP on comet 0, WebSocket on comet 1), both in room
+/// `live://1000`.
+async fn clients(c: &Cluster) -> (Client, Client) {
+    let mut a = Client::tcp(c.comets[0].0).await;
+    a.auth(1, "key-a", "live://1000", &[OP]).await;
+    let mut b = Client::ws(c.comets[1].1).await;
+    b.auth(2, "key-b", "live://1000", &[OP]).await;
+    (a, b)
+}
+
+async fn expect_one(a: &mut Client, b: &mut Client, body: &str) {
+    let want = BTreeSet::from([body.to_string()]);
+    for (name, c) in [("comet0 client", a), ("comet1 client", b)] {
+        let got = collect(c, &want, Duration::from_secs(10)).await;
+        assert!(got.contains(body), "{name} did not receive {body:?}");
+    }
+}
+
+async fn all_push_kinds_reach_both_comets(c: &mut Cluster) {
+    c.ready().await;
+    let (mut a, mut b) = clients(c).await;
+    let (l0, l1) = (c.logics[0], c.logics[1]);
+
+    push_ok(
+        l0,
+        &format!("/goim/push/keys?operation={OP}&keys=key-a&keys=key-b"),
+        "to-keys",
+    )
+    .await;
+    expect_one(&mut a, &mut b, "to-keys").await;
+    push_ok(
+        l1,
+        &format!("/goim/push/mids?operation={OP}&mids=1&mids=2"),
+        "to-mids",
+    )
+    .await;
+    expect_one(&mut a, &mut b, "to-mids").await;
+    push_ok(
+        l0,
+        &format!("/goim/push/room?operation={OP}&type=live&room=1000"),
+        "to-room",
+    )
+    .await;
+    expect_one(&mut a, &mut b, "to-room").await;
+    push_ok(
+        l1,
+        &format!("/goim/push/all?operation={OP}&speed=0"),
+        "to-all",
+    )
+    .await;
+    expect_one(&mut a, &mut b, "to-all").await;
+
+    // Both logics list both comets, in both zones.
+    for l in [l0, l1] {
+        let r = get(l, "/goim/nodes/instances").await.json();
+        let zones: BTreeSet<String> = r["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["zone"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(zones, BTreeSet::from(["z0".into(), "z1".into()]), "{r}");
+        let r = get(l, "/goim/nodes/weighted?platform=tcp").await.json();
+        let mut nodes: Vec<&str> = r["data"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        nodes.sort();
+        assert_eq!(nodes, ["10.0.0.0", "10.0.0.1"], "{r}");
+    }
+    // Online counts add up over both comets.
+    support::eventually("room online count of 2 on both logics", || async {
+        let mut ok = true;
+        for l in [l0, l1] {
+            let r = get(l, "/goim/online/room?type=live&rooms=1000")
+                .await
+                .json();
+            ok &= r["data"]["1000"] == 2;
+            let t = get(l, "/goim/online/total").await.json();
+            ok &= t["data"]["conn_count"] == 2;
+        }
+        ok
+    })
+    .await;
+    a.heartbeat_until(2).await;
+    b.heartbeat_until(2).await;
+}
+
+/// Pushes a stream of room messages through both logics, SIGKILLs job 0 part way,
+/// and checks that every push the API accepted reaches both clients.
+async fn killed_job_loses_nothing(c: &mut Cluster, redelivery: Duration) {
+    let (mut a, mut b) = clients(c).await;
+    let (l0, l1) = (c.logics[0], c.logics[1]);
+    let mut sent = BTreeSet::new();
+    for i in 0..120 {
+        if i == 40 {
+            c.proc("job0").kill();
+        }
+        let body = format!("m{i:03}");
+        let logic = if i % 2 == 0 { l0 } else { l1 };
+        push_ok(
+            logic,
+            &format!("/goim/push/room?operation={OP}&type=live&room=1000"),
+            &body,
+        )
+        .await;
+        sent.insert(body);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let within = redelivery + Duration::from_secs(20);
+    for (name, client) in [("comet0 client", &mut a), ("comet1 client", &mut b)] {
+        let got = collect(client, &sent, within).await;
+        let missing: Vec<_> = sent.difference(&got).collect();
+        assert!(
+            missing.is_empty(),
+            "{name} is missing {} pushes: {missing:?}",
+            missing.len()
+        );
+    }
+    // A restarted job joins the group again and takes work.
+    c.spawn_job(0);
+    push_ok(
+        l0,
+        &format!("/goim/push/room?operation={OP}&type=live&room=1000"),
+        "after-restart",
+    )
+    .await;
+    expect_one(&mut a, &mut b, "after-restart").await;
+}
+
+/// The push API answers 503 while the queue engine is down and recovers when it
+/// is back; `restart` brings the engine back.
+async fn queue_outage_is_503(
+    c: &mut Cluster,
+    engine: usize,
+    restart: impl FnOnce(&Engine) -> Engine,
+) {
+    let l0 = c.logics[0];
+    let path = format!("/goim/push/room?operation={OP}&type=live&room=1000");
+    c._engines[engine].kill();
+    let r = post(l0, &path, b"while-down").await;
+    assert_eq!(r.status, 503, "push with the queue down: {}", r.text());
+    assert_ne!(r.json()["code"], 0);
+    // The killed engine stays in the list (its directory is reused by the new one).
+    let back = restart(&c._engines[engine]);
+    c._engines.push(back);
+    let (mut a, mut b) = clients(c).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = post(l0, &path, b"after-outage").await;
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(
+            Instant::now() < deadline,
+            "push API did not recover after the queue came back"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    expect_one(&mut a, &mut b, "after-outage").await;
+}
+
+fn redis_queue_toml(url: &str, claim: Duration) -> String {
+    format!(
+        "[queue]\nbackend = \"redis\"\n[queue.redis]\nurl = \"{url}\"\nclaim_idle = \"{}ms\"\n",
+        claim.as_millis()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_on_redis_streams() {
+    let queue = herald_testkit::redis();
+    let claim = Duration::from_secs(2);
+    let toml = redis_queue_toml(&queue.redis_url(), claim);
+    let mut c = Cluster::start("redis", toml, vec![queue]);
+    all_push_kinds_reach_both_comets(&mut c).await;
+    killed_job_loses_nothing(&mut c, claim).await;
+    queue_outage_is_503(&mut c, 0, |old| herald_testkit::redis_on(old.addr.port())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_on_nats_jetstream() {
+    let queue = herald_testkit::nats();
+    let ack_wait = Duration::from_secs(2);
+    let toml = format!(
+        "[queue]\nbackend = \"nats\"\n[queue.nats]\nurl = \"{}\"\nack_wait = \"2s\"\n",
+        queue.nats_url()
+    );
+    let mut c = Cluster::start("nats", toml, vec![queue]);
+    all_push_kinds_reach_both_comets(&mut c).await;
+    killed_job_loses_nothing(&mut c, ack_wait).await;
+    queue_outage_is_503(&mut c, 0, |old| herald_testkit::nats_on(old.addr.port())).await;
+}
+
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_on_kafka() {
+    let queue = herald_testkit::kafka();
+    let toml = format!(
+        "[queue]\nbackend = \"kafka\"\n[queue.kafka]\nbrokers = [\"{}\"]\n",
+        queue.kafka_brokers()
+    );
+    let mut c = Cluster::start("kafka", toml, vec![queue]);
+    all_push_kinds_reach_both_comets(&mut c).await;
+    // The group notices the dead member after its session timeout (6 s).
+    killed_job_loses_nothing(&mut c, Duration::from_secs(10)).await;
+}

@@ -151,8 +151,15 @@ async fn every_zone_of_the_env_is_watched() {
     let reg = registry(&etcd).await;
     let a = reg.register(comet("b:3109", "z1")).await.unwrap();
     let b = reg.register(comet("a:3109", "z2")).await.unwrap();
-    // Another env and another appid are not part of the watched list.
-    let other_env = reg
+    // Another env (a registry configured for it) and another appid are not part
+    // of the watched list.
+    let prod = EtcdRegistry::connect(EtcdConfig {
+        env: "prod".into(),
+        ..config(&etcd.etcd_endpoint())
+    })
+    .await
+    .unwrap();
+    let other_env = prod
         .register(Instance {
             env: "prod".into(),
             ..comet("c:3109", "z1")

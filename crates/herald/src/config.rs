@@ -96,6 +96,9 @@ pub struct RedisQueueConfig {
     /// Entries pending this long on a consumer are taken over by another job.
     #[serde(with = "humantime_serde")]
     pub claim_idle: Duration,
+    /// Partition streams (`<stream>:<p>`); the jobs divide them, so each room is
+    /// handled by one job at a time, in order. 1 = one stream shared in any order.
+    pub partitions: u32,
 }
 
 impl Default for RedisQueueConfig {
@@ -106,6 +109,7 @@ impl Default for RedisQueueConfig {
             group: "herald-job".into(),
             max_len: 1_000_000,
             claim_idle: Duration::from_secs(30),
+            partitions: 16,
         }
     }
 }
@@ -127,6 +131,10 @@ pub struct NatsQueueConfig {
     pub ack_wait: Duration,
     /// Stream message cap.
     pub max_messages: i64,
+    /// Partition subjects (`<subject>.<p>`, one durable consumer each); the jobs
+    /// divide them, so each room is handled by one job at a time, in order.
+    /// 1 = one subject shared in any order. Fixed for the life of a stream.
+    pub partitions: u32,
 }
 
 impl Default for NatsQueueConfig {
@@ -138,6 +146,7 @@ impl Default for NatsQueueConfig {
             durable: "herald-job".into(),
             ack_wait: Duration::from_secs(30),
             max_messages: 1_000_000,
+            partitions: 16,
         }
     }
 }

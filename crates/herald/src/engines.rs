@@ -119,6 +119,7 @@ pub async fn queue(
                 max_len: q.redis.max_len,
                 claim_idle: q.redis.claim_idle,
                 consumer_name: consumer.to_string(),
+                partitions: q.redis.partitions.max(1),
             };
             let what = format!("the Redis Streams queue at {}", q.redis.url);
             Arc::new(
@@ -137,6 +138,7 @@ pub async fn queue(
                 durable: q.nats.durable.clone(),
                 ack_wait: q.nats.ack_wait,
                 max_messages: q.nats.max_messages,
+                partitions: q.nats.partitions.max(1),
                 publish_timeout: q.publish_timeout,
             };
             let what = format!("the NATS JetStream queue at {}", q.nats.url);

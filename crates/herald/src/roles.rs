@@ -360,6 +360,7 @@ impl JobRole {
         let job = engines::with_retry("the queue (starting consumers)", &stop, || {
             Job::start(
                 cfg.job.clone(),
+                server_id.clone(),
                 queue.clone(),
                 registry.clone(),
                 connector.clone(),

@@ -116,6 +116,7 @@ impl Standalone {
 
         let job = Job::start(
             cfg.job.clone(),
+            server_id.clone(),
             queue.clone(),
             registry.clone(),
             Arc::new(LocalComets {

@@ -370,6 +370,36 @@ async fn all_push_kinds_reach_both_comets(c: &mut Cluster) {
     b.heartbeat_until(2).await;
 }
 
+/// Room pushes sent one after another through both logics arrive in order on
+/// both comets, with two jobs consuming.
+async fn room_order_holds_with_two_jobs(c: &mut Cluster) {
+    let (mut a, mut b) = clients(c).await;
+    let n = 60;
+    for i in 0..n {
+        let logic = c.logics[i % 2];
+        push_ok(
+            logic,
+            &format!("/goim/push/room?operation={OP}&type=live&room=1000"),
+            &format!("o{i:03}"),
+        )
+        .await;
+    }
+    for (name, client) in [("comet0 client", &mut a), ("comet1 client", &mut b)] {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let f = tokio::time::timeout(Duration::from_secs(10), client.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{name}: only {} of {n} room pushes arrived", got.len()))
+                .expect("connection open");
+            if f.op == OP {
+                got.push(String::from_utf8_lossy(&f.body).to_string());
+            }
+        }
+        let want: Vec<String> = (0..n).map(|i| format!("o{i:03}")).collect();
+        assert_eq!(got, want, "{name}: room pushes out of order");
+    }
+}
+
 /// Pushes a stream of room messages through both logics, SIGKILLs job 0 part way,
 /// and checks that every push the API accepted reaches both clients.
 async fn killed_job_loses_nothing(c: &mut Cluster, redelivery: Duration) {
@@ -459,6 +489,7 @@ async fn cluster_on_redis_streams() {
     let toml = redis_queue_toml(&queue.redis_url(), claim);
     let mut c = Cluster::start("redis", toml, vec![queue]);
     all_push_kinds_reach_both_comets(&mut c).await;
+    room_order_holds_with_two_jobs(&mut c).await;
     killed_job_loses_nothing(&mut c, claim).await;
     queue_outage_is_503(&mut c, 0, |old| herald_testkit::redis_on(old.addr.port())).await;
 }
@@ -473,6 +504,7 @@ async fn cluster_on_nats_jetstream() {
     );
     let mut c = Cluster::start("nats", toml, vec![queue]);
     all_push_kinds_reach_both_comets(&mut c).await;
+    room_order_holds_with_two_jobs(&mut c).await;
     killed_job_loses_nothing(&mut c, ack_wait).await;
     queue_outage_is_503(&mut c, 0, |old| herald_testkit::nats_on(old.addr.port())).await;
 }
@@ -487,6 +519,7 @@ async fn cluster_on_kafka() {
     );
     let mut c = Cluster::start("kafka", toml, vec![queue]);
     all_push_kinds_reach_both_comets(&mut c).await;
+    room_order_holds_with_two_jobs(&mut c).await;
     // The group notices the dead member after its session timeout (6 s).
     killed_job_loses_nothing(&mut c, Duration::from_secs(10)).await;
 }

@@ -10,14 +10,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_discovery::Registry;
+use herald_discovery::{Instance, Registration, Registry};
 use herald_queue::{Delivery, Queue, QueueError};
 use herald_rpc::{BroadcastReq, Proto, PushMsg, PushMsgReq, PushType};
 use metrics::{counter, Counter};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub mod batcher;
 pub mod config;
@@ -63,12 +63,21 @@ impl JobMetrics {
 pub struct Job {
     stop: CancellationToken,
     tracker: TaskTracker,
+    registration: Option<Box<dyn Registration>>,
 }
 
 impl Job {
     /// Starts consuming `queue` and dispatching to the comets found in `registry`.
+    ///
+    /// If the queue has herald-assigned partitions ([`Queue::partitions`]), the job
+    /// registers as `id` under [`JOB_APPID`], watches the other jobs, and consumes
+    /// only its share of the partitions (see [`assigned`]), so the messages of one
+    /// room are handled by one job at a time and stay in order. Otherwise every
+    /// consumer competes for every message (or the engine assigns partitions, as
+    /// Kafka's consumer groups do).
     pub async fn start(
         cfg: JobConfig,
+        id: String,
         queue: Arc<dyn Queue>,
         registry: Arc<dyn Registry>,
         connector: Arc<dyn CometConnector>,
@@ -77,7 +86,7 @@ impl Job {
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let directory = Directory::start(
-            registry,
+            registry.clone(),
             connector,
             cfg.comet_queue,
             cfg.comet_timeout,
@@ -91,34 +100,172 @@ impl Job {
             directory.clone(),
             metrics.clone(),
         ));
-        for _ in 0..cfg.consumers.max(1) {
-            let consumer = queue.consumer().await?;
-            tracker.spawn(consume(
-                consumer,
-                directory.clone(),
-                batcher.clone(),
-                metrics.clone(),
-                stop.clone(),
-            ));
+        let workers = Workers {
+            directory,
+            batcher,
+            metrics,
+        };
+        let mut registration = None;
+        match queue.partitions() {
+            Some(n) => {
+                let mut jobs = registry
+                    .watch(JOB_APPID)
+                    .await
+                    .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+                registration = Some(
+                    registry
+                        .register(Instance {
+                            appid: JOB_APPID.into(),
+                            hostname: id.clone(),
+                            version: env!("CARGO_PKG_VERSION").into(),
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|e| QueueError::Unavailable(e.to_string()))?,
+                );
+                let consumers = cfg.consumers.max(1);
+                let stop = stop.clone();
+                tracker.spawn(async move {
+                    let mut current: Option<(Vec<u32>, CancellationToken, TaskTracker)> = None;
+                    loop {
+                        let list = jobs.borrow_and_update().clone();
+                        let ids: Vec<&str> = list.iter().map(|i| i.hostname.as_str()).collect();
+                        let mine = assigned(n, &ids, &id);
+                        if current.as_ref().map(|c| &c.0) != Some(&mine) {
+                            if let Some((_, old_stop, old_tasks)) = current.take() {
+                                // Finish the message in hand before another job
+                                // takes these partitions over.
+                                old_stop.cancel();
+                                old_tasks.close();
+                                old_tasks.wait().await;
+                            }
+                            info!(job = %id, jobs = ids.len(), partitions = ?mine, "partitions assigned");
+                            let part_stop = stop.child_token();
+                            let part_tasks = TaskTracker::new();
+                            for share in split(&mine, consumers) {
+                                part_tasks.spawn(supervise(
+                                    queue.clone(),
+                                    Some(share),
+                                    workers.clone(),
+                                    part_stop.clone(),
+                                ));
+                            }
+                            current = Some((mine, part_stop, part_tasks));
+                        }
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            r = jobs.changed() => if r.is_err() { break },
+                        }
+                    }
+                    if let Some((_, s, tasks)) = current {
+                        s.cancel();
+                        tasks.close();
+                        tasks.wait().await;
+                    }
+                });
+            }
+            None => {
+                for _ in 0..cfg.consumers.max(1) {
+                    let consumer = queue.consumer().await?;
+                    tracker.spawn(consume(consumer, workers.clone(), stop.clone()));
+                }
+            }
         }
-        Ok(Job { stop, tracker })
+        Ok(Job {
+            stop,
+            tracker,
+            registration,
+        })
     }
 
-    /// Stops consuming and waits for the consumers to finish their current message.
+    /// Deregisters (so other jobs take its partitions), stops consuming and waits
+    /// for the consumers to finish their current message.
     pub async fn shutdown(self) {
+        if let Some(r) = &self.registration {
+            if let Err(e) = r.deregister().await {
+                warn!(error = %e, "job deregistration failed");
+            }
+        }
         self.stop.cancel();
         self.tracker.close();
         self.tracker.wait().await;
     }
 }
 
-async fn consume(
-    mut consumer: Box<dyn herald_queue::Consumer>,
+/// appid under which jobs register to divide partitions.
+pub const JOB_APPID: &str = "herald.job";
+
+/// The partitions (of `n`) that job `me` consumes when the live jobs are `jobs`:
+/// partition `p` goes to the `p mod jobs`-th job in sorted id order. A job that
+/// does not see itself registered consumes nothing (its registration was lost,
+/// and the others have taken over).
+pub fn assigned(n: u32, jobs: &[&str], me: &str) -> Vec<u32> {
+    let mut sorted: Vec<&str> = jobs.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let Some(i) = sorted.iter().position(|j| *j == me) else {
+        return Vec::new();
+    };
+    (0..n).filter(|p| *p as usize % sorted.len() == i).collect()
+}
+
+/// Deals `parts` out to at most `k` consumers (round-robin), none empty.
+fn split(parts: &[u32], k: usize) -> Vec<Vec<u32>> {
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); k.min(parts.len())];
+    for (i, p) in parts.iter().enumerate() {
+        let slot = i % out.len();
+        out[slot].push(*p);
+    }
+    out
+}
+
+/// What a consumer loop dispatches with.
+#[derive(Clone)]
+struct Workers {
     directory: Directory,
     batcher: Arc<RoomBatcher>,
     metrics: JobMetrics,
+}
+
+/// Opens a consumer of `partitions` (retrying while the queue is down) and runs it
+/// until `stop`.
+async fn supervise(
+    queue: Arc<dyn Queue>,
+    partitions: Option<Vec<u32>>,
+    workers: Workers,
     stop: CancellationToken,
 ) {
+    let mut backoff = std::time::Duration::from_millis(100);
+    let consumer = loop {
+        let c = match &partitions {
+            Some(p) => queue.consumer_of(p).await,
+            None => queue.consumer().await,
+        };
+        match c {
+            Ok(c) => break c,
+            Err(e) => {
+                warn!(error = %e, "cannot open a queue consumer; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    };
+    consume(consumer, workers, stop).await;
+}
+
+async fn consume(
+    mut consumer: Box<dyn herald_queue::Consumer>,
+    workers: Workers,
+    stop: CancellationToken,
+) {
+    let Workers {
+        directory,
+        batcher,
+        metrics,
+    } = workers;
     let mut backoff = std::time::Duration::from_millis(100);
     loop {
         let next = tokio::select! {
@@ -278,6 +425,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn partitions_are_dealt_over_the_live_jobs() {
+        assert_eq!(assigned(4, &["b", "a"], "a"), vec![0, 2]);
+        assert_eq!(assigned(4, &["b", "a"], "b"), vec![1, 3]);
+        assert_eq!(assigned(3, &["a"], "a"), vec![0, 1, 2]);
+        assert!(assigned(3, &["a"], "gone").is_empty());
+        // Every partition has exactly one owner.
+        let jobs = ["j1", "j2", "j3"];
+        let mut all: Vec<u32> = jobs.iter().flat_map(|j| assigned(8, &jobs, j)).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..8).collect::<Vec<_>>());
+        assert_eq!(split(&[0, 1, 2], 2), vec![vec![0, 2], vec![1]]);
+        assert_eq!(split(&[5], 4), vec![vec![5]]);
+    }
+
     fn room_msg(room: &str) -> Bytes {
         Bytes::from(
             PushMsg {
@@ -312,6 +474,7 @@ mod tests {
         };
         let job = Job::start(
             cfg,
+            "job-test".into(),
             q.clone(),
             Arc::new(reg.clone()),
             Arc::new(Connector(rec.clone())),

@@ -126,6 +126,78 @@ pub async fn unacknowledged_is_redelivered(
     Ok(())
 }
 
+/// For a queue whose partitions herald assigns ([`Queue::partitions`]): two
+/// consumers given disjoint partition sets split the messages by key, each key's
+/// messages reach only the consumer owning its partition, in publish order, and
+/// every message arrives once. Queues without herald-assigned partitions pass
+/// trivially (they say so with `None`).
+pub async fn partitions_divide_keys(q: &dyn Queue) -> CheckResult {
+    let Some(n) = q.partitions() else {
+        return Ok(());
+    };
+    if n < 2 {
+        return fail(format!(
+            "partitions() = Some({n}); a partitioned queue has at least 2"
+        ));
+    }
+    let even: Vec<u32> = (0..n).filter(|p| p % 2 == 0).collect();
+    let odd: Vec<u32> = (0..n).filter(|p| p % 2 == 1).collect();
+    let mut consumers = [
+        q.consumer_of(&even)
+            .await
+            .map_err(|e| format!("consumer: {e}"))?,
+        q.consumer_of(&odd)
+            .await
+            .map_err(|e| format!("consumer: {e}"))?,
+    ];
+    let keys: Vec<String> = (0..16).map(|i| format!("live://{i}")).collect();
+    let per_key = 10;
+    for i in 0..per_key {
+        for k in &keys {
+            q.publish(k, Bytes::from(format!("{k}|{i}")))
+                .await
+                .map_err(|e| format!("publish: {e}"))?;
+        }
+    }
+    let mut seen: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut total = 0;
+    let want_total = keys.len() * per_key;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while total < want_total {
+        for (which, c) in consumers.iter_mut().enumerate() {
+            let d = match tokio::time::timeout(Duration::from_millis(200), c.next()).await {
+                Ok(Ok(d)) => d,
+                Ok(Err(e)) => return fail(format!("consume: {e}")),
+                Err(_) => continue,
+            };
+            let text = String::from_utf8(d.payload.to_vec()).map_err(|e| e.to_string())?;
+            let (k, i) = text.split_once('|').ok_or("malformed payload")?;
+            let p = crate::partition_of(k, n);
+            if (p % 2) as usize != which {
+                return fail(format!(
+                    "key {k} (partition {p}) reached the consumer of the other partitions"
+                ));
+            }
+            seen.entry(k.to_string())
+                .or_default()
+                .push(i.parse().map_err(|_| "malformed index")?);
+            d.ack().await.map_err(|e| format!("ack: {e}"))?;
+            total += 1;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return fail(format!("only {total} of {want_total} messages arrived"));
+        }
+    }
+    let want: Vec<usize> = (0..per_key).collect();
+    for k in &keys {
+        let got = seen.get(k).cloned().unwrap_or_default();
+        if got != want {
+            return fail(format!("key {k}: got {got:?}, want {want:?}"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

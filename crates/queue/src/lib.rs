@@ -53,6 +53,21 @@ pub trait Queue: Send + Sync + 'static {
     async fn consumer(&self) -> Result<Box<dyn Consumer>, QueueError>;
 
     /// Messages published and not yet acknowledged, where the backend can tell.
+    /// How many partitions herald spreads keys over, when consumers are to be
+    /// given partitions by herald ([`Queue::consumer_of`]); `None` when the engine
+    /// assigns partitions itself (Kafka's consumer groups) or the queue is not
+    /// partitioned.
+    fn partitions(&self) -> Option<u32> {
+        None
+    }
+
+    /// A consumer of only these partitions (each below [`Queue::partitions`]).
+    /// Queues without herald-assigned partitions return [`Queue::consumer`].
+    async fn consumer_of(&self, partitions: &[u32]) -> Result<Box<dyn Consumer>, QueueError> {
+        let _ = partitions;
+        self.consumer().await
+    }
+
     fn depth(&self) -> Option<u64> {
         None
     }
@@ -62,6 +77,20 @@ pub trait Queue: Send + Sync + 'static {
 }
 
 /// Receives messages for one consumer of the group.
+/// The partition (of `n`) that messages with `key` go to: FNV-1a, stable across
+/// processes, versions and machines, so every logic agrees.
+pub fn partition_of(key: &str, n: u32) -> u32 {
+    if n <= 1 {
+        return 0;
+    }
+    let mut h: u32 = 0x811c_9dc5;
+    for b in key.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % n
+}
+
 #[async_trait]
 pub trait Consumer: Send {
     /// Waits for the next message. `Err(QueueError::Closed)` ends consumption.

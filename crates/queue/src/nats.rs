@@ -3,7 +3,14 @@
 //! after handoff. A message delivered but not acknowledged within `ack_wait` (its
 //! consumer died) is delivered again to a live consumer.
 //!
-//! Order: one consumer sees messages in stream order; several consumers share them.
+//! Partitions: with `partitions = n > 1` the stream captures `<subject>.*`, a
+//! message is published to `<subject>.<p>` where `p` is its key's partition
+//! ([`partition_of`](crate::partition_of)), and each partition has its own durable
+//! consumer `<durable>-<p>`. Jobs divide the partitions among themselves
+//! ([`Queue::consumer_of`]), so one key (one room) is handled by one job at a
+//! time, in order. With `partitions = 1` there is one subject and one durable
+//! consumer, and several consumers share its messages in any order. The number of
+//! partitions of an existing stream cannot change: use a new stream name.
 
 use std::time::Duration;
 
@@ -33,6 +40,8 @@ pub struct NatsConfig {
     pub ack_wait: Duration,
     /// Most messages the stream keeps (older ones are discarded).
     pub max_messages: i64,
+    /// Number of partitions (1 = one subject, one durable consumer).
+    pub partitions: u32,
     /// How long a publish waits for JetStream's acknowledgement before it is
     /// reported as failed.
     pub publish_timeout: Duration,
@@ -59,7 +68,11 @@ impl NatsQueue {
         let stream = js
             .get_or_create_stream(jetstream::stream::Config {
                 name: cfg.stream.clone(),
-                subjects: vec![cfg.subject.clone()],
+                subjects: vec![if cfg.partitions > 1 {
+                    format!("{}.*", cfg.subject)
+                } else {
+                    cfg.subject.clone()
+                }],
                 max_messages: cfg.max_messages,
                 ..Default::default()
             })
@@ -69,13 +82,26 @@ impl NatsQueue {
     }
 }
 
+impl NatsQueue {
+    fn subject_of(&self, p: u32) -> String {
+        if self.cfg.partitions > 1 {
+            format!("{}.{p}", self.cfg.subject)
+        } else {
+            self.cfg.subject.clone()
+        }
+    }
+}
+
 #[async_trait]
 impl Queue for NatsQueue {
-    async fn publish(&self, _key: &str, payload: Bytes) -> Result<(), QueueError> {
+    async fn publish(&self, key: &str, payload: Bytes) -> Result<(), QueueError> {
         // The first await sends; the second waits for the stream's acknowledgement,
         // so a message is reported published only once JetStream stored it.
         self.js
-            .publish(self.cfg.subject.clone(), payload)
+            .publish(
+                self.subject_of(crate::partition_of(key, self.cfg.partitions)),
+                payload,
+            )
             .await
             .map_err(unavailable)?
             .await
@@ -84,21 +110,50 @@ impl Queue for NatsQueue {
     }
 
     async fn consumer(&self) -> Result<Box<dyn Consumer>, QueueError> {
-        let consumer: jetstream::consumer::PullConsumer = self
-            .stream
-            .get_or_create_consumer(
-                &self.cfg.durable,
-                pull::Config {
-                    durable_name: Some(self.cfg.durable.clone()),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: self.cfg.ack_wait,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(unavailable)?;
-        let messages = consumer.messages().await.map_err(unavailable)?;
-        Ok(Box::new(NatsConsumer { messages }))
+        let all: Vec<u32> = (0..self.cfg.partitions.max(1)).collect();
+        self.consumer_of(&all).await
+    }
+
+    fn partitions(&self) -> Option<u32> {
+        (self.cfg.partitions > 1).then_some(self.cfg.partitions)
+    }
+
+    async fn consumer_of(&self, partitions: &[u32]) -> Result<Box<dyn Consumer>, QueueError> {
+        if partitions.is_empty() {
+            return Err(QueueError::Unavailable(
+                "a consumer needs at least one partition".into(),
+            ));
+        }
+        let mut streams = Vec::with_capacity(partitions.len());
+        for &p in partitions {
+            let durable = if self.cfg.partitions > 1 {
+                format!("{}-{p}", self.cfg.durable)
+            } else {
+                self.cfg.durable.clone()
+            };
+            let consumer: jetstream::consumer::PullConsumer = self
+                .stream
+                .get_or_create_consumer(
+                    &durable,
+                    pull::Config {
+                        durable_name: Some(durable.clone()),
+                        filter_subject: if self.cfg.partitions > 1 {
+                            self.subject_of(p)
+                        } else {
+                            String::new()
+                        },
+                        ack_policy: AckPolicy::Explicit,
+                        ack_wait: self.cfg.ack_wait,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(unavailable)?;
+            streams.push(consumer.messages().await.map_err(unavailable)?);
+        }
+        Ok(Box::new(NatsConsumer {
+            messages: futures_util::stream::select_all(streams),
+        }))
     }
 
     fn backend(&self) -> &'static str {
@@ -107,7 +162,8 @@ impl Queue for NatsQueue {
 }
 
 struct NatsConsumer {
-    messages: pull::Stream,
+    /// The partitions' message streams, merged (each keeps its own order).
+    messages: futures_util::stream::SelectAll<pull::Stream>,
 }
 
 #[async_trait]

@@ -6,9 +6,16 @@
 //! consumer read but never acknowledged (it died) are taken over by live consumers
 //! with `XAUTOCLAIM` once they have been pending longer than `claim_idle`.
 //!
-//! Order: one consumer sees entries in stream order. Several consumers of the group
-//! share entries, so messages of one key may be handled by different consumers; run
-//! one job per stream where strict per-room order matters.
+//! Partitions: with `partitions = n > 1` the queue is `n` streams
+//! (`<stream>:0` … `<stream>:<n-1>`) and a message goes to the stream its key
+//! hashes to ([`partition_of`](crate::partition_of)). Jobs divide the partitions
+//! among themselves ([`Queue::consumer_of`]), so one key — one room — is handled by
+//! one consumer at a time and stays in order. With `partitions = 1` the queue is
+//! the single stream `<stream>`, and several consumers share its entries in any
+//! order.
+//!
+//! If the streams or the group disappear (a Redis restart without persistence),
+//! a consumer recreates them and carries on.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -45,6 +52,19 @@ pub struct RedisStreamsConfig {
     pub claim_idle: Duration,
     /// Name prefix of this process's consumers (made unique per consumer).
     pub consumer_name: String,
+    /// Number of partition streams (1 = one stream named `stream`).
+    pub partitions: u32,
+}
+
+impl RedisStreamsConfig {
+    /// The stream key of partition `p`.
+    pub fn stream_of(&self, p: u32) -> String {
+        if self.partitions <= 1 {
+            self.stream.clone()
+        } else {
+            format!("{}:{p}", self.stream)
+        }
+    }
 }
 
 /// A queue on a Redis stream.
@@ -62,15 +82,25 @@ impl RedisStreamsQueue {
         let mut con = ConnectionManager::new(client.clone())
             .await
             .map_err(unavailable)?;
-        let created: redis::RedisResult<()> = con
-            .xgroup_create_mkstream(&cfg.stream, &cfg.group, "$")
-            .await;
-        if let Err(e) = created {
-            if e.code() != Some("BUSYGROUP") {
-                return Err(unavailable(e));
-            }
+        for p in 0..cfg.partitions.max(1) {
+            create_group(&mut con, &cfg.stream_of(p), &cfg.group, "$").await?;
         }
         Ok(RedisStreamsQueue { cfg, client, con })
+    }
+}
+
+/// Creates the stream and its group unless the group exists; new groups start
+/// at `from` (`$` = new entries only, `0` = everything in the stream).
+async fn create_group(
+    con: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    from: &str,
+) -> Result<(), QueueError> {
+    let created: redis::RedisResult<()> = con.xgroup_create_mkstream(stream, group, from).await;
+    match created {
+        Err(e) if e.code() != Some("BUSYGROUP") => Err(unavailable(e)),
+        _ => Ok(()),
     }
 }
 
@@ -78,8 +108,9 @@ impl RedisStreamsQueue {
 impl Queue for RedisStreamsQueue {
     async fn publish(&self, key: &str, payload: Bytes) -> Result<(), QueueError> {
         let mut con = self.con.clone();
+        let p = crate::partition_of(key, self.cfg.partitions);
         redis::cmd("XADD")
-            .arg(&self.cfg.stream)
+            .arg(self.cfg.stream_of(p))
             .arg("MAXLEN")
             .arg("~")
             .arg(self.cfg.max_len)
@@ -95,6 +126,21 @@ impl Queue for RedisStreamsQueue {
     }
 
     async fn consumer(&self) -> Result<Box<dyn Consumer>, QueueError> {
+        let all: Vec<u32> = (0..self.cfg.partitions.max(1)).collect();
+        self.consumer_of(&all).await
+    }
+
+    fn partitions(&self) -> Option<u32> {
+        (self.cfg.partitions > 1).then_some(self.cfg.partitions)
+    }
+
+    async fn consumer_of(&self, partitions: &[u32]) -> Result<Box<dyn Consumer>, QueueError> {
+        let streams: Vec<String> = partitions.iter().map(|p| self.cfg.stream_of(*p)).collect();
+        if streams.is_empty() {
+            return Err(QueueError::Unavailable(
+                "a consumer needs at least one partition".into(),
+            ));
+        }
         let reader = self
             .client
             .get_multiplexed_async_connection()
@@ -110,7 +156,8 @@ impl Queue for RedisStreamsQueue {
         );
         Ok(Box::new(RedisStreamsConsumer {
             queue: self.clone(),
-            reader,
+            streams,
+            reader: Some(reader),
             name,
             buffered: VecDeque::new(),
             last_claim: Instant::now() - self.cfg.claim_idle,
@@ -124,12 +171,14 @@ impl Queue for RedisStreamsQueue {
 
 struct RedisStreamsConsumer {
     queue: RedisStreamsQueue,
-    /// Dedicated connection for blocking reads.
-    reader: MultiplexedConnection,
+    /// The partition streams this consumer reads.
+    streams: Vec<String>,
+    /// Dedicated connection for blocking reads; reopened after a failure.
+    reader: Option<MultiplexedConnection>,
     /// This consumer's name in the group.
     name: String,
-    /// Entries read but not yet handed out: (id, payload).
-    buffered: VecDeque<(String, Bytes)>,
+    /// Entries read but not yet handed out: (stream, id, payload).
+    buffered: VecDeque<(String, String, Bytes)>,
     last_claim: Instant,
 }
 
@@ -143,23 +192,43 @@ fn payload_of(map: &std::collections::HashMap<String, redis::Value>) -> Option<B
 
 impl RedisStreamsConsumer {
     async fn claim_stale(&mut self) -> Result<(), QueueError> {
-        let cfg = &self.queue.cfg;
+        let cfg = self.queue.cfg.clone();
         let mut con = self.queue.con.clone();
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(&cfg.stream)
-            .arg(&cfg.group)
-            .arg(&self.name)
-            .arg(cfg.claim_idle.as_millis() as u64)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(100)
-            .query_async(&mut con)
-            .await
-            .map_err(unavailable)?;
-        for entry in reply.claimed {
-            if let Some(p) = payload_of(&entry.map) {
-                self.buffered.push_back((entry.id, p));
+        for stream in self.streams.clone() {
+            let reply: redis::RedisResult<StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
+                .arg(&stream)
+                .arg(&cfg.group)
+                .arg(&self.name)
+                .arg(cfg.claim_idle.as_millis() as u64)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(100)
+                .query_async(&mut con)
+                .await;
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) if e.code() == Some("NOGROUP") => {
+                    self.recreate().await?;
+                    continue;
+                }
+                Err(e) => return Err(unavailable(e)),
+            };
+            for entry in reply.claimed {
+                if let Some(p) = payload_of(&entry.map) {
+                    self.buffered.push_back((stream.clone(), entry.id, p));
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// The streams or the group vanished (Redis restarted empty): recreate them,
+    /// reading whatever was published since.
+    async fn recreate(&mut self) -> Result<(), QueueError> {
+        tracing::warn!(streams = ?self.streams, "stream group missing; recreating it");
+        let mut con = self.queue.con.clone();
+        for stream in &self.streams {
+            create_group(&mut con, stream, &self.queue.cfg.group, "0").await?;
         }
         Ok(())
     }
@@ -170,15 +239,33 @@ impl RedisStreamsConsumer {
             .group(&cfg.group, &self.name)
             .count(64)
             .block(1000);
-        let reply: Option<StreamReadReply> = self
-            .reader
-            .xread_options(&[&cfg.stream], &[">"], &opts)
-            .await
-            .map_err(unavailable)?;
+        let ids: Vec<&str> = self.streams.iter().map(|_| ">").collect();
+        let reader = match &mut self.reader {
+            Some(r) => r,
+            None => self.reader.insert(
+                self.queue
+                    .client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(unavailable)?,
+            ),
+        };
+        let reply: redis::RedisResult<Option<StreamReadReply>> =
+            reader.xread_options(&self.streams, &ids, &opts).await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) if e.code() == Some("NOGROUP") => return self.recreate().await,
+            Err(e) => {
+                // The connection may be dead (server restarted): open a new one
+                // on the next read.
+                self.reader = None;
+                return Err(unavailable(e));
+            }
+        };
         for key in reply.map(|r| r.keys).unwrap_or_default() {
             for entry in key.ids {
                 if let Some(p) = payload_of(&entry.map) {
-                    self.buffered.push_back((entry.id, p));
+                    self.buffered.push_back((key.key.clone(), entry.id, p));
                 }
             }
         }
@@ -190,12 +277,12 @@ impl RedisStreamsConsumer {
 impl Consumer for RedisStreamsConsumer {
     async fn next(&mut self) -> Result<Delivery, QueueError> {
         loop {
-            if let Some((id, payload)) = self.buffered.pop_front() {
+            if let Some((stream, id, payload)) = self.buffered.pop_front() {
                 return Ok(Delivery::new(
                     payload,
                     Box::new(RedisStreamsAck {
                         con: self.queue.con.clone(),
-                        stream: self.queue.cfg.stream.clone(),
+                        stream,
                         group: self.queue.cfg.group.clone(),
                         id,
                     }),

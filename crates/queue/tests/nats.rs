@@ -7,6 +7,10 @@ use std::time::Duration;
 use herald_queue::{conformance, NatsConfig, NatsQueue, Queue, QueueError};
 
 async fn queue(nats: &herald_testkit::Engine, name: &str) -> NatsQueue {
+    queue_with(nats, name, 1).await
+}
+
+async fn queue_with(nats: &herald_testkit::Engine, name: &str, partitions: u32) -> NatsQueue {
     NatsQueue::connect(NatsConfig {
         url: nats.nats_url(),
         stream: name.into(),
@@ -14,6 +18,7 @@ async fn queue(nats: &herald_testkit::Engine, name: &str) -> NatsQueue {
         durable: "herald-job".into(),
         ack_wait: Duration::from_secs(1),
         max_messages: 100_000,
+        partitions,
         publish_timeout: Duration::from_secs(2),
     })
     .await
@@ -64,4 +69,19 @@ async fn publish_fails_while_nats_is_down() {
     .expect("publish returns instead of hanging")
     .unwrap_err();
     assert!(matches!(err, QueueError::Unavailable(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn partitions_divide_keys() {
+    let nats = herald_testkit::nats();
+    let q = queue_with(&nats, "SP", 4).await;
+    conformance::partitions_divide_keys(&q).await.unwrap();
+}
+
+#[tokio::test]
+async fn ordered_per_key_over_partitions() {
+    let nats = herald_testkit::nats();
+    conformance::ordered_per_key(&queue_with(&nats, "SO", 4).await)
+        .await
+        .unwrap();
 }

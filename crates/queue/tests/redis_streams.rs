@@ -7,6 +7,14 @@ use std::time::Duration;
 use herald_queue::{conformance, Queue, QueueError, RedisStreamsConfig, RedisStreamsQueue};
 
 async fn queue(redis: &herald_testkit::Engine, stream: &str) -> RedisStreamsQueue {
+    queue_with(redis, stream, 1).await
+}
+
+async fn queue_with(
+    redis: &herald_testkit::Engine,
+    stream: &str,
+    partitions: u32,
+) -> RedisStreamsQueue {
     RedisStreamsQueue::connect(RedisStreamsConfig {
         url: redis.redis_url(),
         stream: stream.into(),
@@ -14,6 +22,7 @@ async fn queue(redis: &herald_testkit::Engine, stream: &str) -> RedisStreamsQueu
         max_len: 100_000,
         claim_idle: Duration::from_millis(500),
         consumer_name: "test".into(),
+        partitions,
     })
     .await
     .unwrap()
@@ -63,4 +72,57 @@ async fn publish_fails_while_redis_is_down() {
     .expect("publish returns instead of hanging")
     .unwrap_err();
     assert!(matches!(err, QueueError::Unavailable(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn partitions_divide_keys() {
+    let redis = herald_testkit::redis();
+    let q = queue_with(&redis, "sp", 4).await;
+    conformance::partitions_divide_keys(&q).await.unwrap();
+}
+
+#[tokio::test]
+async fn ordered_per_key_over_partitions() {
+    let redis = herald_testkit::redis();
+    conformance::ordered_per_key(&queue_with(&redis, "so", 4).await)
+        .await
+        .unwrap();
+}
+
+/// Redis restarted without persistence: the streams and the group are gone. The
+/// consumer recreates them and delivers what is published afterwards.
+#[tokio::test]
+async fn consumer_recovers_after_an_empty_restart() {
+    let mut redis = herald_testkit::redis();
+    let port = redis.addr.port();
+    let q = queue_with(&redis, "sr", 2).await;
+    let mut c = q.consumer().await.unwrap();
+    redis.kill();
+    let _back = herald_testkit::redis_on(port);
+    let published = async {
+        loop {
+            if q.publish("k", bytes::Bytes::from_static(b"after"))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), published)
+        .await
+        .expect("publish works again after the restart");
+    let d = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match c.next().await {
+                Ok(d) => return d,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await
+    .expect("the consumer delivers after the restart");
+    assert_eq!(&d.payload[..], b"after");
+    d.ack().await.unwrap();
 }

@@ -145,13 +145,14 @@ impl EtcdRegistry {
         self.cfg.prefix.trim_end_matches('/')
     }
 
-    /// The key of `instance`: `<prefix>/<appid>/<env>/<hostname>`.
+    /// The key of `instance`: `<prefix>/<appid>/<env>/<hostname>`, with the env
+    /// of this registry ([`EtcdConfig::env`]), the one [`Registry::watch`] reads.
     pub fn key_of(&self, instance: &Instance) -> String {
         format!(
             "{}/{}/{}/{}",
             self.prefix(),
             instance.appid,
-            instance.env,
+            self.cfg.env,
             instance.hostname
         )
     }
@@ -173,6 +174,9 @@ impl Registry for EtcdRegistry {
         mut instance: Instance,
     ) -> Result<Box<dyn Registration>, RegistryError> {
         instance.latest_timestamp = now_nanos();
+        if instance.env.is_empty() {
+            instance.env = self.cfg.env.clone();
+        }
         let keeper = Keeper {
             client: self.client.clone(),
             key: self.key_of(&instance),

@@ -54,6 +54,8 @@ struct Cluster {
     logics: Vec<SocketAddr>,
     /// `queue` section of the TOML files, to start more processes later.
     common: String,
+    /// Index of the Redis store in `_engines`.
+    store: usize,
     _engines: Vec<Engine>,
 }
 
@@ -125,6 +127,7 @@ grace = "2s"
         );
         engines.push(etcd);
         engines.push(redis);
+        let store = engines.len() - 1;
         let dir =
             std::env::temp_dir().join(format!("herald-cluster-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -134,6 +137,7 @@ grace = "2s"
             comets: Vec::new(),
             logics: Vec::new(),
             common,
+            store,
             _engines: engines,
         };
         for i in 0..2 {
@@ -475,6 +479,41 @@ async fn queue_outage_is_503(
     expect_one(&mut a, &mut b, "after-outage").await;
 }
 
+/// The push API answers 503 while the Redis store is down (routes cannot be
+/// read) and recovers by itself when it is back.
+async fn store_outage_is_503(c: &mut Cluster, restart: impl FnOnce(&Engine) -> Engine) {
+    let l0 = c.logics[0];
+    let path = format!("/goim/push/keys?operation={OP}&keys=key-a");
+    let store = c.store;
+    c._engines[store].kill();
+    let r = post(l0, &path, b"while-down").await;
+    assert_eq!(r.status, 503, "push with the store down: {}", r.text());
+    assert_ne!(r.json()["code"], 0);
+    let back = restart(&c._engines[store]);
+    c._engines.push(back);
+    // The store came back empty: clients connecting now are routed again.
+    let (mut a, mut b) = clients(c).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = post(
+            l0,
+            &format!("/goim/push/keys?operation={OP}&keys=key-a&keys=key-b"),
+            b"after-store",
+        )
+        .await;
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(
+            Instant::now() < deadline,
+            "push API did not recover after the store came back"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    expect_one(&mut a, &mut b, "after-store").await;
+}
+
 fn redis_queue_toml(url: &str, claim: Duration) -> String {
     format!(
         "[queue]\nbackend = \"redis\"\n[queue.redis]\nurl = \"{url}\"\nclaim_idle = \"{}ms\"\n",
@@ -507,6 +546,7 @@ async fn cluster_on_nats_jetstream() {
     room_order_holds_with_two_jobs(&mut c).await;
     killed_job_loses_nothing(&mut c, ack_wait).await;
     queue_outage_is_503(&mut c, 0, |old| herald_testkit::nats_on(old.addr.port())).await;
+    store_outage_is_503(&mut c, |old| herald_testkit::redis_on(old.addr.port())).await;
 }
 
 #[cfg(feature = "kafka")]
@@ -522,4 +562,112 @@ async fn cluster_on_kafka() {
     room_order_holds_with_two_jobs(&mut c).await;
     // The group notices the dead member after its session timeout (6 s).
     killed_job_loses_nothing(&mut c, Duration::from_secs(10)).await;
+}
+
+/// A role started before its engines reports what it cannot reach, keeps
+/// retrying, and serves once they are up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_wait_for_their_engines() {
+    let (etcd_port, redis_port, queue_port) = (free_port(), free_port(), free_port());
+    let (http, rpc) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("herald-wait-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("logic.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[rpc]
+advertise_host = "127.0.0.1"
+logic_bind = "{rpc}"
+[logic]
+http_bind = "{http}"
+[discovery]
+backend = "etcd"
+endpoints = ["http://127.0.0.1:{etcd_port}"]
+[store]
+backend = "redis"
+redis_url = "redis://127.0.0.1:{redis_port}/"
+[queue]
+backend = "redis"
+[queue.redis]
+url = "redis://127.0.0.1:{queue_port}/"
+"#,
+            rpc = addr(rpc),
+            http = addr(http),
+        ),
+    )
+    .unwrap();
+    let log = dir.join("logic.log");
+    let mut logic = Proc {
+        name: "logic".into(),
+        child: Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["logic", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        log: log.clone(),
+    };
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !read_log().contains(&format!(
+        "cannot reach etcd at http://127.0.0.1:{etcd_port}"
+    )) {
+        assert!(
+            logic.alive(),
+            "logic exited instead of waiting:\n{}",
+            read_log()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no clear error about etcd:\n{}",
+            read_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _etcd = herald_testkit::etcd_on(etcd_port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !read_log().contains(&format!(
+        "cannot reach the Redis store at redis://127.0.0.1:{redis_port}/"
+    )) {
+        assert!(
+            logic.alive(),
+            "logic exited instead of waiting:\n{}",
+            read_log()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no clear error about Redis:\n{}",
+            read_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _redis = herald_testkit::redis_on(redis_port);
+    let _queue = herald_testkit::redis_on(queue_port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(logic.alive(), "logic exited:\n{}", read_log());
+        if tokio::net::TcpStream::connect(addr(http)).await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "logic did not start once its engines were up:\n{}",
+            read_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = post(
+        addr(http),
+        &format!("/goim/push/room?operation={OP}&type=live&room=1"),
+        b"hi",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    logic.kill();
+    let _ = std::fs::remove_dir_all(&dir);
 }

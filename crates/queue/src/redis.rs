@@ -79,7 +79,14 @@ impl RedisStreamsQueue {
     /// Connects and creates the stream and group if they do not exist.
     pub async fn connect(cfg: RedisStreamsConfig) -> Result<RedisStreamsQueue, QueueError> {
         let client = redis::Client::open(cfg.url.as_str()).map_err(unavailable)?;
-        let mut con = ConnectionManager::new(client.clone())
+        // Bounded waits: with Redis down a publish fails within seconds (the push
+        // API answers 503) instead of queueing behind reconnection attempts.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let mut con = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(unavailable)?;
         for p in 0..cfg.partitions.max(1) {

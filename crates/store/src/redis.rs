@@ -109,7 +109,16 @@ impl RedisStore {
     /// and live `ttl` after their last write.
     pub async fn connect(url: &str, prefix: &str, ttl: Duration) -> StoreResult<RedisStore> {
         let client = redis::Client::open(url).map_err(unavailable)?;
-        let con = ConnectionManager::new(client).await.map_err(unavailable)?;
+        // Bounded waits: with Redis down a call fails within seconds (the push API
+        // answers 503) instead of queueing behind reconnection attempts.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let con = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(unavailable)?;
         Ok(RedisStore {
             con,
             prefix: prefix.to_string(),

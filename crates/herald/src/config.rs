@@ -155,7 +155,9 @@ impl Default for NatsQueueConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaQueueConfig {
-    /// Bootstrap brokers, `host:port` (comma-separated in one string is fine too).
+    /// Bootstrap brokers, `host:port`: a list, or one comma-separated string
+    /// (handy in `HERALD_QUEUE__KAFKA__BROKERS`).
+    #[serde(deserialize_with = "list_or_csv")]
     pub brokers: Vec<String>,
     /// Topic (goim's default name; created when missing).
     pub topic: String,
@@ -226,7 +228,9 @@ pub enum DiscoveryBackend {
 pub struct DiscoveryConfig {
     /// `local` or `etcd`.
     pub backend: DiscoveryBackend,
-    /// etcd client URLs.
+    /// etcd client URLs: a list, or one comma-separated string (handy in
+    /// `HERALD_DISCOVERY__ENDPOINTS`).
+    #[serde(deserialize_with = "list_or_csv")]
     pub endpoints: Vec<String>,
     /// Key prefix of herald's registrations.
     pub prefix: String,
@@ -408,6 +412,25 @@ impl Config {
     }
 }
 
+/// A list of strings given as a list or as one comma-separated string.
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match ListOrCsv::deserialize(d)? {
+        ListOrCsv::List(l) => l,
+        ListOrCsv::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(String::from)
+            .collect(),
+    })
+}
+
 /// This machine's host name.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -442,10 +465,14 @@ mod tests {
         .unwrap();
         figment::Jail::expect_with(|jail| {
             jail.set_env("HERALD_COMET__OUTBOUND_QUEUE", "16");
+            jail.set_env("HERALD_QUEUE__KAFKA__BROKERS", "k1:9092, k2:9092");
+            jail.set_env("HERALD_DISCOVERY__ENDPOINTS", "[\"http://e1:2379\"]");
             let cfg = Config::load(Some(&path)).map_err(|e| e.to_string())?;
             assert_eq!(cfg.comet.handshake_timeout, Duration::from_secs(2));
             assert_eq!(cfg.comet.outbound_queue, 16);
             assert_eq!(cfg.logic.node.heartbeat, Duration::from_secs(30));
+            assert_eq!(cfg.queue.kafka.brokers, ["k1:9092", "k2:9092"]);
+            assert_eq!(cfg.discovery.endpoints, ["http://e1:2379"]);
             Ok(())
         });
         assert!(Config::load(Some(&dir.join("missing.toml"))).is_err());

@@ -6,20 +6,24 @@
 //! queue never depends on the message schema.
 //!
 //! Backends sit next to the trait: [`memory`] (in-process, the standalone default)
-//! `redis` (Redis Streams, feature `redis`) and `nats` (NATS JetStream, feature
-//! `nats`). Every backend passes the same
+//! `redis` (Redis Streams, feature `redis`), `nats` (NATS JetStream, feature
+//! `nats`) and `kafka` (Kafka, feature `kafka`). Every backend passes the same
 //! [`conformance`] checks against its real engine.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod conformance;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
 
+#[cfg(feature = "kafka")]
+pub use self::kafka::{KafkaConfig, KafkaQueue};
 #[cfg(feature = "nats")]
 pub use self::nats::{NatsConfig, NatsQueue};
 #[cfg(feature = "redis")]

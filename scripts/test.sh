@@ -17,13 +17,25 @@ need_pkgs=()
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need_pkgs+=(redis-server)
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_pkgs+=(nats-server)
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need_pkgs+=(etcd-server etcd-client)
+# The Kafka backend's rdkafka builds librdkafka from C (configure + make).
+command -v make >/dev/null 2>&1 || need_pkgs+=(make)
+command -v cc >/dev/null 2>&1 || need_pkgs+=(gcc libc6-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
-  step "installing test engines: ${need_pkgs[*]}"
+  step "installing test engines and build tools: ${need_pkgs[*]}"
   sudo_cmd=""
   [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null 2>&1 \
     || { $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"; }
+fi
+
+# tansu, the Kafka-compatible broker the Kafka queue tests start: built from crates.io
+# once (about 9 minutes; the plain build lacks the in-memory storage the tests use)
+# and reused from PATH or cargo's bin directory afterwards.
+export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
+if ! command -v tansu >/dev/null 2>&1; then
+  step "installing tansu (Kafka-compatible broker; about 9 minutes, once)"
+  cargo install tansu --locked --features dynostore
 fi
 
 step "format (cargo fmt --check)"

@@ -166,9 +166,10 @@ fn kafka_config(cfg: &Config, consumer: &str) -> herald_queue::KafkaConfig {
     herald_queue::KafkaConfig {
         brokers: k.brokers.join(","),
         topic: k.topic.clone(),
-        group: k.group.clone(),
+        group_id: k.group.clone(),
         partitions: k.partitions,
         client_id: consumer.to_string(),
+        publish_timeout: cfg.queue.publish_timeout,
         ..Default::default()
     }
 }

@@ -6,20 +6,24 @@
 //! queue never depends on the message schema.
 //!
 //! Backends sit next to the trait: [`memory`] (in-process, the standalone default)
-//! `redis` (Redis Streams, feature `redis`) and `nats` (NATS JetStream, feature
-//! `nats`). Every backend passes the same
+//! `redis` (Redis Streams, feature `redis`), `nats` (NATS JetStream, feature
+//! `nats`) and `kafka` (Kafka, feature `kafka`). Every backend passes the same
 //! [`conformance`] checks against its real engine.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod conformance;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
 
+#[cfg(feature = "kafka")]
+pub use self::kafka::{KafkaConfig, KafkaQueue};
 #[cfg(feature = "nats")]
 pub use self::nats::{NatsConfig, NatsQueue};
 #[cfg(feature = "redis")]
@@ -77,7 +81,9 @@ pub trait Queue: Send + Sync + 'static {
 }
 
 /// Receives messages for one consumer of the group.
-/// The partition (of `n`) that messages with `key` go to: FNV-1a, stable across
+/// The partition (of `n`) that messages with `key` go to: FNV-1a 32 of the key,
+/// as a signed 32-bit number, modulo `n`, made non-negative — the partition
+/// goim's Kafka producer (sarama's hash partitioner) picks. Stable across
 /// processes, versions and machines, so every logic agrees.
 pub fn partition_of(key: &str, n: u32) -> u32 {
     if n <= 1 {
@@ -88,7 +94,9 @@ pub fn partition_of(key: &str, n: u32) -> u32 {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
-    h % n
+    let n = i64::from(n);
+    // `as i32` reinterprets the bits, as Go's int32(uint32) does.
+    ((i64::from(h as i32)) % n).unsigned_abs() as u32
 }
 
 #[async_trait]
@@ -135,5 +143,22 @@ impl std::fmt::Debug for Delivery {
         f.debug_struct("Delivery")
             .field("payload_len", &self.payload.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_of;
+
+    #[test]
+    fn partitions_follow_sarama_hash_partitioner() {
+        // FNV-1a 32 of "" is 0x811c9dc5, as int32 -2128831035; % 8 = -3 -> 3.
+        assert_eq!(partition_of("", 8), 3);
+        // "a": 0xe40c292c, as int32 -468965076; % 10 = -6 -> 6.
+        assert_eq!(partition_of("a", 10), 6);
+        assert_eq!(partition_of("anything", 1), 0);
+        for k in ["live://1", "key-a", "1000"] {
+            assert!(partition_of(k, 16) < 16);
+        }
     }
 }

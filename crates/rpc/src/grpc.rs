@@ -76,6 +76,9 @@ impl From<Status> for RpcError {
                 ErrorKind::Unavailable
             }
             Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+            // A broken connection (the peer went away mid-call) carries the
+            // transport error as its source: the peer is unavailable.
+            Code::Unknown if std::error::Error::source(&s).is_some() => ErrorKind::Unavailable,
             _ => ErrorKind::Internal,
         };
         RpcError::new(kind, s.message().to_string())

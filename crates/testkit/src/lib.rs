@@ -214,3 +214,49 @@ impl Engine {
         format!("http://{}", self.addr)
     }
 }
+
+// Kafka ------------------------------------------------------------------------
+
+/// Finds `tansu` in `PATH`, the usual system directories or cargo's bin directory
+/// (`cargo install` puts it there).
+fn find_tansu() -> Option<PathBuf> {
+    find_binary("tansu").or_else(|| {
+        let cargo_home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+        Some(cargo_home.join("bin").join("tansu")).filter(|p| p.is_file())
+    })
+}
+
+/// A private Kafka-compatible broker (`tansu`, in-memory storage) on a free port.
+pub fn kafka() -> Engine {
+    let bin = find_tansu().unwrap_or_else(|| {
+        panic!(
+            "tansu is not installed; this test needs a real Kafka-compatible broker. \
+             Run scripts/test.sh (it installs it) or \
+             `cargo install tansu --locked --features dynostore`."
+        )
+    });
+    let port = free_port();
+    let dir = scratch("kafka", port);
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut child = Command::new(bin)
+        .arg("broker")
+        .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "memory://tansu/"])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start tansu: {e}"));
+    let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for(addr, &mut child, "tansu");
+    Engine { child, addr, dir }
+}
+
+impl Engine {
+    /// `127.0.0.1:<port>`, the bootstrap brokers of a Kafka engine.
+    pub fn kafka_brokers(&self) -> String {
+        self.addr.to_string()
+    }
+}

@@ -1,0 +1,673 @@
+//! The queue on Kafka (or a Kafka-compatible broker such as tansu): one topic, one
+//! consumer group.
+//!
+//! `publish` produces to the topic with the partition key as the message key, so one
+//! key's messages land in one partition and keep their order. It returns once the
+//! broker has acknowledged the message; a message the broker did not take within
+//! `publish_timeout` is reported as [`QueueError::Unavailable`].
+//!
+//! Each consumer is a member of the consumer group. A background task polls it, so
+//! rebalances and heartbeats are served while the caller is busy with a message, and
+//! hands messages over a small channel. Offsets are committed only for acknowledged
+//! messages: per partition the consumer keeps the offsets it delivered and commits
+//! the end of the acknowledged prefix (acknowledgements may arrive out of order; an
+//! unacknowledged message holds back the commit of everything after it). A message
+//! delivered but not acknowledged when its consumer leaves the group (dropped, or
+//! stuck longer than `max_poll_interval`) or is dropped from it (crashed: after
+//! `session_timeout`) is delivered again to the member that gets its partition. The commit is sent in the background, like a JetStream
+//! acknowledgement: a lost commit means the message may be delivered again.
+//!
+//! Order: a partition is read by one member at a time, so one key's messages are
+//! consumed in publish order even with several consumers, except for messages
+//! delivered again after a rebalance.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+
+use crate::{Acknowledge, Consumer, Delivery, Queue, QueueError};
+
+/// Messages a consumer's background task fetches ahead of the caller.
+const PREFETCH: usize = 64;
+
+/// Settings of a Kafka queue.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Topic logic publishes to and job consumes.
+    pub topic: String,
+    /// Consumer group shared by every job.
+    pub group_id: String,
+    /// Partitions of the topic when this queue creates it (it is created at connect
+    /// if missing; an existing topic keeps its partitions).
+    pub partitions: i32,
+    /// Replication factor of the topic when this queue creates it.
+    pub replication: i32,
+    /// Client id reported to the broker.
+    pub client_id: String,
+    /// How long a publish waits for the broker's acknowledgement before it fails.
+    pub publish_timeout: Duration,
+    /// How long connecting (metadata, topic creation) may take.
+    pub connect_timeout: Duration,
+    /// How long opening a consumer waits for its first partition assignment.
+    pub join_timeout: Duration,
+    /// A member silent this long is removed from the group (`session.timeout.ms`).
+    pub session_timeout: Duration,
+    /// Heartbeat interval of a member (`heartbeat.interval.ms`).
+    pub heartbeat_interval: Duration,
+    /// A member whose caller takes no message for this long while its prefetch is
+    /// full leaves the group, and its partitions move to others
+    /// (`max.poll.interval.ms`, at least `session_timeout`).
+    pub max_poll_interval: Duration,
+    /// Longest a fetch waits at the broker for new messages (`fetch.wait.max.ms`).
+    /// Kept short: some Kafka-compatible brokers (tansu) hold every fetch for about
+    /// half of it, even one that has messages, so it bounds consume latency.
+    pub fetch_wait: Duration,
+}
+
+impl Default for KafkaConfig {
+    /// Short group timeouts, so a consumer joins in seconds and a dead one's
+    /// partitions move within `session_timeout`.
+    fn default() -> KafkaConfig {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "herald-push".into(),
+            group_id: "herald-job".into(),
+            partitions: 8,
+            replication: 1,
+            client_id: "herald".into(),
+            publish_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            join_timeout: Duration::from_secs(30),
+            session_timeout: Duration::from_secs(6),
+            heartbeat_interval: Duration::from_secs(1),
+            max_poll_interval: Duration::from_secs(7),
+            fetch_wait: Duration::from_millis(100),
+        }
+    }
+}
+
+fn millis(d: Duration) -> String {
+    d.as_millis().max(1).to_string()
+}
+
+/// A queue on a Kafka topic.
+#[derive(Clone)]
+pub struct KafkaQueue {
+    cfg: Arc<KafkaConfig>,
+    producer: FutureProducer,
+    /// Partitions of the topic (as found, or as created).
+    partitions: u32,
+}
+
+impl KafkaQueue {
+    /// Connects, and creates the topic with `partitions` partitions if it does not
+    /// exist. An unreachable broker is [`QueueError::Unavailable`] naming it.
+    pub async fn connect(cfg: KafkaConfig) -> Result<KafkaQueue, QueueError> {
+        let cfg = Arc::new(cfg);
+        let admin: AdminClient<DefaultClientContext> = client_config(&cfg)
+            .create()
+            .map_err(|e| cfg.error("admin client", e))?;
+        let admin = Arc::new(admin);
+        let partitions = match topic_partitions(&admin, &cfg).await? {
+            Some(n) => n,
+            None => {
+                create_topic(&admin, &cfg).await?;
+                cfg.partitions.max(1) as u32
+            }
+        };
+        let producer: FutureProducer = client_config(&cfg)
+            .set("message.timeout.ms", millis(cfg.publish_timeout))
+            // Each push waits for its own delivery report, so lingering for a batch
+            // only adds latency; concurrent pushes still share a request.
+            .set("linger.ms", "0")
+            .create()
+            .map_err(|e| cfg.error("producer", e))?;
+        Ok(KafkaQueue {
+            cfg,
+            producer,
+            partitions,
+        })
+    }
+}
+
+impl KafkaConfig {
+    fn error(&self, what: &str, e: impl std::fmt::Display) -> QueueError {
+        QueueError::Unavailable(format!("kafka at {}: {what}: {e}", self.brokers))
+    }
+}
+
+fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("client.id", &cfg.client_id)
+        // librdkafka checks message timeouts only between reconnect attempts; with its
+        // default 10 s backoff a publish to a dead broker failed after ~10 s instead
+        // of `publish_timeout`. Also brings consumers back sooner after an outage.
+        .set("reconnect.backoff.max.ms", "1000");
+    c
+}
+
+/// The topic's partition count, `None` if the broker does not list the topic.
+/// Fails if no broker answers.
+async fn topic_partitions(
+    admin: &Arc<AdminClient<DefaultClientContext>>,
+    cfg: &Arc<KafkaConfig>,
+) -> Result<Option<u32>, QueueError> {
+    let (admin, c) = (admin.clone(), cfg.clone());
+    // Metadata is a blocking call; all topics are asked for, which never creates one.
+    let metadata = tokio::task::spawn_blocking(move || {
+        admin
+            .inner()
+            .fetch_metadata(None, c.connect_timeout)
+            .map_err(|e| c.error("broker unreachable", e))
+    })
+    .await
+    .map_err(|e| cfg.error("metadata", e))??;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == cfg.topic && t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as u32))
+}
+
+async fn create_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    cfg: &KafkaConfig,
+) -> Result<(), QueueError> {
+    let topic = NewTopic::new(
+        &cfg.topic,
+        cfg.partitions,
+        TopicReplication::Fixed(cfg.replication),
+    );
+    let opts = AdminOptions::new()
+        .request_timeout(Some(cfg.connect_timeout))
+        .operation_timeout(Some(cfg.connect_timeout));
+    let results = admin
+        .create_topics([&topic], &opts)
+        .await
+        .map_err(|e| cfg.error("create topic", e))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => return Err(cfg.error(&format!("create topic {name}"), code)),
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Queue for KafkaQueue {
+    async fn publish(&self, key: &str, payload: Bytes) -> Result<(), QueueError> {
+        // The partition goim's producer would pick for this key; jobs are given
+        // partitions by number (`consumer_of`).
+        let record = FutureRecord::to(&self.cfg.topic)
+            .key(key)
+            .partition(crate::partition_of(key, self.partitions) as i32)
+            .payload(payload.as_ref());
+        // Resolves with the delivery report: the broker stored the message, or
+        // `message.timeout.ms` passed without that.
+        self.producer
+            .send(record, Timeout::After(self.cfg.publish_timeout))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| self.cfg.error("message not delivered", e))
+    }
+
+    async fn consumer(&self) -> Result<Box<dyn Consumer>, QueueError> {
+        let cfg = &self.cfg;
+        let state = Arc::new(Mutex::new(Assignment::default()));
+        let (joined, mut joined_rx) = watch::channel(false);
+        let consumer = group_consumer(cfg, state.clone(), joined)?;
+        consumer
+            .subscribe(&[&cfg.topic])
+            .map_err(|e| cfg.error("subscribe", e))?;
+        let opened = start(consumer, state, &cfg.topic, false);
+        // Wait for the first assignment (possibly empty), so the caller holds a
+        // member of the group and not one still joining. Dropping `opened` on
+        // failure ends the background task.
+        let joined = tokio::time::timeout(cfg.join_timeout, joined_rx.wait_for(|j| *j))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !joined {
+            return Err(cfg.error(
+                &format!("consumer group {}", cfg.group_id),
+                format!("no partition assignment within {:?}", cfg.join_timeout),
+            ));
+        }
+        Ok(Box::new(opened))
+    }
+
+    fn partitions(&self) -> Option<u32> {
+        Some(self.partitions)
+    }
+
+    /// A consumer of exactly these partitions, assigned directly (no group
+    /// membership, no broker-side rebalancing): jobs divide the partitions through
+    /// the registry. It starts at the group's committed offsets (the earliest
+    /// offset when there are none) and commits for the group as [`consumer`]'s do.
+    async fn consumer_of(&self, partitions: &[u32]) -> Result<Box<dyn Consumer>, QueueError> {
+        let cfg = &self.cfg;
+        if partitions.is_empty() {
+            return Err(QueueError::Unavailable(
+                "a consumer needs at least one partition".into(),
+            ));
+        }
+        let state = Arc::new(Mutex::new(Assignment::default()));
+        let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+        {
+            let mut s = lock(&state);
+            for &p in partitions {
+                s.assign(p as i32);
+                tpl.add_partition_offset(&cfg.topic, p as i32, Offset::Stored)
+                    .map_err(|e| cfg.error("assign", e))?;
+            }
+        }
+        let (joined, _) = watch::channel(true);
+        let consumer = group_consumer(cfg, state.clone(), joined)?;
+        consumer.assign(&tpl).map_err(|e| cfg.error("assign", e))?;
+        tracing::info!(partitions = ?partitions, "kafka partitions assigned by herald");
+        Ok(Box::new(start(consumer, state, &cfg.topic, true)))
+    }
+
+    fn backend(&self) -> &'static str {
+        "kafka"
+    }
+}
+
+type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// A consumer in the group, committing only what it is told to.
+fn group_consumer(
+    cfg: &KafkaConfig,
+    state: Arc<Mutex<Assignment>>,
+    joined: watch::Sender<bool>,
+) -> Result<GroupConsumer, QueueError> {
+    client_config(cfg)
+        .set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", millis(cfg.session_timeout))
+        .set("heartbeat.interval.ms", millis(cfg.heartbeat_interval))
+        .set("max.poll.interval.ms", millis(cfg.max_poll_interval))
+        .set("fetch.wait.max.ms", millis(cfg.fetch_wait))
+        .create_with_context(GroupContext { state, joined })
+        .map_err(|e| cfg.error("consumer", e))
+}
+
+/// Starts polling `consumer` in the background and returns the handle job uses.
+fn start(
+    consumer: GroupConsumer,
+    state: Arc<Mutex<Assignment>>,
+    topic: &str,
+    manual: bool,
+) -> KafkaConsumer {
+    let consumer = Arc::new(consumer);
+    let (tx, rx) = mpsc::channel(PREFETCH);
+    let kafka = Arc::downgrade(&consumer);
+    tokio::spawn(pump(consumer, state.clone(), tx, manual));
+    KafkaConsumer {
+        rx,
+        state,
+        kafka,
+        topic: topic.to_string(),
+    }
+}
+
+fn lock(state: &Mutex<Assignment>) -> MutexGuard<'_, Assignment> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keeps the consumer's [`Assignment`] in step with the group's rebalances.
+struct GroupContext {
+    state: Arc<Mutex<Assignment>>,
+    joined: watch::Sender<bool>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts: Vec<i32> = tpl.elements().iter().map(|p| p.partition()).collect();
+            tracing::info!(partitions = ?parts, "kafka partitions revoked");
+            let mut state = lock(&self.state);
+            for p in tpl.elements() {
+                state.revoke(p.partition());
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let parts: Vec<i32> = tpl.elements().iter().map(|p| p.partition()).collect();
+            tracing::info!(partitions = ?parts, "kafka partitions assigned");
+            let mut state = lock(&self.state);
+            for p in tpl.elements() {
+                state.assign(p.partition());
+            }
+            drop(state);
+            self.joined.send_replace(true);
+        }
+    }
+}
+
+/// One message received from the broker and not yet handed out.
+struct Received {
+    partition: i32,
+    offset: i64,
+    generation: u64,
+    payload: Bytes,
+}
+
+/// Polls the consumer until the [`KafkaConsumer`] is dropped, then leaves the group.
+async fn pump(
+    consumer: Arc<GroupConsumer>,
+    state: Arc<Mutex<Assignment>>,
+    tx: mpsc::Sender<Result<Received, QueueError>>,
+    manual: bool,
+) {
+    // Closes the consumer off the runtime however this task ends (also when the
+    // runtime drops it at shutdown).
+    let consumer = Closing {
+        consumer: Some(consumer),
+        manual,
+    };
+    let Some(kafka) = consumer.consumer.as_ref() else {
+        return;
+    };
+    loop {
+        let item = tokio::select! {
+            _ = tx.closed() => break,
+            m = kafka.recv() => match m {
+                Ok(m) => {
+                    let (partition, offset) = (m.partition(), m.offset());
+                    let Some(generation) = lock(&state).track(partition, offset) else {
+                        continue;
+                    };
+                    Ok(Received {
+                        partition,
+                        offset,
+                        generation,
+                        payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+                    })
+                }
+                Err(e) => Err(QueueError::Unavailable(format!("kafka consume: {e}"))),
+            },
+        };
+        if tx.send(item).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The pump's hold on its consumer; see [`release`].
+struct Closing {
+    consumer: Option<Arc<GroupConsumer>>,
+    manual: bool,
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if let Some(c) = self.consumer.take() {
+            release_with(c, self.manual);
+        }
+    }
+}
+
+/// Drops a consumer handle; when it is the last one, closing the consumer (leaving
+/// the group, which waits for the broker) runs on a thread of its own, so neither
+/// the runtime nor its shutdown waits on the broker.
+fn release(consumer: Arc<GroupConsumer>) {
+    release_with(consumer, false);
+}
+
+/// [`release`]; a directly assigned consumer (`manual`) first gives its
+/// partitions up.
+fn release_with(consumer: Arc<GroupConsumer>, manual: bool) {
+    if Arc::strong_count(&consumer) > 1 {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || {
+            if manual {
+                let _ = consumer.unassign();
+            }
+            drop(consumer);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start a thread to close a kafka consumer");
+    }
+}
+
+struct KafkaConsumer {
+    rx: mpsc::Receiver<Result<Received, QueueError>>,
+    state: Arc<Mutex<Assignment>>,
+    kafka: Weak<GroupConsumer>,
+    topic: String,
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    async fn next(&mut self) -> Result<Delivery, QueueError> {
+        loop {
+            let r = match self.rx.recv().await {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => return Err(e),
+                None => return Err(QueueError::Closed),
+            };
+            // A message of a partition this consumer lost meanwhile goes to the
+            // partition's new holder instead.
+            if !lock(&self.state).holds(r.partition, r.generation) {
+                continue;
+            }
+            return Ok(Delivery::new(
+                r.payload,
+                Box::new(KafkaAck {
+                    state: self.state.clone(),
+                    kafka: self.kafka.clone(),
+                    topic: self.topic.clone(),
+                    partition: r.partition,
+                    offset: r.offset,
+                    generation: r.generation,
+                }),
+            ));
+        }
+    }
+}
+
+struct KafkaAck {
+    state: Arc<Mutex<Assignment>>,
+    kafka: Weak<GroupConsumer>,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    generation: u64,
+}
+
+#[async_trait]
+impl Acknowledge for KafkaAck {
+    async fn ack(self: Box<Self>) -> Result<(), QueueError> {
+        let again = "; the message will be delivered again";
+        let Some(kafka) = self.kafka.upgrade() else {
+            return Err(QueueError::Unavailable(format!(
+                "kafka consumer closed before the acknowledgement{again}"
+            )));
+        };
+        let result = {
+            let mut state = lock(&self.state);
+            match state.ack(self.partition, self.offset, self.generation) {
+                Acked::Stale => Err(QueueError::Unavailable(format!(
+                    "kafka partition {} moved to another consumer before the acknowledgement{again}",
+                    self.partition
+                ))),
+                Acked::Held => Ok(()),
+                // Committed under the lock, so commits of a partition go out in order.
+                Acked::Commit(next) => commit(&kafka, &self.topic, self.partition, next),
+            }
+        };
+        release(kafka);
+        result
+    }
+}
+
+fn commit(kafka: &GroupConsumer, topic: &str, partition: i32, next: i64) -> Result<(), QueueError> {
+    let mut tpl = TopicPartitionList::with_capacity(1);
+    tpl.add_partition_offset(topic, partition, Offset::Offset(next))
+        .and_then(|()| kafka.commit(&tpl, CommitMode::Async))
+        .map_err(|e: KafkaError| QueueError::Unavailable(format!("kafka commit: {e}")))
+}
+
+/// The partitions a consumer holds and, per partition, the offsets it delivered and
+/// not yet committed.
+#[derive(Default)]
+struct Assignment {
+    generations: u64,
+    partitions: HashMap<i32, Delivered>,
+}
+
+/// Offsets of one partition in delivery order, each with whether it was
+/// acknowledged.
+struct Delivered {
+    /// Tells this holding of the partition from an earlier one of the same consumer.
+    generation: u64,
+    offsets: VecDeque<(i64, bool)>,
+}
+
+/// What acknowledging one offset means for its partition's commit.
+#[derive(Debug, PartialEq, Eq)]
+enum Acked {
+    /// The partition was revoked (or reassigned) since the delivery.
+    Stale,
+    /// An earlier delivery is still unacknowledged: nothing to commit yet.
+    Held,
+    /// Everything before this offset is acknowledged: commit it.
+    Commit(i64),
+}
+
+impl Assignment {
+    fn assign(&mut self, partition: i32) {
+        self.generations += 1;
+        self.partitions.insert(
+            partition,
+            Delivered {
+                generation: self.generations,
+                offsets: VecDeque::new(),
+            },
+        );
+    }
+
+    fn revoke(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+
+    /// Records a received offset; `None` if it is not to be delivered (partition not
+    /// held, or an offset at or before one already delivered).
+    fn track(&mut self, partition: i32, offset: i64) -> Option<u64> {
+        let d = self.partitions.get_mut(&partition)?;
+        if d.offsets.back().is_some_and(|&(last, _)| offset <= last) {
+            return None;
+        }
+        d.offsets.push_back((offset, false));
+        Some(d.generation)
+    }
+
+    fn holds(&self, partition: i32, generation: u64) -> bool {
+        self.partitions
+            .get(&partition)
+            .is_some_and(|d| d.generation == generation)
+    }
+
+    fn ack(&mut self, partition: i32, offset: i64, generation: u64) -> Acked {
+        let Some(d) = self
+            .partitions
+            .get_mut(&partition)
+            .filter(|d| d.generation == generation)
+        else {
+            return Acked::Stale;
+        };
+        if let Ok(i) = d.offsets.binary_search_by_key(&offset, |&(o, _)| o) {
+            d.offsets[i].1 = true;
+        }
+        let mut done = None;
+        while let Some(&(o, true)) = d.offsets.front() {
+            done = Some(o);
+            d.offsets.pop_front();
+        }
+        match done {
+            Some(o) => Acked::Commit(o + 1),
+            None => Acked::Held,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_the_acknowledged_prefix_only() {
+        let mut a = Assignment::default();
+        a.assign(0);
+        let g = (10..15).map(|o| a.track(0, o)).collect::<Vec<_>>();
+        assert!(g.iter().all(|g| *g == Some(1)));
+        assert_eq!(a.ack(0, 12, 1), Acked::Held);
+        assert_eq!(a.ack(0, 11, 1), Acked::Held);
+        assert_eq!(a.ack(0, 10, 1), Acked::Commit(13));
+        assert_eq!(a.ack(0, 14, 1), Acked::Held);
+        assert_eq!(a.ack(0, 13, 1), Acked::Commit(15));
+    }
+
+    #[test]
+    fn offsets_may_have_gaps() {
+        let mut a = Assignment::default();
+        a.assign(3);
+        a.track(3, 5);
+        a.track(3, 9);
+        assert_eq!(a.ack(3, 9, 1), Acked::Held);
+        assert_eq!(a.ack(3, 5, 1), Acked::Commit(10));
+    }
+
+    #[test]
+    fn revoked_partition_is_stale_and_not_redelivered_here() {
+        let mut a = Assignment::default();
+        a.assign(0);
+        a.assign(1);
+        let g0 = a.track(0, 0).unwrap();
+        a.revoke(0);
+        assert!(!a.holds(0, g0));
+        assert_eq!(a.ack(0, 0, g0), Acked::Stale);
+        assert_eq!(a.track(0, 1), None);
+        // Assigned again: a new holding, the old deliveries stay stale.
+        a.assign(0);
+        let g1 = a.track(0, 0).unwrap();
+        assert_ne!(g0, g1);
+        assert_eq!(a.ack(0, 0, g0), Acked::Stale);
+        assert_eq!(a.ack(0, 0, g1), Acked::Commit(1));
+    }
+
+    #[test]
+    fn an_offset_already_delivered_is_skipped() {
+        let mut a = Assignment::default();
+        a.assign(0);
+        assert!(a.track(0, 4).is_some());
+        assert_eq!(a.track(0, 4), None);
+        assert_eq!(a.track(0, 2), None);
+    }
+}

@@ -262,11 +262,7 @@ impl Queue for KafkaQueue {
     /// offset when there are none) and commits for the group as [`consumer`]'s do.
     async fn consumer_of(&self, partitions: &[u32]) -> Result<Box<dyn Consumer>, QueueError> {
         let cfg = &self.cfg;
-        if partitions.is_empty() {
-            return Err(QueueError::Unavailable(
-                "a consumer needs at least one partition".into(),
-            ));
-        }
+        crate::require_partitions(partitions)?;
         let state = Arc::new(Mutex::new(Assignment::default()));
         let mut tpl = TopicPartitionList::with_capacity(partitions.len());
         {

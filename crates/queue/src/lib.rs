@@ -99,6 +99,21 @@ pub fn partition_of(key: &str, n: u32) -> u32 {
     ((i64::from(h as i32)) % n).unsigned_abs() as u32
 }
 
+/// Every partition of a queue with `n` partitions (at least one).
+pub(crate) fn all_partitions(n: u32) -> Vec<u32> {
+    (0..n.max(1)).collect()
+}
+
+/// A consumer of no partition at all is a caller's mistake.
+pub(crate) fn require_partitions(partitions: &[u32]) -> Result<(), QueueError> {
+    if partitions.is_empty() {
+        return Err(QueueError::Unavailable(
+            "a consumer needs at least one partition".into(),
+        ));
+    }
+    Ok(())
+}
+
 #[async_trait]
 pub trait Consumer: Send {
     /// Waits for the next message. `Err(QueueError::Closed)` ends consumption.

@@ -110,8 +110,8 @@ impl Queue for NatsQueue {
     }
 
     async fn consumer(&self) -> Result<Box<dyn Consumer>, QueueError> {
-        let all: Vec<u32> = (0..self.cfg.partitions.max(1)).collect();
-        self.consumer_of(&all).await
+        self.consumer_of(&crate::all_partitions(self.cfg.partitions))
+            .await
     }
 
     fn partitions(&self) -> Option<u32> {
@@ -119,11 +119,7 @@ impl Queue for NatsQueue {
     }
 
     async fn consumer_of(&self, partitions: &[u32]) -> Result<Box<dyn Consumer>, QueueError> {
-        if partitions.is_empty() {
-            return Err(QueueError::Unavailable(
-                "a consumer needs at least one partition".into(),
-            ));
-        }
+        crate::require_partitions(partitions)?;
         let mut streams = Vec::with_capacity(partitions.len());
         for &p in partitions {
             let durable = if self.cfg.partitions > 1 {

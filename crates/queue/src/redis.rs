@@ -133,8 +133,8 @@ impl Queue for RedisStreamsQueue {
     }
 
     async fn consumer(&self) -> Result<Box<dyn Consumer>, QueueError> {
-        let all: Vec<u32> = (0..self.cfg.partitions.max(1)).collect();
-        self.consumer_of(&all).await
+        self.consumer_of(&crate::all_partitions(self.cfg.partitions))
+            .await
     }
 
     fn partitions(&self) -> Option<u32> {
@@ -142,12 +142,8 @@ impl Queue for RedisStreamsQueue {
     }
 
     async fn consumer_of(&self, partitions: &[u32]) -> Result<Box<dyn Consumer>, QueueError> {
+        crate::require_partitions(partitions)?;
         let streams: Vec<String> = partitions.iter().map(|p| self.cfg.stream_of(*p)).collect();
-        if streams.is_empty() {
-            return Err(QueueError::Unavailable(
-                "a consumer needs at least one partition".into(),
-            ));
-        }
         let reader = self
             .client
             .get_multiplexed_async_connection()

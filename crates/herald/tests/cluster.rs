@@ -196,7 +196,12 @@ grace = "2s"
             .arg(role)
             .arg("--config")
             .arg(&cfg)
-            .env("RUST_LOG", "info")
+            // CLUSTER_TEST_LOG=debug (a tracing filter) for more detail in the
+            // logs printed when a test fails.
+            .env(
+                "RUST_LOG",
+                std::env::var("CLUSTER_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -308,6 +308,7 @@ async fn dispatch(
             return;
         }
     };
+    debug!(r#type = msg.r#type, room = %msg.room, op = msg.operation, "dispatching");
     match PushType::try_from(msg.r#type) {
         Ok(PushType::Push) => {
             metrics.consumed_push.increment(1);

@@ -198,6 +198,30 @@ pub async fn partitions_divide_keys(q: &dyn Queue) -> CheckResult {
     Ok(())
 }
 
+/// A consumer with nothing to read waits quietly (several seconds, longer than
+/// any backend's internal poll or block interval) instead of reporting an error,
+/// and a message published afterwards reaches it promptly.
+pub async fn idle_consumer_waits(q: &dyn Queue) -> CheckResult {
+    let mut c = q.consumer().await.map_err(|e| format!("consumer: {e}"))?;
+    match tokio::time::timeout(Duration::from_secs(3), c.next()).await {
+        Err(_) => {}
+        Ok(Ok(d)) => return fail(format!("empty queue delivered {:?}", d.payload)),
+        Ok(Err(e)) => return fail(format!("idle consumer failed: {e}")),
+    }
+    q.publish("k", Bytes::from_static(b"after-idle"))
+        .await
+        .map_err(|e| format!("publish: {e}"))?;
+    let d = tokio::time::timeout(WAIT, c.next())
+        .await
+        .map_err(|_| "message published after an idle spell did not arrive")?
+        .map_err(|e| format!("consume: {e}"))?;
+    if &d.payload[..] != b"after-idle" {
+        return fail(format!("delivered {:?}", d.payload));
+    }
+    d.ack().await.map_err(|e| format!("ack: {e}"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +239,10 @@ mod tests {
     #[tokio::test]
     async fn memory_queue_shares_between_consumers() {
         competing_consumers(&q()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn memory_queue_idle_consumer_waits() {
+        idle_consumer_waits(&q()).await.unwrap();
     }
 }

@@ -15,7 +15,16 @@
 //! order.
 //!
 //! If the streams or the group disappear (a Redis restart without persistence),
-//! a consumer recreates them and carries on.
+//! a consumer recreates them and carries on. Groups are always created at the
+//! start of their stream, so entries a logic published before any job recreated
+//! the group are still consumed (a renamed group therefore replays what the
+//! capped stream holds).
+//!
+//! A blocking read whose reply is lost (the connection broke or timed out after
+//! Redis handed out entries) leaves those entries pending under this consumer's
+//! name; after any read failure the consumer first re-reads its own pending
+//! entries (`XREADGROUP … 0`) before asking for new ones, so nothing waits for
+//! `claim_idle`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -32,6 +41,10 @@ use crate::{Acknowledge, Consumer, Delivery, Queue, QueueError};
 const PAYLOAD: &str = "p";
 /// Field holding the partition key.
 const KEY: &str = "k";
+/// How long one `XREADGROUP` blocks on the server.
+const BLOCK: Duration = Duration::from_secs(1);
+/// Entries per read.
+const BATCH: usize = 64;
 
 fn unavailable(e: redis::RedisError) -> QueueError {
     QueueError::Unavailable(e.to_string())
@@ -90,21 +103,22 @@ impl RedisStreamsQueue {
             .await
             .map_err(unavailable)?;
         for p in 0..cfg.partitions.max(1) {
-            create_group(&mut con, &cfg.stream_of(p), &cfg.group, "$").await?;
+            create_group(&mut con, &cfg.stream_of(p), &cfg.group).await?;
         }
         Ok(RedisStreamsQueue { cfg, client, con })
     }
 }
 
-/// Creates the stream and its group unless the group exists; new groups start
-/// at `from` (`$` = new entries only, `0` = everything in the stream).
+/// Creates the stream and its group unless the group exists. A new group starts
+/// at the beginning of the stream: entries already there were published while
+/// the group did not exist (Redis restarted empty and a logic's `XADD` recreated
+/// the stream first), and nobody has consumed them yet.
 async fn create_group(
     con: &mut ConnectionManager,
     stream: &str,
     group: &str,
-    from: &str,
 ) -> Result<(), QueueError> {
-    let created: redis::RedisResult<()> = con.xgroup_create_mkstream(stream, group, from).await;
+    let created: redis::RedisResult<()> = con.xgroup_create_mkstream(stream, group, "0").await;
     match created {
         Err(e) if e.code() != Some("BUSYGROUP") => Err(unavailable(e)),
         _ => Ok(()),
@@ -144,11 +158,7 @@ impl Queue for RedisStreamsQueue {
     async fn consumer_of(&self, partitions: &[u32]) -> Result<Box<dyn Consumer>, QueueError> {
         crate::require_partitions(partitions)?;
         let streams: Vec<String> = partitions.iter().map(|p| self.cfg.stream_of(*p)).collect();
-        let reader = self
-            .client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(unavailable)?;
+        let reader = open_reader(&self.client).await?;
         let name = format!(
             "{}-{}",
             self.cfg.consumer_name,
@@ -161,6 +171,7 @@ impl Queue for RedisStreamsQueue {
             queue: self.clone(),
             streams,
             reader: Some(reader),
+            recovering: None,
             name,
             buffered: VecDeque::new(),
             last_claim: Instant::now() - self.cfg.claim_idle,
@@ -178,11 +189,26 @@ struct RedisStreamsConsumer {
     streams: Vec<String>,
     /// Dedicated connection for blocking reads; reopened after a failure.
     reader: Option<MultiplexedConnection>,
+    /// After a failed read: per stream, the id after which this consumer's own
+    /// pending entries are re-read (replies lost with a broken read).
+    recovering: Option<Vec<String>>,
     /// This consumer's name in the group.
     name: String,
     /// Entries read but not yet handed out: (stream, id, payload).
     buffered: VecDeque<(String, String, Bytes)>,
     last_claim: Instant,
+}
+
+/// The connection for blocking reads: its response timeout outlasts [`BLOCK`]
+/// (the client's default is shorter, which would abandon every idle read).
+async fn open_reader(client: &redis::Client) -> Result<MultiplexedConnection, QueueError> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(BLOCK + Duration::from_secs(2)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(unavailable)
 }
 
 fn payload_of(map: &std::collections::HashMap<String, redis::Value>) -> Option<Bytes> {
@@ -216,6 +242,9 @@ impl RedisStreamsConsumer {
                 }
                 Err(e) => return Err(unavailable(e)),
             };
+            if !reply.claimed.is_empty() {
+                tracing::debug!(%stream, consumer = %self.name, n = reply.claimed.len(), "claimed stale entries");
+            }
             for entry in reply.claimed {
                 if let Some(p) = payload_of(&entry.map) {
                     self.buffered.push_back((stream.clone(), entry.id, p));
@@ -231,27 +260,27 @@ impl RedisStreamsConsumer {
         tracing::warn!(streams = ?self.streams, "stream group missing; recreating it");
         let mut con = self.queue.con.clone();
         for stream in &self.streams {
-            create_group(&mut con, stream, &self.queue.cfg.group, "0").await?;
+            create_group(&mut con, stream, &self.queue.cfg.group).await?;
         }
         Ok(())
     }
 
+    /// Reads new entries, or after a failure this consumer's own pending ones.
     async fn read_new(&mut self) -> Result<(), QueueError> {
         let cfg = &self.queue.cfg;
-        let opts = StreamReadOptions::default()
+        let mut opts = StreamReadOptions::default()
             .group(&cfg.group, &self.name)
-            .count(64)
-            .block(1000);
-        let ids: Vec<&str> = self.streams.iter().map(|_| ">").collect();
+            .count(BATCH);
+        let ids: Vec<String> = match &self.recovering {
+            Some(from) => from.clone(),
+            None => {
+                opts = opts.block(BLOCK.as_millis() as usize);
+                self.streams.iter().map(|_| ">".to_string()).collect()
+            }
+        };
         let reader = match &mut self.reader {
             Some(r) => r,
-            None => self.reader.insert(
-                self.queue
-                    .client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(unavailable)?,
-            ),
+            None => self.reader.insert(open_reader(&self.queue.client).await?),
         };
         let reply: redis::RedisResult<Option<StreamReadReply>> =
             reader.xread_options(&self.streams, &ids, &opts).await;
@@ -260,17 +289,27 @@ impl RedisStreamsConsumer {
             Err(e) if e.code() == Some("NOGROUP") => return self.recreate().await,
             Err(e) => {
                 // The connection may be dead (server restarted): open a new one
-                // on the next read.
+                // on the next read, and first take back what the lost reply held.
                 self.reader = None;
+                self.recovering = Some(self.streams.iter().map(|_| "0".into()).collect());
                 return Err(unavailable(e));
             }
         };
+        let mut more = false;
         for key in reply.map(|r| r.keys).unwrap_or_default() {
+            let at = self.streams.iter().position(|s| *s == key.key);
             for entry in key.ids {
+                more = true;
+                if let (Some(i), Some(from)) = (at, self.recovering.as_mut()) {
+                    from[i] = entry.id.clone();
+                }
                 if let Some(p) = payload_of(&entry.map) {
                     self.buffered.push_back((key.key.clone(), entry.id, p));
                 }
             }
+        }
+        if !more && self.recovering.take().is_some() {
+            tracing::debug!(consumer = %self.name, "own pending entries re-read");
         }
         Ok(())
     }

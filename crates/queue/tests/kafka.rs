@@ -217,3 +217,11 @@ async fn assigned_partitions_resume_from_the_commit() {
     assert_eq!(text, "second", "resumes after the acknowledged message");
     d.ack().await.unwrap();
 }
+
+#[tokio::test]
+async fn idle_consumer_waits() {
+    let kafka = herald_testkit::kafka();
+    conformance::idle_consumer_waits(&queue(&kafka, "tidle").await)
+        .await
+        .unwrap();
+}

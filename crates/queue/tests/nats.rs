@@ -85,3 +85,11 @@ async fn ordered_per_key_over_partitions() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn idle_consumer_waits() {
+    let nats = herald_testkit::nats();
+    conformance::idle_consumer_waits(&queue(&nats, "SIDLE").await)
+        .await
+        .unwrap();
+}

@@ -126,3 +126,44 @@ async fn consumer_recovers_after_an_empty_restart() {
     assert_eq!(&d.payload[..], b"after");
     d.ack().await.unwrap();
 }
+
+/// A consumer idle for longer than one blocking read neither fails nor misses
+/// the next entry (the read's reply must outlast its block time).
+#[tokio::test]
+async fn idle_consumer_waits() {
+    let redis = herald_testkit::redis();
+    conformance::idle_consumer_waits(&queue(&redis, "idle").await)
+        .await
+        .unwrap();
+}
+
+/// After Redis restarts empty, a push can recreate its stream (`XADD`) before any
+/// job has recreated the group; a job connecting then still gets that push.
+#[tokio::test]
+async fn push_before_the_group_is_recreated_is_kept() {
+    let mut redis = herald_testkit::redis();
+    let port = redis.addr.port();
+    let logic = queue_with(&redis, "sg", 2).await;
+    redis.kill();
+    let back = herald_testkit::redis_on(port);
+    let published = async {
+        while logic
+            .publish("k", bytes::Bytes::from_static(b"early"))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), published)
+        .await
+        .expect("publish works again after the restart");
+    let job = queue_with(&back, "sg", 2).await;
+    let mut c = job.consumer().await.unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), c.next())
+        .await
+        .expect("the push published before the group existed arrives")
+        .unwrap();
+    assert_eq!(&d.payload[..], b"early");
+    d.ack().await.unwrap();
+}

@@ -458,22 +458,37 @@ async fn killed_job_loses_nothing(c: &mut Cluster, redelivery: Duration) {
     expect_one(&mut a, &mut b, "after-restart").await;
 }
 
+/// How a test takes an engine away.
+enum Outage {
+    /// Killed, then a new process (given the old one) on its port.
+    Crash(fn(&Engine) -> Engine),
+    /// Frozen (`SIGSTOP`: connections open, nothing answers), then continued
+    /// with its data. For the in-memory Kafka broker, whose restart would lose
+    /// the topic that a real broker keeps.
+    Hang,
+}
+
 /// The push API answers 503 while the queue engine is down and recovers when it
-/// is back; `restart` brings the engine back.
-async fn queue_outage_is_503(
-    c: &mut Cluster,
-    engine: usize,
-    restart: impl FnOnce(&Engine) -> Engine,
-) {
+/// is back.
+async fn queue_outage_is_503(c: &mut Cluster, engine: usize, outage: Outage) {
     let l0 = c.logics[0];
     let path = format!("/goim/push/room?operation={OP}&type=live&room=1000");
-    c._engines[engine].kill();
+    match outage {
+        Outage::Crash(_) => c._engines[engine].kill(),
+        Outage::Hang => c._engines[engine].pause(),
+    }
     let r = post(l0, &path, b"while-down").await;
     assert_eq!(r.status, 503, "push with the queue down: {}", r.text());
     assert_ne!(r.json()["code"], 0);
-    // The killed engine stays in the list (its directory is reused by the new one).
-    let back = restart(&c._engines[engine]);
-    c._engines.push(back);
+    match outage {
+        Outage::Crash(restart) => {
+            // The killed engine stays in the list (its directory is reused by
+            // the new one).
+            let back = restart(&c._engines[engine]);
+            c._engines.push(back);
+        }
+        Outage::Hang => c._engines[engine].resume(),
+    }
     let (mut a, mut b) = clients(c).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -542,7 +557,12 @@ async fn cluster_on_redis_streams() {
     all_push_kinds_reach_both_comets(&mut c).await;
     room_order_holds_with_two_jobs(&mut c).await;
     killed_job_loses_nothing(&mut c, claim).await;
-    queue_outage_is_503(&mut c, 0, |old| herald_testkit::redis_on(old.addr.port())).await;
+    queue_outage_is_503(
+        &mut c,
+        0,
+        Outage::Crash(|old| herald_testkit::redis_on(old.addr.port())),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,7 +577,12 @@ async fn cluster_on_nats_jetstream() {
     all_push_kinds_reach_both_comets(&mut c).await;
     room_order_holds_with_two_jobs(&mut c).await;
     killed_job_loses_nothing(&mut c, ack_wait).await;
-    queue_outage_is_503(&mut c, 0, |old| herald_testkit::nats_on(old.addr.port())).await;
+    queue_outage_is_503(
+        &mut c,
+        0,
+        Outage::Crash(|old| herald_testkit::nats_on(old.addr.port())),
+    )
+    .await;
     store_outage_is_503(&mut c, |old| herald_testkit::redis_on(old.addr.port())).await;
 }
 
@@ -574,6 +599,7 @@ async fn cluster_on_kafka() {
     room_order_holds_with_two_jobs(&mut c).await;
     // The group notices the dead member after its session timeout (6 s).
     killed_job_loses_nothing(&mut c, Duration::from_secs(10)).await;
+    queue_outage_is_503(&mut c, 0, Outage::Hang).await;
 }
 
 /// A role started before its engines reports what it cannot reach, keeps

@@ -23,12 +23,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -109,7 +109,7 @@ fn millis(d: Duration) -> String {
 #[derive(Clone)]
 pub struct KafkaQueue {
     cfg: Arc<KafkaConfig>,
-    producer: FutureProducer,
+    producer: FutureProducer<QuietContext>,
     /// Partitions of the topic (as found, or as created).
     partitions: u32,
 }
@@ -119,8 +119,8 @@ impl KafkaQueue {
     /// exist. An unreachable broker is [`QueueError::Unavailable`] naming it.
     pub async fn connect(cfg: KafkaConfig) -> Result<KafkaQueue, QueueError> {
         let cfg = Arc::new(cfg);
-        let admin: AdminClient<DefaultClientContext> = client_config(&cfg)
-            .create()
+        let admin: AdminClient<QuietContext> = client_config(&cfg)
+            .create_with_context(QuietContext::default())
             .map_err(|e| cfg.error("admin client", e))?;
         let admin = Arc::new(admin);
         let partitions = match topic_partitions(&admin, &cfg).await? {
@@ -130,12 +130,12 @@ impl KafkaQueue {
                 cfg.partitions.max(1) as u32
             }
         };
-        let producer: FutureProducer = client_config(&cfg)
+        let producer: FutureProducer<QuietContext> = client_config(&cfg)
             .set("message.timeout.ms", millis(cfg.publish_timeout))
             // Each push waits for its own delivery report, so lingering for a batch
             // only adds latency; concurrent pushes still share a request.
             .set("linger.ms", "0")
-            .create()
+            .create_with_context(QuietContext::default())
             .map_err(|e| cfg.error("producer", e))?;
         Ok(KafkaQueue {
             cfg,
@@ -165,7 +165,7 @@ fn client_config(cfg: &KafkaConfig) -> ClientConfig {
 /// The topic's partition count, `None` if the broker does not list the topic.
 /// Fails if no broker answers.
 async fn topic_partitions(
-    admin: &Arc<AdminClient<DefaultClientContext>>,
+    admin: &Arc<AdminClient<QuietContext>>,
     cfg: &Arc<KafkaConfig>,
 ) -> Result<Option<u32>, QueueError> {
     let (admin, c) = (admin.clone(), cfg.clone());
@@ -186,7 +186,7 @@ async fn topic_partitions(
 }
 
 async fn create_topic(
-    admin: &AdminClient<DefaultClientContext>,
+    admin: &AdminClient<QuietContext>,
     cfg: &KafkaConfig,
 ) -> Result<(), QueueError> {
     let topic = NewTopic::new(
@@ -302,7 +302,11 @@ fn group_consumer(
         .set("heartbeat.interval.ms", millis(cfg.heartbeat_interval))
         .set("max.poll.interval.ms", millis(cfg.max_poll_interval))
         .set("fetch.wait.max.ms", millis(cfg.fetch_wait))
-        .create_with_context(GroupContext { state, joined })
+        .create_with_context(GroupContext {
+            state,
+            joined,
+            quiet: QuietContext::default(),
+        })
         .map_err(|e| cfg.error("consumer", e))
 }
 
@@ -333,9 +337,87 @@ fn lock(state: &Mutex<Assignment>) -> MutexGuard<'_, Assignment> {
 struct GroupContext {
     state: Arc<Mutex<Assignment>>,
     joined: watch::Sender<bool>,
+    quiet: QuietContext,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.quiet.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.quiet.error(error, reason);
+    }
+}
+
+/// How often one kind of librdkafka complaint is logged.
+const COMPLAINT_EVERY: Duration = Duration::from_secs(10);
+
+/// librdkafka's logs and client errors, each kind (log facility, error code) at
+/// most once per [`COMPLAINT_EVERY`] with the number of repeats in between.
+/// With a broker down librdkafka reports every reconnect attempt (several a
+/// second per client) and retries by itself; the log should say so once.
+#[derive(Default)]
+struct QuietContext {
+    last: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl QuietContext {
+    /// Whether to log `kind` now, and how many of it were held back before.
+    fn admit(&self, kind: &str) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match last.get_mut(kind) {
+            Some((at, held)) if now.duration_since(*at) < COMPLAINT_EVERY => {
+                *held += 1;
+                None
+            }
+            Some((at, held)) => {
+                let before = *held;
+                *at = now;
+                *held = 0;
+                Some(before)
+            }
+            None => {
+                last.insert(kind.to_string(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+impl ClientContext for QuietContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        let Some(held) = self.admit(fac) else {
+            return;
+        };
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", facility = fac, repeats = held, "{message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility = fac, "{message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", facility = fac, "{message}")
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let kind = match error.rdkafka_error_code() {
+            Some(code) => format!("{code:?}"),
+            None => error.to_string(),
+        };
+        if let Some(held) = self.admit(&kind) {
+            tracing::warn!(target: "librdkafka", %error, repeats = held, "{reason}; retrying");
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -403,7 +485,16 @@ async fn pump(
                         payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
                     })
                 }
-                Err(e) => Err(QueueError::Unavailable(format!("kafka consume: {e}"))),
+                // librdkafka reconnects and refetches by itself; the client
+                // context has logged the trouble. Forwarding each of these
+                // would leave a backlog of stale errors for job to sit out.
+                Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
+                    Err(QueueError::Unavailable(format!("kafka consume: {e}")))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "kafka consume error; librdkafka retries");
+                    continue;
+                }
             },
         };
         if tx.send(item).await.is_err() {

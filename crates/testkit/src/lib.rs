@@ -63,6 +63,26 @@ impl Engine {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Freezes the process (`SIGSTOP`): its connections stay open but nothing
+    /// answers, as with a hung or partitioned server. Its data is kept.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a [`pause`](Engine::pause)d process run again (`SIGCONT`).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot send SIG{name} to process {}", self.child.id());
+    }
 }
 
 impl Drop for Engine {

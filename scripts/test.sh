@@ -11,32 +11,15 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# Engines the tests start privately (on ephemeral loopback ports). Installed from
-# Debian packages when missing; tests that need one fail loudly without it.
-need_pkgs=()
-command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need_pkgs+=(redis-server)
-command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_pkgs+=(nats-server)
-command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || need_pkgs+=(etcd-server etcd-client)
-# The Kafka backend's rdkafka builds librdkafka from C (configure + make).
-command -v make >/dev/null 2>&1 || need_pkgs+=(make)
-command -v cc >/dev/null 2>&1 || need_pkgs+=(gcc libc6-dev)
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  step "installing test engines and build tools: ${need_pkgs[*]}"
-  sudo_cmd=""
-  [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null 2>&1 \
-    || { $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"; }
-fi
-
-# tansu, the Kafka-compatible broker the Kafka queue tests start: built from crates.io
-# once (about 9 minutes; the plain build lacks the in-memory storage the tests use)
-# and reused from PATH or cargo's bin directory afterwards.
+# Engines the tests start privately (on ephemeral loopback ports): installed when
+# missing (Debian packages; tansu, the Kafka-compatible broker, from crates.io once,
+# about 9 minutes). Tests that need one fail loudly without it. make and a C
+# compiler build librdkafka for the Kafka backend.
+# shellcheck source=scripts/engines.sh
+. scripts/engines.sh
 export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
-if ! command -v tansu >/dev/null 2>&1; then
-  step "installing tansu (Kafka-compatible broker; about 9 minutes, once)"
-  cargo install tansu --locked --features dynostore
-fi
+step "engines and build tools"
+ensure_engines redis nats etcd kafka build
 
 step "format (cargo fmt --check)"
 cargo fmt --all --check

@@ -99,6 +99,49 @@ fn bad_configuration_is_a_clear_error() {
     );
 }
 
+/// Every configuration shipped under `deploy/` loads (`herald config` rejects
+/// unknown keys and bad values); the one-machine cluster's logic and job files
+/// with each queue backend its script can pick.
+#[test]
+fn deploy_configurations_load() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let mut files = Vec::new();
+    let mut dirs = vec![deploy.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 15, "found only {files:?}");
+    for file in &files {
+        let local = file.parent().is_some_and(|d| d.ends_with("local"));
+        let backends: &[&str] = if local {
+            &["redis", "nats", "kafka"]
+        } else {
+            &[""]
+        };
+        for backend in backends {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+            cmd.arg("config").arg("--config").arg(file);
+            if local {
+                cmd.env("HERALD_QUEUE__BACKEND", backend);
+            }
+            let out = cmd.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                file.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
 /// `herald bench run` drives a real server and writes a report with the documented
 /// fields (a smoke test of the benchmark machinery; no timing is asserted).
 #[test]

@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# A whole herald cluster on one machine, on loopback: etcd, Redis, the queue engine
+# and 2 comets, 2 logics, 2 jobs as separate processes, from the configurations
+# next to this script.
+#
+#   deploy/local/cluster.sh up [redis|nats|kafka]   start everything (queue: redis)
+#   deploy/local/cluster.sh status                  what runs, and where
+#   deploy/local/cluster.sh kill NAME               SIGKILL one process (a crash)
+#   deploy/local/cluster.sh start NAME              start it again
+#   deploy/local/cluster.sh pause NAME              SIGSTOP (hung: connections stay open)
+#   deploy/local/cluster.sh resume NAME             SIGCONT
+#   deploy/local/cluster.sh logs NAME               follow its log
+#   deploy/local/cluster.sh down                    stop everything, keep the data
+#   deploy/local/cluster.sh clean                   stop everything, delete the data
+#
+# (Variables named HERALD_* are herald configuration overrides, hence the
+# CLUSTER_* names of this script's own settings.)
+#
+# NAME is an engine (etcd, redis, nats, kafka) or a process (comet1, comet2,
+# logic1, logic2, job1, job2). Engines are installed when missing (Debian packages;
+# tansu, the Kafka-compatible broker, from crates.io). The herald binary is
+# $CLUSTER_BIN, or target/release/herald (built when missing). State, logs and
+# engine data live in $CLUSTER_DIR (default: ${TMPDIR:-/tmp}/herald-local).
+#
+# Ports: comets TCP 3101/3201, WebSocket 3102/3202 (path /sub), gRPC 3109/3209,
+# metrics 3129/3229; logics HTTP 3111/3211, gRPC 3119/3219; jobs metrics
+# 3139/3239; etcd 23790, Redis 26379 (store db 0, queue db 1), NATS 24222,
+# Kafka 29092.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+# shellcheck source=scripts/engines.sh
+. "$root/scripts/engines.sh"
+
+state="${CLUSTER_DIR:-${TMPDIR:-/tmp}/herald-local}"
+mkdir -p "$state"
+processes=(comet1 comet2 logic1 logic2 job1 job2)
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+pid_of() { cat "$state/$1.pid" 2>/dev/null || true; }
+
+running() {
+  local pid
+  pid="$(pid_of "$1")"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
+
+# port_open PORT: whether something listens on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# The port that tells NAME is up.
+port_of() {
+  case "$1" in
+    etcd) echo 23790 ;; redis) echo 26379 ;; nats) echo 24222 ;; kafka) echo 29092 ;;
+    comet1) echo 3109 ;; comet2) echo 3209 ;; logic1) echo 3111 ;; logic2) echo 3211 ;;
+    job1) echo 3139 ;; job2) echo 3239 ;;
+    *) die "unknown name: $1 (engines: etcd redis nats kafka; processes: ${processes[*]})" ;;
+  esac
+}
+
+queue() { cat "$state/queue" 2>/dev/null || echo redis; }
+
+herald_bin() {
+  if [ -n "${CLUSTER_BIN:-}" ]; then echo "$CLUSTER_BIN"; return; fi
+  if [ ! -x "$root/target/release/herald" ]; then
+    echo "building herald (cargo build --release)" >&2
+    (cd "$root" && cargo build --release -p herald >&2)
+  fi
+  echo "$root/target/release/herald"
+}
+
+# launch NAME CMD...: runs CMD in the background, detached, logging to NAME.log.
+launch() {
+  local name="$1"
+  shift
+  running "$name" && { echo "$name already runs (pid $(pid_of "$name"))"; return; }
+  setsid nohup "$@" >>"$state/$name.log" 2>&1 </dev/null &
+  echo $! >"$state/$name.pid"
+}
+
+wait_up() {
+  local name="$1" port i
+  port="$(port_of "$name")"
+  for i in $(seq 1 150); do
+    if port_open "$port"; then return 0; fi
+    running "$name" || die "$name exited; see $state/$name.log"
+    sleep 0.2
+  done
+  die "$name did not listen on 127.0.0.1:$port within 30 s; see $state/$name.log"
+}
+
+start_one() {
+  local name="$1" bin role
+  if ! running "$name" && port_open "$(port_of "$name")"; then
+    die "cannot start $name: 127.0.0.1:$(port_of "$name") is taken by another process"
+  fi
+  case "$name" in
+    etcd)
+      bin="$(engine_bin etcd)"
+      launch etcd "$bin" --name herald-local --data-dir "$state/etcd-data" \
+        --listen-client-urls http://127.0.0.1:23790 \
+        --advertise-client-urls http://127.0.0.1:23790 \
+        --listen-peer-urls http://127.0.0.1:23800 \
+        --initial-advertise-peer-urls http://127.0.0.1:23800 \
+        --initial-cluster herald-local=http://127.0.0.1:23800
+      ;;
+    redis)
+      # Append-only file: a restarted Redis keeps routes and queued pushes.
+      mkdir -p "$state/redis-data"
+      bin="$(engine_bin redis-server)"
+      launch redis "$bin" --bind 127.0.0.1 --port 26379 --dir "$state/redis-data" \
+        --appendonly yes --save ""
+      ;;
+    nats)
+      bin="$(engine_bin nats-server)"
+      launch nats "$bin" -a 127.0.0.1 -p 24222 -js -sd "$state/nats-data"
+      ;;
+    kafka)
+      # In-memory storage: a killed and restarted broker starts empty (topics
+      # and committed offsets are gone); use pause/resume for an outage that
+      # keeps them.
+      bin="$(engine_bin tansu)"
+      launch kafka "$bin" broker --listener-url tcp://127.0.0.1:29092 \
+        --advertised-listener-url tcp://127.0.0.1:29092 --storage-engine memory://tansu/
+      ;;
+    comet1 | comet2 | logic1 | logic2 | job1 | job2)
+      role="${name%[12]}"
+      HERALD_QUEUE__BACKEND="$(queue)" launch "$name" "$(herald_bin)" "$role" \
+        --config "$here/$name.toml"
+      ;;
+    *) port_of "$name" >/dev/null ;;
+  esac
+  wait_up "$name"
+  echo "$name up (pid $(pid_of "$name"), 127.0.0.1:$(port_of "$name"))"
+}
+
+stop_one() {
+  local name="$1" pid i
+  pid="$(pid_of "$name")"
+  if running "$name"; then
+    kill -CONT "$pid" 2>/dev/null || true
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.2
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    echo "$name stopped"
+  fi
+  rm -f "$state/$name.pid"
+}
+
+engines() { echo etcd redis; [ "$(queue)" = redis ] || queue; }
+
+cmd="${1:-}"
+case "$cmd" in
+  up)
+    q="${2:-redis}"
+    case "$q" in redis | nats | kafka) ;; *) die "queue must be redis, nats or kafka" ;; esac
+    if [ -f "$state/queue" ] && [ "$(queue)" != "$q" ] && running logic1; then
+      die "the cluster runs on $(queue); run down first"
+    fi
+    echo "$q" >"$state/queue"
+    ensure_engines etcd redis "$q"
+    herald_bin >/dev/null
+    for e in $(engines); do start_one "$e"; done
+    for p in "${processes[@]}"; do start_one "$p"; done
+    echo
+    echo "herald cluster up on $q. Push API: http://127.0.0.1:3111 and :3211;"
+    echo "clients: TCP 127.0.0.1:3101 / :3201, WebSocket ws://127.0.0.1:3102/sub / :3202/sub."
+    echo "Logs and data: $state"
+    ;;
+  down | clean)
+    for p in "${processes[@]}"; do stop_one "$p"; done
+    for e in kafka nats redis etcd; do stop_one "$e"; done
+    if [ "$cmd" = clean ]; then rm -rf "$state"; echo "removed $state"; fi
+    ;;
+  status)
+    echo "queue: $(queue); state: $state"
+    for n in etcd redis nats kafka "${processes[@]}"; do
+      if running "$n"; then
+        printf '%-7s pid %-7s 127.0.0.1:%s\n' "$n" "$(pid_of "$n")" "$(port_of "$n")"
+      elif [ -f "$state/$n.pid" ]; then
+        printf '%-7s down\n' "$n"
+      fi
+    done
+    ;;
+  kill)
+    [ -n "${2:-}" ] || die "kill NAME"
+    port_of "$2" >/dev/null
+    running "$2" || die "$2 is not running"
+    kill -KILL "$(pid_of "$2")"
+    rm -f "$state/$2.pid"
+    echo "$2 killed"
+    ;;
+  start)
+    [ -n "${2:-}" ] || die "start NAME"
+    start_one "$2"
+    ;;
+  pause | resume)
+    [ -n "${2:-}" ] || die "$cmd NAME"
+    port_of "$2" >/dev/null
+    running "$2" || die "$2 is not running"
+    if [ "$cmd" = pause ]; then kill -STOP "$(pid_of "$2")"; else kill -CONT "$(pid_of "$2")"; fi
+    echo "$2 ${cmd}d"
+    ;;
+  logs)
+    [ -n "${2:-}" ] || die "logs NAME"
+    port_of "$2" >/dev/null
+    exec tail -n 50 -F "$state/$2.log"
+    ;;
+  *)
+    sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    [ -z "$cmd" ] || exit 2
+    ;;
+esac

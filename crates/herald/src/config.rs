@@ -165,6 +165,11 @@ pub struct KafkaQueueConfig {
     pub group: String,
     /// Partitions of a topic created by herald.
     pub partitions: i32,
+    /// Longest a job's fetch waits at the broker when there is nothing new
+    /// (`fetch.wait.max.ms`). A broker answers sooner when messages arrive;
+    /// one that does not (tansu) adds up to this much delivery latency.
+    #[serde(with = "humantime_serde")]
+    pub fetch_wait: Duration,
 }
 
 impl Default for KafkaQueueConfig {
@@ -174,6 +179,7 @@ impl Default for KafkaQueueConfig {
             topic: "goim-push-topic".into(),
             group: "goim-push-group-job".into(),
             partitions: 8,
+            fetch_wait: Duration::from_millis(100),
         }
     }
 }

@@ -170,6 +170,7 @@ fn kafka_config(cfg: &Config, consumer: &str) -> herald_queue::KafkaConfig {
         partitions: k.partitions,
         client_id: consumer.to_string(),
         publish_timeout: cfg.queue.publish_timeout,
+        fetch_wait: k.fetch_wait,
         ..Default::default()
     }
 }

@@ -56,7 +56,8 @@ pub enum Cmd {
     Clients {
         #[command(flatten)]
         args: clients::ClientArgs,
-        /// Stop after this many seconds (0 = until Ctrl-C).
+        /// Stop after this many seconds (0 = until SIGINT or SIGTERM; either prints
+        /// the final counts first).
         #[arg(long, default_value_t = 0)]
         duration: u64,
     },
@@ -80,6 +81,10 @@ pub enum Cmd {
         /// Number of pushes.
         #[arg(long, default_value_t = 100)]
         count: u64,
+        /// Keep-alive connections pushing in parallel (each waits for one
+        /// answer before its next push).
+        #[arg(long, default_value_t = 8)]
+        connections: u64,
     },
     /// Run a benchmark scenario and write its report.
     Run(scenario::RunArgs),
@@ -117,14 +122,16 @@ pub fn run(command: Cmd, how: Invocation) -> anyhow::Result<()> {
                 mids,
                 rate,
                 count,
+                connections,
             } => {
                 let (first, n) = mids
                     .split_once(',')
                     .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
                     .ok_or_else(|| anyhow::anyhow!("--mids is FIRST,COUNT"))?;
-                let mut p = push::Publisher::herald(http, kind, &room, (first, n));
                 let start = Instant::now();
-                let (ok, failed) = push::publish_at_rate(&mut p, rate, count).await;
+                let (ok, failed) =
+                    push::herald_at_rate(http, kind, &room, (first, n), connections, rate, count)
+                        .await;
                 println!(
                     "{ok} pushes accepted, {failed} failed in {:.2}s ({:.1}/s)",
                     start.elapsed().as_secs_f64(),
@@ -144,55 +151,76 @@ async fn run_clients(args: clients::ClientArgs, duration: u64) -> anyhow::Result
         // One process: run the clients here.
         let stats = Arc::new(clients::Stats::default());
         let run = tokio::spawn(clients::run(Arc::new(args), stats.clone()));
-        report_loop(n, duration, || stats.snapshot(true)).await;
+        let start = Instant::now();
+        while stats.snapshot(false).connected < n && start.elapsed() < Duration::from_secs(300) {
+            let s = stats.snapshot(false);
+            eprint!("\r{}", workers::progress(s.connected, n, s.failed));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let s = stats.snapshot(false);
+        eprintln!(
+            "\r{} in {:.2}s",
+            workers::progress(s.connected, n, s.failed),
+            start.elapsed().as_secs_f64()
+        );
+        let result = report_until(duration, s.received, || {
+            let s = stats.snapshot(true);
+            async move { Ok(s) }
+        })
+        .await;
         stats.stop.store(true, Ordering::Relaxed);
         run.abort();
-        return Ok(());
+        return result;
     }
-    let mut w = workers::Workers::spawn(&args).await?;
+    let w = workers::Workers::spawn(&args).await?;
     w.wait_connected(n, Duration::from_secs(300)).await;
-    let start = Instant::now();
-    let mut last = 0;
-    loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let s = w.report().await?;
-        print_line(&s, s.received.saturating_sub(last), 5.0);
-        last = s.received;
-        if duration > 0 && start.elapsed().as_secs() >= duration {
-            break;
-        }
-    }
-    w.stop().await;
-    Ok(())
+    let w = tokio::sync::Mutex::new(w);
+    let result = report_until(duration, 0, || async { w.lock().await.report().await }).await;
+    w.into_inner().stop().await;
+    result
 }
 
-async fn report_loop(n: u64, duration: u64, snap: impl Fn() -> clients::Snapshot) {
-    let start = Instant::now();
-    while snap().connected < n && start.elapsed() < Duration::from_secs(300) {
-        let s = snap();
-        eprint!("\r{}", workers::progress(s.connected, n, s.failed));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let s = snap();
-    eprintln!(
-        "\r{} in {:.2}s",
-        workers::progress(s.connected, n, s.failed),
-        start.elapsed().as_secs_f64()
-    );
+/// Prints the clients' counts every 5 s until `duration` seconds have passed
+/// (0: no limit) or SIGINT or SIGTERM arrives, and once more then: how a script
+/// ends a run of unknown length and still gets the final counts.
+async fn report_until<F, Fut>(duration: u64, received: u64, mut snap: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<clients::Snapshot>>,
+{
     let begin = Instant::now();
-    let mut last = s.received;
+    let mut last = (received, Instant::now());
+    let stop = stop_signal();
+    tokio::pin!(stop);
     loop {
-        let stop = tokio::signal::ctrl_c();
-        tokio::select! {
-            _ = stop => break,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        let stopped = tokio::select! {
+            _ = &mut stop => true,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => false,
+        };
+        let s = snap().await?;
+        let secs = last.1.elapsed().as_secs_f64();
+        print_line(&s, s.received.saturating_sub(last.0), secs);
+        last = (s.received, Instant::now());
+        if stopped || (duration > 0 && begin.elapsed().as_secs() >= duration) {
+            return Ok(());
         }
-        let s = snap();
-        print_line(&s, s.received.saturating_sub(last), 5.0);
-        last = s.received;
-        if duration > 0 && begin.elapsed().as_secs() >= duration {
-            break;
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
         }
+        _ => std::future::pending().await,
     }
 }
 

@@ -138,6 +138,8 @@ pub enum Publisher {
         /// Members to cycle over for key/mid pushes.
         mids: (u64, u64),
         next: u64,
+        /// How far `next` moves per push (one of several parallel publishers).
+        stride: u64,
     },
     /// nats-server (plain TCP client protocol).
     Nats { stream: TcpStream, subject: String },
@@ -148,12 +150,27 @@ pub enum Publisher {
 impl Publisher {
     /// A herald publisher.
     pub fn herald(addr: SocketAddr, kind: PushKind, room: &str, mids: (u64, u64)) -> Publisher {
+        Publisher::herald_part(addr, kind, room, mids, 0, 1)
+    }
+
+    /// Publisher `part` of `parts` publishing in parallel: it takes every
+    /// `parts`-th member, starting at the `part`-th, so together they cycle over
+    /// the members as one publisher would.
+    pub fn herald_part(
+        addr: SocketAddr,
+        kind: PushKind,
+        room: &str,
+        mids: (u64, u64),
+        part: u64,
+        parts: u64,
+    ) -> Publisher {
         Publisher::Herald {
             http: Http::new(addr),
             kind,
             room: room.to_string(),
             mids,
-            next: 0,
+            next: part,
+            stride: parts.max(1),
         }
     }
 
@@ -199,10 +216,11 @@ impl Publisher {
                 room,
                 mids,
                 next,
+                stride,
             } => {
                 let (typ, id) = room.split_once("://").unwrap_or(("bench", room.as_str()));
                 let mid = mids.0 + (*next % mids.1.max(1));
-                *next += 1;
+                *next += *stride;
                 let path = match kind {
                     PushKind::Room => {
                         format!("/goim/push/room?operation=1000&type={typ}&room={id}")
@@ -232,10 +250,51 @@ impl Publisher {
 
 /// Publishes `count` payloads at `rate` per second. Returns (accepted, failed).
 pub async fn publish_at_rate(p: &mut Publisher, rate: f64, count: u64) -> (u64, u64) {
+    publish_share(p, rate, 0..count).await
+}
+
+/// Publishes `count` herald pushes at `rate` per second over `connections`
+/// keep-alive connections in parallel (one request at a time on each, so the
+/// rate holds while each push waits for the queue's acknowledgement).
+/// Returns (accepted, failed).
+pub async fn herald_at_rate(
+    addr: SocketAddr,
+    kind: PushKind,
+    room: &str,
+    mids: (u64, u64),
+    connections: u64,
+    rate: f64,
+    count: u64,
+) -> (u64, u64) {
+    let parts = connections.clamp(1, count.max(1));
+    let mut tasks = Vec::new();
+    for part in 0..parts {
+        let mut p = Publisher::herald_part(addr, kind, room, mids, part, parts);
+        let share = rate / parts as f64;
+        tasks.push(tokio::spawn(async move {
+            // Start the connections a tick apart, so their pushes interleave.
+            tokio::time::sleep(Duration::from_secs_f64(part as f64 / rate.max(0.001))).await;
+            publish_share(&mut p, share, (part..count).step_by(parts as usize)).await
+        }));
+    }
+    let (mut ok, mut failed) = (0, 0);
+    for t in tasks {
+        let (o, f) = t.await.unwrap_or((0, 0));
+        ok += o;
+        failed += f;
+    }
+    (ok, failed)
+}
+
+async fn publish_share(
+    p: &mut Publisher,
+    rate: f64,
+    seqs: impl Iterator<Item = u64>,
+) -> (u64, u64) {
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let (mut ok, mut failed) = (0, 0);
-    for seq in 0..count {
+    for seq in seqs {
         tick.tick().await;
         match p.publish(&wire::payload(seq)).await {
             Ok(()) => ok += 1,

@@ -198,7 +198,11 @@ impl Workers {
         loop {
             let s = self.status();
             if s.connected >= n {
-                eprintln!("\r{}", progress(s.connected, n, s.failed));
+                eprintln!(
+                    "\r{} in {:.2}s",
+                    progress(s.connected, n, s.failed),
+                    start.elapsed().as_secs_f64()
+                );
                 return Some(start.elapsed());
             }
             if start.elapsed() > timeout {

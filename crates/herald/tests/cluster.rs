@@ -61,14 +61,23 @@ struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // How each process stood when the test ended (a crash shows here).
+        let ended: Vec<String> = self
+            .procs
+            .iter_mut()
+            .map(|p| match p.child.try_wait() {
+                Ok(Some(status)) => format!("exited: {status}"),
+                _ => "running".to_string(),
+            })
+            .collect();
         for p in &mut self.procs {
             p.kill();
         }
         if std::thread::panicking() {
-            for p in &self.procs {
+            for (p, ended) in self.procs.iter().zip(&ended) {
                 let log = std::fs::read_to_string(&p.log).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                eprintln!("---- {} (last lines) ----", p.name);
+                eprintln!("---- {} ({ended}; last lines) ----", p.name);
                 for l in tail.iter().rev() {
                     eprintln!("{l}");
                 }
@@ -463,8 +472,7 @@ enum Outage {
     /// Killed, then a new process (given the old one) on its port.
     Crash(fn(&Engine) -> Engine),
     /// Frozen (`SIGSTOP`: connections open, nothing answers), then continued
-    /// with its data. For the in-memory Kafka broker, whose restart would lose
-    /// the topic that a real broker keeps.
+    /// with its data.
     Hang,
 }
 
@@ -600,6 +608,14 @@ async fn cluster_on_kafka() {
     // The group notices the dead member after its session timeout (6 s).
     killed_job_loses_nothing(&mut c, Duration::from_secs(10)).await;
     queue_outage_is_503(&mut c, 0, Outage::Hang).await;
+    // The in-memory broker comes back empty: herald creates the topic again and
+    // the jobs reopen their consumers.
+    queue_outage_is_503(
+        &mut c,
+        0,
+        Outage::Crash(|old| herald_testkit::kafka_on(old.addr.port())),
+    )
+    .await;
 }
 
 /// A role started before its engines reports what it cannot reach, keeps

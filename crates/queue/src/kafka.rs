@@ -20,6 +20,14 @@
 //! Order: a partition is read by one member at a time, so one key's messages are
 //! consumed in publish order even with several consumers, except for messages
 //! delivered again after a rebalance.
+//!
+//! A broker may come back without its data (a wiped cluster; tansu on memory
+//! storage). After every loss of all broker connections the queue looks the topic
+//! up again and creates it if it is gone (`TopicGuard`); publishes wait for that
+//! (and fail if it takes longer than `publish_timeout`), a publish in flight across
+//! the loss fails, and the producer and directly assigned consumers are opened
+//! anew, the consumers at their committed offsets unless those lie past the end of
+//! the partition.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -109,9 +117,13 @@ fn millis(d: Duration) -> String {
 #[derive(Clone)]
 pub struct KafkaQueue {
     cfg: Arc<KafkaConfig>,
-    producer: FutureProducer<QuietContext>,
+    /// The producer in use; replaced after the brokers were lost (see
+    /// [`TopicGuard`]).
+    producer: Arc<std::sync::RwLock<Producer>>,
     /// Partitions of the topic (as found, or as created).
     partitions: u32,
+    /// Whether the topic is known to exist since the broker was last lost.
+    topic: Arc<TopicGuard>,
 }
 
 impl KafkaQueue {
@@ -126,21 +138,24 @@ impl KafkaQueue {
         let partitions = match topic_partitions(&admin, &cfg).await? {
             Some(n) => n,
             None => {
-                create_topic(&admin, &cfg).await?;
+                create_topic(&admin, &cfg, cfg.partitions).await?;
                 cfg.partitions.max(1) as u32
             }
         };
-        let producer: FutureProducer<QuietContext> = client_config(&cfg)
-            .set("message.timeout.ms", millis(cfg.publish_timeout))
-            // Each push waits for its own delivery report, so lingering for a batch
-            // only adds latency; concurrent pushes still share a request.
-            .set("linger.ms", "0")
-            .create_with_context(QuietContext::default())
-            .map_err(|e| cfg.error("producer", e))?;
+        let topic = Arc::new(TopicGuard::default());
+        let producer = Arc::new(std::sync::RwLock::new(new_producer(&cfg, &topic)?));
+        tokio::spawn(keep_topic(
+            admin,
+            cfg.clone(),
+            partitions,
+            Arc::downgrade(&topic),
+            producer.clone(),
+        ));
         Ok(KafkaQueue {
             cfg,
             producer,
             partitions,
+            topic,
         })
     }
 }
@@ -188,10 +203,11 @@ async fn topic_partitions(
 async fn create_topic(
     admin: &AdminClient<QuietContext>,
     cfg: &KafkaConfig,
+    partitions: i32,
 ) -> Result<(), QueueError> {
     let topic = NewTopic::new(
         &cfg.topic,
-        cfg.partitions,
+        partitions,
         TopicReplication::Fixed(cfg.replication),
     );
     let opts = AdminOptions::new()
@@ -219,24 +235,41 @@ impl Queue for KafkaQueue {
             .key(key)
             .partition(crate::partition_of(key, self.partitions) as i32)
             .payload(payload.as_ref());
+        let deadline = tokio::time::Instant::now() + self.cfg.publish_timeout;
+        let before = self.topic.ready(&self.cfg, deadline).await?;
+        let producer = self
+            .producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         // Resolves with the delivery report: the broker stored the message, or
         // `message.timeout.ms` passed without that.
-        self.producer
+        producer
             .send(record, Timeout::After(self.cfg.publish_timeout))
             .await
-            .map(|_| ())
-            .map_err(|(e, _)| self.cfg.error("message not delivered", e))
+            .map_err(|(e, _)| self.cfg.error("message not delivered", e))?;
+        // Every broker connection was lost while the message was on its way:
+        // the acknowledgement may come from a broker that restarted without its
+        // data (some accept writes to a topic they no longer have), so the
+        // message is not reported as stored.
+        if self.topic.lost_since(before) {
+            return Err(self.cfg.error(
+                "message may not be kept",
+                "the broker connection was lost while it was sent",
+            ));
+        }
+        Ok(())
     }
 
     async fn consumer(&self) -> Result<Box<dyn Consumer>, QueueError> {
         let cfg = &self.cfg;
         let state = Arc::new(Mutex::new(Assignment::default()));
         let (joined, mut joined_rx) = watch::channel(false);
-        let consumer = group_consumer(cfg, state.clone(), joined)?;
+        let consumer = group_consumer(cfg, state.clone(), joined, QuietContext::default())?;
         consumer
             .subscribe(&[&cfg.topic])
             .map_err(|e| cfg.error("subscribe", e))?;
-        let opened = start(consumer, state, &cfg.topic, false);
+        let opened = start(consumer, state, &cfg.topic);
         // Wait for the first assignment (possibly empty), so the caller holds a
         // member of the group and not one still joining. Dropping `opened` on
         // failure ends the background task.
@@ -261,23 +294,30 @@ impl Queue for KafkaQueue {
     /// the registry. It starts at the group's committed offsets (the earliest
     /// offset when there are none) and commits for the group as [`consumer`]'s do.
     async fn consumer_of(&self, partitions: &[u32]) -> Result<Box<dyn Consumer>, QueueError> {
-        let cfg = &self.cfg;
         crate::require_partitions(partitions)?;
         let state = Arc::new(Mutex::new(Assignment::default()));
-        let mut tpl = TopicPartitionList::with_capacity(partitions.len());
-        {
-            let mut s = lock(&state);
-            for &p in partitions {
-                s.assign(p as i32);
-                tpl.add_partition_offset(&cfg.topic, p as i32, Offset::Stored)
-                    .map_err(|e| cfg.error("assign", e))?;
-            }
-        }
-        let (joined, _) = watch::channel(true);
-        let consumer = group_consumer(cfg, state.clone(), joined)?;
-        consumer.assign(&tpl).map_err(|e| cfg.error("assign", e))?;
+        let reopen = Reopen {
+            cfg: self.cfg.clone(),
+            partitions: partitions.iter().map(|&p| p as i32).collect(),
+            topic: self.topic.clone(),
+        };
+        let consumer = reopen.open(&state).await?;
         tracing::info!(partitions = ?partitions, "kafka partitions assigned by herald");
-        Ok(Box::new(start(consumer, state, &cfg.topic, true)))
+        let kafka = Arc::new(Mutex::new(Arc::downgrade(&consumer)));
+        let (tx, rx) = mpsc::channel(PREFETCH);
+        tokio::spawn(pump(
+            consumer,
+            state.clone(),
+            tx,
+            Some(reopen),
+            kafka.clone(),
+        ));
+        Ok(Box::new(KafkaConsumer {
+            rx,
+            state,
+            kafka,
+            topic: self.cfg.topic.clone(),
+        }))
     }
 
     fn backend(&self) -> &'static str {
@@ -292,6 +332,7 @@ fn group_consumer(
     cfg: &KafkaConfig,
     state: Arc<Mutex<Assignment>>,
     joined: watch::Sender<bool>,
+    quiet: QuietContext,
 ) -> Result<GroupConsumer, QueueError> {
     client_config(cfg)
         .set("group.id", &cfg.group_id)
@@ -305,28 +346,275 @@ fn group_consumer(
         .create_with_context(GroupContext {
             state,
             joined,
-            quiet: QuietContext::default(),
+            quiet,
         })
         .map_err(|e| cfg.error("consumer", e))
 }
 
-/// Starts polling `consumer` in the background and returns the handle job uses.
-fn start(
-    consumer: GroupConsumer,
-    state: Arc<Mutex<Assignment>>,
-    topic: &str,
-    manual: bool,
-) -> KafkaConsumer {
+/// Starts polling a group member in the background and returns the handle job uses.
+fn start(consumer: GroupConsumer, state: Arc<Mutex<Assignment>>, topic: &str) -> KafkaConsumer {
     let consumer = Arc::new(consumer);
     let (tx, rx) = mpsc::channel(PREFETCH);
-    let kafka = Arc::downgrade(&consumer);
-    tokio::spawn(pump(consumer, state.clone(), tx, manual));
+    let kafka = Arc::new(Mutex::new(Arc::downgrade(&consumer)));
+    tokio::spawn(pump(consumer, state.clone(), tx, None, kafka.clone()));
     KafkaConsumer {
         rx,
         state,
         kafka,
         topic: topic.to_string(),
     }
+}
+
+/// What a directly assigned consumer needs to open its client again. After every
+/// broker connection was lost the client is closed and, once the topic is
+/// confirmed (created again if the broker came back without it), opened anew at
+/// the group's committed offsets: a client that had cached the old topic crashes
+/// in librdkafka when the topic reappears under a new id.
+struct Reopen {
+    cfg: Arc<KafkaConfig>,
+    partitions: Vec<i32>,
+    topic: Arc<TopicGuard>,
+}
+
+impl Reopen {
+    /// A client assigned `partitions` at the committed offsets; the partitions
+    /// (re)enter `state` under new generations.
+    async fn open(&self, state: &Arc<Mutex<Assignment>>) -> Result<Arc<GroupConsumer>, QueueError> {
+        let (cfg, partitions) = (self.cfg.clone(), self.partitions.clone());
+        let (st, quiet) = (state.clone(), QuietContext::watching(self.topic.clone()));
+        // Asking the broker for offsets blocks.
+        let consumer =
+            tokio::task::spawn_blocking(move || open_at_committed(&cfg, &partitions, st, quiet))
+                .await
+                .map_err(|e| self.cfg.error("consumer", e))??;
+        let mut s = lock(state);
+        for &p in &self.partitions {
+            s.assign(p);
+        }
+        Ok(Arc::new(consumer))
+    }
+
+    /// Closes `old`, waits for the topic and opens a new client; returns it and
+    /// the broker losses it covers, or `None` once `tx` is closed.
+    async fn reopen(
+        &self,
+        old: Arc<GroupConsumer>,
+        state: &Arc<Mutex<Assignment>>,
+        tx: &mpsc::Sender<Result<Received, QueueError>>,
+    ) -> Option<(Arc<GroupConsumer>, u64)> {
+        {
+            // Messages already fetched and deliveries not yet acknowledged belong
+            // to the old client: they are dropped and refetched.
+            let mut s = lock(state);
+            for &p in &self.partitions {
+                s.revoke(p);
+            }
+        }
+        release_with(old, true);
+        tracing::warn!(
+            partitions = ?self.partitions,
+            "kafka brokers lost: consumer closed; it reopens when the topic is back"
+        );
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            let opened = match self.topic.ready(&self.cfg, deadline).await {
+                Ok(now) => self.open(state).await.map(|c| (c, now.lost)),
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok(c) => {
+                    tracing::info!(partitions = ?self.partitions, "kafka consumer reopened");
+                    return Some(c);
+                }
+                Err(e) => tracing::debug!(error = %e, "kafka consumer not reopened yet"),
+            }
+            tokio::select! {
+                _ = tx.closed() => return None,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// A consumer assigned `partitions` at the group's committed offsets (the
+/// earliest offset where none is committed). A committed offset past the end of
+/// its partition is from an earlier life of the topic (a broker that restarted
+/// without its data, and a commit that reached it afterwards): reading starts at
+/// the beginning instead, where a Kafka broker would send the consumer anyway
+/// and some compatible brokers leave it waiting.
+fn open_at_committed(
+    cfg: &KafkaConfig,
+    partitions: &[i32],
+    state: Arc<Mutex<Assignment>>,
+    quiet: QuietContext,
+) -> Result<GroupConsumer, QueueError> {
+    let (joined, _) = watch::channel(true);
+    let consumer = group_consumer(cfg, state, joined, quiet)?;
+    let mut ask = TopicPartitionList::with_capacity(partitions.len());
+    for &p in partitions {
+        ask.add_partition(&cfg.topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(ask, cfg.connect_timeout)
+        .map_err(|e| cfg.error("committed offsets", e))?;
+    let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+    for &p in partitions {
+        let start = match committed.find_partition(&cfg.topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(at)) => {
+                let (_, end) = consumer
+                    .fetch_watermarks(&cfg.topic, p, cfg.connect_timeout)
+                    .map_err(|e| cfg.error("partition offsets", e))?;
+                if at > end {
+                    tracing::warn!(
+                        partition = p,
+                        committed = at,
+                        end,
+                        "committed offset is past the partition's end (the topic lost its \
+                         messages); reading from the beginning"
+                    );
+                    Offset::Beginning
+                } else {
+                    Offset::Offset(at)
+                }
+            }
+            _ => Offset::Stored,
+        };
+        tpl.add_partition_offset(&cfg.topic, p, start)
+            .map_err(|e| cfg.error("assign", e))?;
+    }
+    consumer.assign(&tpl).map_err(|e| cfg.error("assign", e))?;
+    Ok(consumer)
+}
+
+/// What is known of the topic since the broker was last lost. A broker that
+/// restarts without its data (tansu on memory storage, a wiped test cluster)
+/// comes back without the topic and, for some brokers, still acknowledges
+/// writes to it; after every loss of all broker connections the topic is looked
+/// up again, and created again when it is gone, before a publish counts as
+/// stored.
+#[derive(Default)]
+struct TopicGuard {
+    state: watch::Sender<TopicState>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct TopicState {
+    /// Losses of every broker connection so far.
+    lost: u64,
+    /// The topic was seen (or created) after this many losses.
+    confirmed: u64,
+}
+
+impl TopicGuard {
+    fn broker_lost(&self) {
+        self.state.send_modify(|s| s.lost += 1);
+    }
+
+    fn lost_since(&self, before: TopicState) -> bool {
+        self.state.borrow().lost != before.lost
+    }
+
+    /// Waits until the topic is confirmed since the last loss, at most until
+    /// `deadline`; returns the state then.
+    async fn ready(
+        &self,
+        cfg: &KafkaConfig,
+        deadline: tokio::time::Instant,
+    ) -> Result<TopicState, QueueError> {
+        let mut rx = self.state.subscribe();
+        let confirmed = tokio::time::timeout_at(deadline, rx.wait_for(|s| s.confirmed >= s.lost))
+            .await
+            .ok()
+            .and_then(|r| r.ok().map(|s| *s));
+        confirmed.ok_or_else(|| {
+            cfg.error(
+                "broker lost",
+                format!("topic {} not found again yet", cfg.topic),
+            )
+        })
+    }
+}
+
+/// Looks the topic up after each loss of the brokers and creates it again,
+/// with the partitions it had, if the broker came back without it. Ends with
+/// the queue.
+async fn keep_topic(
+    admin: Arc<AdminClient<QuietContext>>,
+    cfg: Arc<KafkaConfig>,
+    partitions: u32,
+    guard: Weak<TopicGuard>,
+    producer: Arc<std::sync::RwLock<Producer>>,
+) {
+    let Some(mut rx) = guard.upgrade().map(|g| g.state.subscribe()) else {
+        return;
+    };
+    loop {
+        let lost = match rx.wait_for(|s| s.confirmed < s.lost).await {
+            Ok(s) => s.lost,
+            Err(_) => return,
+        };
+        match topic_partitions(&admin, &cfg).await {
+            Ok(Some(_)) => {}
+            Ok(None) => match create_topic(&admin, &cfg, partitions as i32).await {
+                Ok(()) => {
+                    tracing::warn!(
+                        topic = %cfg.topic,
+                        partitions,
+                        "the Kafka broker came back without the topic (restarted without \
+                         its data?); created it again: messages it held are gone"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not create the topic again; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
+            Err(_) => {
+                // Still down: librdkafka reconnects; look again shortly.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let Some(guard) = guard.upgrade() else {
+            return;
+        };
+        // A new producer: the old one may hold the topic's old id, and
+        // librdkafka clients that see a topic come back under a new id (another
+        // process may have created it again) misbehave.
+        match new_producer(&cfg, &guard) {
+            Ok(p) => {
+                let old =
+                    std::mem::replace(&mut *producer.write().unwrap_or_else(|e| e.into_inner()), p);
+                // Dropping waits for its queue; not on the runtime.
+                let _ = std::thread::Builder::new()
+                    .name("kafka-close".into())
+                    .spawn(move || drop(old));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open a new kafka producer; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        }
+        guard
+            .state
+            .send_modify(|s| s.confirmed = s.confirmed.max(lost));
+    }
+}
+
+type Producer = FutureProducer<QuietContext>;
+
+fn new_producer(cfg: &KafkaConfig, topic: &Arc<TopicGuard>) -> Result<Producer, QueueError> {
+    client_config(cfg)
+        .set("message.timeout.ms", millis(cfg.publish_timeout))
+        // Each push waits for its own delivery report, so lingering for a batch
+        // only adds latency; concurrent pushes still share a request.
+        .set("linger.ms", "0")
+        .create_with_context(QuietContext::watching(topic.clone()))
+        .map_err(|e| cfg.error("producer", e))
 }
 
 fn lock(state: &Mutex<Assignment>) -> MutexGuard<'_, Assignment> {
@@ -360,9 +648,18 @@ const COMPLAINT_EVERY: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct QuietContext {
     last: Mutex<HashMap<String, (Instant, u64)>>,
+    /// Told when every broker connection is lost.
+    topic: Option<Arc<TopicGuard>>,
 }
 
 impl QuietContext {
+    fn watching(topic: Arc<TopicGuard>) -> QuietContext {
+        QuietContext {
+            topic: Some(topic),
+            ..Default::default()
+        }
+    }
+
     /// Whether to log `kind` now, and how many of it were held back before.
     fn admit(&self, kind: &str) -> Option<u64> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
@@ -409,6 +706,11 @@ impl ClientContext for QuietContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if let (Some(topic), Some(RDKafkaErrorCode::AllBrokersDown)) =
+            (&self.topic, error.rdkafka_error_code())
+        {
+            topic.broker_lost();
+        }
         let kind = match error.rdkafka_error_code() {
             Some(code) => format!("{code:?}"),
             None => error.to_string(),
@@ -453,25 +755,62 @@ struct Received {
     payload: Bytes,
 }
 
-/// Polls the consumer until the [`KafkaConsumer`] is dropped, then leaves the group.
+/// Polls the consumer until the [`KafkaConsumer`] is dropped, then closes it
+/// (leaving the group). A directly assigned consumer (`reopen`) is reopened after
+/// the brokers were lost; `current` always names the client in use.
 async fn pump(
     consumer: Arc<GroupConsumer>,
     state: Arc<Mutex<Assignment>>,
     tx: mpsc::Sender<Result<Received, QueueError>>,
-    manual: bool,
+    reopen: Option<Reopen>,
+    current: Arc<Mutex<Weak<GroupConsumer>>>,
 ) {
     // Closes the consumer off the runtime however this task ends (also when the
     // runtime drops it at shutdown).
-    let consumer = Closing {
+    let mut consumer = Closing {
         consumer: Some(consumer),
-        manual,
+        manual: reopen.is_some(),
     };
-    let Some(kafka) = consumer.consumer.as_ref() else {
-        return;
-    };
+    let mut lost = reopen.as_ref().map(|r| {
+        let rx = r.topic.state.subscribe();
+        let seen = rx.borrow().lost;
+        (rx, seen)
+    });
     loop {
+        let Some(kafka) = consumer.consumer.clone() else {
+            return;
+        };
+        let broker_lost = async {
+            match lost.as_mut() {
+                Some((rx, seen)) => {
+                    let now = rx.wait_for(|s| s.lost > *seen).await.map(|s| s.lost);
+                    match now {
+                        Ok(n) => *seen = n,
+                        Err(_) => std::future::pending().await,
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
         let item = tokio::select! {
             _ = tx.closed() => break,
+            _ = broker_lost => {
+                let (Some(r), Some(old)) = (&reopen, consumer.consumer.take()) else {
+                    return;
+                };
+                drop(kafka);
+                match r.reopen(old, &state, &tx).await {
+                    Some((new, covered)) => {
+                        if let Some((_, seen)) = lost.as_mut() {
+                            *seen = (*seen).max(covered);
+                        }
+                        *current.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&new);
+                        consumer.consumer = Some(new);
+                        continue;
+                    }
+                    None => return,
+                }
+            }
             m = kafka.recv() => match m {
                 Ok(m) => {
                     let (partition, offset) = (m.partition(), m.offset());
@@ -497,6 +836,7 @@ async fn pump(
                 }
             },
         };
+        drop(kafka);
         if tx.send(item).await.is_err() {
             break;
         }
@@ -546,7 +886,8 @@ fn release_with(consumer: Arc<GroupConsumer>, manual: bool) {
 struct KafkaConsumer {
     rx: mpsc::Receiver<Result<Received, QueueError>>,
     state: Arc<Mutex<Assignment>>,
-    kafka: Weak<GroupConsumer>,
+    /// The client in use (replaced when the consumer is reopened).
+    kafka: Arc<Mutex<Weak<GroupConsumer>>>,
     topic: String,
 }
 
@@ -568,7 +909,7 @@ impl Consumer for KafkaConsumer {
                 r.payload,
                 Box::new(KafkaAck {
                     state: self.state.clone(),
-                    kafka: self.kafka.clone(),
+                    kafka: self.kafka.lock().unwrap_or_else(|e| e.into_inner()).clone(),
                     topic: self.topic.clone(),
                     partition: r.partition,
                     offset: r.offset,

@@ -250,6 +250,12 @@ fn find_tansu() -> Option<PathBuf> {
 
 /// A private Kafka-compatible broker (`tansu`, in-memory storage) on a free port.
 pub fn kafka() -> Engine {
+    kafka_on(free_port())
+}
+
+/// [`kafka`] on `port` (a broker restarted on its port comes back empty: the
+/// storage is in memory).
+pub fn kafka_on(port: u16) -> Engine {
     let bin = find_tansu().unwrap_or_else(|| {
         panic!(
             "tansu is not installed; this test needs a real Kafka-compatible broker. \
@@ -257,7 +263,6 @@ pub fn kafka() -> Engine {
              `cargo install tansu --locked --features dynostore`."
         )
     });
-    let port = free_port();
     let dir = scratch("kafka", port);
     let url = format!("tcp://127.0.0.1:{port}");
     let mut child = Command::new(bin)

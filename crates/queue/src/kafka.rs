@@ -269,7 +269,7 @@ impl Queue for KafkaQueue {
         consumer
             .subscribe(&[&cfg.topic])
             .map_err(|e| cfg.error("subscribe", e))?;
-        let opened = start(consumer, state, &cfg.topic);
+        let opened = start(Arc::new(consumer), state, &cfg.topic, None);
         // Wait for the first assignment (possibly empty), so the caller holds a
         // member of the group and not one still joining. Dropping `opened` on
         // failure ends the background task.
@@ -303,21 +303,12 @@ impl Queue for KafkaQueue {
         };
         let consumer = reopen.open(&state).await?;
         tracing::info!(partitions = ?partitions, "kafka partitions assigned by herald");
-        let kafka = Arc::new(Mutex::new(Arc::downgrade(&consumer)));
-        let (tx, rx) = mpsc::channel(PREFETCH);
-        tokio::spawn(pump(
+        Ok(Box::new(start(
             consumer,
-            state.clone(),
-            tx,
-            Some(reopen),
-            kafka.clone(),
-        ));
-        Ok(Box::new(KafkaConsumer {
-            rx,
             state,
-            kafka,
-            topic: self.cfg.topic.clone(),
-        }))
+            &self.cfg.topic,
+            Some(reopen),
+        )))
     }
 
     fn backend(&self) -> &'static str {
@@ -351,12 +342,17 @@ fn group_consumer(
         .map_err(|e| cfg.error("consumer", e))
 }
 
-/// Starts polling a group member in the background and returns the handle job uses.
-fn start(consumer: GroupConsumer, state: Arc<Mutex<Assignment>>, topic: &str) -> KafkaConsumer {
-    let consumer = Arc::new(consumer);
+/// Starts polling `consumer` in the background and returns the handle job uses;
+/// `reopen` for a directly assigned consumer.
+fn start(
+    consumer: Arc<GroupConsumer>,
+    state: Arc<Mutex<Assignment>>,
+    topic: &str,
+    reopen: Option<Reopen>,
+) -> KafkaConsumer {
     let (tx, rx) = mpsc::channel(PREFETCH);
     let kafka = Arc::new(Mutex::new(Arc::downgrade(&consumer)));
-    tokio::spawn(pump(consumer, state.clone(), tx, None, kafka.clone()));
+    tokio::spawn(pump(consumer, state.clone(), tx, reopen, kafka.clone()));
     KafkaConsumer {
         rx,
         state,
@@ -523,6 +519,10 @@ impl TopicGuard {
         cfg: &KafkaConfig,
         deadline: tokio::time::Instant,
     ) -> Result<TopicState, QueueError> {
+        let now = *self.state.borrow();
+        if now.confirmed >= now.lost {
+            return Ok(now);
+        }
         let mut rx = self.state.subscribe();
         let confirmed = tokio::time::timeout_at(deadline, rx.wait_for(|s| s.confirmed >= s.lost))
             .await
@@ -555,54 +555,53 @@ async fn keep_topic(
             Ok(s) => s.lost,
             Err(_) => return,
         };
-        match topic_partitions(&admin, &cfg).await {
-            Ok(Some(_)) => {}
-            Ok(None) => match create_topic(&admin, &cfg, partitions as i32).await {
-                Ok(()) => {
-                    tracing::warn!(
-                        topic = %cfg.topic,
-                        partitions,
-                        "the Kafka broker came back without the topic (restarted without \
-                         its data?); created it again: messages it held are gone"
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not create the topic again; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            },
-            Err(_) => {
-                // Still down: librdkafka reconnects; look again shortly.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
         let Some(guard) = guard.upgrade() else {
             return;
         };
-        // A new producer: the old one may hold the topic's old id, and
-        // librdkafka clients that see a topic come back under a new id (another
-        // process may have created it again) misbehave.
-        match new_producer(&cfg, &guard) {
-            Ok(p) => {
-                let old =
-                    std::mem::replace(&mut *producer.write().unwrap_or_else(|e| e.into_inner()), p);
-                // Dropping waits for its queue; not on the runtime.
-                let _ = std::thread::Builder::new()
-                    .name("kafka-close".into())
-                    .spawn(move || drop(old));
-            }
+        match restore_topic(&admin, &cfg, partitions, &guard, &producer).await {
+            Ok(()) => guard
+                .state
+                .send_modify(|s| s.confirmed = s.confirmed.max(lost)),
+            // Still down (librdkafka reconnects by itself), or the topic or the
+            // producer could not be made: look again shortly.
             Err(e) => {
-                tracing::warn!(error = %e, "cannot open a new kafka producer; retrying");
+                tracing::debug!(error = %e, "kafka topic not confirmed yet");
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
             }
         }
-        guard
-            .state
-            .send_modify(|s| s.confirmed = s.confirmed.max(lost));
     }
+}
+
+/// After a loss of the brokers: the topic exists (created again if it was
+/// gone) and a new producer is in use. The old producer may hold the topic's old
+/// id, and librdkafka clients that see a topic come back under a new id (another
+/// process may have created it again) misbehave.
+async fn restore_topic(
+    admin: &Arc<AdminClient<QuietContext>>,
+    cfg: &Arc<KafkaConfig>,
+    partitions: u32,
+    guard: &Arc<TopicGuard>,
+    producer: &std::sync::RwLock<Producer>,
+) -> Result<(), QueueError> {
+    if topic_partitions(admin, cfg).await?.is_none() {
+        create_topic(admin, cfg, partitions as i32)
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "could not create the topic again"))?;
+        tracing::warn!(
+            topic = %cfg.topic,
+            partitions,
+            "the Kafka broker came back without the topic (restarted without its data?); \
+             created it again: messages it held are gone"
+        );
+    }
+    let new = new_producer(cfg, guard)
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot open a new kafka producer"))?;
+    let old = std::mem::replace(
+        &mut *producer.write().unwrap_or_else(|e| e.into_inner()),
+        new,
+    );
+    close_off_runtime(move || drop(old));
+    Ok(())
 }
 
 type Producer = FutureProducer<QuietContext>;
@@ -870,16 +869,22 @@ fn release_with(consumer: Arc<GroupConsumer>, manual: bool) {
     if Arc::strong_count(&consumer) > 1 {
         return;
     }
+    close_off_runtime(move || {
+        if manual {
+            let _ = consumer.unassign();
+        }
+        drop(consumer);
+    });
+}
+
+/// Runs `close` (closing a librdkafka client, which waits for the broker) on a
+/// thread of its own, so neither the runtime nor its shutdown waits on it.
+fn close_off_runtime(close: impl FnOnce() + Send + 'static) {
     let spawned = std::thread::Builder::new()
         .name("kafka-close".into())
-        .spawn(move || {
-            if manual {
-                let _ = consumer.unassign();
-            }
-            drop(consumer);
-        });
+        .spawn(close);
     if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start a thread to close a kafka consumer");
+        tracing::warn!(error = %e, "cannot start a thread to close a kafka client");
     }
 }
 

@@ -277,6 +277,7 @@ pub(crate) fn serve(
             room_id,
             accepts,
             heartbeat,
+            grant: _,
         } = reply;
         let hb = match heartbeat {
             n if n > 0 => Duration::from_nanos(n as u64),
@@ -544,6 +545,8 @@ async fn handshake(ctx: &ConnContext, conn: &mut Conn) -> Result<Authenticated, 
                         server: ctx.server_id.clone(),
                         cookie: cookie.clone(),
                         token: f.body.clone(),
+                        client_addr: conn.peer.to_string(),
+                        headers: Default::default(),
                     };
                     let reply =
                         match tokio::time::timeout(ctx.cfg.logic_timeout, ctx.logic.connect(req))
@@ -655,6 +658,9 @@ mod tests {
     #[async_trait::async_trait]
     impl LogicService for NoLogic {
         async fn connect(&self, _: ConnectReq) -> herald_rpc::RpcResult<ConnectReply> {
+            Err(herald_rpc::RpcError::invalid("test"))
+        }
+        async fn refresh(&self, _: ConnectReq) -> herald_rpc::RpcResult<ConnectReply> {
             Err(herald_rpc::RpcError::invalid("test"))
         }
         async fn disconnect(

@@ -358,6 +358,12 @@ pub struct Config {
     pub log: LogConfig,
     /// Shutdown.
     pub shutdown: ShutdownConfig,
+    /// Connect authentication (`trust`, `jwt`, `webhook`).
+    pub auth: herald_logic::auth::AuthConfig,
+    /// The certificate of the public TLS listeners (WSS, TLS over TCP, HTTPS API).
+    pub tls: herald_tls::ServerTls,
+    /// Limits on client connections and on the HTTP API.
+    pub limits: herald_limits::LimitsConfig,
 }
 
 impl Config {

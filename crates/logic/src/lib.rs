@@ -16,9 +16,9 @@ use herald_discovery::{Instance, Instances, Registry, COMET_APPID};
 use herald_proto::AuthToken;
 use herald_queue::{Queue, QueueError};
 use herald_rpc::{
-    Backoff, ConnectReply, ConnectReq, DisconnectReply, DisconnectReq, HeartbeatReq, LogicService,
-    NodesReply, NodesReq, OnlineReply, OnlineReq, PushMsg, PushType, ReceiveReq, RpcError,
-    RpcResult,
+    Backoff, ConnectReply, ConnectReq, DisconnectReply, DisconnectReq, Grant, HeartbeatReq,
+    LogicService, NodesReply, NodesReq, OnlineReply, OnlineReq, PushMsg, PushType, ReceiveReq,
+    RpcError, RpcResult,
 };
 use herald_store::{OnlineStore, ServerOnline, SessionStore, StoreError};
 use metrics::{counter, Counter};
@@ -27,18 +27,40 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+pub mod auth;
 pub mod balancer;
 pub mod config;
 pub mod http;
 
 pub use config::{BackoffConfig, LogicConfig, NodeConfig};
 
-/// Decides who a connecting client is. The default trusts the auth JSON, as goim
-/// does; deployments that need real authentication supply their own.
+/// Who an authenticated client is and what it may do.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Identity {
+    /// Member id; 0 = anonymous.
+    pub mid: i64,
+    /// Connection key; empty = logic generates one.
+    pub key: String,
+    /// Room to join at once (`type://id`); empty = none.
+    pub room_id: String,
+    /// Ops accepted for key, mid and broadcast pushes from the start.
+    pub accepts: Vec<i32>,
+    /// What the connection may do later and until when; `None` = anything, for
+    /// ever (goim's behaviour, trust mode).
+    pub grant: Option<Grant>,
+}
+
+/// Decides who a connecting client is. [`TrustingAuthenticator`] is goim's
+/// behaviour; [`auth`] has the JWT and webhook modes.
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
-    /// Returns the identity for a connect request, or an error to refuse it.
-    async fn authenticate(&self, req: &ConnectReq) -> RpcResult<AuthToken>;
+    /// Returns the identity for a connect request, or an error (with kind
+    /// `Unauthenticated`, or `Unavailable` when the decision could not be made) to
+    /// refuse it. Never lets a client in on failure.
+    async fn authenticate(&self, req: &ConnectReq) -> RpcResult<Identity>;
+
+    /// The mode's name, for logs and metrics.
+    fn mode(&self) -> &'static str;
 }
 
 /// goim's behaviour: the auth body is the identity.
@@ -46,8 +68,19 @@ pub struct TrustingAuthenticator;
 
 #[async_trait]
 impl Authenticator for TrustingAuthenticator {
-    async fn authenticate(&self, req: &ConnectReq) -> RpcResult<AuthToken> {
-        AuthToken::parse(&req.token).map_err(|e| RpcError::invalid(e.to_string()))
+    async fn authenticate(&self, req: &ConnectReq) -> RpcResult<Identity> {
+        let t = AuthToken::parse(&req.token).map_err(|e| RpcError::invalid(e.to_string()))?;
+        Ok(Identity {
+            mid: t.mid,
+            key: t.key,
+            room_id: t.room_id,
+            accepts: t.accepts,
+            grant: None,
+        })
+    }
+
+    fn mode(&self) -> &'static str {
+        "trust"
     }
 }
 
@@ -82,6 +115,7 @@ struct PushMetrics {
     failures: Counter,
     unroutable: Counter,
     upstream: Counter,
+    auth_refused: Counter,
 }
 
 /// The logic tier.
@@ -142,6 +176,7 @@ impl Logic {
                 failures: counter!("herald_push_failures_total"),
                 unroutable: counter!("herald_push_unroutable_keys_total"),
                 upstream: counter!("herald_upstream_messages_total"),
+                auth_refused: counter!("herald_auth_refused_total"),
             },
         }))
     }
@@ -437,6 +472,31 @@ impl Logic {
         }
     }
 
+    /// Asks the authenticator who `req` is and builds the reply comet acts on.
+    async fn authenticate(&self, req: &ConnectReq) -> RpcResult<ConnectReply> {
+        let id = match self.auth.authenticate(req).await {
+            Ok(id) => id,
+            Err(e) => {
+                self.metrics.auth_refused.increment(1);
+                debug!(mode = self.auth.mode(), client = %req.client_addr, error = %e, "connect refused");
+                return Err(e);
+            }
+        };
+        let key = if id.key.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            id.key
+        };
+        Ok(ConnectReply {
+            mid: id.mid,
+            key,
+            room_id: id.room_id,
+            accepts: id.accepts,
+            heartbeat: self.heartbeat_deadline().as_nanos() as i64,
+            grant: id.grant,
+        })
+    }
+
     fn heartbeat_deadline(&self) -> Duration {
         self.cfg.node.heartbeat * self.cfg.node.heartbeat_max.max(1)
     }
@@ -450,24 +510,17 @@ pub fn room_key(typ: &str, room: &str) -> String {
 #[async_trait]
 impl LogicService for Logic {
     async fn connect(&self, req: ConnectReq) -> RpcResult<ConnectReply> {
-        let token = self.auth.authenticate(&req).await?;
-        let key = if token.key.is_empty() {
-            uuid::Uuid::new_v4().to_string()
-        } else {
-            token.key
-        };
+        let reply = self.authenticate(&req).await?;
         self.sessions
-            .add_route(token.mid, &key, &req.server)
+            .add_route(reply.mid, &reply.key, &req.server)
             .await
             .map_err(store_err)?;
-        debug!(mid = token.mid, %key, server = %req.server, "connected");
-        Ok(ConnectReply {
-            mid: token.mid,
-            key,
-            room_id: token.room_id,
-            accepts: token.accepts,
-            heartbeat: self.heartbeat_deadline().as_nanos() as i64,
-        })
+        debug!(mid = reply.mid, key = %reply.key, server = %req.server, "connected");
+        Ok(reply)
+    }
+
+    async fn refresh(&self, req: ConnectReq) -> RpcResult<ConnectReply> {
+        self.authenticate(&req).await
     }
 
     async fn disconnect(&self, req: DisconnectReq) -> RpcResult<DisconnectReply> {

@@ -9,7 +9,7 @@
 //!
 //! Every client call has a deadline (sent as `grpc-timeout` and enforced locally).
 //! Clients never retry on their own: [`LogicPool`] retries the idempotent calls
-//! (`Disconnect`, `Heartbeat`, `RenewOnline`, `Nodes`) on another logic when one is
+//! (`Disconnect`, `Heartbeat`, `RenewOnline`, `Nodes`, `Refresh`) on another logic when one is
 //! unreachable; `Connect` and `Receive` are tried once, and job's comet calls are
 //! tried once (a failure is counted and logged by job).
 
@@ -287,6 +287,10 @@ impl Logic for LogicGrpc {
     async fn nodes(&self, r: Request<NodesReq>) -> Result<Response<NodesReply>, Status> {
         Ok(Response::new(self.0.nodes(r.into_inner()).await?))
     }
+
+    async fn refresh(&self, r: Request<ConnectReq>) -> Result<Response<ConnectReply>, Status> {
+        Ok(Response::new(self.0.refresh(r.into_inner()).await?))
+    }
 }
 
 /// The tonic service for logic, ready for `tonic::transport::Server::add_service`.
@@ -373,6 +377,15 @@ impl LogicService for RemoteLogic {
         let mut c = self.client.clone();
         let r = c
             .nodes(request(req, self.deadline))
+            .await
+            .map_err(|s| status_error(&self.addr, s))?;
+        Ok(r.into_inner())
+    }
+
+    async fn refresh(&self, req: ConnectReq) -> RpcResult<ConnectReply> {
+        let mut c = self.client.clone();
+        let r = c
+            .refresh(request(req, self.deadline))
             .await
             .map_err(|s| status_error(&self.addr, s))?;
         Ok(r.into_inner())
@@ -506,6 +519,15 @@ impl LogicService for LogicPool {
         self.call(true, |c| {
             let req = req.clone();
             async move { c.nodes(req).await }
+        })
+        .await
+    }
+
+    async fn refresh(&self, req: ConnectReq) -> RpcResult<ConnectReply> {
+        // Writes nothing, so another logic may be tried.
+        self.call(true, |c| {
+            let req = req.clone();
+            async move { c.refresh(req).await }
         })
         .await
     }

@@ -18,8 +18,8 @@ pub mod protocol;
 
 pub use comet::{BroadcastReq, BroadcastRoomReq, CometService, PushMsgReq, RoomsReply};
 pub use logic::{
-    Backoff, ConnectReply, ConnectReq, DisconnectReply, DisconnectReq, HeartbeatReq, LogicService,
-    NodesReply, NodesReq, OnlineReply, OnlineReq, PushMsg, PushType, ReceiveReq,
+    Backoff, ConnectReply, ConnectReq, DisconnectReply, DisconnectReq, Grant, HeartbeatReq,
+    LogicService, NodesReply, NodesReq, OnlineReply, OnlineReq, PushMsg, PushType, ReceiveReq,
 };
 pub use protocol::Proto;
 

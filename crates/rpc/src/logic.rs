@@ -20,6 +20,59 @@ pub struct ConnectReq {
     /// The auth frame's body.
     #[prost(bytes = "bytes", tag = "3")]
     pub token: Bytes,
+    /// herald: the client's address (after trusted proxies), `ip:port`.
+    #[prost(string, tag = "16")]
+    pub client_addr: String,
+    /// herald: the WebSocket upgrade's headers (lower-case names; repeated headers
+    /// joined with `, `); empty for TCP clients.
+    #[prost(map = "string, string", tag = "17")]
+    pub headers: HashMap<String, String>,
+}
+
+/// `goim.logic.Grant` (herald): what a connection may do beyond its identity.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Grant {
+    /// Rooms it may join or change to: exact room keys, or prefixes ending in `*`.
+    #[prost(string, repeated, tag = "1")]
+    pub rooms: Vec<String>,
+    /// No room restriction (`rooms` is ignored).
+    #[prost(bool, tag = "2")]
+    pub any_room: bool,
+    /// Ops it may add to its accept filter.
+    #[prost(int32, repeated, tag = "3")]
+    pub ops: Vec<i32>,
+    /// No op restriction (`ops` is ignored).
+    #[prost(bool, tag = "4")]
+    pub any_op: bool,
+    /// Unix time (seconds) its credentials expire; 0 = never.
+    #[prost(int64, tag = "5")]
+    pub expires_at: i64,
+}
+
+impl Grant {
+    /// Anything, for ever (goim's behaviour).
+    pub fn unrestricted() -> Grant {
+        Grant {
+            any_room: true,
+            any_op: true,
+            ..Default::default()
+        }
+    }
+
+    /// Whether the connection may be in `room` (an empty room, leaving, always).
+    pub fn allows_room(&self, room: &str) -> bool {
+        room.is_empty()
+            || self.any_room
+            || self.rooms.iter().any(|r| match r.strip_suffix('*') {
+                Some(prefix) => room.starts_with(prefix),
+                None => r == room,
+            })
+    }
+
+    /// Whether the connection may accept pushes with `op`.
+    pub fn allows_op(&self, op: i32) -> bool {
+        self.any_op || self.ops.contains(&op)
+    }
 }
 
 /// `goim.logic.ConnectReply`: who the client is and how to hold the connection.
@@ -40,6 +93,9 @@ pub struct ConnectReply {
     /// Heartbeat deadline in nanoseconds.
     #[prost(int64, tag = "5")]
     pub heartbeat: i64,
+    /// herald: the connection's rights; absent = anything, for ever (goim).
+    #[prost(message, optional, tag = "16")]
+    pub grant: Option<Grant>,
 }
 
 /// `goim.logic.DisconnectReq`.
@@ -238,6 +294,9 @@ pub trait LogicService: Send + Sync + 'static {
     async fn receive(&self, req: ReceiveReq) -> RpcResult<()>;
     /// Picks comets for a client.
     async fn nodes(&self, req: NodesReq) -> RpcResult<NodesReply>;
+    /// Checks fresh credentials of an authenticated connection (token refresh) and
+    /// returns who they name and what they grant; writes no route.
+    async fn refresh(&self, req: ConnectReq) -> RpcResult<ConnectReply>;
 }
 
 #[cfg(test)]

@@ -43,6 +43,21 @@ impl LogicService for Recorder {
             room_id: "live://7".into(),
             accepts: vec![1000, 1001],
             heartbeat: 480_000_000_000,
+            grant: None,
+        })
+    }
+    async fn refresh(&self, req: ConnectReq) -> RpcResult<ConnectReply> {
+        self.log(format!("refresh {} {}", req.server, req.client_addr));
+        Ok(ConnectReply {
+            mid: 42,
+            key: "k1".into(),
+            grant: Some(herald_rpc::Grant {
+                rooms: vec!["live://*".into()],
+                ops: vec![1000],
+                expires_at: 1_900_000_000,
+                ..Default::default()
+            }),
+            ..Default::default()
         })
     }
     async fn disconnect(&self, req: DisconnectReq) -> RpcResult<DisconnectReply> {
@@ -151,6 +166,7 @@ async fn logic_calls_carry_every_field() {
             server: "comet-1:3109".into(),
             cookie: "c=1".into(),
             token: Bytes::from_static(br#"{"mid":42}"#),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -190,6 +206,20 @@ async fn logic_calls_carry_every_field() {
     let nodes = c.nodes(NodesReq::default()).await.unwrap();
     assert_eq!(nodes.nodes, vec!["10.0.0.1"]);
     assert_eq!(nodes.heartbeat, 240);
+    // herald's additions travel too: the client address and headers out, the grant back.
+    let refreshed = c
+        .refresh(ConnectReq {
+            server: "comet-1:3109".into(),
+            client_addr: "203.0.113.7:5000".into(),
+            headers: HashMap::from([("user-agent".into(), "t".into())]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let grant = refreshed.grant.expect("grant");
+    assert_eq!(grant.rooms, ["live://*"]);
+    assert_eq!((grant.ops, grant.expires_at), (vec![1000], 1_900_000_000));
+    assert!(!grant.any_room && !grant.any_op);
     assert_eq!(
         rec.calls(),
         [
@@ -197,6 +227,7 @@ async fn logic_calls_carry_every_field() {
             "disconnect 42 k1 comet-1:3109",
             "online comet-1:3109",
             "receive 42 Some(b\"up\")",
+            "refresh comet-1:3109 203.0.113.7:5000",
         ]
     );
 }

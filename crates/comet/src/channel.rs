@@ -1,5 +1,6 @@
-//! One authenticated connection as the rest of comet sees it: identity, accept
-//! filter, room slot and the bounded outbound queue that its connection task drains.
+//! One authenticated connection as the rest of comet sees it: identity, grant,
+//! accept filter, room slot and the bounded outbound queue that its connection task
+//! drains.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -9,6 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use herald_proto::Frame;
+use herald_rpc::Grant;
+
+use crate::sink::Pending;
 
 /// Something waiting to be written to a client.
 #[derive(Debug, Clone)]
@@ -25,14 +29,46 @@ pub enum Outbound {
     Frame(Frame),
     /// A WebSocket pong carrying the ping's payload.
     Pong(Bytes),
-    /// Bytes already encoded for this connection (the unwritten rest of a write),
-    /// carrying `frames` push frames.
-    Encoded {
-        /// The bytes.
-        bytes: Bytes,
+    /// The unwritten rest of a write, already encoded for this connection: slices
+    /// of the offered buffers, carrying `frames` push frames.
+    Unwritten {
+        /// The bytes, in order.
+        parts: VecDeque<Bytes>,
         /// Push frames they complete.
         frames: u64,
     },
+    /// Sealed bytes wait in the TLS session: flush them before anything else.
+    Flush {
+        /// Push frames they complete.
+        frames: u64,
+    },
+}
+
+impl Outbound {
+    /// Bytes this item holds for the connection (what the outbound byte limit
+    /// counts; a shared buffer counts fully, as the connection keeps it alive).
+    pub fn len(&self) -> usize {
+        match self {
+            Outbound::Raw { body, .. } => body.len(),
+            Outbound::Frame(f) => f.encoded_len(),
+            Outbound::Pong(p) => p.len(),
+            Outbound::Unwritten { parts, .. } => parts.iter().map(Bytes::len).sum(),
+            Outbound::Flush { .. } => 0,
+        }
+    }
+
+    /// Whether the item holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The queue item for what a write left.
+    fn pending(rest: Pending, frames: u64) -> Outbound {
+        match rest {
+            Pending::Parts(parts) => Outbound::Unwritten { parts, frames },
+            Pending::Sealed => Outbound::Flush { frames },
+        }
+    }
 }
 
 /// Result of offering a push to a connection.
@@ -48,15 +84,110 @@ pub enum Offer {
     Closed,
 }
 
+/// Why the server closes a connection, as told to a WebSocket client in its close
+/// frame (TCP clients see the connection end). One byte, so every channel can
+/// carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Another connection authenticated with the same key.
+    Replaced,
+    /// The slow-consumer policy closed it.
+    SlowConsumer,
+    /// The server is draining: reconnect, probably elsewhere.
+    Restart,
+    /// More frames per second than allowed.
+    FrameRate,
+    /// More room changes per minute than allowed.
+    RoomChangeRate,
+    /// The accept filter would exceed its bound.
+    AcceptLimit,
+    /// A malformed frame or message.
+    MalformedFrame,
+    /// The credentials expired without a refresh.
+    CredentialsExpired,
+    /// logic refused the credentials.
+    AuthRefused,
+    /// The credentials could not be checked (logic or its backend unavailable).
+    AuthUnavailable,
+}
+
+impl CloseReason {
+    /// The WebSocket close code (`herald_proto::ws::close`).
+    pub fn code(self) -> u16 {
+        use herald_proto::ws::close;
+        match self {
+            CloseReason::Replaced => close::REPLACED,
+            CloseReason::SlowConsumer => close::TRY_AGAIN_LATER,
+            CloseReason::Restart => close::SERVICE_RESTART,
+            CloseReason::FrameRate
+            | CloseReason::RoomChangeRate
+            | CloseReason::AcceptLimit
+            | CloseReason::AuthRefused => close::POLICY_VIOLATION,
+            CloseReason::MalformedFrame => close::PROTOCOL_ERROR,
+            CloseReason::CredentialsExpired => close::TOKEN_EXPIRED,
+            CloseReason::AuthUnavailable => close::TRY_AGAIN_LATER,
+        }
+    }
+
+    /// The close frame's text.
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::Replaced => "replaced by a newer connection with the same key",
+            CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::Restart => "server restarting; reconnect",
+            CloseReason::FrameRate => "frame rate exceeded",
+            CloseReason::RoomChangeRate => "room change rate exceeded",
+            CloseReason::AcceptLimit => "accept filter limit exceeded",
+            CloseReason::MalformedFrame => "malformed frame",
+            CloseReason::CredentialsExpired => "credentials expired",
+            CloseReason::AuthRefused => "auth refused",
+            CloseReason::AuthUnavailable => "auth unavailable; retry later",
+        }
+    }
+}
+
 struct OutboxState {
     /// Items in arrival order.
     queue: VecDeque<Outbound>,
     /// Set once the connection must close; the task exits at its next wake-up.
     closed: bool,
+    /// What to tell the client when closing (none: just end the connection).
+    close_reason: Option<CloseReason>,
     /// The connection task is writing what it drained; nobody else may write.
     writing: bool,
     /// Pushes in `queue` (replies are not counted against the capacity).
     pushes: usize,
+    /// Bytes of the pushes in `queue`.
+    bytes: usize,
+}
+
+/// How much one connection's outbox may hold (the same for every connection of a
+/// comet, so kept by the hub rather than by each channel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxLimits {
+    /// Pushes queued.
+    pub pushes: usize,
+    /// Bytes of the pushes queued.
+    pub bytes: usize,
+}
+
+impl OutboxLimits {
+    /// `pushes` pushes and no byte bound.
+    pub fn pushes(pushes: usize) -> OutboxLimits {
+        OutboxLimits {
+            pushes: pushes.max(1),
+            bytes: usize::MAX,
+        }
+    }
+}
+
+/// The accept filter and the grant it is checked against, under one lock.
+#[derive(Debug)]
+struct Filter {
+    /// Ops accepted for key, mid and broadcast pushes (sorted).
+    accepts: Vec<i32>,
+    /// What the client may do; `None`: anything (goim's behaviour).
+    grant: Option<Arc<Grant>>,
 }
 
 /// An authenticated connection.
@@ -67,10 +198,10 @@ pub struct Channel {
     pub key: Arc<str>,
     /// Member id; 0 when anonymous.
     pub mid: i64,
-    /// Peer address, for the distinct-IP count.
+    /// Client address (after trusted proxies), for the distinct-IP count.
     pub ip: IpAddr,
-    /// Ops accepted for key, mid and broadcast pushes (small, sorted).
-    accepts: Mutex<Vec<i32>>,
+    /// Accept filter and grant (replaced by a credential refresh).
+    filter: Mutex<Filter>,
     /// Current room and this channel's index in that room's member list; guarded
     /// in practice by the bucket lock, kept here so leaving a room is O(1).
     room: Mutex<Option<Arc<str>>>,
@@ -79,6 +210,9 @@ pub struct Channel {
     outbox: Mutex<OutboxState>,
     /// Heartbeat deadline, milliseconds on the hub's clock; checked by the sweeper.
     deadline_ms: AtomicU64,
+    /// When the credentials expire, milliseconds on the hub's clock (`u64::MAX`:
+    /// never); checked by the sweeper.
+    expires_ms: AtomicU64,
     /// Set when the sweeper closed the connection for a missed heartbeat.
     timed_out: AtomicBool,
     /// Set when the outbox changed or the connection must close; cleared by the
@@ -89,66 +223,120 @@ pub struct Channel {
     waker: AtomicWaker,
     /// The socket, for writing pushes directly when the connection is idle.
     sink: Option<crate::sink::Sink>,
-    /// Outbox capacity.
-    capacity: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Why an op-14 subscription was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchError {
+    /// The accept filter would exceed its bound.
+    TooMany,
+}
+
 impl Channel {
-    /// A channel with an empty outbox of `capacity` items.
+    /// A channel with an empty outbox, accepting at most `max_accepts` of the given
+    /// ops (the smallest).
     pub fn new(
         id: u64,
         key: Arc<str>,
         mid: i64,
         ip: IpAddr,
         accepts: Vec<i32>,
-        capacity: usize,
+        max_accepts: usize,
     ) -> Channel {
         let mut accepts = accepts;
         accepts.sort_unstable();
         accepts.dedup();
+        accepts.truncate(max_accepts);
         Channel {
             id,
             key,
             mid,
             ip,
-            accepts: Mutex::new(accepts),
+            filter: Mutex::new(Filter {
+                accepts,
+                grant: None,
+            }),
             room: Mutex::new(None),
             room_slot: AtomicUsize::new(usize::MAX),
             outbox: Mutex::new(OutboxState {
                 queue: VecDeque::new(),
                 closed: false,
+                close_reason: None,
                 writing: false,
                 pushes: 0,
+                bytes: 0,
             }),
             sink: None,
             deadline_ms: AtomicU64::new(u64::MAX),
+            expires_ms: AtomicU64::new(u64::MAX),
             timed_out: AtomicBool::new(false),
             signalled: AtomicBool::new(false),
             waker: AtomicWaker::new(),
-            capacity: capacity.max(1),
         }
+    }
+
+    /// Sets what the connection may do (`None`: anything).
+    pub fn set_grant(&self, grant: Option<Grant>) {
+        lock(&self.filter).grant = grant.map(Arc::new);
+    }
+
+    /// The grant in force (`None`: anything).
+    pub fn grant(&self) -> Option<Arc<Grant>> {
+        lock(&self.filter).grant.clone()
+    }
+
+    /// Whether the grant lets this connection be in `room`.
+    pub fn may_join(&self, room: &str) -> bool {
+        lock(&self.filter)
+            .grant
+            .as_ref()
+            .is_none_or(|g| g.allows_room(room))
     }
 
     /// Whether key, mid and broadcast pushes with `op` reach this connection.
     pub fn accepts(&self, op: i32) -> bool {
-        lock(&self.accepts).binary_search(&op).is_ok()
+        lock(&self.filter).accepts.binary_search(&op).is_ok()
     }
 
-    /// Adds ops to the accept filter.
-    pub fn watch(&self, ops: &[i32]) {
-        let mut a = lock(&self.accepts);
-        a.extend_from_slice(ops);
-        a.sort_unstable();
-        a.dedup();
+    /// Adds the ops the grant allows to the accept filter; returns them (sorted).
+    /// Refuses, changing nothing, when the filter would hold more than `max` ops.
+    pub fn watch(&self, ops: &[i32], max: usize) -> Result<Vec<i32>, WatchError> {
+        let mut add = ops.to_vec();
+        add.sort_unstable();
+        add.dedup();
+        let mut f = lock(&self.filter);
+        if let Some(g) = &f.grant {
+            add.retain(|op| g.allows_op(*op));
+        }
+        let new = add
+            .iter()
+            .filter(|op| f.accepts.binary_search(op).is_err())
+            .count();
+        if f.accepts.len() + new > max {
+            return Err(WatchError::TooMany);
+        }
+        f.accepts.extend_from_slice(&add);
+        f.accepts.sort_unstable();
+        f.accepts.dedup();
+        Ok(add)
     }
 
-    /// Removes ops from the accept filter.
+    /// Removes ops from the accept filter (O(n log m)).
     pub fn unwatch(&self, ops: &[i32]) {
-        lock(&self.accepts).retain(|o| !ops.contains(o));
+        let mut remove = ops.to_vec();
+        remove.sort_unstable();
+        lock(&self.filter)
+            .accepts
+            .retain(|o| remove.binary_search(o).is_err());
+    }
+
+    /// Ops in the accept filter.
+    pub fn accept_count(&self) -> usize {
+        lock(&self.filter).accepts.len()
     }
 
     /// The current room key.
@@ -176,8 +364,10 @@ impl Channel {
 
     /// Offers an item; never blocks. When nothing is queued and no write is in
     /// progress, the item is written to the socket right here (the common case);
-    /// otherwise it is queued for the connection task, in order.
-    pub fn offer(&self, item: Outbound) -> Offer {
+    /// otherwise it is queued for the connection task, in order. A push that would
+    /// take the queue past `limits` (pushes or bytes) is refused, except into an
+    /// empty queue (a single push larger than the byte bound still goes out).
+    pub fn offer(&self, item: Outbound, limits: OutboxLimits) -> Offer {
         let mut st = lock(&self.outbox);
         if st.closed {
             return Offer::Closed;
@@ -188,10 +378,9 @@ impl Channel {
                     None => return Offer::Written(w.frames),
                     Some(rest) => {
                         // The socket is full: the task finishes this write.
-                        st.queue.push_back(Outbound::Encoded {
-                            bytes: rest,
-                            frames: w.frames,
-                        });
+                        let item = Outbound::pending(rest, w.frames);
+                        st.bytes += item.len();
+                        st.queue.push_back(item);
                         st.pushes += 1;
                     }
                 },
@@ -207,11 +396,13 @@ impl Channel {
             self.signal();
             return Offer::Queued;
         }
-        if st.pushes >= self.capacity {
+        let len = item.len();
+        if st.pushes >= limits.pushes || (st.pushes > 0 && st.bytes + len > limits.bytes) {
             return Offer::Full;
         }
         st.queue.push_back(item);
         st.pushes += 1;
+        st.bytes += len;
         drop(st);
         self.signal();
         Offer::Queued
@@ -228,7 +419,8 @@ impl Channel {
     }
 
     /// Queues a reply regardless of the capacity (replies are bounded by the
-    /// client's own requests, which are read one batch at a time).
+    /// client's own requests, which are read one batch at a time and rate limited).
+    /// Only the connection task replies, and it drains right after, so no wake-up.
     pub(crate) fn reply(&self, item: Outbound) {
         let mut st = lock(&self.outbox);
         if !st.closed {
@@ -250,17 +442,45 @@ impl Channel {
             st.writing = true;
         }
         st.pushes = 0;
+        st.bytes = 0;
         st.closed
     }
 
     /// Asks the connection to close (replaced by a newer one, slow consumer,
-    /// shutdown). Idempotent.
+    /// shutdown) without telling the client why. Idempotent.
     pub fn close(&self) {
+        self.close_as(None);
+    }
+
+    /// Asks the connection to close and tells a WebSocket client `reason` in its
+    /// close frame. The first reason given wins.
+    pub fn close_with(&self, reason: CloseReason) {
+        self.close_as(Some(reason));
+    }
+
+    fn close_as(&self, reason: Option<CloseReason>) {
         let mut st = lock(&self.outbox);
+        // After a write the socket took only partly, the stream is inside a
+        // frame: a close frame would corrupt it, so the client just sees the end.
+        let torn = matches!(st.queue.front(), Some(Outbound::Unwritten { .. }));
+        if !st.closed && !torn {
+            st.close_reason = reason;
+        }
         st.closed = true;
         st.queue.clear();
         st.pushes = 0;
+        st.bytes = 0;
         drop(st);
+        self.signal();
+    }
+
+    /// What to tell the client on closing.
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        lock(&self.outbox).close_reason
+    }
+
+    /// Wakes the connection task so it looks at the outbox again.
+    pub(crate) fn wake(&self) {
         self.signal();
     }
 
@@ -281,14 +501,27 @@ impl Channel {
         self.deadline_ms.store(at_ms, Ordering::Relaxed);
     }
 
-    /// Closes the connection if its deadline passed; returns whether it did.
-    pub(crate) fn expire(&self, now_ms: u64) -> bool {
-        if self.deadline_ms.load(Ordering::Relaxed) > now_ms || self.is_closed() {
-            return false;
+    /// Sets when the credentials expire (hub clock, ms; `u64::MAX` = never).
+    pub fn set_expiry(&self, at_ms: u64) {
+        self.expires_ms.store(at_ms, Ordering::Relaxed);
+    }
+
+    /// Closes the connection if its heartbeat deadline or its credentials' expiry
+    /// passed; returns which, if any.
+    pub(crate) fn expire(&self, now_ms: u64) -> Option<Expired> {
+        if self.is_closed() {
+            return None;
         }
-        self.timed_out.store(true, Ordering::Relaxed);
-        self.close();
-        true
+        if self.expires_ms.load(Ordering::Relaxed) <= now_ms {
+            self.close_with(CloseReason::CredentialsExpired);
+            return Some(Expired::Credentials);
+        }
+        if self.deadline_ms.load(Ordering::Relaxed) <= now_ms {
+            self.timed_out.store(true, Ordering::Relaxed);
+            self.close();
+            return Some(Expired::Heartbeat);
+        }
+        None
     }
 
     /// Whether the connection was closed for a missed heartbeat.
@@ -300,6 +533,15 @@ impl Channel {
     pub fn is_closed(&self) -> bool {
         lock(&self.outbox).closed
     }
+}
+
+/// Why the sweeper closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expired {
+    /// No heartbeat within the deadline.
+    Heartbeat,
+    /// The credentials expired without a refresh.
+    Credentials,
 }
 
 impl std::fmt::Debug for Channel {
@@ -316,53 +558,166 @@ impl std::fmt::Debug for Channel {
 mod tests {
     use super::*;
 
-    fn ch(cap: usize) -> Channel {
+    const MAX: usize = 1024;
+
+    fn ch() -> Channel {
         Channel::new(
             1,
             "k".into(),
             1,
             IpAddr::from([127, 0, 0, 1]),
             vec![1001, 1000, 1000],
-            cap,
+            MAX,
         )
+    }
+
+    fn raw(n: usize) -> Outbound {
+        Outbound::Raw {
+            body: Bytes::from(vec![0u8; n]),
+            frames: 1,
+        }
     }
 
     #[test]
     fn accept_filter() {
-        let c = ch(4);
+        let c = ch();
         assert!(c.accepts(1000) && c.accepts(1001) && !c.accepts(5));
-        c.watch(&[5, 6]);
+        assert_eq!(c.watch(&[6, 5, 5], MAX), Ok(vec![5, 6]));
         assert!(c.accepts(5));
         c.unwatch(&[1000, 6]);
         assert!(!c.accepts(1000) && !c.accepts(6) && c.accepts(1001));
     }
 
     #[test]
+    fn accept_filter_is_bounded_and_follows_the_grant() {
+        let c = Channel::new(
+            1,
+            "k".into(),
+            1,
+            IpAddr::from([127, 0, 0, 1]),
+            vec![9, 8, 7],
+            2,
+        );
+        // The initial list is cut to the bound (smallest ops kept).
+        assert_eq!(c.accept_count(), 2);
+        assert!(c.accepts(7) && c.accepts(8) && !c.accepts(9));
+        assert_eq!(c.watch(&[1, 2], 4), Ok(vec![1, 2]));
+        // Ops already present do not count twice; going over the bound is refused
+        // whole.
+        assert_eq!(c.watch(&[1, 8], 4), Ok(vec![1, 8]));
+        assert_eq!(c.watch(&[3], 4), Err(WatchError::TooMany));
+        assert!(!c.accepts(3));
+        c.unwatch(&[1, 2]);
+        assert_eq!(c.watch(&[3], 4), Ok(vec![3]));
+        // A grant restricts what op 14 may add.
+        c.set_grant(Some(Grant {
+            ops: vec![77],
+            any_room: true,
+            ..Default::default()
+        }));
+        c.unwatch(&[3]);
+        assert_eq!(c.watch(&[77, 78], 4), Ok(vec![77]));
+        assert!(c.accepts(77) && !c.accepts(78));
+    }
+
+    #[test]
+    fn rooms_follow_the_grant() {
+        let c = ch();
+        assert!(c.may_join("live://1"));
+        c.set_grant(Some(Grant {
+            rooms: vec!["live://1".into(), "chat://team-*".into()],
+            any_op: true,
+            ..Default::default()
+        }));
+        assert!(c.may_join("live://1") && c.may_join("chat://team-7") && c.may_join(""));
+        assert!(!c.may_join("live://2") && !c.may_join("chat://other"));
+    }
+
+    #[test]
     fn replies_do_not_count_against_push_capacity() {
-        let c = ch(2);
+        let c = ch();
+        let two = OutboxLimits::pushes(2);
         for _ in 0..4 {
             c.reply(Outbound::Pong(Bytes::new()));
         }
-        assert_eq!(c.offer(Outbound::Pong(Bytes::new())), Offer::Queued);
-        assert_eq!(c.offer(Outbound::Pong(Bytes::new())), Offer::Queued);
-        assert_eq!(c.offer(Outbound::Pong(Bytes::new())), Offer::Full);
+        assert_eq!(c.offer(Outbound::Pong(Bytes::new()), two), Offer::Queued);
+        assert_eq!(c.offer(Outbound::Pong(Bytes::new()), two), Offer::Queued);
+        assert_eq!(c.offer(Outbound::Pong(Bytes::new()), two), Offer::Full);
     }
 
     #[test]
     fn bounded_outbox() {
-        let c = ch(2);
+        let c = ch();
+        let two = OutboxLimits::pushes(2);
         let item = || Outbound::Pong(Bytes::new());
-        assert_eq!(c.offer(item()), Offer::Queued);
-        assert_eq!(c.offer(item()), Offer::Queued);
-        assert_eq!(c.offer(item()), Offer::Full);
+        assert_eq!(c.offer(item(), two), Offer::Queued);
+        assert_eq!(c.offer(item(), two), Offer::Queued);
+        assert_eq!(c.offer(item(), two), Offer::Full);
         let mut q = VecDeque::new();
         assert!(!c.drain(&mut q));
         assert_eq!(q.len(), 2);
-        assert_eq!(c.offer(item()), Offer::Queued);
+        assert_eq!(c.offer(item(), two), Offer::Queued);
         c.close();
-        assert_eq!(c.offer(item()), Offer::Closed);
+        assert_eq!(c.offer(item(), two), Offer::Closed);
         let mut q = VecDeque::new();
         assert!(c.drain(&mut q));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn outbox_is_bounded_in_bytes() {
+        let c = ch();
+        let limits = OutboxLimits {
+            pushes: 100,
+            bytes: 1000,
+        };
+        // One push larger than the bound still goes into an empty queue.
+        assert_eq!(c.offer(raw(5000), limits), Offer::Queued);
+        assert_eq!(c.offer(raw(1), limits), Offer::Full);
+        let mut q = VecDeque::new();
+        c.drain(&mut q);
+        assert_eq!(c.offer(raw(600), limits), Offer::Queued);
+        assert_eq!(c.offer(raw(400), limits), Offer::Queued);
+        assert_eq!(c.offer(raw(1), limits), Offer::Full);
+    }
+
+    #[test]
+    fn close_reason_first_one_wins() {
+        let c = ch();
+        c.close_with(CloseReason::Restart);
+        c.close_with(CloseReason::FrameRate);
+        c.close();
+        assert_eq!(c.close_reason(), Some(CloseReason::Restart));
+        assert_eq!(CloseReason::Restart.code(), 1012);
+    }
+
+    #[test]
+    fn no_close_frame_inside_a_torn_write() {
+        let c = ch();
+        c.offer(
+            Outbound::Unwritten {
+                parts: VecDeque::from([Bytes::from_static(b"rest of a frame")]),
+                frames: 1,
+            },
+            OutboxLimits::pushes(4),
+        );
+        c.close_with(CloseReason::SlowConsumer);
+        assert!(c.is_closed());
+        assert_eq!(c.close_reason(), None);
+    }
+
+    #[test]
+    fn expiry_closes_with_a_reason_before_the_heartbeat() {
+        let c = ch();
+        c.set_deadline(100);
+        c.set_expiry(50);
+        assert_eq!(c.expire(49), None);
+        assert_eq!(c.expire(60), Some(Expired::Credentials));
+        assert_eq!(c.close_reason(), Some(CloseReason::CredentialsExpired));
+        assert!(!c.timed_out());
+        let d = ch();
+        d.set_deadline(100);
+        assert_eq!(d.expire(100), Some(Expired::Heartbeat));
+        assert!(d.timed_out() && d.close_reason().is_none());
     }
 }

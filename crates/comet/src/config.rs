@@ -24,9 +24,14 @@ pub struct CometConfig {
     pub tcp_bind: Vec<SocketAddr>,
     /// WebSocket client listeners (goim: 3102).
     pub ws_bind: Vec<SocketAddr>,
+    /// Secure WebSocket client listeners (goim: 3103); need the `[tls]` certificate.
+    pub wss_bind: Vec<SocketAddr>,
+    /// goim's TCP protocol inside TLS; need the `[tls]` certificate.
+    pub tls_tcp_bind: Vec<SocketAddr>,
     /// HTTP path of the WebSocket endpoint.
     pub ws_path: String,
-    /// Time from accept to successful auth (covers the WebSocket upgrade too).
+    /// Time from accept to successful auth (covers the TLS handshake and the
+    /// WebSocket upgrade too, which also have `limits.client.upgrade_timeout`).
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// Heartbeat deadline used when logic returns none.
@@ -75,6 +80,8 @@ impl Default for CometConfig {
         CometConfig {
             tcp_bind: vec![SocketAddr::from(([0, 0, 0, 0], 3101))],
             ws_bind: vec![SocketAddr::from(([0, 0, 0, 0], 3102))],
+            wss_bind: Vec::new(),
+            tls_tcp_bind: Vec::new(),
             ws_path: "/sub".into(),
             handshake_timeout: Duration::from_secs(8),
             default_heartbeat: Duration::from_secs(480),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::channel::{Channel, Offer, Outbound};
+use crate::channel::{Channel, CloseReason, Expired, Offer, Outbound, OutboxLimits};
 use crate::config::SlowConsumerPolicy;
 use crate::metrics::CometMetrics;
 
@@ -96,6 +96,8 @@ pub struct Hub {
     /// that authenticated concurrently detect that its route may have been removed.
     route_removals: AtomicU64,
     policy: SlowConsumerPolicy,
+    /// How much each connection's outbox may hold.
+    outbox: OutboxLimits,
     /// Origin of the millisecond clock used for heartbeat deadlines.
     epoch: std::time::Instant,
     /// Signalled when connections or room memberships change, so online counts are
@@ -124,7 +126,12 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 
 impl Hub {
     /// A hub with `buckets` buckets (rounded up to a power of two).
-    pub fn new(buckets: usize, policy: SlowConsumerPolicy, metrics: CometMetrics) -> Hub {
+    pub fn new(
+        buckets: usize,
+        policy: SlowConsumerPolicy,
+        outbox: OutboxLimits,
+        metrics: CometMetrics,
+    ) -> Hub {
         let n = buckets.max(1).next_power_of_two();
         Hub {
             buckets: (0..n)
@@ -134,6 +141,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             route_removals: AtomicU64::new(0),
             policy,
+            outbox,
             epoch: std::time::Instant::now(),
             changed: tokio::sync::Notify::new(),
             metrics,
@@ -167,7 +175,7 @@ impl Hub {
             old
         };
         if let Some(old) = &old {
-            old.close();
+            old.close_with(CloseReason::Replaced);
         }
         self.changed.notify_one();
         old
@@ -275,7 +283,7 @@ impl Hub {
             frames,
         };
         let frames = frames as u64;
-        match ch.offer(item) {
+        match ch.offer(item, self.outbox) {
             Offer::Queued => out.queued += 1,
             Offer::Written(n) => {
                 out.queued += 1;
@@ -291,7 +299,7 @@ impl Hub {
                     SlowConsumerPolicy::Drop => {}
                     SlowConsumerPolicy::Disconnect => {
                         self.metrics.slow_disconnects.increment(1);
-                        ch.close();
+                        ch.close_with(CloseReason::SlowConsumer);
                     }
                 }
             }
@@ -383,29 +391,73 @@ impl Hub {
         self.now_ms().saturating_add(d.as_millis() as u64)
     }
 
-    /// Closes every connection whose heartbeat deadline has passed. Returns how many.
+    /// The hub-clock time (ms) of a Unix time in seconds; `u64::MAX` for 0 (never).
+    pub fn expiry_ms(&self, unix_secs: i64) -> u64 {
+        if unix_secs <= 0 {
+            return u64::MAX;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let left = Duration::from_secs(unix_secs as u64).saturating_sub(now);
+        self.deadline_after(left)
+    }
+
+    /// Closes every connection whose heartbeat deadline or credentials' expiry has
+    /// passed. Returns how many.
     pub fn sweep_expired(&self) -> usize {
         let now = self.now_ms();
-        let mut n = 0;
+        let (mut heartbeats, mut credentials) = (0u64, 0u64);
         for b in self.buckets.iter() {
             for ch in read(b).channels.values() {
-                if ch.expire(now) {
-                    n += 1;
+                match ch.expire(now) {
+                    Some(Expired::Heartbeat) => heartbeats += 1,
+                    Some(Expired::Credentials) => credentials += 1,
+                    None => {}
                 }
             }
         }
-        if n > 0 {
-            self.metrics.timeouts.increment(n as u64);
+        if heartbeats > 0 {
+            self.metrics.timeouts.increment(heartbeats);
         }
-        n
+        if credentials > 0 {
+            self.metrics.credential_expiries.increment(credentials);
+        }
+        (heartbeats + credentials) as usize
     }
 
-    /// Closes every connection (shutdown).
-    pub fn close_all(&self) {
+    /// Every connection, for walks that must not hold a bucket lock while they wait.
+    fn all_channels(&self) -> Vec<Arc<Channel>> {
+        let mut all = Vec::with_capacity(self.connection_count());
         for b in self.buckets.iter() {
-            for ch in read(b).channels.values() {
-                ch.close();
+            all.extend(read(b).channels.values().cloned());
+        }
+        all
+    }
+
+    /// Closes every connection at once (shutdown).
+    pub fn close_all(&self) {
+        for ch in self.all_channels() {
+            ch.close();
+        }
+    }
+
+    /// Closes every connection with `reason`, spread evenly over `window` so that
+    /// clients do not all reconnect in the same instant (a drain). Connections that
+    /// arrive meanwhile are closed in a final pass.
+    pub async fn close_all_over(&self, window: Duration, reason: CloseReason) {
+        let all = self.all_channels();
+        if !all.is_empty() && !window.is_zero() {
+            let start = tokio::time::Instant::now();
+            let n = all.len() as u32;
+            for (i, ch) in all.iter().enumerate() {
+                let at = start + window.mul_f64(f64::from(i as u32) / f64::from(n));
+                tokio::time::sleep_until(at).await;
+                ch.close_with(reason);
             }
+        }
+        for ch in self.all_channels() {
+            ch.close_with(reason);
         }
     }
 }
@@ -432,7 +484,12 @@ mod tests {
     use std::collections::VecDeque;
 
     fn hub() -> Hub {
-        Hub::new(4, SlowConsumerPolicy::Drop, CometMetrics::new())
+        Hub::new(
+            4,
+            SlowConsumerPolicy::Drop,
+            OutboxLimits::pushes(4),
+            CometMetrics::new(),
+        )
     }
 
     fn ch(h: &Hub, key: &str, accepts: Vec<i32>) -> Arc<Channel> {
@@ -442,7 +499,7 @@ mod tests {
             1,
             IpAddr::from([10, 0, 0, 1]),
             accepts,
-            4,
+            1024,
         ))
     }
 

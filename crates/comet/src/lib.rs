@@ -29,12 +29,16 @@ mod conn;
 pub mod hub;
 pub mod metrics;
 pub mod sink;
+mod tls;
 
 pub use config::{CometConfig, SlowConsumerPolicy};
 pub use hub::Hub;
 pub use metrics::CometMetrics;
 
-use conn::ConnContext;
+use channel::{CloseReason, OutboxLimits};
+use conn::{ConnContext, ListenerKind};
+use herald_limits::{ClientLimits, IpCounter, TrustedProxies};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A running comet.
 pub struct Comet {
@@ -44,7 +48,13 @@ pub struct Comet {
     pub tcp_addrs: Vec<SocketAddr>,
     /// WebSocket addresses actually bound.
     pub ws_addrs: Vec<SocketAddr>,
+    /// Secure WebSocket addresses actually bound.
+    pub wss_addrs: Vec<SocketAddr>,
+    /// TLS-over-TCP addresses actually bound.
+    pub tls_tcp_addrs: Vec<SocketAddr>,
     registration: Option<Arc<dyn Registration>>,
+    /// Set when draining starts.
+    draining: Arc<AtomicBool>,
 }
 
 /// Why a comet could not start.
@@ -61,6 +71,27 @@ pub enum StartError {
     /// The registry refused the registration.
     #[error("cannot register in discovery: {0}")]
     Register(String),
+    /// A TLS listener is configured without a certificate.
+    #[error("comet.wss_bind and comet.tls_tcp_bind need a certificate: set tls.cert_file and tls.key_file")]
+    NoCertificate,
+}
+
+/// What comet takes from the configuration's edge sections.
+#[derive(Clone, Default)]
+pub struct Edge {
+    /// Limits on what one client may do (`[limits.client]`).
+    pub limits: ClientLimits,
+    /// Proxies whose `X-Forwarded-For` names the client (`limits.trusted_proxies`).
+    pub trusted_proxies: TrustedProxies,
+    /// The public certificate (`[tls]`); required by `wss_bind` and `tls_tcp_bind`.
+    pub tls: Option<herald_tls::Server>,
+}
+
+/// The listeners of one transport.
+struct ListenerSet<'a> {
+    binds: &'a [SocketAddr],
+    kind: ListenerKind,
+    name: &'static str,
 }
 
 impl Comet {
@@ -68,21 +99,37 @@ impl Comet {
     /// current) and starts serving.
     pub async fn start(
         cfg: CometConfig,
+        edge: Edge,
         server_id: String,
         logic: Arc<dyn LogicService>,
         registry: Arc<dyn Registry>,
         instance: Instance,
     ) -> Result<Comet, StartError> {
         let cfg = Arc::new(cfg);
+        let tls_config = match (
+            &edge.tls,
+            cfg.wss_bind.is_empty() && cfg.tls_tcp_bind.is_empty(),
+        ) {
+            (_, true) => None,
+            (Some(server), false) => Some(server.config.clone()),
+            (None, false) => return Err(StartError::NoCertificate),
+        };
         let hub = Arc::new(Hub::new(
             cfg.buckets,
             cfg.slow_consumer,
+            OutboxLimits {
+                pushes: cfg.outbound_queue.max(1),
+                bytes: edge.limits.outbound_bytes.max(1),
+            },
             CometMetrics::new(),
         ));
         let ctx = Arc::new(ConnContext {
             hub,
             logic,
             cfg: cfg.clone(),
+            ips: IpCounter::new(edge.limits.connections_per_ip),
+            limits: edge.limits,
+            proxies: edge.trusted_proxies,
             server_id,
             shutdown: CancellationToken::new(),
         });
@@ -92,13 +139,44 @@ impl Comet {
             cfg.max_connections
         }));
         let tracker = TaskTracker::new();
-        let mut tcp_addrs = Vec::new();
-        let mut ws_addrs = Vec::new();
-        for (binds, websocket, out) in [
-            (&cfg.tcp_bind, false, &mut tcp_addrs),
-            (&cfg.ws_bind, true, &mut ws_addrs),
-        ] {
-            for addr in binds {
+        let mut addrs = BTreeMap::new();
+        let sets = [
+            ListenerSet {
+                binds: &cfg.tcp_bind,
+                kind: ListenerKind {
+                    websocket: false,
+                    tls: None,
+                },
+                name: "tcp",
+            },
+            ListenerSet {
+                binds: &cfg.ws_bind,
+                kind: ListenerKind {
+                    websocket: true,
+                    tls: None,
+                },
+                name: "ws",
+            },
+            ListenerSet {
+                binds: &cfg.wss_bind,
+                kind: ListenerKind {
+                    websocket: true,
+                    tls: tls_config.clone(),
+                },
+                name: "wss",
+            },
+            ListenerSet {
+                binds: &cfg.tls_tcp_bind,
+                kind: ListenerKind {
+                    websocket: false,
+                    tls: tls_config,
+                },
+                name: "tcp+tls",
+            },
+        ];
+        for set in sets {
+            let bound: &mut Vec<SocketAddr> = addrs.entry(set.name).or_default();
+            for addr in set.binds {
                 let listener = listen(*addr, cfg.backlog).map_err(|source| StartError::Bind {
                     addr: *addr,
                     source,
@@ -107,12 +185,12 @@ impl Comet {
                     addr: *addr,
                     source,
                 })?;
-                info!(addr = %local, transport = if websocket { "ws" } else { "tcp" }, "comet listening");
-                out.push(local);
+                info!(addr = %local, transport = set.name, "comet listening");
+                bound.push(local);
                 tracker.spawn(accept_loop(
                     listener,
                     ctx.clone(),
-                    websocket,
+                    set.kind.clone(),
                     limit.clone(),
                     tracker.clone(),
                 ));
@@ -127,12 +205,16 @@ impl Comet {
         let registration: Arc<dyn Registration> = Arc::from(registration);
         tracker.spawn(report_loop(ctx.clone(), registration.clone()));
         tracker.spawn(sweep_loop(ctx.clone()));
+        let mut take = |name| addrs.remove(name).unwrap_or_default();
         Ok(Comet {
+            tcp_addrs: take("tcp"),
+            ws_addrs: take("ws"),
+            wss_addrs: take("wss"),
+            tls_tcp_addrs: take("tcp+tls"),
             ctx,
             tracker,
-            tcp_addrs,
-            ws_addrs,
             registration: Some(registration),
+            draining: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -154,18 +236,39 @@ impl Comet {
         &self.ctx.server_id
     }
 
-    /// Deregisters, stops accepting, closes every connection (each one tells logic)
-    /// and waits for the connection tasks to finish, at most `grace`.
-    pub async fn shutdown(mut self, grace: Duration) {
+    /// A flag that turns true when the comet starts draining (for `/readyz`).
+    pub fn draining(&self) -> Arc<AtomicBool> {
+        self.draining.clone()
+    }
+
+    /// Drains and stops: marks itself draining and offline, deregisters (so logic
+    /// stops handing it to clients and job stops pushing to it), stops accepting,
+    /// closes its clients spread over `drain` (WebSocket clients get close code
+    /// 1012, "reconnect elsewhere"), and waits for the connection tasks (each tells
+    /// logic its route is gone), in all at most `grace`.
+    pub async fn shutdown(mut self, drain: Duration, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        self.draining.store(true, Ordering::Release);
         if let Some(r) = self.registration.take() {
+            let mut meta = metadata(&self.ctx);
+            meta.insert("offline".into(), "true".into());
+            if let Err(e) = r.update(meta).await {
+                warn!(error = %e, "could not mark this comet offline");
+            }
             if let Err(e) = r.deregister().await {
                 warn!(error = %e, "deregistration failed");
             }
         }
         self.ctx.shutdown.cancel();
-        self.ctx.hub.close_all();
+        let clients = self.ctx.hub.connection_count();
+        let window = drain.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        info!(clients, ?window, "draining client connections");
+        self.ctx
+            .hub
+            .close_all_over(window, CloseReason::Restart)
+            .await;
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait())
+        if tokio::time::timeout_at(deadline, self.tracker.wait())
             .await
             .is_err()
         {
@@ -203,7 +306,7 @@ fn metadata(ctx: &ConnContext) -> BTreeMap<String, String> {
 async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<ConnContext>,
-    websocket: bool,
+    kind: ListenerKind,
     limit: Arc<Semaphore>,
     tracker: TaskTracker,
 ) {
@@ -223,9 +326,25 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
+                let ip = herald_limits::canonical(peer.ip());
+                // A trusted proxy carries many clients: they are counted by the
+                // address it names, once the upgrade is read.
+                let guard = if kind.websocket && ctx.proxies.trusts(ip) {
+                    None
+                } else {
+                    match ctx.ips.try_acquire(ip) {
+                        Some(g) => Some(g),
+                        None => {
+                            ctx.hub.metrics.limit_hit("connections_per_ip");
+                            drop(stream);
+                            continue;
+                        }
+                    }
+                };
                 let ctx = ctx.clone();
+                let serve = conn::serve(ctx, stream, peer, &kind, guard);
                 tracker.spawn(async move {
-                    conn::serve(ctx, stream, peer, websocket).await;
+                    serve.await;
                     drop(permit);
                 });
             }

@@ -36,6 +36,20 @@ pub struct CometMetrics {
     pub dropped: Counter,
     /// Connections closed by the slow-consumer policy.
     pub slow_disconnects: Counter,
+    /// Connections closed because a write blocked longer than `write_timeout`.
+    pub write_timeouts: Counter,
+    /// Connections closed because their credentials expired without a refresh.
+    pub credential_expiries: Counter,
+    /// TLS handshakes or records that failed.
+    pub tls_failures: Counter,
+    /// Room changes refused by the connection's grant.
+    pub grant_refusals_room: Counter,
+    /// Op-14 subscriptions (partly) refused by the connection's grant.
+    pub grant_refusals_op: Counter,
+    /// Credential refreshes (op 22) accepted.
+    pub refreshes_ok: Counter,
+    /// Credential refreshes refused.
+    pub refreshes_refused: Counter,
 }
 
 impl CometMetrics {
@@ -57,7 +71,20 @@ impl CometMetrics {
             slow_consumers: counter!("herald_slow_consumers_total"),
             dropped: counter!("herald_dropped_frames_total", "reason" => "slow_consumer"),
             slow_disconnects: counter!("herald_slow_consumer_disconnects_total"),
+            write_timeouts: counter!("herald_write_timeout_closes_total"),
+            credential_expiries: counter!("herald_credential_expiry_closes_total"),
+            tls_failures: counter!("herald_tls_failures_total"),
+            grant_refusals_room: counter!("herald_grant_refusals_total", "what" => "room"),
+            grant_refusals_op: counter!("herald_grant_refusals_total", "what" => "op"),
+            refreshes_ok: counter!("herald_credential_refreshes_total", "result" => "ok"),
+            refreshes_refused: counter!("herald_credential_refreshes_total", "result" => "refused"),
         }
+    }
+
+    /// Counts a client over a limit (`herald_limit_hits_total{limit}`). Hits are
+    /// rare for well-behaved clients, so the handle is looked up per hit.
+    pub fn limit_hit(&self, limit: &'static str) {
+        counter!("herald_limit_hits_total", "limit" => limit).increment(1);
     }
 }
 

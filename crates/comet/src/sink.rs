@@ -1,30 +1,66 @@
 //! Writing to a client socket: per-transport encoding of outbound items and
-//! non-blocking vectored writes.
+//! non-blocking vectored writes, in the clear or through the connection's TLS
+//! session.
 //!
 //! A [`Sink`] is shared by the connection task and by whoever broadcasts: when a
 //! connection has nothing queued and no write in progress, the broadcaster writes
 //! the push straight to the socket (one `writev`, no task wake-up); otherwise the
 //! item is queued for the connection task. The channel's outbox lock orders the two.
+//!
+//! A write the socket only partly takes leaves [`Pending`] work for the connection
+//! task: in the clear, the unwritten rest as slices of the very buffers offered
+//! (a room batch shared by thousands of connections is never copied per
+//! connection; only the few header bytes built for this connection are its own);
+//! with TLS, the sealed bytes inside the session.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use herald_proto::{ws, Header, Op, HEADER_LEN, PROTO_VERSION};
 use tokio::net::TcpStream;
 
 use crate::channel::Outbound;
+use crate::tls::TlsSession;
 
 /// Most iovecs handed to one `writev`.
 const MAX_IOV: usize = 512;
+
+/// What a write left for the connection task to finish.
+#[derive(Debug)]
+pub enum Pending {
+    /// Bytes the socket did not take, in order: slices of the offered buffers.
+    Parts(VecDeque<Bytes>),
+    /// Sealed bytes waiting in the TLS session.
+    Sealed,
+}
+
+impl Pending {
+    /// Bytes still to write (sealed bytes are not counted: the session holds them).
+    pub fn len(&self) -> usize {
+        match self {
+            Pending::Parts(p) => p.iter().map(Bytes::len).sum(),
+            Pending::Sealed => 0,
+        }
+    }
+
+    /// Whether nothing is left.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Pending::Parts(p) => p.iter().all(Bytes::is_empty),
+            Pending::Sealed => false,
+        }
+    }
+}
 
 /// What a non-blocking write achieved.
 #[derive(Debug)]
 pub struct Written {
     /// Push frames in the items (counted once they are fully written).
     pub frames: u64,
-    /// Bytes the socket did not take (it was full); they must be written next.
-    pub rest: Option<Bytes>,
+    /// What the socket did not take; it must be written next.
+    pub rest: Option<Pending>,
 }
 
 /// A client socket and its transport.
@@ -33,113 +69,168 @@ pub struct Sink {
     pub(crate) stream: Arc<TcpStream>,
     /// WebSocket framing (else raw goim frames over TCP).
     pub(crate) ws: bool,
+    /// The TLS session, when the listener is a TLS one (WSS, TLS over TCP).
+    pub(crate) tls: Option<Arc<TlsSession>>,
 }
 
 enum Part {
+    /// A range of the per-write header buffer.
     Head(usize, usize),
     Body(Bytes),
 }
 
-impl Sink {
-    /// A sink writing to `stream`.
-    pub fn new(stream: Arc<TcpStream>, ws: bool) -> Sink {
-        Sink { stream, ws }
+/// Items encoded for this connection: header bytes built for it and the shared
+/// bodies, in order.
+struct Encoded {
+    heads: Vec<u8>,
+    parts: Vec<Part>,
+    frames: u64,
+}
+
+impl Encoded {
+    fn slices(&self) -> Vec<IoSlice<'_>> {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Head(s, e) => IoSlice::new(&self.heads[*s..*e]),
+                Part::Body(b) => IoSlice::new(b),
+            })
+            .filter(|s| !s.is_empty())
+            .collect()
     }
 
-    /// Encodes `items` and writes them with one vectored write (more only if the
-    /// kernel takes them in pieces), without waiting. Shared push buffers are not
-    /// copied; only small headers are built.
-    pub fn write_now(&self, items: impl IntoIterator<Item = Outbound>) -> io::Result<Written> {
-        let mut heads: Vec<u8> = Vec::new();
-        let mut parts: Vec<Part> = Vec::new();
-        let mut frames = 0u64;
-        let head = |heads: &mut Vec<u8>, parts: &mut Vec<Part>, bytes: &[u8]| {
-            let start = heads.len();
-            heads.extend_from_slice(bytes);
-            match parts.last_mut() {
-                Some(Part::Head(_, end)) if *end == start => *end = heads.len(),
-                _ => parts.push(Part::Head(start, heads.len())),
+    /// Everything after the first `written` bytes, as shared slices (the header
+    /// buffer becomes one `Bytes` without a copy).
+    fn rest(self, mut written: usize) -> VecDeque<Bytes> {
+        let heads = Bytes::from(self.heads);
+        let mut out = VecDeque::new();
+        for p in self.parts {
+            let b = match p {
+                Part::Head(s, e) => heads.slice(s..e),
+                Part::Body(b) => b,
+            };
+            if written >= b.len() {
+                written -= b.len();
+                continue;
+            }
+            out.push_back(b.slice(written..));
+            written = 0;
+        }
+        out
+    }
+}
+
+impl Sink {
+    /// A sink writing to `stream` in the clear.
+    pub fn new(stream: Arc<TcpStream>, ws: bool) -> Sink {
+        Sink {
+            stream,
+            ws,
+            tls: None,
+        }
+    }
+
+    /// A sink writing through a TLS session.
+    pub(crate) fn with_tls(stream: Arc<TcpStream>, ws: bool, tls: Option<Arc<TlsSession>>) -> Sink {
+        Sink { stream, ws, tls }
+    }
+
+    fn encode(&self, items: impl IntoIterator<Item = Outbound>) -> Encoded {
+        let mut enc = Encoded {
+            heads: Vec::new(),
+            parts: Vec::new(),
+            frames: 0,
+        };
+        let head = |enc: &mut Encoded, bytes: &[u8]| {
+            let start = enc.heads.len();
+            enc.heads.extend_from_slice(bytes);
+            let end = enc.heads.len();
+            match enc.parts.last_mut() {
+                Some(Part::Head(_, e)) if *e == start => *e = end,
+                _ => enc.parts.push(Part::Head(start, end)),
             }
         };
         for item in items {
             match item {
                 Outbound::Raw { body, frames: n } => {
-                    frames += n as u64;
+                    enc.frames += n as u64;
                     if self.ws {
                         let (h, hl) =
                             ws::server_header(ws::opcode::BINARY, HEADER_LEN + body.len());
-                        head(&mut heads, &mut parts, &h[..hl]);
+                        head(&mut enc, &h[..hl]);
                         head(
-                            &mut heads,
-                            &mut parts,
+                            &mut enc,
                             &Header::encode(PROTO_VERSION, Op::RAW, 0, body.len()),
                         );
                     }
-                    parts.push(Part::Body(body));
+                    enc.parts.push(Part::Body(body));
                 }
                 Outbound::Frame(f) => {
                     if self.ws {
                         let (h, hl) = ws::server_header(ws::opcode::BINARY, f.encoded_len());
-                        head(&mut heads, &mut parts, &h[..hl]);
+                        head(&mut enc, &h[..hl]);
                     }
-                    head(
-                        &mut heads,
-                        &mut parts,
-                        &Header::encode(f.ver, f.op, f.seq, f.body.len()),
-                    );
+                    head(&mut enc, &Header::encode(f.ver, f.op, f.seq, f.body.len()));
                     if !f.body.is_empty() {
-                        parts.push(Part::Body(f.body));
+                        enc.parts.push(Part::Body(f.body));
                     }
                 }
                 Outbound::Pong(payload) => {
                     if self.ws {
                         let (h, hl) = ws::server_header(ws::opcode::PONG, payload.len());
-                        head(&mut heads, &mut parts, &h[..hl]);
+                        head(&mut enc, &h[..hl]);
                         if !payload.is_empty() {
-                            parts.push(Part::Body(payload));
+                            enc.parts.push(Part::Body(payload));
                         }
                     }
                 }
-                Outbound::Encoded { bytes, frames: n } => {
-                    frames += n;
-                    parts.push(Part::Body(bytes));
+                Outbound::Unwritten { parts, frames: n } => {
+                    enc.frames += n;
+                    enc.parts.extend(parts.into_iter().map(Part::Body));
                 }
+                Outbound::Flush { frames: n } => enc.frames += n,
             }
         }
-        let slices: Vec<IoSlice<'_>> = parts
-            .iter()
-            .map(|p| match p {
-                Part::Head(s, e) => IoSlice::new(&heads[*s..*e]),
-                Part::Body(b) => IoSlice::new(b),
-            })
-            .filter(|s| !s.is_empty())
-            .collect();
-        let total: usize = slices.iter().map(|s| s.len()).sum();
-        // `try_write` advances the slices it is given; keep the originals intact to
-        // copy the unwritten rest from.
-        let mut work = slices.clone();
-        let written = self.try_write(&mut work)?;
+        enc
+    }
+
+    /// Encodes `items` and writes them with one vectored write (more only if the
+    /// kernel takes them in pieces), without waiting. Shared push buffers are not
+    /// copied (TLS seals them, which is its copy); only small headers are built.
+    pub fn write_now(&self, items: impl IntoIterator<Item = Outbound>) -> io::Result<Written> {
+        let enc = self.encode(items);
+        let frames = enc.frames;
+        if let Some(tls) = &self.tls {
+            let done = tls.write(&self.stream, &enc.slices())?;
+            return Ok(Written {
+                frames,
+                rest: (!done).then_some(Pending::Sealed),
+            });
+        }
+        let total: usize = enc.heads.len()
+            + enc
+                .parts
+                .iter()
+                .map(|p| match p {
+                    Part::Body(b) => b.len(),
+                    Part::Head(..) => 0,
+                })
+                .sum::<usize>();
+        let written = {
+            let mut slices = enc.slices();
+            self.try_write(&mut slices)?
+        };
         if written == total {
             return Ok(Written { frames, rest: None });
         }
-        let mut rest = BytesMut::with_capacity(total - written);
-        let mut skip = written;
-        for s in &slices {
-            if skip >= s.len() {
-                skip -= s.len();
-                continue;
-            }
-            rest.extend_from_slice(&s[skip..]);
-            skip = 0;
-        }
         Ok(Written {
             frames,
-            rest: Some(rest.freeze()),
+            rest: Some(Pending::Parts(enc.rest(written))),
         })
     }
 
     /// Writes what the socket takes now; returns the number of bytes written.
-    pub(crate) fn try_write(&self, mut slices: &mut [IoSlice<'_>]) -> io::Result<usize> {
+    fn try_write(&self, mut slices: &mut [IoSlice<'_>]) -> io::Result<usize> {
         let mut written = 0;
         while !slices.is_empty() {
             let n = slices.len().min(MAX_IOV);
@@ -157,16 +248,67 @@ impl Sink {
         Ok(written)
     }
 
-    /// Writes `bytes` completely, waiting for the socket (the slow path).
-    pub(crate) async fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
-        while !bytes.is_empty() {
-            let w = self.try_write(&mut [IoSlice::new(bytes)])?;
-            bytes = &bytes[w..];
-            if !bytes.is_empty() {
-                self.stream.writable().await?;
-            }
+    /// Finishes `pending`, waiting for the socket (the slow path).
+    pub(crate) async fn finish(&self, pending: Pending) -> io::Result<()> {
+        match pending {
+            Pending::Parts(mut parts) => loop {
+                while parts.front().is_some_and(Bytes::is_empty) {
+                    parts.pop_front();
+                }
+                if parts.is_empty() {
+                    return Ok(());
+                }
+                let mut slices: Vec<IoSlice<'_>> = parts
+                    .iter()
+                    .take(MAX_IOV)
+                    .map(|b| IoSlice::new(b))
+                    .collect();
+                let mut w = self.try_write(&mut slices)?;
+                drop(slices);
+                while w > 0 {
+                    let Some(front) = parts.front_mut() else {
+                        break;
+                    };
+                    let n = w.min(front.len());
+                    bytes::Buf::advance(front, n);
+                    w -= n;
+                    if front.is_empty() {
+                        parts.pop_front();
+                    }
+                }
+                if !parts.is_empty() {
+                    self.stream.writable().await?;
+                }
+            },
+            Pending::Sealed => match &self.tls {
+                Some(tls) => {
+                    while !tls.flush(&self.stream)? {
+                        self.stream.writable().await?;
+                    }
+                    Ok(())
+                }
+                None => Ok(()),
+            },
         }
-        Ok(())
+    }
+
+    /// Writes `bytes` completely, waiting for the socket (before a channel exists:
+    /// the upgrade answer, handshake-time pongs, a close frame).
+    pub(crate) async fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
+        let rest = match &self.tls {
+            Some(tls) => {
+                (!tls.write(&self.stream, &[IoSlice::new(bytes)])?).then_some(Pending::Sealed)
+            }
+            None => {
+                let w = self.try_write(&mut [IoSlice::new(bytes)])?;
+                (w < bytes.len())
+                    .then(|| Pending::Parts(VecDeque::from([Bytes::copy_from_slice(&bytes[w..])])))
+            }
+        };
+        match rest {
+            Some(p) => self.finish(p).await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -176,13 +318,14 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     /// A write the socket takes only partly leaves exactly the unwritten bytes, so
-    /// the peer receives every byte in order.
+    /// the peer receives every byte in order, and the rest shares the offered
+    /// buffer instead of copying it.
     #[tokio::test]
-    async fn partial_write_keeps_every_byte() {
+    async fn partial_write_keeps_every_byte_without_copying() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (server, _) = l.accept().await.unwrap();
-        let sink = Sink::new(Arc::new(server), false);
+        let sink = Sink::new(Arc::new(server), true);
         let body: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
         let body = Bytes::from(body);
         let w = sink
@@ -191,16 +334,29 @@ mod tests {
                 frames: 1,
             }))
             .unwrap();
-        let rest = w.rest.expect("an unread socket cannot take 8 MiB at once");
+        let Some(Pending::Parts(rest)) = w.rest else {
+            panic!("an unread socket cannot take 8 MiB at once");
+        };
+        // The body's unwritten part points into the offered buffer.
+        let tail = rest.back().unwrap();
+        let body_range = body.as_ptr() as usize..body.as_ptr() as usize + body.len();
+        assert!(body_range.contains(&(tail.as_ptr() as usize)));
+        let expected_len = {
+            let (_, hl) = ws::server_header(ws::opcode::BINARY, HEADER_LEN + body.len());
+            hl + HEADER_LEN + body.len()
+        };
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             client.read_to_end(&mut got).await.unwrap();
             got
         });
-        sink.write_all(&rest).await.unwrap();
+        sink.finish(Pending::Parts(rest)).await.unwrap();
         drop(sink);
         let got = reader.await.unwrap();
-        assert_eq!(got.len(), body.len(), "bytes lost on a partial write");
-        assert!(got == body[..], "stream corrupted");
+        assert_eq!(got.len(), expected_len, "bytes lost on a partial write");
+        assert!(
+            got[expected_len - body.len()..] == body[..],
+            "stream corrupted"
+        );
     }
 }

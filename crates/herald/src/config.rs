@@ -319,15 +319,21 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
-    /// How long to wait for connections to close after SIGINT/SIGTERM.
+    /// The whole shutdown after SIGINT/SIGTERM is bounded by this.
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
+    /// A comet closes its clients spread over this window (WebSocket close code
+    /// 1012), so they do not all reconnect elsewhere at the same instant. Clamped
+    /// to `grace`.
+    #[serde(with = "humantime_serde")]
+    pub drain: Duration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
-            grace: Duration::from_secs(10),
+            grace: Duration::from_secs(15),
+            drain: Duration::from_secs(5),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! embedded seams (in-process queue, in-memory store, local registry, direct calls).
 
 pub mod config;
+pub mod edge;
 pub mod engines;
 pub mod observe;
 pub mod roles;

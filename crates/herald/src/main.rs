@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use herald::roles::{CometRole, JobRole, LogicRole};
-use herald::{observe, Config, Standalone};
+use herald::{edge, observe, Config, Standalone};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -120,7 +120,9 @@ fn stop_on_signal() -> CancellationToken {
 async fn run_comet(cfg: Config) -> anyhow::Result<()> {
     let stop = stop_on_signal();
     let role = CometRole::start(cfg, stop.child_token()).await?;
+    let sighup = tokio::spawn(edge::reload_on_sighup(role.reloader(), stop.clone()));
     stop.cancelled().await;
+    let _ = sighup.await;
     role.shutdown().await;
     info!("stopped");
     Ok(())
@@ -146,6 +148,8 @@ async fn run_job(cfg: Config) -> anyhow::Result<()> {
 
 async fn run_standalone(cfg: Config) -> anyhow::Result<()> {
     let server = Standalone::start(cfg).await?;
+    let reloads = CancellationToken::new();
+    let sighup = tokio::spawn(edge::reload_on_sighup(server.reloader(), reloads.clone()));
     let mut demo = server.http_addr;
     if demo.ip().is_unspecified() {
         demo.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -158,6 +162,8 @@ async fn run_standalone(cfg: Config) -> anyhow::Result<()> {
     );
     shutdown_signal().await;
     info!("shutting down");
+    reloads.cancel();
+    let _ = sighup.await;
     server.shutdown().await;
     info!("stopped");
     Ok(())

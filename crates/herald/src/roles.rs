@@ -26,7 +26,8 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::{engines, observe, web};
+use crate::{edge, engines, observe, web};
+use herald_tls::Reloader;
 
 fn timeouts(cfg: &Config) -> ClientTimeouts {
     ClientTimeouts {
@@ -107,6 +108,8 @@ pub struct CometRole {
     grpc: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
     grace: Duration,
+    drain: Duration,
+    reloader: Arc<Reloader>,
 }
 
 impl CometRole {
@@ -123,8 +126,13 @@ impl CometRole {
         let pool = Arc::new(LogicPool::new(timeouts(&cfg)));
         follow_logics(registry.clone(), pool.clone(), stop.clone()).await?;
         let logic: Arc<dyn LogicService> = pool;
+        let reloader = Reloader::new();
+        let public_tls = edge::public_tls(&cfg, &reloader)?;
+        let mut comet_cfg = cfg.comet.clone();
+        comet_cfg.max_connections = edge::client_connection_cap(&cfg, false);
         let comet = Comet::start(
-            cfg.comet.clone(),
+            comet_cfg,
+            edge::comet_edge(&cfg, public_tls),
             server_id.clone(),
             logic,
             registry,
@@ -151,13 +159,20 @@ impl CometRole {
             grpc,
             stop,
             grace: cfg.shutdown.grace,
+            drain: cfg.shutdown.drain,
+            reloader,
         })
     }
 
-    /// Deregisters, closes the connections (each tells logic), then stops serving
-    /// RPC.
+    /// Every certificate this process serves (reloaded on `SIGHUP`).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
+    }
+
+    /// Drains: leaves discovery, stops accepting, closes the connections spread
+    /// over `shutdown.drain` (each tells logic), then stops serving RPC.
     pub async fn shutdown(self) {
-        self.comet.shutdown(self.grace).await;
+        self.comet.shutdown(self.drain, self.grace).await;
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.grpc).await;
     }

@@ -19,7 +19,8 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::config::Config;
-use crate::{observe, web};
+use crate::{edge, observe, web};
+use herald_tls::Reloader;
 
 /// Connects job to the comet in this process.
 struct LocalComets {
@@ -39,6 +40,10 @@ pub struct Standalone {
     pub tcp_addrs: Vec<SocketAddr>,
     /// Bound WebSocket client listeners.
     pub ws_addrs: Vec<SocketAddr>,
+    /// Bound secure WebSocket client listeners.
+    pub wss_addrs: Vec<SocketAddr>,
+    /// Bound TLS-over-TCP client listeners.
+    pub tls_tcp_addrs: Vec<SocketAddr>,
     /// Bound HTTP API address.
     pub http_addr: SocketAddr,
     /// The server id in force.
@@ -52,6 +57,9 @@ pub struct Standalone {
     stop: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
+    drain: Duration,
+    /// Every certificate this process serves, reloaded together.
+    reloader: Arc<Reloader>,
 }
 
 impl Standalone {
@@ -61,6 +69,8 @@ impl Standalone {
         let server_id = cfg.server_id();
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let reloader = Reloader::new();
+        let public_tls = edge::public_tls(&cfg, &reloader)?;
 
         let registry: Arc<dyn Registry> = Arc::new(LocalRegistry::new());
         let store = Arc::new(MemoryStore::new(cfg.store.route_ttl));
@@ -104,8 +114,11 @@ impl Standalone {
             ..Default::default()
         };
         let logic_service: Arc<dyn LogicService> = logic.clone();
+        let mut comet_cfg = cfg.comet.clone();
+        comet_cfg.max_connections = edge::client_connection_cap(&cfg, true);
         let comet = Comet::start(
-            cfg.comet.clone(),
+            comet_cfg,
+            edge::comet_edge(&cfg, public_tls.clone()),
             server_id.clone(),
             logic_service,
             registry.clone(),
@@ -159,6 +172,8 @@ impl Standalone {
         Ok(Standalone {
             tcp_addrs: comet.tcp_addrs.clone(),
             ws_addrs: comet.ws_addrs.clone(),
+            wss_addrs: comet.wss_addrs.clone(),
+            tls_tcp_addrs: comet.tls_tcp_addrs.clone(),
             http_addr,
             server_id,
             comet,
@@ -169,12 +184,19 @@ impl Standalone {
             stop,
             tasks,
             grace: cfg.shutdown.grace,
+            drain: cfg.shutdown.drain,
+            reloader,
         })
     }
 
     /// The comet (for inspection in tests).
     pub fn comet(&self) -> &Comet {
         &self.comet
+    }
+
+    /// Every certificate this server serves (reloaded on `SIGHUP` by the binary).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
     }
 
     /// Shuts down in the order that loses nothing accepted: the HTTP API stops
@@ -192,7 +214,7 @@ impl Standalone {
         self.job.shutdown().await;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         self.comet
-            .shutdown(left.max(Duration::from_millis(100)))
+            .shutdown(self.drain, left.max(Duration::from_millis(100)))
             .await;
         self.stop.cancel();
         self.tasks.close();

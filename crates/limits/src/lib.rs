@@ -70,6 +70,44 @@ impl TokenBucket {
     }
 }
 
+/// A token bucket small enough to keep in every connection (8 bytes): the rate
+/// and burst stay in the caller's settings, the bucket holds only its level and
+/// when that was last updated, in milliseconds of the caller's clock.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    tokens: f32,
+    /// Low 32 bits of the caller's clock (wraps after 49 days; a gap that long
+    /// refills the bucket anyway).
+    at_ms: u32,
+}
+
+impl Budget {
+    /// A full bucket at `now_ms`.
+    pub fn full(burst: u32, now_ms: u64) -> Budget {
+        Budget {
+            tokens: burst.max(1) as f32,
+            at_ms: now_ms as u32,
+        }
+    }
+
+    /// Takes one token if there is one; `per_sec` ≤ 0 means unlimited.
+    pub fn try_take(&mut self, per_sec: f32, burst: u32, now_ms: u64) -> bool {
+        if per_sec <= 0.0 {
+            return true;
+        }
+        let now = now_ms as u32;
+        let elapsed = now.wrapping_sub(self.at_ms) as f32 / 1000.0;
+        self.at_ms = now;
+        self.tokens = (self.tokens + elapsed * per_sec).min(burst.max(1) as f32);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Number of shards of an [`IpCounter`] (a power of two).
 const IP_SHARDS: usize = 64;
 
@@ -324,12 +362,10 @@ pub struct ClientLimits {
     /// `limits.trusted_proxies`, WebSocket clients are counted by the
     /// `X-Forwarded-For` address once the upgrade is read.
     pub connections_per_ip: u32,
-    /// Time from accept to a finished TLS handshake and WebSocket upgrade.
+    /// Time from accept to a finished TLS handshake and WebSocket upgrade (the
+    /// auth frame has `comet.handshake_timeout`, counted from accept too).
     #[serde(with = "humantime_serde")]
-    pub handshake_timeout: Duration,
-    /// Time from accept to a successful auth frame (includes the handshake).
-    #[serde(with = "humantime_serde")]
-    pub auth_timeout: Duration,
+    pub upgrade_timeout: Duration,
     /// Frames a connection may send per second on average (heartbeats included);
     /// 0 = no limit.
     pub frames_per_second: u32,
@@ -348,8 +384,7 @@ impl Default for ClientLimits {
     fn default() -> Self {
         ClientLimits {
             connections_per_ip: 0,
-            handshake_timeout: Duration::from_secs(5),
-            auth_timeout: Duration::from_secs(8),
+            upgrade_timeout: Duration::from_secs(5),
             frames_per_second: 50,
             frames_burst: 200,
             max_accepts: 1024,
@@ -427,6 +462,22 @@ mod tests {
         assert!(!b.try_take(later));
         let mut free = TokenBucket::new(0.0, 1, t0);
         assert!((0..1000).all(|_| free.try_take(t0)));
+    }
+
+    #[test]
+    fn budget_allows_burst_then_rate() {
+        let mut b = Budget::full(3, 1_000);
+        assert!((0..3).all(|_| b.try_take(2.0, 3, 1_000)));
+        assert!(!b.try_take(2.0, 3, 1_000));
+        assert!(!b.try_take(2.0, 3, 1_400));
+        assert!(b.try_take(2.0, 3, 1_600));
+        // Refills to the burst, no more; survives the 32-bit clock wrapping.
+        let far = (1u64 << 32) + 500;
+        assert!((0..3).all(|_| b.try_take(2.0, 3, far)));
+        assert!(!b.try_take(2.0, 3, far));
+        assert!(std::mem::size_of::<Budget>() <= 8);
+        let mut free = Budget::full(1, 0);
+        assert!((0..100).all(|_| free.try_take(0.0, 1, 0)));
     }
 
     #[test]

@@ -472,8 +472,9 @@ impl Logic {
         }
     }
 
-    /// Asks the authenticator who `req` is and builds the reply comet acts on.
-    async fn authenticate(&self, req: &ConnectReq) -> RpcResult<ConnectReply> {
+    /// Asks the authenticator who `req` is and builds the reply comet acts on;
+    /// `new_key` generates a key when the identity has none.
+    async fn authenticate(&self, req: &ConnectReq, new_key: bool) -> RpcResult<ConnectReply> {
         let id = match self.auth.authenticate(req).await {
             Ok(id) => id,
             Err(e) => {
@@ -482,7 +483,7 @@ impl Logic {
                 return Err(e);
             }
         };
-        let key = if id.key.is_empty() {
+        let key = if id.key.is_empty() && new_key {
             uuid::Uuid::new_v4().to_string()
         } else {
             id.key
@@ -510,7 +511,7 @@ pub fn room_key(typ: &str, room: &str) -> String {
 #[async_trait]
 impl LogicService for Logic {
     async fn connect(&self, req: ConnectReq) -> RpcResult<ConnectReply> {
-        let reply = self.authenticate(&req).await?;
+        let reply = self.authenticate(&req, true).await?;
         self.sessions
             .add_route(reply.mid, &reply.key, &req.server)
             .await
@@ -520,7 +521,9 @@ impl LogicService for Logic {
     }
 
     async fn refresh(&self, req: ConnectReq) -> RpcResult<ConnectReply> {
-        self.authenticate(&req).await
+        // No key is generated: an empty key means "the credentials do not name
+        // one", and comet keeps the connection's.
+        self.authenticate(&req, false).await
     }
 
     async fn disconnect(&self, req: DisconnectReq) -> RpcResult<DisconnectReply> {

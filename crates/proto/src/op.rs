@@ -42,6 +42,14 @@ impl Op {
     pub const UNSUB: i32 = 16;
     /// Unsub reply; echoes the body.
     pub const UNSUB_REPLY: i32 = 17;
+    /// herald: fresh credentials for an authenticated connection (body like the
+    /// auth body, e.g. `{"token":"…"}`). Only connections authenticated with
+    /// expiring credentials (jwt, webhook) treat it so; for others it is a
+    /// business op, as in goim.
+    pub const REFRESH: i32 = 22;
+    /// herald: refresh reply; JSON `{"code":0,"expires_at":…}` or
+    /// `{"code":-401,"message":…}`.
+    pub const REFRESH_REPLY: i32 = 23;
 }
 
 /// Parses a sub/unsub body such as `"1000,1001"`.

@@ -52,8 +52,21 @@ pub struct Upgrade {
     pub accept: String,
     /// The `Cookie` header, or empty (goim forwards it to logic `Connect`).
     pub cookie: String,
-    /// The `X-Forwarded-For` / `X-Real-IP` client address, if a proxy set one.
-    pub forwarded_for: Option<String>,
+    /// The request target, path and query (`/sub?token=…`).
+    pub target: String,
+    /// Every header, names in lower case, repeated headers joined with `, `, in
+    /// request order (for authenticators that decide on them).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Upgrade {
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// `base64(sha1(key + GUID))`.
@@ -117,19 +130,63 @@ pub fn parse_upgrade(buf: &[u8], path: &str) -> Result<Option<(Upgrade, usize)>,
     if key.is_empty() {
         return Err(WsError::BadRequest("Sec-WebSocket-Key is missing".into()));
     }
-    let forwarded_for = header("x-forwarded-for")
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_string())
-        .or_else(|| header("x-real-ip").map(str::to_string))
-        .filter(|v| !v.is_empty());
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = h.name.to_ascii_lowercase();
+        let value = String::from_utf8_lossy(h.value).trim().to_string();
+        match headers.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => {
+                v.push_str(", ");
+                v.push_str(&value);
+            }
+            None => headers.push((name, value)),
+        }
+    }
     Ok(Some((
         Upgrade {
             accept: accept_key(key),
             cookie: header("cookie").unwrap_or("").to_string(),
-            forwarded_for,
+            target: target.to_string(),
+            headers,
         },
         used,
     )))
+}
+
+/// WebSocket close codes herald sends (RFC 6455 §7.4 and the application range).
+pub mod close {
+    /// The endpoint is going away (a client-side code, listed for completeness).
+    pub const GOING_AWAY: u16 = 1001;
+    /// A malformed frame or message.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// The client broke a rule: a limit, a refused credential, a forbidden action.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A message exceeded the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The server is restarting: reconnect (to another node) after a short delay.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// The server cannot keep up with this client (slow consumer): try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// herald: another connection authenticated with the same key.
+    pub const REPLACED: u16 = 4000;
+    /// herald: the connection's credentials expired without a refresh.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+}
+
+/// A complete unmasked server close frame with `code` and a `reason` (cut to the
+/// 123 bytes a control frame can carry, on a character boundary).
+pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason.as_bytes()[..end];
+    let (h, n) = server_header(opcode::CLOSE, 2 + reason.len());
+    let mut out = Vec::with_capacity(n + 2 + reason.len());
+    out.extend_from_slice(&h[..n]);
+    out.extend_from_slice(&code.to_be_bytes());
+    out.extend_from_slice(reason);
+    out
 }
 
 /// The `101 Switching Protocols` response for an accepted upgrade.
@@ -187,8 +244,13 @@ pub enum Message {
     Ping(Bytes),
     /// A pong.
     Pong,
-    /// A close frame.
-    Close,
+    /// A close frame, with its status code and reason when it carries them.
+    Close {
+        /// The status code (RFC 6455 §7.4), if any.
+        code: Option<u16>,
+        /// The reason text (lossy UTF-8), possibly empty.
+        reason: String,
+    },
 }
 
 /// Decodes frames from one peer, reassembling fragmented messages.
@@ -323,7 +385,16 @@ impl Decoder {
                 Some(Message::Ping(data.freeze()))
             }
             opcode::PONG => Some(Message::Pong),
-            opcode::CLOSE => Some(Message::Close),
+            opcode::CLOSE => {
+                let mut data = BytesMut::with_capacity(len);
+                unmasked(&mut data);
+                let code = (data.len() >= 2).then(|| u16::from_be_bytes([data[0], data[1]]));
+                let reason = data
+                    .get(2..)
+                    .map(|r| String::from_utf8_lossy(r).into_owned())
+                    .unwrap_or_default();
+                Some(Message::Close { code, reason })
+            }
             _ => return Err(WsError::Protocol("unknown opcode")),
         };
         Ok(Some((msg, used)))
@@ -353,9 +424,39 @@ mod tests {
         assert_eq!(used, REQ.len());
         assert_eq!(up.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(up.cookie, "a=b");
+        assert_eq!(up.target, "/sub");
+        assert_eq!(up.header("host"), Some("x"));
+        assert_eq!(up.header("cookie"), Some("a=b"));
         assert_eq!(parse_upgrade(&buf[..20], "/sub"), Ok(None));
         let q = REQ.replace("/sub", "/sub?x=1");
-        assert!(parse_upgrade(q.as_bytes(), "/sub").unwrap().is_some());
+        let (up, _) = parse_upgrade(q.as_bytes(), "/sub").unwrap().unwrap();
+        assert_eq!(up.target, "/sub?x=1");
+        // Repeated headers are joined in order, names folded to lower case.
+        let rep = REQ.replace(
+            "Cookie: a=b\r\n",
+            "X-Forwarded-For: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2\r\n",
+        );
+        let (up, _) = parse_upgrade(rep.as_bytes(), "/sub").unwrap().unwrap();
+        assert_eq!(up.header("x-forwarded-for"), Some("1.1.1.1, 2.2.2.2"));
+    }
+
+    #[test]
+    fn close_frames() {
+        assert_eq!(close_frame(1012, "bye"), b"\x88\x05\x03\xf4bye");
+        // A client decoder reads the code and reason back.
+        let mut d = Decoder::server(1024);
+        assert_eq!(
+            d.decode(&close_frame(4001, "expired")).unwrap().unwrap().0,
+            Some(Message::Close {
+                code: Some(4001),
+                reason: "expired".into()
+            })
+        );
+        // A long reason is cut to fit a control frame, on a character boundary.
+        let f = close_frame(close::POLICY_VIOLATION, &"é".repeat(100));
+        assert_eq!(f[1] as usize, f.len() - 2);
+        assert!(f.len() - 2 <= 125);
+        assert!(std::str::from_utf8(&f[4..]).is_ok());
     }
 
     #[test]

@@ -6,6 +6,8 @@
 mod bad_input;
 mod binary;
 mod http_api;
+mod pki;
 mod protocol;
 mod regressions;
 mod support;
+mod tls;

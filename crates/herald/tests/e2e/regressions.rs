@@ -126,6 +126,9 @@ async fn upgrade_auth_and_heartbeat_in_one_packet() {
 async fn slow_reader_gets_intact_frames() {
     let mut cfg = test_config();
     cfg.logic.max_push_body = 8 << 20;
+    // Room for all four pushes in the outbox: this is about partial writes, not
+    // about the byte bound.
+    cfg.limits.client.outbound_bytes = 16 << 20;
     let s = start_with(cfg).await;
     let h = s.http_addr;
     let mut c = Client::tcp(s.tcp_addrs[0]).await;

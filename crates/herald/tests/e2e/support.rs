@@ -45,10 +45,18 @@ pub fn auth_body(mid: i64, key: &str, room: &str, accepts: &[i32]) -> Vec<u8> {
         .into_bytes()
 }
 
-/// A goim client over TCP or WebSocket.
+/// What a client reads and writes: a TCP stream, or TLS over one.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A goim client over TCP or WebSocket, in the clear or over TLS.
 pub struct Client {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     ws: bool,
+    /// The status code of the WebSocket close frame the server sent, if any.
+    pub close_code: Option<u16>,
+    /// Its reason text.
+    pub close_reason: String,
     buf: BytesMut,
     decoder: ws::Decoder,
     /// Frames received but not yet returned (from OpRaw batches on TCP or WS).
@@ -59,14 +67,30 @@ pub struct Client {
 impl Client {
     pub async fn tcp(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).await.expect("tcp connect");
-        Client::new(stream, false)
+        Client::new(Box::new(stream), false)
     }
 
     /// Opens a WebSocket on `/sub` and completes the upgrade.
     pub async fn ws(addr: SocketAddr) -> Client {
-        let mut c = Client::new(TcpStream::connect(addr).await.expect("ws connect"), true);
+        Client::ws_at(addr, "/sub").await
+    }
+
+    /// Opens a WebSocket on `target` (path and query) and completes the upgrade.
+    pub async fn ws_at(addr: SocketAddr, target: &str) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("ws connect");
+        Client::upgrade(Box::new(stream), addr, target, "").await
+    }
+
+    /// Sends the upgrade request (with `extra` header lines) and checks the 101.
+    pub async fn upgrade(
+        stream: Box<dyn Io>,
+        addr: SocketAddr,
+        target: &str,
+        extra: &str,
+    ) -> Client {
+        let mut c = Client::new(stream, true);
         let req = format!(
-            "GET /sub HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            "GET {target} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
         );
         c.stream.write_all(req.as_bytes()).await.unwrap();
         let head = c.read_http_head().await;
@@ -75,10 +99,40 @@ impl Client {
         c
     }
 
-    fn new(stream: TcpStream, ws: bool) -> Client {
+    /// A TLS connection to `addr` trusting `ca` (PEM file), as `localhost`.
+    pub async fn tls_stream(
+        addr: SocketAddr,
+        ca: &std::path::Path,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tls = herald_tls::ClientTls {
+            ca_file: ca.to_path_buf(),
+            ..Default::default()
+        };
+        let config = herald_tls::client_config(&tls, &[]).expect("client TLS config");
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let tcp = TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        connector.connect(name, tcp).await
+    }
+
+    /// goim's TCP protocol over TLS.
+    pub async fn tls_tcp(addr: SocketAddr, ca: &std::path::Path) -> Client {
+        let s = Client::tls_stream(addr, ca).await.expect("TLS handshake");
+        Client::new(Box::new(s), false)
+    }
+
+    /// A secure WebSocket on `/sub`.
+    pub async fn wss(addr: SocketAddr, ca: &std::path::Path) -> Client {
+        let s = Client::tls_stream(addr, ca).await.expect("TLS handshake");
+        Client::upgrade(Box::new(s), addr, "/sub", "").await
+    }
+
+    pub fn new(stream: Box<dyn Io>, ws: bool) -> Client {
         Client {
             stream,
             ws,
+            close_code: None,
+            close_reason: String::new(),
             buf: BytesMut::new(),
             decoder: ws::Decoder::server(64 << 20),
             queued: Default::default(),
@@ -149,7 +203,11 @@ impl Client {
                                         .expect("server sends one frame per message"),
                                 )
                             }
-                            Some(ws::Message::Close) => return None,
+                            Some(ws::Message::Close { code, reason }) => {
+                                self.close_code = code;
+                                self.close_reason = reason;
+                                return None;
+                            }
                             _ => continue,
                         }
                     }
@@ -203,6 +261,14 @@ impl Client {
         if let Ok(f) = tokio::time::timeout(d, self.recv()).await {
             panic!("expected nothing, got {f:?}");
         }
+    }
+
+    /// Reads until the server closes the connection and returns the WebSocket
+    /// close code it sent (`None` when the connection just ended). Pushes and
+    /// replies on the way are skipped.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        while self.recv_wire().await.is_some() {}
+        self.close_code
     }
 
     /// Waits until the server closes the connection.

@@ -1,0 +1,184 @@
+//! What an authenticated connection's frames do: heartbeats, room changes and
+//! op filters (checked against the connection's grant and limits), credential
+//! refreshes, and business ops forwarded to logic.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_limits::Budget;
+use herald_proto::{Frame, Op};
+use herald_rpc::{ConnectReq, Proto, ReceiveReq};
+use serde_json::json;
+
+use super::ConnContext;
+use crate::channel::{Channel, CloseReason, Outbound, WatchError};
+
+/// What the connection task does after a frame (its reply, if any, is queued).
+pub(super) enum Action {
+    /// Nothing more.
+    Done,
+    /// Forward an upstream message to logic.
+    Forward(ReceiveReq),
+    /// Check fresh credentials with logic (op 22).
+    Refresh(Frame),
+    /// Close the connection.
+    Close(CloseReason),
+}
+
+/// Per-connection rate limits on what a client sends (16 bytes: the rates live
+/// in the comet's settings).
+pub(super) struct Limiters {
+    /// Frames of any kind.
+    frames: Budget,
+    /// Room changes.
+    rooms: Budget,
+}
+
+impl Limiters {
+    pub fn new(ctx: &ConnContext) -> Limiters {
+        let l = &ctx.limits;
+        let now = ctx.hub.now_ms();
+        Limiters {
+            frames: Budget::full(l.frames_burst, now),
+            rooms: Budget::full(l.room_changes_per_minute, now),
+        }
+    }
+
+    /// Takes a frame from the frame budget.
+    pub fn frame(&mut self, ctx: &ConnContext) -> bool {
+        let l = &ctx.limits;
+        self.frames
+            .try_take(l.frames_per_second as f32, l.frames_burst, ctx.hub.now_ms())
+    }
+
+    fn room_change(&mut self, ctx: &ConnContext) -> bool {
+        let l = &ctx.limits;
+        self.rooms.try_take(
+            l.room_changes_per_minute as f32 / 60.0,
+            l.room_changes_per_minute,
+            ctx.hub.now_ms(),
+        )
+    }
+}
+
+/// Handles one frame from an authenticated client and queues its reply.
+pub(super) fn handle_frame(
+    ctx: &ConnContext,
+    ch: &Arc<Channel>,
+    limits: &mut Limiters,
+    f: Frame,
+) -> Action {
+    let reply = match f.op {
+        Op::HEARTBEAT => {
+            let online = ch.room().map_or(0, |r| ctx.hub.room_online(&r));
+            Frame::reply_to(
+                &f,
+                Op::HEARTBEAT_REPLY,
+                Bytes::copy_from_slice(&online.to_be_bytes()),
+            )
+        }
+        Op::CHANGE_ROOM => {
+            if !limits.room_change(ctx) {
+                ctx.hub.metrics.limit_hit("room_changes");
+                return Action::Close(CloseReason::RoomChangeRate);
+            }
+            let room = String::from_utf8_lossy(&f.body);
+            let room = room.trim();
+            if ch.may_join(room) {
+                ctx.hub.change_room(ch, room);
+                Frame::reply_to(&f, Op::CHANGE_ROOM_REPLY, f.body.clone())
+            } else {
+                // Refused: the reply names the room the connection is still in.
+                ctx.hub.metrics.grant_refusals_room.increment(1);
+                let current = ch.room().map(|r| Bytes::copy_from_slice(r.as_bytes()));
+                Frame::reply_to(&f, Op::CHANGE_ROOM_REPLY, current.unwrap_or_default())
+            }
+        }
+        Op::SUB => {
+            let body = match herald_proto::parse_op_list(&f.body) {
+                // goim changes nothing for a malformed list and still echoes it.
+                None => f.body.clone(),
+                Some(ops) => match ch.watch(&ops, ctx.limits.max_accepts) {
+                    Err(WatchError::TooMany) => {
+                        ctx.hub.metrics.limit_hit("accepts");
+                        return Action::Close(CloseReason::AcceptLimit);
+                    }
+                    Ok(added) if ch.grant().is_some() => {
+                        if added.len() < ops.len() {
+                            ctx.hub.metrics.grant_refusals_op.increment(1);
+                        }
+                        // The reply lists the ops actually added.
+                        let list: Vec<String> = added.iter().map(i32::to_string).collect();
+                        Bytes::from(list.join(","))
+                    }
+                    Ok(_) => f.body.clone(),
+                },
+            };
+            Frame::reply_to(&f, Op::SUB_REPLY, body)
+        }
+        Op::UNSUB => {
+            if let Some(ops) = herald_proto::parse_op_list(&f.body) {
+                ch.unwatch(&ops);
+            }
+            Frame::reply_to(&f, Op::UNSUB_REPLY, f.body.clone())
+        }
+        Op::REFRESH if ch.grant().is_some() => return Action::Refresh(f),
+        _ => {
+            ch.reply(Outbound::Frame(Frame::reply_to(&f, f.op, Bytes::new())));
+            return Action::Forward(ReceiveReq {
+                mid: ch.mid,
+                proto: Some(Proto {
+                    ver: f.ver as i32,
+                    op: f.op,
+                    seq: f.seq,
+                    body: f.body,
+                }),
+            });
+        }
+    };
+    ch.reply(Outbound::Frame(reply));
+    Action::Done
+}
+
+/// Checks the credentials in an op-22 frame with logic and, when they name the
+/// same identity, puts their grant and expiry in force; queues the op-23 reply.
+pub(super) async fn refresh(ctx: &ConnContext, ch: &Arc<Channel>, client_addr: String, f: Frame) {
+    let req = ConnectReq {
+        server: ctx.server_id.clone(),
+        cookie: String::new(),
+        token: f.body.clone(),
+        client_addr,
+        headers: Default::default(),
+    };
+    let answer = match tokio::time::timeout(ctx.cfg.logic_timeout, ctx.logic.refresh(req)).await {
+        Ok(Ok(r)) if r.mid != ch.mid || !(r.key.is_empty() || *r.key == *ch.key) => {
+            json!({"code": -403, "message": "the credentials name another identity"})
+        }
+        Ok(Ok(r)) => {
+            let grant = r.grant.unwrap_or_else(herald_rpc::Grant::unrestricted);
+            let expires_at = grant.expires_at;
+            ch.set_expiry(ctx.hub.expiry_ms(expires_at));
+            if let Some(room) = ch.room() {
+                if !grant.allows_room(&room) {
+                    ctx.hub.change_room(ch, "");
+                }
+            }
+            ch.set_grant(Some(grant));
+            ctx.hub.metrics.refreshes_ok.increment(1);
+            json!({"code": 0, "expires_at": expires_at})
+        }
+        Ok(Err(e)) => {
+            ctx.hub.metrics.refreshes_refused.increment(1);
+            json!({"code": -401, "message": e.message})
+        }
+        Err(_) => {
+            ctx.hub.metrics.refreshes_refused.increment(1);
+            json!({"code": -503, "message": "refresh timed out"})
+        }
+    };
+    ch.reply(Outbound::Frame(Frame::reply_to(
+        &f,
+        Op::REFRESH_REPLY,
+        Bytes::from(answer.to_string()),
+    )));
+}

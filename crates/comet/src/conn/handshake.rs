@@ -1,0 +1,216 @@
+//! From accept to an authenticated connection: the TLS handshake (on TLS
+//! listeners), the WebSocket upgrade (on WebSocket listeners), then the auth frame,
+//! which logic answers.
+//!
+//! Frames before the auth frame are discarded, as in goim. The TLS handshake and
+//! the upgrade must finish within `limits.client.upgrade_timeout`; the whole
+//! sequence within `comet.handshake_timeout` (enforced by the caller).
+
+use std::collections::HashMap;
+
+use herald_limits::IpGuard;
+use herald_proto::{ws, Op};
+use herald_rpc::{ConnectReply, ConnectReq, ErrorKind};
+use tracing::debug;
+
+use super::wire::{Conn, Inbound, ReadError, Transport};
+use super::ConnContext;
+use crate::channel::CloseReason;
+use crate::sink::Pending;
+
+/// What a successful handshake produced.
+pub(super) struct Authenticated {
+    pub reply: ConnectReply,
+    /// `ver` and `seq` of the auth frame, echoed in the reply.
+    pub ver: i16,
+    pub seq: i32,
+    /// Frames that arrived after the auth frame in the same read.
+    pub leftover: Vec<Inbound>,
+    /// Route removals completed before logic was asked to connect.
+    pub removals_before: u64,
+}
+
+/// Why a connection ended before it was authenticated.
+pub(super) struct Refused {
+    /// For the log.
+    pub reason: String,
+    /// What to tell a WebSocket client that got past the upgrade.
+    pub close: Option<CloseReason>,
+}
+
+impl Refused {
+    fn quietly(reason: impl Into<String>) -> Refused {
+        Refused {
+            reason: reason.into(),
+            close: None,
+        }
+    }
+}
+
+/// Whether the connection is past its TLS handshake and WebSocket upgrade.
+fn handshake_done(conn: &Conn) -> bool {
+    let upgraded = match &conn.transport {
+        Transport::Tcp => true,
+        Transport::Ws { upgraded, .. } => *upgraded,
+    };
+    upgraded && !conn.tls.as_ref().is_some_and(|t| t.is_handshaking())
+}
+
+/// Reads until the auth frame (answering the WebSocket upgrade on the way) and
+/// authenticates with logic. `ip_guard` holds the connection's count for its
+/// address; a proxied WebSocket client is counted here, by its forwarded address.
+pub(super) async fn handshake(
+    ctx: &ConnContext,
+    conn: &mut Conn,
+    ip_guard: &mut Option<IpGuard>,
+) -> Result<Authenticated, Refused> {
+    let started = tokio::time::Instant::now();
+    let upgrade_deadline = started + ctx.limits.upgrade_timeout;
+    let mut cookie = String::new();
+    let mut headers: HashMap<String, String> = HashMap::new();
+    loop {
+        if conn.eof {
+            return Err(Refused::quietly("closed by peer"));
+        }
+        let readable = if handshake_done(conn) {
+            conn.stream.readable().await
+        } else {
+            match tokio::time::timeout_at(upgrade_deadline, conn.stream.readable()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    ctx.hub.metrics.limit_hit("upgrade_timeout");
+                    return Err(Refused::quietly("TLS handshake or upgrade timeout"));
+                }
+            }
+        };
+        readable.map_err(|e| Refused::quietly(e.to_string()))?;
+        let inbound = match conn.read_available() {
+            Ok(v) => v,
+            Err(ReadError::Eof) => return Err(Refused::quietly("closed by peer")),
+            Err(ReadError::Io(e)) => return Err(Refused::quietly(e.to_string())),
+            Err(ReadError::Tls(e)) => {
+                ctx.hub.metrics.tls_failures.increment(1);
+                return Err(Refused::quietly(format!("TLS: {e}")));
+            }
+            Err(ReadError::BadFrame(m)) => {
+                ctx.hub.metrics.bad_input.increment(1);
+                return Err(Refused {
+                    reason: format!("malformed frame: {m}"),
+                    close: Some(CloseReason::MalformedFrame),
+                });
+            }
+            Err(ReadError::BadUpgrade(status, reason, m)) => {
+                ctx.hub.metrics.bad_input.increment(1);
+                let _ = conn
+                    .write_plain(ws::http_error(status, reason, &m).as_bytes())
+                    .await;
+                return Err(Refused::quietly(format!("bad upgrade: {m}")));
+            }
+        };
+        if let Some(tls) = &conn.tls {
+            // A handshake flight the socket did not take whole: finish it, or the
+            // client waits for it while we wait for the client.
+            if tls.has_pending() {
+                conn.sink()
+                    .finish(Pending::Sealed)
+                    .await
+                    .map_err(|e| Refused::quietly(e.to_string()))?;
+            }
+        }
+        let mut items = inbound.into_iter();
+        while let Some(item) = items.next() {
+            match item {
+                Inbound::Upgrade(up) => {
+                    if ctx.proxies.trusts(conn.client) {
+                        // Count the client the proxy names, not the proxy.
+                        conn.client = ctx
+                            .proxies
+                            .client_ip(conn.peer.ip(), up.header("x-forwarded-for"));
+                        match ctx.ips.try_acquire(conn.client) {
+                            Some(g) => *ip_guard = Some(g),
+                            None => {
+                                ctx.hub.metrics.limit_hit("connections_per_ip");
+                                let _ = conn
+                                    .write_plain(
+                                        ws::http_error(
+                                            429,
+                                            "Too Many Requests",
+                                            "too many connections from this address",
+                                        )
+                                        .as_bytes(),
+                                    )
+                                    .await;
+                                return Err(Refused::quietly("too many connections from address"));
+                            }
+                        }
+                    }
+                    conn.write_plain(ws::switching_protocols(&up.accept).as_bytes())
+                        .await
+                        .map_err(|e| Refused::quietly(e.to_string()))?;
+                    let up = *up;
+                    cookie = up.cookie;
+                    headers = up.headers.into_iter().collect();
+                    headers.insert(":path".into(), up.target);
+                }
+                Inbound::Ping(p) => {
+                    let (h, hl) = ws::server_header(ws::opcode::PONG, p.len());
+                    let mut out = h[..hl].to_vec();
+                    out.extend_from_slice(&p);
+                    conn.write_plain(&out)
+                        .await
+                        .map_err(|e| Refused::quietly(e.to_string()))?;
+                }
+                Inbound::Close => return Err(Refused::quietly("closed by peer")),
+                Inbound::Frame(f) if f.op == Op::AUTH => {
+                    let removals_before = ctx.hub.route_removals();
+                    let req = ConnectReq {
+                        server: ctx.server_id.clone(),
+                        cookie: std::mem::take(&mut cookie),
+                        token: f.body.clone(),
+                        client_addr: std::net::SocketAddr::new(conn.client, conn.peer.port())
+                            .to_string(),
+                        headers: std::mem::take(&mut headers),
+                    };
+                    let reply = authenticate(ctx, req).await?;
+                    return Ok(Authenticated {
+                        reply,
+                        ver: f.ver,
+                        seq: f.seq,
+                        leftover: items.collect(),
+                        removals_before,
+                    });
+                }
+                Inbound::Frame(f) => {
+                    debug!(peer = %conn.peer, op = f.op, "frame before auth ignored")
+                }
+            }
+        }
+    }
+}
+
+/// Asks logic who the client is, within `logic_timeout`.
+async fn authenticate(ctx: &ConnContext, req: ConnectReq) -> Result<ConnectReply, Refused> {
+    let refused = |reason: String, close: CloseReason| {
+        ctx.hub.metrics.auth_failures.increment(1);
+        Refused {
+            reason,
+            close: Some(close),
+        }
+    };
+    match tokio::time::timeout(ctx.cfg.logic_timeout, ctx.logic.connect(req)).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(refused(
+            format!("auth refused: {e}"),
+            match e.kind {
+                ErrorKind::Unavailable | ErrorKind::DeadlineExceeded => {
+                    CloseReason::AuthUnavailable
+                }
+                _ => CloseReason::AuthRefused,
+            },
+        )),
+        Err(_) => Err(refused(
+            "auth timed out in logic".into(),
+            CloseReason::AuthUnavailable,
+        )),
+    }
+}

@@ -1,0 +1,579 @@
+//! One client connection, from accept to close, on one task.
+//!
+//! The task owns the socket and selects over "socket readable", "outbound items
+//! queued" (the channel's wake-up) and shutdown; heartbeat deadlines and credential
+//! expiry are swept by the hub. Steps: [`handshake`] (TLS, WebSocket upgrade, auth),
+//! [`register`] (the channel joins the hub), [`session`] (read, [`dispatch`], write),
+//! [`finish`] (tell the client why, leave the hub, tell logic). Everything queued is
+//! written with one vectored write per drain: shared push buffers are never copied,
+//! only their small headers are built per connection.
+
+mod dispatch;
+mod handshake;
+mod wire;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use herald_limits::{ClientLimits, IpCounter, IpGuard, TrustedProxies};
+use herald_proto::{ws, Frame, Op};
+use herald_rpc::{ConnectReply, DisconnectReq, HeartbeatReq, LogicService};
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::channel::{Channel, CloseReason, Outbound};
+use crate::config::CometConfig;
+use crate::hub::Hub;
+use crate::tls::TlsSession;
+use dispatch::{Action, Limiters};
+use handshake::{Authenticated, Refused};
+use wire::{Conn, Inbound, ReadError};
+
+/// Everything a connection task needs from its comet.
+pub(crate) struct ConnContext {
+    pub hub: Arc<Hub>,
+    pub logic: Arc<dyn LogicService>,
+    pub cfg: Arc<CometConfig>,
+    /// Limits on what one client may do.
+    pub limits: ClientLimits,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub proxies: TrustedProxies,
+    /// Connections per client address.
+    pub ips: Arc<IpCounter>,
+    pub server_id: String,
+    pub shutdown: CancellationToken,
+}
+
+/// How a listener's connections are carried.
+#[derive(Clone)]
+pub(crate) struct ListenerKind {
+    /// WebSocket framing (else goim frames straight on the stream).
+    pub websocket: bool,
+    /// TLS, with this configuration.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Serves one accepted socket until it closes. `ip_guard` counts it for its
+/// address (`None` when the peer is a trusted proxy: the client it names is counted
+/// once the upgrade is read).
+///
+/// Everything the connection keeps while idle lives in this one future, so it is
+/// written to stay small: the handshake, writes and logic calls are boxed (they are
+/// short-lived), and the heartbeat deadline is a timestamp in the channel checked
+/// by the hub's sweeper rather than a timer per connection.
+pub(crate) fn serve(
+    ctx: Arc<ConnContext>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: &ListenerKind,
+    ip_guard: Option<IpGuard>,
+) -> impl Future<Output = ()> + Send {
+    let _ = stream.set_nodelay(true);
+    let (tls, tls_failed) = match kind.tls.clone().map(TlsSession::new) {
+        None => (None, false),
+        Some(Ok(session)) => (Some(session), false),
+        Some(Err(e)) => {
+            warn!(error = %e, "cannot start a TLS session");
+            (None, true)
+        }
+    };
+    // Built outside the future and captured once, so it is not stored twice.
+    let mut conn = Conn::new(stream, peer, kind.websocket, tls, ctx.cfg.clone());
+    // A TLS listener never serves in the clear: without a session, end at once.
+    conn.eof = tls_failed;
+    async move {
+        let mut conn = conn;
+        let mut ip_guard = ip_guard;
+        ctx.hub.metrics.accepted.increment(1);
+        let handshake = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            r = Box::pin(tokio::time::timeout(
+                ctx.cfg.handshake_timeout,
+                handshake::handshake(&ctx, &mut conn, &mut ip_guard),
+            )) => r,
+        };
+        let auth = match handshake {
+            Ok(Ok(v)) => v,
+            Ok(Err(Refused { reason, close })) => {
+                debug!(peer = %conn.peer, %reason, "connection closed before auth");
+                if let Some(close) = close {
+                    goodbye(&ctx, &conn, close).await;
+                }
+                return;
+            }
+            Err(_) => {
+                ctx.hub.metrics.timeouts.increment(1);
+                ctx.hub.metrics.limit_hit("handshake_timeout");
+                debug!(peer = %conn.peer, "auth timeout");
+                return;
+            }
+        };
+        let Some((ch, hb, leftover, removals_before)) = register(&ctx, &conn, auth) else {
+            return;
+        };
+        let gauge = if conn.is_ws() {
+            &ctx.hub.metrics.connections_ws
+        } else {
+            &ctx.hub.metrics.connections_tcp
+        };
+        gauge.increment(1.0);
+        let end = session(&ctx, &mut conn, &ch, hb, leftover, removals_before).await;
+        debug!(peer = %conn.peer, key = %ch.key, reason = end.reason, "connection closed");
+        ch.close();
+        if end.clean {
+            if let Some(reason) = ch.close_reason() {
+                goodbye(&ctx, &conn, reason).await;
+            }
+        }
+        drop(conn);
+        drop(ip_guard);
+        gauge.decrement(1.0);
+        finish(&ctx, &ch).await;
+    }
+}
+
+/// Builds the channel for an authenticated client, queues the auth reply and
+/// registers it in the hub; returns it with its heartbeat interval. `None` when
+/// its credentials already expired.
+fn register(
+    ctx: &ConnContext,
+    conn: &Conn,
+    auth: Authenticated,
+) -> Option<(Arc<Channel>, Duration, Vec<Inbound>, u64)> {
+    let hub = &ctx.hub;
+    let Authenticated {
+        reply,
+        ver,
+        seq,
+        leftover,
+        removals_before,
+    } = auth;
+    let ConnectReply {
+        mid,
+        key,
+        room_id,
+        accepts,
+        heartbeat,
+        grant,
+    } = reply;
+    let hb = heartbeat_interval(ctx, heartbeat);
+    let expires_at = grant.as_ref().map_or(0, |g| g.expires_at);
+    let ch = Arc::new(
+        Channel::new(
+            hub.next_id(),
+            Arc::from(key),
+            mid,
+            conn.client,
+            accepts,
+            ctx.limits.max_accepts,
+        )
+        .with_sink(conn.sink()),
+    );
+    ch.set_deadline(hub.deadline_after(hb));
+    ch.set_expiry(hub.expiry_ms(expires_at));
+    ch.set_grant(grant);
+    if expires_at > 0 && ch.expire(hub.now_ms()).is_some() {
+        debug!(peer = %conn.peer, "credentials expired before the connection started");
+        return None;
+    }
+    // Queued before the channel is reachable, so no push can overtake it.
+    ch.reply(Outbound::Frame(Frame::new(
+        ver,
+        Op::AUTH_REPLY,
+        seq,
+        Bytes::new(),
+    )));
+    // The authenticator checked the room against the grant; check again here, so
+    // a logic that does not (goim's) cannot place a restricted client elsewhere.
+    let room = if ch.may_join(&room_id) {
+        room_id.as_str()
+    } else {
+        ""
+    };
+    hub.register(&ch, room);
+    if ctx.shutdown.is_cancelled() {
+        // Registered after shutdown closed everybody: close this one too.
+        ch.close();
+    }
+    Some((ch, hb, leftover, removals_before))
+}
+
+/// The heartbeat deadline logic asked for, or the configured default.
+fn heartbeat_interval(ctx: &ConnContext, nanos: i64) -> Duration {
+    match nanos {
+        n if n > 0 => Duration::from_nanos(n as u64),
+        _ => ctx.cfg.default_heartbeat,
+    }
+}
+
+/// How a session ended.
+struct End {
+    reason: &'static str,
+    /// The stream is between frames, so a close frame may still be written.
+    clean: bool,
+}
+
+impl End {
+    fn clean(reason: &'static str) -> End {
+        End {
+            reason,
+            clean: true,
+        }
+    }
+
+    fn torn(reason: &'static str) -> End {
+        End {
+            reason,
+            clean: false,
+        }
+    }
+}
+
+/// Reads, dispatches and writes until the connection closes.
+async fn session(
+    ctx: &ConnContext,
+    conn: &mut Conn,
+    ch: &Arc<Channel>,
+    hb: Duration,
+    leftover: Vec<Inbound>,
+    removals_before: u64,
+) -> End {
+    let hub = &ctx.hub;
+    let refresh_every = {
+        let (lo, hi) = (ctx.cfg.route_refresh_min, ctx.cfg.route_refresh_max);
+        if hi > lo {
+            rand::rng().random_range(lo..hi)
+        } else {
+            lo
+        }
+    };
+    let mut last_refresh = Instant::now();
+    if hub.route_removals() != removals_before {
+        // A route removal finished while this client authenticated: it may have been
+        // this key's (a same-key reconnect); make sure the route points here. If
+        // that fails, the next client heartbeat tries again.
+        if call(
+            ctx,
+            "heartbeat",
+            ctx.logic.heartbeat(heartbeat_req(ctx, ch)),
+        )
+        .await
+        .is_none()
+        {
+            last_refresh = Instant::now()
+                .checked_sub(refresh_every)
+                .unwrap_or(last_refresh);
+        }
+    }
+    let mut limits = Limiters::new(ctx);
+    let mut out = VecDeque::new();
+    let mut inbound = leftover;
+    loop {
+        for item in inbound.drain(..) {
+            if ch.is_closed() {
+                // Replaced, timed out or shut down while handling a batch.
+                break;
+            }
+            match item {
+                Inbound::Frame(f) => {
+                    if !limits.frame(ctx) {
+                        hub.metrics.limit_hit("frames_per_second");
+                        ch.close_with(CloseReason::FrameRate);
+                        break;
+                    }
+                    if f.op == Op::HEARTBEAT {
+                        ch.set_deadline(hub.deadline_after(hb));
+                        if last_refresh.elapsed() >= refresh_every
+                            && call(
+                                ctx,
+                                "heartbeat",
+                                ctx.logic.heartbeat(heartbeat_req(ctx, ch)),
+                            )
+                            .await
+                            .is_some()
+                        {
+                            last_refresh = Instant::now();
+                        }
+                    }
+                    match dispatch::handle_frame(ctx, ch, &mut limits, f) {
+                        Action::Done => {}
+                        Action::Forward(req) => {
+                            call(ctx, "receive", ctx.logic.receive(req)).await;
+                        }
+                        Action::Refresh(f) => {
+                            let addr = SocketAddr::new(conn.client, conn.peer.port());
+                            Box::pin(dispatch::refresh(ctx, ch, addr.to_string(), f)).await;
+                        }
+                        Action::Close(reason) => {
+                            ch.close_with(reason);
+                            break;
+                        }
+                    }
+                }
+                Inbound::Ping(p) => ch.reply(Outbound::Pong(p)),
+                Inbound::Close => return End::clean("closed by peer"),
+                Inbound::Upgrade(_) => return End::clean("unexpected upgrade"),
+            }
+        }
+        let closing = ch.drain(&mut out);
+        if !out.is_empty() {
+            if let Some(end) = write_drained(ctx, ch, &mut out, closing).await {
+                return end;
+            }
+        }
+        if closing {
+            return End::clean(if ch.timed_out() {
+                "heartbeat timeout"
+            } else {
+                "closed by server"
+            });
+        }
+        if conn.eof {
+            return End::clean("closed by peer");
+        }
+        // Wait for queued output or input. Polling readiness directly keeps no
+        // waiter state in this (long-lived, per-connection) future.
+        let readable = std::future::poll_fn(|cx| {
+            if ch.poll_signal(cx) {
+                return Poll::Ready(None);
+            }
+            conn.stream.poll_read_ready(cx).map(Some)
+        })
+        .await;
+        match readable {
+            None => {}
+            Some(Err(_)) => return End::torn("socket error"),
+            Some(Ok(())) => match conn.read_available() {
+                Ok(items) => inbound = items,
+                Err(ReadError::Eof) => return End::clean("closed by peer"),
+                Err(ReadError::Io(_)) => return End::torn("read failed"),
+                Err(ReadError::Tls(_)) => {
+                    hub.metrics.tls_failures.increment(1);
+                    return End::torn("TLS error");
+                }
+                Err(ReadError::BadFrame(m)) => {
+                    hub.metrics.bad_input.increment(1);
+                    debug!(peer = %conn.peer, key = %ch.key, error = %m, "malformed frame");
+                    ch.close_with(CloseReason::MalformedFrame);
+                    return End::clean("malformed frame");
+                }
+                Err(ReadError::BadUpgrade(..)) => return End::clean("unexpected upgrade"),
+            },
+        }
+    }
+}
+
+/// Writes what was drained: at once if the socket takes it, else waiting for the
+/// socket within `write_timeout` (boxed, so idle connections do not carry this
+/// state). A blocked write does not keep a connection the server closed (slow
+/// consumer, replacement, shutdown) alive. Returns how the session ended, if it did.
+async fn write_drained(
+    ctx: &ConnContext,
+    ch: &Channel,
+    out: &mut VecDeque<Outbound>,
+    closing: bool,
+) -> Option<End> {
+    let Some(sink) = ch.sink() else {
+        return Some(End::torn("no socket"));
+    };
+    let items = out.len();
+    let (frames, rest) = match sink.write_now(out.drain(..)) {
+        Ok(w) => (w.frames, w.rest),
+        Err(_) => return Some(End::torn("write failed")),
+    };
+    let blocked = rest.is_some();
+    if let Some(rest) = rest {
+        let mut write = Box::pin(tokio::time::timeout(
+            ctx.cfg.write_timeout,
+            sink.finish(rest),
+        ));
+        let written = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = write.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            if ch.poll_signal(cx) && ch.is_closed() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        drop(write);
+        match written {
+            None => return Some(End::torn("closed by server during a write")),
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(_))) => return Some(End::torn("write failed")),
+            Some(Err(_)) => {
+                ctx.hub.metrics.write_timeouts.increment(1);
+                debug!(items, "write timed out");
+                return Some(End::torn("write timed out"));
+            }
+        }
+    }
+    ch.finish_write();
+    ctx.hub.metrics.writes.increment(1);
+    ctx.hub.metrics.frames_delivered.increment(frames);
+    if blocked && !closing {
+        // Waiting for the socket consumed the wake-up of anything queued
+        // meanwhile: signal again so the session looks before sleeping.
+        ch.wake();
+    }
+    None
+}
+
+/// Tells the client why it is being closed, if there is a way to: a WebSocket
+/// close frame (and, on TLS, close_notify). Best effort, briefly bounded.
+async fn goodbye(ctx: &ConnContext, conn: &Conn, reason: CloseReason) {
+    let bound = ctx.cfg.write_timeout.min(Duration::from_secs(1));
+    let sink = conn.sink();
+    let say = async {
+        if conn.is_ws() {
+            sink.write_all(&ws::close_frame(reason.code(), reason.text()))
+                .await?;
+        }
+        if let Some(tls) = &conn.tls {
+            tls.close_notify();
+            sink.finish(crate::sink::Pending::Sealed).await?;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(bound, say).await;
+}
+
+/// After the session: leaves the hub and, if this connection still owned its
+/// route, tells logic.
+async fn finish(ctx: &ConnContext, ch: &Arc<Channel>) {
+    let hub = &ctx.hub;
+    if !hub.unregister(ch) {
+        return;
+    }
+    let req = DisconnectReq {
+        mid: ch.mid,
+        key: ch.key.to_string(),
+        server: ctx.server_id.clone(),
+    };
+    call(ctx, "disconnect", ctx.logic.disconnect(req)).await;
+    hub.note_route_removal();
+    if let Some(newer) = hub.channel(&ch.key) {
+        // A new connection with this key registered while the route was being
+        // removed: put its route back.
+        call(
+            ctx,
+            "heartbeat",
+            ctx.logic.heartbeat(heartbeat_req(ctx, &newer)),
+        )
+        .await;
+    }
+}
+
+fn heartbeat_req(ctx: &ConnContext, ch: &Channel) -> HeartbeatReq {
+    HeartbeatReq {
+        mid: ch.mid,
+        key: ch.key.to_string(),
+        server: ctx.server_id.clone(),
+    }
+}
+
+/// A logic call with a deadline; failures are logged and give `None`. Boxed, so
+/// that the connection task only holds a pointer while a (rare) call is pending.
+fn call<'a, T: 'a>(
+    ctx: &ConnContext,
+    what: &'static str,
+    fut: impl Future<Output = herald_rpc::RpcResult<T>> + Send + 'a,
+) -> std::pin::Pin<Box<dyn Future<Output = Option<T>> + Send + 'a>> {
+    let timeout = ctx.cfg.logic_timeout;
+    Box::pin(async move {
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                warn!(call = what, error = %e, "logic call failed");
+                None
+            }
+            Err(_) => {
+                warn!(call = what, "logic call timed out");
+                None
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::CometMetrics;
+    use herald_rpc::{ConnectReq, RpcError, RpcResult};
+
+    struct NoLogic;
+
+    #[async_trait::async_trait]
+    impl LogicService for NoLogic {
+        async fn connect(&self, _: ConnectReq) -> RpcResult<ConnectReply> {
+            Err(RpcError::invalid("test"))
+        }
+        async fn refresh(&self, _: ConnectReq) -> RpcResult<ConnectReply> {
+            Err(RpcError::invalid("test"))
+        }
+        async fn disconnect(&self, _: DisconnectReq) -> RpcResult<herald_rpc::DisconnectReply> {
+            Ok(Default::default())
+        }
+        async fn heartbeat(&self, _: HeartbeatReq) -> RpcResult<()> {
+            Ok(())
+        }
+        async fn renew_online(
+            &self,
+            _: herald_rpc::OnlineReq,
+        ) -> RpcResult<herald_rpc::OnlineReply> {
+            Ok(Default::default())
+        }
+        async fn receive(&self, _: herald_rpc::ReceiveReq) -> RpcResult<()> {
+            Ok(())
+        }
+        async fn nodes(&self, _: herald_rpc::NodesReq) -> RpcResult<herald_rpc::NodesReply> {
+            Ok(Default::default())
+        }
+    }
+
+    /// The per-connection task is the largest per-connection allocation; keep an eye
+    /// on its size (printed with `--nocapture`).
+    #[tokio::test]
+    async fn connection_task_size() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let ctx = Arc::new(ConnContext {
+            hub: Arc::new(Hub::new(
+                1,
+                Default::default(),
+                crate::channel::OutboxLimits::pushes(1),
+                CometMetrics::new(),
+            )),
+            logic: Arc::new(NoLogic),
+            cfg: Arc::new(CometConfig::default()),
+            limits: ClientLimits::default(),
+            proxies: TrustedProxies::default(),
+            ips: IpCounter::new(0),
+            server_id: "t".into(),
+            shutdown: CancellationToken::new(),
+        });
+        let kind = ListenerKind {
+            websocket: true,
+            tls: None,
+        };
+        let fut = serve(ctx, stream, peer, &kind, None);
+        let size = std::mem::size_of_val(&fut);
+        println!(
+            "connection future: {size} bytes; channel: {} bytes; conn: {} bytes",
+            std::mem::size_of::<Channel>(),
+            std::mem::size_of::<Conn>(),
+        );
+        assert!(size < 16 * 1024);
+    }
+}

@@ -1,0 +1,206 @@
+//! TLS on a client socket without giving the socket to a stream wrapper.
+//!
+//! comet writes pushes from whichever thread broadcasts (see [`crate::sink`]) and
+//! reads on the connection task, both straight on the non-blocking socket. A TLS
+//! connection keeps that shape: its rustls state sits behind one lock shared by the
+//! reader and the writers, plaintext goes in and ciphertext comes out under that
+//! lock, so records leave in the order they were sealed whoever writes them.
+//! Ciphertext the socket did not take stays inside the session until the
+//! connection task flushes it; nothing else is buffered per connection.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rustls::ServerConnection;
+use tokio::net::TcpStream;
+
+/// The socket as blocking-style `Read`/`Write` that answer `WouldBlock` instead
+/// of waiting (what rustls's `read_tls`/`write_tls` expect).
+struct NonBlocking<'a>(&'a TcpStream);
+
+impl Read for NonBlocking<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for NonBlocking<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What one non-blocking read produced.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct TlsRead {
+    /// Ciphertext bytes taken from the socket.
+    pub ciphertext: usize,
+    /// The peer closed the connection (TCP end of stream or TLS close_notify).
+    pub eof: bool,
+}
+
+/// A TLS server session shared by a connection's reader and its writers.
+pub(crate) struct TlsSession {
+    conn: Mutex<ServerConnection>,
+}
+
+impl std::fmt::Debug for TlsSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsSession")
+    }
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl TlsSession {
+    /// A session for a freshly accepted socket.
+    pub fn new(config: Arc<rustls::ServerConfig>) -> io::Result<Arc<TlsSession>> {
+        let mut conn = ServerConnection::new(config).map_err(tls_error)?;
+        // comet bounds what it hands to a connection itself (outbound bytes); the
+        // session must take a whole drain at once, so no limit of its own.
+        conn.set_buffer_limit(None);
+        Ok(Arc::new(TlsSession {
+            conn: Mutex::new(conn),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ServerConnection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the handshake is still in progress.
+    pub fn is_handshaking(&self) -> bool {
+        self.lock().is_handshaking()
+    }
+
+    /// Reads what the socket has (at most `budget` ciphertext bytes), decrypts it
+    /// and hands the plaintext to `plain` in pieces of at most `buf.len()`. Handshake
+    /// messages and alerts it provokes are written out (as far as the socket takes
+    /// them). Never waits. A TLS protocol error is an `InvalidData` error, after the
+    /// alert was sent.
+    pub fn read(
+        &self,
+        stream: &TcpStream,
+        budget: usize,
+        buf: &mut [u8],
+        mut plain: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<TlsRead> {
+        let mut out = TlsRead::default();
+        let mut conn = self.lock();
+        while out.ciphertext < budget {
+            match conn.read_tls(&mut NonBlocking(stream)) {
+                Ok(0) => {
+                    out.eof = true;
+                    break;
+                }
+                Ok(n) => out.ciphertext += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let state = match conn.process_new_packets() {
+                Ok(s) => s,
+                Err(e) => {
+                    // Tell the peer why (best effort), then give up on it.
+                    let _ = conn.write_tls(&mut NonBlocking(stream));
+                    return Err(tls_error(e));
+                }
+            };
+            if state.plaintext_bytes_to_read() > 0 {
+                loop {
+                    match conn.reader().read(buf) {
+                        Ok(0) => {
+                            out.eof = true;
+                            break;
+                        }
+                        Ok(n) => plain(&buf[..n])?,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            if state.peer_has_closed() {
+                out.eof = true;
+            }
+            if out.eof {
+                break;
+            }
+        }
+        if conn.wants_write() {
+            Self::flush_locked(&mut conn, stream)?;
+        }
+        Ok(out)
+    }
+
+    /// Seals `slices` and writes what the socket takes now. Returns whether every
+    /// sealed byte left (otherwise the rest waits in the session for [`flush`]).
+    ///
+    /// [`flush`]: TlsSession::flush
+    pub fn write(&self, stream: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<bool> {
+        let mut conn = self.lock();
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let mut sealed = 0;
+        while sealed < total {
+            // Without a buffer limit the session takes everything; loop anyway so a
+            // short write cannot lose bytes.
+            let n = conn.writer().write_vectored(&advance(slices, sealed))?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            sealed += n;
+        }
+        Self::flush_locked(&mut conn, stream)
+    }
+
+    /// Writes sealed bytes still waiting; returns whether none is left.
+    pub fn flush(&self, stream: &TcpStream) -> io::Result<bool> {
+        Self::flush_locked(&mut self.lock(), stream)
+    }
+
+    /// Whether sealed bytes wait for the socket.
+    pub fn has_pending(&self) -> bool {
+        self.lock().wants_write()
+    }
+
+    fn flush_locked(conn: &mut ServerConnection, stream: &TcpStream) -> io::Result<bool> {
+        while conn.wants_write() {
+            match conn.write_tls(&mut NonBlocking(stream)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Queues a close_notify alert (sent by the next flush).
+    pub fn close_notify(&self) {
+        self.lock().send_close_notify();
+    }
+}
+
+/// `slices` without their first `skip` bytes.
+fn advance<'a>(slices: &'a [IoSlice<'a>], mut skip: usize) -> Vec<IoSlice<'a>> {
+    let mut out = Vec::with_capacity(slices.len());
+    for s in slices {
+        if skip >= s.len() {
+            skip -= s.len();
+            continue;
+        }
+        out.push(IoSlice::new(&s[skip..]));
+        skip = 0;
+    }
+    out
+}

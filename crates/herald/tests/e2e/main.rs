@@ -6,6 +6,7 @@
 mod bad_input;
 mod binary;
 mod http_api;
+mod limits;
 mod pki;
 mod protocol;
 mod regressions;

@@ -173,6 +173,11 @@ impl Client {
         self.stream.write_all(bytes).await.unwrap();
     }
 
+    /// Like `send_socket`, reporting a failed write (the server closed).
+    pub async fn send_socket_checked(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
     pub async fn send(&mut self, op: i32, body: &[u8]) -> i32 {
         self.seq += 1;
         let f = Frame::new(1, op, self.seq, body.to_vec()).to_bytes();

@@ -1,0 +1,375 @@
+//! Attacks on a running `herald standalone` process, tried as an outsider would,
+//! with healthy clients watching. Each attack must leave the healthy clients
+//! served — every push arrives, within a bound that only a stall would break — and
+//! the server's memory bounded. The bounds are generous on purpose: they catch a
+//! stalled or bloated server, not a slow machine (speed is measured by the
+//! benchmarks, not here).
+//!
+//! The attacks run one at a time (they use thousands of sockets each).
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "e2e/support.rs"]
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herald_proto::{Frame, Op};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+
+use support::{auth_body, post, Client};
+
+/// One attack at a time: each holds thousands of sockets in this process.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A push must reach every healthy client within this long, attack or not.
+const STALL: Duration = Duration::from_secs(2);
+
+/// A herald process on free loopback ports.
+struct Server {
+    child: Child,
+    http: SocketAddr,
+    ws: SocketAddr,
+    tcp: SocketAddr,
+    _dir: PathBuf,
+}
+
+impl Server {
+    /// Starts `herald standalone` with the test ports and `extra` TOML appended.
+    async fn start(extra: &str) -> Server {
+        let port = herald_testkit::free_port;
+        let (http, ws, tcp) = (port(), port(), port());
+        let dir = std::env::temp_dir().join(format!(
+            "herald-attack-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("herald.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[comet]\ntcp_bind = [\"127.0.0.1:{tcp}\"]\nws_bind = [\"127.0.0.1:{ws}\"]\n\
+                 [logic]\nhttp_bind = \"127.0.0.1:{http}\"\n[log]\nlevel = \"warn\"\n{extra}\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["standalone", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("herald starts");
+        let s = Server {
+            child,
+            http: SocketAddr::from(([127, 0, 0, 1], http)),
+            ws: SocketAddr::from(([127, 0, 0, 1], ws)),
+            tcp: SocketAddr::from(([127, 0, 0, 1], tcp)),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(s.http).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "herald did not open its HTTP port"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        s
+    }
+
+    /// The server's resident memory.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+
+    /// Open file descriptors of the server.
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Healthy clients in `live://healthy` (WebSocket and TCP, half each).
+async fn healthy(s: &Server, n: usize) -> Vec<Client> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut c = if i % 2 == 0 {
+            Client::ws(s.ws).await
+        } else {
+            Client::tcp(s.tcp).await
+        };
+        c.auth(
+            1_000_000 + i as i64,
+            &format!("healthy-{i}"),
+            "live://healthy",
+            &[1000],
+        )
+        .await;
+        out.push(c);
+    }
+    out
+}
+
+/// Pushes `rounds` room messages to the healthy clients; each must reach all of
+/// them within [`STALL`]. Returns the slowest delivery seen.
+async fn probe(s: &Server, clients: &mut [Client], rounds: usize, label: &str) -> Duration {
+    let mut worst = Duration::ZERO;
+    for r in 0..rounds {
+        let body = format!("{label}-{r}");
+        let started = Instant::now();
+        let resp = tokio::time::timeout(
+            STALL,
+            post(
+                s.http,
+                "/goim/push/room?operation=1000&type=live&room=healthy",
+                body.as_bytes(),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{label}: the push API stalled"));
+        assert_eq!(resp.status, 200, "{label}: push refused: {}", resp.text());
+        for c in clients.iter_mut() {
+            let f = tokio::time::timeout(STALL, c.recv_push())
+                .await
+                .unwrap_or_else(|_| panic!("{label}: push {r} not delivered within {STALL:?}"));
+            assert_eq!(f.body, body.as_bytes(), "{label}: wrong push");
+        }
+        worst = worst.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worst
+}
+
+/// A socket from `127.0.0.<host>` with a small receive buffer, so a client that
+/// does not read fills its socket quickly.
+async fn raw_socket(to: SocketAddr, host: u8) -> std::io::Result<TcpStream> {
+    let s = TcpSocket::new_v4()?;
+    s.set_recv_buffer_size(4096)?;
+    s.bind(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)),
+        0,
+    ))?;
+    s.connect(to).await
+}
+
+const MIB: u64 = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_half_open_handshakes() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = Server::start("[limits.client]\nupgrade_timeout = \"3s\"\n").await;
+    let mut ok = healthy(&s, 4).await;
+    probe(&s, &mut ok, 3, "before").await;
+    let before = s.rss();
+    // 10,000 connections that start a WebSocket upgrade and never finish it.
+    let mut attackers = Vec::new();
+    for i in 0..10_000u32 {
+        let host = 2 + (i % 8) as u8;
+        if let Ok(mut c) = raw_socket(s.ws, host).await {
+            let _ = c.write_all(b"GET /sub HTTP/1.1\r\nHost: x\r\n").await;
+            attackers.push(c);
+        }
+    }
+    assert!(
+        attackers.len() > 9_000,
+        "only {} attackers connected",
+        attackers.len()
+    );
+    let worst = probe(&s, &mut ok, 5, "half-open").await;
+    let grown = s.rss().saturating_sub(before);
+    assert!(
+        grown < 150 * MIB,
+        "10,000 half-open handshakes took {} MiB",
+        grown / MIB
+    );
+    // The upgrade timeout frees their descriptors.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.fds() > 1_000 {
+        assert!(
+            Instant::now() < deadline,
+            "half-open connections still held: {} fds",
+            s.fds()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    probe(&s, &mut ok, 3, "after").await;
+    println!(
+        "half-open: worst healthy delivery {worst:?}, RSS growth {} KiB",
+        grown / 1024
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn op4_floods_are_cut_off() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = Server::start("").await;
+    let mut ok = healthy(&s, 4).await;
+    // 50 clients each writing op-4 frames as fast as the socket takes them.
+    let frame = Frame::new(1, Op::SEND_MSG, 1, vec![b'x'; 512]).to_bytes();
+    let burst: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 256)
+        .collect();
+    let mut floods = Vec::new();
+    for i in 0..50 {
+        let mut c = Client::tcp(s.tcp).await;
+        c.auth(i, &format!("flood-{i}"), "", &[]).await;
+        let burst = burst.clone();
+        floods.push(tokio::spawn(async move {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(5) {
+                if tokio::time::timeout(Duration::from_secs(1), c.send_socket_checked(&burst))
+                    .await
+                    .map_or(true, |r| r.is_err())
+                {
+                    return true; // closed (or no longer read) by the server
+                }
+            }
+            false
+        }));
+    }
+    let worst = probe(&s, &mut ok, 10, "op4-flood").await;
+    for f in floods {
+        assert!(f.await.unwrap(), "a flooding client was never cut off");
+    }
+    println!("op-4 flood: worst healthy delivery {worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_sub_frames_do_not_stall_anyone() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = Server::start("").await;
+    let mut ok = healthy(&s, 4).await;
+    // Two clients sending maximal op-14 frames (about 800 ops each) over and over.
+    let ops: Vec<String> = (0..800).map(|i| (100_000 + i).to_string()).collect();
+    let body = ops.join(",");
+    let frame = Frame::new(1, Op::SUB, 1, body.into_bytes()).to_bytes();
+    let mut subs = Vec::new();
+    for i in 0..2 {
+        let mut c = Client::tcp(s.tcp).await;
+        c.auth(i, &format!("subs-{i}"), "", &[]).await;
+        let frame = frame.clone();
+        subs.push(tokio::spawn(async move {
+            for _ in 0..2_000 {
+                if c.send_socket_checked(&frame).await.is_err() {
+                    return true;
+                }
+            }
+            false
+        }));
+    }
+    let worst = probe(&s, &mut ok, 10, "sub-growth").await;
+    for t in subs {
+        assert!(
+            t.await.unwrap(),
+            "a client growing its accept list was never cut off"
+        );
+    }
+    println!("sub growth: worst healthy delivery {worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_slow_readers_in_a_busy_room() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = Server::start("").await;
+    let mut ok = healthy(&s, 4).await;
+    let baseline = s.rss();
+    // 2,000 WebSocket clients in the healthy room that authenticate, then never read.
+    let mut slow = Vec::new();
+    for i in 0..2_000u32 {
+        let stream = raw_socket(s.ws, 2 + (i % 8) as u8).await.unwrap();
+        let mut c = Client::upgrade(Box::new(stream), s.ws, "/sub", "").await;
+        c.send(
+            Op::AUTH,
+            &auth_body(i as i64, &format!("slow-{i}"), "live://healthy", &[]),
+        )
+        .await;
+        slow.push(c);
+    }
+    // A busy room: 20 pushes of 16 KiB per second for 10 s, with the healthy
+    // clients checked throughout.
+    let body = vec![b'b'; 16 * 1024];
+    let mut peak = 0;
+    let mut worst = Duration::ZERO;
+    for second in 0..10 {
+        for _ in 0..20 {
+            let r = post(
+                s.http,
+                "/goim/push/room?operation=1001&type=live&room=healthy",
+                &body,
+            )
+            .await;
+            assert_eq!(r.status, 200);
+        }
+        // The healthy clients read everything, probes included.
+        let label = format!("busy-{second}");
+        let started = Instant::now();
+        let r = post(
+            s.http,
+            "/goim/push/room?operation=1000&type=live&room=healthy",
+            label.as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        for c in ok.iter_mut() {
+            loop {
+                let f = tokio::time::timeout(STALL, c.recv_push())
+                    .await
+                    .unwrap_or_else(|_| panic!("{label}: healthy client stalled"));
+                if f.op == 1000 {
+                    assert_eq!(f.body, label.as_bytes());
+                    break;
+                }
+            }
+        }
+        worst = worst.max(started.elapsed());
+        peak = peak.max(s.rss());
+    }
+    let grown = peak.saturating_sub(baseline);
+    assert!(
+        grown < 400 * MIB,
+        "2,000 slow readers grew the server by {} MiB",
+        grown / MIB
+    );
+    drop(slow);
+    // Once they are gone, their memory goes back (at most a little is kept).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut after = s.rss();
+    while after.saturating_sub(baseline) > 100 * MIB && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        after = s.rss();
+    }
+    println!(
+        "slow readers: peak growth {} MiB, {} MiB above baseline after they left, worst healthy delivery {worst:?}",
+        grown / MIB,
+        after.saturating_sub(baseline) / MIB
+    );
+    assert!(
+        after.saturating_sub(baseline) <= 100 * MIB,
+        "{} MiB still held after the slow readers left",
+        after.saturating_sub(baseline) / MIB
+    );
+}

@@ -473,7 +473,10 @@ impl Logic {
     }
 
     /// Asks the authenticator who `req` is and builds the reply comet acts on.
-    async fn authenticate(&self, req: &ConnectReq) -> RpcResult<ConnectReply> {
+    /// With `generate_key`, an identity without a key gets a fresh one (a
+    /// connect); without, its key stays empty (a refresh: the credentials do not
+    /// bind a key, so the connection keeps the one it has).
+    async fn authenticate(&self, req: &ConnectReq, generate_key: bool) -> RpcResult<ConnectReply> {
         let id = match self.auth.authenticate(req).await {
             Ok(id) => id,
             Err(e) => {
@@ -482,7 +485,7 @@ impl Logic {
                 return Err(e);
             }
         };
-        let key = if id.key.is_empty() {
+        let key = if id.key.is_empty() && generate_key {
             uuid::Uuid::new_v4().to_string()
         } else {
             id.key
@@ -510,7 +513,7 @@ pub fn room_key(typ: &str, room: &str) -> String {
 #[async_trait]
 impl LogicService for Logic {
     async fn connect(&self, req: ConnectReq) -> RpcResult<ConnectReply> {
-        let reply = self.authenticate(&req).await?;
+        let reply = self.authenticate(&req, true).await?;
         self.sessions
             .add_route(reply.mid, &reply.key, &req.server)
             .await
@@ -520,7 +523,7 @@ impl LogicService for Logic {
     }
 
     async fn refresh(&self, req: ConnectReq) -> RpcResult<ConnectReply> {
-        self.authenticate(&req).await
+        self.authenticate(&req, false).await
     }
 
     async fn disconnect(&self, req: DisconnectReq) -> RpcResult<DisconnectReply> {

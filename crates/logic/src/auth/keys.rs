@@ -122,14 +122,7 @@ impl Alg {
 /// A parsed verification key.
 pub enum VerifyKey {
     /// One HMAC key per hash, all from the same secret.
-    Hmac {
-        /// HS256.
-        sha256: hmac::Key,
-        /// HS384.
-        sha384: hmac::Key,
-        /// HS512.
-        sha512: hmac::Key,
-    },
+    Hmac(Box<HmacKeys>),
     /// An RSA public key.
     Rsa(signature::RsaPublicKeyComponents<Vec<u8>>),
     /// An ECDSA public key: the uncompressed point.
@@ -146,6 +139,13 @@ impl std::fmt::Debug for VerifyKey {
         // Never prints the secret.
         write!(f, "VerifyKey({:?})", self.family())
     }
+}
+
+/// The HMAC keys of one secret (ring binds a key to its hash).
+pub struct HmacKeys {
+    sha256: hmac::Key,
+    sha384: hmac::Key,
+    sha512: hmac::Key,
 }
 
 /// Why a token's signature was not accepted.
@@ -167,11 +167,11 @@ impl VerifyKey {
                 secret.len()
             ));
         }
-        Ok(VerifyKey::Hmac {
+        Ok(VerifyKey::Hmac(Box::new(HmacKeys {
             sha256: hmac::Key::new(hmac::HMAC_SHA256, secret),
             sha384: hmac::Key::new(hmac::HMAC_SHA384, secret),
             sha512: hmac::Key::new(hmac::HMAC_SHA512, secret),
-        })
+        })))
     }
 
     /// A public key from the DER of a SubjectPublicKeyInfo (a PEM `PUBLIC KEY`).
@@ -229,7 +229,7 @@ impl VerifyKey {
     /// The family of algorithms this key verifies.
     pub fn family(&self) -> Family {
         match self {
-            VerifyKey::Hmac { .. } => Family::Hmac,
+            VerifyKey::Hmac(_) => Family::Hmac,
             VerifyKey::Rsa(_) => Family::Rsa,
             VerifyKey::Ec { family, .. } => *family,
         }
@@ -241,15 +241,11 @@ impl VerifyKey {
             return Err(VerifyError::WrongFamily);
         }
         let ok = match self {
-            VerifyKey::Hmac {
-                sha256,
-                sha384,
-                sha512,
-            } => {
+            VerifyKey::Hmac(keys) => {
                 let key = match alg {
-                    Alg::HS384 => sha384,
-                    Alg::HS512 => sha512,
-                    _ => sha256,
+                    Alg::HS384 => &keys.sha384,
+                    Alg::HS512 => &keys.sha512,
+                    _ => &keys.sha256,
                 };
                 // Constant time.
                 hmac::verify(key, message, sig).is_ok()

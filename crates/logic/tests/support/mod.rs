@@ -285,3 +285,217 @@ where
     }
     panic!("timed out waiting for {what}");
 }
+
+/// An auth webhook backend on loopback: answers what the test sets, records the
+/// last call, counts calls in flight, and can hold calls until the test opens its
+/// gate.
+pub struct Backend {
+    pub url: String,
+    pub state: Arc<BackendState>,
+    stop: CancellationToken,
+}
+
+pub struct BackendState {
+    answer: std::sync::Mutex<(u16, String)>,
+    gate: tokio::sync::watch::Sender<bool>,
+    pub calls: std::sync::atomic::AtomicUsize,
+    pub in_flight: std::sync::atomic::AtomicUsize,
+    pub max_in_flight: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<Option<(axum::http::HeaderMap, Value)>>,
+}
+
+impl Backend {
+    pub async fn start() -> Backend {
+        use std::sync::atomic::Ordering::SeqCst;
+        let state = Arc::new(BackendState {
+            answer: std::sync::Mutex::new((200, r#"{"allow":false}"#.into())),
+            gate: tokio::sync::watch::channel(true).0,
+            calls: Default::default(),
+            in_flight: Default::default(),
+            max_in_flight: Default::default(),
+            last: Default::default(),
+        });
+        let handler = |axum::extract::State(s): axum::extract::State<Arc<BackendState>>,
+                       headers: axum::http::HeaderMap,
+                       body: bytes::Bytes| async move {
+            s.calls.fetch_add(1, SeqCst);
+            let n = s.in_flight.fetch_add(1, SeqCst) + 1;
+            s.max_in_flight.fetch_max(n, SeqCst);
+            let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            *s.last.lock().unwrap() = Some((headers, json));
+            let mut open = s.gate.subscribe();
+            let _ = open.wait_for(|o| *o).await;
+            s.in_flight.fetch_sub(1, SeqCst);
+            let (status, body) = s.answer.lock().unwrap().clone();
+            (axum::http::StatusCode::from_u16(status).unwrap(), body)
+        };
+        let app = axum::Router::new()
+            .route("/auth", axum::routing::post(handler))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/auth", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(s.cancelled_owned())
+                .await
+                .unwrap();
+        });
+        Backend { url, state, stop }
+    }
+
+    pub fn answer(&self, status: u16, body: &str) {
+        *self.state.answer.lock().unwrap() = (status, body.to_string());
+    }
+
+    /// Calls wait until the gate is opened again.
+    pub fn hold(&self) {
+        self.state.gate.send_replace(false);
+    }
+
+    pub fn release(&self) {
+        self.state.gate.send_replace(true);
+    }
+
+    /// The headers and JSON body of the last call.
+    pub fn last(&self) -> (axum::http::HeaderMap, Value) {
+        self.state.last.lock().unwrap().clone().expect("a call")
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.state
+            .in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.state
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.release();
+        self.stop.cancel();
+    }
+}
+
+pub fn hook_config(url: &str) -> AuthConfig {
+    let mut cfg = AuthConfig {
+        mode: herald_logic::auth::AuthMode::Webhook,
+        ..Default::default()
+    };
+    cfg.webhook.url = url.into();
+    cfg.webhook
+        .headers
+        .insert("x-herald-secret".into(), "s3cret".into());
+    cfg
+}
+
+/// A private CA and an HTTPS backend for 127.0.0.1 that it signed, answering every
+/// request with `answer` (raw HTTP/1.1, one request per connection).
+pub struct TlsBackend {
+    pub url: String,
+    pub ca_file: PathBuf,
+    /// A CA that signed nothing here.
+    pub other_ca_file: PathBuf,
+    stop: CancellationToken,
+}
+
+impl TlsBackend {
+    pub async fn start(answer: &'static str) -> TlsBackend {
+        use herald_tls::rustls;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = std::env::temp_dir().join(format!(
+            "herald-auth-tls-{}-{}",
+            std::process::id(),
+            now_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = |name: &str| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap()
+        };
+        let issuer = ca("test CA");
+        let other = ca("other CA");
+        let ca_file = dir.join("ca.pem");
+        let other_ca_file = dir.join("other-ca.pem");
+        std::fs::write(&ca_file, issuer.pem()).unwrap();
+        std::fs::write(&other_ca_file, other.pem()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(herald_tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/auth", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let tcp = tokio::select! {
+                    _ = s.cancelled() => return,
+                    r = listener.accept() => r.unwrap().0,
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // A client that distrusts the certificate fails the handshake.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    let _ = tls.write_all(resp.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        TlsBackend {
+            url,
+            ca_file,
+            other_ca_file,
+            stop,
+        }
+    }
+}
+
+impl Drop for TlsBackend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}

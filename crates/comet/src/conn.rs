@@ -502,6 +502,8 @@ fn heartbeat_req(ctx: &ConnContext, ch: &Channel) -> HeartbeatReq {
 /// that arrived after it are returned.
 async fn handshake(ctx: &ConnContext, conn: &mut Conn) -> Result<Authenticated, String> {
     let mut cookie = String::new();
+    // The upgrade's headers, for logic's authenticator; empty for TCP clients.
+    let mut headers = std::collections::HashMap::new();
     loop {
         if conn.eof {
             return Err("closed by peer".into());
@@ -531,6 +533,7 @@ async fn handshake(ctx: &ConnContext, conn: &mut Conn) -> Result<Authenticated, 
                         .await
                         .map_err(|e| e.to_string())?;
                     cookie = up.cookie;
+                    headers = up.headers;
                 }
                 Inbound::Ping(p) => {
                     let (h, hl) = ws::server_header(ws::opcode::PONG, p.len());
@@ -546,7 +549,7 @@ async fn handshake(ctx: &ConnContext, conn: &mut Conn) -> Result<Authenticated, 
                         cookie: cookie.clone(),
                         token: f.body.clone(),
                         client_addr: conn.peer.to_string(),
-                        headers: Default::default(),
+                        headers: std::mem::take(&mut headers),
                     };
                     let reply =
                         match tokio::time::timeout(ctx.cfg.logic_timeout, ctx.logic.connect(req))

@@ -2,6 +2,8 @@
 //! that reassembles fragments and answers nothing by itself, and frame headers for
 //! both directions (servers write unmasked frames, clients masked ones).
 
+use std::collections::HashMap;
+
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use sha1::{Digest, Sha1};
@@ -54,6 +56,10 @@ pub struct Upgrade {
     pub cookie: String,
     /// The `X-Forwarded-For` / `X-Real-IP` client address, if a proxy set one.
     pub forwarded_for: Option<String>,
+    /// Every header, names in lower case, repeated headers joined with `", "`, and
+    /// the request target (path and query) under the pseudo-header `":path"`: what
+    /// logic's authenticators may look at (a token in the URL, a session cookie).
+    pub headers: HashMap<String, String>,
 }
 
 /// `base64(sha1(key + GUID))`.
@@ -122,11 +128,28 @@ pub fn parse_upgrade(buf: &[u8], path: &str) -> Result<Option<(Upgrade, usize)>,
         .map(|v| v.trim().to_string())
         .or_else(|| header("x-real-ip").map(str::to_string))
         .filter(|v| !v.is_empty());
+    let mut headers: HashMap<String, String> = HashMap::with_capacity(req.headers.len() + 1);
+    headers.insert(":path".into(), target.to_string());
+    for h in req.headers.iter() {
+        let value = String::from_utf8_lossy(h.value);
+        let value = value.trim();
+        match headers.entry(h.name.to_ascii_lowercase()) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                let v = e.get_mut();
+                v.push_str(", ");
+                v.push_str(value);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(value.to_string());
+            }
+        }
+    }
     Ok(Some((
         Upgrade {
             accept: accept_key(key),
             cookie: header("cookie").unwrap_or("").to_string(),
             forwarded_for,
+            headers,
         },
         used,
     )))
@@ -356,6 +379,20 @@ mod tests {
         assert_eq!(parse_upgrade(&buf[..20], "/sub"), Ok(None));
         let q = REQ.replace("/sub", "/sub?x=1");
         assert!(parse_upgrade(q.as_bytes(), "/sub").unwrap().is_some());
+    }
+
+    #[test]
+    fn upgrade_keeps_the_headers_and_the_target() {
+        let req = REQ.replace("/sub", "/sub?token=a%2Bb").replace(
+            "Cookie: a=b\r\n",
+            "Cookie: a=b\r\nX-Tag: one\r\nx-tag: two\r\n",
+        );
+        let (up, _) = parse_upgrade(req.as_bytes(), "/sub").unwrap().unwrap();
+        assert_eq!(up.headers[":path"], "/sub?token=a%2Bb");
+        assert_eq!(up.headers["host"], "x");
+        assert_eq!(up.headers["cookie"], "a=b");
+        assert_eq!(up.headers["x-tag"], "one, two");
+        assert_eq!(up.headers["sec-websocket-version"], "13");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod auth;
 mod bad_input;
 mod binary;
 mod http_api;

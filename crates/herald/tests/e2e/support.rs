@@ -64,9 +64,14 @@ impl Client {
 
     /// Opens a WebSocket on `/sub` and completes the upgrade.
     pub async fn ws(addr: SocketAddr) -> Client {
+        Client::ws_at(addr, "/sub").await
+    }
+
+    /// Opens a WebSocket with the request target `target` (`/sub?…`).
+    pub async fn ws_at(addr: SocketAddr, target: &str) -> Client {
         let mut c = Client::new(TcpStream::connect(addr).await.expect("ws connect"), true);
         let req = format!(
-            "GET /sub HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            "GET {target} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
         c.stream.write_all(req.as_bytes()).await.unwrap();
         let head = c.read_http_head().await;

@@ -56,7 +56,7 @@ impl AuthBody {
         }
         serde_json::from_slice(body).map_err(|e| {
             let what = match e.classify() {
-                serde_json::error::Category::Data => "has a field of the wrong type",
+                serde_json::error::Category::Data => "lacks a field or has one of the wrong type",
                 _ => "is not a JSON object",
             };
             refused(format!(

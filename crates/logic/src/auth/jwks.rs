@@ -107,7 +107,11 @@ impl Jwks {
                 };
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => task.fetch().await,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = task.fetch() => {}
                 }
             }
         });

@@ -392,7 +392,7 @@ fn decode_json<T: serde::de::DeserializeOwned>(part: &str, what: &str) -> RpcRes
         refused(format!(
             "the token's {what} {} (column {})",
             match e.classify() {
-                serde_json::error::Category::Data => "has a field of the wrong type",
+                serde_json::error::Category::Data => "lacks a field or has one of the wrong type",
                 _ => "is not a JSON object",
             },
             e.column()

@@ -203,7 +203,10 @@ impl VerifyKey {
 
     fn rsa(n: Vec<u8>, e: Vec<u8>) -> Result<VerifyKey, String> {
         let n = strip_zeros(n);
-        let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+        let Some(first) = n.first() else {
+            return Err("RSA key with an empty modulus".into());
+        };
+        let bits = n.len() * 8 - first.leading_zeros() as usize;
         if bits < MIN_RSA_BITS {
             return Err(format!(
                 "RSA key of {bits} bits; at least {MIN_RSA_BITS} are needed"
@@ -433,5 +436,11 @@ mod tests {
         assert!(j.to_key().unwrap_err().contains("signature"));
         let j: Jwk = serde_json::from_str(r#"{"kty":"RSA","n":"AQAB","e":"AQAB"}"#).unwrap();
         assert!(j.to_key().unwrap_err().contains("bits"));
+        for n in ["", "AA", "AAAA"] {
+            let j: Jwk =
+                serde_json::from_value(serde_json::json!({"kty": "RSA", "n": n, "e": "AQAB"}))
+                    .unwrap();
+            assert!(j.to_key().unwrap_err().contains("empty modulus"), "{n:?}");
+        }
     }
 }

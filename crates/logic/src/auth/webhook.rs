@@ -209,13 +209,9 @@ impl WebhookAuthenticator {
     }
 
     fn request(&self, req: &ConnectReq) -> RpcResult<Request<Full<Bytes>>> {
-        let text;
         let body = match serde_json::from_slice::<&RawValue>(&req.token) {
             Ok(raw) => BodyOut::Json(raw),
-            Err(_) => {
-                text = String::from_utf8_lossy(&req.token);
-                BodyOut::Text(text)
-            }
+            Err(_) => BodyOut::Text(String::from_utf8_lossy(&req.token)),
         };
         let call = Call {
             server: &req.server,

@@ -121,73 +121,7 @@ impl JwtAuthenticator {
         stop: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<JwtAuthenticator, AuthSetupError> {
-        let sources = [
-            !cfg.secret.is_empty(),
-            !cfg.secret_file.as_os_str().is_empty(),
-            !cfg.public_key_file.as_os_str().is_empty(),
-            !cfg.jwks_url.is_empty(),
-        ];
-        match sources.iter().filter(|s| **s).count() {
-            0 => return Err(config_err(
-                "auth.mode = jwt needs auth.jwt.secret, secret_file, public_key_file or jwks_url",
-            )),
-            1 => {}
-            _ => {
-                return Err(config_err(
-                    "auth.jwt: set only one of secret, secret_file, public_key_file and jwks_url",
-                ))
-            }
-        }
-        let (keys, family, source) = if !cfg.secret.is_empty() {
-            let key = VerifyKey::hmac(cfg.secret.as_bytes())
-                .map_err(|e| config_err(format!("auth.jwt.secret: {e}")))?;
-            (
-                KeySource::Static(key),
-                Some(Family::Hmac),
-                "secret".to_string(),
-            )
-        } else if !cfg.secret_file.as_os_str().is_empty() {
-            let path = &cfg.secret_file;
-            let raw = std::fs::read(path).map_err(|e| file_err("auth.jwt.secret_file", path, e))?;
-            let secret = raw
-                .strip_suffix(b"\n")
-                .map(|s| s.strip_suffix(b"\r").unwrap_or(s))
-                .unwrap_or(&raw);
-            let key =
-                VerifyKey::hmac(secret).map_err(|e| file_err("auth.jwt.secret_file", path, e))?;
-            (
-                KeySource::Static(key),
-                Some(Family::Hmac),
-                format!("secret_file {}", path.display()),
-            )
-        } else if !cfg.public_key_file.as_os_str().is_empty() {
-            let path = &cfg.public_key_file;
-            let der = SubjectPublicKeyInfoDer::from_pem_file(path).map_err(|e| {
-                file_err(
-                    "auth.jwt.public_key_file",
-                    path,
-                    format!("no PEM public key (BEGIN PUBLIC KEY) in it: {e}"),
-                )
-            })?;
-            let key = VerifyKey::from_spki(der.as_ref())
-                .map_err(|e| file_err("auth.jwt.public_key_file", path, e))?;
-            let family = key.family();
-            (
-                KeySource::Static(key),
-                Some(family),
-                format!("public_key_file {}", path.display()),
-            )
-        } else {
-            // Checked before the key set task starts, so a refused configuration
-            // leaves nothing running.
-            algorithms(&cfg.algorithms, None)?;
-            let jwks = Jwks::start(cfg, stop, tracker).await?;
-            (
-                KeySource::Jwks(jwks),
-                None,
-                format!("jwks_url {}", cfg.jwks_url),
-            )
-        };
+        let (keys, family, source) = load_keys(cfg, stop, tracker).await?;
         let algorithms = algorithms(&cfg.algorithms, family)?;
         let names: Vec<&str> = algorithms.iter().map(|a| a.name()).collect();
         info!(mode = "jwt", keys = %source, algorithms = ?names, audience = %cfg.audience,
@@ -328,6 +262,83 @@ impl JwtAuthenticator {
             expires_at: exp.unwrap_or(0),
         })
     }
+}
+
+/// The configured key source: the key, its family (`None` for a key set) and a
+/// description for the start log.
+async fn load_keys(
+    cfg: &JwtConfig,
+    stop: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<(KeySource, Option<Family>, String), AuthSetupError> {
+    let sources = [
+        !cfg.secret.is_empty(),
+        !cfg.secret_file.as_os_str().is_empty(),
+        !cfg.public_key_file.as_os_str().is_empty(),
+        !cfg.jwks_url.is_empty(),
+    ];
+    match sources.iter().filter(|s| **s).count() {
+        0 => {
+            return Err(config_err(
+                "auth.mode = jwt needs auth.jwt.secret, secret_file, public_key_file or jwks_url",
+            ))
+        }
+        1 => {}
+        _ => {
+            return Err(config_err(
+                "auth.jwt: set only one of secret, secret_file, public_key_file and jwks_url",
+            ))
+        }
+    }
+    Ok(if !cfg.secret.is_empty() {
+        let key = VerifyKey::hmac(cfg.secret.as_bytes())
+            .map_err(|e| config_err(format!("auth.jwt.secret: {e}")))?;
+        (
+            KeySource::Static(key),
+            Some(Family::Hmac),
+            "secret".to_string(),
+        )
+    } else if !cfg.secret_file.as_os_str().is_empty() {
+        let path = &cfg.secret_file;
+        let raw = std::fs::read(path).map_err(|e| file_err("auth.jwt.secret_file", path, e))?;
+        let secret = raw
+            .strip_suffix(b"\n")
+            .map(|s| s.strip_suffix(b"\r").unwrap_or(s))
+            .unwrap_or(&raw);
+        let key = VerifyKey::hmac(secret).map_err(|e| file_err("auth.jwt.secret_file", path, e))?;
+        (
+            KeySource::Static(key),
+            Some(Family::Hmac),
+            format!("secret_file {}", path.display()),
+        )
+    } else if !cfg.public_key_file.as_os_str().is_empty() {
+        let path = &cfg.public_key_file;
+        let der = SubjectPublicKeyInfoDer::from_pem_file(path).map_err(|e| {
+            file_err(
+                "auth.jwt.public_key_file",
+                path,
+                format!("no PEM public key (BEGIN PUBLIC KEY) in it: {e}"),
+            )
+        })?;
+        let key = VerifyKey::from_spki(der.as_ref())
+            .map_err(|e| file_err("auth.jwt.public_key_file", path, e))?;
+        let family = key.family();
+        (
+            KeySource::Static(key),
+            Some(family),
+            format!("public_key_file {}", path.display()),
+        )
+    } else {
+        // Checked before the key set task starts, so a refused configuration
+        // leaves nothing running.
+        algorithms(&cfg.algorithms, None)?;
+        let jwks = Jwks::start(cfg, stop, tracker).await?;
+        (
+            KeySource::Jwks(jwks),
+            None,
+            format!("jwks_url {}", cfg.jwks_url),
+        )
+    })
 }
 
 /// The allow-list in force: the configured one, each fitting the key, or the

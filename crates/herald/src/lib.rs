@@ -4,6 +4,7 @@
 //! [`standalone::Standalone`] runs comet, logic and job in one process on the
 //! embedded seams (in-process queue, in-memory store, local registry, direct calls).
 
+pub mod auth;
 pub mod config;
 pub mod edge;
 pub mod engines;

@@ -14,7 +14,7 @@ use anyhow::Context;
 use herald_comet::Comet;
 use herald_discovery::{Instance, Registration, Registry, COMET_APPID, LOGIC_APPID};
 use herald_job::{CometConnector, Job};
-use herald_logic::{Logic, TrustingAuthenticator};
+use herald_logic::Logic;
 use herald_queue::Queue;
 use herald_rpc::grpc::{self, ClientTimeouts, LogicPool, RemoteComet};
 use herald_rpc::{CometService, LogicService};
@@ -248,9 +248,10 @@ impl LogicRole {
         let queue = engines::queue(&cfg, &server_id, &stop).await?;
 
         let tasks = TaskTracker::new();
+        let authenticator = crate::auth::authenticator(&cfg, None, stop.clone(), &tasks).await?;
         let logic = Logic::new(
             cfg.logic.clone(),
-            Arc::new(TrustingAuthenticator),
+            authenticator,
             stores.sessions,
             stores.online,
             queue.clone(),

@@ -8,7 +8,7 @@ use anyhow::Context;
 use herald_comet::Comet;
 use herald_discovery::{Instance, LocalRegistry, Registry, COMET_APPID};
 use herald_job::{CometConnector, Job};
-use herald_logic::{Logic, TrustingAuthenticator};
+use herald_logic::Logic;
 use herald_queue::{MemoryQueue, Queue};
 use herald_rpc::{CometService, LogicService};
 use herald_store::MemoryStore;
@@ -79,9 +79,20 @@ impl Standalone {
             cfg.queue.publish_timeout,
         ));
 
+        let listeners: Vec<SocketAddr> = cfg
+            .comet
+            .tcp_bind
+            .iter()
+            .chain(&cfg.comet.ws_bind)
+            .chain(&cfg.comet.wss_bind)
+            .chain(&cfg.comet.tls_tcp_bind)
+            .copied()
+            .collect();
+        let authenticator =
+            crate::auth::authenticator(&cfg, Some(&listeners), stop.clone(), &tasks).await?;
         let logic = Logic::new(
             cfg.logic.clone(),
-            Arc::new(TrustingAuthenticator),
+            authenticator,
             store.clone(),
             store.clone(),
             queue.clone(),

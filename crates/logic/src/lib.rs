@@ -472,9 +472,11 @@ impl Logic {
         }
     }
 
-    /// Asks the authenticator who `req` is and builds the reply comet acts on;
-    /// `new_key` generates a key when the identity has none.
-    async fn authenticate(&self, req: &ConnectReq, new_key: bool) -> RpcResult<ConnectReply> {
+    /// Asks the authenticator who `req` is and builds the reply comet acts on.
+    /// With `generate_key`, an identity without a key gets a fresh one (a
+    /// connect); without, its key stays empty (a refresh: the credentials do not
+    /// bind a key, so the connection keeps the one it has).
+    async fn authenticate(&self, req: &ConnectReq, generate_key: bool) -> RpcResult<ConnectReply> {
         let id = match self.auth.authenticate(req).await {
             Ok(id) => id,
             Err(e) => {
@@ -483,7 +485,7 @@ impl Logic {
                 return Err(e);
             }
         };
-        let key = if id.key.is_empty() && new_key {
+        let key = if id.key.is_empty() && generate_key {
             uuid::Uuid::new_v4().to_string()
         } else {
             id.key
@@ -521,8 +523,6 @@ impl LogicService for Logic {
     }
 
     async fn refresh(&self, req: ConnectReq) -> RpcResult<ConnectReply> {
-        // No key is generated: an empty key means "the credentials do not name
-        // one", and comet keeps the connection's.
         self.authenticate(&req, false).await
     }
 

@@ -3,8 +3,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod auth;
 mod bad_input;
 mod binary;
+mod grants;
 mod http_api;
 mod limits;
 mod pki;

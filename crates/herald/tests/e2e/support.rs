@@ -39,6 +39,31 @@ pub async fn start_with(cfg: Config) -> Standalone {
     Standalone::start(cfg).await.expect("server starts")
 }
 
+/// A JSON Web Token signed with HS256 (what a backend would mint for a client).
+pub fn jwt_hs256(claims: &Value, secret: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+    let input = format!(
+        "{}.{}",
+        b64(serde_json::json!({"alg": "HS256", "typ": "JWT"})
+            .to_string()
+            .as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let sig = ring::hmac::sign(&key, input.as_bytes());
+    format!("{input}.{}", b64(sig.as_ref()))
+}
+
+/// Unix time in seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
 pub fn auth_body(mid: i64, key: &str, room: &str, accepts: &[i32]) -> Vec<u8> {
     serde_json::json!({"mid": mid, "key": key, "room_id": room, "platform": "test", "accepts": accepts})
         .to_string()

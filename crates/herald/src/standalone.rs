@@ -12,14 +12,16 @@ use herald_logic::{Logic, TrustingAuthenticator};
 use herald_queue::{MemoryQueue, Queue};
 use herald_rpc::{CometService, LogicService};
 use herald_store::MemoryStore;
-use metrics::gauge;
-use tokio::net::TcpListener;
+use herald_tls::Reloader;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
 
+use crate::api::{self, ApiParts};
 use crate::config::Config;
-use crate::{observe, web};
+use crate::http_server::HttpServer;
+use crate::observe;
+use crate::roles::depth_gauge;
+use crate::web::ClientEndpoint;
 
 /// Connects job to the comet in this process.
 struct LocalComets {
@@ -46,9 +48,10 @@ pub struct Standalone {
     comet: Comet,
     job: Job,
     queue: Arc<dyn Queue>,
-    /// Stops the HTTP API first, so no push is accepted that cannot be delivered.
-    http_stop: CancellationToken,
-    http_task: tokio::task::JoinHandle<()>,
+    /// Stopped first, so no push is accepted that cannot be delivered.
+    http: HttpServer,
+    /// The certificates this process serves, reloaded together on SIGHUP.
+    reloader: Arc<Reloader>,
     stop: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
@@ -127,35 +130,28 @@ impl Standalone {
         .await
         .context("cannot start job")?;
 
-        let depth = {
-            let queue = queue.clone();
-            let g = gauge!("herald_queue_depth", "backend" => queue.backend());
-            Arc::new(move || {
-                if let Some(d) = queue.depth() {
-                    g.set(d as f64);
-                }
-            }) as Arc<dyn Fn() + Send + Sync>
-        };
-        let app = herald_logic::http::router(logic.clone())
-            .merge(web::router())
-            .merge(observe::router(metrics, depth));
-        let listener = TcpListener::bind(cfg.logic.http_bind)
-            .await
-            .with_context(|| format!("cannot listen on {}", cfg.logic.http_bind))?;
-        let http_addr = listener.local_addr()?;
-        let http_stop = CancellationToken::new();
-        let http_task = {
-            let stop = http_stop.clone();
-            tokio::spawn(async move {
-                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                    stop.cancelled().await;
-                });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
-            })
-        };
-        info!(%http_addr, server_id = %server_id, "logic HTTP API listening");
+        let reloader = Reloader::new();
+        let ws_port = comet.ws_addrs.first().map(|a| a.port());
+        let ws_path = cfg.comet.ws_path.clone();
+        let http = api::serve(
+            &cfg,
+            logic.clone(),
+            ApiParts {
+                metrics,
+                before_scrape: depth_gauge(queue.clone()),
+                // The comet is in this process: its clients use the page's host.
+                endpoints: Arc::new(move || ClientEndpoint {
+                    ws_host: None,
+                    ws_port,
+                    wss_port: None,
+                    ws_path: ws_path.clone(),
+                }),
+                extra: axum::Router::new(),
+            },
+            &reloader,
+        )
+        .await?;
+        let http_addr = http.local_addr();
         Ok(Standalone {
             tcp_addrs: comet.tcp_addrs.clone(),
             ws_addrs: comet.ws_addrs.clone(),
@@ -164,8 +160,8 @@ impl Standalone {
             comet,
             job,
             queue,
-            http_stop,
-            http_task,
+            http,
+            reloader,
             stop,
             tasks,
             grace: cfg.shutdown.grace,
@@ -177,6 +173,11 @@ impl Standalone {
         &self.comet
     }
 
+    /// The certificate stores of this process (reload them on SIGHUP).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
+    }
+
     /// Shuts down in the order that loses nothing accepted: the HTTP API stops
     /// taking pushes (requests in flight finish), job hands what is queued to the
     /// comet, then the comet deregisters and closes its connections (telling
@@ -184,8 +185,7 @@ impl Standalone {
     /// `shutdown.grace`.
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + self.grace;
-        self.http_stop.cancel();
-        let _ = tokio::time::timeout_at(deadline, self.http_task).await;
+        self.http.shutdown(self.grace).await;
         while self.queue.depth().is_some_and(|d| d > 0) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -22,7 +22,7 @@ pub fn test_config() -> Config {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     cfg.comet.tcp_bind = vec![any];
     cfg.comet.ws_bind = vec![any];
-    cfg.logic.http_bind = any;
+    cfg.logic.http_bind = Some(any);
     cfg.comet.online_report_interval = Duration::from_millis(200);
     cfg.logic.online_interval = Duration::from_millis(200);
     cfg.comet.handshake_timeout = Duration::from_secs(3);

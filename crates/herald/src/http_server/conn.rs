@@ -52,6 +52,8 @@ impl Conn {
     pub(super) async fn run(self) {
         let _ = self.stream.set_nodelay(true);
         let serving = Serving {
+            // The TLS handshake and the first head share one header time.
+            accepted: tokio::time::Instant::now(),
             peer: self.peer,
             stop: self.stop.clone(),
             kill: self.kill.clone(),
@@ -94,6 +96,7 @@ impl Conn {
 
 /// The HTTP part of a connection, over plain TCP or TLS.
 struct Serving {
+    accepted: tokio::time::Instant,
     peer: SocketAddr,
     stop: CancellationToken,
     kill: CancellationToken,
@@ -120,7 +123,7 @@ impl Serving {
             refuse(io, &body).await;
             return;
         }
-        let phase = ConnPhase::new(limits.max_header_bytes.max(1));
+        let phase = ConnPhase::new(limits.max_header_bytes.max(1), self.accepted);
         let handler = Handler {
             app: self.shared.app.clone(),
             peer: self.peer,
@@ -174,6 +177,12 @@ impl Serving {
                     match which {
                         Due::Idle => {
                             hit("http_idle_timeout");
+                            close(io).await;
+                        }
+                        Due::Header if !phase.head_started() => {
+                            // A connection that never sent a byte asked nothing:
+                            // it is closed without an answer.
+                            hit("http_header_timeout");
                             close(io).await;
                         }
                         Due::Header => {

@@ -103,7 +103,9 @@ impl HeadScanner {
 enum Phase {
     /// No request in progress since `since`.
     Idle { since: Instant },
-    /// The first byte of a request head arrived at `since`.
+    /// A request head is due: the first byte of one arrived at `since`, or the
+    /// connection was accepted then (a new connection must send its first request
+    /// within the header time, so a silent one holds its slot no longer).
     Head { since: Instant, scan: HeadScanner },
     /// At least one request is being served.
     Busy,
@@ -134,11 +136,13 @@ pub(super) struct ConnPhase {
 }
 
 impl ConnPhase {
-    pub(super) fn new(max_head: usize) -> Arc<ConnPhase> {
+    /// A connection accepted at `accepted`, its first head due.
+    pub(super) fn new(max_head: usize, accepted: Instant) -> Arc<ConnPhase> {
         Arc::new(ConnPhase {
             inner: Mutex::new(Inner {
-                phase: Phase::Idle {
-                    since: Instant::now(),
+                phase: Phase::Head {
+                    since: accepted,
+                    scan: HeadScanner::new(max_head),
                 },
                 in_flight: 0,
                 refusal: None,
@@ -187,6 +191,14 @@ impl ConnPhase {
                 since: Instant::now(),
             };
             self.changed.notify_one();
+        }
+    }
+
+    /// Whether any byte of the current head has arrived.
+    pub(super) fn head_started(&self) -> bool {
+        match &self.lock().phase {
+            Phase::Head { scan, .. } => scan.len > 0,
+            _ => true,
         }
     }
 
@@ -358,9 +370,21 @@ mod tests {
     async fn deadlines_follow_the_phase() {
         let idle = Duration::from_secs(60);
         let header = Duration::from_secs(10);
-        let p = ConnPhase::new(1024);
         let t0 = Instant::now();
-        assert_eq!(p.deadline(idle, header), Some((t0 + idle, Due::Idle)));
+        let p = ConnPhase::new(1024, t0);
+        // A new connection owes its first head within the header time.
+        assert_eq!(p.deadline(idle, header), Some((t0 + header, Due::Header)));
+        assert!(!p.head_started());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        p.bytes_read(b"GE").unwrap();
+        assert!(p.head_started());
+        assert_eq!(p.deadline(idle, header), Some((t0 + header, Due::Header)));
+        p.bytes_read(b"T / HTTP/1.1\r\n\r\n").unwrap();
+        let first = InFlight::start(p.clone());
+        drop(first);
+        let t_idle = Instant::now();
+        assert_eq!(p.deadline(idle, header), Some((t_idle + idle, Due::Idle)));
+        // Later heads are timed from their first byte.
         tokio::time::advance(Duration::from_secs(5)).await;
         p.bytes_read(b"GE").unwrap();
         let t1 = Instant::now();

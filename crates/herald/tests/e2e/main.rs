@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod api_security;
 mod bad_input;
 mod binary;
 mod http_api;

@@ -191,8 +191,11 @@ fn stop_on_signal() -> CancellationToken {
 async fn run_comet(cfg: Config) -> anyhow::Result<()> {
     let stop = stop_on_signal();
     let role = CometRole::start(cfg, stop.child_token()).await?;
+    // No certificate of its own yet; handled so that SIGHUP never ends the process.
+    let reload = reload_on_sighup(Reloader::new(), stop.clone());
     stop.cancelled().await;
     role.shutdown().await;
+    let _ = reload.await;
     info!("stopped");
     Ok(())
 }
@@ -211,8 +214,11 @@ async fn run_logic(cfg: Config) -> anyhow::Result<()> {
 async fn run_job(cfg: Config) -> anyhow::Result<()> {
     let stop = stop_on_signal();
     let role = JobRole::start(cfg, stop.child_token()).await?;
+    // No certificate of its own yet; handled so that SIGHUP never ends the process.
+    let reload = reload_on_sighup(Reloader::new(), stop.clone());
     stop.cancelled().await;
     role.shutdown().await;
+    let _ = reload.await;
     info!("stopped");
     Ok(())
 }

@@ -32,26 +32,14 @@ pub struct ApiParts {
     pub extra: Router,
 }
 
-/// The listener options of `cfg` (`[limits.http]`, trusted proxies and, when
-/// `https` is on, the `[tls]` certificate registered in `reloader`).
-pub fn listener_options(
-    cfg: &Config,
-    https: bool,
-    reloader: &Reloader,
-) -> anyhow::Result<HttpOptions> {
-    let tls = if https {
-        let server = herald_tls::server_config(&cfg.tls, &[b"http/1.1"])
-            .context("cannot set up HTTPS for the HTTP API")?;
-        reloader.add(server.certs.clone());
-        Some(server.config)
-    } else {
-        None
-    };
-    Ok(HttpOptions {
+/// The plain-HTTP listener options of `cfg`: `[limits.http]` and the trusted
+/// proxies.
+pub fn listener_options(cfg: &Config) -> HttpOptions {
+    HttpOptions {
         limits: cfg.limits.http.clone(),
         trusted_proxies: cfg.limits.trusted_proxies.clone(),
-        tls,
-    })
+        tls: None,
+    }
 }
 
 /// Builds the API port's routes and starts serving them on `cfg.http_bind()`.
@@ -79,7 +67,13 @@ pub async fn serve(
     ))
     .merge(parts.extra);
     let bind = cfg.http_bind();
-    let opts = listener_options(cfg, cfg.logic.tls, reloader)?;
+    let mut opts = listener_options(cfg);
+    if cfg.logic.tls {
+        let server = herald_tls::server_config(&cfg.tls, &[b"http/1.1"])
+            .context("cannot set up HTTPS for the HTTP API")?;
+        reloader.add(server.certs.clone());
+        opts.tls = Some(server.config);
+    }
     let server = http_server::HttpServer::bind(bind, app, opts, "api")
         .await
         .with_context(|| format!("cannot listen for the HTTP API on {bind}"))?;

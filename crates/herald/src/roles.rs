@@ -93,8 +93,7 @@ async fn serve_metrics(cfg: &Config) -> anyhow::Result<Option<HttpServer>> {
         herald_logic::api_keys::Scope::Admin,
         observe::router(observe::metrics_handle(), Arc::new(|| {})),
     );
-    let opts = api::listener_options(cfg, false, &herald_tls::Reloader::default())?;
-    let server = HttpServer::bind(addr, app, opts, "metrics")
+    let server = HttpServer::bind(addr, app, api::listener_options(cfg), "metrics")
         .await
         .with_context(|| format!("cannot listen for metrics on {addr}"))?;
     info!(metrics = %server.local_addr(), "metrics endpoint listening");

@@ -140,6 +140,14 @@ impl HttpServer {
     }
 }
 
+impl Drop for HttpServer {
+    /// A listener dropped without [`HttpServer::shutdown`] stops at once.
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.kill.cancel();
+    }
+}
+
 /// The accept loop.
 struct Acceptor {
     listener: TcpListener,

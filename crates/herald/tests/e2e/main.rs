@@ -7,6 +7,8 @@ mod api_security;
 mod bad_input;
 mod binary;
 mod http_api;
+mod http_limits;
+mod https;
 mod protocol;
 mod regressions;
 mod support;

@@ -261,8 +261,9 @@ impl LogicRole {
         let endpoints = {
             let logic = logic.clone();
             let ws_path = cfg.comet.ws_path.clone();
-            // The comets are elsewhere: point the demo page at one the balancer
-            // would give a web client.
+            // The comets are elsewhere: point the demo page at the one the
+            // balancer gives a web client (counted like a client's own call, as
+            // the page is about to connect one).
             Arc::new(move || {
                 let r = logic.nodes_weighted("web", "");
                 let port = |p: i32| u16::try_from(p).ok().filter(|p| *p != 0);

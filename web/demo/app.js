@@ -14,6 +14,79 @@
 
   let client = null;
 
+  // ---------------------------------------------------------------- API key
+
+  const KEY_STORE = 'herald.apiKey';
+  let keyRequired = false;
+  // After a 401 the page stops polling until a new key is entered, rather than
+  // sending the refused key every few seconds.
+  let keyRefused = false;
+
+  function apiKey() {
+    try { return window.sessionStorage.getItem(KEY_STORE) || ''; } catch (_) { return ''; }
+  }
+
+  function storeApiKey(key) {
+    try {
+      if (key) window.sessionStorage.setItem(KEY_STORE, key);
+      else window.sessionStorage.removeItem(KEY_STORE);
+    } catch (_) { /* storage disabled: the key lives until the page reloads */ }
+  }
+
+  /** Request headers with the key, when the server wants one and we have it. */
+  function withKey(headers) {
+    const h = Object.assign({}, headers || {});
+    const key = apiKey();
+    if (keyRequired && key) h.Authorization = 'Bearer ' + key;
+    return h;
+  }
+
+  function showKeyState(state, message) {
+    const badge = $('key-status');
+    badge.textContent = state;
+    badge.className = 'badge ' + ({ accepted: 'badge-on', set: 'badge-on', refused: 'badge-off' }[state] || 'badge-wait');
+    const err = $('key-error');
+    err.hidden = !message;
+    err.textContent = message || '';
+  }
+
+  /** Tells the user why the API refused a request (401: no or unknown key; 403: scope). */
+  function noteRefusal(status, json, path) {
+    const why = (json && json.message) || ('HTTP ' + status);
+    if (status === 401) {
+      keyRefused = true;
+      showKeyState('refused', 'HTTP 401 on ' + path + ': ' + why + '. Enter a valid API key above.');
+    } else if (status === 403) {
+      showKeyState('set', 'HTTP 403 on ' + path + ': ' + why + '. Use a key with that scope (or admin).');
+    }
+  }
+
+  $('key-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const key = $('k-key').value.trim();
+    storeApiKey(key);
+    keyRefused = false;
+    $('k-key').value = '';
+    showKeyState(key ? 'set' : 'needed', key ? '' : 'No key entered.');
+    renderCurl();
+    refreshOnline();
+  });
+  $('btn-forget').addEventListener('click', () => {
+    storeApiKey('');
+    keyRefused = false;
+    showKeyState('needed', '');
+    refreshOnline();
+  });
+
+  /** fetch() with the key; 401 and 403 are reported on the key card too. */
+  async function apiFetch(path, opts) {
+    const res = await fetch(path, Object.assign({}, opts, { headers: withKey(opts && opts.headers) }));
+    const json = await readJson(res);
+    if (res.status === 401 || res.status === 403) noteRefusal(res.status, json, path);
+    else if (res.ok && keyRequired && apiKey()) showKeyState('accepted', '');
+    return { res, json };
+  }
+
   // ---------------------------------------------------------------- log
 
   const logEl = $('log');
@@ -72,7 +145,16 @@
     return String(text).split(',').map((s) => s.trim()).filter(Boolean).map(Number).filter((n) => Number.isInteger(n));
   }
 
-  $('c-url').value = 'ws://' + host + ':3102/sub';
+  /** The WebSocket URL from the server's /_/config.json (wss on an https page when offered). */
+  function wsUrl(cfg) {
+    let h = cfg.ws_host || host;
+    if (h.indexOf(':') >= 0 && h[0] !== '[') h = '[' + h + ']';
+    const path = cfg.ws_path || '/sub';
+    const secure = window.location.protocol === 'https:';
+    if (cfg.wss_port && (secure || !cfg.ws_port)) return 'wss://' + h + ':' + cfg.wss_port + path;
+    if (cfg.ws_port) return 'ws://' + h + ':' + cfg.ws_port + path;
+    return '';
+  }
 
   $('connect-form').addEventListener('submit', (e) => {
     e.preventDefault();
@@ -183,12 +265,11 @@
     e.preventDefault();
     const path = pushPath(kindEl.value);
     try {
-      const res = await fetch(path, {
+      const { res, json } = await apiFetch(path, {
         method: 'POST',
         headers: { 'Content-Type': 'text/plain' },
         body: $('p-msg').value,
       });
-      const json = await readJson(res);
       const ok = res.ok && json && json.code === 0;
       const detail = 'HTTP ' + res.status + ', code ' + (json && json.code) +
         (json && json.message ? ', ' + json.message : '') +
@@ -212,11 +293,14 @@
 
   function renderCurl() {
     const msg = shellQuote($('p-msg').value || '{"test":1}');
+    // The key itself is never printed; the examples read it from the shell.
+    const auth = keyRequired ? '-H "Authorization: Bearer $HERALD_API_KEY" ' : '';
     const lines = ['keys', 'mids', 'room', 'all'].map((kind) =>
       '# push to ' + kind + '\n' +
-      'curl -X POST -H ' + shellQuote('Content-Type: text/plain') + ' \\\n  ' +
+      'curl -X POST ' + auth + '-H ' + shellQuote('Content-Type: text/plain') + ' \\\n  ' +
       shellQuote(origin + pushPath(kind, true)) + ' \\\n  -d ' + msg);
-    lines.push('# online counts\ncurl ' + shellQuote(origin + '/goim/online/total'));
+    lines.push('# online counts\ncurl ' + auth + shellQuote(origin + '/goim/online/total'));
+    if (keyRequired) lines.unshift('# this server wants an API key: export HERALD_API_KEY=hk_...');
     $('curl').textContent = lines.join('\n\n');
   }
 
@@ -225,8 +309,7 @@
   let onlineBusy = false;
 
   async function getJson(path) {
-    const res = await fetch(path, { cache: 'no-store' });
-    const json = await readJson(res);
+    const { res, json } = await apiFetch(path, { cache: 'no-store' });
     if (!res.ok || !json || json.code !== 0) {
       throw new Error(path + ': HTTP ' + res.status + (json && json.message ? ' ' + json.message : ''));
     }
@@ -251,6 +334,14 @@
 
   async function refreshOnline() {
     if (onlineBusy) return;
+    if (keyRequired && (!apiKey() || keyRefused)) {
+      const errEl = $('o-error');
+      errEl.hidden = false;
+      errEl.textContent = keyRefused
+        ? 'The API key was refused; enter another to see online counts.'
+        : 'Enter an API key (read scope) to see online counts.';
+      return;
+    }
     onlineBusy = true;
     const type = $('p-type').value.trim() || 'live';
     const room = $('p-room').value.trim();
@@ -286,9 +377,29 @@
 
   // ---------------------------------------------------------------- init
 
+  /** Reads /_/config.json: where clients connect and whether the API wants a key. */
+  async function loadConfig() {
+    let cfg = { ws_port: 3102, ws_path: '/sub', key_required: false };
+    try {
+      const res = await fetch('/_/config.json', { cache: 'no-store' });
+      if (res.ok) cfg = await res.json();
+      else log('error', 'config', '/_/config.json: HTTP ' + res.status + '; assuming goim defaults');
+    } catch (err) {
+      log('error', 'config', '/_/config.json: ' + err.message + '; assuming goim defaults');
+    }
+    keyRequired = !!cfg.key_required;
+    $('key-card').hidden = !keyRequired;
+    if (keyRequired) showKeyState(apiKey() ? 'set' : 'needed', '');
+    const url = wsUrl(cfg);
+    $('c-url').value = url;
+    if (!url) log('error', 'config', 'the server advertises no WebSocket port; enter a URL');
+  }
+
   setStatus('disconnected');
-  updatePushForm();
-  refreshOnline();
-  setInterval(refreshOnline, ONLINE_REFRESH_MS);
-  log('info', 'ready', 'page served from ' + origin);
+  loadConfig().then(() => {
+    updatePushForm();
+    refreshOnline();
+    setInterval(refreshOnline, ONLINE_REFRESH_MS);
+    log('info', 'ready', 'page served from ' + origin + (keyRequired ? ' (API key required)' : ''));
+  });
 })();

@@ -370,6 +370,8 @@ pub struct Config {
     pub tls: herald_tls::ServerTls,
     /// Limits on client connections and on the HTTP API.
     pub limits: herald_limits::LimitsConfig,
+    /// API keys of the HTTP API.
+    pub api: herald_logic::api_keys::ApiConfig,
 }
 
 impl Config {
@@ -404,7 +406,31 @@ impl Config {
         if self.comet.online_report_interval.is_zero() || self.logic.online_interval.is_zero() {
             bail!("online intervals must be positive");
         }
+        herald_logic::api_keys::ApiKeys::new(&self.api)?;
+        if self.logic.tls && !self.tls.is_enabled() {
+            bail!("logic.tls = true needs a certificate: set tls.cert_file and tls.key_file");
+        }
         Ok(())
+    }
+
+    /// Whether the HTTP API refuses strangers: API keys are configured or it is
+    /// served over HTTPS (the operator has prepared it for a network).
+    pub fn api_protected(&self) -> bool {
+        !self.api.keys.is_empty() || self.logic.tls
+    }
+
+    /// Where the HTTP API listens: `logic.http_bind` when set; otherwise port 3111
+    /// on every interface when the API is protected, and on loopback when it is
+    /// open to anyone who can reach it.
+    pub fn http_bind(&self) -> SocketAddr {
+        self.logic.http_bind.unwrap_or_else(|| {
+            let host = if self.api_protected() {
+                std::net::Ipv4Addr::UNSPECIFIED
+            } else {
+                std::net::Ipv4Addr::LOCALHOST
+            };
+            SocketAddr::from((host, herald_logic::config::HTTP_PORT))
+        })
     }
 
     /// The server id in force for standalone (`<host>:3109` by default).
@@ -471,6 +497,69 @@ mod tests {
     }
 
     #[test]
+    fn http_bind_is_loopback_unless_protected_or_set() {
+        let mut cfg = Config::default();
+        assert_eq!(cfg.http_bind(), "127.0.0.1:3111".parse().unwrap());
+        cfg.api.keys.push(herald_logic::api_keys::ApiKeyConfig {
+            name: "backend".into(),
+            hash: herald_logic::api_keys::hash_key("k"),
+            scopes: vec![herald_logic::api_keys::Scope::Push],
+            rate: 0,
+            burst: 0,
+        });
+        assert_eq!(cfg.http_bind(), "0.0.0.0:3111".parse().unwrap());
+        cfg.api.keys.clear();
+        cfg.logic.tls = true;
+        assert_eq!(cfg.http_bind(), "0.0.0.0:3111".parse().unwrap());
+        cfg.logic.http_bind = Some("10.0.0.5:8080".parse().unwrap());
+        assert_eq!(cfg.http_bind(), "10.0.0.5:8080".parse().unwrap());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn api_section_is_checked_at_load() {
+        let dir = std::env::temp_dir().join(format!("herald-cfg-api-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("h.toml");
+        let hash = herald_logic::api_keys::hash_key("k");
+        std::fs::write(
+            &path,
+            format!("[[api.keys]]\nname = \"backend\"\nhash = \"{hash}\"\nscopes = [\"push\", \"read\"]\nrate = 5\n"),
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&path)).unwrap();
+        assert_eq!(cfg.api.keys[0].rate, 5);
+        assert_eq!(cfg.api.keys[0].burst, 0);
+        std::fs::write(
+            &path,
+            "[api]\nkeys = [{ name = \"b\", hash = \"sha256:zz\", scopes = [\"push\"] }]\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
+        assert!(err.contains("api.keys[0]"), "{err}");
+        std::fs::write(
+            &path,
+            "[api]\nkeys = [{ name = \"b\", hash = \"x\", scopes = [\"root\"] }]\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
+        assert!(err.contains("root"), "{err}");
+        std::fs::write(&path, "[logic]\ntls = true\n").unwrap();
+        let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
+        assert!(err.contains("tls.cert_file"), "{err}");
+        // Keys also come from the environment (one TOML-like list).
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "HERALD_API__KEYS",
+                format!("[{{name=\"env\",hash=\"{hash}\",scopes=[\"admin\"]}}]"),
+            );
+            let cfg = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.api.keys[0].name, "env");
+            Ok(())
+        });
+    }
+
+    #[test]
     #[allow(clippy::result_large_err)]
     fn file_and_env_override() {
         let dir = std::env::temp_dir().join(format!("herald-cfg-{}", std::process::id()));
@@ -491,6 +580,12 @@ mod tests {
             assert_eq!(cfg.logic.node.heartbeat, Duration::from_secs(30));
             assert_eq!(cfg.queue.kafka.brokers, ["k1:9092", "k2:9092"]);
             assert_eq!(cfg.discovery.endpoints, ["http://e1:2379"]);
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HERALD_LOGIC__HTTP_BIND", "0.0.0.0:3111");
+            let cfg = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.http_bind(), "0.0.0.0:3111".parse().unwrap());
             Ok(())
         });
         assert!(Config::load(Some(&dir.join("missing.toml"))).is_err());

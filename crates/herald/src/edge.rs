@@ -1,5 +1,5 @@
 //! What the public edge shares between roles: the `[tls]` certificate (loaded
-//! once per listener kind and reloaded on `SIGHUP`), comet's limits, and how many
+//! once per listener kind that uses it and reloaded on `SIGHUP`), comet's limits, and how many
 //! client connections one process may hold without starving its other sockets.
 
 use std::sync::Arc;
@@ -12,10 +12,12 @@ use tracing::info;
 
 use crate::config::Config;
 
-/// The public certificate as a rustls server configuration (no ALPN), registered
-/// for reloads; `None` when `[tls]` names no certificate.
-pub fn public_tls(cfg: &Config, reloader: &Reloader) -> anyhow::Result<Option<herald_tls::Server>> {
-    if !cfg.tls.is_enabled() {
+/// The public certificate for comet's TLS listeners (no ALPN), registered for
+/// reloads; `None` when comet has no TLS listener or `[tls]` names no certificate
+/// (comet then refuses TLS listeners with a clear error).
+pub fn comet_tls(cfg: &Config, reloader: &Reloader) -> anyhow::Result<Option<herald_tls::Server>> {
+    let listens = !cfg.comet.wss_bind.is_empty() || !cfg.comet.tls_tcp_bind.is_empty();
+    if !listens || !cfg.tls.is_enabled() {
         return Ok(None);
     }
     let server = herald_tls::server_config(&cfg.tls, &[]).with_context(|| {

@@ -1,13 +1,16 @@
 //! The herald binary's library: configuration, wiring of the tiers into roles, the
-//! embedded browser assets and the metrics endpoint.
+//! HTTP listener every HTTP port uses, the embedded browser assets and the metrics
+//! endpoint.
 //!
 //! [`standalone::Standalone`] runs comet, logic and job in one process on the
 //! embedded seams (in-process queue, in-memory store, local registry, direct calls).
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod edge;
 pub mod engines;
+pub mod http_server;
 pub mod observe;
 pub mod roles;
 pub mod standalone;

@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use herald::roles::{CometRole, JobRole, LogicRole};
 use herald::{edge, observe, Config, Standalone};
+use herald_logic::api_keys::{NewKey, Scope};
+use herald_tls::Reloader;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -57,6 +59,24 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Manage HTTP API keys.
+    Apikey {
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApikeyCommand {
+    /// Print a fresh random key (once) and the `[api]` entry that admits it.
+    New {
+        /// Who will hold the key (logs and error messages name it).
+        #[arg(long)]
+        name: String,
+        /// What the key may do: push, read, admin (admin implies the others).
+        #[arg(long, value_delimiter = ',', default_value = "push")]
+        scopes: Vec<Scope>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,11 +102,61 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Apikey {
+            command: ApikeyCommand::New { name, scopes },
+        } => new_api_key(&name, &scopes),
         Command::Standalone { config } => run(config, run_standalone),
         Command::Comet { config } => run(config, run_comet),
         Command::Logic { config } => run(config, run_logic),
         Command::Job { config } => run(config, run_job),
     }
+}
+
+/// `herald apikey new`: the key goes to the backend, only its hash to the
+/// configuration.
+fn new_api_key(name: &str, scopes: &[Scope]) -> anyhow::Result<()> {
+    if name.trim().is_empty() {
+        bail!("--name must not be empty");
+    }
+    let key = NewKey::generate()?;
+    let entry = key.entry(name, scopes);
+    // Rendered through serde so the fields keep their documented order.
+    #[derive(serde::Serialize)]
+    struct Doc<'a> {
+        api: Section<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Section<'a> {
+        keys: [&'a herald_logic::api_keys::ApiKeyConfig; 1],
+    }
+    let table = toml::to_string(&Doc {
+        api: Section { keys: [&entry] },
+    })
+    .context("cannot render the configuration entry")?;
+    let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let names: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+    let list: Vec<String> = names.iter().map(|s| quoted(s)).collect();
+    println!(
+        "New API key {name:?} (scopes: {}). It is shown only this once:",
+        names.join(", ")
+    );
+    println!();
+    println!("    {}", key.key);
+    println!();
+    println!("Give it to the backend, which sends it as `Authorization: Bearer <key>`.");
+    println!("Add this to the configuration (it holds only the key's hash):");
+    println!();
+    print!("{table}");
+    println!();
+    println!("or, as one line inside an existing `keys = [ ... ]` list:");
+    println!();
+    println!(
+        "    {{ name = {}, hash = {}, scopes = [{}] }},",
+        quoted(name),
+        quoted(&key.hash),
+        list.join(", ")
+    );
+    Ok(())
 }
 
 /// Loads the configuration, starts logging and runs `serve` on a runtime.
@@ -120,10 +190,10 @@ fn stop_on_signal() -> CancellationToken {
 async fn run_comet(cfg: Config) -> anyhow::Result<()> {
     let stop = stop_on_signal();
     let role = CometRole::start(cfg, stop.child_token()).await?;
-    let sighup = tokio::spawn(edge::reload_on_sighup(role.reloader(), stop.clone()));
+    let reload = tokio::spawn(edge::reload_on_sighup(role.reloader(), stop.clone()));
     stop.cancelled().await;
-    let _ = sighup.await;
     role.shutdown().await;
+    let _ = reload.await;
     info!("stopped");
     Ok(())
 }
@@ -131,8 +201,10 @@ async fn run_comet(cfg: Config) -> anyhow::Result<()> {
 async fn run_logic(cfg: Config) -> anyhow::Result<()> {
     let stop = stop_on_signal();
     let role = LogicRole::start(cfg, stop.child_token()).await?;
+    let reload = tokio::spawn(edge::reload_on_sighup(role.reloader(), stop.clone()));
     stop.cancelled().await;
     role.shutdown().await;
+    let _ = reload.await;
     info!("stopped");
     Ok(())
 }
@@ -140,16 +212,22 @@ async fn run_logic(cfg: Config) -> anyhow::Result<()> {
 async fn run_job(cfg: Config) -> anyhow::Result<()> {
     let stop = stop_on_signal();
     let role = JobRole::start(cfg, stop.child_token()).await?;
+    // No certificate of its own yet; handled so that SIGHUP never ends the process.
+    let reload = tokio::spawn(edge::reload_on_sighup(Reloader::new(), stop.clone()));
     stop.cancelled().await;
     role.shutdown().await;
+    let _ = reload.await;
     info!("stopped");
     Ok(())
 }
 
 async fn run_standalone(cfg: Config) -> anyhow::Result<()> {
     let server = Standalone::start(cfg).await?;
-    let reloads = CancellationToken::new();
-    let sighup = tokio::spawn(edge::reload_on_sighup(server.reloader(), reloads.clone()));
+    let stop_reloading = CancellationToken::new();
+    let reload = tokio::spawn(edge::reload_on_sighup(
+        server.reloader(),
+        stop_reloading.clone(),
+    ));
     let mut demo = server.http_addr;
     if demo.ip().is_unspecified() {
         demo.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -162,9 +240,9 @@ async fn run_standalone(cfg: Config) -> anyhow::Result<()> {
     );
     shutdown_signal().await;
     info!("shutting down");
-    reloads.cancel();
-    let _ = sighup.await;
+    stop_reloading.cancel();
     server.shutdown().await;
+    let _ = reload.await;
     info!("stopped");
     Ok(())
 }

@@ -18,6 +18,7 @@ use herald_logic::Logic;
 use herald_queue::Queue;
 use herald_rpc::grpc::{self, ClientTimeouts, LogicPool, RemoteComet};
 use herald_rpc::{CometService, LogicService};
+use herald_tls::Reloader;
 use metrics::gauge;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,9 +26,11 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
+use crate::api::{self, ApiParts};
 use crate::config::Config;
-use crate::{edge, engines, observe, web};
-use herald_tls::Reloader;
+use crate::http_server::HttpServer;
+use crate::web::ClientEndpoint;
+use crate::{edge, engines, observe};
 
 fn timeouts(cfg: &Config) -> ClientTimeouts {
     ClientTimeouts {
@@ -79,23 +82,22 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen for {what} on {addr}"))
 }
 
-/// Serves `/metrics` on `bind` when set (comet and job have no other HTTP port).
-async fn serve_metrics(
-    bind: Option<SocketAddr>,
-    stop: CancellationToken,
-) -> anyhow::Result<Option<SocketAddr>> {
-    let Some(addr) = bind else { return Ok(None) };
-    let handle = observe::metrics_handle();
-    let app = observe::router(handle, Arc::new(|| {}));
-    let listener = self::bind(addr, "metrics").await?;
-    let local = listener.local_addr()?;
-    tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "metrics server failed");
-        }
-    });
-    Ok(Some(local))
+/// Serves `/metrics` on `bind` when set (comet and job have no other HTTP port),
+/// behind the `admin` scope when API keys are configured.
+async fn serve_metrics(cfg: &Config) -> anyhow::Result<Option<HttpServer>> {
+    let Some(addr) = cfg.metrics.bind else {
+        return Ok(None);
+    };
+    let keys = herald_logic::api_keys::ApiKeys::new(&cfg.api)?;
+    let app = keys.protect(
+        herald_logic::api_keys::Scope::Admin,
+        observe::router(observe::metrics_handle(), Arc::new(|| {})),
+    );
+    let server = HttpServer::bind(addr, app, api::listener_options(cfg), "metrics")
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    info!(metrics = %server.local_addr(), "metrics endpoint listening");
+    Ok(Some(server))
 }
 
 /// A running `herald comet`.
@@ -106,6 +108,7 @@ pub struct CometRole {
     pub rpc_addr: SocketAddr,
     comet: Comet,
     grpc: tokio::task::JoinHandle<()>,
+    metrics: Option<HttpServer>,
     stop: CancellationToken,
     grace: Duration,
     drain: Duration,
@@ -127,7 +130,7 @@ impl CometRole {
         follow_logics(registry.clone(), pool.clone(), stop.clone()).await?;
         let logic: Arc<dyn LogicService> = pool;
         let reloader = Reloader::new();
-        let public_tls = edge::public_tls(&cfg, &reloader)?;
+        let public_tls = edge::comet_tls(&cfg, &reloader)?;
         let mut comet_cfg = cfg.comet.clone();
         comet_cfg.max_connections = edge::client_connection_cap(&cfg, false);
         let comet = Comet::start(
@@ -145,9 +148,7 @@ impl CometRole {
             tonic::service::Routes::new(grpc::comet_server(comet.service())),
             stop.child_token(),
         );
-        if let Some(m) = serve_metrics(cfg.metrics.bind, stop.child_token()).await? {
-            info!(metrics = %m, "metrics endpoint listening");
-        }
+        let metrics = serve_metrics(&cfg).await?;
         info!(
             %server_id, rpc = %rpc_addr, tcp = ?comet.tcp_addrs, ws = ?comet.ws_addrs,
             "herald comet ready"
@@ -157,6 +158,7 @@ impl CometRole {
             rpc_addr,
             comet,
             grpc,
+            metrics,
             stop,
             grace: cfg.shutdown.grace,
             drain: cfg.shutdown.drain,
@@ -175,6 +177,9 @@ impl CometRole {
         self.comet.shutdown(self.drain, self.grace).await;
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.grpc).await;
+        if let Some(m) = self.metrics {
+            m.shutdown(Duration::from_secs(1)).await;
+        }
     }
 }
 
@@ -227,8 +232,9 @@ pub struct LogicRole {
     /// Bound HTTP API address.
     pub http_addr: SocketAddr,
     registration: Box<dyn Registration>,
-    http_stop: CancellationToken,
-    http: tokio::task::JoinHandle<()>,
+    http: HttpServer,
+    /// The certificates this process serves, reloaded together on SIGHUP.
+    reloader: Arc<Reloader>,
     grpc: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -266,22 +272,37 @@ impl LogicRole {
             stop.child_token(),
         );
 
-        let app = herald_logic::http::router(logic.clone())
-            .merge(web::router())
-            .merge(observe::router(metrics, depth_gauge(queue)));
-        let http_listener = bind(cfg.logic.http_bind, "the HTTP API").await?;
-        let http_addr = http_listener.local_addr()?;
-        let http_stop = CancellationToken::new();
-        let http = {
-            let stop = http_stop.clone();
-            tokio::spawn(async move {
-                let serve =
-                    axum::serve(http_listener, app).with_graceful_shutdown(stop.cancelled_owned());
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "HTTP server failed");
+        let reloader = Reloader::new();
+        let endpoints = {
+            let logic = logic.clone();
+            let ws_path = cfg.comet.ws_path.clone();
+            // The comets are elsewhere: point the demo page at the one the
+            // balancer gives a web client (counted like a client's own call, as
+            // the page is about to connect one).
+            Arc::new(move || {
+                let r = logic.nodes_weighted("web", "");
+                let port = |p: i32| u16::try_from(p).ok().filter(|p| *p != 0);
+                ClientEndpoint {
+                    ws_host: r.nodes.first().cloned(),
+                    ws_port: port(r.ws_port),
+                    wss_port: port(r.wss_port),
+                    ws_path: ws_path.clone(),
                 }
             })
         };
+        let http = api::serve(
+            &cfg,
+            logic.clone(),
+            ApiParts {
+                metrics,
+                before_scrape: depth_gauge(queue),
+                endpoints,
+                extra: axum::Router::new(),
+            },
+            &reloader,
+        )
+        .await?;
+        let http_addr = http.local_addr();
         let mut ins = instance(&cfg, LOGIC_APPID, &server_id, rpc_addr.port());
         ins.metadata
             .insert("weight".into(), cfg.comet.weight.to_string());
@@ -295,12 +316,17 @@ impl LogicRole {
             rpc_addr,
             http_addr,
             registration,
-            http_stop,
             http,
+            reloader,
             grpc,
             stop,
             tasks,
         })
+    }
+
+    /// The certificate stores of this process (reload them on SIGHUP).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
     }
 
     /// Deregisters, stops taking pushes (requests in flight finish), then stops
@@ -309,8 +335,7 @@ impl LogicRole {
         if let Err(e) = self.registration.deregister().await {
             warn!(error = %e, "deregistration failed");
         }
-        self.http_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.http).await;
+        self.http.shutdown(Duration::from_secs(5)).await;
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.grpc).await;
         self.tasks.close();
@@ -355,6 +380,7 @@ pub struct JobRole {
     /// The server id (its name among the queue's consumers).
     pub server_id: String,
     job: Job,
+    metrics: Option<HttpServer>,
     stop: CancellationToken,
 }
 
@@ -383,13 +409,12 @@ impl JobRole {
             )
         })
         .await?;
-        if let Some(m) = serve_metrics(cfg.metrics.bind, stop.child_token()).await? {
-            info!(metrics = %m, "metrics endpoint listening");
-        }
+        let metrics = serve_metrics(&cfg).await?;
         info!(%server_id, queue = queue.backend(), "herald job ready");
         Ok(JobRole {
             server_id,
             job,
+            metrics,
             stop,
         })
     }
@@ -398,5 +423,8 @@ impl JobRole {
     pub async fn shutdown(self) {
         self.job.shutdown().await;
         self.stop.cancel();
+        if let Some(m) = self.metrics {
+            m.shutdown(Duration::from_secs(1)).await;
+        }
     }
 }

@@ -12,15 +12,17 @@ use herald_logic::Logic;
 use herald_queue::{MemoryQueue, Queue};
 use herald_rpc::{CometService, LogicService};
 use herald_store::MemoryStore;
-use metrics::gauge;
-use tokio::net::TcpListener;
+use herald_tls::Reloader;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
 
+use crate::api::{self, ApiParts};
 use crate::config::Config;
-use crate::{edge, observe, web};
-use herald_tls::Reloader;
+use crate::edge;
+use crate::http_server::HttpServer;
+use crate::observe;
+use crate::roles::depth_gauge;
+use crate::web::ClientEndpoint;
 
 /// Connects job to the comet in this process.
 struct LocalComets {
@@ -51,15 +53,14 @@ pub struct Standalone {
     comet: Comet,
     job: Job,
     queue: Arc<dyn Queue>,
-    /// Stops the HTTP API first, so no push is accepted that cannot be delivered.
-    http_stop: CancellationToken,
-    http_task: tokio::task::JoinHandle<()>,
+    /// Stopped first, so no push is accepted that cannot be delivered.
+    http: HttpServer,
+    /// The certificates this process serves, reloaded together on SIGHUP.
+    reloader: Arc<Reloader>,
     stop: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
     drain: Duration,
-    /// Every certificate this process serves, reloaded together.
-    reloader: Arc<Reloader>,
 }
 
 impl Standalone {
@@ -70,7 +71,7 @@ impl Standalone {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         let reloader = Reloader::new();
-        let public_tls = edge::public_tls(&cfg, &reloader)?;
+        let public_tls = edge::comet_tls(&cfg, &reloader)?;
 
         let registry: Arc<dyn Registry> = Arc::new(LocalRegistry::new());
         let store = Arc::new(MemoryStore::new(cfg.store.route_ttl));
@@ -151,35 +152,28 @@ impl Standalone {
         .await
         .context("cannot start job")?;
 
-        let depth = {
-            let queue = queue.clone();
-            let g = gauge!("herald_queue_depth", "backend" => queue.backend());
-            Arc::new(move || {
-                if let Some(d) = queue.depth() {
-                    g.set(d as f64);
-                }
-            }) as Arc<dyn Fn() + Send + Sync>
-        };
-        let app = herald_logic::http::router(logic.clone())
-            .merge(web::router())
-            .merge(observe::router(metrics, depth));
-        let listener = TcpListener::bind(cfg.logic.http_bind)
-            .await
-            .with_context(|| format!("cannot listen on {}", cfg.logic.http_bind))?;
-        let http_addr = listener.local_addr()?;
-        let http_stop = CancellationToken::new();
-        let http_task = {
-            let stop = http_stop.clone();
-            tokio::spawn(async move {
-                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                    stop.cancelled().await;
-                });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
-            })
-        };
-        info!(%http_addr, server_id = %server_id, "logic HTTP API listening");
+        let ws_port = comet.ws_addrs.first().map(|a| a.port());
+        let wss_port = comet.wss_addrs.first().map(|a| a.port());
+        let ws_path = cfg.comet.ws_path.clone();
+        let http = api::serve(
+            &cfg,
+            logic.clone(),
+            ApiParts {
+                metrics,
+                before_scrape: depth_gauge(queue.clone()),
+                // The comet is in this process: its clients use the page's host.
+                endpoints: Arc::new(move || ClientEndpoint {
+                    ws_host: None,
+                    ws_port,
+                    wss_port,
+                    ws_path: ws_path.clone(),
+                }),
+                extra: axum::Router::new(),
+            },
+            &reloader,
+        )
+        .await?;
+        let http_addr = http.local_addr();
         Ok(Standalone {
             tcp_addrs: comet.tcp_addrs.clone(),
             ws_addrs: comet.ws_addrs.clone(),
@@ -190,13 +184,12 @@ impl Standalone {
             comet,
             job,
             queue,
-            http_stop,
-            http_task,
+            http,
+            reloader,
             stop,
             tasks,
             grace: cfg.shutdown.grace,
             drain: cfg.shutdown.drain,
-            reloader,
         })
     }
 
@@ -217,8 +210,7 @@ impl Standalone {
     /// `shutdown.grace`.
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + self.grace;
-        self.http_stop.cancel();
-        let _ = tokio::time::timeout_at(deadline, self.http_task).await;
+        self.http.shutdown(self.grace).await;
         while self.queue.depth().is_some_and(|d| d > 0) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

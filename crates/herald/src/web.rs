@@ -1,10 +1,18 @@
-//! Browser assets embedded in the binary, served under `/_/`.
+//! Browser assets embedded in the binary, served under `/_/`, and
+//! `/_/config.json`, which tells the demo page where clients connect and whether
+//! the API wants a key.
+//!
+//! The assets and the configuration are public: they hold nothing secret, and the
+//! page asks for a key before it calls the API.
+
+use std::sync::Arc;
 
 use axum::extract::Path;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
+use serde::Serialize;
 
 /// (file name, content type, bytes) of every demo asset.
 const ASSETS: &[(&str, &str, &[u8])] = &[
@@ -44,9 +52,57 @@ fn asset(name: &str) -> Response {
     }
 }
 
-/// Routes for `/_/` (the demo page) and its assets.
-pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+/// Where a browser client connects: `<ws|wss>://<host>:<port><path>`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientEndpoint {
+    /// Host to connect to; `None` = the host the page was loaded from.
+    pub ws_host: Option<String>,
+    /// Plain WebSocket port, if any.
+    pub ws_port: Option<u16>,
+    /// Secure WebSocket port, if any.
+    pub wss_port: Option<u16>,
+    /// Path of the WebSocket endpoint.
+    pub ws_path: String,
+}
+
+/// Produces the client endpoint at request time (in a cluster it follows the
+/// registered comets).
+pub type Endpoints = Arc<dyn Fn() -> ClientEndpoint + Send + Sync>;
+
+/// What the demo page is told about this server.
+#[derive(Clone)]
+pub struct DemoSettings {
+    /// The API wants a key (`[api] keys` is not empty).
+    pub key_required: bool,
+    /// Where its WebSocket client connects.
+    pub endpoints: Endpoints,
+}
+
+#[derive(Serialize)]
+struct PageConfig {
+    key_required: bool,
+    #[serde(flatten)]
+    endpoint: ClientEndpoint,
+}
+
+/// Routes for `/_/` (the demo page), its assets and its configuration.
+pub fn router<S: Clone + Send + Sync + 'static>(demo: DemoSettings) -> Router<S> {
     Router::new()
+        .route(
+            "/_/config.json",
+            get(move || {
+                let demo = demo.clone();
+                async move {
+                    (
+                        [(header::CACHE_CONTROL, "no-cache")],
+                        Json(PageConfig {
+                            key_required: demo.key_required,
+                            endpoint: (demo.endpoints)(),
+                        }),
+                    )
+                }
+            }),
+        )
         .route("/", get(|| async { Redirect::temporary("/_/") }))
         .route("/_", get(|| async { Redirect::permanent("/_/") }))
         .route("/_/", get(|| async { asset("index.html") }))

@@ -402,15 +402,21 @@ pub struct HttpLimits {
     /// Keep it well below the process's open-file limit so client listeners and
     /// engines always have descriptors. 0 = no limit.
     pub max_connections: usize,
-    /// Connections at once from one address (after `trusted_proxies`). 0 = no limit.
+    /// Connections at once from one peer address; 0 = no limit. A trusted
+    /// proxy's connections are not counted (they carry many clients); instead
+    /// the requests in progress of each client it names in `X-Forwarded-For`
+    /// are limited to the same number.
     pub connections_per_ip: u32,
-    /// Time to read a request's headers once its first byte arrived.
+    /// Time to receive a request's line and headers: for a connection's first
+    /// request from accept (TLS handshake included), for later ones from their
+    /// first byte. 0 = no limit.
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
-    /// A connection with no request in progress is closed after this long.
+    /// A kept-alive connection with no request in progress is closed after this
+    /// long. 0 = no limit.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Keys or mids in one push request.
+    /// Keys or mids in one push request. 0 = no limit.
     pub max_recipients: usize,
     /// Longest request line and headers, bytes (the URI of a push carries its
     /// recipients).

@@ -68,12 +68,19 @@ impl Default for BackoffConfig {
     }
 }
 
+/// goim's HTTP API port.
+pub const HTTP_PORT: u16 = 3111;
+
 /// logic settings; every field has a default (see `docs/configuration.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogicConfig {
-    /// HTTP API listener (goim: 3111).
-    pub http_bind: SocketAddr,
+    /// HTTP API listener. Unset = port 3111 (goim's) on 127.0.0.1, or on 0.0.0.0
+    /// when the API is protected (API keys configured or `tls` on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_bind: Option<SocketAddr>,
+    /// Serve the HTTP API over HTTPS with the `[tls]` certificate.
+    pub tls: bool,
     /// Client-facing node settings.
     pub node: NodeConfig,
     /// Client reconnect backoff.
@@ -91,7 +98,8 @@ pub struct LogicConfig {
 impl Default for LogicConfig {
     fn default() -> Self {
         LogicConfig {
-            http_bind: SocketAddr::from(([0, 0, 0, 0], 3111)),
+            http_bind: None,
+            tls: false,
             node: NodeConfig::default(),
             backoff: BackoffConfig::default(),
             online_interval: Duration::from_secs(10),

@@ -4,7 +4,8 @@
 //! table in a [`herald_store::SessionStore`], aggregates per-comet online counts,
 //! ranks comets for clients ([`balancer`]) and turns push requests into `PushMsg`s on
 //! the [`herald_queue::Queue`]. comets call it through [`herald_rpc::LogicService`];
-//! backends call it through the goim HTTP API built by [`http::router`].
+//! backends call it through the goim HTTP API built by [`http::router`], guarded by
+//! the [`api_keys`] of the `[api]` section.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,6 +28,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+pub mod api_keys;
 pub mod auth;
 pub mod balancer;
 pub mod config;

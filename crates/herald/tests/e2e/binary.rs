@@ -185,3 +185,65 @@ fn bench_run_writes_a_report() {
     assert!(dir.join("latency.md").is_file());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `herald apikey new` prints a key once and configuration that admits exactly it.
+#[test]
+fn apikey_new_prints_a_key_and_its_entry() {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "apikey",
+            "new",
+            "--name",
+            "backend",
+            "--scopes",
+            "push,read",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let key = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("hk_"))
+        .map(|k| format!("hk_{k}"))
+        .expect("a key line");
+    // The printed table is valid configuration holding the key's hash only.
+    let table: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("[[api.keys]]"))
+        .take_while(|l| !l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cfg: herald::Config = toml::from_str(&table).unwrap();
+    assert_eq!(cfg.api.keys.len(), 1);
+    let entry = &cfg.api.keys[0];
+    assert_eq!(entry.name, "backend");
+    assert_eq!(entry.hash, herald_logic::api_keys::hash_key(&key));
+    assert!(!table.contains(&key));
+    assert_eq!(
+        entry.scopes,
+        [
+            herald_logic::api_keys::Scope::Push,
+            herald_logic::api_keys::Scope::Read
+        ]
+    );
+    // So does the one-line form.
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("{ name = "))
+        .expect("a one-line entry");
+    let cfg: herald::Config = toml::from_str(&format!("[api]\nkeys = [\n{line}\n]\n")).unwrap();
+    assert_eq!(cfg.api.keys[0].hash, entry.hash);
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["apikey", "new", "--name", "x", "--scopes", "root"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("push, read or admin"));
+}

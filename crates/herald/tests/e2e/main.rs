@@ -3,11 +3,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod api_security;
 mod auth;
 mod bad_input;
 mod binary;
 mod grants;
 mod http_api;
+mod http_limits;
+mod https;
 mod limits;
 mod pki;
 mod protocol;

@@ -22,7 +22,7 @@ pub fn test_config() -> Config {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     cfg.comet.tcp_bind = vec![any];
     cfg.comet.ws_bind = vec![any];
-    cfg.logic.http_bind = any;
+    cfg.logic.http_bind = Some(any);
     cfg.comet.online_report_interval = Duration::from_millis(200);
     cfg.logic.online_interval = Duration::from_millis(200);
     cfg.comet.handshake_timeout = Duration::from_secs(3);
@@ -355,6 +355,16 @@ pub struct Response {
 }
 
 impl Response {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        let want = format!("{}:", name.to_ascii_lowercase());
+        self.headers.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with(&want)
+                .then(|| l[want.len()..].trim().to_string())
+        })
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
@@ -367,11 +377,26 @@ impl Response {
 
 /// Sends one request with `Connection: close` and reads the whole response.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Response {
+    http_with(addr, method, path, &[], body).await
+}
+
+/// [`http`] with extra request headers.
+pub async fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let mut s = TcpStream::connect(addr).await.expect("http connect");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
     );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
     // A server may answer before reading the whole body (413 on an oversized
     // Content-Length) and close: the rest of the write then fails with EPIPE or
     // ECONNRESET. That is the server being right; the answer is still readable.
@@ -392,10 +417,15 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Re
             "no HTTP response: read failed ({e}); write: {sent:?}"
         );
     }
+    parse_response(&raw)
+}
+
+/// Parses a complete HTTP/1.1 response (head and the rest as its body).
+pub fn parse_response(raw: &[u8]) -> Response {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .expect("http head");
+        .unwrap_or_else(|| panic!("no http head in {:?}", String::from_utf8_lossy(raw)));
     let headers = String::from_utf8_lossy(&raw[..end]).to_string();
     let status = headers[9..12].parse().unwrap();
     let mut body = raw[end + 4..].to_vec();
@@ -410,6 +440,81 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Re
         headers,
         body,
     }
+}
+
+/// Reads one response with a `Content-Length` from a kept-alive connection.
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Response {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut byte))
+            .await
+            .expect("response head in time")
+            .expect("read response head");
+        assert!(
+            n == 1,
+            "connection closed inside a response head: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .expect("a content-length");
+    let mut body = vec![0u8; len];
+    tokio::time::timeout(WAIT, s.read_exact(&mut body))
+        .await
+        .expect("response body in time")
+        .unwrap();
+    raw.extend_from_slice(&body);
+    parse_response(&raw)
+}
+
+/// Writes one keep-alive request (no `Connection: close`).
+pub async fn write_request<S: tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: herald\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+}
+
+/// Waits for the peer to close (EOF or reset); fails after `WAIT`.
+pub async fn wait_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) {
+    let closed = tokio::time::timeout(WAIT, async {
+        let mut b = [0u8; 4096];
+        loop {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "server did not close the connection");
+}
+
+/// The value of `herald_limit_hits_total{limit="<limit>"}` in this process.
+pub fn limit_hits(limit: &str) -> u64 {
+    let text = herald::observe::metrics_handle().render();
+    let prefix = format!("herald_limit_hits_total{{limit=\"{limit}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {

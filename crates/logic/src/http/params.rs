@@ -1,0 +1,64 @@
+//! goim's query parameters: lists as repeated keys (`mids=1&mids=2`), integers where
+//! an empty value counts as absent and a required integer must be non-zero.
+
+use std::str::FromStr;
+
+use super::ApiError;
+
+/// Query parameters with repeated keys.
+pub(super) struct Params(Vec<(String, String)>);
+
+impl Params {
+    pub(super) fn parse(raw: Option<String>) -> Params {
+        Params(
+            form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    pub(super) fn one(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub(super) fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    pub(super) fn text(&self, name: &str) -> Result<&str, ApiError> {
+        match self.one(name) {
+            Some(v) if !v.is_empty() => Ok(v),
+            _ => Err(ApiError::bad_request(format!("{name} is required"))),
+        }
+    }
+
+    pub(super) fn int<T: FromStr + Default>(&self, name: &str) -> Result<T, ApiError> {
+        match self.one(name) {
+            None | Some("") => Ok(T::default()),
+            Some(v) => v.trim().parse().map_err(|_| {
+                ApiError::bad_request(format!("{name} must be an integer, got {v:?}"))
+            }),
+        }
+    }
+
+    /// A required integer; like goim, zero counts as missing.
+    pub(super) fn required_int<T: FromStr + Default + PartialEq>(
+        &self,
+        name: &str,
+    ) -> Result<T, ApiError> {
+        let v: T = self.int(name)?;
+        if v == T::default() {
+            return Err(ApiError::bad_request(format!(
+                "{name} is required and must be non-zero"
+            )));
+        }
+        Ok(v)
+    }
+}

@@ -489,6 +489,29 @@ pub fn hostname() -> String {
 mod tests {
     use super::*;
 
+    /// The "Full example" of docs/configuration.md is a valid configuration, and
+    /// names every section the configuration has.
+    #[test]
+    fn documented_full_example_loads() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let start = doc.find("## Full example").expect("the section exists");
+        let rest = &doc[start..];
+        let open = rest.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let close = rest[open..].find("```").expect("the block ends");
+        let example = &rest[open..open + close];
+        let parsed: Config = toml::from_str(example).unwrap_or_else(|e| panic!("{e}"));
+        parsed.validate().unwrap();
+        let table: toml::Table = toml::from_str(example).unwrap();
+        let all: toml::Table =
+            toml::from_str(&toml::to_string(&Config::default()).unwrap()).unwrap();
+        for section in all.keys() {
+            assert!(
+                table.contains_key(section),
+                "the full example lacks [{section}]"
+            );
+        }
+    }
+
     #[test]
     fn defaults_roundtrip_through_toml() {
         let text = toml::to_string(&Config::default()).unwrap();

@@ -373,3 +373,32 @@ async fn two_thousand_slow_readers_in_a_busy_room() {
         after.saturating_sub(baseline) / MIB
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_thousand_idle_http_connections() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = Server::start("").await;
+    let mut ok = healthy(&s, 4).await;
+    // Idle connections to the HTTP API from eight addresses, 2,000 each: more than
+    // the listener's cap in all, and far more than one address may hold.
+    let mut idle = Vec::new();
+    for i in 0..16_000u32 {
+        if let Ok(c) = raw_socket(s.http, 2 + (i % 8) as u8).await {
+            idle.push(c);
+        }
+    }
+    assert!(
+        idle.len() > 15_000,
+        "only {} idle connections opened",
+        idle.len()
+    );
+    // Pushes (from yet another address) and new clients are still served at once.
+    let worst = probe(&s, &mut ok, 5, "idle-http").await;
+    let mut late = Client::ws(s.ws).await;
+    late.auth(7, "late", "live://healthy", &[1000]).await;
+    ok.push(late);
+    probe(&s, &mut ok, 2, "idle-http-new-client").await;
+    let fds = s.fds();
+    assert!(fds < 6_000, "the idle flood holds {fds} descriptors");
+    println!("idle HTTP flood: worst healthy delivery {worst:?}, server descriptors {fds}");
+}

@@ -427,7 +427,7 @@ impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
             max_connections: 4096,
-            connections_per_ip: 0,
+            connections_per_ip: 256,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_recipients: 10_000,

@@ -7,6 +7,8 @@
 //! certificate and key for new handshakes while established connections keep theirs.
 //! [`client_config`] builds a `rustls::ClientConfig` trusting a CA file (and presenting
 //! a client certificate for mutual TLS). Everything uses the `ring` provider.
+//! [`client_pem`] reads a client's files as PEM for libraries that take bytes, and
+//! the `transport` feature adds TLS under tonic's gRPC channels and servers.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,12 @@ use rustls::RootCertStore;
 use serde::{Deserialize, Serialize};
 
 pub use rustls;
+
+mod pem;
+#[cfg(feature = "transport")]
+pub mod transport;
+
+pub use pem::{client_pem, ClientPem};
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -25,7 +25,7 @@ pub mod redis;
 #[cfg(feature = "kafka")]
 pub use self::kafka::{KafkaConfig, KafkaQueue};
 #[cfg(feature = "nats")]
-pub use self::nats::{NatsConfig, NatsQueue};
+pub use self::nats::{NatsAuth, NatsConfig, NatsQueue};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStreamsConfig, RedisStreamsQueue};
 pub use memory::MemoryQueue;
@@ -43,6 +43,10 @@ pub enum QueueError {
     /// The queue was shut down.
     #[error("queue closed")]
     Closed,
+    /// The settings cannot work (credentials or TLS files); retrying will not
+    /// help.
+    #[error("queue misconfigured: {0}")]
+    Invalid(String),
 }
 
 /// Publishes messages. Cheap to share between tasks.

@@ -119,7 +119,7 @@ pub fn nats(sec: NatsSecurity<'_>) -> Engine {
     );
     if let Some(pki) = sec.tls {
         conf.push_str(&format!(
-            "tls {{ cert_file: {} key_file: {} ca_file: {} verify: {} timeout: 2 }}\n",
+            "tls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: {}\n  timeout: 2\n}}\n",
             path(&pki.server_cert),
             path(&pki.server_key),
             path(&pki.ca),
@@ -129,7 +129,7 @@ pub fn nats(sec: NatsSecurity<'_>) -> Engine {
     match (sec.user, sec.token) {
         (Some(_), Some(_)) => panic!("nats-server takes a user or a token, not both"),
         (Some((user, password)), None) => conf.push_str(&format!(
-            "authorization {{ user: {} password: {} }}\n",
+            "authorization {{\n  user: {}\n  password: {}\n}}\n",
             quoted(user),
             quoted(password)
         )),

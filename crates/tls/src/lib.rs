@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 pub use rustls;
 
 mod pem;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "transport")]
 pub mod transport;
 
@@ -102,6 +104,13 @@ impl ClientTls {
 /// The crypto provider herald uses everywhere (`ring`).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Makes `ring` the process's default provider, for libraries that build their
+/// rustls configurations with the default (the Redis client). Idempotent; keeps
+/// a default someone installed before.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn file_err(what: &'static str, path: &Path, reason: impl fmt::Display) -> TlsError {

@@ -49,10 +49,15 @@ pub struct StoreConfig {
     /// How long a route lives without a refresh (goim's `redis.expire`).
     #[serde(with = "humantime_serde")]
     pub route_ttl: Duration,
-    /// Redis URL (`redis://[:password@]host:port/db`).
+    /// Redis URL: `redis://[[user]:password@]host:port/db`, or `rediss://…` for
+    /// TLS (with `tls.ca_file`). A user is a Redis 6+ ACL user; `:password@` alone
+    /// is `requirepass`.
     pub redis_url: String,
     /// Prefix put before every Redis key (empty = goim's exact key names).
     pub prefix: String,
+    /// TLS for a `rediss://` URL: the CA Redis's certificate chains to and an
+    /// optional client certificate.
+    pub tls: herald_tls::ClientTls,
 }
 
 impl Default for StoreConfig {
@@ -62,6 +67,7 @@ impl Default for StoreConfig {
             route_ttl: Duration::from_secs(1800),
             redis_url: "redis://127.0.0.1:6379/".into(),
             prefix: String::new(),
+            tls: herald_tls::ClientTls::default(),
         }
     }
 }
@@ -85,8 +91,10 @@ pub enum QueueBackend {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisQueueConfig {
-    /// Redis URL.
+    /// Redis URL (the forms of `store.redis_url`).
     pub url: String,
+    /// TLS for a `rediss://` URL.
+    pub tls: herald_tls::ClientTls,
     /// Stream key.
     pub stream: String,
     /// Consumer group shared by every job.
@@ -105,6 +113,7 @@ impl Default for RedisQueueConfig {
     fn default() -> Self {
         RedisQueueConfig {
             url: "redis://127.0.0.1:6379/".into(),
+            tls: herald_tls::ClientTls::default(),
             stream: "herald:push".into(),
             group: "herald-job".into(),
             max_len: 1_000_000,
@@ -135,6 +144,15 @@ pub struct NatsQueueConfig {
     /// divide them, so each room is handled by one job at a time, in order.
     /// 1 = one subject shared in any order. Fixed for the life of a stream.
     pub partitions: u32,
+    /// User name (with `password`), for a server with users.
+    pub user: String,
+    /// Password of `user`.
+    pub password: String,
+    /// Token, for a server with a token (instead of a user).
+    pub token: String,
+    /// TLS (`tls://` URLs or a server that requires it): the CA of the server's
+    /// certificate and an optional client certificate.
+    pub tls: herald_tls::ClientTls,
 }
 
 impl Default for NatsQueueConfig {
@@ -147,6 +165,10 @@ impl Default for NatsQueueConfig {
             ack_wait: Duration::from_secs(30),
             max_messages: 1_000_000,
             partitions: 16,
+            user: String::new(),
+            password: String::new(),
+            token: String::new(),
+            tls: herald_tls::ClientTls::default(),
         }
     }
 }
@@ -170,6 +192,47 @@ pub struct KafkaQueueConfig {
     /// one that does not (tansu) adds up to this much delivery latency.
     #[serde(with = "humantime_serde")]
     pub fetch_wait: Duration,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: KafkaSecurityProtocol,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (with a `sasl_*` protocol).
+    pub sasl_mechanism: KafkaSaslMechanism,
+    /// SASL user name.
+    pub sasl_username: String,
+    /// SASL password.
+    pub sasl_password: String,
+    /// TLS (with `ssl` or `sasl_ssl`): `ca_file` (required), `cert_file` and
+    /// `key_file` for a client certificate.
+    pub tls: herald_tls::ClientTls,
+}
+
+/// `queue.kafka.security_protocol` (librdkafka's `security.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaSecurityProtocol {
+    /// Neither TLS nor SASL.
+    #[default]
+    Plaintext,
+    /// TLS.
+    Ssl,
+    /// SASL without TLS.
+    SaslPlaintext,
+    /// SASL over TLS.
+    SaslSsl,
+}
+
+/// `queue.kafka.sasl_mechanism`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum KafkaSaslMechanism {
+    /// The password as it is (use with TLS).
+    #[default]
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// SCRAM with SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// SCRAM with SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
 }
 
 impl Default for KafkaQueueConfig {
@@ -180,6 +243,11 @@ impl Default for KafkaQueueConfig {
             group: "goim-push-group-job".into(),
             partitions: 8,
             fetch_wait: Duration::from_millis(100),
+            security_protocol: KafkaSecurityProtocol::Plaintext,
+            sasl_mechanism: KafkaSaslMechanism::Plain,
+            sasl_username: String::new(),
+            sasl_password: String::new(),
+            tls: herald_tls::ClientTls::default(),
         }
     }
 }
@@ -244,6 +312,13 @@ pub struct DiscoveryConfig {
     /// after this long.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// etcd user, when etcd has authentication enabled (empty = none).
+    pub username: String,
+    /// Password of `username`.
+    pub password: String,
+    /// TLS for `https://` endpoints: the CA of etcd's certificate, an optional
+    /// client certificate, the name to verify.
+    pub tls: herald_tls::ClientTls,
 }
 
 impl Default for DiscoveryConfig {
@@ -253,6 +328,9 @@ impl Default for DiscoveryConfig {
             endpoints: vec!["http://127.0.0.1:2379".into()],
             prefix: "/herald".into(),
             lease_ttl: Duration::from_secs(10),
+            username: String::new(),
+            password: String::new(),
+            tls: herald_tls::ClientTls::default(),
         }
     }
 }

@@ -299,11 +299,12 @@ pub fn kafka() -> Engine {
 /// [`kafka`] on `port` (a broker restarted on its port comes back empty: the
 /// storage is in memory).
 pub fn kafka_on(port: u16) -> Engine {
-    kafka_with(port, &[])
+    kafka_with(port, None, &[])
 }
 
-/// tansu on `port` with `extra` arguments.
-pub(crate) fn kafka_with(port: u16, extra: &[&str]) -> Engine {
+/// tansu on `port`, advertising `advertised` (default: its own address), with
+/// `extra` arguments.
+pub(crate) fn kafka_with(port: u16, advertised: Option<&str>, extra: &[&str]) -> Engine {
     let bin = find_tansu().unwrap_or_else(|| {
         panic!(
             "tansu is not installed; this test needs a real Kafka-compatible broker. \
@@ -315,7 +316,8 @@ pub(crate) fn kafka_with(port: u16, extra: &[&str]) -> Engine {
     let url = format!("tcp://127.0.0.1:{port}");
     let mut child = Command::new(bin)
         .arg("broker")
-        .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--listener-url", &url])
+        .args(["--advertised-listener-url", advertised.unwrap_or(&url)])
         .args(["--storage-engine", "memory://tansu/"])
         .args(extra)
         .current_dir(&dir)

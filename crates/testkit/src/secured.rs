@@ -5,13 +5,16 @@
 //! tansu (SASL). Each option struct's default is the unprotected engine.
 //!
 //! tansu 0.6 cannot serve TLS (its command line refuses `--cert` together with
-//! `--key`), and with `--authentication` on in-memory storage no SCRAM user can be
-//! created (creating one needs an authenticated connection); it accepts any PLAIN
-//! password. So only a SASL handshake, not a password check, is testable on it.
+//! `--key`), so [`kafka_tls`] puts a TLS terminator (`socat`, OpenSSL) in front of
+//! a plain tansu that advertises the terminator's address: every client
+//! connection then is a real TLS handshake with a real broker behind it. With
+//! `--authentication` on in-memory storage no SCRAM user can be created
+//! (creating one needs an authenticated connection), and tansu accepts any PLAIN
+//! password, so only the SASL handshake, not a password check, is testable on it.
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{free_port, required, scratch, wait_for, Engine, Pki};
@@ -284,5 +287,60 @@ fn etcdctl(engine: &Engine, sec: &EtcdSecurity<'_>, args: &[&str]) -> Result<(),
 /// A private tansu broker that requires SASL authentication, on a free port.
 /// See the module documentation for what tansu can and cannot check.
 pub fn kafka_sasl() -> Engine {
-    crate::kafka_with(free_port(), &["--authentication"])
+    crate::kafka_with(free_port(), None, &["--authentication"])
+}
+
+/// A Kafka broker reached only through TLS: tansu behind a TLS terminator.
+pub struct TlsKafka {
+    /// The broker (plain, on a port of its own that clients are never told).
+    pub broker: Engine,
+    /// The terminator, stopped on drop.
+    proxy: Child,
+    /// The TLS address clients use (bootstrap and advertised).
+    pub addr: SocketAddr,
+}
+
+impl TlsKafka {
+    /// `127.0.0.1:<port>` of the TLS side.
+    pub fn brokers(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for TlsKafka {
+    fn drop(&mut self) {
+        let _ = self.proxy.kill();
+        let _ = self.proxy.wait();
+    }
+}
+
+/// tansu reached through TLS with the PKI's server certificate; with
+/// `client_certs` the terminator requires a client certificate from the PKI's CA.
+pub fn kafka_tls(pki: &Pki, client_certs: bool) -> TlsKafka {
+    let tls_port = free_port();
+    let plain_port = free_port();
+    let advertised = format!("tcp://127.0.0.1:{tls_port}");
+    let broker = crate::kafka_with(plain_port, Some(&advertised), &[]);
+    let socat = required("socat", "socat");
+    let listen = format!(
+        "OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},cafile={},verify={}",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca.display(),
+        u8::from(client_certs)
+    );
+    let mut proxy = Command::new(socat)
+        .arg(listen)
+        .arg(format!("TCP:127.0.0.1:{plain_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start socat: {e}"));
+    let addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    wait_for(addr, &mut proxy, "socat (TLS in front of tansu)");
+    TlsKafka {
+        broker,
+        proxy,
+        addr,
+    }
 }

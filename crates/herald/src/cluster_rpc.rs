@@ -25,6 +25,8 @@ pub fn scheme(cfg: &Config) -> &'static str {
 
 /// How this process serves gRPC; its certificate, if any, joins `reloader`.
 pub fn serve_options(cfg: &Config, reloader: &Reloader) -> anyhow::Result<ServeOptions> {
+    // A token that cannot be checked must stop the start, not the server later.
+    herald_rpc::transport::RequireToken::new(&cfg.rpc.token).context("rpc.token")?;
     let tls = match cfg.rpc.tls.server() {
         Some(files) => {
             let server = herald_tls::server_config(&files, &[ALPN_H2])

@@ -254,8 +254,10 @@ fn apikey_new_prints_a_key_and_its_entry() {
 /// header, and a CA file that is not there.
 #[test]
 fn unusable_rpc_protection_stops_the_role() {
+    /// A role, its environment, and what its error must name.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
     let etcd = format!("http://127.0.0.1:{}", free_port());
-    let cases: [(&str, &[(&str, &str)], &str); 4] = [
+    let cases: [Case; 4] = [
         (
             "logic",
             &[

@@ -283,3 +283,28 @@ async fn the_dialer_does_not_downgrade() {
     assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");
     assert!(err.message.contains("rpc.tls.ca_file"), "{err}");
 }
+
+/// A peer that opens a connection and never speaks TLS holds up nobody: other
+/// clients complete their handshakes and calls meanwhile.
+#[tokio::test]
+async fn a_stalled_handshake_does_not_block_others() {
+    let pki = Pki::new();
+    let s = serve(ServeOptions {
+        token: String::new(),
+        tls: Some(server_tls(&pki, false)),
+    })
+    .await;
+    let _silent = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let _half = {
+        use tokio::io::AsyncWriteExt;
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        // The first bytes of a TLS record header, then nothing.
+        c.write_all(&[0x16, 0x03]).await.unwrap();
+        c
+    };
+    let d = Dialer::new(timeouts()).with_tls(connector(&pki.ca, None), false);
+    let addr = format!("grpcs://{}", s.addr);
+    for _ in 0..3 {
+        assert_eq!(nodes(&addr, &d).await.unwrap().domain, "served");
+    }
+}

@@ -14,17 +14,26 @@ engine_bin() {
 }
 
 # ensure_engines WHAT...: installs what is missing. WHAT is any of redis, nats,
-# etcd, kafka (tansu) and build (make and a C compiler, for librdkafka).
+# etcd (with etcdctl), kafka (tansu), tls-proxy (socat: the TLS terminator the
+# Kafka TLS tests put in front of tansu) and build (make, a C compiler, pkg-config
+# and OpenSSL's headers, for librdkafka with TLS and SASL).
 ensure_engines() {
   local pkgs=() w sudo_cmd=""
   for w in "$@"; do
     case "$w" in
       redis) engine_bin redis-server >/dev/null || pkgs+=(redis-server) ;;
       nats) engine_bin nats-server >/dev/null || pkgs+=(nats-server) ;;
-      etcd) engine_bin etcd >/dev/null || pkgs+=(etcd-server etcd-client) ;;
+      etcd)
+        engine_bin etcd >/dev/null || pkgs+=(etcd-server)
+        engine_bin etcdctl >/dev/null || pkgs+=(etcd-client)
+        ;;
+      tls-proxy) engine_bin socat >/dev/null || pkgs+=(socat) ;;
       build)
         command -v make >/dev/null 2>&1 || pkgs+=(make)
         command -v cc >/dev/null 2>&1 || pkgs+=(gcc libc6-dev)
+        command -v pkg-config >/dev/null 2>&1 || pkgs+=(pkg-config)
+        # librdkafka links the system OpenSSL (Kafka TLS and SASL/SCRAM).
+        [ -f /usr/include/openssl/ssl.h ] || pkgs+=(libssl-dev)
         ;;
       kafka) ;;
       *) echo "ensure_engines: unknown engine $w" >&2; return 2 ;;

@@ -13,13 +13,14 @@ fi
 
 # Engines the tests start privately (on ephemeral loopback ports): installed when
 # missing (Debian packages; tansu, the Kafka-compatible broker, from crates.io once,
-# about 9 minutes). Tests that need one fail loudly without it. make and a C
-# compiler build librdkafka for the Kafka backend.
+# about 9 minutes). Tests that need one fail loudly without it. make, a C
+# compiler, pkg-config and libssl-dev build librdkafka for the Kafka backend;
+# socat is the TLS terminator of the Kafka TLS tests.
 # shellcheck source=scripts/engines.sh
 . scripts/engines.sh
 export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
 step "engines and build tools"
-ensure_engines redis nats etcd kafka build
+ensure_engines redis nats etcd kafka tls-proxy build
 
 step "format (cargo fmt --check)"
 cargo fmt --all --check

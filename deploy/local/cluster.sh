@@ -64,6 +64,8 @@ queue() { cat "$state/queue" 2>/dev/null || echo redis; }
 herald_bin() {
   if [ -n "${CLUSTER_BIN:-}" ]; then echo "$CLUSTER_BIN"; return; fi
   if [ ! -x "$root/target/release/herald" ]; then
+    # librdkafka's build needs a C compiler, make, pkg-config and OpenSSL headers.
+    ensure_engines build >&2
     echo "building herald (cargo build --release)" >&2
     (cd "$root" && cargo build --release -p herald >&2)
   fi

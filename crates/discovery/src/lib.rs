@@ -70,6 +70,10 @@ pub enum RegistryError {
     /// The registry is unreachable.
     #[error("registry unavailable: {0}")]
     Unavailable(String),
+    /// The registry refused this process's credentials, or its TLS settings
+    /// cannot be used.
+    #[error("registry refused the settings: {0}")]
+    Invalid(String),
 }
 
 /// The live instances of one appid; replaced whole on every change.

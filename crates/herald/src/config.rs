@@ -1,8 +1,8 @@
 //! The configuration file (`--config FILE`, TOML) and its environment overrides
 //! (`HERALD_<SECTION>__<KEY>`). Every option has a default, so no file is needed.
 
-use std::net::SocketAddr;
-use std::path::Path;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -49,10 +49,15 @@ pub struct StoreConfig {
     /// How long a route lives without a refresh (goim's `redis.expire`).
     #[serde(with = "humantime_serde")]
     pub route_ttl: Duration,
-    /// Redis URL (`redis://[:password@]host:port/db`).
+    /// Redis URL: `redis://[[user]:password@]host:port/db`, or `rediss://…` for
+    /// TLS (with `tls.ca_file`). A user is a Redis 6+ ACL user; `:password@` alone
+    /// is `requirepass`.
     pub redis_url: String,
     /// Prefix put before every Redis key (empty = goim's exact key names).
     pub prefix: String,
+    /// TLS for a `rediss://` URL: the CA Redis's certificate chains to and an
+    /// optional client certificate.
+    pub tls: herald_tls::ClientTls,
 }
 
 impl Default for StoreConfig {
@@ -62,6 +67,7 @@ impl Default for StoreConfig {
             route_ttl: Duration::from_secs(1800),
             redis_url: "redis://127.0.0.1:6379/".into(),
             prefix: String::new(),
+            tls: herald_tls::ClientTls::default(),
         }
     }
 }
@@ -85,8 +91,10 @@ pub enum QueueBackend {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisQueueConfig {
-    /// Redis URL.
+    /// Redis URL (the forms of `store.redis_url`).
     pub url: String,
+    /// TLS for a `rediss://` URL.
+    pub tls: herald_tls::ClientTls,
     /// Stream key.
     pub stream: String,
     /// Consumer group shared by every job.
@@ -105,6 +113,7 @@ impl Default for RedisQueueConfig {
     fn default() -> Self {
         RedisQueueConfig {
             url: "redis://127.0.0.1:6379/".into(),
+            tls: herald_tls::ClientTls::default(),
             stream: "herald:push".into(),
             group: "herald-job".into(),
             max_len: 1_000_000,
@@ -135,6 +144,15 @@ pub struct NatsQueueConfig {
     /// divide them, so each room is handled by one job at a time, in order.
     /// 1 = one subject shared in any order. Fixed for the life of a stream.
     pub partitions: u32,
+    /// User name (with `password`), for a server with users.
+    pub user: String,
+    /// Password of `user`.
+    pub password: String,
+    /// Token, for a server with a token (instead of a user).
+    pub token: String,
+    /// TLS (`tls://` URLs or a server that requires it): the CA of the server's
+    /// certificate and an optional client certificate.
+    pub tls: herald_tls::ClientTls,
 }
 
 impl Default for NatsQueueConfig {
@@ -147,6 +165,10 @@ impl Default for NatsQueueConfig {
             ack_wait: Duration::from_secs(30),
             max_messages: 1_000_000,
             partitions: 16,
+            user: String::new(),
+            password: String::new(),
+            token: String::new(),
+            tls: herald_tls::ClientTls::default(),
         }
     }
 }
@@ -170,6 +192,47 @@ pub struct KafkaQueueConfig {
     /// one that does not (tansu) adds up to this much delivery latency.
     #[serde(with = "humantime_serde")]
     pub fetch_wait: Duration,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: KafkaSecurityProtocol,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (with a `sasl_*` protocol).
+    pub sasl_mechanism: KafkaSaslMechanism,
+    /// SASL user name.
+    pub sasl_username: String,
+    /// SASL password.
+    pub sasl_password: String,
+    /// TLS (with `ssl` or `sasl_ssl`): `ca_file` (required), `cert_file` and
+    /// `key_file` for a client certificate.
+    pub tls: herald_tls::ClientTls,
+}
+
+/// `queue.kafka.security_protocol` (librdkafka's `security.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaSecurityProtocol {
+    /// Neither TLS nor SASL.
+    #[default]
+    Plaintext,
+    /// TLS.
+    Ssl,
+    /// SASL without TLS.
+    SaslPlaintext,
+    /// SASL over TLS.
+    SaslSsl,
+}
+
+/// `queue.kafka.sasl_mechanism`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum KafkaSaslMechanism {
+    /// The password as it is (use with TLS).
+    #[default]
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// SCRAM with SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// SCRAM with SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
 }
 
 impl Default for KafkaQueueConfig {
@@ -180,6 +243,11 @@ impl Default for KafkaQueueConfig {
             group: "goim-push-group-job".into(),
             partitions: 8,
             fetch_wait: Duration::from_millis(100),
+            security_protocol: KafkaSecurityProtocol::Plaintext,
+            sasl_mechanism: KafkaSaslMechanism::Plain,
+            sasl_username: String::new(),
+            sasl_password: String::new(),
+            tls: herald_tls::ClientTls::default(),
         }
     }
 }
@@ -244,6 +312,13 @@ pub struct DiscoveryConfig {
     /// after this long.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// etcd user, when etcd has authentication enabled (empty = none).
+    pub username: String,
+    /// Password of `username`.
+    pub password: String,
+    /// TLS for `https://` endpoints: the CA of etcd's certificate, an optional
+    /// client certificate, the name to verify.
+    pub tls: herald_tls::ClientTls,
 }
 
 impl Default for DiscoveryConfig {
@@ -253,6 +328,9 @@ impl Default for DiscoveryConfig {
             endpoints: vec!["http://127.0.0.1:2379".into()],
             prefix: "/herald".into(),
             lease_ttl: Duration::from_secs(10),
+            username: String::new(),
+            password: String::new(),
+            tls: herald_tls::ClientTls::default(),
         }
     }
 }
@@ -261,10 +339,14 @@ impl Default for DiscoveryConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RpcConfig {
-    /// Where `herald comet` serves `goim.comet.Comet`.
-    pub comet_bind: SocketAddr,
-    /// Where `herald logic` serves `goim.logic.Logic`.
-    pub logic_bind: SocketAddr,
+    /// Where `herald comet` serves `goim.comet.Comet`. Unset: `127.0.0.1:3109`,
+    /// or `0.0.0.0:3109` once the port is protected (`token` or `tls.cert_file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comet_bind: Option<SocketAddr>,
+    /// Where `herald logic` serves `goim.logic.Logic`. Unset: `127.0.0.1:3119`,
+    /// or `0.0.0.0:3119` once the port is protected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logic_bind: Option<SocketAddr>,
     /// The host other processes use to reach this one (registered in discovery
     /// and part of the default server id). Empty = this machine's host name.
     pub advertise_host: String,
@@ -274,17 +356,99 @@ pub struct RpcConfig {
     /// Deadline of every call to another tier.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Shared secret of the cluster: sent as `authorization: Bearer <token>` on
+    /// every call and required by every gRPC server. Empty = none (goim's
+    /// behaviour). Printable ASCII without spaces.
+    pub token: String,
+    /// TLS on the gRPC ports and for calls to other tiers.
+    pub tls: RpcTlsConfig,
+}
+
+/// TLS between the tiers (`[rpc.tls]`): this process's certificate (served on its
+/// gRPC port, and presented to servers that ask for one), the CA it trusts for
+/// the servers it calls, and the CA client certificates must chain to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RpcTlsConfig {
+    /// PEM certificate chain of this process. Set on a comet or logic: its gRPC
+    /// port serves TLS and it registers as `grpcs://`. Reloaded on `SIGHUP`.
+    pub cert_file: PathBuf,
+    /// PEM key of `cert_file`.
+    pub key_file: PathBuf,
+    /// PEM CA bundle: servers require a client certificate signed by it (mutual
+    /// TLS). Empty = no client certificate asked for.
+    pub client_ca_file: PathBuf,
+    /// PEM CA bundle the certificates of the servers this process calls must
+    /// chain to. Set = calls to `grpcs://` addresses use TLS, and plain
+    /// addresses are refused unless `allow_plain`.
+    pub ca_file: PathBuf,
+    /// Name to verify in servers' certificates instead of the host dialled.
+    pub server_name: String,
+    /// With `ca_file` set, still call servers registered with plain `grpc://`
+    /// (while a cluster is being moved to TLS).
+    pub allow_plain: bool,
+}
+
+impl RpcTlsConfig {
+    /// The server side, when this process has a certificate.
+    pub fn server(&self) -> Option<herald_tls::ServerTls> {
+        (!self.cert_file.as_os_str().is_empty()).then(|| herald_tls::ServerTls {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            client_ca_file: self.client_ca_file.clone(),
+        })
+    }
+
+    /// The client side, when this process trusts a CA for the servers it calls.
+    pub fn client(&self) -> Option<herald_tls::ClientTls> {
+        (!self.ca_file.as_os_str().is_empty()).then(|| herald_tls::ClientTls {
+            enabled: true,
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            server_name: self.server_name.clone(),
+        })
+    }
 }
 
 impl Default for RpcConfig {
     fn default() -> Self {
         RpcConfig {
-            comet_bind: SocketAddr::from(([0, 0, 0, 0], 3109)),
-            logic_bind: SocketAddr::from(([0, 0, 0, 0], 3119)),
+            comet_bind: None,
+            logic_bind: None,
             advertise_host: String::new(),
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(3),
+            token: String::new(),
+            tls: RpcTlsConfig::default(),
         }
+    }
+}
+
+impl RpcConfig {
+    /// Whether the gRPC ports are protected (a token or TLS), which makes them
+    /// listen on every interface by default.
+    pub fn protected(&self) -> bool {
+        !self.token.is_empty() || self.tls.server().is_some()
+    }
+
+    fn default_bind(&self, port: u16) -> SocketAddr {
+        let ip = if self.protected() {
+            IpAddr::from([0, 0, 0, 0])
+        } else {
+            IpAddr::from([127, 0, 0, 1])
+        };
+        SocketAddr::new(ip, port)
+    }
+
+    /// Where a comet serves gRPC: `comet_bind`, else the safe default.
+    pub fn comet_addr(&self) -> SocketAddr {
+        self.comet_bind.unwrap_or_else(|| self.default_bind(3109))
+    }
+
+    /// Where a logic serves gRPC: `logic_bind`, else the safe default.
+    pub fn logic_addr(&self) -> SocketAddr {
+        self.logic_bind.unwrap_or_else(|| self.default_bind(3119))
     }
 }
 
@@ -435,7 +599,7 @@ impl Config {
 
     /// The server id in force for standalone (`<host>:3109` by default).
     pub fn server_id(&self) -> String {
-        self.server_id_with_port(self.rpc.comet_bind.port())
+        self.server_id_with_port(self.rpc.comet_addr().port())
     }
 
     /// The server id in force for a process serving RPC on `port`.
@@ -580,6 +744,26 @@ mod tests {
             assert_eq!(cfg.api.keys[0].name, "env");
             Ok(())
         });
+    }
+
+    #[test]
+    fn rpc_ports_listen_on_loopback_until_protected() {
+        let mut rpc = RpcConfig::default();
+        assert_eq!(rpc.comet_addr(), "127.0.0.1:3109".parse().unwrap());
+        assert_eq!(rpc.logic_addr(), "127.0.0.1:3119".parse().unwrap());
+        rpc.token = "t".into();
+        assert_eq!(rpc.comet_addr(), "0.0.0.0:3109".parse().unwrap());
+        rpc.token.clear();
+        rpc.tls.cert_file = "/etc/herald/host.pem".into();
+        assert_eq!(rpc.logic_addr(), "0.0.0.0:3119".parse().unwrap());
+        // A CA alone protects nothing this process serves.
+        let mut client_only = RpcConfig::default();
+        client_only.tls.ca_file = "/etc/herald/ca.pem".into();
+        assert!(!client_only.protected());
+        assert_eq!(client_only.comet_addr(), "127.0.0.1:3109".parse().unwrap());
+        // An explicit address wins either way.
+        rpc.comet_bind = Some("10.0.0.1:4000".parse().unwrap());
+        assert_eq!(rpc.comet_addr(), "10.0.0.1:4000".parse().unwrap());
     }
 
     #[test]

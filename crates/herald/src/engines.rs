@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::config::{Config, DiscoveryBackend, QueueBackend, StoreBackend};
+#[cfg(feature = "kafka")]
+use crate::config::{KafkaSaslMechanism, KafkaSecurityProtocol};
 
 /// Calls `attempt` until it succeeds, logging each failure and waiting 0.5 s, 1 s,
 /// 2 s … (at most 10 s) in between. Gives up only when `stop` is cancelled.
@@ -79,9 +81,12 @@ pub async fn store(cfg: &Config, stop: &CancellationToken) -> anyhow::Result<Sto
         }
         #[cfg(feature = "redis")]
         StoreBackend::Redis => {
-            let what = format!("the Redis store at {}", s.redis_url);
+            // Settings that cannot work are refused now, not retried forever.
+            herald_tls::redis::client(&s.redis_url, &s.tls)
+                .map_err(|e| anyhow::anyhow!("store: {e}"))?;
+            let what = format!("the Redis store at {}", redact(&s.redis_url));
             let r = with_retry(&what, stop, || {
-                herald_store::RedisStore::connect(&s.redis_url, &s.prefix, s.route_ttl)
+                herald_store::RedisStore::connect(&s.redis_url, &s.tls, &s.prefix, s.route_ttl)
             })
             .await?;
             let r = Arc::new(r);
@@ -114,6 +119,7 @@ pub async fn queue(
         QueueBackend::Redis => {
             let c = herald_queue::RedisStreamsConfig {
                 url: q.redis.url.clone(),
+                tls: q.redis.tls.clone(),
                 stream: q.redis.stream.clone(),
                 group: q.redis.group.clone(),
                 max_len: q.redis.max_len,
@@ -121,7 +127,9 @@ pub async fn queue(
                 consumer_name: consumer.to_string(),
                 partitions: q.redis.partitions.max(1),
             };
-            let what = format!("the Redis Streams queue at {}", q.redis.url);
+            herald_tls::redis::client(&q.redis.url, &q.redis.tls)
+                .map_err(|e| anyhow::anyhow!("queue.redis: {e}"))?;
+            let what = format!("the Redis Streams queue at {}", redact(&q.redis.url));
             Arc::new(
                 with_retry(&what, stop, || {
                     herald_queue::RedisStreamsQueue::connect(c.clone())
@@ -140,13 +148,22 @@ pub async fn queue(
                 max_messages: q.nats.max_messages,
                 partitions: q.nats.partitions.max(1),
                 publish_timeout: q.publish_timeout,
+                auth: herald_queue::NatsAuth {
+                    user: q.nats.user.clone(),
+                    password: q.nats.password.clone(),
+                    token: q.nats.token.clone(),
+                },
+                tls: q.nats.tls.clone(),
             };
-            let what = format!("the NATS JetStream queue at {}", q.nats.url);
+            // Settings that cannot work are refused now, not retried forever.
+            herald_queue::nats::connect_options(&c)?;
+            let what = format!("the NATS JetStream queue at {}", redact(&q.nats.url));
             Arc::new(with_retry(&what, stop, || herald_queue::NatsQueue::connect(c.clone())).await?)
         }
         #[cfg(feature = "kafka")]
         QueueBackend::Kafka => {
             let c = kafka_config(cfg, consumer);
+            c.security.properties()?;
             let what = format!("the Kafka queue at {}", q.kafka.brokers.join(","));
             Arc::new(
                 with_retry(&what, stop, || herald_queue::KafkaQueue::connect(c.clone())).await?,
@@ -171,6 +188,24 @@ fn kafka_config(cfg: &Config, consumer: &str) -> herald_queue::KafkaConfig {
         client_id: consumer.to_string(),
         publish_timeout: cfg.queue.publish_timeout,
         fetch_wait: k.fetch_wait,
+        security: herald_queue::KafkaSecurity {
+            protocol: match k.security_protocol {
+                KafkaSecurityProtocol::Plaintext => herald_queue::SecurityProtocol::Plaintext,
+                KafkaSecurityProtocol::Ssl => herald_queue::SecurityProtocol::Ssl,
+                KafkaSecurityProtocol::SaslPlaintext => {
+                    herald_queue::SecurityProtocol::SaslPlaintext
+                }
+                KafkaSecurityProtocol::SaslSsl => herald_queue::SecurityProtocol::SaslSsl,
+            },
+            sasl_mechanism: match k.sasl_mechanism {
+                KafkaSaslMechanism::Plain => herald_queue::SaslMechanism::Plain,
+                KafkaSaslMechanism::ScramSha256 => herald_queue::SaslMechanism::ScramSha256,
+                KafkaSaslMechanism::ScramSha512 => herald_queue::SaslMechanism::ScramSha512,
+            },
+            sasl_username: k.sasl_username.clone(),
+            sasl_password: k.sasl_password.clone(),
+            tls: k.tls.clone(),
+        },
         ..Default::default()
     }
 }
@@ -190,8 +225,13 @@ pub async fn registry(cfg: &Config, stop: &CancellationToken) -> anyhow::Result<
                 prefix: d.prefix.clone(),
                 env: cfg.server.env.clone(),
                 lease_ttl: d.lease_ttl,
+                username: d.username.clone(),
+                password: d.password.clone(),
+                tls: d.tls.clone(),
                 ..Default::default()
             };
+            // TLS files that cannot be read are refused now, not retried forever.
+            c.security()?;
             let what = format!("etcd at {}", d.endpoints.join(","));
             let r = with_retry(&what, stop, || {
                 herald_discovery::EtcdRegistry::connect(c.clone())
@@ -230,4 +270,35 @@ pub fn require_shared(cfg: &Config, role: &str, store: bool, queue: bool) -> any
         );
     }
     Ok(())
+}
+
+/// `url` with its password replaced by `***`, for logs and error messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &rest[..at];
+    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+    format!("{scheme}://{user}:***{}", &rest[at..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            redact("rediss://herald:s3cret@10.0.0.1:6379/0"),
+            "rediss://herald:***@10.0.0.1:6379/0"
+        );
+        assert_eq!(redact("redis://:pw@h:1/"), "redis://:***@h:1/");
+        assert_eq!(redact("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+        assert_eq!(redact("nats://u:p@n:4222"), "nats://u:***@n:4222");
+        assert_eq!(redact("not a url"), "not a url");
+    }
 }

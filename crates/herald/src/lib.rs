@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster_rpc;
 pub mod config;
 pub mod edge;
 pub mod engines;

@@ -16,28 +16,21 @@ use herald_discovery::{Instance, Registration, Registry, COMET_APPID, LOGIC_APPI
 use herald_job::{CometConnector, Job};
 use herald_logic::Logic;
 use herald_queue::Queue;
-use herald_rpc::grpc::{self, ClientTimeouts, LogicPool, RemoteComet};
+use herald_rpc::grpc::{self, LogicPool, RemoteComet};
+use herald_rpc::transport::{Dialer, ServeOptions};
 use herald_rpc::{CometService, LogicService};
 use herald_tls::Reloader;
 use metrics::gauge;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::api::{self, ApiParts};
 use crate::config::Config;
 use crate::http_server::HttpServer;
 use crate::web::ClientEndpoint;
-use crate::{edge, engines, observe};
-
-fn timeouts(cfg: &Config) -> ClientTimeouts {
-    ClientTimeouts {
-        connect: cfg.rpc.connect_timeout,
-        call: cfg.rpc.timeout,
-    }
-}
+use crate::{cluster_rpc, edge, engines, observe};
 
 fn instance(cfg: &Config, appid: &str, server_id: &str, rpc_port: u16) -> Instance {
     Instance {
@@ -46,7 +39,11 @@ fn instance(cfg: &Config, appid: &str, server_id: &str, rpc_port: u16) -> Instan
         env: cfg.server.env.clone(),
         appid: appid.into(),
         hostname: server_id.into(),
-        addrs: vec![format!("grpc://{}:{rpc_port}", cfg.advertise_host())],
+        addrs: vec![format!(
+            "{}://{}:{rpc_port}",
+            cluster_rpc::scheme(cfg),
+            cfg.advertise_host()
+        )],
         version: env!("CARGO_PKG_VERSION").into(),
         latest_timestamp: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -56,20 +53,17 @@ fn instance(cfg: &Config, appid: &str, server_id: &str, rpc_port: u16) -> Instan
     }
 }
 
-/// Serves tonic services on `listener` until `stop`.
+/// Serves tonic services on `listener` (with the token and TLS of `options`)
+/// until `stop`.
 fn serve_grpc(
     listener: TcpListener,
     routes: tonic::service::Routes,
+    options: ServeOptions,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let r = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(60)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-            .await;
+        let r =
+            herald_rpc::transport::serve(listener, routes, options, stop.cancelled_owned()).await;
         if let Err(e) = r {
             tracing::error!(error = %e, "gRPC server failed");
         }
@@ -120,16 +114,20 @@ impl CometRole {
     /// live logics, and registers.
     pub async fn start(cfg: Config, stop: CancellationToken) -> anyhow::Result<CometRole> {
         engines::require_shared(&cfg, "comet", false, false)?;
+        cluster_rpc::check_serving(&cfg, "comet", true)?;
+        let reloader = Reloader::new();
+        let serve = cluster_rpc::serve_options(&cfg, &reloader)?;
+        let dialer = cluster_rpc::dialer(&cfg)?;
         observe::metrics_handle();
         let registry = engines::registry(&cfg, &stop).await?;
-        let listener = bind(cfg.rpc.comet_bind, "comet RPC").await?;
+        let listener = bind(cfg.rpc.comet_addr(), "comet RPC").await?;
         let rpc_addr = listener.local_addr()?;
+        cluster_rpc::warn_about_bind(&cfg, "comet", rpc_addr, "rpc.comet_bind");
         let server_id = cfg.server_id_with_port(rpc_addr.port());
 
-        let pool = Arc::new(LogicPool::new(timeouts(&cfg)));
+        let pool = Arc::new(LogicPool::with_dialer(dialer));
         follow_logics(registry.clone(), pool.clone(), stop.clone()).await?;
         let logic: Arc<dyn LogicService> = pool;
-        let reloader = Reloader::new();
         let public_tls = edge::comet_tls(&cfg, &reloader)?;
         let mut comet_cfg = cfg.comet.clone();
         comet_cfg.max_connections = edge::client_connection_cap(&cfg, false);
@@ -146,6 +144,7 @@ impl CometRole {
         let grpc = serve_grpc(
             listener,
             tonic::service::Routes::new(grpc::comet_server(comet.service())),
+            serve,
             stop.child_token(),
         );
         let metrics = serve_metrics(&cfg).await?;
@@ -245,11 +244,14 @@ impl LogicRole {
     /// then serves RPC and the HTTP API and registers.
     pub async fn start(cfg: Config, stop: CancellationToken) -> anyhow::Result<LogicRole> {
         engines::require_shared(&cfg, "logic", true, true)?;
+        let reloader = Reloader::new();
+        let serve = cluster_rpc::serve_options(&cfg, &reloader)?;
         let metrics = observe::metrics_handle();
         let registry = engines::registry(&cfg, &stop).await?;
         let stores = engines::store(&cfg, &stop).await?;
-        let listener = bind(cfg.rpc.logic_bind, "logic RPC").await?;
+        let listener = bind(cfg.rpc.logic_addr(), "logic RPC").await?;
         let rpc_addr = listener.local_addr()?;
+        cluster_rpc::warn_about_bind(&cfg, "logic", rpc_addr, "rpc.logic_bind");
         let server_id = cfg.server_id_with_port(rpc_addr.port());
         let queue = engines::queue(&cfg, &server_id, &stop).await?;
 
@@ -269,10 +271,10 @@ impl LogicRole {
         let grpc = serve_grpc(
             listener,
             tonic::service::Routes::new(grpc::logic_server(service)),
+            serve,
             stop.child_token(),
         );
 
-        let reloader = Reloader::new();
         let endpoints = {
             let logic = logic.clone();
             let ws_path = cfg.comet.ws_path.clone();
@@ -355,17 +357,13 @@ pub fn depth_gauge(queue: Arc<dyn Queue>) -> Arc<dyn Fn() + Send + Sync> {
 
 /// Calls comets over gRPC at the address they registered.
 struct GrpcComets {
-    timeouts: ClientTimeouts,
+    dialer: Dialer,
 }
 
 impl CometConnector for GrpcComets {
     fn connect(&self, instance: &Instance) -> Option<Arc<dyn CometService>> {
-        let addr = instance
-            .addrs
-            .iter()
-            .find(|a| a.starts_with("grpc://"))
-            .or(instance.addrs.first())?;
-        match RemoteComet::new(addr, self.timeouts) {
+        let addr = cluster_rpc::comet_address(&instance.addrs)?;
+        match RemoteComet::dial(addr, &self.dialer) {
             Ok(c) => Some(Arc::new(c)),
             Err(e) => {
                 warn!(server = %instance.hostname, error = %e, "comet address unusable");
@@ -388,6 +386,7 @@ impl JobRole {
     /// Connects to etcd and the queue (retrying while down) and starts consuming.
     pub async fn start(cfg: Config, stop: CancellationToken) -> anyhow::Result<JobRole> {
         engines::require_shared(&cfg, "job", false, true)?;
+        let dialer = cluster_rpc::dialer(&cfg)?;
         observe::metrics_handle();
         let server_id = if cfg.server.id.is_empty() {
             format!("{}:job-{}", cfg.advertise_host(), std::process::id())
@@ -396,9 +395,7 @@ impl JobRole {
         };
         let registry = engines::registry(&cfg, &stop).await?;
         let queue = engines::queue(&cfg, &server_id, &stop).await?;
-        let connector = Arc::new(GrpcComets {
-            timeouts: timeouts(&cfg),
-        });
+        let connector = Arc::new(GrpcComets { dialer });
         let job = engines::with_retry("the queue (starting consumers)", &stop, || {
             Job::start(
                 cfg.job.clone(),

@@ -3,7 +3,10 @@
 //! two of each, configured through TOML files. Clients on both comets receive key,
 //! mid, room and broadcast pushes sent through either logic; the node and online
 //! APIs reflect both comets; a job killed with SIGKILL mid-stream loses no push the
-//! API accepted. Run once per queue backend.
+//! API accepted. Run once per queue backend, and once with everything between
+//! the processes protected: gRPC with the cluster token and mutual TLS, etcd
+//! over https as a non-root user, Redis over TLS as an ACL user, NATS over TLS
+//! with a token.
 
 #![allow(clippy::unwrap_used)]
 
@@ -16,7 +19,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use herald_testkit::{free_port, Engine};
+use herald_testkit::secured::{self, EtcdSecurity, NatsSecurity, RedisSecurity};
+use herald_testkit::{free_port, Engine, Pki};
 use support::{get, post, Client};
 
 const OP: i32 = 1000;
@@ -57,6 +61,8 @@ struct Cluster {
     /// Index of the Redis store in `_engines`.
     store: usize,
     _engines: Vec<Engine>,
+    /// The certificates of a protected cluster (kept while it runs).
+    _pki: Option<Pki>,
 }
 
 impl Drop for Cluster {
@@ -95,9 +101,81 @@ fn addr(port: u16) -> SocketAddr {
 impl Cluster {
     /// etcd, a Redis store, the queue engine (`queue_engine` gives its section),
     /// and two comets (zones z1 and z2), two logics and two jobs.
-    fn start(name: &str, queue_toml: String, mut engines: Vec<Engine>) -> Cluster {
+    fn start(name: &str, queue_toml: String, engines: Vec<Engine>) -> Cluster {
         let etcd = herald_testkit::etcd();
         let redis = herald_testkit::redis();
+        let (etcd_url, redis_url) = (etcd.etcd_endpoint(), redis.redis_url());
+        Cluster::start_with(
+            name, queue_toml, engines, etcd, redis, &etcd_url, &redis_url, "", None,
+        )
+    }
+
+    /// A cluster whose every connection between processes is protected: etcd
+    /// (https, user `herald`), the Redis store (TLS, ACL user `herald`), gRPC
+    /// (token, mutual TLS). `queue_toml` protects the queue itself.
+    fn start_protected(name: &str, pki: Pki, queue_toml: String, engines: Vec<Engine>) -> Cluster {
+        let etcd = secured::etcd(EtcdSecurity {
+            tls: Some(&pki),
+            root_password: Some("root-pw"),
+            user: Some(("herald", "etcd-pw")),
+            ..Default::default()
+        });
+        let redis = secured::redis(RedisSecurity {
+            tls: Some(&pki),
+            password: Some("default-pw"),
+            user: Some(("herald", "redis-pw")),
+            ..Default::default()
+        });
+        let (etcd_url, redis_url) = (
+            etcd.etcd_endpoint(),
+            redis.redis_url_as("herald", "redis-pw"),
+        );
+        let ca = pki.ca.display();
+        let security = format!(
+            r#"
+[rpc]
+token = "cluster-token-0123456789"
+[rpc.tls]
+cert_file = "{cert}"
+key_file = "{key}"
+ca_file = "{ca}"
+client_ca_file = "{ca}"
+[discovery]
+username = "herald"
+password = "etcd-pw"
+[discovery.tls]
+ca_file = "{ca}"
+[store.tls]
+ca_file = "{ca}"
+"#,
+            cert = pki.server_cert.display(),
+            key = pki.server_key.display(),
+        );
+        Cluster::start_with(
+            name,
+            queue_toml,
+            engines,
+            etcd,
+            redis,
+            &etcd_url,
+            &redis_url,
+            &security,
+            Some(pki),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_with(
+        name: &str,
+        queue_toml: String,
+        mut engines: Vec<Engine>,
+        etcd: Engine,
+        redis: Engine,
+        etcd_url: &str,
+        redis_url: &str,
+        security: &str,
+        pki: Option<Pki>,
+    ) -> Cluster {
         let common = format!(
             r#"
 [server]
@@ -110,13 +188,13 @@ timeout = "3s"
 
 [discovery]
 backend = "etcd"
-endpoints = ["{etcd}"]
+endpoints = ["{etcd_url}"]
 prefix = "/herald-{name}"
 lease_ttl = "3s"
 
 [store]
 backend = "redis"
-redis_url = "{redis}"
+redis_url = "{redis_url}"
 prefix = "{name}:"
 
 [logic]
@@ -130,10 +208,9 @@ handshake_timeout = "5s"
 grace = "2s"
 
 {queue_toml}
-"#,
-            etcd = etcd.etcd_endpoint(),
-            redis = redis.redis_url(),
+"#
         );
+        let common = merge_toml(&common, security);
         engines.push(etcd);
         engines.push(redis);
         let store = engines.len() - 1;
@@ -148,6 +225,7 @@ grace = "2s"
             common,
             store,
             _engines: engines,
+            _pki: pki,
         };
         for i in 0..2 {
             let http = free_port();
@@ -258,19 +336,22 @@ grace = "2s"
     }
 }
 
-/// Appends `extra`'s tables into `base` (keys of a table in `extra` replace the
-/// same keys of that table in `base`), so each process file is one valid TOML.
+/// Merges `extra`'s tables into `base` (keys of a table in `extra` replace the
+/// same keys of that table in `base`, nested tables merged alike), so each
+/// process file is one valid TOML.
 fn merge_toml(base: &str, extra: &str) -> String {
-    let mut doc: toml::Table = base.parse().unwrap();
-    let add: toml::Table = extra.parse().unwrap();
-    for (section, value) in add {
-        match (doc.get_mut(&section), value) {
-            (Some(toml::Value::Table(t)), toml::Value::Table(v)) => t.extend(v),
-            (_, v) => {
-                doc.insert(section, v);
+    fn merge(into: &mut toml::Table, add: toml::Table) {
+        for (key, value) in add {
+            match (into.get_mut(&key), value) {
+                (Some(toml::Value::Table(t)), toml::Value::Table(v)) => merge(t, v),
+                (_, v) => {
+                    into.insert(key, v);
+                }
             }
         }
     }
+    let mut doc: toml::Table = base.parse().unwrap();
+    merge(&mut doc, extra.parse().unwrap());
     toml::to_string(&doc).unwrap()
 }
 
@@ -616,6 +697,39 @@ async fn cluster_on_kafka() {
         Outage::Crash(|old| herald_testkit::kafka_on(old.addr.port())),
     )
     .await;
+}
+
+/// Everything between the processes protected (see [`Cluster::start_protected`]),
+/// the queue on NATS JetStream over TLS with a token: every kind of push still
+/// reaches both comets, in order, and a killed job still loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_protected_end_to_end() {
+    let pki = Pki::new();
+    let queue = secured::nats(NatsSecurity {
+        tls: Some(&pki),
+        token: Some("nats-token"),
+        ..Default::default()
+    });
+    let toml = format!(
+        "[queue]\nbackend = \"nats\"\n[queue.nats]\nurl = \"{}\"\nack_wait = \"2s\"\ntoken = \"nats-token\"\n[queue.nats.tls]\nca_file = \"{}\"\n",
+        queue.nats_url(),
+        pki.ca.display()
+    );
+    let mut c = Cluster::start_protected("protected", pki, toml, vec![queue]);
+    all_push_kinds_reach_both_comets(&mut c).await;
+    // The comets registered TLS addresses, and nothing else.
+    let r = get(c.logics[0], "/goim/nodes/instances").await.json();
+    let addrs: Vec<&str> = r["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["addrs"].as_array().unwrap())
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(addrs.len(), 2, "{r}");
+    assert!(addrs.iter().all(|a| a.starts_with("grpcs://")), "{r}");
+    room_order_holds_with_two_jobs(&mut c).await;
+    killed_job_loses_nothing(&mut c, Duration::from_secs(2)).await;
 }
 
 /// A role started before its engines reports what it cannot reach, keeps

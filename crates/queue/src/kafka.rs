@@ -28,6 +28,8 @@
 //! the loss fails, and the producer and directly assigned consumers are opened
 //! anew, the consumers at their committed offsets unless those lie past the end of
 //! the partition.
+//!
+//! Connections may use TLS and SASL ([`KafkaSecurity`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -46,6 +48,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
+use crate::kafka_security::KafkaSecurity;
 use crate::{Acknowledge, Consumer, Delivery, Queue, QueueError};
 
 /// Messages a consumer's background task fetches ahead of the caller.
@@ -85,6 +88,8 @@ pub struct KafkaConfig {
     /// Kept short: some Kafka-compatible brokers (tansu) hold every fetch for about
     /// half of it, even one that has messages, so it bounds consume latency.
     pub fetch_wait: Duration,
+    /// TLS and SASL ([`KafkaSecurity`]; plaintext by default).
+    pub security: KafkaSecurity,
 }
 
 impl Default for KafkaConfig {
@@ -105,6 +110,7 @@ impl Default for KafkaConfig {
             heartbeat_interval: Duration::from_secs(1),
             max_poll_interval: Duration::from_secs(7),
             fetch_wait: Duration::from_millis(100),
+            security: KafkaSecurity::default(),
         }
     }
 }
@@ -130,6 +136,7 @@ impl KafkaQueue {
     /// Connects, and creates the topic with `partitions` partitions if it does not
     /// exist. An unreachable broker is [`QueueError::Unavailable`] naming it.
     pub async fn connect(cfg: KafkaConfig) -> Result<KafkaQueue, QueueError> {
+        cfg.security.properties()?;
         let cfg = Arc::new(cfg);
         let admin: AdminClient<QuietContext> = client_config(&cfg)
             .create_with_context(QuietContext::default())
@@ -174,6 +181,7 @@ fn client_config(cfg: &KafkaConfig) -> ClientConfig {
         // default 10 s backoff a publish to a dead broker failed after ~10 s instead
         // of `publish_timeout`. Also brings consumers back sooner after an outage.
         .set("reconnect.backoff.max.ms", "1000");
+    cfg.security.apply(&mut c);
     c
 }
 

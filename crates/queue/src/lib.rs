@@ -16,6 +16,8 @@ use bytes::Bytes;
 pub mod conformance;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "kafka")]
+pub mod kafka_security;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -24,8 +26,10 @@ pub mod redis;
 
 #[cfg(feature = "kafka")]
 pub use self::kafka::{KafkaConfig, KafkaQueue};
+#[cfg(feature = "kafka")]
+pub use self::kafka_security::{KafkaSecurity, SaslMechanism, SecurityProtocol};
 #[cfg(feature = "nats")]
-pub use self::nats::{NatsConfig, NatsQueue};
+pub use self::nats::{NatsAuth, NatsConfig, NatsQueue};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStreamsConfig, RedisStreamsQueue};
 pub use memory::MemoryQueue;
@@ -43,6 +47,10 @@ pub enum QueueError {
     /// The queue was shut down.
     #[error("queue closed")]
     Closed,
+    /// The settings cannot work (credentials or TLS files); retrying will not
+    /// help.
+    #[error("queue misconfigured: {0}")]
+    Invalid(String),
 }
 
 /// Publishes messages. Cheap to share between tasks.

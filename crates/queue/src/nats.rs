@@ -11,6 +11,9 @@
 //! time, in order. With `partitions = 1` there is one subject and one durable
 //! consumer, and several consumers share its messages in any order. The number of
 //! partitions of an existing stream cannot change: use a new stream name.
+//!
+//! The connection may carry a user and password or a token ([`NatsAuth`]) and use
+//! TLS with a private CA and an optional client certificate.
 
 use std::time::Duration;
 
@@ -45,6 +48,60 @@ pub struct NatsConfig {
     /// How long a publish waits for JetStream's acknowledgement before it is
     /// reported as failed.
     pub publish_timeout: Duration,
+    /// How this client proves who it is (none by default).
+    pub auth: NatsAuth,
+    /// TLS: the CA the server's certificate must chain to and an optional client
+    /// certificate. When enabled the connection must use TLS.
+    pub tls: herald_tls::ClientTls,
+}
+
+/// Credentials for nats-server: a user and password, or a token.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct NatsAuth {
+    /// User name (with `password`).
+    pub user: String,
+    /// Password of `user`.
+    pub password: String,
+    /// Token (instead of a user).
+    pub token: String,
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets stay out of logs.
+        f.debug_struct("NatsAuth")
+            .field("user", &self.user)
+            .field("password", &!self.password.is_empty())
+            .field("token", &!self.token.is_empty())
+            .finish()
+    }
+}
+
+/// The connection options for `cfg`'s credentials and TLS; a configuration that
+/// cannot work is an error here, before any connection is tried.
+pub fn connect_options(cfg: &NatsConfig) -> Result<async_nats::ConnectOptions, QueueError> {
+    let invalid = |m: &str| QueueError::Invalid(format!("NATS: {m}"));
+    let a = &cfg.auth;
+    let mut opts = match (a.user.is_empty(), a.token.is_empty()) {
+        (false, false) => return Err(invalid("give a user or a token, not both")),
+        (false, true) => {
+            async_nats::ConnectOptions::with_user_and_password(a.user.clone(), a.password.clone())
+        }
+        (true, false) => async_nats::ConnectOptions::with_token(a.token.clone()),
+        (true, true) if !a.password.is_empty() => return Err(invalid("a password needs a user")),
+        (true, true) => async_nats::ConnectOptions::new(),
+    };
+    if cfg.tls.is_enabled() {
+        if !cfg.tls.server_name.is_empty() {
+            return Err(invalid(
+                "the host of the URL is the name verified; tls.server_name is not supported",
+            ));
+        }
+        let config =
+            herald_tls::client_config(&cfg.tls, &[]).map_err(|e| invalid(&e.to_string()))?;
+        opts = opts.require_tls(true).tls_client_config((*config).clone());
+    }
+    Ok(opts)
 }
 
 /// A queue on a JetStream stream.
@@ -58,7 +115,8 @@ pub struct NatsQueue {
 impl NatsQueue {
     /// Connects and creates the stream if it does not exist.
     pub async fn connect(cfg: NatsConfig) -> Result<NatsQueue, QueueError> {
-        let client = async_nats::connect(cfg.url.as_str())
+        let client = connect_options(&cfg)?
+            .connect(cfg.url.as_str())
             .await
             .map_err(unavailable)?;
         let mut js = jetstream::new(client);

@@ -25,6 +25,9 @@
 //! name; after any read failure the consumer first re-reads its own pending
 //! entries (`XREADGROUP … 0`) before asking for new ones, so nothing waits for
 //! `claim_idle`.
+//!
+//! Connections may use TLS (`rediss://`, a private CA, optionally a client
+//! certificate) and an ACL user or password from the URL (`herald_tls::redis::client`).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -53,8 +56,11 @@ fn unavailable(e: redis::RedisError) -> QueueError {
 /// Settings of a Redis Streams queue.
 #[derive(Debug, Clone)]
 pub struct RedisStreamsConfig {
-    /// `redis://host:port/db`.
+    /// `redis://[user:password@]host:port/db`, or `rediss://…` with `tls`.
     pub url: String,
+    /// TLS for `rediss://` URLs: the CA Redis's certificate chains to, and an
+    /// optional client certificate.
+    pub tls: herald_tls::ClientTls,
     /// Stream key.
     pub stream: String,
     /// Consumer group.
@@ -91,7 +97,8 @@ pub struct RedisStreamsQueue {
 impl RedisStreamsQueue {
     /// Connects and creates the stream and group if they do not exist.
     pub async fn connect(cfg: RedisStreamsConfig) -> Result<RedisStreamsQueue, QueueError> {
-        let client = redis::Client::open(cfg.url.as_str()).map_err(unavailable)?;
+        let client =
+            herald_tls::redis::client(&cfg.url, &cfg.tls).map_err(QueueError::Unavailable)?;
         // Bounded waits: with Redis down a publish fails within seconds (the push
         // API answers 503) instead of queueing behind reconnection attempts.
         let config = redis::aio::ConnectionManagerConfig::new()

@@ -20,6 +20,8 @@ async fn queue_with(nats: &herald_testkit::Engine, name: &str, partitions: u32) 
         max_messages: 100_000,
         partitions,
         publish_timeout: Duration::from_secs(2),
+        auth: Default::default(),
+        tls: Default::default(),
     })
     .await
     .unwrap()

@@ -17,6 +17,7 @@ async fn queue_with(
 ) -> RedisStreamsQueue {
     RedisStreamsQueue::connect(RedisStreamsConfig {
         url: redis.redis_url(),
+        tls: Default::default(),
         stream: stream.into(),
         group: "herald-job".into(),
         max_len: 100_000,

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::comet::{
@@ -30,6 +30,7 @@ use crate::logic::{
     ConnectReply, ConnectReq, DisconnectReply, DisconnectReq, HeartbeatReply, HeartbeatReq,
     LogicService, NodesReply, NodesReq, OnlineReply, OnlineReq, ReceiveReply, ReceiveReq,
 };
+use crate::transport::Dialer;
 use crate::{ErrorKind, RpcError, RpcResult};
 
 /// Generated service plumbing for `goim.comet.Comet`.
@@ -104,33 +105,27 @@ impl Default for ClientTimeouts {
 }
 
 /// `grpc://host:port` (goim's registry form), `http://host:port` or `host:port` →
-/// a lazily connected channel (the first call connects; a broken connection is
-/// re-established by the next call).
+/// a lazily connected plain channel (the first call connects; a broken connection
+/// is re-established by the next call). [`Dialer::channel`] also dials TLS.
 pub fn channel(addr: &str, timeouts: ClientTimeouts) -> RpcResult<Channel> {
-    let hostport = addr
-        .strip_prefix("grpc://")
-        .or_else(|| addr.strip_prefix("http://"))
-        .unwrap_or(addr);
-    let endpoint = Endpoint::from_shared(format!("http://{hostport}"))
-        .map_err(|e| RpcError::invalid(format!("bad RPC address {addr:?}: {e}")))?
-        .connect_timeout(timeouts.connect)
-        .timeout(timeouts.call)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(3))
-        .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
-}
-
-fn request<T>(msg: T, deadline: Duration) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.set_timeout(deadline);
-    r
+    Dialer::new(timeouts).channel(addr)
 }
 
 fn status_error(addr: &str, s: Status) -> RpcError {
+    // A transport failure says only "transport error"; the reason (refused
+    // connection, TLS alert) is in its sources.
+    let mut detail = String::new();
+    let mut source = std::error::Error::source(&s);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !detail.contains(&text) && !s.message().contains(&text) {
+            detail.push_str(": ");
+            detail.push_str(&text);
+        }
+        source = cause.source();
+    }
     let mut e = RpcError::from(s);
-    e.message = format!("{addr}: {}", e.message);
+    e.message = format!("{addr}: {}{detail}", e.message);
     e
 }
 
@@ -195,19 +190,25 @@ pub fn comet_server(service: Arc<dyn CometService>) -> CometServer<CometGrpc> {
 pub struct RemoteComet {
     addr: Arc<str>,
     client: CometClient<Channel>,
-    deadline: Duration,
+    dialer: Dialer,
 }
 
 impl RemoteComet {
-    /// A client for the comet at `addr` (see [`channel`] for the accepted forms).
+    /// A plain client for the comet at `addr` (see [`channel`] for the accepted
+    /// forms).
     pub fn new(addr: &str, timeouts: ClientTimeouts) -> RpcResult<RemoteComet> {
-        let client = CometClient::new(channel(addr, timeouts)?)
+        RemoteComet::dial(addr, &Dialer::new(timeouts))
+    }
+
+    /// A client for the comet at `addr`, with `dialer`'s token and TLS.
+    pub fn dial(addr: &str, dialer: &Dialer) -> RpcResult<RemoteComet> {
+        let client = CometClient::new(dialer.channel(addr)?)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         Ok(RemoteComet {
             addr: addr.into(),
             client,
-            deadline: timeouts.call,
+            dialer: dialer.clone(),
         })
     }
 }
@@ -216,7 +217,7 @@ impl RemoteComet {
 impl CometService for RemoteComet {
     async fn push_msg(&self, req: PushMsgReq) -> RpcResult<()> {
         let mut c = self.client.clone();
-        c.push_msg(request(req, self.deadline))
+        c.push_msg(self.dialer.request(req))
             .await
             .map_err(|s| status_error(&self.addr, s))?;
         Ok(())
@@ -224,7 +225,7 @@ impl CometService for RemoteComet {
 
     async fn broadcast(&self, req: BroadcastReq) -> RpcResult<()> {
         let mut c = self.client.clone();
-        c.broadcast(request(req, self.deadline))
+        c.broadcast(self.dialer.request(req))
             .await
             .map_err(|s| status_error(&self.addr, s))?;
         Ok(())
@@ -232,7 +233,7 @@ impl CometService for RemoteComet {
 
     async fn broadcast_room(&self, req: BroadcastRoomReq) -> RpcResult<()> {
         let mut c = self.client.clone();
-        c.broadcast_room(request(req, self.deadline))
+        c.broadcast_room(self.dialer.request(req))
             .await
             .map_err(|s| status_error(&self.addr, s))?;
         Ok(())
@@ -241,7 +242,7 @@ impl CometService for RemoteComet {
     async fn rooms(&self) -> RpcResult<RoomsReply> {
         let mut c = self.client.clone();
         let r = c
-            .rooms(request(RoomsReq {}, self.deadline))
+            .rooms(self.dialer.request(RoomsReq {}))
             .await
             .map_err(|s| status_error(&self.addr, s))?;
         Ok(r.into_inner())
@@ -306,19 +307,25 @@ pub fn logic_server(service: Arc<dyn LogicService>) -> LogicServer<LogicGrpc> {
 pub struct RemoteLogic {
     addr: Arc<str>,
     client: LogicClient<Channel>,
-    deadline: Duration,
+    dialer: Dialer,
 }
 
 impl RemoteLogic {
-    /// A client for the logic at `addr` (see [`channel`] for the accepted forms).
+    /// A plain client for the logic at `addr` (see [`channel`] for the accepted
+    /// forms).
     pub fn new(addr: &str, timeouts: ClientTimeouts) -> RpcResult<RemoteLogic> {
-        let client = LogicClient::new(channel(addr, timeouts)?)
+        RemoteLogic::dial(addr, &Dialer::new(timeouts))
+    }
+
+    /// A client for the logic at `addr`, with `dialer`'s token and TLS.
+    pub fn dial(addr: &str, dialer: &Dialer) -> RpcResult<RemoteLogic> {
+        let client = LogicClient::new(dialer.channel(addr)?)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         Ok(RemoteLogic {
             addr: addr.into(),
             client,
-            deadline: timeouts.call,
+            dialer: dialer.clone(),
         })
     }
 
@@ -333,7 +340,7 @@ impl LogicService for RemoteLogic {
     async fn connect(&self, req: ConnectReq) -> RpcResult<ConnectReply> {
         let mut c = self.client.clone();
         let r = c
-            .connect(request(req, self.deadline))
+            .connect(self.dialer.request(req))
             .await
             .map_err(|s| status_error(&self.addr, s))?;
         Ok(r.into_inner())
@@ -342,7 +349,7 @@ impl LogicService for RemoteLogic {
     async fn disconnect(&self, req: DisconnectReq) -> RpcResult<DisconnectReply> {
         let mut c = self.client.clone();
         let r = c
-            .disconnect(request(req, self.deadline))
+            .disconnect(self.dialer.request(req))
             .await
             .map_err(|s| status_error(&self.addr, s))?;
         Ok(r.into_inner())
@@ -350,7 +357,7 @@ impl LogicService for RemoteLogic {
 
     async fn heartbeat(&self, req: HeartbeatReq) -> RpcResult<()> {
         let mut c = self.client.clone();
-        c.heartbeat(request(req, self.deadline))
+        c.heartbeat(self.dialer.request(req))
             .await
             .map_err(|s| status_error(&self.addr, s))?;
         Ok(())
@@ -359,7 +366,7 @@ impl LogicService for RemoteLogic {
     async fn renew_online(&self, req: OnlineReq) -> RpcResult<OnlineReply> {
         let mut c = self.client.clone();
         let r = c
-            .renew_online(request(req, self.deadline))
+            .renew_online(self.dialer.request(req))
             .await
             .map_err(|s| status_error(&self.addr, s))?;
         Ok(r.into_inner())
@@ -367,7 +374,7 @@ impl LogicService for RemoteLogic {
 
     async fn receive(&self, req: ReceiveReq) -> RpcResult<()> {
         let mut c = self.client.clone();
-        c.receive(request(req, self.deadline))
+        c.receive(self.dialer.request(req))
             .await
             .map_err(|s| status_error(&self.addr, s))?;
         Ok(())
@@ -376,7 +383,7 @@ impl LogicService for RemoteLogic {
     async fn nodes(&self, req: NodesReq) -> RpcResult<NodesReply> {
         let mut c = self.client.clone();
         let r = c
-            .nodes(request(req, self.deadline))
+            .nodes(self.dialer.request(req))
             .await
             .map_err(|s| status_error(&self.addr, s))?;
         Ok(r.into_inner())
@@ -385,7 +392,7 @@ impl LogicService for RemoteLogic {
     async fn refresh(&self, req: ConnectReq) -> RpcResult<ConnectReply> {
         let mut c = self.client.clone();
         let r = c
-            .refresh(request(req, self.deadline))
+            .refresh(self.dialer.request(req))
             .await
             .map_err(|s| status_error(&self.addr, s))?;
         Ok(r.into_inner())
@@ -396,16 +403,22 @@ impl LogicService for RemoteLogic {
 /// [`LogicPool::set`] (from discovery). Idempotent calls that find a logic
 /// unreachable move on to the next one; `Connect` and `Receive` are tried once.
 pub struct LogicPool {
-    timeouts: ClientTimeouts,
+    dialer: Dialer,
     logics: RwLock<Arc<Vec<RemoteLogic>>>,
     next: AtomicUsize,
 }
 
 impl LogicPool {
-    /// An empty pool (calls fail as unavailable until [`LogicPool::set`]).
+    /// An empty pool of plain clients (calls fail as unavailable until
+    /// [`LogicPool::set`]).
     pub fn new(timeouts: ClientTimeouts) -> LogicPool {
+        LogicPool::with_dialer(Dialer::new(timeouts))
+    }
+
+    /// An empty pool whose clients use `dialer` (token, TLS).
+    pub fn with_dialer(dialer: Dialer) -> LogicPool {
         LogicPool {
-            timeouts,
+            dialer,
             logics: RwLock::new(Arc::new(Vec::new())),
             next: AtomicUsize::new(0),
         }
@@ -420,7 +433,7 @@ impl LogicPool {
             if let Some(c) = old.iter().find(|c| c.addr() == a) {
                 next.push(c.clone());
             } else {
-                match RemoteLogic::new(a, self.timeouts) {
+                match RemoteLogic::dial(a, &self.dialer) {
                     Ok(c) => next.push(c),
                     Err(e) => tracing::warn!(addr = %a, error = %e, "logic address skipped"),
                 }

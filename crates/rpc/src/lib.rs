@@ -10,11 +10,15 @@
 //! The in-process adapter is the implementation itself: comet's hub implements
 //! [`CometService`] and logic implements [`LogicService`]; the binary hands each tier
 //! an `Arc<dyn …>` of the other.
+//!
+//! Between processes the calls go over gRPC ([`grpc`]), protected by
+//! [`transport`]: a shared cluster token and TLS.
 
 pub mod comet;
 pub mod grpc;
 pub mod logic;
 pub mod protocol;
+pub mod transport;
 
 pub use comet::{BroadcastReq, BroadcastRoomReq, CometService, PushMsgReq, RoomsReply};
 pub use logic::{

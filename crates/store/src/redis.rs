@@ -13,6 +13,9 @@
 //! emptied are cleared; a report is read back with one `HGETALL` (goim made 64 round
 //! trips). Readers merge all 64 fields, so the partition function need not match
 //! another implementation's.
+//!
+//! Connections may use TLS (`rediss://`, a private CA, optionally a client
+//! certificate) and an ACL user or password from the URL (`herald_tls::redis::client`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -105,10 +108,16 @@ fn partition(room: &str) -> u64 {
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://host:port/db`). Keys get `prefix` (may be empty)
-    /// and live `ttl` after their last write.
-    pub async fn connect(url: &str, prefix: &str, ttl: Duration) -> StoreResult<RedisStore> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+    /// Connects to `url` (`redis://[user:password@]host:port/db`, or `rediss://`
+    /// with `tls`; see `herald_tls::redis::client`). Keys get `prefix` (may be empty) and live `ttl`
+    /// after their last write.
+    pub async fn connect(
+        url: &str,
+        tls: &herald_tls::ClientTls,
+        prefix: &str,
+        ttl: Duration,
+    ) -> StoreResult<RedisStore> {
+        let client = herald_tls::redis::client(url, tls).map_err(StoreError::Unavailable)?;
         // Bounded waits: with Redis down a call fails within seconds (the push API
         // answers 503) instead of queueing behind reconnection attempts.
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -116,7 +125,13 @@ impl RedisStore {
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let con = ConnectionManager::new_with_config(client, config)
+        let mut con = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(unavailable)?;
+        // Connecting sends no command: ask one, so a refused password or ACL user
+        // is reported now, by the caller that can name the setting.
+        redis::cmd("PING")
+            .query_async::<()>(&mut con)
             .await
             .map_err(unavailable)?;
         Ok(RedisStore {

@@ -9,9 +9,14 @@ use herald_store::{OnlineStore, RedisStore, SessionStore, StoreError};
 
 async fn store(prefix: &str) -> (herald_testkit::Engine, RedisStore) {
     let redis = herald_testkit::redis();
-    let s = RedisStore::connect(&redis.redis_url(), prefix, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let s = RedisStore::connect(
+        &redis.redis_url(),
+        &Default::default(),
+        prefix,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     (redis, s)
 }
 

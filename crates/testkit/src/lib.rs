@@ -3,6 +3,14 @@
 //! PID) when dropped. `scripts/test.sh` installs the engines; a test that needs one
 //! that is missing fails with a message saying how to install it — it never passes
 //! silently.
+//!
+//! [`pki`] generates certificates for TLS tests, and [`secured`] starts the same
+//! engines with TLS and authentication.
+
+pub mod pki;
+pub mod secured;
+
+pub use pki::Pki;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -26,7 +34,7 @@ pub fn find_binary(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn required(name: &str, package: &str) -> PathBuf {
+pub(crate) fn required(name: &str, package: &str) -> PathBuf {
     find_binary(name).unwrap_or_else(|| {
         panic!(
             "{name} is not installed; this test needs the real engine. \
@@ -35,7 +43,7 @@ fn required(name: &str, package: &str) -> PathBuf {
     })
 }
 
-fn wait_for(addr: SocketAddr, child: &mut Child, what: &str) {
+pub(crate) fn wait_for(addr: SocketAddr, child: &mut Child, what: &str) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
@@ -51,10 +59,12 @@ fn wait_for(addr: SocketAddr, child: &mut Child, what: &str) {
 
 /// A running engine process, stopped on drop.
 pub struct Engine {
-    child: Child,
+    pub(crate) child: Child,
     /// Its client address.
     pub addr: SocketAddr,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
+    /// Whether clients must speak TLS to it (the URLs below say so).
+    pub(crate) tls: bool,
 }
 
 impl Engine {
@@ -92,7 +102,7 @@ impl Drop for Engine {
     }
 }
 
-fn scratch(name: &str, port: u16) -> PathBuf {
+pub(crate) fn scratch(name: &str, port: u16) -> PathBuf {
     let dir =
         std::env::temp_dir().join(format!("herald-test-{name}-{}-{port}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
@@ -119,13 +129,36 @@ pub fn redis_on(port: u16) -> Engine {
         .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
     let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_for(addr, &mut child, "redis-server");
-    Engine { child, addr, dir }
+    Engine {
+        child,
+        addr,
+        dir,
+        tls: false,
+    }
 }
 
 impl Engine {
-    /// `redis://<addr>/` for a Redis engine.
+    /// `redis://<addr>/` for a Redis engine (`rediss://` with TLS).
     pub fn redis_url(&self) -> String {
-        format!("redis://{}/", self.addr)
+        format!("{}://{}/", self.scheme("redis", "rediss"), self.addr)
+    }
+
+    /// [`redis_url`](Engine::redis_url) with a user name (empty for the default
+    /// user) and password.
+    pub fn redis_url_as(&self, user: &str, password: &str) -> String {
+        format!(
+            "{}://{user}:{password}@{}/",
+            self.scheme("redis", "rediss"),
+            self.addr
+        )
+    }
+
+    fn scheme(&self, plain: &'static str, tls: &'static str) -> &'static str {
+        if self.tls {
+            tls
+        } else {
+            plain
+        }
     }
 }
 
@@ -149,13 +182,18 @@ pub fn nats_on(port: u16) -> Engine {
         .unwrap_or_else(|e| panic!("cannot start nats-server: {e}"));
     let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_for(addr, &mut child, "nats-server");
-    Engine { child, addr, dir }
+    Engine {
+        child,
+        addr,
+        dir,
+        tls: false,
+    }
 }
 
 impl Engine {
-    /// `nats://<addr>` for a NATS engine.
+    /// `nats://<addr>` for a NATS engine (`tls://` with TLS).
     pub fn nats_url(&self) -> String {
-        format!("nats://{}", self.addr)
+        format!("{}://{}", self.scheme("nats", "tls"), self.addr)
     }
 }
 
@@ -199,7 +237,12 @@ pub fn etcd_on(port: u16) -> Engine {
     let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_for(addr, &mut child, "etcd");
     wait_etcd_healthy(addr, &mut child);
-    Engine { child, addr, dir }
+    Engine {
+        child,
+        addr,
+        dir,
+        tls: false,
+    }
 }
 
 /// Waits until etcd's `/health` answers `"health":"true"` (it has a leader and
@@ -229,9 +272,9 @@ fn wait_etcd_healthy(addr: SocketAddr, child: &mut Child) {
 }
 
 impl Engine {
-    /// `http://<addr>` for an etcd engine.
+    /// `http://<addr>` for an etcd engine (`https://` with TLS).
     pub fn etcd_endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme("http", "https"), self.addr)
     }
 }
 
@@ -256,6 +299,12 @@ pub fn kafka() -> Engine {
 /// [`kafka`] on `port` (a broker restarted on its port comes back empty: the
 /// storage is in memory).
 pub fn kafka_on(port: u16) -> Engine {
+    kafka_with(port, None, &[])
+}
+
+/// tansu on `port`, advertising `advertised` (default: its own address), with
+/// `extra` arguments.
+pub(crate) fn kafka_with(port: u16, advertised: Option<&str>, extra: &[&str]) -> Engine {
     let bin = find_tansu().unwrap_or_else(|| {
         panic!(
             "tansu is not installed; this test needs a real Kafka-compatible broker. \
@@ -267,8 +316,10 @@ pub fn kafka_on(port: u16) -> Engine {
     let url = format!("tcp://127.0.0.1:{port}");
     let mut child = Command::new(bin)
         .arg("broker")
-        .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--listener-url", &url])
+        .args(["--advertised-listener-url", advertised.unwrap_or(&url)])
         .args(["--storage-engine", "memory://tansu/"])
+        .args(extra)
         .current_dir(&dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -276,7 +327,12 @@ pub fn kafka_on(port: u16) -> Engine {
         .unwrap_or_else(|e| panic!("cannot start tansu: {e}"));
     let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_for(addr, &mut child, "tansu");
-    Engine { child, addr, dir }
+    Engine {
+        child,
+        addr,
+        dir,
+        tls: false,
+    }
 }
 
 impl Engine {

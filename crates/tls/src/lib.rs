@@ -7,6 +7,8 @@
 //! certificate and key for new handshakes while established connections keep theirs.
 //! [`client_config`] builds a `rustls::ClientConfig` trusting a CA file (and presenting
 //! a client certificate for mutual TLS). Everything uses the `ring` provider.
+//! [`client_pem`] reads a client's files as PEM for libraries that take bytes, and
+//! the `transport` feature adds TLS under tonic's gRPC channels and servers.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,14 @@ use rustls::RootCertStore;
 use serde::{Deserialize, Serialize};
 
 pub use rustls;
+
+mod pem;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(feature = "transport")]
+pub mod transport;
+
+pub use pem::{client_pem, ClientPem};
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +104,13 @@ impl ClientTls {
 /// The crypto provider herald uses everywhere (`ring`).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Makes `ring` the process's default provider, for libraries that build their
+/// rustls configurations with the default (the Redis client). Idempotent; keeps
+/// a default someone installed before.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn file_err(what: &'static str, path: &Path, reason: impl fmt::Display) -> TlsError {

@@ -5,6 +5,11 @@
 //! fails because that endpoint is unreachable (or does not answer within the call
 //! timeout), the next call connects to the next endpoint of the list, in order,
 //! wrapping around.
+//!
+//! Endpoints may be `https://` (TLS through herald-tls, see [`Security`]), and
+//! with etcd's authentication on the client authenticates as a user and sends
+//! the token on every call, authenticating again when etcd refuses it
+//! ([`super::auth`]).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -18,6 +23,7 @@ use tonic::{Code, Status, Streaming};
 use tonic_prost::ProstCodec;
 use tracing::{debug, warn};
 
+use super::auth::{is_token_error, Security, Token};
 use super::wire::*;
 
 const RANGE: &str = "/etcdserverpb.KV/Range";
@@ -27,6 +33,7 @@ const LEASE_GRANT: &str = "/etcdserverpb.Lease/LeaseGrant";
 const LEASE_REVOKE: &str = "/etcdserverpb.Lease/LeaseRevoke";
 const LEASE_KEEP_ALIVE: &str = "/etcdserverpb.Lease/LeaseKeepAlive";
 const WATCH: &str = "/etcdserverpb.Watch/Watch";
+const AUTHENTICATE: &str = "/etcdserverpb.Auth/Authenticate";
 
 /// HTTP/2 pings while a stream is open, so that a silently dead connection (no
 /// reset, e.g. a network partition) breaks the keep-alive and watch streams.
@@ -76,6 +83,10 @@ pub struct EtcdClient {
     /// The connected endpoint's index and channel; `None` after a failure, so the
     /// next call connects afresh starting at `next`.
     current: Mutex<Current>,
+    /// TLS and the user to authenticate as.
+    security: Security,
+    /// The token of the last authentication.
+    token: Token,
 }
 
 struct Current {
@@ -83,20 +94,25 @@ struct Current {
     next: usize,
 }
 
-/// Normalizes an endpoint to an `http://host:port` URI.
-fn endpoint_uri(endpoint: &str) -> Result<String, String> {
+/// Normalizes an endpoint to an `http://host:port` URI, or `https://` with TLS.
+/// The scheme must agree with whether TLS is configured, so a typo never sends
+/// credentials in the clear.
+fn endpoint_uri(endpoint: &str, tls: bool) -> Result<String, String> {
     let e = endpoint.trim().trim_end_matches('/');
-    if e.starts_with("https://") {
-        return Err(format!("{endpoint}: TLS endpoints are not supported"));
-    }
     if e.is_empty() {
         return Err("empty etcd endpoint".into());
     }
-    Ok(if e.starts_with("http://") {
-        e.to_string()
-    } else {
-        format!("http://{e}")
-    })
+    match (e.strip_prefix("https://"), e.strip_prefix("http://"), tls) {
+        (Some(_), _, true) | (_, Some(_), false) => Ok(e.to_string()),
+        (Some(_), _, false) => Err(format!(
+            "{endpoint}: an https endpoint needs TLS settings (the CA of etcd's certificate)"
+        )),
+        (_, Some(_), true) => Err(format!(
+            "{endpoint}: TLS is configured but the endpoint is http://"
+        )),
+        (None, None, true) => Ok(format!("https://{e}")),
+        (None, None, false) => Ok(format!("http://{e}")),
+    }
 }
 
 fn is_connection_error(s: &Status) -> bool {
@@ -112,9 +128,21 @@ impl EtcdClient {
         dial_timeout: Duration,
         call_timeout: Duration,
     ) -> Result<EtcdClient, EtcdError> {
+        Self::connect_secured(endpoints, dial_timeout, call_timeout, Security::default()).await
+    }
+
+    /// [`connect`](EtcdClient::connect) with TLS (`https://` endpoints; a bare
+    /// `host:port` then means https) and a user to authenticate as. A refused
+    /// password or certificate fails here.
+    pub async fn connect_secured(
+        endpoints: &[String],
+        dial_timeout: Duration,
+        call_timeout: Duration,
+        security: Security,
+    ) -> Result<EtcdClient, EtcdError> {
         let endpoints = endpoints
             .iter()
-            .map(|e| endpoint_uri(e))
+            .map(|e| endpoint_uri(e, security.tls.is_some()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| EtcdError {
                 endpoint: String::new(),
@@ -134,9 +162,75 @@ impl EtcdClient {
                 live: None,
                 next: 0,
             }),
+            security,
+            token: Token::default(),
         };
-        client.channel().await?;
+        let (idx, ch) = client.channel().await?;
+        client.authenticate(idx, ch).await?;
         Ok(client)
+    }
+
+    /// Trades the user's password for a fresh token (nothing to do without a
+    /// user).
+    async fn authenticate(&self, idx: usize, ch: Channel) -> Result<(), EtcdError> {
+        let Some(user) = &self.security.user else {
+            return Ok(());
+        };
+        let req = AuthenticateRequest {
+            name: user.name.clone(),
+            password: user.password.clone(),
+        };
+        let resp: AuthenticateResponse = self
+            .call_once(ch, AUTHENTICATE, req, false)
+            .await
+            .map_err(|status| EtcdError {
+                endpoint: self.endpoints[idx].clone(),
+                status,
+            })?;
+        self.token.set(&resp.token).map_err(|status| EtcdError {
+            endpoint: self.endpoints[idx].clone(),
+            status,
+        })?;
+        debug!(user = %user.name, "authenticated to etcd");
+        Ok(())
+    }
+
+    /// One unary call on `ch` (with the token unless `anonymous`), bounded by the
+    /// call timeout.
+    async fn call_once<Req, Resp>(
+        &self,
+        ch: Channel,
+        path: &'static str,
+        req: Req,
+        with_token: bool,
+    ) -> Result<Resp, Status>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let mut request = tonic::Request::new(req);
+        if with_token {
+            self.token.attach(request.metadata_mut());
+        }
+        let mut grpc = tonic::client::Grpc::new(ch);
+        let call = async {
+            grpc.ready()
+                .await
+                .map_err(|e| Status::unavailable(error_chain(&e)))?;
+            grpc.unary(
+                request,
+                PathAndQuery::from_static(path),
+                ProstCodec::<Req, Resp>::default(),
+            )
+            .await
+        };
+        match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(r) => r.map(|resp| resp.into_inner()),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer within {:?}",
+                self.call_timeout
+            ))),
+        }
     }
 
     /// The endpoints, as normalized URIs.
@@ -203,7 +297,13 @@ impl EtcdClient {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(H2_PING_INTERVAL)
             .keep_alive_timeout(self.call_timeout);
-        match tokio::time::timeout(self.dial_timeout, endpoint.connect()).await {
+        let connect = async {
+            match &self.security.tls {
+                Some(tls) => endpoint.connect_with_connector(tls.clone()).await,
+                None => endpoint.connect().await,
+            }
+        };
+        match tokio::time::timeout(self.dial_timeout, connect).await {
             Ok(Ok(ch)) => Ok(ch),
             Ok(Err(e)) => Err(error_chain(&e)),
             Err(_) => Err(format!("no connection within {:?}", self.dial_timeout)),
@@ -221,35 +321,28 @@ impl EtcdClient {
     }
 
     /// One unary call; on a connection failure it is tried once on each other
-    /// endpoint.
+    /// endpoint, and when etcd refuses the token it authenticates again and tries
+    /// once more.
     async fn unary<Req, Resp>(&self, path: &'static str, req: Req) -> Result<Resp, EtcdError>
     where
         Req: prost::Message + Clone + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
         let mut attempt = 0;
+        let mut authenticated_again = false;
         loop {
-            attempt += 1;
             let (idx, ch) = self.channel().await?;
-            let mut grpc = tonic::client::Grpc::new(ch);
-            let call = async {
-                grpc.ready()
-                    .await
-                    .map_err(|e| Status::unavailable(error_chain(&e)))?;
-                grpc.unary(
-                    tonic::Request::new(req.clone()),
-                    PathAndQuery::from_static(path),
-                    ProstCodec::<Req, Resp>::default(),
-                )
-                .await
+            let status = match self.call_once(ch.clone(), path, req.clone(), true).await {
+                Ok(resp) => return Ok(resp),
+                Err(status) => status,
             };
-            let status = match tokio::time::timeout(self.call_timeout, call).await {
-                Ok(Ok(resp)) => return Ok(resp.into_inner()),
-                Ok(Err(status)) => status,
-                Err(_) => {
-                    Status::deadline_exceeded(format!("no answer within {:?}", self.call_timeout))
-                }
-            };
+            if self.security.user.is_some() && !authenticated_again && is_token_error(&status) {
+                debug!(reason = %status.message(), "etcd refused the token; authenticating again");
+                authenticated_again = true;
+                self.authenticate(idx, ch).await?;
+                continue;
+            }
+            attempt += 1;
             let err = EtcdError {
                 endpoint: self.endpoints[idx].clone(),
                 status,
@@ -275,10 +368,30 @@ impl EtcdClient {
         first: Req,
     ) -> Result<(StreamSender<Req>, Streaming<Resp>, usize), EtcdError>
     where
-        Req: prost::Message + Send + Sync + 'static,
+        Req: prost::Message + Clone + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
         let (idx, ch) = self.channel().await?;
+        match self.open_stream(idx, ch.clone(), path, first.clone()).await {
+            Err(e) if self.security.user.is_some() && is_token_error(&e.status) => {
+                self.authenticate(idx, ch.clone()).await?;
+                self.open_stream(idx, ch, path, first).await
+            }
+            other => other,
+        }
+    }
+
+    async fn open_stream<Req, Resp>(
+        &self,
+        idx: usize,
+        ch: Channel,
+        path: &'static str,
+        first: Req,
+    ) -> Result<(StreamSender<Req>, Streaming<Resp>, usize), EtcdError>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
         let (tx, rx) = mpsc::channel::<Req>(16);
         // Cannot fail: the receiver is alive and the buffer empty.
         let _ = tx.try_send(first);
@@ -289,6 +402,7 @@ impl EtcdClient {
         request
             .metadata_mut()
             .insert("hasleader", MetadataValue::from_static("true"));
+        self.token.attach(request.metadata_mut());
         let mut grpc = tonic::client::Grpc::new(ch);
         let call = async {
             grpc.ready()

@@ -32,6 +32,13 @@
 //! change. If the watch breaks (connection lost, history compacted) it reads the
 //! prefix again and watches anew, with backoff; receivers stay valid throughout.
 //! Values that are not a valid instance are skipped with a warning.
+//!
+//! # Security
+//!
+//! Endpoints may be `https://` ([`EtcdConfig::tls`]: a private CA, optionally a
+//! client certificate), and with etcd's authentication enabled the registry logs
+//! in as [`EtcdConfig::username`] and renews its token whenever etcd refuses it
+//! (see [`auth`]). The user needs read and write permission on the key prefix.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,9 +52,11 @@ use tracing::{debug, info, trace, warn};
 
 use crate::{Instance, Instances, Registration, Registry, RegistryError};
 
+pub mod auth;
 pub mod client;
 pub mod wire;
 
+pub use auth::{Security, User};
 pub use client::{EtcdClient, EtcdError};
 
 use wire::{EventType, KeyValue, LeaseKeepAliveRequest, WatchCreateRequest};
@@ -71,6 +80,14 @@ pub struct EtcdConfig {
     pub dial_timeout: Duration,
     /// Time allowed for one call (default 5 s).
     pub call_timeout: Duration,
+    /// User to authenticate as when etcd has authentication enabled (empty =
+    /// none).
+    pub username: String,
+    /// Password of `username`.
+    pub password: String,
+    /// TLS for `https://` endpoints: the CA of etcd's certificate, an optional
+    /// client certificate (`--client-cert-auth`) and the name to verify.
+    pub tls: herald_tls::ClientTls,
 }
 
 impl Default for EtcdConfig {
@@ -82,7 +99,37 @@ impl Default for EtcdConfig {
             lease_ttl: Duration::from_secs(10),
             dial_timeout: Duration::from_secs(5),
             call_timeout: Duration::from_secs(5),
+            username: String::new(),
+            password: String::new(),
+            tls: herald_tls::ClientTls::default(),
         }
+    }
+}
+
+impl EtcdConfig {
+    /// TLS and the user of this configuration; files that cannot be used are an
+    /// error ([`RegistryError::Invalid`]).
+    pub fn security(&self) -> Result<Security, RegistryError> {
+        let invalid = |m: String| RegistryError::Invalid(format!("etcd: {m}"));
+        let tls = if self.tls.is_enabled() {
+            let config = herald_tls::client_config(&self.tls, &[herald_tls::transport::ALPN_H2])
+                .map_err(|e| invalid(e.to_string()))?;
+            Some(
+                herald_tls::transport::TlsConnector::new(config, &self.tls.server_name)
+                    .map_err(|e| invalid(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let user = match (self.username.is_empty(), self.password.is_empty()) {
+            (true, true) => None,
+            (true, false) => return Err(invalid("a password needs a username".into())),
+            (false, _) => Some(User {
+                name: self.username.clone(),
+                password: self.password.clone(),
+            }),
+        };
+        Ok(Security { tls, user })
     }
 }
 
@@ -122,9 +169,22 @@ impl EtcdRegistry {
     /// Connects to the first reachable endpoint and checks that it answers. The
     /// error ([`RegistryError::Unavailable`]) names the endpoints that failed.
     pub async fn connect(cfg: EtcdConfig) -> Result<EtcdRegistry, RegistryError> {
-        let client = EtcdClient::connect(&cfg.endpoints, cfg.dial_timeout, cfg.call_timeout)
-            .await
-            .map_err(unavailable)?;
+        let security = cfg.security()?;
+        let client = EtcdClient::connect_secured(
+            &cfg.endpoints,
+            cfg.dial_timeout,
+            cfg.call_timeout,
+            security,
+        )
+        .await
+        .map_err(|e| {
+            // A refused password or bad setting will not get better by retrying.
+            if e.code() == tonic::Code::InvalidArgument {
+                RegistryError::Invalid(e.to_string())
+            } else {
+                unavailable(e)
+            }
+        })?;
         let prefix = format!("{}/", cfg.prefix.trim_end_matches('/'));
         client
             .count_prefix(prefix.as_bytes())

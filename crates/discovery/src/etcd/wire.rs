@@ -357,3 +357,26 @@ mod tests {
         assert_eq!((grant.id, grant.ttl, grant.error.as_str()), (7, 3, "x"));
     }
 }
+
+/// `etcdserverpb.AuthenticateRequest`: a user's name and password, traded for a
+/// token that every later call carries (metadata `token`).
+#[derive(Clone, PartialEq, Message)]
+pub struct AuthenticateRequest {
+    /// User name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Password.
+    #[prost(string, tag = "2")]
+    pub password: String,
+}
+
+/// `etcdserverpb.AuthenticateResponse`.
+#[derive(Clone, PartialEq, Message)]
+pub struct AuthenticateResponse {
+    /// Header of the answer.
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<ResponseHeader>,
+    /// The token to send as metadata `token`.
+    #[prost(string, tag = "2")]
+    pub token: String,
+}

@@ -247,3 +247,52 @@ fn apikey_new_prints_a_key_and_its_entry() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("push, read or admin"));
 }
+
+/// RPC protection that cannot work stops a role at once, naming the setting,
+/// before it waits for any engine: an unreadable certificate, a comet with a
+/// certificate but no CA for the logics it calls, a token that cannot travel in a
+/// header, and a CA file that is not there.
+#[test]
+fn unusable_rpc_protection_stops_the_role() {
+    /// A role, its environment, and what its error must name.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let etcd = format!("http://127.0.0.1:{}", free_port());
+    let cases: [Case; 4] = [
+        (
+            "logic",
+            &[
+                ("HERALD_RPC__TLS__CERT_FILE", "/nonexistent/host.pem"),
+                ("HERALD_RPC__TLS__KEY_FILE", "/nonexistent/host.key"),
+            ],
+            "rpc.tls",
+        ),
+        (
+            "comet",
+            &[("HERALD_RPC__TLS__CERT_FILE", "/nonexistent/host.pem")],
+            "rpc.tls.ca_file",
+        ),
+        ("logic", &[("HERALD_RPC__TOKEN", "two words")], "rpc.token"),
+        (
+            "job",
+            &[("HERALD_RPC__TLS__CA_FILE", "/nonexistent/ca.pem")],
+            "rpc.tls",
+        ),
+    ];
+    for (role, env, needle) in cases {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.arg(role)
+            .env("HERALD_DISCOVERY__BACKEND", "etcd")
+            .env("HERALD_DISCOVERY__ENDPOINTS", &etcd)
+            .env("HERALD_STORE__BACKEND", "redis")
+            .env("HERALD_QUEUE__BACKEND", "redis")
+            .env("HERALD_LOG__LEVEL", "warn")
+            .env("RUST_BACKTRACE", "0");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{role} {env:?}: {stderr}");
+        assert!(stderr.contains(needle), "{role} {env:?}: {stderr}");
+    }
+}

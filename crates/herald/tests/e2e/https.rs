@@ -2,85 +2,33 @@
 //! another CA does not, and a reload serves the new certificate to new connections
 //! while an old connection keeps working.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
+use herald_testkit::pki::Pki;
 use herald_tls::rustls;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
 
 use crate::support::*;
 
-/// A CA and the certificates it signs, as PEM files in a scratch directory.
-struct TestCa {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    der: CertificateDer<'static>,
-}
-
-impl TestCa {
-    fn new(name: &str) -> TestCa {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        TestCa {
-            der: cert.der().clone(),
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    /// Writes a `localhost` certificate and its key to `cert`/`key`; returns its DER.
-    fn issue(&self, cert: &Path, key: &Path) -> CertificateDer<'static> {
-        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = params.signed_by(&leaf_key, &self.issuer).unwrap();
-        std::fs::write(cert, leaf.pem()).unwrap();
-        std::fs::write(key, leaf_key.serialize_pem()).unwrap();
-        leaf.der().clone()
-    }
-
-    fn client(&self) -> tokio_rustls::TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.der.clone()).unwrap();
-        let cfg = rustls::ClientConfig::builder_with_provider(herald_tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tokio_rustls::TlsConnector::from(Arc::new(cfg))
-    }
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("herald-e2e-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
-async fn tls_connect(addr: std::net::SocketAddr, ca: &TestCa) -> std::io::Result<Tls> {
-    let tcp = TcpStream::connect(addr).await?;
-    let name = ServerName::try_from("localhost").unwrap();
-    ca.client().connect(name, tcp).await
+async fn tls_connect(addr: std::net::SocketAddr, ca: &Pki) -> std::io::Result<Tls> {
+    Client::tls_stream(addr, &ca.ca).await
 }
 
 fn peer_cert(conn: &Tls) -> CertificateDer<'static> {
     conn.get_ref().1.peer_certificates().unwrap()[0].clone()
 }
 
+/// The certificate a PKI's server files hold.
+fn leaf(pki: &Pki) -> CertificateDer<'static> {
+    herald_tls::load_certs(&pki.server_cert).unwrap()[0].clone()
+}
+
 #[tokio::test]
 async fn https_with_a_certificate_reloaded_in_place() {
-    let dir = scratch("https");
-    let (cert, key) = (dir.join("api.pem"), dir.join("api.key"));
-    let (ca1, ca2) = (
-        TestCa::new("herald test CA 1"),
-        TestCa::new("herald test CA 2"),
-    );
-    let first = ca1.issue(&cert, &key);
+    let (ca1, ca2) = (Pki::new(), Pki::new());
+    let (cert, key) = (ca1.server_cert.clone(), ca1.server_key.clone());
+    let first = leaf(&ca1);
     let mut cfg = test_config();
     cfg.logic.tls = true;
     cfg.tls.cert_file = cert.clone();
@@ -104,7 +52,9 @@ async fn https_with_a_certificate_reloaded_in_place() {
     wait_closed(&mut plain).await;
 
     // New files in place, then what SIGHUP does.
-    let second = ca2.issue(&cert, &key);
+    let second = leaf(&ca2);
+    std::fs::copy(&ca2.server_cert, &cert).unwrap();
+    std::fs::copy(&ca2.server_key, &key).unwrap();
     assert_eq!(s.reloader().reload_all(), 0);
     let mut new = tls_connect(h, &ca2)
         .await
@@ -126,5 +76,4 @@ async fn https_with_a_certificate_reloaded_in_place() {
     let again = tls_connect(h, &ca2).await.expect("still served");
     assert_eq!(peer_cert(&again), second);
     s.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

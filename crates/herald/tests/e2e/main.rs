@@ -12,7 +12,6 @@ mod http_api;
 mod http_limits;
 mod https;
 mod limits;
-mod pki;
 mod protocol;
 mod regressions;
 mod support;

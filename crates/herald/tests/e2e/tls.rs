@@ -3,13 +3,17 @@
 
 use std::net::SocketAddr;
 
-use crate::pki::Pki;
 use crate::support::*;
+use herald_testkit::pki::Pki;
 
 fn tls_config(pki: &Pki) -> herald::Config {
     let mut cfg = test_config();
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    cfg.tls = pki.server_tls();
+    cfg.tls = herald_tls::ServerTls {
+        cert_file: pki.server_cert.clone(),
+        key_file: pki.server_key.clone(),
+        ..Default::default()
+    };
     cfg.comet.wss_bind = vec![any];
     cfg.comet.tls_tcp_bind = vec![any];
     cfg
@@ -17,7 +21,7 @@ fn tls_config(pki: &Pki) -> herald::Config {
 
 #[tokio::test]
 async fn wss_and_tls_tcp_carry_goim_frames() {
-    let pki = Pki::new("tls-serve");
+    let pki = Pki::new();
     let s = start_with(tls_config(&pki)).await;
     let mut wss = Client::wss(s.wss_addrs[0], &pki.ca).await;
     let mut tcp = Client::tls_tcp(s.tls_tcp_addrs[0], &pki.ca).await;
@@ -65,8 +69,8 @@ async fn wss_and_tls_tcp_carry_goim_frames() {
 
 #[tokio::test]
 async fn untrusted_or_plaintext_clients_fail_alone() {
-    let pki = Pki::new("tls-refuse");
-    let other = Pki::new("tls-other");
+    let pki = Pki::new();
+    let other = Pki::new();
     let s = start_with(tls_config(&pki)).await;
     let mut healthy = Client::wss(s.wss_addrs[0], &pki.ca).await;
     healthy.auth(1, "healthy", "", &[1000]).await;
@@ -97,15 +101,14 @@ async fn untrusted_or_plaintext_clients_fail_alone() {
 
 #[tokio::test]
 async fn a_reloaded_certificate_serves_new_clients_and_keeps_old_ones() {
-    let pki = Pki::new("tls-reload");
+    let pki = Pki::new();
     let s = start_with(tls_config(&pki)).await;
     let mut old = Client::tls_tcp(s.tls_tcp_addrs[0], &pki.ca).await;
     old.auth(1, "old", "", &[1000]).await;
     // New files from another CA at the same paths, then a reload (what SIGHUP does).
-    let dir = pki.cert.parent().unwrap();
-    let next = Pki::write(dir, "b");
-    std::fs::copy(&next.cert, &pki.cert).unwrap();
-    std::fs::copy(&next.key, &pki.key).unwrap();
+    let next = Pki::new();
+    std::fs::copy(&next.server_cert, &pki.server_cert).unwrap();
+    std::fs::copy(&next.server_key, &pki.server_key).unwrap();
     assert_eq!(s.reloader().reload_all(), 0, "reload failed");
     // New handshakes get the new certificate ...
     let mut fresh = Client::tls_tcp(s.tls_tcp_addrs[0], &next.ca).await;
@@ -127,7 +130,7 @@ async fn a_reloaded_certificate_serves_new_clients_and_keeps_old_ones() {
     assert_eq!(&old.recv_push().await.body[..], b"after");
     assert_eq!(&fresh.recv_push().await.body[..], b"after");
     // A broken file is refused and the current certificate stays in use.
-    std::fs::write(&pki.cert, "garbage").unwrap();
+    std::fs::write(&pki.server_cert, "garbage").unwrap();
     assert_eq!(s.reloader().reload_all(), 1);
     let mut again = Client::tls_tcp(s.tls_tcp_addrs[0], &next.ca).await;
     again.auth(3, "again", "", &[]).await;
@@ -149,7 +152,7 @@ async fn a_tls_listener_without_a_certificate_is_a_start_error() {
 /// still arrive whole and in order once the client reads.
 #[tokio::test]
 async fn large_pushes_survive_a_full_tls_socket() {
-    let pki = Pki::new("tls-large");
+    let pki = Pki::new();
     let mut cfg = tls_config(&pki);
     cfg.logic.max_push_body = 8 << 20;
     cfg.limits.client.outbound_bytes = 16 << 20;

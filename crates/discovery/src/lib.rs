@@ -88,6 +88,11 @@ pub trait Registry: Send + Sync + 'static {
 
     /// The instances of `appid`, updated on every change.
     async fn watch(&self, appid: &str) -> Result<watch::Receiver<Instances>, RegistryError>;
+
+    /// Checks that the registry answers now (for readiness probes).
+    async fn ping(&self) -> Result<(), RegistryError> {
+        Ok(())
+    }
 }
 
 /// A live registration.

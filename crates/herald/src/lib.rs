@@ -11,6 +11,7 @@ pub mod cluster_rpc;
 pub mod config;
 pub mod edge;
 pub mod engines;
+pub mod health;
 pub mod http_server;
 pub mod observe;
 pub mod roles;

@@ -28,9 +28,11 @@ use tracing::{info, warn};
 
 use crate::api::{self, ApiParts};
 use crate::config::Config;
+use crate::health::Readiness;
 use crate::http_server::HttpServer;
 use crate::web::ClientEndpoint;
 use crate::{cluster_rpc, edge, engines, observe};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 fn instance(cfg: &Config, appid: &str, server_id: &str, rpc_port: u16) -> Instance {
     Instance {
@@ -76,17 +78,20 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen for {what} on {addr}"))
 }
 
-/// Serves `/metrics` on `bind` when set (comet and job have no other HTTP port),
-/// behind the `admin` scope when API keys are configured.
-async fn serve_metrics(cfg: &Config) -> anyhow::Result<Option<HttpServer>> {
+/// Serves `/metrics` (behind the `admin` scope when API keys are configured),
+/// `/healthz` and `/readyz` on `metrics.bind` when set: comet and job have no
+/// other HTTP port.
+async fn serve_metrics(cfg: &Config, ready: Readiness) -> anyhow::Result<Option<HttpServer>> {
     let Some(addr) = cfg.metrics.bind else {
         return Ok(None);
     };
     let keys = herald_logic::api_keys::ApiKeys::new(&cfg.api)?;
-    let app = keys.protect(
-        herald_logic::api_keys::Scope::Admin,
-        observe::router(observe::metrics_handle(), Arc::new(|| {})),
-    );
+    let app = keys
+        .protect(
+            herald_logic::api_keys::Scope::Admin,
+            observe::router(observe::metrics_handle(), Arc::new(|| {})),
+        )
+        .merge(ready.router());
     let server = HttpServer::bind(addr, app, api::listener_options(cfg), "metrics")
         .await
         .with_context(|| format!("cannot listen for metrics on {addr}"))?;
@@ -127,7 +132,7 @@ impl CometRole {
 
         let pool = Arc::new(LogicPool::with_dialer(dialer));
         follow_logics(registry.clone(), pool.clone(), stop.clone()).await?;
-        let logic: Arc<dyn LogicService> = pool;
+        let logic: Arc<dyn LogicService> = pool.clone();
         let public_tls = edge::comet_tls(&cfg, &reloader)?;
         let mut comet_cfg = cfg.comet.clone();
         comet_cfg.max_connections = edge::client_connection_cap(&cfg, false);
@@ -136,7 +141,7 @@ impl CometRole {
             edge::comet_edge(&cfg, public_tls),
             server_id.clone(),
             logic,
-            registry,
+            registry.clone(),
             instance(&cfg, COMET_APPID, &server_id, rpc_addr.port()),
         )
         .await
@@ -147,7 +152,26 @@ impl CometRole {
             serve,
             stop.child_token(),
         );
-        let metrics = serve_metrics(&cfg).await?;
+        let ready = {
+            let (logics, registry) = (pool.clone(), registry.clone());
+            Readiness::new()
+                .draining(comet.draining())
+                .check("discovery", move || {
+                    let registry = registry.clone();
+                    async move { registry.ping().await }
+                })
+                .check("logic", move || {
+                    let known = !logics.addrs().is_empty();
+                    async move {
+                        if known {
+                            Ok(())
+                        } else {
+                            Err("no logic is registered")
+                        }
+                    }
+                })
+        };
+        let metrics = serve_metrics(&cfg, ready).await?;
         info!(
             %server_id, rpc = %rpc_addr, tcp = ?comet.tcp_addrs, ws = ?comet.ws_addrs,
             "herald comet ready"
@@ -237,6 +261,8 @@ pub struct LogicRole {
     grpc: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// Set when shutdown starts (`/readyz` answers 503 from then on).
+    draining: Arc<AtomicBool>,
 }
 
 impl LogicRole {
@@ -257,6 +283,19 @@ impl LogicRole {
 
         let tasks = TaskTracker::new();
         let authenticator = crate::auth::authenticator(&cfg, None, stop.clone(), &tasks).await?;
+        let draining = Arc::new(AtomicBool::new(false));
+        let ready = engine_checks(
+            Readiness::new().draining(draining.clone()),
+            &registry,
+            Some(&queue),
+        )
+        .check("store", {
+            let sessions = stores.sessions.clone();
+            move || {
+                let sessions = sessions.clone();
+                async move { sessions.ping().await }
+            }
+        });
         let logic = Logic::new(
             cfg.logic.clone(),
             authenticator,
@@ -299,7 +338,7 @@ impl LogicRole {
                 metrics,
                 before_scrape: depth_gauge(queue),
                 endpoints,
-                extra: axum::Router::new(),
+                extra: ready.router(),
             },
             &reloader,
         )
@@ -323,6 +362,7 @@ impl LogicRole {
             grpc,
             stop,
             tasks,
+            draining,
         })
     }
 
@@ -334,6 +374,7 @@ impl LogicRole {
     /// Deregisters, stops taking pushes (requests in flight finish), then stops
     /// serving RPC.
     pub async fn shutdown(self) {
+        self.draining.store(true, Ordering::Release);
         if let Err(e) = self.registration.deregister().await {
             warn!(error = %e, "deregistration failed");
         }
@@ -342,6 +383,29 @@ impl LogicRole {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.grpc).await;
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.tasks.wait()).await;
+    }
+}
+
+/// `ready` with the registry's and (when given) the queue's checks added.
+fn engine_checks(
+    ready: Readiness,
+    registry: &Arc<dyn Registry>,
+    queue: Option<&Arc<dyn Queue>>,
+) -> Readiness {
+    let registry = registry.clone();
+    let ready = ready.check("discovery", move || {
+        let registry = registry.clone();
+        async move { registry.ping().await }
+    });
+    match queue {
+        Some(queue) => {
+            let queue = queue.clone();
+            ready.check("queue", move || {
+                let queue = queue.clone();
+                async move { queue.ping().await }
+            })
+        }
+        None => ready,
     }
 }
 
@@ -380,6 +444,8 @@ pub struct JobRole {
     job: Job,
     metrics: Option<HttpServer>,
     stop: CancellationToken,
+    /// Set when shutdown starts (`/readyz` answers 503 from then on).
+    draining: Arc<AtomicBool>,
 }
 
 impl JobRole {
@@ -406,18 +472,26 @@ impl JobRole {
             )
         })
         .await?;
-        let metrics = serve_metrics(&cfg).await?;
+        let draining = Arc::new(AtomicBool::new(false));
+        let ready = engine_checks(
+            Readiness::new().draining(draining.clone()),
+            &registry,
+            Some(&queue),
+        );
+        let metrics = serve_metrics(&cfg, ready).await?;
         info!(%server_id, queue = queue.backend(), "herald job ready");
         Ok(JobRole {
             server_id,
             job,
             metrics,
             stop,
+            draining,
         })
     }
 
     /// Stops consuming; work in flight is finished (and acknowledged) first.
     pub async fn shutdown(self) {
+        self.draining.store(true, Ordering::Release);
         self.job.shutdown().await;
         self.stop.cancel();
         if let Some(m) = self.metrics {

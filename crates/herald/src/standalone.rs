@@ -19,10 +19,12 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, ApiParts};
 use crate::config::Config;
 use crate::edge;
+use crate::health::Readiness;
 use crate::http_server::HttpServer;
 use crate::observe;
 use crate::roles::depth_gauge;
 use crate::web::ClientEndpoint;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Connects job to the comet in this process.
 struct LocalComets {
@@ -61,6 +63,8 @@ pub struct Standalone {
     tasks: TaskTracker,
     grace: Duration,
     drain: Duration,
+    /// Set when shutdown starts (`/readyz` answers 503 from then on).
+    draining: Arc<AtomicBool>,
 }
 
 impl Standalone {
@@ -152,6 +156,9 @@ impl Standalone {
         .await
         .context("cannot start job")?;
 
+        // The embedded engines are always there: ready until shutdown starts.
+        let draining = comet.draining();
+        let ready = Readiness::new().draining(draining.clone());
         let ws_port = comet.ws_addrs.first().map(|a| a.port());
         let wss_port = comet.wss_addrs.first().map(|a| a.port());
         let ws_path = cfg.comet.ws_path.clone();
@@ -168,7 +175,7 @@ impl Standalone {
                     wss_port,
                     ws_path: ws_path.clone(),
                 }),
-                extra: axum::Router::new(),
+                extra: ready.router(),
             },
             &reloader,
         )
@@ -190,6 +197,7 @@ impl Standalone {
             tasks,
             grace: cfg.shutdown.grace,
             drain: cfg.shutdown.drain,
+            draining,
         })
     }
 
@@ -210,6 +218,7 @@ impl Standalone {
     /// `shutdown.grace`.
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + self.grace;
+        self.draining.store(true, Ordering::Release);
         self.http.shutdown(self.grace).await;
         while self.queue.depth().is_some_and(|d| d > 0) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -56,6 +56,8 @@ struct Cluster {
     comets: Vec<(SocketAddr, SocketAddr)>,
     /// HTTP API of logic 0 and 1.
     logics: Vec<SocketAddr>,
+    /// `metrics.bind` (also `/healthz`, `/readyz`) of comet 0 and 1.
+    comet_admin: Vec<SocketAddr>,
     /// `queue` section of the TOML files, to start more processes later.
     common: String,
     /// Index of the Redis store in `_engines`.
@@ -222,6 +224,7 @@ grace = "2s"
             procs: Vec::new(),
             comets: Vec::new(),
             logics: Vec::new(),
+            comet_admin: Vec::new(),
             common,
             store,
             _engines: engines,
@@ -242,18 +245,20 @@ grace = "2s"
             c.logics.push(addr(http));
         }
         for i in 0..2 {
-            let (tcp, ws, rpc) = (free_port(), free_port(), free_port());
+            let (tcp, ws, rpc, admin) = (free_port(), free_port(), free_port(), free_port());
             c.spawn(
                 "comet",
                 &format!("comet{i}"),
                 &format!(
-                    "[server]\nzone = \"z{i}\"\n[comet]\npublic_addrs = [\"10.0.0.{i}\"]\ntcp_bind = [\"{}\"]\nws_bind = [\"{}\"]\n[rpc]\ncomet_bind = \"{}\"\n",
+                    "[server]\nzone = \"z{i}\"\n[comet]\npublic_addrs = [\"10.0.0.{i}\"]\ntcp_bind = [\"{}\"]\nws_bind = [\"{}\"]\n[rpc]\ncomet_bind = \"{}\"\n[metrics]\nbind = \"{}\"\n",
                     addr(tcp),
                     addr(ws),
-                    addr(rpc)
+                    addr(rpc),
+                    addr(admin)
                 ),
             );
             c.comets.push((addr(tcp), addr(ws)));
+            c.comet_admin.push(addr(admin));
         }
         for i in 0..2 {
             c.spawn_job(i);
@@ -314,10 +319,16 @@ grace = "2s"
                 assert!(p.alive(), "{} exited during startup", p.name);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
-            for l in &self.logics {
-                if tokio::net::TcpStream::connect(l).await.is_err() {
+            // Every logic and comet says it is ready (its engines answer).
+            for h in self.logics.iter().chain(&self.comet_admin) {
+                if tokio::net::TcpStream::connect(h).await.is_err() {
                     continue 'wait;
                 }
+                if get(*h, "/readyz").await.status != 200 {
+                    continue 'wait;
+                }
+            }
+            for l in &self.logics {
                 let r = get(*l, "/goim/nodes/instances").await;
                 let n = r.json()["data"].as_array().map_or(0, |a| a.len());
                 if n < 2 {
@@ -569,6 +580,14 @@ async fn queue_outage_is_503(c: &mut Cluster, engine: usize, outage: Outage) {
     let r = post(l0, &path, b"while-down").await;
     assert_eq!(r.status, 503, "push with the queue down: {}", r.text());
     assert_ne!(r.json()["code"], 0);
+    // logic says so to its balancer too, naming the engine.
+    let r = get(l0, "/readyz").await;
+    assert_eq!(r.status, 503, "readiness with the queue down: {}", r.text());
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("queue"),
+        "{}",
+        r.text()
+    );
     match outage {
         Outage::Crash(restart) => {
             // The killed engine stays in the list (its directory is reused by
@@ -593,6 +612,85 @@ async fn queue_outage_is_503(c: &mut Cluster, engine: usize, outage: Outage) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     expect_one(&mut a, &mut b, "after-outage").await;
+    eventually_ready(l0).await;
+}
+
+/// Waits until `/readyz` at `http` answers 200.
+async fn eventually_ready(http: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = get(http, "/readyz").await;
+        if r.status == 200 {
+            return;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(Instant::now() < deadline, "still not ready: {}", r.text());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// SIGTERM to a comet drains it: it answers `/readyz` with 503, leaves discovery
+/// (logic stops listing it), closes its WebSocket clients with 1012 and exits 0;
+/// the other comet keeps serving.
+async fn comet_drains_on_sigterm(c: &mut Cluster) {
+    let (mut a, mut b) = clients(c).await;
+    let admin = c.comet_admin[1];
+    let pid = c.proc("comet1").child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // Readiness turns 503 at once (the drain itself takes shutdown.drain).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpStream::connect(admin).await {
+            Err(_) => break,
+            Ok(_) => {
+                if get(admin, "/readyz").await.status == 503 {
+                    break;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a draining comet still says it is ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        b.close_code().await,
+        Some(herald_proto::ws::close::SERVICE_RESTART)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(c.logics[0], "/goim/nodes/instances").await;
+        if r.json()["data"].as_array().map_or(0, |l| l.len()) == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the drained comet is still listed: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = loop {
+        if let Some(st) = c.proc("comet1").child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the drained comet did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "comet exit status {status}");
+    push_ok(
+        c.logics[0],
+        &format!("/goim/push/keys?operation={OP}&keys=key-a"),
+        "after-drain",
+    )
+    .await;
+    let f = a.recv_push().await;
+    assert_eq!(&f.body[..], b"after-drain");
 }
 
 /// The push API answers 503 while the Redis store is down (routes cannot be
@@ -605,6 +703,13 @@ async fn store_outage_is_503(c: &mut Cluster, restart: impl FnOnce(&Engine) -> E
     let r = post(l0, &path, b"while-down").await;
     assert_eq!(r.status, 503, "push with the store down: {}", r.text());
     assert_ne!(r.json()["code"], 0);
+    let r = get(l0, "/readyz").await;
+    assert_eq!(r.status, 503, "readiness with the store down: {}", r.text());
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("store"),
+        "{}",
+        r.text()
+    );
     let back = restart(&c._engines[store]);
     c._engines.push(back);
     // The store came back empty: clients connecting now are routed again.
@@ -628,6 +733,7 @@ async fn store_outage_is_503(c: &mut Cluster, restart: impl FnOnce(&Engine) -> E
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     expect_one(&mut a, &mut b, "after-store").await;
+    eventually_ready(l0).await;
 }
 
 fn redis_queue_toml(url: &str, claim: Duration) -> String {
@@ -673,6 +779,7 @@ async fn cluster_on_nats_jetstream() {
     )
     .await;
     store_outage_is_503(&mut c, |old| herald_testkit::redis_on(old.addr.port())).await;
+    comet_drains_on_sigterm(&mut c).await;
 }
 
 #[cfg(feature = "kafka")]

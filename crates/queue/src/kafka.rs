@@ -43,7 +43,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
@@ -236,6 +236,31 @@ async fn create_topic(
 
 #[async_trait]
 impl Queue for KafkaQueue {
+    async fn ping(&self) -> Result<(), QueueError> {
+        let state = *self.topic.state.borrow();
+        if state.lost > state.confirmed {
+            return Err(self
+                .cfg
+                .error("topic", "not confirmed since the brokers were lost"));
+        }
+        let producer = self
+            .producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let cfg = self.cfg.clone();
+        // Metadata is a blocking call.
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&cfg.topic), cfg.connect_timeout)
+                .map(|_| ())
+                .map_err(|e| cfg.error("broker unreachable", e))
+        })
+        .await
+        .map_err(|e| self.cfg.error("metadata", e))?
+    }
+
     async fn publish(&self, key: &str, payload: Bytes) -> Result<(), QueueError> {
         // The partition goim's producer would pick for this key; jobs are given
         // partitions by number (`consumer_of`).

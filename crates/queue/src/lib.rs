@@ -86,6 +86,12 @@ pub trait Queue: Send + Sync + 'static {
 
     /// A short backend name for logs and metrics, e.g. `memory`.
     fn backend(&self) -> &'static str;
+
+    /// Checks that the engine answers now and would take a publish (for readiness
+    /// probes).
+    async fn ping(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
 }
 
 /// Receives messages for one consumer of the group.

@@ -152,6 +152,15 @@ impl NatsQueue {
 
 #[async_trait]
 impl Queue for NatsQueue {
+    async fn ping(&self) -> Result<(), QueueError> {
+        // A JetStream round trip that also proves the stream is there.
+        self.js
+            .get_stream(&self.cfg.stream)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
     async fn publish(&self, key: &str, payload: Bytes) -> Result<(), QueueError> {
         // The first await sends; the second waits for the stream's acknowledgement,
         // so a message is reported published only once JetStream stored it.

@@ -134,6 +134,15 @@ async fn create_group(
 
 #[async_trait]
 impl Queue for RedisStreamsQueue {
+    async fn ping(&self) -> Result<(), QueueError> {
+        let mut con = self.con.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut con)
+            .await
+            .map(|_| ())
+            .map_err(|e| QueueError::Unavailable(e.to_string()))
+    }
+
     async fn publish(&self, key: &str, payload: Bytes) -> Result<(), QueueError> {
         let mut con = self.con.clone();
         let p = crate::partition_of(key, self.cfg.partitions);

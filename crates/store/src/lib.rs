@@ -58,6 +58,11 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Every (key, server) of the given members.
     async fn keys_by_mids(&self, mids: &[i64]) -> StoreResult<Vec<(String, String)>>;
+
+    /// Checks that the engine answers now (for readiness probes).
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }
 
 /// One comet's room counts at a point in time.

@@ -195,6 +195,15 @@ impl RedisStore {
 
 #[async_trait]
 impl SessionStore for RedisStore {
+    async fn ping(&self) -> StoreResult<()> {
+        let mut con = self.con.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut con)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
     async fn add_route(&self, mid: i64, key: &str, server: &str) -> StoreResult<()> {
         let mut con = self.con.clone();
         let mut call = self.route_call(&self.add, mid, key, server);

@@ -229,6 +229,15 @@ impl EtcdRegistry {
 
 #[async_trait]
 impl Registry for EtcdRegistry {
+    async fn ping(&self) -> Result<(), RegistryError> {
+        let prefix = format!("{}/", self.prefix());
+        self.client
+            .count_prefix(prefix.as_bytes())
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
     async fn register(
         &self,
         mut instance: Instance,

@@ -270,3 +270,20 @@ async fn json_pushes_reach_keys_and_mids() {
     assert_eq!(get(h, "/herald/push/keys").await.status, 405);
     s.shutdown().await;
 }
+
+/// Liveness and readiness are public (probes carry no key) and say what they
+/// checked.
+#[tokio::test]
+async fn health_endpoints_need_no_key() {
+    let s = start_with(keyed_config()).await;
+    let r = get(s.http_addr, "/healthz").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"]["status"], "alive");
+    let r = get(s.http_addr, "/readyz").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"]["status"], "ready");
+    assert_eq!(r.json()["data"]["checks"]["draining"], "ok");
+    // The API itself still needs its key.
+    assert_eq!(get(s.http_addr, "/goim/online/total").await.status, 401);
+    s.shutdown().await;
+}

@@ -65,6 +65,8 @@ struct Cluster {
     _engines: Vec<Engine>,
     /// The certificates of a protected cluster (kept while it runs).
     _pki: Option<Pki>,
+    /// The HS256 secret when clients authenticate with tokens (`jwt` mode).
+    jwt_secret: Option<&'static str>,
 }
 
 impl Drop for Cluster {
@@ -149,6 +151,10 @@ password = "etcd-pw"
 ca_file = "{ca}"
 [store.tls]
 ca_file = "{ca}"
+[auth]
+mode = "jwt"
+[auth.jwt]
+secret = "{JWT_SECRET}"
 "#,
             cert = pki.server_cert.display(),
             key = pki.server_key.display(),
@@ -228,6 +234,7 @@ grace = "2s"
             common,
             store,
             _engines: engines,
+            jwt_secret: pki.as_ref().map(|_| JWT_SECRET),
             _pki: pki,
         };
         for i in 0..2 {
@@ -401,10 +408,36 @@ async fn push_ok(logic: SocketAddr, path: &str, body: &str) {
 /// `live://1000`.
 async fn clients(c: &Cluster) -> (Client, Client) {
     let mut a = Client::tcp(c.comets[0].0).await;
-    a.auth(1, "key-a", "live://1000", &[OP]).await;
+    authenticate(c, &mut a, 1, "key-a").await;
     let mut b = Client::ws(c.comets[1].1).await;
-    b.auth(2, "key-b", "live://1000", &[OP]).await;
+    authenticate(c, &mut b, 2, "key-b").await;
     (a, b)
+}
+
+/// The HS256 secret of the protected cluster's `jwt` mode.
+const JWT_SECRET: &str = "cluster-jwt-secret-of-32-bytes-at-least";
+
+/// Authenticates `client` as member `mid` with key `key` in `live://1000`: goim's
+/// auth body, or a token when the cluster runs in `jwt` mode.
+async fn authenticate(c: &Cluster, client: &mut Client, mid: i64, key: &str) {
+    match c.jwt_secret {
+        None => client.auth(mid, key, "live://1000", &[OP]).await,
+        Some(secret) => {
+            let claims = serde_json::json!({
+                "sub": mid.to_string(), "key": key, "exp": support::unix_now() + 600,
+            });
+            let body = serde_json::json!({
+                "token": support::jwt_hs256(&claims, secret),
+                "room_id": "live://1000",
+                "accepts": [OP],
+            });
+            let seq = client
+                .send(herald_proto::Op::AUTH, body.to_string().as_bytes())
+                .await;
+            let f = client.recv().await.expect("auth reply");
+            assert_eq!((f.op, f.seq), (herald_proto::Op::AUTH_REPLY, seq));
+        }
+    }
 }
 
 async fn expect_one(a: &mut Client, b: &mut Client, body: &str) {
@@ -835,6 +868,42 @@ async fn cluster_protected_end_to_end() {
         .collect();
     assert_eq!(addrs.len(), 2, "{r}");
     assert!(addrs.iter().all(|a| a.starts_with("grpcs://")), "{r}");
+    // Clients authenticate with tokens checked by logic across gRPC: goim's plain
+    // body and a forged token are refused on either comet, the others keep theirs.
+    let (mut a, mut b) = clients(&c).await;
+    let mut plain = Client::ws(c.comets[1].1).await;
+    plain
+        .send(
+            herald_proto::Op::AUTH,
+            &support::auth_body(1, "key-a", "live://1000", &[OP]),
+        )
+        .await;
+    assert!(
+        plain.recv().await.is_none(),
+        "a client without a token was let in"
+    );
+    assert_eq!(
+        plain.close_code,
+        Some(herald_proto::ws::close::POLICY_VIOLATION)
+    );
+    let forged = support::jwt_hs256(
+        &serde_json::json!({"sub": "1", "key": "key-a", "exp": support::unix_now() + 600}),
+        "a-forged-secret-that-is-long-enough-too",
+    );
+    let mut f = Client::tcp(c.comets[0].0).await;
+    f.send(
+        herald_proto::Op::AUTH,
+        serde_json::json!({"token": forged}).to_string().as_bytes(),
+    )
+    .await;
+    assert!(f.recv().await.is_none(), "a forged token was let in");
+    push_ok(
+        c.logics[0],
+        &format!("/goim/push/room?operation={OP}&type=live&room=1000"),
+        "tokens-checked",
+    )
+    .await;
+    expect_one(&mut a, &mut b, "tokens-checked").await;
     room_order_holds_with_two_jobs(&mut c).await;
     killed_job_loses_nothing(&mut c, Duration::from_secs(2)).await;
 }

@@ -279,9 +279,14 @@ impl Channel {
         }
     }
 
-    /// Sets what the connection may do (`None`: anything).
+    /// Sets what the connection may do (`None`: anything); ops the new grant no
+    /// longer allows leave the accept filter.
     pub fn set_grant(&self, grant: Option<Grant>) {
-        lock(&self.filter).grant = grant.map(Arc::new);
+        let mut f = lock(&self.filter);
+        if let Some(g) = &grant {
+            f.accepts.retain(|op| g.allows_op(*op));
+        }
+        f.grant = grant.map(Arc::new);
     }
 
     /// The grant in force (`None`: anything).

@@ -55,6 +55,8 @@ pub struct Comet {
     registration: Option<Arc<dyn Registration>>,
     /// Set when draining starts.
     draining: Arc<AtomicBool>,
+    /// Stops the deadline sweeper, once the drain has closed everybody.
+    sweeper: CancellationToken,
 }
 
 /// Why a comet could not start.
@@ -204,7 +206,8 @@ impl Comet {
             .map_err(|e| StartError::Register(e.to_string()))?;
         let registration: Arc<dyn Registration> = Arc::from(registration);
         tracker.spawn(report_loop(ctx.clone(), registration.clone()));
-        tracker.spawn(sweep_loop(ctx.clone()));
+        let sweeper = CancellationToken::new();
+        tracker.spawn(sweep_loop(ctx.clone(), sweeper.clone()));
         let mut take = |name| addrs.remove(name).unwrap_or_default();
         Ok(Comet {
             tcp_addrs: take("tcp"),
@@ -215,6 +218,7 @@ impl Comet {
             tracker,
             registration: Some(registration),
             draining: Arc::new(AtomicBool::new(false)),
+            sweeper,
         })
     }
 
@@ -267,6 +271,7 @@ impl Comet {
             .hub
             .close_all_over(window, CloseReason::Restart)
             .await;
+        self.sweeper.cancel();
         self.tracker.close();
         if tokio::time::timeout_at(deadline, self.tracker.wait())
             .await
@@ -361,14 +366,16 @@ async fn accept_loop(
 /// How often heartbeat deadlines are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Closes connections that missed their heartbeat deadline. One walk over the hub
-/// per interval replaces a timer per connection.
-async fn sweep_loop(ctx: Arc<ConnContext>) {
+/// Closes connections that missed their heartbeat deadline or whose credentials
+/// expired. One walk over the hub per interval replaces a timer per connection.
+/// Runs until `stop`, which comes after the drain: clients waiting for their turn
+/// to be closed are still held to their deadlines.
+async fn sweep_loop(ctx: Arc<ConnContext>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = tick.tick() => { ctx.hub.sweep_expired(); }
         }
     }

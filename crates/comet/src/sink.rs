@@ -8,10 +8,11 @@
 //! item is queued for the connection task. The channel's outbox lock orders the two.
 //!
 //! A write the socket only partly takes leaves [`Pending`] work for the connection
-//! task: in the clear, the unwritten rest as slices of the very buffers offered
-//! (a room batch shared by thousands of connections is never copied per
-//! connection; only the few header bytes built for this connection are its own);
-//! with TLS, the sealed bytes inside the session.
+//! task: the unwritten rest as slices of the very buffers offered (a room batch
+//! shared by thousands of connections is never copied per connection; only the few
+//! header bytes built for this connection are its own). With TLS the rest is the
+//! plaintext not sealed yet, plus at most one chunk of sealed bytes waiting in the
+//! session (see [`crate::tls`]).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -30,9 +31,10 @@ const MAX_IOV: usize = 512;
 /// What a write left for the connection task to finish.
 #[derive(Debug)]
 pub enum Pending {
-    /// Bytes the socket did not take, in order: slices of the offered buffers.
+    /// Bytes the socket did not take (with TLS: not sealed yet), in order: slices
+    /// of the offered buffers. With TLS, sealed bytes may wait in the session too.
     Parts(VecDeque<Bytes>),
-    /// Sealed bytes waiting in the TLS session.
+    /// Only sealed bytes waiting in the TLS session.
     Sealed,
 }
 
@@ -200,13 +202,6 @@ impl Sink {
     pub fn write_now(&self, items: impl IntoIterator<Item = Outbound>) -> io::Result<Written> {
         let enc = self.encode(items);
         let frames = enc.frames;
-        if let Some(tls) = &self.tls {
-            let done = tls.write(&self.stream, &enc.slices())?;
-            return Ok(Written {
-                frames,
-                rest: (!done).then_some(Pending::Sealed),
-            });
-        }
         let total: usize = enc.heads.len()
             + enc
                 .parts
@@ -216,17 +211,21 @@ impl Sink {
                     Part::Head(..) => 0,
                 })
                 .sum::<usize>();
-        let written = {
-            let mut slices = enc.slices();
-            self.try_write(&mut slices)?
+        let (taken, flushed) = match &self.tls {
+            Some(tls) => tls.write(&self.stream, &enc.slices())?,
+            None => {
+                let mut slices = enc.slices();
+                (self.try_write(&mut slices)?, true)
+            }
         };
-        if written == total {
-            return Ok(Written { frames, rest: None });
-        }
-        Ok(Written {
-            frames,
-            rest: Some(Pending::Parts(enc.rest(written))),
-        })
+        let rest = if taken < total {
+            Some(Pending::Parts(enc.rest(taken)))
+        } else if !flushed {
+            Some(Pending::Sealed)
+        } else {
+            None
+        };
+        Ok(Written { frames, rest })
     }
 
     /// Writes what the socket takes now; returns the number of bytes written.
@@ -250,65 +249,48 @@ impl Sink {
 
     /// Finishes `pending`, waiting for the socket (the slow path).
     pub(crate) async fn finish(&self, pending: Pending) -> io::Result<()> {
-        match pending {
-            Pending::Parts(mut parts) => loop {
-                while parts.front().is_some_and(Bytes::is_empty) {
-                    parts.pop_front();
-                }
-                if parts.is_empty() {
-                    return Ok(());
-                }
+        let mut parts = match pending {
+            Pending::Parts(parts) => parts,
+            Pending::Sealed => VecDeque::new(),
+        };
+        loop {
+            while parts.front().is_some_and(Bytes::is_empty) {
+                parts.pop_front();
+            }
+            let (mut taken, flushed) = {
                 let mut slices: Vec<IoSlice<'_>> = parts
                     .iter()
                     .take(MAX_IOV)
                     .map(|b| IoSlice::new(b))
                     .collect();
-                let mut w = self.try_write(&mut slices)?;
-                drop(slices);
-                while w > 0 {
-                    let Some(front) = parts.front_mut() else {
-                        break;
-                    };
-                    let n = w.min(front.len());
-                    bytes::Buf::advance(front, n);
-                    w -= n;
-                    if front.is_empty() {
-                        parts.pop_front();
-                    }
+                match &self.tls {
+                    Some(tls) => tls.write(&self.stream, &slices)?,
+                    None => (self.try_write(&mut slices)?, true),
                 }
-                if !parts.is_empty() {
-                    self.stream.writable().await?;
+            };
+            while taken > 0 {
+                let Some(front) = parts.front_mut() else {
+                    break;
+                };
+                let n = taken.min(front.len());
+                bytes::Buf::advance(front, n);
+                taken -= n;
+                if front.is_empty() {
+                    parts.pop_front();
                 }
-            },
-            Pending::Sealed => match &self.tls {
-                Some(tls) => {
-                    while !tls.flush(&self.stream)? {
-                        self.stream.writable().await?;
-                    }
-                    Ok(())
-                }
-                None => Ok(()),
-            },
+            }
+            if parts.is_empty() && flushed {
+                return Ok(());
+            }
+            self.stream.writable().await?;
         }
     }
 
     /// Writes `bytes` completely, waiting for the socket (before a channel exists:
     /// the upgrade answer, handshake-time pongs, a close frame).
     pub(crate) async fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
-        let rest = match &self.tls {
-            Some(tls) => {
-                (!tls.write(&self.stream, &[IoSlice::new(bytes)])?).then_some(Pending::Sealed)
-            }
-            None => {
-                let w = self.try_write(&mut [IoSlice::new(bytes)])?;
-                (w < bytes.len())
-                    .then(|| Pending::Parts(VecDeque::from([Bytes::copy_from_slice(&bytes[w..])])))
-            }
-        };
-        match rest {
-            Some(p) => self.finish(p).await,
-            None => Ok(()),
-        }
+        let bytes = Bytes::copy_from_slice(bytes);
+        self.finish(Pending::Parts(VecDeque::from([bytes]))).await
     }
 }
 

@@ -5,8 +5,11 @@
 //! connection keeps that shape: its rustls state sits behind one lock shared by the
 //! reader and the writers, plaintext goes in and ciphertext comes out under that
 //! lock, so records leave in the order they were sealed whoever writes them.
-//! Ciphertext the socket did not take stays inside the session until the
-//! connection task flushes it; nothing else is buffered per connection.
+//! Plaintext is sealed only as fast as the socket takes it, [`SEAL_CHUNK`] at a
+//! time: what the socket did not take stays as (shared, unsealed) plaintext with
+//! the caller, and at most one chunk of ciphertext waits inside the session for
+//! the connection task to flush. A slow TLS reader so holds no more private bytes
+//! than a plain one.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -142,29 +145,30 @@ impl TlsSession {
         Ok(out)
     }
 
-    /// Seals `slices` and writes what the socket takes now. Returns whether every
-    /// sealed byte left (otherwise the rest waits in the session for [`flush`]).
-    ///
-    /// [`flush`]: TlsSession::flush
-    pub fn write(&self, stream: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<bool> {
+    /// Seals `slices` a chunk at a time, writing each to the socket before sealing
+    /// the next, and stops when the socket is full. Returns how many plaintext
+    /// bytes were sealed and whether no sealed byte waits (else call again, with
+    /// the rest, once the socket is writable). Nothing is sealed while earlier
+    /// sealed bytes still wait.
+    pub fn write(&self, stream: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<(usize, bool)> {
         let mut conn = self.lock();
+        if !Self::flush_locked(&mut conn, stream)? {
+            return Ok((0, false));
+        }
         let total: usize = slices.iter().map(|s| s.len()).sum();
         let mut sealed = 0;
         while sealed < total {
-            // Without a buffer limit the session takes everything; loop anyway so a
-            // short write cannot lose bytes.
-            let n = conn.writer().write_vectored(&advance(slices, sealed))?;
+            let chunk = window(slices, sealed, SEAL_CHUNK);
+            let n = conn.writer().write_vectored(&chunk)?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
             sealed += n;
+            if !Self::flush_locked(&mut conn, stream)? {
+                return Ok((sealed, false));
+            }
         }
-        Self::flush_locked(&mut conn, stream)
-    }
-
-    /// Writes sealed bytes still waiting; returns whether none is left.
-    pub fn flush(&self, stream: &TcpStream) -> io::Result<bool> {
-        Self::flush_locked(&mut self.lock(), stream)
+        Ok((sealed, true))
     }
 
     /// Whether sealed bytes wait for the socket.
@@ -191,15 +195,24 @@ impl TlsSession {
     }
 }
 
-/// `slices` without their first `skip` bytes.
-fn advance<'a>(slices: &'a [IoSlice<'a>], mut skip: usize) -> Vec<IoSlice<'a>> {
-    let mut out = Vec::with_capacity(slices.len());
+/// Most plaintext sealed before the ciphertext is written out: what a slow TLS
+/// reader holds privately at most (a few TLS records).
+pub(crate) const SEAL_CHUNK: usize = 64 * 1024;
+
+/// At most `len` bytes of `slices`, starting `skip` bytes in.
+fn window<'a>(slices: &'a [IoSlice<'a>], mut skip: usize, mut len: usize) -> Vec<IoSlice<'a>> {
+    let mut out = Vec::new();
     for s in slices {
+        if len == 0 {
+            break;
+        }
         if skip >= s.len() {
             skip -= s.len();
             continue;
         }
-        out.push(IoSlice::new(&s[skip..]));
+        let end = (skip + len).min(s.len());
+        out.push(IoSlice::new(&s[skip..end]));
+        len -= end - skip;
         skip = 0;
     }
     out

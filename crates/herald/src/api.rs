@@ -78,9 +78,10 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen for the HTTP API on {bind}"))?;
     let addr = server.local_addr();
-    if !keys.is_required() && !addr.ip().is_loopback() {
-        warn!(%addr, "the HTTP API accepts pushes from anyone who can reach {addr}: \
-            configure [api] keys, or bind it to a private address");
+    if !cfg.api_protected() && !addr.ip().is_loopback() {
+        warn!(%addr, "the HTTP API accepts pushes from anyone who can reach {addr} \
+            (HTTPS alone encrypts, it does not authenticate): configure [api] keys or \
+            tls.client_ca_file, or bind it to a private address");
     }
     info!(%addr, https = cfg.logic.tls, api_keys = keys.is_required(), "HTTP API listening");
     Ok(server)

@@ -85,7 +85,8 @@ pub fn warn_about_bind(cfg: &Config, what: &str, bound: SocketAddr, setting: &st
     if !bound.ip().is_loopback() && !protected {
         warn!(
             listen = %bound,
-            "{what} gRPC accepts calls from anyone who can reach {bound}: set rpc.token and \
+            "{what} gRPC accepts calls from anyone who can reach {bound} (TLS without \
+             rpc.tls.client_ca_file encrypts, it does not authenticate): set rpc.token and \
              [rpc.tls] (see docs/security.md), or bind it to a private address only"
         );
     }

@@ -426,10 +426,15 @@ impl Default for RpcConfig {
 }
 
 impl RpcConfig {
-    /// Whether the gRPC ports are protected (a token or TLS), which makes them
-    /// listen on every interface by default.
+    /// Whether the gRPC ports authenticate their callers — a token, or TLS that
+    /// requires client certificates — which makes them listen on every interface
+    /// by default. TLS alone encrypts but lets anyone call.
     pub fn protected(&self) -> bool {
-        !self.token.is_empty() || self.tls.server().is_some()
+        !self.token.is_empty()
+            || self
+                .tls
+                .server()
+                .is_some_and(|s| !s.client_ca_file.as_os_str().is_empty())
     }
 
     fn default_bind(&self, port: u16) -> SocketAddr {
@@ -577,10 +582,12 @@ impl Config {
         Ok(())
     }
 
-    /// Whether the HTTP API refuses strangers: API keys are configured or it is
-    /// served over HTTPS (the operator has prepared it for a network).
+    /// Whether the HTTP API refuses strangers: API keys are configured, or it is
+    /// served over HTTPS with client certificates required. HTTPS alone encrypts
+    /// but lets anyone push.
     pub fn api_protected(&self) -> bool {
-        !self.api.keys.is_empty() || self.logic.tls
+        !self.api.keys.is_empty()
+            || (self.logic.tls && !self.tls.client_ca_file.as_os_str().is_empty())
     }
 
     /// Where the HTTP API listens: `logic.http_bind` when set; otherwise port 3111
@@ -696,7 +703,11 @@ mod tests {
         });
         assert_eq!(cfg.http_bind(), "0.0.0.0:3111".parse().unwrap());
         cfg.api.keys.clear();
+        // HTTPS alone encrypts but lets anyone push: still loopback.
         cfg.logic.tls = true;
+        assert_eq!(cfg.http_bind(), "127.0.0.1:3111".parse().unwrap());
+        // With client certificates required, callers are authenticated.
+        cfg.tls.client_ca_file = "/etc/herald/clients-ca.pem".into();
         assert_eq!(cfg.http_bind(), "0.0.0.0:3111".parse().unwrap());
         cfg.logic.http_bind = Some("10.0.0.5:8080".parse().unwrap());
         assert_eq!(cfg.http_bind(), "10.0.0.5:8080".parse().unwrap());
@@ -754,7 +765,11 @@ mod tests {
         rpc.token = "t".into();
         assert_eq!(rpc.comet_addr(), "0.0.0.0:3109".parse().unwrap());
         rpc.token.clear();
+        // TLS alone encrypts but lets anyone call: still loopback.
         rpc.tls.cert_file = "/etc/herald/host.pem".into();
+        assert_eq!(rpc.logic_addr(), "127.0.0.1:3119".parse().unwrap());
+        // Mutual TLS authenticates the callers.
+        rpc.tls.client_ca_file = "/etc/herald/ca.pem".into();
         assert_eq!(rpc.logic_addr(), "0.0.0.0:3119".parse().unwrap());
         // A CA alone protects nothing this process serves.
         let mut client_only = RpcConfig::default();

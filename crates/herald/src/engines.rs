@@ -277,8 +277,8 @@ pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
+    // The user info ends at the last '@' (a password may hold '/' or '@').
+    let Some(at) = rest.rfind('@') else {
         return url.to_string();
     };
     let userinfo = &rest[..at];
@@ -299,6 +299,8 @@ mod tests {
         assert_eq!(redact("redis://:pw@h:1/"), "redis://:***@h:1/");
         assert_eq!(redact("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
         assert_eq!(redact("nats://u:p@n:4222"), "nats://u:***@n:4222");
+        // A password with '/' or '@' in it does not leak its tail.
+        assert_eq!(redact("redis://u:a/b@c@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(redact("not a url"), "not a url");
     }
 }

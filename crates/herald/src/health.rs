@@ -4,8 +4,11 @@
 //! `/healthz` answers 200 while the process serves HTTP at all (liveness).
 //! `/readyz` runs the role's checks — its engines answer, it is not draining —
 //! concurrently, each bounded by [`CHECK_TIMEOUT`], and answers 200 only when all
-//! pass, else 503 naming what failed: what a load balancer or an orchestrator
-//! needs to stop sending traffic to a process that cannot serve it.
+//! pass, else 503 naming the checks that failed: what a load balancer or an
+//! orchestrator needs to stop sending traffic to a process that cannot serve it.
+//! The endpoints are public, so the answer names checks only (why one failed is
+//! logged, not shown), and one round of checks serves every probe for
+//! [`CACHE_FOR`]: probing cannot be turned into load on the engines.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -23,6 +26,12 @@ use serde_json::json;
 /// Longest one readiness check may take before it counts as failed.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long one round of checks answers every `/readyz`.
+pub const CACHE_FOR: Duration = Duration::from_secs(1);
+
+/// Check name → passed.
+type Outcome = BTreeMap<&'static str, bool>;
+
 type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 type Check = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
 
@@ -30,6 +39,8 @@ type Check = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct Readiness {
     checks: Vec<(&'static str, Check)>,
+    /// The last round and when it ran; probes within [`CACHE_FOR`] share it.
+    last: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, Outcome)>>>,
 }
 
 impl Readiness {
@@ -70,7 +81,17 @@ impl Readiness {
         })
     }
 
-    async fn run(&self) -> BTreeMap<&'static str, Result<(), String>> {
+    /// Runs every check (or reuses a round younger than [`CACHE_FOR`]); logs why
+    /// a check failed.
+    async fn run(&self) -> Outcome {
+        // Held across the round: concurrent probes wait for it rather than start
+        // their own.
+        let mut last = self.last.lock().await;
+        if let Some((at, outcome)) = last.as_ref() {
+            if at.elapsed() < CACHE_FOR {
+                return outcome.clone();
+            }
+        }
         let runs = self.checks.iter().map(|(name, check)| {
             let fut = check();
             async move {
@@ -81,10 +102,15 @@ impl Readiness {
                 (*name, r)
             }
         });
-        futures_util::future::join_all(runs)
-            .await
-            .into_iter()
-            .collect()
+        let mut outcome = Outcome::new();
+        for (name, r) in futures_util::future::join_all(runs).await {
+            if let Err(e) = &r {
+                tracing::warn!(check = name, error = %e, "not ready");
+            }
+            outcome.insert(name, r.is_ok());
+        }
+        *last = Some((tokio::time::Instant::now(), outcome.clone()));
+        outcome
     }
 
     /// The `/healthz` and `/readyz` routes.
@@ -107,20 +133,15 @@ impl Readiness {
     }
 
     async fn answer(&self) -> Response {
-        let results = self.run().await;
-        let failed: Vec<String> = results
+        let outcome = self.run().await;
+        let failed: Vec<&str> = outcome
             .iter()
-            .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}")))
+            .filter(|(_, ok)| !**ok)
+            .map(|(n, _)| *n)
             .collect();
-        let checks: serde_json::Map<String, serde_json::Value> = results
+        let checks: serde_json::Map<String, serde_json::Value> = outcome
             .iter()
-            .map(|(n, r)| {
-                let v = match r {
-                    Ok(()) => json!("ok"),
-                    Err(e) => json!(e),
-                };
-                (n.to_string(), v)
-            })
+            .map(|(n, ok)| (n.to_string(), json!(if *ok { "ok" } else { "failed" })))
             .collect();
         if failed.is_empty() {
             Json(json!({"code": 0, "message": "", "data": {"status": "ready", "checks": checks}}))
@@ -130,7 +151,7 @@ impl Readiness {
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(json!({
                     "code": -503,
-                    "message": format!("not ready: {}", failed.join("; ")),
+                    "message": format!("not ready: {} (see the log for why)", failed.join(", ")),
                     "data": {"status": "not ready", "checks": checks},
                 })),
             )

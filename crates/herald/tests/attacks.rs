@@ -21,7 +21,8 @@ use herald_proto::{Frame, Op};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
-use support::{auth_body, post, Client};
+use herald_testkit::Pki;
+use support::{auth_body, get, post, Client};
 
 /// One attack at a time: each holds thousands of sockets in this process.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -39,14 +40,38 @@ struct Server {
     http: SocketAddr,
     ws: SocketAddr,
     tcp: SocketAddr,
+    /// The secure WebSocket listener, when started with certificates.
+    wss: Option<SocketAddr>,
     _dir: PathBuf,
 }
 
 impl Server {
     /// Starts `herald standalone` with the test ports and `extra` TOML appended.
     async fn start(extra: &str) -> Server {
+        Server::start_on(extra, None).await
+    }
+
+    /// Also serves secure WebSocket with `pki`'s server certificate.
+    async fn start_tls(extra: &str, pki: &Pki) -> Server {
+        Server::start_on(extra, Some(pki)).await
+    }
+
+    async fn start_on(extra: &str, pki: Option<&Pki>) -> Server {
         let port = herald_testkit::free_port;
         let (http, ws, tcp) = (port(), port(), port());
+        let wss = pki.map(|_| port());
+        let tls = pki
+            .map(|pki| {
+                format!(
+                    "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                    pki.server_cert.display(),
+                    pki.server_key.display()
+                )
+            })
+            .unwrap_or_default();
+        let wss_bind = wss
+            .map(|p| format!("wss_bind = [\"127.0.0.1:{p}\"]\n"))
+            .unwrap_or_default();
         let dir = std::env::temp_dir().join(format!(
             "herald-attack-{}-{:x}",
             std::process::id(),
@@ -57,8 +82,8 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "[comet]\ntcp_bind = [\"127.0.0.1:{tcp}\"]\nws_bind = [\"127.0.0.1:{ws}\"]\n\
-                 [logic]\nhttp_bind = \"127.0.0.1:{http}\"\n[log]\nlevel = \"warn\"\n{extra}\n"
+                "[comet]\ntcp_bind = [\"127.0.0.1:{tcp}\"]\nws_bind = [\"127.0.0.1:{ws}\"]\n{wss_bind}\
+                 [logic]\nhttp_bind = \"127.0.0.1:{http}\"\n[log]\nlevel = \"warn\"\n{tls}{extra}\n"
             ),
         )
         .unwrap();
@@ -74,6 +99,7 @@ impl Server {
             http: SocketAddr::from(([127, 0, 0, 1], http)),
             ws: SocketAddr::from(([127, 0, 0, 1], ws)),
             tcp: SocketAddr::from(([127, 0, 0, 1], tcp)),
+            wss: wss.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -224,6 +250,33 @@ async fn ten_thousand_half_open_handshakes() {
     );
 }
 
+/// How often the server counted `limit` (its own /metrics: one server per test).
+async fn limit_hits(s: &Server, limit: &str) -> u64 {
+    let text = get(s.http, "/metrics").await.text();
+    let prefix = format!("herald_limit_hits_total{{limit=\"{limit}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Writes `burst` until the server stops taking it, then proves the server closed
+/// the connection (reads to the end): backpressure alone does not pass.
+async fn flood_until_closed(mut c: Client, burst: Vec<u8>) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        match tokio::time::timeout(Duration::from_secs(1), c.send_socket_checked(&burst)).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while c.recv_wire().await.is_some() {}
+    })
+    .await
+    .is_ok()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn op4_floods_are_cut_off() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -241,57 +294,83 @@ async fn op4_floods_are_cut_off() {
     for i in 0..50 {
         let mut c = Client::tcp(s.tcp).await;
         c.auth(i, &format!("flood-{i}"), "", &[]).await;
-        let burst = burst.clone();
-        floods.push(tokio::spawn(async move {
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(5) {
-                if tokio::time::timeout(Duration::from_secs(1), c.send_socket_checked(&burst))
-                    .await
-                    .map_or(true, |r| r.is_err())
-                {
-                    return true; // closed (or no longer read) by the server
-                }
-            }
-            false
-        }));
+        floods.push(tokio::spawn(flood_until_closed(c, burst.clone())));
     }
     let worst = probe(&s, &mut ok, 10, "op4-flood").await;
     for f in floods {
-        assert!(f.await.unwrap(), "a flooding client was never cut off");
+        assert!(
+            f.await.unwrap(),
+            "a flooding client was not closed by the server"
+        );
     }
+    assert!(limit_hits(&s, "frames_per_second").await >= 50);
     println!("op-4 flood: worst healthy delivery {worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_floods_are_cut_off() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = Server::start("").await;
+    let mut ok = healthy(&s, 4).await;
+    // WebSocket pings cost the server a write each: 20 clients send nothing else,
+    // before and after authenticating.
+    let ping = herald_proto::ws::client_frame(herald_proto::ws::opcode::PING, b"p", [1, 2, 3, 4]);
+    let burst: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 4096)
+        .collect();
+    let mut floods = Vec::new();
+    for i in 0..20 {
+        let mut c = Client::ws(s.ws).await;
+        if i % 2 == 0 {
+            c.auth(i, &format!("pinger-{i}"), "", &[]).await;
+        }
+        floods.push(tokio::spawn(flood_until_closed(c, burst.clone())));
+    }
+    let worst = probe(&s, &mut ok, 10, "ping-flood").await;
+    for f in floods {
+        assert!(
+            f.await.unwrap(),
+            "a pinging client was not closed by the server"
+        );
+    }
+    assert!(limit_hits(&s, "frames_per_second").await >= 20);
+    println!("ping flood: worst healthy delivery {worst:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_sub_frames_do_not_stall_anyone() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let s = Server::start("").await;
+    // A generous frame rate, so it is the accept-filter bound that stops them.
+    let s =
+        Server::start("[limits.client]\nframes_per_second = 100000\nframes_burst = 100000\n").await;
     let mut ok = healthy(&s, 4).await;
-    // Two clients sending maximal op-14 frames (about 800 ops each) over and over.
-    let ops: Vec<String> = (0..800).map(|i| (100_000 + i).to_string()).collect();
-    let body = ops.join(",");
-    let frame = Frame::new(1, Op::SUB, 1, body.into_bytes()).to_bytes();
+    // Two clients sending maximal op-14 frames (500 new ops each, as many as fit
+    // in the 4 KiB body limit) over and over: the filter would grow without end.
     let mut subs = Vec::new();
     for i in 0..2 {
         let mut c = Client::tcp(s.tcp).await;
         c.auth(i, &format!("subs-{i}"), "", &[]).await;
-        let frame = frame.clone();
-        subs.push(tokio::spawn(async move {
-            for _ in 0..2_000 {
-                if c.send_socket_checked(&frame).await.is_err() {
-                    return true;
-                }
-            }
-            false
-        }));
+        let mut frames = Vec::new();
+        for n in 0..40 {
+            let ops: Vec<String> = (0..500)
+                .map(|k| (100_000 + n * 500 + k).to_string())
+                .collect();
+            frames.extend(Frame::new(1, Op::SUB, 1, ops.join(",").into_bytes()).to_bytes());
+        }
+        subs.push(tokio::spawn(flood_until_closed(c, frames)));
     }
     let worst = probe(&s, &mut ok, 10, "sub-growth").await;
     for t in subs {
         assert!(
             t.await.unwrap(),
-            "a client growing its accept list was never cut off"
+            "a client growing its accept list was not closed"
         );
     }
+    // Closed by the accept-filter bound, not as malformed input.
+    assert!(limit_hits(&s, "accepts").await >= 2);
     println!("sub growth: worst healthy delivery {worst:?}");
 }
 
@@ -376,6 +455,84 @@ async fn two_thousand_slow_readers_in_a_busy_room() {
         "{} MiB still held after the slow readers left",
         after.saturating_sub(baseline) / MIB
     );
+}
+
+/// TLS seals per connection: a slow TLS reader must not hold its own copy of
+/// everything queued for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_slow_tls_readers_in_a_busy_room() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let pki = Pki::new();
+    let s = Server::start_tls("", &pki).await;
+    let wss = s.wss.unwrap();
+    let mut ok = healthy(&s, 4).await;
+    let baseline = s.rss();
+    let tls = herald_tls::ClientTls {
+        ca_file: pki.ca.clone(),
+        ..Default::default()
+    };
+    let connector = tokio_rustls::TlsConnector::from(herald_tls::client_config(&tls, &[]).unwrap());
+    let mut slow = Vec::new();
+    for i in 0..500u32 {
+        let tcp = raw_socket(wss, 2 + (i % 8) as u8).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = connector.connect(name, tcp).await.unwrap();
+        let mut c = Client::upgrade(Box::new(stream), wss, "/sub", "").await;
+        c.send(
+            Op::AUTH,
+            &auth_body(i as i64, &format!("tls-slow-{i}"), "live://healthy", &[]),
+        )
+        .await;
+        slow.push(c);
+    }
+    let after_connect = s.rss();
+    // A busy room: 100 pushes of 64 KiB, far more than the readers' sockets hold.
+    let body = vec![b't'; 64 * 1024];
+    let mut peak = 0;
+    for round in 0..10 {
+        for _ in 0..10 {
+            let r = post(
+                s.http,
+                "/goim/push/room?operation=1001&type=live&room=healthy",
+                &body,
+            )
+            .await;
+            assert_eq!(r.status, 200);
+        }
+        let label = format!("tls-busy-{round}");
+        let r = post(
+            s.http,
+            "/goim/push/room?operation=1000&type=live&room=healthy",
+            label.as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        for c in ok.iter_mut() {
+            loop {
+                let f = tokio::time::timeout(BUSY_STALL, c.recv_push())
+                    .await
+                    .unwrap_or_else(|_| panic!("{label}: healthy client stalled"));
+                if f.op == 1000 {
+                    break;
+                }
+            }
+        }
+        peak = peak.max(s.rss());
+    }
+    let grown = peak.saturating_sub(after_connect);
+    println!(
+        "slow TLS readers: {} MiB for their sessions, {} MiB more in the busy room",
+        after_connect.saturating_sub(baseline) / MIB,
+        grown / MIB
+    );
+    // Each may hold one sealed chunk (64 KiB) of its own, and references to the
+    // shared pushes: far below 500 private copies of its queue.
+    assert!(
+        grown < 150 * MIB,
+        "500 slow TLS readers grew the server by {} MiB",
+        grown / MIB
+    );
+    drop(slow);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -614,13 +614,7 @@ async fn queue_outage_is_503(c: &mut Cluster, engine: usize, outage: Outage) {
     assert_eq!(r.status, 503, "push with the queue down: {}", r.text());
     assert_ne!(r.json()["code"], 0);
     // logic says so to its balancer too, naming the engine.
-    let r = get(l0, "/readyz").await;
-    assert_eq!(r.status, 503, "readiness with the queue down: {}", r.text());
-    assert!(
-        r.json()["message"].as_str().unwrap().contains("queue"),
-        "{}",
-        r.text()
-    );
+    eventually_not_ready(l0, "queue").await;
     match outage {
         Outage::Crash(restart) => {
             // The killed engine stays in the list (its directory is reused by
@@ -646,6 +640,26 @@ async fn queue_outage_is_503(c: &mut Cluster, engine: usize, outage: Outage) {
     }
     expect_one(&mut a, &mut b, "after-outage").await;
     eventually_ready(l0).await;
+}
+
+/// Waits until `/readyz` at `http` answers 503 naming `check` (one round of
+/// checks answers for a second, so the change shows within about that).
+async fn eventually_not_ready(http: SocketAddr, check: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(http, "/readyz").await;
+        if r.status == 503 {
+            let message = r.json()["message"].as_str().unwrap_or_default().to_string();
+            assert!(message.contains(check), "{}", r.text());
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready with the {check} down: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Waits until `/readyz` at `http` answers 200.
@@ -736,13 +750,7 @@ async fn store_outage_is_503(c: &mut Cluster, restart: impl FnOnce(&Engine) -> E
     let r = post(l0, &path, b"while-down").await;
     assert_eq!(r.status, 503, "push with the store down: {}", r.text());
     assert_ne!(r.json()["code"], 0);
-    let r = get(l0, "/readyz").await;
-    assert_eq!(r.status, 503, "readiness with the store down: {}", r.text());
-    assert!(
-        r.json()["message"].as_str().unwrap().contains("store"),
-        "{}",
-        r.text()
-    );
+    eventually_not_ready(l0, "store").await;
     let back = restart(&c._engines[store]);
     c._engines.push(back);
     // The store came back empty: clients connecting now are routed again.

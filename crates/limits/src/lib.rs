@@ -112,7 +112,8 @@ impl Budget {
 const IP_SHARDS: usize = 64;
 
 /// Concurrent connections per client address, limited to `max` each (0 = only
-/// counted).
+/// counted). IPv6 addresses are counted per /64, the block one subscriber usually
+/// holds (so rotating through a /64 does not multiply the limit).
 pub struct IpCounter {
     max: u32,
     shards: Box<[Mutex<HashMap<IpAddr, u32>>]>,
@@ -152,6 +153,7 @@ impl IpCounter {
     /// Counts one more connection from `ip`, or refuses it when `ip` is at the
     /// limit. The connection is counted until the guard is dropped.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpGuard> {
+        let ip = counted_as(ip);
         let mut shard = self.shards[shard_of(&ip)]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -166,8 +168,9 @@ impl IpCounter {
         })
     }
 
-    /// Connections counted for `ip`.
+    /// Connections counted for `ip` (its /64 for IPv6).
     pub fn count(&self, ip: IpAddr) -> u32 {
+        let ip = counted_as(ip);
         self.shards[shard_of(&ip)]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -194,6 +197,18 @@ impl IpCounter {
                 shard.remove(&ip);
             }
         }
+    }
+}
+
+/// The address a connection is counted under: IPv4 as is (IPv4-mapped IPv6 as
+/// IPv4), IPv6 by its /64 prefix.
+fn counted_as(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & (u128::MAX << 64);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
     }
 }
 
@@ -375,6 +390,9 @@ pub struct ClientLimits {
     pub max_accepts: usize,
     /// Room changes (op 12) per minute per connection; 0 = no limit.
     pub room_changes_per_minute: u32,
+    /// Longest room key (`type://id`) a client may name, bytes: every distinct
+    /// room is kept in memory and reported to logic.
+    pub max_room_key: usize,
     /// Bytes waiting to be written to one connection (pushes queued plus the
     /// unwritten rest of a write). Above it the connection is a slow consumer.
     pub outbound_bytes: usize,
@@ -389,6 +407,7 @@ impl Default for ClientLimits {
             frames_burst: 200,
             max_accepts: 1024,
             room_changes_per_minute: 120,
+            max_room_key: 256,
             outbound_bytes: 1 << 20,
         }
     }
@@ -416,6 +435,10 @@ pub struct HttpLimits {
     /// long. 0 = no limit.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A request must be read, handled and answered within this long (a body that
+    /// never arrives holds its slot no longer).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// Keys or mids in one push request. 0 = no limit.
     pub max_recipients: usize,
     /// Longest request line and headers, bytes (the URI of a push carries its
@@ -430,6 +453,7 @@ impl Default for HttpLimits {
             connections_per_ip: 256,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
             max_recipients: 10_000,
             max_header_bytes: 256 * 1024,
         }
@@ -497,6 +521,11 @@ mod tests {
         drop(a);
         assert_eq!(c.count(ip), 1);
         assert!(c.try_acquire(ip).is_some());
+        // IPv6 counts per /64.
+        let v6 = IpCounter::new(1);
+        let _g = v6.try_acquire("2001:db8::1".parse().unwrap()).unwrap();
+        assert!(v6.try_acquire("2001:db8::ffff".parse().unwrap()).is_none());
+        assert!(v6.try_acquire("2001:db8:0:1::1".parse().unwrap()).is_some());
         let unlimited = IpCounter::new(0);
         let guards: Vec<_> = (0..100).filter_map(|_| unlimited.try_acquire(ip)).collect();
         assert_eq!(guards.len(), 100);

@@ -120,6 +120,11 @@ pub struct TlsIncoming {
     handshakes: FuturesUnordered<Handshake>,
 }
 
+/// Handshakes in progress at once on one internal listener: whoever reaches the
+/// port cannot make it hold more descriptors than this (plus established
+/// connections).
+pub const MAX_HANDSHAKES: usize = 256;
+
 impl TlsIncoming {
     /// Serves TLS with `config` (offer ALPN `h2` in it) on `listener`.
     pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> TlsIncoming {
@@ -154,9 +159,11 @@ impl Stream for TlsIncoming {
     type Item = io::Result<server::TlsStream<TcpStream>>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        // Take every connection waiting in the backlog, then hand out a finished
-        // handshake if there is one; both register the waker.
-        loop {
+        // Take connections waiting in the backlog (at most MAX_HANDSHAKES in
+        // progress: beyond that they wait in the backlog and hold no descriptor),
+        // then hand out a finished handshake if there is one; both register the
+        // waker, and a finished handshake makes room for the next accept.
+        while self.handshakes.len() < MAX_HANDSHAKES {
             match self.listener.poll_accept(cx) {
                 Poll::Ready(Ok((tcp, _))) => {
                     let h = self.handshake(tcp);

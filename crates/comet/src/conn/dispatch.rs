@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use herald_limits::Budget;
 use herald_proto::{Frame, Op};
-use herald_rpc::{ConnectReq, Proto, ReceiveReq};
+use herald_rpc::{ConnectReq, ErrorKind, Proto, ReceiveReq};
 use serde_json::json;
 
 use super::ConnContext;
@@ -25,14 +25,21 @@ pub(super) enum Action {
     Close(CloseReason),
 }
 
-/// Per-connection rate limits on what a client sends (16 bytes: the rates live
+/// Per-connection rate limits on what a client sends (24 bytes: the rates live
 /// in the comet's settings).
 pub(super) struct Limiters {
     /// Frames of any kind.
     frames: Budget,
     /// Room changes.
     rooms: Budget,
+    /// Credential refreshes (op 22).
+    refreshes: Budget,
 }
+
+/// Credential refreshes a connection may ask for: one per `REFRESH_EVERY` seconds, a
+/// few at once.
+const REFRESH_EVERY: f32 = 10.0;
+const REFRESH_BURST: u32 = 3;
 
 impl Limiters {
     pub fn new(ctx: &ConnContext) -> Limiters {
@@ -41,7 +48,13 @@ impl Limiters {
         Limiters {
             frames: Budget::full(l.frames_burst, now),
             rooms: Budget::full(l.room_changes_per_minute, now),
+            refreshes: Budget::full(REFRESH_BURST, now),
         }
+    }
+
+    fn refresh(&mut self, ctx: &ConnContext) -> bool {
+        self.refreshes
+            .try_take(1.0 / REFRESH_EVERY, REFRESH_BURST, ctx.hub.now_ms())
     }
 
     /// Takes a frame from the frame budget.
@@ -84,12 +97,18 @@ pub(super) fn handle_frame(
             }
             let room = String::from_utf8_lossy(&f.body);
             let room = room.trim();
-            if ch.may_join(room) {
+            let too_long = room.len() > ctx.limits.max_room_key;
+            if too_long {
+                ctx.hub.metrics.limit_hit("room_key_length");
+            }
+            if !too_long && ch.may_join(room) {
                 ctx.hub.change_room(ch, room);
                 Frame::reply_to(&f, Op::CHANGE_ROOM_REPLY, f.body.clone())
             } else {
                 // Refused: the reply names the room the connection is still in.
-                ctx.hub.metrics.grant_refusals_room.increment(1);
+                if !too_long {
+                    ctx.hub.metrics.grant_refusals_room.increment(1);
+                }
                 let current = ch.room().map(|r| Bytes::copy_from_slice(r.as_bytes()));
                 Frame::reply_to(&f, Op::CHANGE_ROOM_REPLY, current.unwrap_or_default())
             }
@@ -122,7 +141,17 @@ pub(super) fn handle_frame(
             }
             Frame::reply_to(&f, Op::UNSUB_REPLY, f.body.clone())
         }
-        Op::REFRESH if ch.grant().is_some() => return Action::Refresh(f),
+        Op::REFRESH if ch.grant().is_some() => {
+            if limits.refresh(ctx) {
+                return Action::Refresh(f);
+            }
+            // Each refresh asks logic (and its authenticator, maybe a webhook): a
+            // client refreshing in a loop is answered without asking.
+            ctx.hub.metrics.limit_hit("refreshes");
+            let body =
+                json!({"code": -429, "message": "refresh rate exceeded; refresh near expiry"});
+            Frame::reply_to(&f, Op::REFRESH_REPLY, Bytes::from(body.to_string()))
+        }
         _ => {
             ch.reply(Outbound::Frame(Frame::reply_to(&f, f.op, Bytes::new())));
             return Action::Forward(ReceiveReq {
@@ -169,7 +198,13 @@ pub(super) async fn refresh(ctx: &ConnContext, ch: &Arc<Channel>, client_addr: S
         }
         Ok(Err(e)) => {
             ctx.hub.metrics.refreshes_refused.increment(1);
-            json!({"code": -401, "message": e.message})
+            // An outage is not a verdict on the credentials: say so, so the client
+            // keeps them and tries again.
+            let code = match e.kind {
+                ErrorKind::Unavailable | ErrorKind::DeadlineExceeded => -503,
+                _ => -401,
+            };
+            json!({"code": code, "message": e.message})
         }
         Err(_) => {
             ctx.hub.metrics.refreshes_refused.increment(1);

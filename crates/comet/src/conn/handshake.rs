@@ -68,6 +68,8 @@ pub(super) async fn handshake(
     let upgrade_deadline = started + ctx.limits.upgrade_timeout;
     let mut cookie = String::new();
     let mut headers: HashMap<String, String> = HashMap::new();
+    // Pings are answered before auth too, each with a write: bounded like frames.
+    let mut pings = 0u32;
     loop {
         if conn.eof {
             return Err(Refused::quietly("closed by peer"));
@@ -153,6 +155,14 @@ pub(super) async fn handshake(
                     headers.insert(":path".into(), up.target);
                 }
                 Inbound::Ping(p) => {
+                    pings += 1;
+                    if pings > ctx.limits.frames_burst.max(1) {
+                        ctx.hub.metrics.limit_hit("frames_per_second");
+                        return Err(Refused {
+                            reason: "too many pings before auth".into(),
+                            close: Some(CloseReason::FrameRate),
+                        });
+                    }
                     let (h, hl) = ws::server_header(ws::opcode::PONG, p.len());
                     let mut out = h[..hl].to_vec();
                     out.extend_from_slice(&p);

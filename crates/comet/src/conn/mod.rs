@@ -115,8 +115,14 @@ pub(crate) fn serve(
                 return;
             }
         };
-        let Some((ch, hb, leftover, removals_before)) = register(&ctx, &conn, auth) else {
-            return;
+        let (ch, hb, leftover, removals_before) = match register(&ctx, &conn, auth) {
+            Ok(registered) => registered,
+            Err(route) => {
+                // logic already recorded the route of a connection that will not
+                // live: take it back.
+                call(&ctx, "disconnect", ctx.logic.disconnect(route)).await;
+                return;
+            }
         };
         let gauge = if conn.is_ws() {
             &ctx.hub.metrics.connections_ws
@@ -140,13 +146,13 @@ pub(crate) fn serve(
 }
 
 /// Builds the channel for an authenticated client, queues the auth reply and
-/// registers it in the hub; returns it with its heartbeat interval. `None` when
-/// its credentials already expired.
+/// registers it in the hub; returns it with its heartbeat interval. When its
+/// credentials already expired, returns the route logic recorded, to remove.
 fn register(
     ctx: &ConnContext,
     conn: &Conn,
     auth: Authenticated,
-) -> Option<(Arc<Channel>, Duration, Vec<Inbound>, u64)> {
+) -> Result<(Arc<Channel>, Duration, Vec<Inbound>, u64), DisconnectReq> {
     let hub = &ctx.hub;
     let Authenticated {
         reply,
@@ -181,7 +187,11 @@ fn register(
     ch.set_grant(grant);
     if expires_at > 0 && ch.expire(hub.now_ms()).is_some() {
         debug!(peer = %conn.peer, "credentials expired before the connection started");
-        return None;
+        return Err(DisconnectReq {
+            mid: ch.mid,
+            key: ch.key.to_string(),
+            server: ctx.server_id.clone(),
+        });
     }
     // Queued before the channel is reachable, so no push can overtake it.
     ch.reply(Outbound::Frame(Frame::new(
@@ -192,7 +202,7 @@ fn register(
     )));
     // The authenticator checked the room against the grant; check again here, so
     // a logic that does not (goim's) cannot place a restricted client elsewhere.
-    let room = if ch.may_join(&room_id) {
+    let room = if ch.may_join(&room_id) && room_id.len() <= ctx.limits.max_room_key {
         room_id.as_str()
     } else {
         ""
@@ -202,7 +212,7 @@ fn register(
         // Registered after shutdown closed everybody: close this one too.
         ch.close();
     }
-    Some((ch, hb, leftover, removals_before))
+    Ok((ch, hb, leftover, removals_before))
 }
 
 /// The heartbeat deadline logic asked for, or the configured default.
@@ -317,7 +327,15 @@ async fn session(
                         }
                     }
                 }
-                Inbound::Ping(p) => ch.reply(Outbound::Pong(p)),
+                Inbound::Ping(p) => {
+                    // Control frames cost a write each: they count as frames.
+                    if !limits.frame(ctx) {
+                        hub.metrics.limit_hit("frames_per_second");
+                        ch.close_with(CloseReason::FrameRate);
+                        break;
+                    }
+                    ch.reply(Outbound::Pong(p));
+                }
                 Inbound::Close => return End::clean("closed by peer"),
                 Inbound::Upgrade(_) => return End::clean("unexpected upgrade"),
             }

@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::phase::{ConnPhase, Due, Guarded, HeadRefusal, InFlight, MAX_URI_BYTES};
+use super::phase::{ConnPhase, Due, Guarded, HeadRefusal, InFlight, Timeouts, MAX_URI_BYTES};
 use super::{hit, Shared};
 
 /// Longest a refusal may take to write, and to drain what the client still sends.
@@ -42,8 +42,6 @@ pub(super) struct Conn {
     pub(super) stop: CancellationToken,
     /// Drops the connection at once (the shutdown grace ran out).
     pub(super) kill: CancellationToken,
-    /// Set when the peer is over `connections_per_ip`: answer 429 and close.
-    pub(super) refuse_peer: bool,
     /// Counts this connection against its address; released when it ends.
     pub(super) _ip: Option<IpGuard>,
 }
@@ -57,7 +55,6 @@ impl Conn {
             peer: self.peer,
             stop: self.stop.clone(),
             kill: self.kill.clone(),
-            refuse_peer: self.refuse_peer,
             shared: self.shared.clone(),
         };
         let Some(tls) = self.shared.tls.clone() else {
@@ -100,7 +97,6 @@ struct Serving {
     peer: SocketAddr,
     stop: CancellationToken,
     kill: CancellationToken,
-    refuse_peer: bool,
     shared: Arc<Shared>,
 }
 
@@ -110,19 +106,6 @@ impl Serving {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let limits = &self.shared.limits;
-        if self.refuse_peer {
-            let ip = canonical(self.peer.ip());
-            let body = refusal(
-                StatusCode::TOO_MANY_REQUESTS,
-                -429,
-                &format!(
-                    "too many connections from {ip}: the limit is {} (limits.http.connections_per_ip)",
-                    limits.connections_per_ip
-                ),
-            );
-            refuse(io, &body).await;
-            return;
-        }
         let phase = ConnPhase::new(limits.max_header_bytes.max(1), self.accepted);
         let handler = Handler {
             app: self.shared.app.clone(),
@@ -144,8 +127,13 @@ impl Serving {
         let mut conn =
             builder.serve_connection(TokioIo::new(Guarded::new(io, phase.clone())), handler);
         let mut stopping = false;
+        let timeouts = Timeouts {
+            idle: limits.idle_timeout,
+            header: limits.header_timeout,
+            request: limits.request_timeout,
+        };
         loop {
-            let due = phase.deadline(limits.idle_timeout, limits.header_timeout);
+            let due = phase.deadline(&timeouts);
             let timer = async {
                 match due {
                     Some((at, _)) => tokio::time::sleep_until(at).await,
@@ -167,7 +155,7 @@ impl Serving {
                 }
                 _ = timer => {
                     // Activity may have moved the deadline since it was read.
-                    let Some((at, which)) = phase.deadline(limits.idle_timeout, limits.header_timeout) else {
+                    let Some((at, which)) = phase.deadline(&timeouts) else {
                         continue;
                     };
                     if tokio::time::Instant::now() < at {
@@ -177,6 +165,13 @@ impl Serving {
                     match which {
                         Due::Idle => {
                             hit("http_idle_timeout");
+                            close(io).await;
+                        }
+                        Due::Request => {
+                            // A body that never comes (or an answer nobody reads)
+                            // holds a slot no longer.
+                            hit("http_request_timeout");
+                            debug!(peer = %self.peer, "request not finished within limits.http.request_timeout");
                             close(io).await;
                         }
                         Due::Header if !phase.head_started() => {

@@ -64,6 +64,8 @@ struct Shared {
     /// Requests in progress per client behind trusted proxies (when
     /// `connections_per_ip` is set).
     per_proxied_client: Option<Arc<IpCounter>>,
+    /// The answer to a plain-HTTP peer over `connections_per_ip`.
+    per_ip_refusal: Vec<u8>,
 }
 
 /// A running listener.
@@ -93,6 +95,14 @@ impl HttpServer {
         let shared = Arc::new(Shared {
             app,
             per_proxied_client: (per_ip > 0).then(|| IpCounter::new(per_ip)),
+            per_ip_refusal: conn::refusal(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                -429,
+                &format!(
+                    "too many connections from this address: the limit is {per_ip} \
+                     (limits.http.connections_per_ip)"
+                ),
+            ),
             limits: opts.limits,
             trusted_proxies: opts.trusted_proxies,
             tls: opts.tls,
@@ -211,17 +221,25 @@ impl Acceptor {
             };
             backoff = Duration::from_millis(5);
             let ip = canonical(peer.ip());
-            let (ip_guard, refuse_peer) = match &self.per_peer {
+            let ip_guard = match &self.per_peer {
                 Some(counter) if !self.shared.trusted_proxies.trusts(ip) => {
                     match counter.try_acquire(ip) {
-                        Some(g) => (Some(g), false),
+                        Some(g) => Some(g),
                         None => {
+                            // Refused here, at once: no task, no slot of
+                            // `max_connections`, no TLS handshake. A plain-HTTP
+                            // client gets the 429 if its socket takes it now.
                             hit("http_connections_per_ip");
-                            (None, true)
+                            if self.shared.tls.is_none() {
+                                let _ = stream.try_write(&self.shared.per_ip_refusal);
+                            }
+                            drop(stream);
+                            drop(permit);
+                            continue;
                         }
                     }
                 }
-                _ => (None, false),
+                _ => None,
             };
             let conn = Conn {
                 stream,
@@ -229,7 +247,6 @@ impl Acceptor {
                 shared: self.shared.clone(),
                 stop: self.stop.clone(),
                 kill: self.kill.clone(),
-                refuse_peer,
                 _ip: ip_guard,
             };
             let open = self.open.clone();

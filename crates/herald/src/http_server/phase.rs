@@ -107,8 +107,8 @@ enum Phase {
     /// connection was accepted then (a new connection must send its first request
     /// within the header time, so a silent one holds its slot no longer).
     Head { since: Instant, scan: HeadScanner },
-    /// At least one request is being served.
-    Busy,
+    /// At least one request is being served, the first since `since`.
+    Busy { since: Instant },
 }
 
 #[derive(Debug)]
@@ -119,11 +119,21 @@ struct Inner {
     refusal: Option<HeadRefusal>,
 }
 
+/// The connection timers (`[limits.http]`); zero = none.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timeouts {
+    pub idle: Duration,
+    pub header: Duration,
+    pub request: Duration,
+}
+
 /// Which timer is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Due {
     Idle,
     Header,
+    /// A request (its body, its handling, its answer) took too long.
+    Request,
 }
 
 /// The shared view of one connection (its IO wrapper, its requests, its task).
@@ -179,7 +189,12 @@ impl ConnPhase {
     pub(super) fn request_started(&self) {
         let mut inner = self.lock();
         inner.in_flight += 1;
-        inner.phase = Phase::Busy;
+        if !matches!(inner.phase, Phase::Busy { .. }) {
+            inner.phase = Phase::Busy {
+                since: Instant::now(),
+            };
+            self.changed.notify_one();
+        }
     }
 
     /// A response was sent (or abandoned).
@@ -208,10 +223,15 @@ impl ConnPhase {
     }
 
     /// When the current phase times out (a zero duration never does).
-    pub(super) fn deadline(&self, idle: Duration, header: Duration) -> Option<(Instant, Due)> {
+    pub(super) fn deadline(&self, t: &Timeouts) -> Option<(Instant, Due)> {
         match &self.lock().phase {
-            Phase::Idle { since } if !idle.is_zero() => Some((*since + idle, Due::Idle)),
-            Phase::Head { since, .. } if !header.is_zero() => Some((*since + header, Due::Header)),
+            Phase::Idle { since } if !t.idle.is_zero() => Some((*since + t.idle, Due::Idle)),
+            Phase::Head { since, .. } if !t.header.is_zero() => {
+                Some((*since + t.header, Due::Header))
+            }
+            Phase::Busy { since } if !t.request.is_zero() => {
+                Some((*since + t.request, Due::Request))
+            }
             _ => None,
         }
     }
@@ -370,34 +390,49 @@ mod tests {
     async fn deadlines_follow_the_phase() {
         let idle = Duration::from_secs(60);
         let header = Duration::from_secs(10);
+        let request = Duration::from_secs(30);
+        let t = Timeouts {
+            idle,
+            header,
+            request,
+        };
         let t0 = Instant::now();
         let p = ConnPhase::new(1024, t0);
         // A new connection owes its first head within the header time.
-        assert_eq!(p.deadline(idle, header), Some((t0 + header, Due::Header)));
+        assert_eq!(p.deadline(&t), Some((t0 + header, Due::Header)));
         assert!(!p.head_started());
         tokio::time::advance(Duration::from_secs(5)).await;
         p.bytes_read(b"GE").unwrap();
         assert!(p.head_started());
-        assert_eq!(p.deadline(idle, header), Some((t0 + header, Due::Header)));
+        assert_eq!(p.deadline(&t), Some((t0 + header, Due::Header)));
         p.bytes_read(b"T / HTTP/1.1\r\n\r\n").unwrap();
         let first = InFlight::start(p.clone());
         drop(first);
         let t_idle = Instant::now();
-        assert_eq!(p.deadline(idle, header), Some((t_idle + idle, Due::Idle)));
+        assert_eq!(p.deadline(&t), Some((t_idle + idle, Due::Idle)));
         // Later heads are timed from their first byte.
         tokio::time::advance(Duration::from_secs(5)).await;
         p.bytes_read(b"GE").unwrap();
         let t1 = Instant::now();
-        assert_eq!(p.deadline(idle, header), Some((t1 + header, Due::Header)));
+        assert_eq!(p.deadline(&t), Some((t1 + header, Due::Header)));
         // A complete head keeps the header timer until the router takes it.
         p.bytes_read(b"T / HTTP/1.1\r\n\r\n").unwrap();
-        assert_eq!(p.deadline(idle, header), Some((t1 + header, Due::Header)));
+        assert_eq!(p.deadline(&t), Some((t1 + header, Due::Header)));
+        // Then the request (body, handling, answer) has its own time.
         let req = InFlight::start(p.clone());
-        assert_eq!(p.deadline(idle, header), None);
-        tokio::time::advance(Duration::from_secs(100)).await;
+        let t_req = Instant::now();
+        assert_eq!(p.deadline(&t), Some((t_req + request, Due::Request)));
+        tokio::time::advance(Duration::from_secs(20)).await;
         drop(req);
         let t2 = Instant::now();
-        assert_eq!(p.deadline(idle, header), Some((t2 + idle, Due::Idle)));
-        assert_eq!(p.deadline(Duration::ZERO, header), None);
+        assert_eq!(p.deadline(&t), Some((t2 + idle, Due::Idle)));
+        let none = Timeouts {
+            idle: Duration::ZERO,
+            header,
+            request: Duration::ZERO,
+        };
+        assert_eq!(p.deadline(&none), None);
+        let _busy = InFlight::start(p.clone());
+        assert_eq!(p.deadline(&none), None);
     }
 }

@@ -33,6 +33,38 @@ async fn idle_connections_are_closed_after_idle_timeout() {
     s.shutdown().await;
 }
 
+/// A request whose body never comes holds its connection only for the request
+/// time, and does not keep others from pushing.
+#[tokio::test]
+async fn a_body_that_never_comes_is_cut_off() {
+    let mut cfg = test_config();
+    cfg.limits.http.request_timeout = Duration::from_millis(400);
+    let s = start_with(cfg).await;
+    let before = limit_hits("http_request_timeout");
+    let mut conn = TcpStream::connect(s.http_addr).await.unwrap();
+    conn.write_all(
+        b"POST /goim/push/all?operation=1000 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    // Meanwhile another client pushes as usual.
+    assert_eq!(
+        post(s.http_addr, "/goim/push/all?operation=1000", b"ok")
+            .await
+            .status,
+        200
+    );
+    wait_closed(&mut conn).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    assert!(limit_hits("http_request_timeout") > before);
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_head_sent_byte_by_byte_is_cut_off_with_408() {
     let mut cfg = test_config();

@@ -93,7 +93,7 @@ impl Jwks {
         });
         jwks.fetch().await;
         if jwks.keys().is_none() {
-            warn!(url = %jwks.url, "no JWKS yet: connects are refused until a fetch succeeds");
+            warn!(url = %super::url_for_logs(&jwks.url), "no JWKS yet: connects are refused until a fetch succeeds");
         }
         let every = cfg.jwks_refresh;
         let task = jwks.clone();
@@ -146,11 +146,11 @@ impl Jwks {
             Ok(Ok(keys)) => self.install(keys),
             Ok(Err(e)) => {
                 self.failures.increment(1);
-                warn!(url = %self.url, error = %e, "JWKS fetch failed; the keys in force stay");
+                warn!(url = %super::url_for_logs(&self.url), error = %e, "JWKS fetch failed; the keys in force stay");
             }
             Err(_) => {
                 self.failures.increment(1);
-                warn!(url = %self.url, timeout = ?self.timeout,
+                warn!(url = %super::url_for_logs(&self.url), timeout = ?self.timeout,
                     "JWKS fetch timed out; the keys in force stay");
             }
         }
@@ -178,7 +178,9 @@ impl Jwks {
                 .and_then(|jwk| jwk.to_key().map_err(|e| format!("kid {:?}: {e}", jwk.kid)));
             match parsed {
                 Ok(k) => keys.push(k),
-                Err(e) => debug!(url = %self.url, reason = %e, "JWKS entry skipped"),
+                Err(e) => {
+                    debug!(url = %super::url_for_logs(&self.url), reason = %e, "JWKS entry skipped")
+                }
             }
         }
         Ok(keys)
@@ -192,9 +194,9 @@ impl Jwks {
         let changed = slot.as_ref().is_none_or(|old| kids(old) != new_kids);
         if changed {
             if keys.is_empty() {
-                warn!(url = %self.url, "JWKS holds no usable key: every token is refused");
+                warn!(url = %super::url_for_logs(&self.url), "JWKS holds no usable key: every token is refused");
             } else {
-                info!(url = %self.url, keys = keys.len(), kids = ?new_kids, "JWKS loaded");
+                info!(url = %super::url_for_logs(&self.url), keys = keys.len(), kids = ?new_kids, "JWKS loaded");
             }
         }
         *slot = Some(Arc::new(keys));

@@ -271,3 +271,29 @@ pub async fn build(
 pub(crate) fn refused(message: impl Into<String>) -> RpcError {
     RpcError::new(ErrorKind::Unauthenticated, message)
 }
+
+/// A URL as logs may show it: scheme, host, port and path. Credentials in the
+/// user info and secrets in the query stay out.
+pub(crate) fn url_for_logs(url: &http::Uri) -> String {
+    let port = url.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    format!(
+        "{}://{}{port}{}",
+        url.scheme_str().unwrap_or_default(),
+        url.host().unwrap_or_default(),
+        url.path()
+    )
+}
+
+#[cfg(test)]
+mod url_tests {
+    #[test]
+    fn logged_urls_carry_no_secrets() {
+        let u: http::Uri = "https://user:pw@keys.example.com:8443/jwks.json?token=s3cret"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            super::url_for_logs(&u),
+            "https://keys.example.com:8443/jwks.json"
+        );
+    }
+}

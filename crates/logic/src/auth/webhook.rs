@@ -172,7 +172,7 @@ impl WebhookAuthenticator {
             stop,
             tracker,
         )?;
-        info!(mode = "webhook", url = %without_query(&url), timeout = ?cfg.timeout,
+        info!(mode = "webhook", url = %super::url_for_logs(&url), timeout = ?cfg.timeout,
             concurrency = cfg.concurrency, "connect authentication: a backend decides");
         Ok(WebhookAuthenticator {
             url,
@@ -200,7 +200,7 @@ impl WebhookAuthenticator {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            warn!(url = %without_query(&self.url), error = %what,
+            warn!(url = %super::url_for_logs(&self.url), error = %what,
                 "auth webhook failed; connects are refused while it fails");
         } else {
             debug!(error = %what, "auth webhook failed");
@@ -278,16 +278,6 @@ impl WebhookAuthenticator {
             )
         })
     }
-}
-
-fn without_query(url: &Uri) -> String {
-    // A URL may carry a secret in its query; logs get the rest.
-    format!(
-        "{}://{}{}",
-        url.scheme_str().unwrap_or_default(),
-        url.authority().map(|a| a.as_str()).unwrap_or_default(),
-        url.path()
-    )
 }
 
 #[async_trait]

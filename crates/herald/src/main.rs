@@ -11,6 +11,17 @@ use herald_tls::Reloader;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+// The global allocator. Features are additive, so when several are on the first in
+// this order wins: alloc-mimalloc, alloc-jemalloc; without either, glibc's malloc.
+// Measurements behind the choice: docs/benchmarks.md, "Allocator".
+#[cfg(feature = "alloc-mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(all(feature = "alloc-jemalloc", not(feature = "alloc-mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// herald: a real-time push server speaking goim's protocol and HTTP API.
 #[derive(Parser)]
 #[command(version, about)]

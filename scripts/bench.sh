@@ -2,15 +2,32 @@
 # Runs the benchmark scenarios side by side with nats-server and the floor and
 # writes JSON reports, Markdown summaries and SVG charts to bench-results/.
 #
-#   scripts/bench.sh                 # every scenario at 15,000 connections
+#   scripts/bench.sh                 # every plain scenario at 15,000 connections
 #   scripts/bench.sh fanout latency  # only these scenarios
 #   N=5000 scripts/bench.sh idle     # fewer connections
+#   scripts/bench.sh secure          # secure (wss + jwt) against plain: idle, fanout, storm
+#   scripts/bench.sh alloc           # glibc malloc, mimalloc, jemalloc: idle, fanout, slow
+#
+# Scenarios: idle fanout fanout-goim latency storm slow
+#            secure-idle secure-fanout secure-storm   (group: secure)
+#            alloc-idle alloc-fanout alloc-slow       (group: alloc; builds 3 binaries)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 N=${N:-15000}
+SLOW_N=${SLOW_N:-2000}
 OUT=${OUT:-bench-results}
-scenarios=("$@")
+TARGET=${CARGO_TARGET_DIR:-target}
+# The queue and registry engines built into every allocator variant.
+ENGINES=${ENGINES:-redis,nats,kafka,etcd}
+scenarios=()
+for s in "$@"; do
+  case "$s" in
+    secure) scenarios+=(secure-idle secure-fanout secure-storm) ;;
+    alloc)  scenarios+=(alloc-idle alloc-fanout alloc-slow) ;;
+    *)      scenarios+=("$s") ;;
+  esac
+done
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(idle fanout fanout-goim latency storm)
 
 if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
@@ -27,9 +44,34 @@ if [ -w /proc/sys/net/ipv4/ip_local_port_range ]; then
   echo "1024 65000" > /proc/sys/net/ipv4/ip_local_port_range || true
 fi
 
-cargo build --release -p herald
-bench="target/release/herald bench"
 mkdir -p "$OUT"
+
+# Builds herald with one global allocator into $OUT/bin/herald-NAME.
+build_alloc() {
+  local name=$1 features=$2
+  cargo build --release -p herald --no-default-features --features "$features"
+  mkdir -p "$OUT/bin"
+  cp "$TARGET/release/herald" "$OUT/bin/herald-$name"
+}
+alloc_built=
+alloc_bins() {
+  [ -n "$alloc_built" ] && return
+  build_alloc glibc "$ENGINES"
+  build_alloc mimalloc "$ENGINES,alloc-mimalloc"
+  build_alloc jemalloc "$ENGINES,alloc-jemalloc"
+  alloc_built=1
+}
+
+cargo build --release -p herald
+# A copy, so the allocator builds (which rewrite the same path) cannot swap the
+# runner under a running scenario.
+mkdir -p "$OUT/bin"
+cp "$TARGET/release/herald" "$OUT/bin/herald"
+bench="$OUT/bin/herald bench"
+alloc_args() {
+  echo --peers none --herald "$OUT/bin/herald-glibc" --label glibc \
+    --variant "mimalloc=$OUT/bin/herald-mimalloc" --variant "jemalloc=$OUT/bin/herald-jemalloc"
+}
 for s in "${scenarios[@]}"; do
   case "$s" in
     idle)        $bench run idle -n "$N" --json "$OUT/idle.json" ;;
@@ -37,7 +79,16 @@ for s in "${scenarios[@]}"; do
     fanout-goim) $bench run fanout -n "$N" --rate 40 --duration 10 --window-ms 500 --json "$OUT/fanout-goim.json" ;;
     latency)     $bench run latency -n 100 --rate 20 --duration 5 --peers none --json "$OUT/latency.json" ;;
     storm)       $bench run storm -n "$N" --peers none --json "$OUT/storm.json" ;;
-    *) echo "unknown scenario $s (idle, fanout, fanout-goim, latency, storm)" >&2; exit 2 ;;
+    slow)        $bench run slow -n "$SLOW_N" --rate 20 --duration 30 --payload-bytes 1024 --after 30 --peers none --json "$OUT/slow.json" ;;
+    secure-idle)   $bench run idle -n "$N" --secure --peers floor --json "$OUT/secure-idle.json" ;;
+    secure-fanout) $bench run fanout -n "$N" --rate 5 --duration 10 --secure --peers none --json "$OUT/secure-fanout.json" ;;
+    secure-storm)  $bench run storm -n "$N" --secure --peers none --json "$OUT/secure-storm.json" ;;
+    alloc-idle)    alloc_bins; $bench run idle -n "$N" $(alloc_args) --json "$OUT/alloc-idle.json" ;;
+    alloc-fanout)  alloc_bins; $bench run fanout -n "$N" --rate 5 --duration 10 $(alloc_args) --json "$OUT/alloc-fanout.json" ;;
+    alloc-slow)    alloc_bins; $bench run slow -n "$SLOW_N" --rate 20 --duration 30 --payload-bytes 1024 --after 30 $(alloc_args) --json "$OUT/alloc-slow.json" ;;
+    *) echo "unknown scenario $s (idle fanout fanout-goim latency storm slow secure-* alloc-*, or the groups secure, alloc)" >&2; exit 2 ;;
   esac
 done
+# Leave the default build where cargo put it (the allocator builds replaced it).
+[ -z "$alloc_built" ] || cargo build --release -p herald
 echo "reports in $OUT/"

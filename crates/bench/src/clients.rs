@@ -2,21 +2,24 @@
 //! several loopback source addresses and, past one process's open-file limit, over
 //! several worker processes. Each client authenticates into a room, heartbeats,
 //! counts what it receives and measures latency from the timestamp in the payload.
-//! Failed or dropped connections reconnect with jittered backoff.
+//! Failed or dropped connections reconnect with jittered backoff. With `--tls` the
+//! herald targets speak TLS (wss, or goim frames inside TLS); with `--jwt-secret`
+//! each connect carries a fresh HS256 token instead of a trusted identity.
 
-use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
 
 use crate::hist::Histogram;
-use crate::wire;
+use crate::link::{Link, TlsDial};
+use crate::{token, wire};
 
 /// What the clients connect to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -65,6 +68,65 @@ pub struct ClientArgs {
     /// Worker processes (0 = as many as the open-file limit requires).
     #[arg(long, default_value_t = 0)]
     pub procs: usize,
+    /// Speak TLS: wss for `herald-ws` and `floor-ws`, goim frames inside TLS for
+    /// `herald-tcp`. Needs `--ca`.
+    #[arg(long)]
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM CA bundle the server's certificate must chain to (with `--tls`).
+    #[arg(long)]
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Name the server's certificate must carry (with `--tls`).
+    #[arg(long, default_value = "localhost")]
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// HMAC secret of herald's `jwt` auth mode: each connect sends a fresh HS256
+    /// token (`sub` = the client's mid, `key` = `bench-<mid>`, expiring in an hour)
+    /// instead of a trusted mid and key.
+    #[arg(long)]
+    #[serde(default)]
+    pub jwt_secret: Option<String>,
+    /// Authenticate, then never read again (slow consumers: the server's buffers
+    /// for them fill up).
+    #[arg(long)]
+    #[serde(default)]
+    pub no_read: bool,
+}
+
+fn default_server_name() -> String {
+    "localhost".into()
+}
+
+/// What every client of one process shares, checked before any connects.
+#[derive(Clone)]
+pub struct Dialer {
+    /// TLS settings when `--tls`.
+    tls: Option<TlsDial>,
+}
+
+impl Dialer {
+    /// Checks `args` and loads what the clients share (the CA for `--tls`).
+    pub fn new(args: &ClientArgs) -> anyhow::Result<Dialer> {
+        let tls = if args.tls {
+            if matches!(args.target, Target::NatsWs) {
+                bail!("--tls works with herald-ws, herald-tcp and floor-ws");
+            }
+            let ca = args
+                .ca
+                .as_deref()
+                .context("--tls needs --ca FILE (the CA the server's certificate chains to)")?;
+            Some(TlsDial::new(ca, &args.server_name)?)
+        } else {
+            None
+        };
+        if let Some(s) = &args.jwt_secret {
+            if s.len() < 32 {
+                bail!("--jwt-secret must be at least 32 bytes (herald refuses shorter ones)");
+            }
+        }
+        Ok(Dialer { tls })
+    }
 }
 
 /// Live counters of one process's clients.
@@ -91,6 +153,9 @@ pub struct Snapshot {
     pub failed: u64,
     pub dropped: u64,
     pub received: u64,
+    /// Resident memory of the client process(es), bytes.
+    #[serde(default)]
+    pub rss: u64,
     #[serde(default)]
     pub hist: Option<Histogram>,
 }
@@ -103,6 +168,7 @@ impl Stats {
             failed: self.failed.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
+            rss: crate::procfs::rss_bytes(std::process::id()).unwrap_or(0),
             hist: with_hist.then(|| {
                 let mut h = Histogram::default();
                 for s in &self.hists {
@@ -155,17 +221,19 @@ pub fn per_process_capacity() -> usize {
 }
 
 /// Runs `args.connections` clients in this process until `stats.stop` is set.
-pub async fn run(args: Arc<ClientArgs>, stats: Arc<Stats>) {
+pub async fn run(args: Arc<ClientArgs>, dialer: Dialer, stats: Arc<Stats>) {
     let limit = Arc::new(Semaphore::new(if args.concurrency == 0 {
         Semaphore::MAX_PERMITS
     } else {
         args.concurrency
     }));
+    let dialer = Arc::new(dialer);
     let mut tasks = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
         tasks.push(tokio::spawn(client_loop(
             i,
             args.clone(),
+            dialer.clone(),
             stats.clone(),
             limit.clone(),
         )));
@@ -175,11 +243,17 @@ pub async fn run(args: Arc<ClientArgs>, stats: Arc<Stats>) {
     }
 }
 
-async fn client_loop(i: usize, args: Arc<ClientArgs>, stats: Arc<Stats>, limit: Arc<Semaphore>) {
+async fn client_loop(
+    i: usize,
+    args: Arc<ClientArgs>,
+    dialer: Arc<Dialer>,
+    stats: Arc<Stats>,
+    limit: Arc<Semaphore>,
+) {
     let mut attempt = 0u32;
     while !stats.stop.load(Ordering::Relaxed) {
         let permit = limit.acquire().await;
-        let conn = tokio::time::timeout(Duration::from_secs(15), connect(i, &args)).await;
+        let conn = tokio::time::timeout(Duration::from_secs(15), connect(i, &args, &dialer)).await;
         drop(permit);
         match conn {
             Ok(Ok(mut c)) => {
@@ -218,7 +292,7 @@ async fn client_loop(i: usize, args: Arc<ClientArgs>, stats: Arc<Stats>, limit: 
 
 /// An authenticated client connection.
 struct Conn {
-    stream: TcpStream,
+    link: Link,
     target: Target,
     /// Unparsed bytes (an incomplete frame).
     pending: Vec<u8>,
@@ -227,31 +301,37 @@ struct Conn {
     seq: i32,
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<()> {
-    use tokio::io::AsyncReadExt;
-    let mut chunk = [0u8; 4096];
-    let n = stream.read(&mut chunk).await?;
-    if n == 0 {
-        bail!("connection closed during handshake");
+/// The op-7 auth body of client `mid`: goim's trusted identity, or a token.
+fn auth_body(args: &ClientArgs, mid: u64) -> String {
+    match &args.jwt_secret {
+        Some(secret) => {
+            let now = wire::now_ns() / 1_000_000_000;
+            serde_json::json!({
+                "token": token::client_token(secret.as_bytes(), mid, now),
+                "room_id": args.room, "platform": "bench", "accepts": [1000],
+            })
+        }
+        None => serde_json::json!({
+            "mid": mid, "key": format!("bench-{mid}"), "room_id": args.room,
+            "platform": "bench", "accepts": [1000],
+        }),
     }
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(())
+    .to_string()
 }
 
-async fn connect(i: usize, args: &ClientArgs) -> anyhow::Result<Conn> {
-    use tokio::io::AsyncWriteExt;
+async fn connect(i: usize, args: &ClientArgs, dialer: &Dialer) -> anyhow::Result<Conn> {
     let socket = TcpSocket::new_v4()?;
     socket
         .bind(SocketAddr::new(source(i, args.sources), 0))
         .context("bind source address")?;
-    let mut stream = socket.connect(args.addr).await.context("connect")?;
+    let stream = socket.connect(args.addr).await.context("connect")?;
     stream.set_nodelay(true)?;
+    let mut stream = match &dialer.tls {
+        Some(tls) => Link::tls(stream, tls).await.context("TLS handshake")?,
+        None => Link::Plain(stream),
+    };
     let mid = args.first_mid + i as u64;
-    let auth = serde_json::json!({
-        "mid": mid, "key": format!("bench-{mid}"), "room_id": args.room,
-        "platform": "bench", "accepts": [1000],
-    })
-    .to_string();
+    let auth = auth_body(args, mid);
     let mut buf = Vec::new();
     let host = args.addr.to_string();
     if args.target != Target::HeraldTcp {
@@ -267,7 +347,7 @@ async fn connect(i: usize, args: &ClientArgs) -> anyhow::Result<Conn> {
             if let Some(n) = wire::http_head_len(&buf) {
                 break n;
             }
-            read_more(&mut stream, &mut buf).await?;
+            stream.read_some(&mut buf).await?;
         };
         if !buf.starts_with(b"HTTP/1.1 101") {
             bail!("upgrade refused: {}", String::from_utf8_lossy(&buf[..head]));
@@ -275,7 +355,7 @@ async fn connect(i: usize, args: &ClientArgs) -> anyhow::Result<Conn> {
         buf.drain(..head);
     }
     let mut conn = Conn {
-        stream,
+        link: stream,
         target: args.target,
         pending: buf,
         nats: Vec::new(),
@@ -283,12 +363,12 @@ async fn connect(i: usize, args: &ClientArgs) -> anyhow::Result<Conn> {
     };
     match args.target {
         Target::HeraldTcp => {
-            conn.stream
+            conn.link
                 .write_all(&wire::goim(7, 1, auth.as_bytes()))
                 .await?
         }
         Target::HeraldWs | Target::FloorWs => {
-            conn.stream
+            conn.link
                 .write_all(&wire::ws_message(&wire::goim(7, 1, auth.as_bytes()), false))
                 .await?
         }
@@ -297,7 +377,7 @@ async fn connect(i: usize, args: &ClientArgs) -> anyhow::Result<Conn> {
                 "CONNECT {{\"verbose\":false,\"pedantic\":false,\"protocol\":1}}\r\nSUB {} 1\r\nPING\r\n",
                 args.subject
             );
-            conn.stream
+            conn.link
                 .write_all(&wire::ws_message(cmd.as_bytes(), false))
                 .await?;
         }
@@ -311,7 +391,7 @@ async fn connect(i: usize, args: &ClientArgs) -> anyhow::Result<Conn> {
             return Ok(conn);
         }
         let mut more = std::mem::take(&mut conn.pending);
-        read_more(&mut conn.stream, &mut more).await?;
+        conn.link.read_some(&mut more).await?;
         conn.pending = more;
     }
 }
@@ -368,7 +448,13 @@ impl Conn {
         stats: &Stats,
         shard: usize,
     ) -> anyhow::Result<()> {
-        use tokio::io::AsyncWriteExt;
+        if args.no_read {
+            // A slow consumer: holds its connection without reading, until stopped.
+            while !stats.stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            return Ok(());
+        }
         let hb = Duration::from_secs(args.heartbeat_secs.max(1));
         let mut next_hb = tokio::time::Instant::now() + hb;
         let mut lat = Vec::new();
@@ -379,24 +465,14 @@ impl Conn {
                 return Ok(());
             }
             tokio::select! {
-                r = self.stream.readable() => {
+                r = self.link.readable() => {
                     r?;
-                    let mut chunk = [0u8; 16384];
-                    loop {
-                        match self.stream.try_read(&mut chunk) {
-                            Ok(0) => bail!("closed by server"),
-                            Ok(n) => {
-                                self.pending.extend_from_slice(&chunk[..n]);
-                                if n < chunk.len() {
-                                    break;
-                                }
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
+                    let open = self.link.read_now(&mut self.pending)?;
                     if let Some(pong) = self.process(stats, shard, &mut lat)? {
-                        self.stream.write_all(&pong).await?;
+                        self.link.write_all(&pong).await?;
+                    }
+                    if !open {
+                        bail!("closed by server");
                     }
                 }
                 _ = tokio::time::sleep_until(next_hb) => {
@@ -407,7 +483,7 @@ impl Conn {
                         Target::HeraldWs | Target::FloorWs => wire::ws_message(&wire::goim(2, self.seq, b""), false),
                         Target::NatsWs => wire::ws_message(b"PING\r\n", false),
                     };
-                    self.stream.write_all(&frame).await?;
+                    self.link.write_all(&frame).await?;
                 }
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             }

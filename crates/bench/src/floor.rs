@@ -3,16 +3,18 @@
 //! an auth reply), and for every payload received on its control port writes one
 //! pre-encoded op-9 frame (or, with `--batch`, one frame per batch) to every socket,
 //! one task per connection. No logic, no queue, no routing: the cost of the kernel
-//! and the runtime alone.
+//! and the runtime alone. With `--cert`/`--key` it serves wss through `tokio-rustls`,
+//! which measures what a TLS session costs a minimal server.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 use herald_proto::raw::RawBatch;
 use herald_proto::{ws, Frame, Op};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
 /// Floor settings.
@@ -30,6 +32,12 @@ pub struct FloorArgs {
     /// Longest a batch waits to fill, milliseconds.
     #[arg(long, default_value_t = 0)]
     pub window_ms: u64,
+    /// PEM certificate: serve wss instead of ws (with `--key`).
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM key of `--cert`.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 /// A complete server WebSocket message carrying an op-9 envelope around `body`.
@@ -44,6 +52,20 @@ fn ws_envelope(body: Bytes) -> Bytes {
 
 /// Runs the floor until killed.
 pub async fn run(args: FloorArgs) -> anyhow::Result<()> {
+    let tls = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(
+            herald_tls::server_config(
+                &herald_tls::ServerTls {
+                    cert_file: cert.clone(),
+                    key_file: key.clone(),
+                    ..Default::default()
+                },
+                &[],
+            )?
+            .config,
+        )),
+        _ => None,
+    };
     let ws_listener = TcpListener::bind(args.ws).await?;
     let control = TcpListener::bind(args.control).await?;
     let (tx, _) = broadcast::channel::<Bytes>(1024);
@@ -62,8 +84,21 @@ pub async fn run(args: FloorArgs) -> anyhow::Result<()> {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
+                let _ = s.set_nodelay(true);
                 let rx = tx.subscribe();
-                tokio::spawn(serve(s, rx, auth_reply.clone()));
+                let reply = auth_reply.clone();
+                match tls.clone() {
+                    None => {
+                        tokio::spawn(serve(s, rx, reply));
+                    }
+                    Some(acceptor) => {
+                        tokio::spawn(async move {
+                            if let Ok(s) = acceptor.accept(s).await {
+                                serve(s, rx, reply).await;
+                            }
+                        });
+                    }
+                }
             }
         });
     }
@@ -102,14 +137,17 @@ pub async fn run(args: FloorArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(mut s: TcpStream, mut rx: broadcast::Receiver<Bytes>, auth_reply: Bytes) {
-    let _ = s.set_nodelay(true);
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    mut rx: broadcast::Receiver<Bytes>,
+    auth_reply: Bytes,
+) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 2048];
     // Upgrade request.
     let used = loop {
         if let Ok(Some((up, used))) = ws::parse_upgrade(&buf, "/sub") {
-            if s.write_all(ws::switching_protocols(&up.accept).as_bytes())
+            if send(&mut s, ws::switching_protocols(&up.accept).as_bytes())
                 .await
                 .is_err()
             {
@@ -133,14 +171,14 @@ async fn serve(mut s: TcpStream, mut rx: broadcast::Receiver<Bytes>, auth_reply:
         }
     }
     drop(buf);
-    if s.write_all(&auth_reply).await.is_err() {
+    if send(&mut s, &auth_reply).await.is_err() {
         return;
     }
     loop {
         tokio::select! {
             m = rx.recv() => match m {
                 Ok(frame) => {
-                    if s.write_all(&frame).await.is_err() {
+                    if send(&mut s, &frame).await.is_err() {
                         return;
                     }
                 }
@@ -153,4 +191,10 @@ async fn serve(mut s: TcpStream, mut rx: broadcast::Receiver<Bytes>, auth_reply:
             },
         }
     }
+}
+
+/// Writes `data` and flushes it (a TLS stream may otherwise keep sealed bytes).
+async fn send<S: AsyncWrite + Unpin>(s: &mut S, data: &[u8]) -> std::io::Result<()> {
+    s.write_all(data).await?;
+    s.flush().await
 }

@@ -4,8 +4,10 @@
 //! - `clients`: N goim (or NATS) clients over WebSocket or TCP, spread over loopback
 //!   source addresses and worker processes; prints progress and delivery rates.
 //! - `push`: pushes through herald's HTTP API at a target rate.
-//! - `run SCENARIO`: idle / fanout / latency / storm against herald and, in the same
-//!   run, nats-server and the floor; writes a JSON report and a Markdown summary.
+//! - `run SCENARIO`: idle / fanout / latency / storm / slow against herald and, in
+//!   the same run, herald's other configurations (`--secure`: TLS and `jwt` auth;
+//!   `--variant`: other builds), nats-server and the floor; writes a JSON report and
+//!   a Markdown summary.
 //! - `floor`: the minimal tokio fan-out server used as the baseline.
 
 use std::net::SocketAddr;
@@ -18,13 +20,20 @@ use std::sync::OnceLock;
 
 use clap::Subcommand;
 
+pub mod charts;
 pub mod clients;
 pub mod floor;
 pub mod hist;
+pub mod link;
+pub mod measure;
+pub mod pki;
 pub mod procfs;
 pub mod push;
 pub mod report;
 pub mod scenario;
+pub mod servers;
+pub mod targets;
+pub mod token;
 pub mod wire;
 pub mod workers;
 
@@ -87,7 +96,7 @@ pub enum Cmd {
         connections: u64,
     },
     /// Run a benchmark scenario and write its report.
-    Run(scenario::RunArgs),
+    Run(Box<scenario::RunArgs>),
     /// Run the floor server.
     Floor(floor::FloorArgs),
     /// (internal) A client worker process driven by `run` or `clients`.
@@ -109,7 +118,7 @@ pub fn run(command: Cmd, how: Invocation) -> anyhow::Result<()> {
             Cmd::Worker { spec } => workers::worker_main(&spec).await,
             Cmd::Floor(args) => floor::run(args).await,
             Cmd::Run(args) => {
-                let report = scenario::run(args).await?;
+                let report = scenario::run(*args).await?;
                 if report.targets.iter().any(|t| !t.met) {
                     eprintln!("some targets were not met (see the report)");
                 }
@@ -149,8 +158,9 @@ async fn run_clients(args: clients::ClientArgs, duration: u64) -> anyhow::Result
     let cap = clients::per_process_capacity();
     if args.procs <= 1 && args.connections <= cap {
         // One process: run the clients here.
+        let dialer = clients::Dialer::new(&args)?;
         let stats = Arc::new(clients::Stats::default());
-        let run = tokio::spawn(clients::run(Arc::new(args), stats.clone()));
+        let run = tokio::spawn(clients::run(Arc::new(args), dialer, stats.clone()));
         let start = Instant::now();
         while stats.snapshot(false).connected < n && start.elapsed() < Duration::from_secs(300) {
             let s = stats.snapshot(false);
@@ -172,6 +182,8 @@ async fn run_clients(args: clients::ClientArgs, duration: u64) -> anyhow::Result
         run.abort();
         return result;
     }
+    // Fail here, not in every worker, on bad TLS or token settings.
+    clients::Dialer::new(&args)?;
     let w = workers::Workers::spawn(&args).await?;
     w.wait_connected(n, Duration::from_secs(300)).await;
     let w = tokio::sync::Mutex::new(w);

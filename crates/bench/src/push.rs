@@ -250,7 +250,12 @@ impl Publisher {
 
 /// Publishes `count` payloads at `rate` per second. Returns (accepted, failed).
 pub async fn publish_at_rate(p: &mut Publisher, rate: f64, count: u64) -> (u64, u64) {
-    publish_share(p, rate, 0..count).await
+    publish_share(p, rate, 0..count, 0).await
+}
+
+/// Like [`publish_at_rate`], each payload padded to at least `size` bytes.
+pub async fn publish_sized(p: &mut Publisher, rate: f64, count: u64, size: usize) -> (u64, u64) {
+    publish_share(p, rate, 0..count, size).await
 }
 
 /// Publishes `count` herald pushes at `rate` per second over `connections`
@@ -274,7 +279,7 @@ pub async fn herald_at_rate(
         tasks.push(tokio::spawn(async move {
             // Start the connections a tick apart, so their pushes interleave.
             tokio::time::sleep(Duration::from_secs_f64(part as f64 / rate.max(0.001))).await;
-            publish_share(&mut p, share, (part..count).step_by(parts as usize)).await
+            publish_share(&mut p, share, (part..count).step_by(parts as usize), 0).await
         }));
     }
     let (mut ok, mut failed) = (0, 0);
@@ -290,13 +295,14 @@ async fn publish_share(
     p: &mut Publisher,
     rate: f64,
     seqs: impl Iterator<Item = u64>,
+    size: usize,
 ) -> (u64, u64) {
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let (mut ok, mut failed) = (0, 0);
     for seq in seqs {
         tick.tick().await;
-        match p.publish(&wire::payload(seq)).await {
+        match p.publish(&wire::padded_payload(seq, size)).await {
             Ok(()) => ok += 1,
             Err(e) => {
                 if failed == 0 {

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::charts;
 use crate::hist::Histogram;
 
 /// Latency quantiles in milliseconds.
@@ -35,7 +36,8 @@ impl Latency {
 /// What was measured for one system in one scenario.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Measurement {
-    /// `herald`, `nats-server` or `floor`.
+    /// `herald` (or the run's label for it), a variant's name (`herald-secure`, …),
+    /// `nats-server`, `floor` or `floor-secure`.
     pub system: String,
     /// Connections held during the measurement.
     pub connections: u64,
@@ -46,6 +48,25 @@ pub struct Measurement {
     pub kernel_tcp_mem_per_conn_bytes: Option<f64>,
     /// Growth of kernel slab memory (socket objects of both ends) per connection.
     pub kernel_slab_per_conn_bytes: Option<f64>,
+    /// The client worker processes' RSS divided by connections (the load
+    /// generator's own cost, to see that it is not the limit).
+    pub client_rss_per_conn_bytes: Option<f64>,
+    /// Server RSS before the clients connected (slow scenario).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_base_bytes: Option<u64>,
+    /// Highest server RSS sampled (every 100 ms) while pushing to slow readers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_peak_bytes: Option<u64>,
+    /// Server RSS at the end of the wait after the slow readers disconnected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_after_bytes: Option<u64>,
+    /// Slow scenario: seconds from the first push to the last push, and to all
+    /// clients gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_phases: Option<(f64, f64)>,
+    /// (seconds since the first push, server RSS bytes), slow scenario.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rss_timeline: Vec<(f64, u64)>,
     /// Time to connect and authenticate every client, seconds.
     pub connect_secs: Option<f64>,
     /// Connections per second while connecting.
@@ -137,6 +158,27 @@ impl Machine {
     }
 }
 
+/// Secure herald against plain herald in one run (`--secure`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Security {
+    /// The secure clients' transport: `wss` or `tcp+tls`.
+    pub transport: String,
+    /// The secure herald's auth mode: `jwt`, or `trust` where the server under
+    /// test has no `jwt` mode yet.
+    pub auth: String,
+    /// Storm: time to connect every client, secure ÷ plain.
+    pub connect_ratio: Option<f64>,
+    /// Fanout: server CPU per delivery, secure ÷ plain.
+    pub cpu_per_delivery_ratio: Option<f64>,
+    /// Idle: server RSS per connection, secure − plain (herald's TLS cost).
+    pub tls_cost_per_conn_bytes: Option<f64>,
+    /// Idle: the same on the floor (floor-secure − floor), when measured: what a
+    /// TLS session costs a minimal server.
+    pub floor_tls_cost_per_conn_bytes: Option<f64>,
+    /// Idle: client RSS per connection, secure − plain.
+    pub client_tls_cost_per_conn_bytes: Option<f64>,
+}
+
 /// A whole scenario run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -147,6 +189,14 @@ pub struct Report {
     /// Scenario parameters.
     pub params: serde_json::Value,
     pub machine: Machine,
+    /// Other herald configurations or builds measured in the same run (the secure
+    /// one, other allocators), by name.
+    pub variants: BTreeMap<String, Measurement>,
+    /// variant ÷ herald for each comparable figure.
+    pub variant_ratios: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Secure against plain, when the run had `--secure`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security: Option<Security>,
     /// The same workload on the peers, measured in the same run.
     pub peers: BTreeMap<String, Measurement>,
     /// herald ÷ peer for each comparable figure.
@@ -157,8 +207,12 @@ pub struct Report {
 }
 
 impl Report {
-    /// Computes `ratios` from herald's and the peers' measurements.
+    /// Computes `ratios` (herald ÷ peer) and `variant_ratios` (variant ÷ herald).
     pub fn compute_ratios(&mut self) {
+        for (name, v) in &self.variants {
+            self.variant_ratios
+                .insert(name.clone(), figure_ratios(v, &self.herald));
+        }
         for (name, p) in &self.peers {
             let mut r = BTreeMap::new();
             let pairs = [
@@ -201,6 +255,7 @@ impl Report {
 
     fn systems(&self) -> Vec<&Measurement> {
         std::iter::once(&self.herald)
+            .chain(self.variants.values())
             .chain(self.peers.values())
             .collect()
     }
@@ -210,16 +265,20 @@ impl Report {
         let opt = |v: Option<f64>, digits: usize| {
             v.map_or("–".to_string(), |v| format!("{v:.digits$}"))
         };
-        let _ = writeln!(s, "| system | connections | RSS/conn (B) | kernel TCP mem/conn (B) | connect (s) | CPU ns/delivery | deliveries/s | p50 ms | p99 ms | p99.9 ms | lost |");
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "| system | connections | RSS/conn (B) | kernel TCP mem/conn (B) | client RSS/conn (B) | connect (s) | CPU ns/delivery | deliveries/s | p50 ms | p99 ms | p99.9 ms | lost |");
+        let _ = writeln!(
+            s,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
         for m in self.systems() {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {} |",
                 m.system,
                 m.connections,
                 opt(m.rss_per_conn_bytes, 0),
                 opt(m.kernel_tcp_mem_per_conn_bytes, 0),
+                opt(m.client_rss_per_conn_bytes, 0),
                 opt(m.connect_secs, 2),
                 opt(m.server_cpu_ns_per_delivery, 0),
                 opt(m.deliveries_per_sec, 0),
@@ -229,8 +288,91 @@ impl Report {
                 m.lost
             );
         }
+        let slow: Vec<&Measurement> = self
+            .systems()
+            .into_iter()
+            .filter(|m| m.rss_peak_bytes.is_some())
+            .collect();
+        if !slow.is_empty() {
+            let mib = |v: Option<u64>| {
+                v.map_or("–".to_string(), |b| {
+                    format!("{:.1}", b as f64 / 1048576.0)
+                })
+            };
+            let _ = writeln!(s, "\n| system | pushes | RSS before (MiB) | RSS peak (MiB) | RSS after (MiB) | after − before (MiB) |\n|---|---:|---:|---:|---:|---:|");
+            for m in slow {
+                let kept = m
+                    .rss_after_bytes
+                    .zip(m.rss_base_bytes)
+                    .map(|(a, b)| a as i64 - b as i64);
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    m.system,
+                    m.pushes,
+                    mib(m.rss_base_bytes),
+                    mib(m.rss_peak_bytes),
+                    mib(m.rss_after_bytes),
+                    kept.map_or("–".to_string(), |k| format!(
+                        "{:.1}",
+                        k as f64 / 1048576.0
+                    ))
+                );
+            }
+        }
         if let Some(k) = &self.herald.key_latency_ms {
             let _ = writeln!(s, "\nKey push latency (herald): p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms over {} samples.", k.p50, k.p99, k.p999, k.samples);
+        }
+        if let Some(sec) = &self.security {
+            let _ = writeln!(
+                s,
+                "\n| secure ({} + {} auth) against plain | value |\n|---|---:|",
+                sec.transport, sec.auth
+            );
+            let rows = [
+                (
+                    "time to connect every client, secure ÷ plain",
+                    sec.connect_ratio,
+                    "×",
+                ),
+                (
+                    "server CPU per delivery, secure ÷ plain",
+                    sec.cpu_per_delivery_ratio,
+                    "×",
+                ),
+                (
+                    "TLS cost per idle connection in herald (RSS, secure − plain)",
+                    sec.tls_cost_per_conn_bytes,
+                    "B",
+                ),
+                (
+                    "TLS session cost on the floor (RSS, floor-secure − floor)",
+                    sec.floor_tls_cost_per_conn_bytes,
+                    "B",
+                ),
+                (
+                    "TLS cost per client connection (client RSS, secure − plain)",
+                    sec.client_tls_cost_per_conn_bytes,
+                    "B",
+                ),
+            ];
+            for (name, v, unit) in rows {
+                if let Some(v) = v {
+                    let _ = writeln!(s, "| {name} | {v:.3} {unit} |");
+                }
+            }
+        }
+        if !self.variant_ratios.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n| ratio (variant ÷ {}) | value |\n|---|---:|",
+                self.herald.system
+            );
+            for (v, r) in &self.variant_ratios {
+                for (k, x) in r {
+                    let _ = writeln!(s, "| {k}, {v} | {x:.3} |");
+                }
+            }
         }
         if !self.ratios.is_empty() {
             let _ = writeln!(s, "\n| ratio (herald ÷ peer) | value |\n|---|---:|");
@@ -299,7 +441,7 @@ impl Report {
             .collect();
         if !with_latency.is_empty() {
             let name = format!("{stem}-latency.svg");
-            std::fs::write(dir.join(&name), latency_svg(&with_latency))?;
+            std::fs::write(dir.join(&name), charts::latency_svg(&with_latency))?;
             let _ = writeln!(md, "\n![latency distribution]({name})\n");
         }
         let with_timeline: Vec<&Measurement> = self
@@ -309,170 +451,72 @@ impl Report {
             .collect();
         if !with_timeline.is_empty() {
             let name = format!("{stem}-deliveries.svg");
-            std::fs::write(dir.join(&name), timeline_svg(&with_timeline))?;
+            std::fs::write(dir.join(&name), charts::timeline_svg(&with_timeline))?;
             let _ = writeln!(md, "![deliveries over time]({name})\n");
+        }
+        let with_rss: Vec<&Measurement> = self
+            .systems()
+            .into_iter()
+            .filter(|m| m.rss_timeline.len() > 1)
+            .collect();
+        if !with_rss.is_empty() {
+            let name = format!("{stem}-rss.svg");
+            std::fs::write(dir.join(&name), charts::rss_svg(&with_rss))?;
+            let _ = writeln!(md, "![server RSS over time]({name})\n");
         }
         std::fs::write(path, md)?;
         Ok(())
     }
 }
 
-const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
-
-/// Appends a line through `points`, given as fractions (0..=1) of the plot area.
-fn polyline(body: &mut String, series: usize, points: impl Iterator<Item = (f64, f64)>) {
-    let mut pts = String::new();
-    for (fx, fy) in points {
-        let x = PAD + fx * (W - 20.0 - PAD);
-        let y = H - PAD - fy * (H - PAD - 30.0);
-        let _ = write!(pts, "{x:.1},{y:.1} ");
+/// `v` ÷ `base` for every figure both have (rounded to 0.001).
+fn figure_ratios(v: &Measurement, base: &Measurement) -> BTreeMap<String, f64> {
+    let u = |x: Option<u64>| x.map(|x| x as f64);
+    let pairs = [
+        (
+            "server_cpu_ns_per_delivery",
+            v.server_cpu_ns_per_delivery,
+            base.server_cpu_ns_per_delivery,
+        ),
+        (
+            "rss_per_conn_bytes",
+            v.rss_per_conn_bytes,
+            base.rss_per_conn_bytes,
+        ),
+        (
+            "client_rss_per_conn_bytes",
+            v.client_rss_per_conn_bytes,
+            base.client_rss_per_conn_bytes,
+        ),
+        ("connect_secs", v.connect_secs, base.connect_secs),
+        (
+            "deliveries_per_sec",
+            v.deliveries_per_sec,
+            base.deliveries_per_sec,
+        ),
+        (
+            "latency_p99",
+            (v.latency_ms.samples > 0).then_some(v.latency_ms.p99),
+            (base.latency_ms.samples > 0).then_some(base.latency_ms.p99),
+        ),
+        (
+            "rss_peak_bytes",
+            u(v.rss_peak_bytes),
+            u(base.rss_peak_bytes),
+        ),
+        (
+            "rss_after_bytes",
+            u(v.rss_after_bytes),
+            u(base.rss_after_bytes),
+        ),
+    ];
+    let mut r = BTreeMap::new();
+    for (k, a, b) in pairs {
+        if let (Some(a), Some(b)) = (a, b) {
+            if b > 0.0 && a > 0.0 {
+                r.insert(k.to_string(), (a / b * 1000.0).round() / 1000.0);
+            }
+        }
     }
-    let _ = writeln!(
-        body,
-        "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{pts}\"/>",
-        COLORS[series % 4]
-    );
-}
-const W: f64 = 720.0;
-const H: f64 = 360.0;
-const PAD: f64 = 56.0;
-
-fn svg_frame(title: &str, x_label: &str, y_label: &str, body: &str, legend: &[&str]) -> String {
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">{title}</text>\n",
-        W / 2.0
-    );
-    let _ = writeln!(
-        s,
-        "<line x1=\"{PAD}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
-        H - PAD,
-        W - 20.0,
-        H - PAD
-    );
-    let _ = writeln!(
-        s,
-        "<line x1=\"{PAD}\" y1=\"30\" x2=\"{PAD}\" y2=\"{}\" stroke=\"black\"/>",
-        H - PAD
-    );
-    let _ = writeln!(
-        s,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{x_label}</text>",
-        W / 2.0,
-        H - 14.0
-    );
-    let _ = writeln!(s, "<text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{y_label}</text>", H / 2.0, H / 2.0);
-    s.push_str(body);
-    for (i, name) in legend.iter().enumerate() {
-        let y = 40.0 + i as f64 * 16.0;
-        let _ = writeln!(s, "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{name}</text>", W - 170.0, y - 9.0, COLORS[i % 4], W - 155.0, y);
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
-fn axis_ticks(
-    s: &mut String,
-    x_max: f64,
-    y_max: f64,
-    x_fmt: &dyn Fn(f64) -> String,
-    y_fmt: &dyn Fn(f64) -> String,
-) {
-    for i in 0..=4 {
-        let f = i as f64 / 4.0;
-        let x = PAD + f * (W - 20.0 - PAD);
-        let y = H - PAD - f * (H - PAD - 30.0);
-        let _ = writeln!(
-            s,
-            "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\" font-size=\"10\">{}</text>",
-            H - PAD + 14.0,
-            x_fmt(f * x_max)
-        );
-        let _ = writeln!(
-            s,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" font-size=\"10\">{}</text>",
-            PAD - 4.0,
-            y + 3.0,
-            y_fmt(f * y_max)
-        );
-    }
-}
-
-/// Cumulative latency distribution (log-scaled x axis in ms).
-fn latency_svg(systems: &[&Measurement]) -> String {
-    let max_us = systems
-        .iter()
-        .map(|m| m.hist.max())
-        .max()
-        .unwrap_or(1)
-        .max(10) as f64;
-    let lx = |us: f64| (us.max(1.0)).log10() / max_us.log10();
-    let mut body = String::new();
-    for i in 0..=4 {
-        let us = 10f64.powf(max_us.log10() * i as f64 / 4.0);
-        let x = PAD + i as f64 / 4.0 * (W - 20.0 - PAD);
-        let _ = writeln!(
-            body,
-            "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\" font-size=\"10\">{:.3}</text>",
-            H - PAD + 14.0,
-            us / 1000.0
-        );
-        let y = H - PAD - i as f64 / 4.0 * (H - PAD - 30.0);
-        let _ = writeln!(
-            body,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" font-size=\"10\">{}%</text>",
-            PAD - 4.0,
-            y + 3.0,
-            i * 25
-        );
-    }
-    for (i, m) in systems.iter().enumerate() {
-        let total = m.hist.count().max(1) as f64;
-        let mut seen = 0u64;
-        let points = m.hist.buckets().into_iter().map(|(lb, c)| {
-            seen += c;
-            (lx(lb as f64), seen as f64 / total)
-        });
-        polyline(&mut body, i, points);
-    }
-    let names: Vec<&str> = systems.iter().map(|m| m.system.as_str()).collect();
-    svg_frame(
-        "Push-to-receive latency (cumulative)",
-        "latency, ms (log scale)",
-        "share of messages",
-        &body,
-        &names,
-    )
-}
-
-/// Messages received over time.
-fn timeline_svg(systems: &[&Measurement]) -> String {
-    let t_max = systems
-        .iter()
-        .filter_map(|m| m.timeline.last().map(|p| p.0))
-        .fold(1.0f64, f64::max);
-    let y_max = systems
-        .iter()
-        .filter_map(|m| m.timeline.last().map(|p| p.1))
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
-    let mut body = String::new();
-    axis_ticks(&mut body, t_max, y_max, &|v| format!("{v:.1}"), &|v| {
-        format!("{v:.0}")
-    });
-    for (i, m) in systems.iter().enumerate() {
-        let points = m
-            .timeline
-            .iter()
-            .map(|(t, n)| (t / t_max, *n as f64 / y_max));
-        polyline(&mut body, i, points);
-    }
-    let names: Vec<&str> = systems.iter().map(|m| m.system.as_str()).collect();
-    svg_frame(
-        "Deliveries over time",
-        "seconds since the first push",
-        "messages received",
-        &body,
-        &names,
-    )
+    r
 }

@@ -19,6 +19,20 @@ pub fn payload(seq: u64) -> String {
     format!("{{\"t\":{},\"s\":{seq}}}", now_ns())
 }
 
+/// [`payload`] padded with a `"p"` field to at least `size` bytes.
+pub fn padded_payload(seq: u64, size: usize) -> String {
+    let mut p = payload(seq);
+    // `,"p":""` adds 7 bytes around the padding.
+    if size > p.len() + 7 {
+        let pad = size - p.len() - 7;
+        p.pop();
+        p.push_str(",\"p\":\"");
+        p.extend(std::iter::repeat_n('x', pad));
+        p.push_str("\"}");
+    }
+    p
+}
+
 /// The send time in a payload built by [`payload`].
 pub fn timestamp_ns(body: &[u8]) -> Option<u64> {
     let at = body.windows(4).position(|w| w == b"\"t\":")? + 4;
@@ -162,6 +176,16 @@ mod tests {
         let t = timestamp_ns(p.as_bytes()).unwrap();
         assert!(t > 1_600_000_000_000_000_000);
         assert_eq!(timestamp_ns(b"{\"x\":1}"), None);
+        let padded = padded_payload(7, 1024);
+        assert_eq!(padded.len(), 1024);
+        let v: serde_json::Value = serde_json::from_str(&padded).unwrap();
+        assert_eq!(v["s"], 7);
+        assert_eq!(
+            timestamp_ns(padded.as_bytes()),
+            Some(v["t"].as_u64().unwrap())
+        );
+        // Below the unpadded size nothing is added.
+        assert!(!padded_payload(7, 10).contains("\"p\""));
     }
 
     #[test]

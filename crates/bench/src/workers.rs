@@ -17,8 +17,9 @@ use crate::clients::{self, ClientArgs, Snapshot, Stats};
 /// Body of `herald-bench worker --spec JSON`.
 pub async fn worker_main(spec: &str) -> anyhow::Result<()> {
     let args: ClientArgs = serde_json::from_str(spec).context("bad worker spec")?;
+    let dialer = clients::Dialer::new(&args)?;
     let stats = Arc::new(Stats::default());
-    let run = tokio::spawn(clients::run(Arc::new(args), stats.clone()));
+    let run = tokio::spawn(clients::run(Arc::new(args), dialer, stats.clone()));
     let out = Arc::new(tokio::sync::Mutex::new(tokio::io::stdout()));
     {
         let stats = stats.clone();
@@ -143,6 +144,7 @@ impl Workers {
             sum.failed += s.failed;
             sum.dropped += s.dropped;
             sum.received += s.received;
+            sum.rss += s.rss;
         }
         sum
     }
@@ -183,6 +185,7 @@ impl Workers {
             sum.failed += s.failed;
             sum.dropped += s.dropped;
             sum.received += s.received;
+            sum.rss += s.rss;
             if let (Some(a), Some(b)) = (sum.hist.as_mut(), s.hist.as_ref()) {
                 a.merge(b);
             }
@@ -219,6 +222,12 @@ impl Workers {
 
     /// Stops every worker (their connections close).
     pub async fn stop(mut self) {
+        self.stop_all().await;
+    }
+
+    /// Stops every worker and waits until they exited (so their connections are
+    /// closed); the set is empty afterwards.
+    pub async fn stop_all(&mut self) {
         for s in &mut self.stdins {
             let _ = s.write_all(b"stop\n").await;
         }
@@ -230,6 +239,8 @@ impl Workers {
                 let _ = c.kill().await;
             }
         }
+        self.stdins.clear();
+        self.children.clear();
     }
 }
 

@@ -1,0 +1,200 @@
+//! The SVG charts of the Markdown summary: latency distribution, deliveries over
+//! time, server RSS over time. Plain SVG text, no plotting dependency.
+
+use std::fmt::Write as _;
+
+use crate::report::Measurement;
+
+const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+
+/// Appends a line through `points`, given as fractions (0..=1) of the plot area.
+fn polyline(body: &mut String, series: usize, points: impl Iterator<Item = (f64, f64)>) {
+    let mut pts = String::new();
+    for (fx, fy) in points {
+        let x = PAD + fx * (W - 20.0 - PAD);
+        let y = H - PAD - fy * (H - PAD - 30.0);
+        let _ = write!(pts, "{x:.1},{y:.1} ");
+    }
+    let _ = writeln!(
+        body,
+        "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{pts}\"/>",
+        COLORS[series % 4]
+    );
+}
+const W: f64 = 720.0;
+const H: f64 = 360.0;
+const PAD: f64 = 56.0;
+
+fn svg_frame(title: &str, x_label: &str, y_label: &str, body: &str, legend: &[&str]) -> String {
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">{title}</text>\n",
+        W / 2.0
+    );
+    let _ = writeln!(
+        s,
+        "<line x1=\"{PAD}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
+        H - PAD,
+        W - 20.0,
+        H - PAD
+    );
+    let _ = writeln!(
+        s,
+        "<line x1=\"{PAD}\" y1=\"30\" x2=\"{PAD}\" y2=\"{}\" stroke=\"black\"/>",
+        H - PAD
+    );
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{x_label}</text>",
+        W / 2.0,
+        H - 14.0
+    );
+    let _ = writeln!(s, "<text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{y_label}</text>", H / 2.0, H / 2.0);
+    s.push_str(body);
+    for (i, name) in legend.iter().enumerate() {
+        let y = 40.0 + i as f64 * 16.0;
+        let _ = writeln!(s, "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{name}</text>", W - 170.0, y - 9.0, COLORS[i % 4], W - 155.0, y);
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn axis_ticks(
+    s: &mut String,
+    x_max: f64,
+    y_max: f64,
+    x_fmt: &dyn Fn(f64) -> String,
+    y_fmt: &dyn Fn(f64) -> String,
+) {
+    for i in 0..=4 {
+        let f = i as f64 / 4.0;
+        let x = PAD + f * (W - 20.0 - PAD);
+        let y = H - PAD - f * (H - PAD - 30.0);
+        let _ = writeln!(
+            s,
+            "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\" font-size=\"10\">{}</text>",
+            H - PAD + 14.0,
+            x_fmt(f * x_max)
+        );
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" font-size=\"10\">{}</text>",
+            PAD - 4.0,
+            y + 3.0,
+            y_fmt(f * y_max)
+        );
+    }
+}
+
+/// Cumulative latency distribution (log-scaled x axis in ms).
+pub fn latency_svg(systems: &[&Measurement]) -> String {
+    let max_us = systems
+        .iter()
+        .map(|m| m.hist.max())
+        .max()
+        .unwrap_or(1)
+        .max(10) as f64;
+    let lx = |us: f64| (us.max(1.0)).log10() / max_us.log10();
+    let mut body = String::new();
+    for i in 0..=4 {
+        let us = 10f64.powf(max_us.log10() * i as f64 / 4.0);
+        let x = PAD + i as f64 / 4.0 * (W - 20.0 - PAD);
+        let _ = writeln!(
+            body,
+            "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\" font-size=\"10\">{:.3}</text>",
+            H - PAD + 14.0,
+            us / 1000.0
+        );
+        let y = H - PAD - i as f64 / 4.0 * (H - PAD - 30.0);
+        let _ = writeln!(
+            body,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" font-size=\"10\">{}%</text>",
+            PAD - 4.0,
+            y + 3.0,
+            i * 25
+        );
+    }
+    for (i, m) in systems.iter().enumerate() {
+        let total = m.hist.count().max(1) as f64;
+        let mut seen = 0u64;
+        let points = m.hist.buckets().into_iter().map(|(lb, c)| {
+            seen += c;
+            (lx(lb as f64), seen as f64 / total)
+        });
+        polyline(&mut body, i, points);
+    }
+    let names: Vec<&str> = systems.iter().map(|m| m.system.as_str()).collect();
+    svg_frame(
+        "Push-to-receive latency (cumulative)",
+        "latency, ms (log scale)",
+        "share of messages",
+        &body,
+        &names,
+    )
+}
+
+/// Messages received over time.
+pub fn timeline_svg(systems: &[&Measurement]) -> String {
+    let t_max = systems
+        .iter()
+        .filter_map(|m| m.timeline.last().map(|p| p.0))
+        .fold(1.0f64, f64::max);
+    let y_max = systems
+        .iter()
+        .filter_map(|m| m.timeline.last().map(|p| p.1))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let mut body = String::new();
+    axis_ticks(&mut body, t_max, y_max, &|v| format!("{v:.1}"), &|v| {
+        format!("{v:.0}")
+    });
+    for (i, m) in systems.iter().enumerate() {
+        let points = m
+            .timeline
+            .iter()
+            .map(|(t, n)| (t / t_max, *n as f64 / y_max));
+        polyline(&mut body, i, points);
+    }
+    let names: Vec<&str> = systems.iter().map(|m| m.system.as_str()).collect();
+    svg_frame(
+        "Deliveries over time",
+        "seconds since the first push",
+        "messages received",
+        &body,
+        &names,
+    )
+}
+
+/// Server RSS over time (slow scenario).
+pub fn rss_svg(systems: &[&Measurement]) -> String {
+    let t_max = systems
+        .iter()
+        .filter_map(|m| m.rss_timeline.last().map(|p| p.0))
+        .fold(1.0f64, f64::max);
+    let y_max = systems
+        .iter()
+        .flat_map(|m| m.rss_timeline.iter().map(|p| p.1))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64
+        / 1048576.0;
+    let mut body = String::new();
+    axis_ticks(&mut body, t_max, y_max, &|v| format!("{v:.0}"), &|v| {
+        format!("{v:.0}")
+    });
+    for (i, m) in systems.iter().enumerate() {
+        let points = m
+            .rss_timeline
+            .iter()
+            .map(|(t, b)| (t / t_max, *b as f64 / 1048576.0 / y_max));
+        polyline(&mut body, i, points);
+    }
+    let names: Vec<&str> = systems.iter().map(|m| m.system.as_str()).collect();
+    svg_frame(
+        "Server RSS: pushes to slow readers, then after they left",
+        "seconds since the first push",
+        "RSS, MiB",
+        &body,
+        &names,
+    )
+}

@@ -1,0 +1,253 @@
+//! One server's turn in a scenario: connect the clients (in worker processes),
+//! take the scenario's figures from `/proc` and the clients' counts, disconnect.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use crate::hist::Histogram;
+use crate::procfs;
+use crate::push::{self, PushKind};
+use crate::report::{Latency, Measurement};
+use crate::scenario::{Plan, Scenario};
+use crate::servers::Server;
+use crate::workers::Workers;
+
+/// Runs `plan` against `server`, then stops the server.
+pub async fn run_one(plan: &Plan, server: Server) -> anyhow::Result<Measurement> {
+    let mut m = Measurement {
+        system: server.name.clone(),
+        ..Default::default()
+    };
+    let result = run_one_inner(plan, &server, &mut m).await;
+    server.stop().await;
+    result.map(|()| m)
+}
+
+async fn run_one_inner(plan: &Plan, server: &Server, m: &mut Measurement) -> anyhow::Result<()> {
+    let n = plan.connections;
+    eprintln!(
+        "== {} ({:?}, {} connections)",
+        server.name, plan.scenario, n
+    );
+    // Let the server finish starting (its RSS settles) before the baseline.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss0 = procfs::rss_bytes(server.pid)?;
+    let tcp0 = procfs::tcp_mem_bytes().ok();
+    let slab0 = procfs::slab_bytes().ok();
+    let concurrency = if plan.scenario == Scenario::Storm {
+        0
+    } else {
+        2000
+    };
+    let mut cargs = server.client_args(n, plan.sources, concurrency);
+    cargs.no_read = plan.scenario == Scenario::Slow;
+    let mut workers = Workers::spawn(&cargs).await?;
+    let took = workers
+        .wait_connected(n as u64, Duration::from_secs(180))
+        .await;
+    let status = workers.status();
+    m.connections = status.connected;
+    m.failures = status.failed;
+    if let Some(t) = took {
+        m.connect_secs = Some(t.as_secs_f64());
+        m.connect_rate_per_sec = Some(n as f64 / t.as_secs_f64().max(1e-6));
+    }
+    let outcome = async {
+        if took.is_none() {
+            bail!("only {} of {n} clients connected", status.connected);
+        }
+        match plan.scenario {
+            Scenario::Storm => {}
+            Scenario::Idle => {
+                // Connections finish their last allocations after the auth reply.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let per = |a: u64, b: u64| (a as f64 - b as f64) / n as f64;
+                m.rss_per_conn_bytes = Some(per(procfs::rss_bytes(server.pid)?, rss0));
+                m.client_rss_per_conn_bytes = Some(workers.status().rss as f64 / n as f64);
+                if let (Some(a), Ok(b)) = (tcp0, procfs::tcp_mem_bytes()) {
+                    m.kernel_tcp_mem_per_conn_bytes = Some(per(b, a));
+                }
+                if let (Some(a), Ok(b)) = (slab0, procfs::slab_bytes()) {
+                    m.kernel_slab_per_conn_bytes = Some(per(b, a));
+                }
+            }
+            Scenario::Slow => slow(plan, server, &mut workers, m, rss0).await?,
+            Scenario::Fanout | Scenario::Latency => {
+                let latency = plan.scenario == Scenario::Latency;
+                tokio::time::sleep(if latency {
+                    Duration::from_millis(500)
+                } else {
+                    Duration::from_secs(1)
+                })
+                .await;
+                m.client_rss_per_conn_bytes = Some(workers.status().rss as f64 / n as f64);
+                let count = (plan.rate * plan.duration).ceil() as u64;
+                let hist = measure_pushes(
+                    server,
+                    &mut workers,
+                    m,
+                    PushKind::Room,
+                    plan.rate,
+                    count,
+                    m.connections,
+                )
+                .await?;
+                m.latency_ms = Latency::from_hist(&hist);
+                m.hist = hist;
+                if latency && server.kind == crate::servers::Kind::Herald {
+                    let mut km = Measurement {
+                        connections: m.connections,
+                        ..Default::default()
+                    };
+                    let keys = measure_pushes(
+                        server,
+                        &mut workers,
+                        &mut km,
+                        PushKind::Keys,
+                        plan.rate,
+                        count,
+                        1,
+                    )
+                    .await?;
+                    m.key_latency_ms = Some(Latency::from_hist(&keys));
+                    m.lost += km.lost;
+                    m.deliveries += km.deliveries;
+                    m.expected += km.expected;
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    workers.stop().await;
+    // Let the server notice the closed connections before the next system starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    outcome
+}
+
+/// Samples `pid`'s RSS every 100 ms until stopped; returns (seconds since
+/// `t0`, bytes) pairs.
+fn rss_sampler(
+    pid: u32,
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(f64, u64)>> {
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        while !stop.load(Ordering::Relaxed) && samples.len() < 10 * 3600 {
+            if let Ok(rss) = procfs::rss_bytes(pid) {
+                samples.push((t0.elapsed().as_secs_f64(), rss));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        samples
+    })
+}
+
+/// Slow readers: room pushes of `plan.payload_bytes` at `plan.rate` for
+/// `plan.duration` s to clients that never read, then the clients leave and the
+/// server is watched for `plan.after` s. Records the server's RSS before, at its
+/// peak and at the end (what the allocator gave back).
+async fn slow(
+    plan: &Plan,
+    server: &Server,
+    workers: &mut Workers,
+    m: &mut Measurement,
+    rss0: u64,
+) -> anyhow::Result<()> {
+    let count = (plan.rate * plan.duration).ceil() as u64;
+    let mut publisher = server
+        .publisher(PushKind::Room, "bench://1", (1, m.connections))
+        .await?;
+    let t0 = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = rss_sampler(server.pid, t0, stop.clone());
+    let (ok, failed) =
+        push::publish_sized(&mut publisher, plan.rate, count, plan.payload_bytes).await;
+    m.pushes = ok;
+    m.failures += failed;
+    let pushed_at = t0.elapsed().as_secs_f64();
+    workers.stop_all().await;
+    let left_at = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(plan.after).await;
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler.await.unwrap_or_default();
+    m.rss_base_bytes = Some(rss0);
+    m.rss_peak_bytes = samples.iter().map(|s| s.1).max();
+    m.rss_after_bytes = Some(procfs::rss_bytes(server.pid)?);
+    m.rss_timeline = samples;
+    m.slow_phases = Some((pushed_at, left_at));
+    Ok(())
+}
+
+/// Pushes `count` messages at `rate` and measures until every client has them
+/// (or progress stops). Fills CPU, deliveries, latency and the timeline.
+async fn measure_pushes(
+    server: &Server,
+    workers: &mut Workers,
+    m: &mut Measurement,
+    kind: PushKind,
+    rate: f64,
+    count: u64,
+    receivers_per_push: u64,
+) -> anyhow::Result<Histogram> {
+    workers.reset().await?;
+    let mut publisher = server
+        .publisher(kind, "bench://1", (1, m.connections))
+        .await?;
+    let cpu0 = procfs::cpu_ns(server.pid)?;
+    let t0 = Instant::now();
+    let stop_sampler = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let status = workers.status_handle();
+        let stop = stop_sampler.clone();
+        tokio::spawn(async move {
+            let mut tl = Vec::new();
+            while !stop.load(Ordering::Relaxed) && tl.len() < 4 * 600 {
+                tl.push((t0.elapsed().as_secs_f64(), status()));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            tl
+        })
+    };
+    let (ok, failed) = push::publish_at_rate(&mut publisher, rate, count).await;
+    let expected = ok * receivers_per_push;
+    let mut last = (workers.status().received, Instant::now());
+    let mut t_done = Instant::now();
+    loop {
+        let r = workers.status().received;
+        if r >= expected {
+            t_done = Instant::now();
+            break;
+        }
+        if r != last.0 {
+            last = (r, Instant::now());
+            t_done = last.1;
+        } else if last.1.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu1 = procfs::cpu_ns(server.pid)?;
+    let elapsed = t_done.duration_since(t0).as_secs_f64();
+    stop_sampler.store(true, Ordering::Relaxed);
+    let snap = workers.report().await?;
+    m.timeline = sampler.await.unwrap_or_default();
+    m.timeline.push((t0.elapsed().as_secs_f64(), snap.received));
+    let hist = snap.hist.unwrap_or_default();
+    m.pushes += ok;
+    m.failures += failed;
+    m.deliveries += snap.received;
+    m.expected += expected;
+    m.lost = m.expected as i64 - m.deliveries as i64;
+    let cpu = cpu1.saturating_sub(cpu0) as f64;
+    m.server_cpu_secs = Some(cpu / 1e9);
+    if snap.received > 0 {
+        m.server_cpu_ns_per_delivery = Some(cpu / snap.received as f64);
+        m.deliveries_per_sec = Some(snap.received as f64 / elapsed.max(1e-3));
+    }
+    Ok(hist)
+}

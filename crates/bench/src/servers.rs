@@ -1,0 +1,364 @@
+//! The servers a scenario measures, each started on free loopback ports and stopped
+//! after its turn: herald in one or more configurations (plain; secure, i.e. TLS
+//! listeners and `jwt` auth; other builds such as another allocator), nats-server
+//! and the floor (plain or TLS).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+
+use crate::clients::{ClientArgs, Target};
+use crate::pki::Credentials;
+use crate::push::{Publisher, PushKind};
+
+/// A free loopback port (bound, then released for the server to take).
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+async fn wait_port(addr: SocketAddr, child: &mut Child, what: &str) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(st) = child.try_wait()? {
+            bail!("{what} exited early: {st}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{what} did not open {addr}")
+}
+
+/// What kind of server answers, for the publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Herald,
+    Nats,
+    Floor,
+}
+
+/// How clients reach a secure server.
+#[derive(Debug, Clone)]
+pub struct ClientSecurity {
+    /// CA the server's certificate chains to.
+    pub ca: PathBuf,
+    /// HMAC secret when the server runs `jwt` auth.
+    pub jwt_secret: Option<String>,
+}
+
+/// A server under test.
+pub struct Server {
+    /// The name in the report.
+    pub name: String,
+    pub kind: Kind,
+    child: Child,
+    pub pid: u32,
+    /// Where clients connect.
+    pub client_addr: SocketAddr,
+    pub target: Target,
+    /// TLS and token settings the clients need (secure servers).
+    pub security: Option<ClientSecurity>,
+    /// Where pushes go (HTTP API, NATS TCP, floor control).
+    pub push_addr: SocketAddr,
+    dir: Option<PathBuf>,
+}
+
+impl Server {
+    /// Kills the server and removes its scratch directory.
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+
+    /// A publisher into this server's room `room`.
+    pub async fn publisher(
+        &self,
+        kind: PushKind,
+        room: &str,
+        mids: (u64, u64),
+    ) -> anyhow::Result<Publisher> {
+        match self.kind {
+            Kind::Herald => Ok(Publisher::herald(self.push_addr, kind, room, mids)),
+            Kind::Nats => Publisher::nats(self.push_addr, "bench.room").await,
+            Kind::Floor => Publisher::floor(self.push_addr).await,
+        }
+    }
+
+    /// Settings for `n` clients of this server.
+    pub fn client_args(&self, n: usize, sources: u8, concurrency: usize) -> ClientArgs {
+        ClientArgs {
+            target: self.target,
+            addr: self.client_addr,
+            connections: n,
+            first_mid: 1,
+            room: "bench://1".into(),
+            subject: "bench.room".into(),
+            sources,
+            heartbeat_secs: 120,
+            concurrency,
+            procs: 0,
+            tls: self.security.is_some(),
+            ca: self.security.as_ref().map(|s| s.ca.clone()),
+            server_name: "localhost".into(),
+            jwt_secret: self.security.as_ref().and_then(|s| s.jwt_secret.clone()),
+            no_read: false,
+        }
+    }
+}
+
+/// The TLS (and auth) side of a secure herald.
+#[derive(Debug, Clone)]
+pub struct Secure {
+    /// Certificate, key, CA and HMAC secret.
+    pub creds: Credentials,
+    /// Run `auth.mode = "jwt"` with the credentials' secret (else trust mode).
+    pub jwt: bool,
+}
+
+/// One herald configuration of a run.
+#[derive(Debug, Clone)]
+pub struct HeraldSpec {
+    /// The name in the report.
+    pub name: String,
+    /// The program and the arguments that start `herald standalone`.
+    pub bin: PathBuf,
+    pub args: Vec<String>,
+    /// TLS listeners (and `jwt` auth) instead of plain ones and trust.
+    pub secure: Option<Secure>,
+}
+
+/// Shape of the pushes herald batches (`job.room_window`, `job.room_batch`).
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    pub window_ms: u64,
+    pub batch: usize,
+}
+
+/// Starts herald as `spec` says; clients use TCP (goim frames) when `tcp`, else
+/// WebSocket.
+pub async fn start_herald(spec: &HeraldSpec, b: Batching, tcp: bool) -> anyhow::Result<Server> {
+    let (tcp_addr, ws_addr, http) = (free_addr()?, free_addr()?, free_addr()?);
+    let bin = &spec.bin;
+    if !bin.exists() && bin.components().count() > 1 {
+        bail!(
+            "{} not found: build it first (cargo build --release -p herald), pass --herald PATH, or run `herald bench …`",
+            bin.display()
+        );
+    }
+    let mut cmd = Command::new(bin);
+    cmd.args(&spec.args)
+        .env("HERALD_COMET__TCP_BIND", format!("[\"{tcp_addr}\"]"))
+        .env("HERALD_COMET__WS_BIND", format!("[\"{ws_addr}\"]"))
+        .env("HERALD_LOGIC__HTTP_BIND", http.to_string())
+        .env("HERALD_JOB__ROOM_WINDOW", format!("{}ms", b.window_ms))
+        .env("HERALD_JOB__ROOM_BATCH", b.batch.to_string())
+        .env("HERALD_LOG__LEVEL", "warn");
+    let mut client_addr = if tcp { tcp_addr } else { ws_addr };
+    let mut security = None;
+    if let Some(secure) = &spec.secure {
+        // The clients use the TLS listener of their transport; the plain ones stay
+        // open on their own ports (nothing connects to them).
+        client_addr = free_addr()?;
+        let var = if tcp {
+            "HERALD_COMET__TLS_TCP_BIND"
+        } else {
+            "HERALD_COMET__WSS_BIND"
+        };
+        cmd.env(var, format!("[\"{client_addr}\"]"))
+            .env("HERALD_TLS__CERT_FILE", &secure.creds.cert)
+            .env("HERALD_TLS__KEY_FILE", &secure.creds.key);
+        if secure.jwt {
+            cmd.env("HERALD_AUTH__MODE", "jwt")
+                .env("HERALD_AUTH__JWT__SECRET", &secure.creds.jwt_secret);
+        }
+        security = Some(ClientSecurity {
+            ca: secure.creds.ca.clone(),
+            jwt_secret: secure.jwt.then(|| secure.creds.jwt_secret.clone()),
+        });
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    wait_port(http, &mut child, &spec.name).await?;
+    wait_port(client_addr, &mut child, &spec.name).await?;
+    let pid = child.id().context("herald pid")?;
+    Ok(Server {
+        name: spec.name.clone(),
+        kind: Kind::Herald,
+        child,
+        pid,
+        client_addr,
+        target: if tcp {
+            Target::HeraldTcp
+        } else {
+            Target::HeraldWs
+        },
+        security,
+        push_addr: http,
+        dir: None,
+    })
+}
+
+/// Whether the herald at `bin` knows `auth.mode = "jwt"` with an HMAC secret: its
+/// `config` command loads the same variables the server would and fails on keys
+/// it does not know.
+pub async fn supports_jwt(bin: &Path, secret: &str) -> bool {
+    Command::new(bin)
+        .arg("config")
+        .env("HERALD_AUTH__MODE", "jwt")
+        .env("HERALD_AUTH__JWT__SECRET", secret)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
+}
+
+fn nats_binary(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/bin")])
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+/// Installs Debian's nats-server when running as root on a Debian-like system, so a
+/// fresh machine measures the peer too.
+async fn install_nats() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root || !std::path::Path::new("/usr/bin/apt-get").exists() {
+        return;
+    }
+    eprintln!("nats-server is missing: installing the Debian package for the side-by-side run");
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "nats-server"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+    };
+    if !install().await.is_ok_and(|s| s.success()) {
+        let _ = Command::new("apt-get")
+            .args(["update", "-qq"])
+            .stdout(Stdio::null())
+            .status()
+            .await;
+        let _ = install().await;
+    }
+}
+
+/// Starts nats-server with a WebSocket listener.
+pub async fn start_nats(explicit: Option<&Path>) -> anyhow::Result<Server> {
+    let bin = match nats_binary(explicit) {
+        Some(b) => b,
+        None => {
+            install_nats().await;
+            nats_binary(explicit).context(
+                "nats-server not found (apt-get install nats-server, or --nats-server PATH)",
+            )?
+        }
+    };
+    let (client, ws) = (free_addr()?, free_addr()?);
+    let dir = std::env::temp_dir().join(format!(
+        "herald-bench-nats-{}-{}",
+        std::process::id(),
+        client.port()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!("listen: \"{client}\"\nwebsocket {{\n  listen: \"{ws}\"\n  no_tls: true\n}}\n"),
+    )?;
+    let mut child = Command::new(&bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    wait_port(ws, &mut child, "nats-server").await?;
+    let pid = child.id().context("nats pid")?;
+    Ok(Server {
+        name: "nats-server".into(),
+        kind: Kind::Nats,
+        child,
+        pid,
+        client_addr: ws,
+        target: Target::NatsWs,
+        security: None,
+        push_addr: client,
+        dir: Some(dir),
+    })
+}
+
+/// Starts the floor (a `floor` process of this program), serving wss with `tls`.
+pub async fn start_floor(b: Batching, tls: Option<&Credentials>) -> anyhow::Result<Server> {
+    let (ws, control) = (free_addr()?, free_addr()?);
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(crate::invocation().self_prefix)
+        .args([
+            "floor",
+            "--ws",
+            &ws.to_string(),
+            "--control",
+            &control.to_string(),
+        ])
+        .args([
+            "--batch",
+            &b.batch.to_string(),
+            "--window-ms",
+            &b.window_ms.to_string(),
+        ]);
+    if let Some(c) = tls {
+        cmd.arg("--cert").arg(&c.cert).arg("--key").arg(&c.key);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    wait_port(ws, &mut child, "floor").await?;
+    let pid = child.id().context("floor pid")?;
+    Ok(Server {
+        name: if tls.is_some() {
+            "floor-secure".into()
+        } else {
+            "floor".into()
+        },
+        kind: Kind::Floor,
+        child,
+        pid,
+        client_addr: ws,
+        target: Target::FloorWs,
+        security: tls.map(|c| ClientSecurity {
+            ca: c.ca.clone(),
+            jwt_secret: None,
+        }),
+        push_addr: control,
+        dir: None,
+    })
+}

@@ -1,0 +1,250 @@
+//! The targets a scenario is judged by, and the secure-versus-plain summary: each
+//! target names its figure, its limit and whether this run met it.
+
+use crate::report::{Report, Security, TargetResult};
+
+/// The name of the secure herald in a run with `--secure`.
+pub const SECURE: &str = "herald-secure";
+
+fn target(
+    name: &str,
+    value: Option<f64>,
+    limit: f64,
+    unit: &str,
+    met: Option<bool>,
+    note: &str,
+) -> TargetResult {
+    TargetResult {
+        name: name.into(),
+        value,
+        limit,
+        unit: unit.into(),
+        met: met.unwrap_or(false),
+        note: if met.is_none() && note.is_empty() {
+            "not measured".into()
+        } else {
+            note.into()
+        },
+    }
+}
+
+/// The targets of `report`'s scenario.
+pub fn evaluate(report: &Report, window_ms: u64) -> Vec<TargetResult> {
+    let h = &report.herald;
+    let ratio = |peer: &str| {
+        report
+            .ratios
+            .get(peer)
+            .and_then(|r| r.get("server_cpu_ns_per_delivery"))
+            .copied()
+    };
+    let mut t = Vec::new();
+    match report.scenario.as_str() {
+        "idle" => t.push(target(
+            "idle WebSocket connection: server RSS per connection",
+            h.rss_per_conn_bytes,
+            3072.0,
+            "bytes",
+            h.rss_per_conn_bytes.map(|v| v <= 3072.0),
+            "",
+        )),
+        "fanout" => {
+            let r = ratio("floor");
+            let shape = if window_ms > 0 {
+                " (room batches, same batches for the floor)"
+            } else {
+                " (one push at a time)"
+            };
+            t.push(target(
+                &format!("CPU per delivery ÷ floor{shape}"),
+                r,
+                1.3,
+                "×",
+                r.map(|v| v <= 1.3),
+                "",
+            ));
+            if window_ms == 0 {
+                let r = ratio("nats-server");
+                let floor_vs_nats =
+                    match (report.peers.get("floor"), report.peers.get("nats-server")) {
+                        (Some(f), Some(n)) => f
+                            .server_cpu_ns_per_delivery
+                            .zip(n.server_cpu_ns_per_delivery)
+                            .map(|(f, n)| f / n),
+                        _ => None,
+                    };
+                let note = match floor_vs_nats {
+                    Some(fr) if fr > 0.5 && r.is_some_and(|v| v > 0.5) => format!(
+                        "the floor (kernel and runtime only) measured {fr:.2}× nats-server in this run, so 0.5× would need herald to cost less than the kernel's own work per loopback delivery; see docs/benchmarks.md"
+                    ),
+                    _ => String::new(),
+                };
+                t.push(target(
+                    "CPU per delivery ÷ nats-server",
+                    r,
+                    0.5,
+                    "×",
+                    r.map(|v| v <= 0.5),
+                    &note,
+                ));
+            }
+            t.push(target(
+                "messages lost",
+                Some(h.lost as f64),
+                0.0,
+                "messages",
+                Some(h.lost == 0),
+                "",
+            ));
+        }
+        "latency" => {
+            t.push(target(
+                "lone room push p99",
+                Some(h.latency_ms.p99),
+                5.0,
+                "ms",
+                Some(h.latency_ms.samples > 0 && h.latency_ms.p99 <= 5.0),
+                "",
+            ));
+            let k = h.key_latency_ms.as_ref();
+            t.push(target(
+                "lone key push p99",
+                k.map(|k| k.p99),
+                5.0,
+                "ms",
+                k.map(|k| k.samples > 0 && k.p99 <= 5.0),
+                "",
+            ));
+        }
+        "storm" => {
+            t.push(target(
+                &format!("{} connections accepted", h.connections),
+                h.connect_secs,
+                3.0,
+                "s",
+                h.connect_secs.map(|s| s < 3.0),
+                "",
+            ));
+            t.push(target(
+                "failed connection attempts",
+                Some(h.failures as f64),
+                0.0,
+                "",
+                Some(h.failures == 0),
+                "",
+            ));
+        }
+        _ => {}
+    }
+    t.extend(secure_targets(report));
+    t
+}
+
+fn diff(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(a? - b?)
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    let (a, b) = (a?, b?);
+    (b > 0.0).then(|| (a / b * 1000.0).round() / 1000.0)
+}
+
+/// Secure herald against plain herald, measured in the same run (`--secure`).
+pub fn security_summary(report: &Report, transport: &str, auth: &str) -> Option<Security> {
+    let plain = &report.herald;
+    let secure = report.variants.get(SECURE)?;
+    let floor_cost = match (report.peers.get("floor"), report.peers.get("floor-secure")) {
+        (Some(f), Some(fs)) => diff(fs.rss_per_conn_bytes, f.rss_per_conn_bytes),
+        _ => None,
+    };
+    Some(Security {
+        transport: transport.into(),
+        auth: auth.into(),
+        connect_ratio: ratio(secure.connect_secs, plain.connect_secs),
+        cpu_per_delivery_ratio: ratio(
+            secure.server_cpu_ns_per_delivery,
+            plain.server_cpu_ns_per_delivery,
+        ),
+        tls_cost_per_conn_bytes: diff(secure.rss_per_conn_bytes, plain.rss_per_conn_bytes),
+        floor_tls_cost_per_conn_bytes: floor_cost,
+        client_tls_cost_per_conn_bytes: diff(
+            secure.client_rss_per_conn_bytes,
+            plain.client_rss_per_conn_bytes,
+        ),
+    })
+}
+
+/// The targets of the trust work: what security may cost against plain herald.
+fn secure_targets(report: &Report) -> Vec<TargetResult> {
+    let (Some(sec), Some(secure)) = (&report.security, report.variants.get(SECURE)) else {
+        return Vec::new();
+    };
+    let what = format!("{} + {} auth", sec.transport, sec.auth);
+    let mut t = Vec::new();
+    match report.scenario.as_str() {
+        "storm" => {
+            let r = sec.connect_ratio;
+            t.push(target(
+                &format!("connect storm time, secure ({what}) ÷ plain"),
+                r,
+                2.0,
+                "×",
+                r.map(|v| v <= 2.0),
+                "",
+            ));
+            t.push(target(
+                "failed connection attempts, secure",
+                Some(secure.failures as f64),
+                0.0,
+                "",
+                Some(secure.failures == 0),
+                "",
+            ));
+        }
+        "fanout" => {
+            let r = sec.cpu_per_delivery_ratio;
+            t.push(target(
+                &format!("fan-out server CPU per delivery, secure ({what}) ÷ plain"),
+                r,
+                1.25,
+                "×",
+                r.map(|v| v <= 1.25),
+                "",
+            ));
+            t.push(target(
+                "messages lost, secure",
+                Some(secure.lost as f64),
+                0.0,
+                "messages",
+                Some(secure.lost == 0),
+                "",
+            ));
+        }
+        "idle" => {
+            // The allowance is what a TLS session costs a minimal server (the floor
+            // serving wss through tokio-rustls), measured in the same run; without
+            // it, herald's own difference, which makes the target the plain one.
+            let (allowance, note) = match sec.floor_tls_cost_per_conn_bytes {
+                Some(c) => (
+                    c,
+                    format!("TLS session cost measured on the floor: {c:.0} B"),
+                ),
+                None => (
+                    sec.tls_cost_per_conn_bytes.unwrap_or(0.0),
+                    "TLS session cost taken as herald's own secure − plain (add --peers floor to measure it on the floor)".to_string(),
+                ),
+            };
+            let limit = (3072.0 + allowance).round();
+            t.push(target(
+                &format!("idle connection, secure ({what}): server RSS per connection ≤ 3 KiB + TLS session cost"),
+                secure.rss_per_conn_bytes,
+                limit,
+                "bytes",
+                secure.rss_per_conn_bytes.map(|v| v <= limit),
+                &note,
+            ));
+        }
+        _ => {}
+    }
+    t
+}

@@ -1,0 +1,149 @@
+//! The load generator's TLS clients against the floor serving wss with a
+//! certificate made by the bench: they connect, authenticate and receive a push;
+//! with a CA that did not sign the certificate none gets in.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_bench::clients::{self, ClientArgs, Dialer, Stats, Target};
+use herald_bench::floor::{self, FloorArgs};
+use herald_bench::pki::Credentials;
+use herald_bench::push::Publisher;
+use herald_bench::wire;
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn scratch(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "herald-bench-test-{tag}-{}-{:x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ))
+}
+
+/// Waits until `ok()` holds, failing the test after 20 s.
+async fn until(what: &str, ok: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn tls_args(addr: SocketAddr, ca: std::path::PathBuf, n: usize) -> ClientArgs {
+    ClientArgs {
+        target: Target::FloorWs,
+        addr,
+        connections: n,
+        first_mid: 1,
+        room: "bench://1".into(),
+        subject: "bench.room".into(),
+        sources: 2,
+        heartbeat_secs: 60,
+        concurrency: 0,
+        procs: 1,
+        tls: true,
+        ca: Some(ca),
+        server_name: "localhost".into(),
+        jwt_secret: None,
+        no_read: false,
+    }
+}
+
+/// Starts a wss floor; returns its client and control addresses.
+async fn wss_floor(creds: &Credentials) -> (SocketAddr, SocketAddr, tokio::task::JoinHandle<()>) {
+    let (ws, control) = (free_addr(), free_addr());
+    let args = FloorArgs {
+        ws,
+        control,
+        batch: 1,
+        window_ms: 0,
+        cert: Some(creds.cert.clone()),
+        key: Some(creds.key.clone()),
+    };
+    let task = tokio::spawn(async move {
+        floor::run(args).await.unwrap();
+    });
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(control).await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "floor did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (ws, control, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_authenticate_and_receive_a_push() {
+    let creds = Credentials::create(&scratch("tls")).unwrap();
+    let (ws, control, floor_task) = wss_floor(&creds).await;
+    let args = tls_args(ws, creds.ca.clone(), 20);
+    let dialer = Dialer::new(&args).unwrap();
+    let stats = Arc::new(Stats::default());
+    let run = tokio::spawn(clients::run(Arc::new(args), dialer, stats.clone()));
+    until("20 TLS clients", || stats.snapshot(false).connected == 20).await;
+
+    let mut publisher = Publisher::floor(control).await.unwrap();
+    publisher.publish(&wire::payload(1)).await.unwrap();
+    until("a push on every client", || {
+        stats.snapshot(false).received == 20
+    })
+    .await;
+    let s = stats.snapshot(true);
+    assert_eq!((s.failed, s.dropped), (0, 0));
+    assert_eq!(
+        s.hist.unwrap().count(),
+        20,
+        "one latency sample per delivery"
+    );
+
+    stats.stop.store(true, Ordering::Relaxed);
+    run.abort();
+    floor_task.abort();
+    creds.remove();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_another_ca_is_refused() {
+    let creds = Credentials::create(&scratch("tls-a")).unwrap();
+    let other = Credentials::create(&scratch("tls-b")).unwrap();
+    let (ws, _control, floor_task) = wss_floor(&creds).await;
+    let args = tls_args(ws, other.ca.clone(), 3);
+    let dialer = Dialer::new(&args).unwrap();
+    let stats = Arc::new(Stats::default());
+    let run = tokio::spawn(clients::run(Arc::new(args), dialer, stats.clone()));
+    until("failed handshakes", || stats.snapshot(false).failed >= 3).await;
+    assert_eq!(stats.snapshot(false).connected, 0);
+
+    stats.stop.store(true, Ordering::Relaxed);
+    run.abort();
+    floor_task.abort();
+    creds.remove();
+    other.remove();
+}
+
+#[test]
+fn tls_without_a_ca_and_short_secrets_are_refused_up_front() {
+    let mut args = tls_args(free_addr(), "unused".into(), 1);
+    args.ca = None;
+    let e = Dialer::new(&args).err().unwrap().to_string();
+    assert!(e.contains("--ca"), "{e}");
+    args.tls = false;
+    args.jwt_secret = Some("short".into());
+    let e = Dialer::new(&args).err().unwrap().to_string();
+    assert!(e.contains("32 bytes"), "{e}");
+}

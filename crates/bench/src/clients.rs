@@ -156,6 +156,9 @@ pub struct Snapshot {
     /// Resident memory of the client process(es), bytes.
     #[serde(default)]
     pub rss: u64,
+    /// CPU time (user + system) of the client process(es) so far, nanoseconds.
+    #[serde(default)]
+    pub cpu_ns: u64,
     #[serde(default)]
     pub hist: Option<Histogram>,
 }
@@ -169,6 +172,7 @@ impl Stats {
             dropped: self.dropped.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
             rss: crate::procfs::rss_bytes(std::process::id()).unwrap_or(0),
+            cpu_ns: crate::procfs::cpu_ns(std::process::id()).unwrap_or(0),
             hist: with_hist.then(|| {
                 let mut h = Histogram::default();
                 for s in &self.hists {

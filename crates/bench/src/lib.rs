@@ -1,8 +1,9 @@
 //! herald's load generator and benchmark runner, used as `herald bench …` or as the
 //! `herald-bench` binary.
 //!
-//! - `clients`: N goim (or NATS) clients over WebSocket or TCP, spread over loopback
-//!   source addresses and worker processes; prints progress and delivery rates.
+//! - `clients`: N goim (or NATS) clients over WebSocket or TCP, plain or TLS, with
+//!   trusted identities or HS256 tokens, spread over loopback source addresses and
+//!   worker processes; prints progress and delivery rates.
 //! - `push`: pushes through herald's HTTP API at a target rate.
 //! - `run SCENARIO`: idle / fanout / latency / storm / slow against herald and, in
 //!   the same run, herald's other configurations (`--secure`: TLS and `jwt` auth;

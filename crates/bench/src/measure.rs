@@ -37,6 +37,7 @@ async fn run_one_inner(plan: &Plan, server: &Server, m: &mut Measurement) -> any
     let rss0 = procfs::rss_bytes(server.pid)?;
     let tcp0 = procfs::tcp_mem_bytes().ok();
     let slab0 = procfs::slab_bytes().ok();
+    let cpu0 = procfs::cpu_ns(server.pid)?;
     let concurrency = if plan.scenario == Scenario::Storm {
         0
     } else {
@@ -54,6 +55,12 @@ async fn run_one_inner(plan: &Plan, server: &Server, m: &mut Measurement) -> any
     if let Some(t) = took {
         m.connect_secs = Some(t.as_secs_f64());
         m.connect_rate_per_sec = Some(n as f64 / t.as_secs_f64().max(1e-6));
+        // Who spent the cores while connecting: on loopback the clients' TLS
+        // handshakes compete with the server's for the same CPUs.
+        let per = |ns: u64| ns as f64 / 1000.0 / n as f64;
+        m.connect_server_cpu_us_per_conn =
+            Some(per(procfs::cpu_ns(server.pid)?.saturating_sub(cpu0)));
+        m.connect_client_cpu_us_per_conn = Some(per(status.cpu_ns));
     }
     let outcome = async {
         if took.is_none() {

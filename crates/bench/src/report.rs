@@ -71,6 +71,11 @@ pub struct Measurement {
     pub connect_secs: Option<f64>,
     /// Connections per second while connecting.
     pub connect_rate_per_sec: Option<f64>,
+    /// Server CPU while connecting, ÷ connections, microseconds.
+    pub connect_server_cpu_us_per_conn: Option<f64>,
+    /// Client processes' CPU from their start until all connected, ÷ connections,
+    /// microseconds.
+    pub connect_client_cpu_us_per_conn: Option<f64>,
     /// Server CPU (user + system) per delivered message, nanoseconds.
     pub server_cpu_ns_per_delivery: Option<f64>,
     /// Server CPU over the measurement, seconds.
@@ -168,6 +173,8 @@ pub struct Security {
     pub auth: String,
     /// Storm: time to connect every client, secure ÷ plain.
     pub connect_ratio: Option<f64>,
+    /// Storm: server CPU per connect, secure ÷ plain.
+    pub connect_server_cpu_ratio: Option<f64>,
     /// Fanout: server CPU per delivery, secure ÷ plain.
     pub cpu_per_delivery_ratio: Option<f64>,
     /// Idle: server RSS per connection, secure − plain (herald's TLS cost).
@@ -320,6 +327,21 @@ impl Report {
                 );
             }
         }
+        if self.scenario == "storm" {
+            let _ = writeln!(s, "\n| system | connect (s) | connections/s | server CPU per connect (µs) | client CPU per connect (µs) | failed attempts |\n|---|---:|---:|---:|---:|---:|");
+            for m in self.systems() {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    m.system,
+                    opt(m.connect_secs, 2),
+                    opt(m.connect_rate_per_sec, 0),
+                    opt(m.connect_server_cpu_us_per_conn, 1),
+                    opt(m.connect_client_cpu_us_per_conn, 1),
+                    m.failures
+                );
+            }
+        }
         if let Some(k) = &self.herald.key_latency_ms {
             let _ = writeln!(s, "\nKey push latency (herald): p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms over {} samples.", k.p50, k.p99, k.p999, k.samples);
         }
@@ -333,6 +355,11 @@ impl Report {
                 (
                     "time to connect every client, secure ÷ plain",
                     sec.connect_ratio,
+                    "×",
+                ),
+                (
+                    "server CPU per connect, secure ÷ plain",
+                    sec.connect_server_cpu_ratio,
                     "×",
                 ),
                 (
@@ -489,6 +516,16 @@ fn figure_ratios(v: &Measurement, base: &Measurement) -> BTreeMap<String, f64> {
             base.client_rss_per_conn_bytes,
         ),
         ("connect_secs", v.connect_secs, base.connect_secs),
+        (
+            "connect_server_cpu_us_per_conn",
+            v.connect_server_cpu_us_per_conn,
+            base.connect_server_cpu_us_per_conn,
+        ),
+        (
+            "connect_client_cpu_us_per_conn",
+            v.connect_client_cpu_us_per_conn,
+            base.connect_client_cpu_us_per_conn,
+        ),
         (
             "deliveries_per_sec",
             v.deliveries_per_sec,

@@ -160,7 +160,11 @@ pub async fn start_herald(spec: &HeraldSpec, b: Batching, tcp: bool) -> anyhow::
         .env("HERALD_LOGIC__HTTP_BIND", http.to_string())
         .env("HERALD_JOB__ROOM_WINDOW", format!("{}ms", b.window_ms))
         .env("HERALD_JOB__ROOM_BATCH", b.batch.to_string())
-        .env("HERALD_LOG__LEVEL", "warn");
+        .env("HERALD_LOG__LEVEL", "warn")
+        // herald keeps descriptors for its HTTP API's connection cap (4,096 by
+        // default) out of the client connections' share of the open-file limit; the
+        // bench pushes over a handful, so the clients may have the rest.
+        .env("HERALD_LIMITS__HTTP__MAX_CONNECTIONS", "64");
     let mut client_addr = if tcp { tcp_addr } else { ws_addr };
     let mut security = None;
     if let Some(secure) = &spec.secure {

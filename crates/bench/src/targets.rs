@@ -161,6 +161,10 @@ pub fn security_summary(report: &Report, transport: &str, auth: &str) -> Option<
         transport: transport.into(),
         auth: auth.into(),
         connect_ratio: ratio(secure.connect_secs, plain.connect_secs),
+        connect_server_cpu_ratio: ratio(
+            secure.connect_server_cpu_us_per_conn,
+            plain.connect_server_cpu_us_per_conn,
+        ),
         cpu_per_delivery_ratio: ratio(
             secure.server_cpu_ns_per_delivery,
             plain.server_cpu_ns_per_delivery,

@@ -145,6 +145,7 @@ impl Workers {
             sum.dropped += s.dropped;
             sum.received += s.received;
             sum.rss += s.rss;
+            sum.cpu_ns += s.cpu_ns;
         }
         sum
     }
@@ -186,6 +187,7 @@ impl Workers {
             sum.dropped += s.dropped;
             sum.received += s.received;
             sum.rss += s.rss;
+            sum.cpu_ns += s.cpu_ns;
             if let (Some(a), Some(b)) = (sum.hist.as_mut(), s.hist.as_ref()) {
                 a.merge(b);
             }

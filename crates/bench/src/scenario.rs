@@ -124,26 +124,32 @@ pub struct Plan {
 }
 
 impl Plan {
-    fn new(args: &RunArgs) -> Plan {
+    fn new(args: &RunArgs) -> anyhow::Result<Plan> {
         let s = args.scenario;
         let pick = |latency: f64, slow: f64, other: f64| match s {
             Scenario::Latency => latency,
             Scenario::Slow => slow,
             _ => other,
         };
-        Plan {
+        let after = Duration::try_from_secs_f64(args.after.max(0.0))
+            .map_err(|_| anyhow::anyhow!("--after is a number of seconds"))?;
+        let rate = args.rate.unwrap_or(pick(20.0, 20.0, 5.0));
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("--rate must be a positive number of pushes per second");
+        }
+        Ok(Plan {
             scenario: s,
             connections: args
                 .connections
                 .unwrap_or(pick(100.0, 2000.0, 15_000.0) as usize),
-            rate: args.rate.unwrap_or(pick(20.0, 20.0, 5.0)),
+            rate,
             duration: args.duration.unwrap_or(pick(5.0, 30.0, 10.0)),
             payload_bytes: args
                 .payload_bytes
                 .unwrap_or(if s == Scenario::Slow { 1024 } else { 0 }),
-            after: Duration::from_secs_f64(args.after.max(0.0)),
+            after,
             sources: args.sources,
-        }
+        })
     }
 }
 
@@ -209,7 +215,7 @@ async fn herald_specs(
 
 /// Runs a scenario and writes its reports.
 pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
-    let plan = Plan::new(&args);
+    let plan = Plan::new(&args)?;
     let window_ms =
         args.window_ms
             .unwrap_or(if args.scenario == Scenario::Fanout && plan.rate >= 40.0 {

@@ -252,3 +252,80 @@ fn secure_targets(report: &Report) -> Vec<TargetResult> {
     }
     t
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::report::{Machine, Measurement};
+
+    fn report(scenario: &str, plain: Measurement, secure: Measurement) -> Report {
+        let mut variants = BTreeMap::new();
+        variants.insert(SECURE.to_string(), secure);
+        Report {
+            scenario: scenario.into(),
+            herald: plain,
+            params: serde_json::Value::Null,
+            machine: Machine::current(),
+            variants,
+            variant_ratios: BTreeMap::new(),
+            security: None,
+            peers: BTreeMap::new(),
+            ratios: BTreeMap::new(),
+            targets: Vec::new(),
+            started_unix: 0,
+        }
+    }
+
+    fn secure_targets_of(mut r: Report) -> Vec<TargetResult> {
+        r.security = security_summary(&r, "wss", "jwt");
+        evaluate(&r, 0)
+            .into_iter()
+            .filter(|t| t.name.contains("secure"))
+            .collect()
+    }
+
+    #[test]
+    fn storm_and_fanout_ratios_are_judged_against_plain() {
+        let plain = Measurement {
+            connect_secs: Some(1.0),
+            ..Default::default()
+        };
+        let slow = Measurement {
+            connect_secs: Some(2.5),
+            ..Default::default()
+        };
+        let t = secure_targets_of(report("storm", plain.clone(), slow));
+        assert_eq!(t[0].value, Some(2.5));
+        assert!(!t[0].met, "2.5 × is over the 2 × limit");
+
+        let plain = Measurement {
+            server_cpu_ns_per_delivery: Some(1000.0),
+            ..Default::default()
+        };
+        let secure = Measurement {
+            server_cpu_ns_per_delivery: Some(1200.0),
+            ..Default::default()
+        };
+        let t = secure_targets_of(report("fanout", plain, secure));
+        assert_eq!(t[0].value, Some(1.2));
+        assert!(t[0].met);
+    }
+
+    #[test]
+    fn idle_allowance_is_the_floors_tls_cost_when_measured() {
+        let m = |rss: f64| Measurement {
+            rss_per_conn_bytes: Some(rss),
+            ..Default::default()
+        };
+        let mut r = report("idle", m(3000.0), m(11000.0));
+        r.peers.insert("floor".into(), m(3000.0));
+        r.peers.insert("floor-secure".into(), m(10000.0));
+        let t = secure_targets_of(r);
+        // 3 KiB + the floor's 7,000 B = 10,072 B, and herald-secure holds 11,000 B.
+        assert_eq!(t[0].limit, 10072.0);
+        assert!(!t[0].met);
+        assert!(t[0].note.contains("7000 B"), "{}", t[0].note);
+    }
+}

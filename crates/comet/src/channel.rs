@@ -423,6 +423,16 @@ impl Channel {
         lock(&self.outbox).writing = false;
     }
 
+    /// Gives the (empty) buffer the connection task drained into back to the
+    /// outbox if the outbox has none, so an idle connection keeps one queue
+    /// buffer instead of two.
+    pub(crate) fn recycle(&self, buf: &mut VecDeque<Outbound>) {
+        let mut st = lock(&self.outbox);
+        if buf.is_empty() && st.queue.capacity() == 0 {
+            std::mem::swap(buf, &mut st.queue);
+        }
+    }
+
     /// Queues a reply regardless of the capacity (replies are bounded by the
     /// client's own requests, which are read one batch at a time and rate limited).
     /// Only the connection task replies, and it drains right after, so no wake-up.

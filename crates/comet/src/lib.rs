@@ -346,12 +346,10 @@ async fn accept_loop(
                         }
                     }
                 };
-                let ctx = ctx.clone();
-                let serve = conn::serve(ctx, stream, peer, &kind, guard);
-                tracker.spawn(async move {
-                    serve.await;
-                    drop(permit);
-                });
+                // The future is spawned as it is: wrapping it in another async
+                // block would store it twice in the task (the captured value and
+                // the awaited one), doubling every connection's largest allocation.
+                tracker.spawn(conn::serve(ctx.clone(), stream, peer, &kind, guard, permit));
             }
             Err(e) => {
                 // Typically EMFILE: wait for connections to close instead of spinning.

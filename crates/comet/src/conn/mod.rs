@@ -17,7 +17,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use herald_limits::{ClientLimits, IpCounter, IpGuard, TrustedProxies};
@@ -25,6 +25,7 @@ use herald_proto::{ws, Frame, Op};
 use herald_rpc::{ConnectReply, DisconnectReq, HeartbeatReq, LogicService};
 use rand::Rng;
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -62,7 +63,8 @@ pub(crate) struct ListenerKind {
 
 /// Serves one accepted socket until it closes. `ip_guard` counts it for its
 /// address (`None` when the peer is a trusted proxy: the client it names is counted
-/// once the upgrade is read).
+/// once the upgrade is read); `slot` is its place under `comet.max_connections`.
+/// Both are released when the connection ends.
 ///
 /// Everything the connection keeps while idle lives in this one future, so it is
 /// written to stay small: the handshake, writes and logic calls are boxed (they are
@@ -73,7 +75,8 @@ pub(crate) fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     kind: &ListenerKind,
-    ip_guard: Option<IpGuard>,
+    mut ip_guard: Option<IpGuard>,
+    slot: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
     let (tls, tls_failed) = match kind.tls.clone().map(TlsSession::new) {
@@ -89,8 +92,9 @@ pub(crate) fn serve(
     // A TLS listener never serves in the clear: without a session, end at once.
     conn.eof = tls_failed;
     async move {
-        let mut conn = conn;
-        let mut ip_guard = ip_guard;
+        // The captured values are used in place: rebinding them (`let mut conn =
+        // conn`) would store each twice in this long-lived future.
+        let _ = &slot;
         ctx.hub.metrics.accepted.increment(1);
         let handshake = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -104,7 +108,7 @@ pub(crate) fn serve(
             Ok(Err(Refused { reason, close })) => {
                 debug!(peer = %conn.peer, %reason, "connection closed before auth");
                 if let Some(close) = close {
-                    goodbye(&ctx, &conn, close).await;
+                    Box::pin(goodbye(&ctx, &conn, close)).await;
                 }
                 return;
             }
@@ -130,12 +134,13 @@ pub(crate) fn serve(
             &ctx.hub.metrics.connections_tcp
         };
         gauge.increment(1.0);
-        let end = session(&ctx, &mut conn, &ch, hb, leftover, removals_before).await;
+        let hb_ms = hb.as_millis() as u64;
+        let end = session(&ctx, &mut conn, &ch, hb_ms, leftover, removals_before).await;
         debug!(peer = %conn.peer, key = %ch.key, reason = end.reason, "connection closed");
         ch.close();
         if end.clean {
             if let Some(reason) = ch.close_reason() {
-                goodbye(&ctx, &conn, reason).await;
+                Box::pin(goodbye(&ctx, &conn, reason)).await;
             }
         }
         drop(conn);
@@ -251,20 +256,23 @@ async fn session(
     ctx: &ConnContext,
     conn: &mut Conn,
     ch: &Arc<Channel>,
-    hb: Duration,
+    hb_ms: u64,
     leftover: Vec<Inbound>,
     removals_before: u64,
 ) -> End {
     let hub = &ctx.hub;
+    // Route refreshes on the hub clock, in milliseconds: this future lives as long
+    // as the connection, so its state is kept small.
     let refresh_every = {
         let (lo, hi) = (ctx.cfg.route_refresh_min, ctx.cfg.route_refresh_max);
-        if hi > lo {
+        let every = if hi > lo {
             rand::rng().random_range(lo..hi)
         } else {
             lo
-        }
+        };
+        every.as_millis() as u64
     };
-    let mut last_refresh = Instant::now();
+    let mut next_refresh = hub.now_ms().saturating_add(refresh_every);
     if hub.route_removals() != removals_before {
         // A route removal finished while this client authenticated: it may have been
         // this key's (a same-key reconnect); make sure the route points here. If
@@ -277,9 +285,7 @@ async fn session(
         .await
         .is_none()
         {
-            last_refresh = Instant::now()
-                .checked_sub(refresh_every)
-                .unwrap_or(last_refresh);
+            next_refresh = hub.now_ms();
         }
     }
     let mut limits = Limiters::new(ctx);
@@ -299,8 +305,8 @@ async fn session(
                         break;
                     }
                     if f.op == Op::HEARTBEAT {
-                        ch.set_deadline(hub.deadline_after(hb));
-                        if last_refresh.elapsed() >= refresh_every
+                        ch.set_deadline(hub.now_ms().saturating_add(hb_ms));
+                        if hub.now_ms() >= next_refresh
                             && call(
                                 ctx,
                                 "heartbeat",
@@ -309,7 +315,7 @@ async fn session(
                             .await
                             .is_some()
                         {
-                            last_refresh = Instant::now();
+                            next_refresh = hub.now_ms().saturating_add(refresh_every);
                         }
                     }
                     match dispatch::handle_frame(ctx, ch, &mut limits, f) {
@@ -435,6 +441,8 @@ async fn write_drained(
         }
     }
     ch.finish_write();
+    // One queue buffer per connection, not one in the channel and one here.
+    ch.recycle(out);
     ctx.hub.metrics.writes.increment(1);
     ctx.hub.metrics.frames_delivered.increment(frames);
     if blocked && !closing {
@@ -446,7 +454,9 @@ async fn write_drained(
 }
 
 /// Tells the client why it is being closed, if there is a way to: a WebSocket
-/// close frame (and, on TLS, close_notify). Best effort, briefly bounded.
+/// close frame (and, on TLS, close_notify). Best effort, briefly bounded. Boxed by
+/// its callers: it is rare, and its timer and write state would otherwise make
+/// every idle connection's task larger.
 async fn goodbye(ctx: &ConnContext, conn: &Conn, reason: CloseReason) {
     let bound = ctx.cfg.write_timeout.min(Duration::from_secs(1));
     let sink = conn.sink();
@@ -585,8 +595,38 @@ mod tests {
             websocket: true,
             tls: None,
         };
-        let fut = serve(ctx, stream, peer, &kind, None);
+        {
+            let mut conn = Conn::new(
+                TcpStream::connect(listener.local_addr().unwrap()).await.unwrap(),
+                peer,
+                true,
+                None,
+                ctx.cfg.clone(),
+            );
+            let mut guard = None;
+            {
+                let h = handshake::handshake(&ctx, &mut conn, &mut guard);
+                println!("handshake future: {} bytes", std::mem::size_of_val(&h));
+            }
+            let ch = Arc::new(Channel::new(1, "k".into(), 1, peer.ip(), vec![], 8));
+            let s = session(&ctx, &mut conn, &ch, 0, Vec::new(), 0);
+            println!("session future: {} bytes", std::mem::size_of_val(&s));
+        }
+        let slot = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        // Exactly what the accept loop spawns.
+        let fut = serve(ctx, stream, peer, &kind, None, slot);
         let size = std::mem::size_of_val(&fut);
+        println!(
+            "ip guard {} limiters {} transport {} inbound {} outbound {} end {}",
+            std::mem::size_of::<Option<IpGuard>>(),
+            std::mem::size_of::<Limiters>(),
+            std::mem::size_of::<wire::Transport>(),
+            std::mem::size_of::<Inbound>(),
+            std::mem::size_of::<Outbound>(),
+            std::mem::size_of::<End>(),
+        );
         println!(
             "connection future: {size} bytes; channel: {} bytes; conn: {} bytes",
             std::mem::size_of::<Channel>(),

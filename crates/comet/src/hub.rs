@@ -450,7 +450,9 @@ impl Hub {
         if !all.is_empty() && !window.is_zero() {
             let start = tokio::time::Instant::now();
             let n = all.len() as u32;
-            for (i, ch) in all.iter().enumerate() {
+            // Each channel is let go of as soon as it is closed: holding it would
+            // keep its socket open (a TCP client would see nothing until the end).
+            for (i, ch) in all.into_iter().enumerate() {
                 let at = start + window.mul_f64(f64::from(i as u32) / f64::from(n));
                 tokio::time::sleep_until(at).await;
                 ch.close_with(reason);

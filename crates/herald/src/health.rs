@@ -39,6 +39,9 @@ type Check = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct Readiness {
     checks: Vec<(&'static str, Check)>,
+    /// Set when shutdown starts: read on every probe, never from the cache, so a
+    /// balancer sees a drain at once.
+    draining: Option<Arc<AtomicBool>>,
     /// The last round and when it ran; probes within [`CACHE_FOR`] share it.
     last: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, Outcome)>>>,
 }
@@ -68,17 +71,9 @@ impl Readiness {
     }
 
     /// Adds a check that fails once `draining` is set (shutdown started).
-    pub fn draining(self, draining: Arc<AtomicBool>) -> Readiness {
-        self.check("draining", move || {
-            let set = draining.load(Ordering::Acquire);
-            async move {
-                if set {
-                    Err("shutting down")
-                } else {
-                    Ok(())
-                }
-            }
-        })
+    pub fn draining(mut self, draining: Arc<AtomicBool>) -> Readiness {
+        self.draining = Some(draining);
+        self
     }
 
     /// Runs every check (or reuses a round younger than [`CACHE_FOR`]); logs why
@@ -133,7 +128,10 @@ impl Readiness {
     }
 
     async fn answer(&self) -> Response {
-        let outcome = self.run().await;
+        let mut outcome = self.run().await;
+        if let Some(d) = &self.draining {
+            outcome.insert("draining", !d.load(Ordering::Acquire));
+        }
         let failed: Vec<&str> = outcome
             .iter()
             .filter(|(_, ok)| !**ok)

@@ -205,6 +205,40 @@ async fn calls_in_flight_are_bounded_and_the_rest_wait_for_a_slot() {
     s.shutdown().await;
 }
 
+/// A connect that gave up on a slow backend leaves its call running there: the
+/// slot stays taken until the backend answers, so the backend never works on more
+/// than `concurrency` calls, however many clients connect meanwhile.
+#[tokio::test]
+async fn a_slow_backend_never_gets_more_than_concurrency_calls() {
+    let backend = Backend::start().await;
+    backend.answer(200, r#"{"allow":true,"mid":4}"#);
+    backend.hold();
+    let mut cfg = hook_config(&backend.url);
+    cfg.webhook.concurrency = 3;
+    cfg.webhook.timeout = Duration::from_millis(300);
+    let s = start(cfg).await;
+    // Three waves of connects, each timing out while the backend holds its calls.
+    for _ in 0..3 {
+        let connects: Vec<_> = (0..10)
+            .map(|_| {
+                let auth = Arc::clone(&s.auth);
+                tokio::spawn(async move { auth.authenticate(&connect_req(&json!({}))).await })
+            })
+            .collect();
+        for c in connects {
+            assert_refused(c.await.unwrap(), Unavailable, "");
+        }
+    }
+    assert_eq!(backend.max_in_flight(), 3);
+    // Once the backend answers, slots come back and connects pass.
+    backend.release();
+    eventually("a connect to pass again", || async {
+        s.auth.authenticate(&connect_req(&json!({}))).await.is_ok()
+    })
+    .await;
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn bad_configurations_are_clear_errors_at_start() {
     let err = |f: fn(&mut herald_logic::auth::WebhookConfig)| async move {

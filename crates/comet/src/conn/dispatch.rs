@@ -198,13 +198,16 @@ pub(super) async fn refresh(ctx: &ConnContext, ch: &Arc<Channel>, client_addr: S
         }
         Ok(Err(e)) => {
             ctx.hub.metrics.refreshes_refused.increment(1);
-            // An outage is not a verdict on the credentials: say so, so the client
-            // keeps them and tries again.
-            let code = match e.kind {
-                ErrorKind::Unavailable | ErrorKind::DeadlineExceeded => -503,
-                _ => -401,
-            };
-            json!({"code": code, "message": e.message})
+            // The reason stays in the log: it may name internal addresses or what
+            // an auth backend said. An outage is not a verdict on the credentials:
+            // say so, so the client keeps them and tries again.
+            tracing::debug!(key = %ch.key, error = %e, "refresh refused");
+            match e.kind {
+                ErrorKind::Unavailable | ErrorKind::DeadlineExceeded => json!({
+                    "code": -503, "message": "the credentials could not be checked; try again"
+                }),
+                _ => json!({"code": -401, "message": "credentials refused"}),
+            }
         }
         Err(_) => {
             ctx.hub.metrics.refreshes_refused.increment(1);

@@ -68,8 +68,10 @@ pub(super) async fn handshake(
     let upgrade_deadline = started + ctx.limits.upgrade_timeout;
     let mut cookie = String::new();
     let mut headers: HashMap<String, String> = HashMap::new();
-    // Pings are answered before auth too, each with a write: bounded like frames.
-    let mut pings = 0u32;
+    // Everything a client sends before auth is work for nothing (frames are
+    // dropped, pings answered with a write each): at most `frames_burst` of it.
+    let mut before_auth = 0u32;
+    let allowance = ctx.limits.frames_burst.max(1);
     loop {
         if conn.eof {
             return Err(Refused::quietly("closed by peer"));
@@ -155,13 +157,9 @@ pub(super) async fn handshake(
                     headers.insert(":path".into(), up.target);
                 }
                 Inbound::Ping(p) => {
-                    pings += 1;
-                    if pings > ctx.limits.frames_burst.max(1) {
-                        ctx.hub.metrics.limit_hit("frames_per_second");
-                        return Err(Refused {
-                            reason: "too many pings before auth".into(),
-                            close: Some(CloseReason::FrameRate),
-                        });
+                    before_auth += 1;
+                    if before_auth > allowance {
+                        return Err(too_much_before_auth(ctx));
                     }
                     let (h, hl) = ws::server_header(ws::opcode::PONG, p.len());
                     let mut out = h[..hl].to_vec();
@@ -191,10 +189,22 @@ pub(super) async fn handshake(
                     });
                 }
                 Inbound::Frame(f) => {
+                    before_auth += 1;
+                    if before_auth > allowance {
+                        return Err(too_much_before_auth(ctx));
+                    }
                     debug!(peer = %conn.peer, op = f.op, "frame before auth ignored")
                 }
             }
         }
+    }
+}
+
+fn too_much_before_auth(ctx: &ConnContext) -> Refused {
+    ctx.hub.metrics.limit_hit("frames_per_second");
+    Refused {
+        reason: "too many frames before auth".into(),
+        close: Some(CloseReason::FrameRate),
     }
 }
 

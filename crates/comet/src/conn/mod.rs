@@ -143,6 +143,9 @@ pub(crate) fn serve(
                 Box::pin(goodbye(&ctx, &conn, reason)).await;
             }
         }
+        // The socket is shared with the channel's sink, which others may still
+        // hold for a moment: end the connection now, not when the last one lets go.
+        let _ = socket2::SockRef::from(&*conn.stream).shutdown(std::net::Shutdown::Both);
         drop(conn);
         drop(ip_guard);
         gauge.decrement(1.0);
@@ -597,7 +600,9 @@ mod tests {
         };
         {
             let mut conn = Conn::new(
-                TcpStream::connect(listener.local_addr().unwrap()).await.unwrap(),
+                TcpStream::connect(listener.local_addr().unwrap())
+                    .await
+                    .unwrap(),
                 peer,
                 true,
                 None,

@@ -89,7 +89,7 @@ impl HttpServer {
         opts: HttpOptions,
         what: &'static str,
     ) -> io::Result<HttpServer> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = listen(addr)?;
         let local_addr = listener.local_addr()?;
         let per_ip = opts.limits.connections_per_ip;
         let shared = Arc::new(Shared {
@@ -156,6 +156,23 @@ impl Drop for HttpServer {
         self.stop.cancel();
         self.kill.cancel();
     }
+}
+
+/// Connections the kernel completes and queues while the listener is at its cap
+/// (capped by `net.core.somaxconn`): with a short queue, further SYNs are dropped
+/// and clients back off for seconds; with a long one they wait to be accepted.
+const BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with [`BACKLOG`].
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// The accept loop.

@@ -199,36 +199,70 @@ async fn shutdown_drains_clients_over_the_window_with_1012() {
     let mut clients = Vec::new();
     for i in 0..8 {
         let mut c = Client::ws(s.ws_addrs[0]).await;
-        c.auth(i, &format!("drain-{i}"), "", &[]).await;
-        clients.push(c);
+        c.auth(i, &format!("drain-ws-{i}"), "", &[]).await;
+        clients.push((true, c));
+        let mut c = Client::tcp(s.tcp_addrs[0]).await;
+        c.auth(100 + i, &format!("drain-tcp-{i}"), "", &[]).await;
+        clients.push((false, c));
     }
-    let mut tcp = Client::tcp(s.tcp_addrs[0]).await;
-    tcp.auth(99, "drain-tcp", "", &[]).await;
     let started = Instant::now();
     let stopping = tokio::spawn(s.shutdown());
     let watchers: Vec<_> = clients
         .into_iter()
-        .map(|mut c| {
+        .map(|(ws, mut c)| {
             tokio::spawn(async move {
                 let code = c.close_code().await;
-                (code, started.elapsed())
+                (ws, code, started.elapsed())
             })
         })
         .collect();
-    let mut closed_at = Vec::new();
+    let (mut ws_at, mut tcp_at) = (Vec::new(), Vec::new());
     for w in watchers {
-        let (code, at) = w.await.unwrap();
-        assert_eq!(code, Some(ws::close::SERVICE_RESTART));
-        closed_at.push(at);
+        let (ws, code, at) = w.await.unwrap();
+        if ws {
+            assert_eq!(code, Some(ws::close::SERVICE_RESTART));
+            ws_at.push(at);
+        } else {
+            // TCP clients are told by the connection ending, each in its turn.
+            assert_eq!(code, None);
+            tcp_at.push(at);
+        }
     }
-    tcp.expect_closed().await;
     stopping.await.unwrap();
-    closed_at.sort();
-    let spread = closed_at[closed_at.len() - 1] - closed_at[0];
-    // Eight clients over one second: the last is closed at least 7/8 s after the
-    // first.
-    assert!(
-        spread >= Duration::from_millis(600),
-        "closed all at once: {closed_at:?}"
-    );
+    for (what, mut at) in [("WebSocket", ws_at), ("TCP", tcp_at)] {
+        at.sort();
+        let spread = at[at.len() - 1] - at[0];
+        // Sixteen clients over one second: each transport's closes are spread
+        // over most of it, not all at the end.
+        assert!(
+            spread >= Duration::from_millis(500),
+            "{what} clients closed all at once: {at:?}"
+        );
+    }
+}
+
+/// Frames sent before auth are dropped unanswered, which makes them cheap to send
+/// and costly to read: a client may send only `frames_burst` of them.
+#[tokio::test]
+async fn a_frame_flood_before_auth_is_cut_off() {
+    let mut cfg = test_config();
+    cfg.limits.client.frames_burst = 50;
+    let s = start_with(cfg).await;
+    let mut calm = bystander(&s).await;
+    for ws in [false, true] {
+        let mut c = if ws {
+            Client::ws(s.ws_addrs[0]).await
+        } else {
+            Client::tcp(s.tcp_addrs[0]).await
+        };
+        for _ in 0..100 {
+            c.send(Op::HEARTBEAT, b"").await;
+        }
+        let code = c.close_code().await;
+        if ws {
+            assert_eq!(code, Some(ws::close::POLICY_VIOLATION));
+        }
+        still_receives(&s, &mut calm, "before-auth").await;
+    }
+    s.shutdown().await;
 }

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -68,6 +69,10 @@ impl Failures {
     }
 }
 
+/// A call the connect gave up on (after `timeout`) keeps its slot for at most this
+/// many more timeouts, then is dropped (its connection closed).
+const GIVE_UP_AFTER: u32 = 3;
+
 /// Asks a backend about each connect.
 pub struct WebhookAuthenticator {
     url: Uri,
@@ -76,7 +81,13 @@ pub struct WebhookAuthenticator {
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
     concurrency: usize,
-    slots: Semaphore,
+    /// One per call the backend is working on: a slot is held until the backend
+    /// answers (or the call is given up for good), not just until the connect
+    /// stops waiting, so the backend never has more than `concurrency` calls.
+    slots: Arc<Semaphore>,
+    /// Runs each call, so a call outlives the connect that gave up on it.
+    tracker: TaskTracker,
+    stop: CancellationToken,
     failures: Failures,
     /// Unix milliseconds of the last failure warning (failures during an outage
     /// are many; one line per [`WARN_EVERY`] says enough).
@@ -169,7 +180,7 @@ impl WebhookAuthenticator {
             &cfg.tls,
             "auth.webhook.tls",
             cfg.concurrency,
-            stop,
+            stop.clone(),
             tracker,
         )?;
         info!(mode = "webhook", url = %super::url_for_logs(&url), timeout = ?cfg.timeout,
@@ -180,7 +191,9 @@ impl WebhookAuthenticator {
             headers,
             timeout: cfg.timeout,
             concurrency: cfg.concurrency,
-            slots: Semaphore::new(cfg.concurrency),
+            slots: Arc::new(Semaphore::new(cfg.concurrency)),
+            tracker: tracker.clone(),
+            stop,
             failures: Failures::new(),
             last_warning: AtomicU64::new(0),
         })
@@ -233,7 +246,8 @@ impl WebhookAuthenticator {
 
     async fn ask(&self, req: &ConnectReq) -> RpcResult<Decision> {
         let deadline = Instant::now() + self.timeout;
-        let _slot = match tokio::time::timeout_at(deadline, self.slots.acquire()).await {
+        let slot = match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await
+        {
             Ok(Ok(slot)) => slot,
             Ok(Err(_)) => return Err(RpcError::unavailable("auth webhook is shut down")),
             Err(_) => {
@@ -247,27 +261,44 @@ impl WebhookAuthenticator {
             }
         };
         let http_req = self.request(req)?;
-        let answer =
-            match tokio::time::timeout_at(deadline, self.client.send(http_req, MAX_ANSWER_BYTES))
-                .await
-            {
-                Err(_) => {
-                    return Err(self.failure(
-                        &self.failures.timeout,
-                        format!("no answer within {:?}", self.timeout),
-                    ))
+        // The call runs on its own task holding the slot: if this connect stops
+        // waiting at `deadline`, the backend is still busy with it, and the slot
+        // stays taken until it answers or GIVE_UP_AFTER timeouts have passed.
+        let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
+        let client = self.client.clone();
+        let stop = self.stop.clone();
+        let give_up = deadline + self.timeout * GIVE_UP_AFTER;
+        self.tracker.spawn(async move {
+            let _slot = slot;
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                r = tokio::time::timeout_at(give_up, client.send(http_req, MAX_ANSWER_BYTES)) => {
+                    if let Ok(r) = r {
+                        let _ = answer_tx.send(r);
+                    }
                 }
-                Ok(Err(e @ CallError::Connect(_))) => {
+            }
+        });
+        let answer = match tokio::time::timeout_at(deadline, answer_rx).await {
+            Err(_) | Ok(Err(_)) => {
+                return Err(self.failure(
+                    &self.failures.timeout,
+                    format!("no answer within {:?}", self.timeout),
+                ))
+            }
+            Ok(Ok(r)) => match r {
+                Err(e @ CallError::Connect(_)) => {
                     return Err(self.failure(&self.failures.connect, e.to_string()))
                 }
-                Ok(Err(e @ CallError::Request(_))) => {
+                Err(e @ CallError::Request(_)) => {
                     return Err(self.failure(&self.failures.request, e.to_string()))
                 }
-                Ok(Err(e @ CallError::TooLarge(_))) => {
+                Err(e @ CallError::TooLarge(_)) => {
                     return Err(self.failure(&self.failures.garbage, e.to_string()))
                 }
-                Ok(Ok(a)) => a,
-            };
+                Ok(a) => a,
+            },
+        };
         if answer.status != StatusCode::OK {
             return Err(self.failure(&self.failures.status, format!("answered {}", answer.status)));
         }

@@ -11,29 +11,10 @@
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
+use herald_tls::io::NonBlocking;
 use rustls::pki_types::ServerName;
 use rustls::ClientConnection;
 use tokio::net::TcpStream;
-
-/// The socket as blocking-style `Read`/`Write` answering `WouldBlock` instead of
-/// waiting (what rustls's `read_tls`/`write_tls` expect).
-struct NonBlocking<'a>(&'a TcpStream);
-
-impl Read for NonBlocking<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
-    }
-}
-
-impl Write for NonBlocking<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// TLS settings shared by every client of a process.
 #[derive(Clone)]

@@ -282,8 +282,12 @@ impl Comet {
     }
 }
 
-/// A listener with the configured backlog (tokio's `bind` uses a fixed one).
-fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+/// A TCP listener on `addr` with `backlog` (tokio's `bind` uses a fixed one):
+/// connections the kernel completes and queues while herald is not accepting
+/// (capped by `net.core.somaxconn`). With a short queue further SYNs are dropped
+/// and clients back off for seconds; with a long one they wait to be accepted.
+/// Also herald's HTTP listeners.
+pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {

@@ -14,32 +14,9 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use herald_tls::io::NonBlocking;
 use rustls::ServerConnection;
 use tokio::net::TcpStream;
-
-/// The socket as blocking-style `Read`/`Write` that answer `WouldBlock` instead
-/// of waiting (what rustls's `read_tls`/`write_tls` expect).
-struct NonBlocking<'a>(&'a TcpStream);
-
-impl Read for NonBlocking<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
-    }
-}
-
-impl Write for NonBlocking<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.0.try_write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// What one non-blocking read produced.
 #[derive(Debug, Default, PartialEq, Eq)]

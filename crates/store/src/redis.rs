@@ -181,16 +181,6 @@ impl RedisStore {
             .arg(key);
         call
     }
-
-    /// Checks the connection (`PING`).
-    pub async fn ping(&self) -> StoreResult<()> {
-        let mut con = self.con.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut con)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
-    }
 }
 
 #[async_trait]

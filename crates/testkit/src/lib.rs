@@ -57,6 +57,30 @@ pub(crate) fn wait_for(addr: SocketAddr, child: &mut Child, what: &str) {
     panic!("{what} did not listen on {addr} within 20 s");
 }
 
+/// Starts `cmd` (an engine listening on loopback `port`, its files in `dir`) with
+/// its output discarded and waits until it accepts connections.
+pub(crate) fn spawn_engine(
+    cmd: &mut Command,
+    name: &str,
+    port: u16,
+    dir: PathBuf,
+    tls: bool,
+) -> Engine {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for(addr, &mut child, name);
+    Engine {
+        child,
+        addr,
+        dir,
+        tls,
+    }
+}
+
 /// A running engine process, stopped on drop.
 pub struct Engine {
     pub(crate) child: Child,
@@ -118,23 +142,12 @@ pub fn redis() -> Engine {
 pub fn redis_on(port: u16) -> Engine {
     let bin = required("redis-server", "redis-server");
     let dir = scratch("redis", port);
-    let mut child = Command::new(bin)
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+    let mut cmd = Command::new(bin);
+    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
-    let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_for(addr, &mut child, "redis-server");
-    Engine {
-        child,
-        addr,
-        dir,
-        tls: false,
-    }
+        .arg(&dir);
+    spawn_engine(&mut cmd, "redis-server", port, dir, false)
 }
 
 impl Engine {
@@ -173,21 +186,10 @@ pub fn nats() -> Engine {
 pub fn nats_on(port: u16) -> Engine {
     let bin = required("nats-server", "nats-server");
     let dir = scratch("nats", port);
-    let mut child = Command::new(bin)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start nats-server: {e}"));
-    let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_for(addr, &mut child, "nats-server");
-    Engine {
-        child,
-        addr,
-        dir,
-        tls: false,
-    }
+    let mut cmd = Command::new(bin);
+    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(&dir);
+    spawn_engine(&mut cmd, "nats-server", port, dir, false)
 }
 
 impl Engine {
@@ -221,28 +223,18 @@ pub fn etcd_on(port: u16) -> Engine {
         });
     let client_url = format!("http://127.0.0.1:{port}");
     let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut child = Command::new(bin)
-        .args(["--name", "default", "--data-dir"])
+    let mut cmd = Command::new(bin);
+    cmd.args(["--name", "default", "--data-dir"])
         .arg(dir.join("data"))
         .args(["--listen-client-urls", &client_url])
         .args(["--advertise-client-urls", &client_url])
         .args(["--listen-peer-urls", &peer_url])
         .args(["--initial-advertise-peer-urls", &peer_url])
         .args(["--initial-cluster", &format!("default={peer_url}")])
-        .args(["--initial-cluster-state", "new"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start etcd: {e}"));
-    let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_for(addr, &mut child, "etcd");
-    wait_etcd_healthy(addr, &mut child);
-    Engine {
-        child,
-        addr,
-        dir,
-        tls: false,
-    }
+        .args(["--initial-cluster-state", "new"]);
+    let mut engine = spawn_engine(&mut cmd, "etcd", port, dir, false);
+    wait_etcd_healthy(engine.addr, &mut engine.child);
+    engine
 }
 
 /// Waits until etcd's `/health` answers `"health":"true"` (it has a leader and
@@ -314,25 +306,14 @@ pub(crate) fn kafka_with(port: u16, advertised: Option<&str>, extra: &[&str]) ->
     });
     let dir = scratch("kafka", port);
     let url = format!("tcp://127.0.0.1:{port}");
-    let mut child = Command::new(bin)
-        .arg("broker")
+    let mut cmd = Command::new(bin);
+    cmd.arg("broker")
         .args(["--listener-url", &url])
         .args(["--advertised-listener-url", advertised.unwrap_or(&url)])
         .args(["--storage-engine", "memory://tansu/"])
         .args(extra)
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start tansu: {e}"));
-    let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_for(addr, &mut child, "tansu");
-    Engine {
-        child,
-        addr,
-        dir,
-        tls: false,
-    }
+        .current_dir(&dir);
+    spawn_engine(&mut cmd, "tansu", port, dir, false)
 }
 
 impl Engine {

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{free_port, required, scratch, wait_for, Engine, Pki};
+use crate::{free_port, required, scratch, spawn_engine, wait_for, Engine, Pki};
 
 /// How a Redis engine is protected.
 #[derive(Default, Clone, Copy)]
@@ -74,19 +74,7 @@ pub fn redis_on(port: u16, sec: RedisSecurity<'_>) -> Engine {
             "+@all",
         ]);
     }
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_for(addr, &mut child, "redis-server");
-    Engine {
-        child,
-        addr,
-        dir,
-        tls: sec.tls.is_some(),
-    }
+    spawn_engine(&mut cmd, "redis-server", port, dir, sec.tls.is_some())
 }
 
 /// How a NATS engine is protected (a user or a token, not both).
@@ -143,21 +131,9 @@ pub fn nats(sec: NatsSecurity<'_>) -> Engine {
     }
     let file = dir.join("nats.conf");
     std::fs::write(&file, conf).unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
-    let mut child = Command::new(bin)
-        .arg("-c")
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start nats-server: {e}"));
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_for(addr, &mut child, "nats-server");
-    Engine {
-        child,
-        addr,
-        dir,
-        tls: sec.tls.is_some(),
-    }
+    let mut cmd = Command::new(bin);
+    cmd.arg("-c").arg(&file);
+    spawn_engine(&mut cmd, "nats-server", port, dir, sec.tls.is_some())
 }
 
 /// How an etcd engine is protected.
@@ -209,25 +185,14 @@ pub fn etcd(sec: EtcdSecurity<'_>) -> Engine {
     if let Some(ttl) = sec.token_ttl {
         cmd.args(["--auth-token-ttl", &ttl.to_string()]);
     }
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start etcd: {e}"));
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_for(addr, &mut child, "etcd");
-    let engine = Engine {
-        child,
-        addr,
-        dir,
-        tls: sec.tls.is_some(),
-    };
+    let engine = spawn_engine(&mut cmd, "etcd", port, dir, sec.tls.is_some());
     let ctl = |args: &[&str]| etcdctl(&engine, &sec, args);
     let start = Instant::now();
     while let Err(e) = ctl(&["endpoint", "health"]) {
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "etcd on {addr} did not report healthy within 20 s: {e}"
+            "etcd on {} did not report healthy within 20 s: {e}",
+            engine.addr
         );
         std::thread::sleep(Duration::from_millis(100));
     }

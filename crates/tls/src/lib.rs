@@ -8,7 +8,8 @@
 //! [`client_config`] builds a `rustls::ClientConfig` trusting a CA file (and presenting
 //! a client certificate for mutual TLS). Everything uses the `ring` provider.
 //! [`client_pem`] reads a client's files as PEM for libraries that take bytes, and
-//! the `transport` feature adds TLS under tonic's gRPC channels and servers.
+//! the `transport` feature adds TLS under tonic's gRPC channels and servers, and the
+//! `io` feature a socket adapter for sessions kept beside their socket.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ use serde::{Deserialize, Serialize};
 
 pub use rustls;
 
+#[cfg(feature = "io")]
+pub mod io;
 mod pem;
 #[cfg(feature = "redis")]
 pub mod redis;

@@ -89,7 +89,7 @@ impl HttpServer {
         opts: HttpOptions,
         what: &'static str,
     ) -> io::Result<HttpServer> {
-        let listener = listen(addr)?;
+        let listener = herald_comet::listen(addr, BACKLOG)?;
         let local_addr = listener.local_addr()?;
         let per_ip = opts.limits.connections_per_ip;
         let shared = Arc::new(Shared {
@@ -158,22 +158,9 @@ impl Drop for HttpServer {
     }
 }
 
-/// Connections the kernel completes and queues while the listener is at its cap
-/// (capped by `net.core.somaxconn`): with a short queue, further SYNs are dropped
-/// and clients back off for seconds; with a long one they wait to be accepted.
+/// Connections waiting in the kernel while the listener is at its cap (see
+/// [`herald_comet::listen`]).
 const BACKLOG: u32 = 4096;
-
-/// A listener on `addr` with [`BACKLOG`].
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
-}
 
 /// The accept loop.
 struct Acceptor {

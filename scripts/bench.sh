@@ -6,11 +6,14 @@
 #   scripts/bench.sh fanout latency  # only these scenarios
 #   N=5000 scripts/bench.sh idle     # fewer connections
 #   scripts/bench.sh secure          # secure (wss + jwt) against plain: idle, fanout, storm
-#   scripts/bench.sh alloc           # glibc malloc, mimalloc, jemalloc: idle, fanout, slow
+#   scripts/bench.sh alloc           # glibc malloc (trimmed, the default; and untrimmed),
+#                                    # mimalloc, jemalloc: idle, fanout, slow (same binary;
+#                                    # the other two preloaded from Debian's libmimalloc2.0
+#                                    # and libjemalloc2, installed if missing)
 #
 # Scenarios: idle fanout fanout-goim latency storm slow
 #            secure-idle secure-fanout secure-storm   (group: secure)
-#            alloc-idle alloc-fanout alloc-slow       (group: alloc; builds 3 binaries)
+#            alloc-idle alloc-fanout alloc-slow       (group: alloc)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -18,8 +21,6 @@ N=${N:-15000}
 SLOW_N=${SLOW_N:-2000}
 OUT=${OUT:-bench-results}
 TARGET=${CARGO_TARGET_DIR:-target}
-# The queue and registry engines built into every allocator variant.
-ENGINES=${ENGINES:-redis,nats,kafka,etcd}
 scenarios=()
 for s in "$@"; do
   case "$s" in
@@ -30,13 +31,16 @@ for s in "$@"; do
 done
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(idle fanout fanout-goim latency storm)
 
+apt_install() {
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "$@" >/dev/null
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq "$@" >/dev/null
+  fi
+}
 if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
   echo "installing nats-server (Debian package) for the side-by-side runs"
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq nats-server >/dev/null
-  else
-    sudo apt-get update -qq && sudo apt-get install -y -qq nats-server >/dev/null
-  fi
+  apt_install nats-server
 fi
 
 # Loopback clients need many ephemeral ports; widen the range when allowed.
@@ -46,30 +50,37 @@ fi
 
 mkdir -p "$OUT"
 
-# Builds herald with one global allocator into $OUT/bin/herald-NAME.
-build_alloc() {
-  local name=$1 features=$2
-  cargo build --release -p herald --no-default-features --features "$features"
-  mkdir -p "$OUT/bin"
-  cp "$TARGET/release/herald" "$OUT/bin/herald-$name"
-}
+# The allocator variants are the same binary with another malloc preloaded: a
+# wrapper that execs herald (same process, so its memory is what gets measured).
+LIBDIR=/usr/lib/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 alloc_built=
 alloc_bins() {
   [ -n "$alloc_built" ] && return
-  build_alloc glibc "$ENGINES"
-  build_alloc mimalloc "$ENGINES,alloc-mimalloc"
-  build_alloc jemalloc "$ENGINES,alloc-jemalloc"
+  [ -e "$LIBDIR/libjemalloc.so.2" ] && [ -e "$LIBDIR/libmimalloc.so.2" ] || {
+    echo "installing libjemalloc2 and libmimalloc2.0 (Debian packages) for the allocator runs"
+    apt_install libjemalloc2 libmimalloc2.0
+  }
+  cp "$OUT/bin/herald" "$OUT/bin/herald-glibc"
+  # jemalloc with background threads, so freed pages go back over its decay time.
+  printf '#!/bin/sh\nMALLOC_CONF=background_thread:true LD_PRELOAD=%s exec %s "$@"\n' \
+    "$LIBDIR/libjemalloc.so.2" "$(cd "$OUT/bin" && pwd)/herald" > "$OUT/bin/herald-jemalloc"
+  printf '#!/bin/sh\nLD_PRELOAD=%s exec %s "$@"\n' \
+    "$LIBDIR/libmimalloc.so.2" "$(cd "$OUT/bin" && pwd)/herald" > "$OUT/bin/herald-mimalloc"
+  # glibc without the periodic trim (memory.trim_interval = 0s).
+  printf '#!/bin/sh\nHERALD_MEMORY__TRIM_INTERVAL=0s exec %s "$@"\n' \
+    "$(cd "$OUT/bin" && pwd)/herald" > "$OUT/bin/herald-untrimmed"
+  chmod +x "$OUT/bin/herald-jemalloc" "$OUT/bin/herald-mimalloc" "$OUT/bin/herald-untrimmed"
   alloc_built=1
 }
 
 cargo build --release -p herald
-# A copy, so the allocator builds (which rewrite the same path) cannot swap the
-# runner under a running scenario.
+# A copy, so a rebuild during a run cannot swap the binary under a scenario.
 mkdir -p "$OUT/bin"
 cp "$TARGET/release/herald" "$OUT/bin/herald"
 bench="$OUT/bin/herald bench"
 alloc_args() {
   echo --peers none --herald "$OUT/bin/herald-glibc" --label glibc \
+    --variant "untrimmed=$OUT/bin/herald-untrimmed" \
     --variant "mimalloc=$OUT/bin/herald-mimalloc" --variant "jemalloc=$OUT/bin/herald-jemalloc"
 }
 for s in "${scenarios[@]}"; do
@@ -89,6 +100,4 @@ for s in "${scenarios[@]}"; do
     *) echo "unknown scenario $s (idle fanout fanout-goim latency storm slow secure-* alloc-*, or the groups secure, alloc)" >&2; exit 2 ;;
   esac
 done
-# Leave the default build where cargo put it (the allocator builds replaced it).
-[ -z "$alloc_built" ] || cargo build --release -p herald
 echo "reports in $OUT/"

@@ -507,6 +507,25 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// The process's memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// How often the heap's free pages are handed back to the kernel (glibc's
+    /// `malloc_trim`), so memory freed after a burst does not stay with the
+    /// process. `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub trim_interval: Duration,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            trim_interval: Duration::from_secs(10),
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -533,6 +552,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Shutdown.
     pub shutdown: ShutdownConfig,
+    /// Memory.
+    pub memory: MemoryConfig,
     /// Connect authentication (`trust`, `jwt`, `webhook`).
     pub auth: herald_logic::auth::AuthConfig,
     /// The certificate of the public TLS listeners (WSS, TLS over TCP, HTTPS API).

@@ -13,6 +13,7 @@ pub mod edge;
 pub mod engines;
 pub mod health;
 pub mod http_server;
+pub mod memory;
 pub mod observe;
 pub mod roles;
 pub mod standalone;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use herald::memory::Trimmer;
 use herald::roles::{CometRole, JobRole, LogicRole};
 use herald::{edge, observe, Config, Standalone};
 use herald_logic::api_keys::{NewKey, Scope};
@@ -11,16 +12,9 @@ use herald_tls::Reloader;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-// The global allocator. Features are additive, so when several are on the first in
-// this order wins: alloc-mimalloc, alloc-jemalloc; without either, glibc's malloc.
-// Measurements behind the choice: docs/benchmarks.md, "Allocator".
-#[cfg(feature = "alloc-mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[cfg(all(feature = "alloc-jemalloc", not(feature = "alloc-mimalloc")))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+// The global allocator is glibc's malloc, trimmed periodically (herald::memory); the
+// measurements behind the choice, and how to compare other allocators without
+// rebuilding: docs/benchmarks.md, "Allocator".
 
 /// herald: a real-time push server speaking goim's protocol and HTTP API.
 #[derive(Parser)]
@@ -178,11 +172,18 @@ where
 {
     let cfg = Config::load(config.as_deref())?;
     observe::init_logging(&cfg.log.level);
+    // The trimmer publishes metrics: the recorder goes in before it starts.
+    observe::metrics_handle();
+    let trimmer = Trimmer::start(cfg.memory.trim_interval)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(cfg))
+    let served = rt.block_on(serve(cfg));
+    if let Some(t) = trimmer {
+        t.stop();
+    }
+    served
 }
 
 /// A token cancelled by SIGINT/SIGTERM, so a role still waiting for an engine at

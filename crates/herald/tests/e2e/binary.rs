@@ -1,5 +1,5 @@
-//! The `herald` binary itself: configuration from the environment, serving, and a
-//! clean exit on SIGTERM.
+//! The `herald` binary itself: configuration from the environment, serving, the
+//! memory trimmer, and a clean exit on SIGTERM.
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -24,6 +24,7 @@ async fn binary_serves_and_stops_on_sigterm() {
         .env("HERALD_COMET__WS_BIND", format!("[\"127.0.0.1:{ws}\"]"))
         .env("HERALD_LOGIC__HTTP_BIND", format!("127.0.0.1:{http_port}"))
         .env("HERALD_LOG__LEVEL", "warn")
+        .env("HERALD_MEMORY__TRIM_INTERVAL", "50ms")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -48,6 +49,26 @@ async fn binary_serves_and_stops_on_sigterm() {
     .await;
     assert_eq!(r.json()["code"], 0);
     assert_eq!(&c.recv_push().await.body[..], b"hi");
+
+    // The memory trimmer runs and reports (every 50 ms here) what glibc's heap holds.
+    let mut trims = 0.0;
+    let mut heap = 0.0;
+    for _ in 0..100 {
+        let text = get(http, "/metrics").await.text();
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        trims = value("herald_memory_trims_total ");
+        heap = value("herald_allocator_heap_bytes ");
+        if trims >= 2.0 && heap > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(trims >= 2.0, "trims reported: {trims}");
+    assert!(heap > 0.0, "heap bytes reported: {heap}");
 
     let pid = child.id().to_string();
     assert!(Command::new("kill")

@@ -100,6 +100,28 @@ pub trait Registry: Send + Sync + 'static {
 pub trait Registration: Send + Sync {
     /// Replaces the instance's metadata (e.g. connection counts).
     async fn update(&self, metadata: BTreeMap<String, String>) -> Result<(), RegistryError>;
-    /// Removes the instance.
+    /// Removes the instance, and every claim it holds.
     async fn deregister(&self) -> Result<(), RegistryError>;
+
+    /// Claims `name` in `scope` for this registration: at most one registration
+    /// holds a name at a time. `Ok(true)` when this registration holds it (now or
+    /// already), `Ok(false)` when another does. A claim lasts until
+    /// [`Registration::release`], [`Registration::deregister`], or the end of the
+    /// registration's lease (the process died or lost the registry for longer than
+    /// the lease, see [`Registration::lease_losses`]). Watching `scope` with
+    /// [`Registry::watch`] lists the claims as instances whose hostname is the
+    /// name and whose [`CLAIM_OWNER`] metadata is the holder's hostname.
+    async fn claim(&self, scope: &str, name: &str) -> Result<bool, RegistryError>;
+
+    /// Gives up a claim this registration holds (nothing if it holds none).
+    async fn release(&self, scope: &str, name: &str) -> Result<(), RegistryError>;
+
+    /// How many times this registration lost its lease, and with it every claim it
+    /// held. Changes as soon as the registration cannot be sure its lease is still
+    /// alive — before the registry expires it — so a holder can stop acting on its
+    /// claims before another registration can take them.
+    fn lease_losses(&self) -> watch::Receiver<u64>;
 }
+
+/// Metadata key naming the holder of a claim (see [`Registration::claim`]).
+pub const CLAIM_OWNER: &str = "owner";

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use herald_discovery::{
-    EtcdConfig, EtcdRegistry, Instance, Instances, Registry, RegistryError, COMET_APPID,
-    LOGIC_APPID,
+    EtcdConfig, EtcdRegistry, Instance, Instances, Registry, RegistryError, CLAIM_OWNER,
+    COMET_APPID, LOGIC_APPID,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -370,4 +370,107 @@ async fn next_endpoint_is_tried() {
     let w = reg.watch(COMET_APPID).await.unwrap();
     assert_eq!(hostnames(&w.borrow()), ["e:3109"]);
     r.deregister().await.unwrap();
+}
+
+fn job(hostname: &str) -> Instance {
+    Instance {
+        appid: "herald.job".into(),
+        hostname: hostname.into(),
+        ..Default::default()
+    }
+}
+
+fn owner_of(list: &[Instance], name: &str) -> Option<String> {
+    list.iter()
+        .find(|i| i.hostname == name)
+        .and_then(|i| i.metadata.get(CLAIM_OWNER).cloned())
+}
+
+#[tokio::test]
+async fn a_claim_has_one_holder_and_ends_with_its_lease() {
+    const SCOPE: &str = "herald.job.partition";
+    let etcd = herald_testkit::etcd();
+    let reg = registry(&etcd).await;
+    let other = registry(&etcd).await;
+    let mut w = reg.watch(SCOPE).await.unwrap();
+    let a = reg.register(job("a")).await.unwrap();
+    let b = other.register(job("b")).await.unwrap();
+
+    // Two registrations (two clients) race for the same name: exactly one wins.
+    let (ca, cb) = tokio::join!(a.claim(SCOPE, "7"), b.claim(SCOPE, "7"));
+    let (ca, cb) = (ca.unwrap(), cb.unwrap());
+    assert!(ca != cb, "exactly one holder: a {ca}, b {cb}");
+    let (holder, loser, holder_name) = if ca { (&a, &b, "a") } else { (&b, &a, "b") };
+    assert!(holder.claim(SCOPE, "7").await.unwrap(), "held again");
+    let list = until(&mut w, Duration::from_secs(5), "claim seen", |l| {
+        owner_of(l, "7").is_some()
+    })
+    .await;
+    assert_eq!(owner_of(&list, "7").as_deref(), Some(holder_name));
+
+    // The loser's release leaves it alone; the holder's frees it for the loser.
+    loser.release(SCOPE, "7").await.unwrap();
+    assert!(!loser.claim(SCOPE, "7").await.unwrap());
+    holder.release(SCOPE, "7").await.unwrap();
+    until(&mut w, Duration::from_secs(5), "claim released", |l| {
+        owner_of(l, "7").is_none()
+    })
+    .await;
+    assert!(loser.claim(SCOPE, "7").await.unwrap());
+
+    // Deregistering ends every claim at once.
+    assert!(!holder.claim(SCOPE, "7").await.unwrap());
+    loser.deregister().await.unwrap();
+    until(
+        &mut w,
+        Duration::from_secs(5),
+        "claims end with the lease",
+        |l| owner_of(l, "7").is_none(),
+    )
+    .await;
+    assert!(holder.claim(SCOPE, "7").await.unwrap());
+    holder.deregister().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_lost_lease_is_reported_and_takes_its_claims() {
+    const SCOPE: &str = "herald.job.partition";
+    let etcd = herald_testkit::etcd();
+    let reg = registry(&etcd).await;
+    let mut w = reg.watch(SCOPE).await.unwrap();
+    let a = reg.register(job("a")).await.unwrap();
+    let mut losses = a.lease_losses();
+    assert_eq!(*losses.borrow_and_update(), 0);
+    assert!(a.claim(SCOPE, "1").await.unwrap());
+    until(&mut w, Duration::from_secs(5), "claim seen", |l| {
+        owner_of(l, "1").is_some()
+    })
+    .await;
+
+    // Someone revokes the lease: the claim goes with it and the holder is told.
+    let key = b"/herald/herald.job/test/a";
+    let lease = reg.client().get(key).await.unwrap().unwrap().lease;
+    reg.client().lease_revoke(lease).await.unwrap();
+    until(
+        &mut w,
+        Duration::from_secs(2),
+        "claim gone with the lease",
+        |l| owner_of(l, "1").is_none(),
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(5), losses.changed())
+        .await
+        .expect("the loss is reported within the TTL")
+        .unwrap();
+    assert_eq!(*losses.borrow_and_update(), 1);
+
+    // Re-registration does not bring the claim back: the holder claims again.
+    let mut jobs = reg.watch("herald.job").await.unwrap();
+    until(&mut jobs, Duration::from_secs(5), "registered again", |l| {
+        !l.is_empty()
+    })
+    .await;
+    assert_eq!(owner_of(&w.borrow(), "1"), None);
+    assert!(a.claim(SCOPE, "1").await.unwrap());
+    a.deregister().await.unwrap();
 }

@@ -29,6 +29,7 @@ use super::wire::*;
 const RANGE: &str = "/etcdserverpb.KV/Range";
 const PUT: &str = "/etcdserverpb.KV/Put";
 const DELETE_RANGE: &str = "/etcdserverpb.KV/DeleteRange";
+const TXN: &str = "/etcdserverpb.KV/Txn";
 const LEASE_GRANT: &str = "/etcdserverpb.Lease/LeaseGrant";
 const LEASE_REVOKE: &str = "/etcdserverpb.Lease/LeaseRevoke";
 const LEASE_KEEP_ALIVE: &str = "/etcdserverpb.Lease/LeaseKeepAlive";
@@ -515,6 +516,80 @@ impl EtcdClient {
             )
             .await?;
         Ok(resp.deleted > 0)
+    }
+
+    /// Writes `key` = `value` on `lease` only if `key` does not exist, atomically.
+    /// Answers `None` when it was written, or the key as it already was.
+    pub async fn create_if_absent(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        lease: i64,
+    ) -> Result<Option<KeyValue>, EtcdError> {
+        let resp: TxnResponse = self
+            .unary(
+                TXN,
+                TxnRequest {
+                    compare: vec![Compare {
+                        result: CompareResult::Equal as i32,
+                        target: CompareTarget::Create as i32,
+                        key: key.to_vec(),
+                        target_union: Some(compare::TargetUnion::CreateRevision(0)),
+                    }],
+                    success: vec![RequestOp {
+                        request: Some(request_op::Request::RequestPut(PutRequest {
+                            key: key.to_vec(),
+                            value: value.to_vec(),
+                            lease,
+                        })),
+                    }],
+                    failure: vec![RequestOp {
+                        request: Some(request_op::Request::RequestRange(RangeRequest {
+                            key: key.to_vec(),
+                            ..Default::default()
+                        })),
+                    }],
+                },
+            )
+            .await?;
+        if resp.succeeded {
+            return Ok(None);
+        }
+        let existing = resp.responses.into_iter().find_map(|r| match r.response {
+            Some(response_op::Response::ResponseRange(range)) => range.kvs.into_iter().next(),
+            _ => None,
+        });
+        // Deleted between the compare and the read cannot happen inside one
+        // transaction; an empty answer still means "not written".
+        Ok(Some(existing.unwrap_or_default()))
+    }
+
+    /// Deletes `key` only if it is attached to `lease`, atomically; answers whether
+    /// it was deleted.
+    pub async fn delete_if_lease(&self, key: &[u8], lease: i64) -> Result<bool, EtcdError> {
+        let resp: TxnResponse = self
+            .unary(
+                TXN,
+                TxnRequest {
+                    compare: vec![Compare {
+                        result: CompareResult::Equal as i32,
+                        target: CompareTarget::Lease as i32,
+                        key: key.to_vec(),
+                        target_union: Some(compare::TargetUnion::Lease(lease)),
+                    }],
+                    success: vec![RequestOp {
+                        request: Some(request_op::Request::RequestDeleteRange(
+                            DeleteRangeRequest {
+                                key: key.to_vec(),
+                                range_end: Vec::new(),
+                            },
+                        )),
+                    }],
+                    failure: Vec::new(),
+                },
+            )
+            .await?;
+        Ok(resp.succeeded)
     }
 
     /// Grants a lease of `ttl` seconds; answers its ID and the TTL etcd chose.

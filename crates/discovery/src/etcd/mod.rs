@@ -17,12 +17,22 @@
 //! with it and keeps the lease alive on a keep-alive stream (a refresh every third
 //! of the TTL). If the lease is lost — etcd answers a refresh with TTL 0 (expired
 //! or revoked), the stream or the connection breaks, or no refresh is answered
-//! within the TTL — the registration is made again with backoff: a new lease, the
-//! key put again with the latest metadata. [`Registration::update`] rewrites the
+//! within half the TTL (so the holder knows before etcd expires the lease) — the
+//! registration is made again with backoff: a new lease, the key put again with the
+//! latest metadata, and [`Registration::lease_losses`] counts one more loss. [`Registration::update`] rewrites the
 //! key on the same lease (only when the metadata changed) and is remembered for
 //! re-registration. [`Registration::deregister`] revokes the lease, so the key
 //! disappears at once. Dropping the registration stops its keep-alive; the key
 //! then disappears when the lease expires, as when the process dies.
+//!
+//! # Claims
+//!
+//! [`Registration::claim`] writes `<prefix>/<scope>/<env>/<name>` on the
+//! registration's lease in one transaction that succeeds only if the key does not
+//! exist; its value is an instance whose `owner` metadata is the holder's hostname.
+//! [`Registration::release`] deletes it in a transaction that checks the lease is
+//! still the holder's. A claim ends with its lease: revoked on deregistration,
+//! expired when the holder dies, and not renewed by a re-registration.
 //!
 //! # Watching
 //!
@@ -50,7 +60,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, trace, warn};
 
-use crate::{Instance, Instances, Registration, Registry, RegistryError};
+use crate::{Instance, Instances, Registration, Registry, RegistryError, CLAIM_OWNER};
 
 pub mod auth;
 pub mod client;
@@ -246,11 +256,15 @@ impl Registry for EtcdRegistry {
         if instance.env.is_empty() {
             instance.env = self.cfg.env.clone();
         }
+        let (losses, lost) = watch::channel(0);
         let keeper = Keeper {
             client: self.client.clone(),
             key: self.key_of(&instance),
+            claims_root: self.prefix().to_string(),
+            env: self.cfg.env.clone(),
             instance,
             ttl: self.ttl_secs(),
+            losses,
         };
         let live = keeper.establish().await.map_err(unavailable)?;
         info!(key = %keeper.key, lease = live.lease, ttl = live.ttl, "registered in etcd");
@@ -259,6 +273,7 @@ impl Registry for EtcdRegistry {
         Ok(Box::new(EtcdRegistration {
             cmds,
             task: task.abort_handle(),
+            lost,
         }))
     }
 
@@ -281,26 +296,37 @@ enum Cmd {
         oneshot::Sender<Result<(), RegistryError>>,
     ),
     Deregister(oneshot::Sender<Result<(), RegistryError>>),
+    Claim(String, oneshot::Sender<Result<bool, RegistryError>>),
+    Release(String, oneshot::Sender<Result<(), RegistryError>>),
 }
 
 /// Handle on a keeper task.
 struct EtcdRegistration {
     cmds: mpsc::Sender<Cmd>,
     task: AbortHandle,
+    lost: watch::Receiver<u64>,
 }
 
 impl EtcdRegistration {
-    async fn ask(
+    /// Sends `cmd` to the keeper; `gone` is the answer once it has stopped
+    /// (deregistered).
+    async fn ask<T>(
         &self,
-        cmd: impl FnOnce(oneshot::Sender<Result<(), RegistryError>>) -> Cmd,
-    ) -> Result<(), RegistryError> {
+        cmd: impl FnOnce(oneshot::Sender<Result<T, RegistryError>>) -> Cmd,
+        gone: impl FnOnce() -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
         let (tx, rx) = oneshot::channel();
         if self.cmds.send(cmd(tx)).await.is_err() {
-            // Already deregistered: nothing left to change.
-            return Ok(());
+            return gone();
         }
-        rx.await.unwrap_or(Ok(()))
+        rx.await.unwrap_or_else(|_| gone())
     }
+}
+
+fn deregistered<T>() -> Result<T, RegistryError> {
+    Err(RegistryError::Unavailable(
+        "the registration was withdrawn".into(),
+    ))
 }
 
 #[async_trait]
@@ -309,13 +335,35 @@ impl Registration for EtcdRegistration {
     /// the registration is being made again after a lease loss, the call fails but
     /// the metadata is kept and written by the re-registration.
     async fn update(&self, metadata: BTreeMap<String, String>) -> Result<(), RegistryError> {
-        self.ask(|tx| Cmd::Update(metadata, tx)).await
+        // Already deregistered: nothing left to change.
+        self.ask(|tx| Cmd::Update(metadata, tx), || Ok(())).await
     }
 
-    /// Revokes the lease (the key disappears at once) and stops the keep-alive.
+    /// Revokes the lease (the key and every claim disappear at once) and stops the
+    /// keep-alive.
     async fn deregister(&self) -> Result<(), RegistryError> {
-        self.ask(Cmd::Deregister).await
+        self.ask(Cmd::Deregister, || Ok(())).await
     }
+
+    async fn claim(&self, scope: &str, name: &str) -> Result<bool, RegistryError> {
+        let key = claim_key(scope, name);
+        self.ask(|tx| Cmd::Claim(key, tx), deregistered).await
+    }
+
+    async fn release(&self, scope: &str, name: &str) -> Result<(), RegistryError> {
+        let key = claim_key(scope, name);
+        // Deregistered: the lease, and the claim with it, is gone.
+        self.ask(|tx| Cmd::Release(key, tx), || Ok(())).await
+    }
+
+    fn lease_losses(&self) -> watch::Receiver<u64> {
+        self.lost.clone()
+    }
+}
+
+/// `scope/name`, resolved to a key by the keeper (which knows the prefix and env).
+fn claim_key(scope: &str, name: &str) -> String {
+    format!("{scope}\u{0}{name}")
 }
 
 impl Drop for EtcdRegistration {
@@ -345,11 +393,60 @@ enum End {
 struct Keeper {
     client: Arc<EtcdClient>,
     key: String,
+    /// `<prefix>` and env of claim keys: `<prefix>/<scope>/<env>/<name>`.
+    claims_root: String,
+    env: String,
     instance: Instance,
     ttl: i64,
+    /// Counts lease losses for [`Registration::lease_losses`].
+    losses: watch::Sender<u64>,
 }
 
 impl Keeper {
+    /// The key and value of the claim `scope\0name`.
+    fn claim_entry(&self, scoped: &str) -> (String, Vec<u8>) {
+        let (scope, name) = scoped.split_once('\u{0}').unwrap_or(("", scoped));
+        let key = format!("{}/{}/{}/{}", self.claims_root, scope, self.env, name);
+        let claim = Instance {
+            appid: scope.to_string(),
+            env: self.env.clone(),
+            hostname: name.to_string(),
+            latest_timestamp: now_nanos(),
+            metadata: [(CLAIM_OWNER.to_string(), self.instance.hostname.clone())].into(),
+            ..Default::default()
+        };
+        (key, serde_json::to_vec(&claim).unwrap_or_default())
+    }
+
+    /// Claims under `lease`: written now, or already this registration's.
+    async fn claim(&self, scoped: &str, lease: i64) -> Result<bool, RegistryError> {
+        let (key, value) = self.claim_entry(scoped);
+        match self
+            .client
+            .create_if_absent(key.as_bytes(), &value, lease)
+            .await
+            .map_err(unavailable)?
+        {
+            None => {
+                debug!(%key, lease, "claimed");
+                Ok(true)
+            }
+            // A retried call whose first attempt had written it is ours too.
+            Some(existing) => Ok(existing.lease == lease),
+        }
+    }
+
+    async fn release(&self, scoped: &str, lease: i64) -> Result<(), RegistryError> {
+        let (key, _) = self.claim_entry(scoped);
+        let deleted = self
+            .client
+            .delete_if_lease(key.as_bytes(), lease)
+            .await
+            .map_err(unavailable)?;
+        debug!(%key, lease, deleted, "claim released");
+        Ok(())
+    }
+
     fn value(&self) -> Vec<u8> {
         // Serializing plain strings, numbers and maps cannot fail.
         serde_json::to_vec(&self.instance).unwrap_or_default()
@@ -394,7 +491,8 @@ impl Keeper {
                 match self.keep(l, &mut cmds).await {
                     End::Stop => return,
                     End::Lost(why) => {
-                        warn!(key = %self.key, lease, reason = %why, "etcd lease lost; registering again");
+                        self.losses.send_modify(|n| *n += 1);
+                        warn!(key = %self.key, lease, reason = %why, "etcd lease lost (with every claim on it); registering again");
                     }
                 }
             }
@@ -415,6 +513,15 @@ impl Keeper {
                             let _ = reply.send(Err(RegistryError::Unavailable(
                                 "etcd registration is being renewed; the metadata will be written with it".into(),
                             )));
+                        }
+                        Some(Cmd::Claim(_, reply)) => {
+                            let _ = reply.send(Err(RegistryError::Unavailable(
+                                "etcd registration is being renewed; claim again once it is".into(),
+                            )));
+                        }
+                        // The lost lease took the claim with it.
+                        Some(Cmd::Release(_, reply)) => {
+                            let _ = reply.send(Ok(()));
                         }
                     }
                 }
@@ -444,7 +551,10 @@ impl Keeper {
     /// is lost or the registration ends.
     async fn keep(&mut self, mut live: Live, cmds: &mut mpsc::Receiver<Cmd>) -> End {
         let period = Duration::from_millis((live.ttl as u64 * 1000 / 3).max(100));
-        let ttl = Duration::from_secs(live.ttl as u64);
+        // Declared lost after half the TTL without an answer: etcd keeps the lease
+        // for the whole TTL after the last refresh it answered, so the holder of
+        // claims on it stops acting on them before anyone else can take them.
+        let ttl = Duration::from_millis(live.ttl as u64 * 1000 / 2);
         let mut tick = tokio::time::interval_at(Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The stream was opened with one refresh already sent.
@@ -488,6 +598,12 @@ impl Keeper {
                         }
                         let _ = reply.send(result.map_err(unavailable));
                         return End::Stop;
+                    }
+                    Some(Cmd::Claim(scoped, reply)) => {
+                        let _ = reply.send(self.claim(&scoped, live.lease).await);
+                    }
+                    Some(Cmd::Release(scoped, reply)) => {
+                        let _ = reply.send(self.release(&scoped, live.lease).await);
                     }
                     Some(Cmd::Update(metadata, reply)) => {
                         if !self.set_metadata(metadata) {

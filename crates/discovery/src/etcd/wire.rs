@@ -355,6 +355,27 @@ mod tests {
         let grant = LeaseGrantResponse::decode(&[0x10, 7, 0x18, 3, 0x22, 1, b'x'][..]);
         let grant = grant.expect("decodes");
         assert_eq!((grant.id, grant.ttl, grant.error.as_str()), (7, 3, "x"));
+        // compare=1 (LEN) { target=2 CREATE(1), key=3, create_revision=5 };
+        // success=2 (LEN) { request_put=2 (LEN) { key=1 } }.
+        let txn = TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Create as i32,
+                key: b"k".to_vec(),
+                target_union: Some(compare::TargetUnion::CreateRevision(0)),
+            }],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: b"k".to_vec(),
+                    ..Default::default()
+                })),
+            }],
+            failure: Vec::new(),
+        };
+        assert_eq!(
+            txn.encode_to_vec(),
+            [0x0a, 7, 0x10, 1, 0x1a, 1, b'k', 0x28, 0, 0x12, 5, 0x12, 3, 0x0a, 1, b'k']
+        );
     }
 }
 
@@ -379,4 +400,153 @@ pub struct AuthenticateResponse {
     /// The token to send as metadata `token`.
     #[prost(string, tag = "2")]
     pub token: String,
+}
+
+/// `etcdserverpb.Compare`: one condition of a transaction, on one key.
+#[derive(Clone, PartialEq, Message)]
+pub struct Compare {
+    /// [`CompareResult`].
+    #[prost(enumeration = "CompareResult", tag = "1")]
+    pub result: i32,
+    /// [`CompareTarget`].
+    #[prost(enumeration = "CompareTarget", tag = "2")]
+    pub target: i32,
+    /// The key compared.
+    #[prost(bytes = "vec", tag = "3")]
+    pub key: Vec<u8>,
+    /// What it is compared with.
+    #[prost(oneof = "compare::TargetUnion", tags = "4, 5, 6, 7, 8")]
+    pub target_union: Option<compare::TargetUnion>,
+}
+
+/// `etcdserverpb.Compare.CompareResult`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum CompareResult {
+    /// Equal.
+    Equal = 0,
+    /// Greater.
+    Greater = 1,
+    /// Less.
+    Less = 2,
+    /// Not equal.
+    NotEqual = 3,
+}
+
+/// `etcdserverpb.Compare.CompareTarget`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum CompareTarget {
+    /// The key's version.
+    Version = 0,
+    /// The key's creation revision (0 = the key does not exist).
+    Create = 1,
+    /// The key's last modification revision.
+    Mod = 2,
+    /// The key's value.
+    Value = 3,
+    /// The key's lease.
+    Lease = 4,
+}
+
+/// The oneof of [`Compare`].
+pub mod compare {
+    /// `etcdserverpb.Compare.target_union`.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum TargetUnion {
+        /// For [`super::CompareTarget::Version`].
+        #[prost(int64, tag = "4")]
+        Version(i64),
+        /// For [`super::CompareTarget::Create`].
+        #[prost(int64, tag = "5")]
+        CreateRevision(i64),
+        /// For [`super::CompareTarget::Mod`].
+        #[prost(int64, tag = "6")]
+        ModRevision(i64),
+        /// For [`super::CompareTarget::Value`].
+        #[prost(bytes, tag = "7")]
+        Value(Vec<u8>),
+        /// For [`super::CompareTarget::Lease`].
+        #[prost(int64, tag = "8")]
+        Lease(i64),
+    }
+}
+
+/// `etcdserverpb.RequestOp`: one operation of a transaction branch.
+#[derive(Clone, PartialEq, Message)]
+pub struct RequestOp {
+    /// The operation.
+    #[prost(oneof = "request_op::Request", tags = "1, 2, 3")]
+    pub request: Option<request_op::Request>,
+}
+
+/// The oneof of [`RequestOp`].
+pub mod request_op {
+    /// `etcdserverpb.RequestOp.request` (nested transactions left out).
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Request {
+        /// A read.
+        #[prost(message, tag = "1")]
+        RequestRange(super::RangeRequest),
+        /// A write.
+        #[prost(message, tag = "2")]
+        RequestPut(super::PutRequest),
+        /// A delete.
+        #[prost(message, tag = "3")]
+        RequestDeleteRange(super::DeleteRangeRequest),
+    }
+}
+
+/// `etcdserverpb.ResponseOp`: the answer to one [`RequestOp`].
+#[derive(Clone, PartialEq, Message)]
+pub struct ResponseOp {
+    /// The answer.
+    #[prost(oneof = "response_op::Response", tags = "1, 2, 3")]
+    pub response: Option<response_op::Response>,
+}
+
+/// The oneof of [`ResponseOp`].
+pub mod response_op {
+    /// `etcdserverpb.ResponseOp.response` (nested transactions left out).
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Response {
+        /// A read's answer.
+        #[prost(message, tag = "1")]
+        ResponseRange(super::RangeResponse),
+        /// A write's answer.
+        #[prost(message, tag = "2")]
+        ResponsePut(super::PutResponse),
+        /// A delete's answer.
+        #[prost(message, tag = "3")]
+        ResponseDeleteRange(super::DeleteRangeResponse),
+    }
+}
+
+/// `etcdserverpb.TxnRequest` (`/etcdserverpb.KV/Txn`): if every compare holds,
+/// `success` runs, else `failure`, atomically.
+#[derive(Clone, PartialEq, Message)]
+pub struct TxnRequest {
+    /// The conditions.
+    #[prost(message, repeated, tag = "1")]
+    pub compare: Vec<Compare>,
+    /// Run when every condition holds.
+    #[prost(message, repeated, tag = "2")]
+    pub success: Vec<RequestOp>,
+    /// Run otherwise.
+    #[prost(message, repeated, tag = "3")]
+    pub failure: Vec<RequestOp>,
+}
+
+/// `etcdserverpb.TxnResponse`.
+#[derive(Clone, PartialEq, Message)]
+pub struct TxnResponse {
+    /// Header of the answer.
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<ResponseHeader>,
+    /// Whether the conditions held (`success` ran).
+    #[prost(bool, tag = "2")]
+    pub succeeded: bool,
+    /// The answers of the branch that ran, in order.
+    #[prost(message, repeated, tag = "3")]
+    pub responses: Vec<ResponseOp>,
 }

@@ -931,6 +931,10 @@ struct KafkaConsumer {
 
 #[async_trait]
 impl Consumer for KafkaConsumer {
+    async fn close(self: Box<Self>) -> Result<(), QueueError> {
+        self.flush_commits().await
+    }
+
     async fn next(&mut self) -> Result<Delivery, QueueError> {
         loop {
             let r = match self.rx.recv().await {
@@ -954,6 +958,38 @@ impl Consumer for KafkaConsumer {
                     generation: r.generation,
                 }),
             ));
+        }
+    }
+}
+
+impl KafkaConsumer {
+    /// Commits, synchronously, the offsets committed in the background so far: a
+    /// commit still in flight when the partition moves would let its next holder
+    /// start before them and deliver acknowledged messages again.
+    async fn flush_commits(&self) -> Result<(), QueueError> {
+        let offsets = lock(&self.state).committed();
+        let kafka = self
+            .kafka
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .upgrade();
+        let (Some(kafka), false) = (kafka, offsets.is_empty()) else {
+            return Ok(());
+        };
+        let topic = self.topic.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+            for (p, next) in offsets {
+                tpl.add_partition_offset(&topic, p, Offset::Offset(next))?;
+            }
+            let r = kafka.commit(&tpl, CommitMode::Sync);
+            release(kafka);
+            r
+        })
+        .await;
+        match done {
+            Ok(r) => r.map_err(|e| QueueError::Unavailable(format!("kafka commit: {e}"))),
+            Err(e) => Err(QueueError::Unavailable(format!("kafka commit: {e}"))),
         }
     }
 }
@@ -1014,6 +1050,8 @@ struct Delivered {
     /// Tells this holding of the partition from an earlier one of the same consumer.
     generation: u64,
     offsets: VecDeque<(i64, bool)>,
+    /// The last offset committed (asynchronously) for this holding.
+    committed: Option<i64>,
 }
 
 /// What acknowledging one offset means for its partition's commit.
@@ -1035,6 +1073,7 @@ impl Assignment {
             Delivered {
                 generation: self.generations,
                 offsets: VecDeque::new(),
+                committed: None,
             },
         );
     }
@@ -1077,9 +1116,20 @@ impl Assignment {
             d.offsets.pop_front();
         }
         match done {
-            Some(o) => Acked::Commit(o + 1),
+            Some(o) => {
+                d.committed = Some(o + 1);
+                Acked::Commit(o + 1)
+            }
             None => Acked::Held,
         }
+    }
+
+    /// Every held partition's last commit, to be made sure of.
+    fn committed(&self) -> Vec<(i32, i64)> {
+        self.partitions
+            .iter()
+            .filter_map(|(p, d)| Some((*p, d.committed?)))
+            .collect()
     }
 }
 

@@ -132,6 +132,23 @@ pub(crate) fn require_partitions(partitions: &[u32]) -> Result<(), QueueError> {
 pub trait Consumer: Send {
     /// Waits for the next message. `Err(QueueError::Closed)` ends consumption.
     async fn next(&mut self) -> Result<Delivery, QueueError>;
+
+    /// Stops taking messages from the engine and returns, in order, those already
+    /// received and not yet handed out, for the caller to handle (and acknowledge)
+    /// before [`Consumer::close`]. Engines that deliver unacknowledged messages
+    /// again in order to the next consumer return nothing.
+    async fn finish(&mut self) -> Result<Vec<Delivery>, QueueError> {
+        Ok(Vec::new())
+    }
+
+    /// Ends consumption once every delivery taken from this consumer has been
+    /// acknowledged (or dropped): waits until the engine has recorded those
+    /// acknowledgements, so the next consumer of the same partitions starts after
+    /// them instead of delivering them again. Engines that record each
+    /// acknowledgement as it is made need nothing more.
+    async fn close(self: Box<Self>) -> Result<(), QueueError> {
+        Ok(())
+    }
 }
 
 /// Acknowledges one delivered message to its engine.

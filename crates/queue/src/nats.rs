@@ -8,7 +8,9 @@
 //! ([`partition_of`](crate::partition_of)), and each partition has its own durable
 //! consumer `<durable>-<p>`. Jobs divide the partitions among themselves
 //! ([`Queue::consumer_of`]), so one key (one room) is handled by one job at a
-//! time, in order. With `partitions = 1` there is one subject and one durable
+//! time, in order. The consumer of an owned partition pulls in bounded batches,
+//! one at a time, and [`Consumer::finish`] reads the last one to its end, so a
+//! partition moves to another job with nothing sent and unread. With `partitions = 1` there is one subject and one durable
 //! consumer, and several consumers share its messages in any order. The number of
 //! partitions of an existing stream cannot change: use a new stream name.
 //!
@@ -20,6 +22,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 
 use crate::{Acknowledge, Consumer, Delivery, Queue, QueueError};
@@ -141,6 +144,32 @@ impl NatsQueue {
 }
 
 impl NatsQueue {
+    /// The durable pull consumer of partition `p` (created if missing).
+    async fn durable_of(&self, p: u32) -> Result<jetstream::consumer::PullConsumer, QueueError> {
+        let durable = if self.cfg.partitions > 1 {
+            format!("{}-{p}", self.cfg.durable)
+        } else {
+            self.cfg.durable.clone()
+        };
+        self.stream
+            .get_or_create_consumer(
+                &durable,
+                pull::Config {
+                    durable_name: Some(durable.clone()),
+                    filter_subject: if self.cfg.partitions > 1 {
+                        self.subject_of(p)
+                    } else {
+                        String::new()
+                    },
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: self.cfg.ack_wait,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(unavailable)
+    }
+
     fn subject_of(&self, p: u32) -> String {
         if self.cfg.partitions > 1 {
             format!("{}.{p}", self.cfg.subject)
@@ -177,45 +206,36 @@ impl Queue for NatsQueue {
     }
 
     async fn consumer(&self) -> Result<Box<dyn Consumer>, QueueError> {
-        self.consumer_of(&crate::all_partitions(self.cfg.partitions))
-            .await
+        let mut streams = Vec::new();
+        for p in crate::all_partitions(self.cfg.partitions) {
+            let consumer = self.durable_of(p).await?;
+            streams.push(consumer.messages().await.map_err(unavailable)?);
+        }
+        Ok(Box::new(SharedConsumer {
+            messages: futures_util::stream::select_all(streams),
+        }))
     }
 
     fn partitions(&self) -> Option<u32> {
         (self.cfg.partitions > 1).then_some(self.cfg.partitions)
     }
 
+    /// The caller owns these partitions alone. The consumer pulls in bounded
+    /// batches (never a standing subscription), so [`Consumer::finish`] can read
+    /// the last one to its end: what the server sent is handed out, in order,
+    /// before the partition moves.
     async fn consumer_of(&self, partitions: &[u32]) -> Result<Box<dyn Consumer>, QueueError> {
         crate::require_partitions(partitions)?;
-        let mut streams = Vec::with_capacity(partitions.len());
+        let mut durables = Vec::with_capacity(partitions.len());
         for &p in partitions {
-            let durable = if self.cfg.partitions > 1 {
-                format!("{}-{p}", self.cfg.durable)
-            } else {
-                self.cfg.durable.clone()
-            };
-            let consumer: jetstream::consumer::PullConsumer = self
-                .stream
-                .get_or_create_consumer(
-                    &durable,
-                    pull::Config {
-                        durable_name: Some(durable.clone()),
-                        filter_subject: if self.cfg.partitions > 1 {
-                            self.subject_of(p)
-                        } else {
-                            String::new()
-                        },
-                        ack_policy: AckPolicy::Explicit,
-                        ack_wait: self.cfg.ack_wait,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(unavailable)?;
-            streams.push(consumer.messages().await.map_err(unavailable)?);
+            durables.push(self.durable_of(p).await?);
         }
-        Ok(Box::new(NatsConsumer {
-            messages: futures_util::stream::select_all(streams),
+        Ok(Box::new(OwnedConsumer {
+            durables,
+            next_durable: 0,
+            pending: None,
+            batch: None,
+            client: self.js.client(),
         }))
     }
 
@@ -224,19 +244,117 @@ impl Queue for NatsQueue {
     }
 }
 
-struct NatsConsumer {
+/// Consumers sharing the durables in any order (`partitions = 1`, or no owner).
+struct SharedConsumer {
     /// The partitions' message streams, merged (each keeps its own order).
     messages: futures_util::stream::SelectAll<pull::Stream>,
 }
 
 #[async_trait]
-impl Consumer for NatsConsumer {
+impl Consumer for SharedConsumer {
     async fn next(&mut self) -> Result<Delivery, QueueError> {
         match self.messages.next().await {
-            Some(Ok(msg)) => Ok(Delivery::new(msg.payload.clone(), Box::new(NatsAck(msg)))),
+            Some(Ok(msg)) => Ok(delivery(msg)),
             Some(Err(e)) => Err(unavailable(e)),
             None => Err(QueueError::Closed),
         }
+    }
+}
+
+fn delivery(msg: jetstream::Message) -> Delivery {
+    Delivery::new(msg.payload.clone(), Box::new(NatsAck(msg)))
+}
+
+/// Most messages one pull asks for.
+const BATCH: usize = 64;
+/// How long one pull waits for messages before the server ends it.
+const EXPIRES: Duration = Duration::from_secs(1);
+
+/// The consumer of owned partitions: one bounded pull at a time, kept across
+/// cancelled [`Consumer::next`] calls, so no message the server sent is left in
+/// a subscription nobody reads.
+struct OwnedConsumer {
+    durables: Vec<jetstream::consumer::PullConsumer>,
+    /// The durable the next pull goes to (round robin over the partitions).
+    next_durable: usize,
+    /// A pull being requested.
+    pending: Option<BoxFuture<'static, Result<pull::Batch, QueueError>>>,
+    /// The pull whose messages are being read.
+    batch: Option<pull::Batch>,
+    client: async_nats::Client,
+}
+
+impl OwnedConsumer {
+    fn request(&mut self) -> BoxFuture<'static, Result<pull::Batch, QueueError>> {
+        let durable = self.durables[self.next_durable % self.durables.len()].clone();
+        self.next_durable = self.next_durable.wrapping_add(1);
+        Box::pin(async move {
+            durable
+                .batch()
+                .max_messages(BATCH)
+                .expires(EXPIRES)
+                .messages()
+                .await
+                .map_err(unavailable)
+        })
+    }
+}
+
+#[async_trait]
+impl Consumer for OwnedConsumer {
+    async fn next(&mut self) -> Result<Delivery, QueueError> {
+        loop {
+            if self.batch.is_none() {
+                let pull = match &mut self.pending {
+                    Some(p) => p,
+                    None => {
+                        let p = self.request();
+                        self.pending.insert(p)
+                    }
+                };
+                let result = pull.await;
+                self.pending = None;
+                self.batch = Some(result?);
+            }
+            let Some(batch) = self.batch.as_mut() else {
+                continue;
+            };
+            match batch.next().await {
+                Some(Ok(msg)) => return Ok(delivery(msg)),
+                Some(Err(e)) => {
+                    self.batch = None;
+                    return Err(unavailable(e));
+                }
+                None => self.batch = None,
+            }
+        }
+    }
+
+    /// Reads the last pull to its end (at most [`EXPIRES`]: the server ends it)
+    /// and returns what it brings, so nothing the server sent is left unread and
+    /// no pull is left open when the partition moves.
+    async fn finish(&mut self) -> Result<Vec<Delivery>, QueueError> {
+        if let Some(pull) = self.pending.take() {
+            self.batch = Some(pull.await?);
+        }
+        let mut rest = Vec::new();
+        if let Some(mut batch) = self.batch.take() {
+            while let Some(msg) = batch.next().await {
+                match msg {
+                    Ok(msg) => rest.push(delivery(msg)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the last pull ended with an error");
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(rest)
+    }
+
+    /// Sends the acknowledgements still buffered in the client.
+    async fn close(self: Box<Self>) -> Result<(), QueueError> {
+        self.client.flush().await.map_err(unavailable)
     }
 }
 

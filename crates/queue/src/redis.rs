@@ -163,7 +163,7 @@ impl Queue for RedisStreamsQueue {
     }
 
     async fn consumer(&self) -> Result<Box<dyn Consumer>, QueueError> {
-        self.consumer_of(&crate::all_partitions(self.cfg.partitions))
+        self.open_consumer(&crate::all_partitions(self.cfg.partitions), false)
             .await
     }
 
@@ -171,10 +171,28 @@ impl Queue for RedisStreamsQueue {
         (self.cfg.partitions > 1).then_some(self.cfg.partitions)
     }
 
+    /// The caller owns these partitions alone, so the consumer first takes over
+    /// every entry earlier consumers of them left unacknowledged (read but never
+    /// handed out, or handed out by a process that died), in stream order, then
+    /// reads new ones.
     async fn consumer_of(&self, partitions: &[u32]) -> Result<Box<dyn Consumer>, QueueError> {
+        self.open_consumer(partitions, true).await
+    }
+
+    fn backend(&self) -> &'static str {
+        "redis-streams"
+    }
+}
+
+impl RedisStreamsQueue {
+    async fn open_consumer(
+        &self,
+        partitions: &[u32],
+        take_over: bool,
+    ) -> Result<Box<dyn Consumer>, QueueError> {
         crate::require_partitions(partitions)?;
         let streams: Vec<String> = partitions.iter().map(|p| self.cfg.stream_of(*p)).collect();
-        let reader = open_reader(&self.client).await?;
+        let (reader, reader_id) = open_reader(&self.client).await?;
         let name = format!(
             "{}-{}",
             self.cfg.consumer_name,
@@ -187,15 +205,13 @@ impl Queue for RedisStreamsQueue {
             queue: self.clone(),
             streams,
             reader: Some(reader),
+            reader_id,
             recovering: None,
             name,
             buffered: VecDeque::new(),
             last_claim: Instant::now() - self.cfg.claim_idle,
+            take_over,
         }))
-    }
-
-    fn backend(&self) -> &'static str {
-        "redis-streams"
     }
 }
 
@@ -205,6 +221,12 @@ struct RedisStreamsConsumer {
     streams: Vec<String>,
     /// Dedicated connection for blocking reads; reopened after a failure.
     reader: Option<MultiplexedConnection>,
+    /// The reader's client id, so [`Consumer::close`] can end a read still
+    /// blocked in the server.
+    reader_id: Option<i64>,
+    /// Take over every pending entry of the streams before the next read (set for
+    /// consumers of owned partitions, done once).
+    take_over: bool,
     /// After a failed read: per stream, the id after which this consumer's own
     /// pending entries are re-read (replies lost with a broken read).
     recovering: Option<Vec<String>>,
@@ -216,15 +238,24 @@ struct RedisStreamsConsumer {
 }
 
 /// The connection for blocking reads: its response timeout outlasts [`BLOCK`]
-/// (the client's default is shorter, which would abandon every idle read).
-async fn open_reader(client: &redis::Client) -> Result<MultiplexedConnection, QueueError> {
+/// (the client's default is shorter, which would abandon every idle read). Also
+/// answers its client id (`None` if the server would not say).
+async fn open_reader(
+    client: &redis::Client,
+) -> Result<(MultiplexedConnection, Option<i64>), QueueError> {
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(BLOCK + Duration::from_secs(2)));
-    client
+    let mut con = client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(unavailable)
+        .map_err(unavailable)?;
+    let id: Option<i64> = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut con)
+        .await
+        .ok();
+    Ok((con, id))
 }
 
 fn payload_of(map: &std::collections::HashMap<String, redis::Value>) -> Option<Bytes> {
@@ -236,34 +267,43 @@ fn payload_of(map: &std::collections::HashMap<String, redis::Value>) -> Option<B
 }
 
 impl RedisStreamsConsumer {
-    async fn claim_stale(&mut self) -> Result<(), QueueError> {
+    /// Claims entries pending for at least `min_idle` (another consumer's, stale):
+    /// one page of each stream, or with `all` every page.
+    async fn claim_pending(&mut self, min_idle: Duration, all: bool) -> Result<(), QueueError> {
         let cfg = self.queue.cfg.clone();
         let mut con = self.queue.con.clone();
         for stream in self.streams.clone() {
-            let reply: redis::RedisResult<StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
-                .arg(&stream)
-                .arg(&cfg.group)
-                .arg(&self.name)
-                .arg(cfg.claim_idle.as_millis() as u64)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(100)
-                .query_async(&mut con)
-                .await;
-            let reply = match reply {
-                Ok(r) => r,
-                Err(e) if e.code() == Some("NOGROUP") => {
-                    self.recreate().await?;
-                    continue;
+            let mut cursor = "0-0".to_string();
+            loop {
+                let reply: redis::RedisResult<StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
+                    .arg(&stream)
+                    .arg(&cfg.group)
+                    .arg(&self.name)
+                    .arg(min_idle.as_millis() as u64)
+                    .arg(&cursor)
+                    .arg("COUNT")
+                    .arg(100)
+                    .query_async(&mut con)
+                    .await;
+                let reply = match reply {
+                    Ok(r) => r,
+                    Err(e) if e.code() == Some("NOGROUP") => {
+                        self.recreate().await?;
+                        break;
+                    }
+                    Err(e) => return Err(unavailable(e)),
+                };
+                if !reply.claimed.is_empty() {
+                    tracing::debug!(%stream, consumer = %self.name, n = reply.claimed.len(), "claimed pending entries");
                 }
-                Err(e) => return Err(unavailable(e)),
-            };
-            if !reply.claimed.is_empty() {
-                tracing::debug!(%stream, consumer = %self.name, n = reply.claimed.len(), "claimed stale entries");
-            }
-            for entry in reply.claimed {
-                if let Some(p) = payload_of(&entry.map) {
-                    self.buffered.push_back((stream.clone(), entry.id, p));
+                for entry in reply.claimed {
+                    if let Some(p) = payload_of(&entry.map) {
+                        self.buffered.push_back((stream.clone(), entry.id, p));
+                    }
+                }
+                cursor = reply.next_stream_id;
+                if !all || cursor == "0-0" {
+                    break;
                 }
             }
         }
@@ -296,7 +336,11 @@ impl RedisStreamsConsumer {
         };
         let reader = match &mut self.reader {
             Some(r) => r,
-            None => self.reader.insert(open_reader(&self.queue.client).await?),
+            None => {
+                let (con, id) = open_reader(&self.queue.client).await?;
+                self.reader_id = id;
+                self.reader.insert(con)
+            }
         };
         let reply: redis::RedisResult<Option<StreamReadReply>> =
             reader.xread_options(&self.streams, &ids, &opts).await;
@@ -333,6 +377,29 @@ impl RedisStreamsConsumer {
 
 #[async_trait]
 impl Consumer for RedisStreamsConsumer {
+    /// Ends the reader's connection in the server, so a read left blocked there
+    /// by a cancelled [`Consumer::next`] cannot take entries after this consumer
+    /// is gone. What it read and never handed out stays pending for the next
+    /// consumer of these partitions to take over.
+    async fn close(self: Box<Self>) -> Result<(), QueueError> {
+        let Some(id) = self.reader_id else {
+            return Ok(());
+        };
+        let mut con = self.queue.con.clone();
+        match redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async::<i64>(&mut con)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already gone (the connection broke and was replaced).
+            Err(e) if e.to_string().contains("No such client") => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     async fn next(&mut self) -> Result<Delivery, QueueError> {
         loop {
             if let Some((stream, id, payload)) = self.buffered.pop_front() {
@@ -346,9 +413,17 @@ impl Consumer for RedisStreamsConsumer {
                     }),
                 ));
             }
+            if self.take_over {
+                self.claim_pending(Duration::ZERO, true).await?;
+                self.take_over = false;
+                self.last_claim = Instant::now();
+                if !self.buffered.is_empty() {
+                    continue;
+                }
+            }
             if self.last_claim.elapsed() >= self.queue.cfg.claim_idle / 2 {
                 self.last_claim = Instant::now();
-                self.claim_stale().await?;
+                self.claim_pending(self.queue.cfg.claim_idle, false).await?;
                 if !self.buffered.is_empty() {
                     continue;
                 }

@@ -232,6 +232,8 @@ impl Comet {
         Arc::new(CometHandle {
             hub: self.ctx.hub.clone(),
             parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            tracker: self.tracker.clone(),
+            shutdown: self.ctx.shutdown.clone(),
         })
     }
 
@@ -428,6 +430,10 @@ struct CometHandle {
     hub: Arc<Hub>,
     /// How many tasks share one room broadcast (the runtime's worker threads).
     parallelism: usize,
+    /// The comet's tasks: a paced broadcast runs there, so shutdown waits for it
+    /// (and `shutdown` ends it).
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
 }
 
 #[async_trait]
@@ -451,8 +457,13 @@ impl CometService for CometHandle {
         self.hub.metrics.push_broadcast.increment(1);
         let body = raw_body(proto);
         if req.speed > 0 {
-            let hub = self.hub.clone();
-            tokio::spawn(async move { hub.broadcast(req.proto_op, body, req.speed).await });
+            let (hub, shutdown) = (self.hub.clone(), self.shutdown.clone());
+            self.tracker.spawn(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = hub.broadcast(req.proto_op, body, req.speed) => {}
+                }
+            });
         } else {
             self.hub.broadcast(req.proto_op, body, 0).await;
         }

@@ -11,18 +11,19 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use herald_proto::raw::RawBatch;
-use herald_queue::Delivery;
 use herald_rpc::{BroadcastRoomReq, Proto};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::directory::{AckGroup, Directory, Work};
+use crate::directory::{AckGroup, Directory, InFlight, Work};
 use crate::{JobConfig, JobMetrics};
 
 struct Item {
     op: i32,
     msg: Bytes,
-    delivery: Delivery,
+    delivery: InFlight,
 }
 
 /// Per-room batching tasks.
@@ -31,15 +32,25 @@ pub struct RoomBatcher {
     directory: Directory,
     metrics: JobMetrics,
     rooms: Arc<Mutex<HashMap<String, mpsc::Sender<Item>>>>,
+    /// Where room tasks run, and what ends them (after the consumers stopped).
+    tasks: TaskTracker,
+    stop: CancellationToken,
 }
 
 impl RoomBatcher {
-    pub(crate) fn new(cfg: JobConfig, directory: Directory, metrics: JobMetrics) -> RoomBatcher {
+    pub(crate) fn new(
+        cfg: JobConfig,
+        directory: Directory,
+        metrics: JobMetrics,
+        (tasks, stop): (TaskTracker, CancellationToken),
+    ) -> RoomBatcher {
         RoomBatcher {
             cfg,
             directory,
             metrics,
             rooms: Arc::new(Mutex::new(HashMap::new())),
+            tasks,
+            stop,
         }
     }
 
@@ -50,13 +61,14 @@ impl RoomBatcher {
     ) -> mpsc::Sender<Item> {
         let (tx, rx) = mpsc::channel(self.cfg.room_queue.max(1));
         rooms.insert(room.to_string(), tx.clone());
-        tokio::spawn(room_task(
+        self.tasks.spawn(room_task(
             room.to_string(),
             rx,
             self.cfg.clone(),
             self.directory.clone(),
             self.metrics.clone(),
             self.rooms.clone(),
+            self.stop.clone(),
         ));
         tx
     }
@@ -68,7 +80,7 @@ impl RoomBatcher {
     /// before the task decides to retire (so it does not), or goes to a new task
     /// after the old one closed its queue empty. Either way one room's messages
     /// stay in order.
-    pub(crate) async fn push(&self, room: String, op: i32, msg: Bytes, delivery: Delivery) {
+    pub(crate) async fn push(&self, room: String, op: i32, msg: Bytes, delivery: InFlight) {
         let mut item = Item { op, msg, delivery };
         loop {
             let tx = {
@@ -106,11 +118,18 @@ async fn room_task(
     directory: Directory,
     metrics: JobMetrics,
     rooms: Arc<Mutex<HashMap<String, mpsc::Sender<Item>>>>,
+    stop: CancellationToken,
 ) {
     let max = cfg.room_batch.max(1);
     let mut items: Vec<Item> = Vec::with_capacity(max);
     loop {
-        let first = match tokio::time::timeout(cfg.room_idle, rx.recv()).await {
+        let next = tokio::select! {
+            // The consumers have finished and every message was acknowledged, so
+            // nothing waits here: the task ends.
+            _ = stop.cancelled() => return,
+            n = tokio::time::timeout(cfg.room_idle, rx.recv()) => n,
+        };
+        let first = match next {
             Ok(Some(item)) => item,
             Ok(None) => return,
             Err(_) => {

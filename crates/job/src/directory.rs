@@ -6,11 +6,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use herald_discovery::{Instance, Registry, RegistryError, COMET_APPID};
 use herald_queue::Delivery;
 use herald_rpc::{BroadcastReq, BroadcastRoomReq, CometService, PushMsgReq};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::JobMetrics;
@@ -22,6 +25,35 @@ pub trait CometConnector: Send + Sync + 'static {
     fn connect(&self, instance: &Instance) -> Option<Arc<dyn CometService>>;
 }
 
+/// A message taken from the queue and not yet acknowledged. Its token keeps the
+/// consumer that took it waiting (on shutdown, or when its partition moves) until
+/// the acknowledgement is done.
+pub(crate) struct InFlight {
+    delivery: Delivery,
+    _token: TaskTrackerToken,
+}
+
+impl InFlight {
+    pub(crate) fn new(delivery: Delivery, token: TaskTrackerToken) -> InFlight {
+        InFlight {
+            delivery,
+            _token: token,
+        }
+    }
+
+    pub(crate) fn payload(&self) -> Bytes {
+        self.delivery.payload.clone()
+    }
+
+    /// Acknowledges; the token is released once the queue has answered.
+    async fn ack(self, metrics: &JobMetrics) {
+        if let Err(e) = self.delivery.ack().await {
+            metrics.ack_errors.increment(1);
+            warn!(error = %e, "acknowledgement failed; the message may be delivered again");
+        }
+    }
+}
+
 /// Acknowledges the queue message(s) it holds once the last clone is dropped, i.e.
 /// when every comet call caused by them has returned.
 #[derive(Clone)]
@@ -30,14 +62,14 @@ pub(crate) struct AckGroup {
 }
 
 struct AckOnDrop {
-    deliveries: Mutex<Vec<Delivery>>,
+    deliveries: Mutex<Vec<InFlight>>,
     metrics: JobMetrics,
     /// Told when the group completes (the room batcher waits on it).
     done: Option<oneshot::Sender<()>>,
 }
 
 impl AckGroup {
-    pub(crate) fn new(delivery: Delivery, metrics: JobMetrics) -> AckGroup {
+    pub(crate) fn new(delivery: InFlight, metrics: JobMetrics) -> AckGroup {
         AckGroup {
             _guard: Arc::new(AckOnDrop {
                 deliveries: Mutex::new(vec![delivery]),
@@ -49,7 +81,7 @@ impl AckGroup {
 
     /// A group for several deliveries, and a receiver told when it completes.
     pub(crate) fn many(
-        deliveries: Vec<Delivery>,
+        deliveries: Vec<InFlight>,
         metrics: JobMetrics,
     ) -> (AckGroup, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
@@ -75,12 +107,11 @@ impl Drop for AckOnDrop {
             return;
         }
         let metrics = self.metrics.clone();
+        // The acknowledgements hold their consumers' tokens: the consumer that
+        // took these messages waits for this task before it ends.
         let ack = async move {
             for d in deliveries {
-                if let Err(e) = d.ack().await {
-                    metrics.ack_errors.increment(1);
-                    warn!(error = %e, "acknowledgement failed; the message may be delivered again");
-                }
+                d.ack(&metrics).await;
             }
         };
         match tokio::runtime::Handle::try_current() {
@@ -128,10 +159,13 @@ async fn link_worker(
     timeout: Duration,
     metrics: JobMetrics,
     gone: CancellationToken,
+    stop: CancellationToken,
 ) {
     loop {
         let (work, ack) = tokio::select! {
             _ = gone.cancelled() => break,
+            // The job has stopped: its consumers have finished, nothing is queued.
+            _ = stop.cancelled() => break,
             next = rx.recv() => match next {
                 Some(w) => w,
                 None => return,
@@ -181,6 +215,9 @@ type Links = Arc<HashMap<String, Arc<CometLink>>>;
 #[derive(Clone)]
 pub struct Directory {
     links: Arc<RwLock<Links>>,
+    /// Where link workers run, and what stops them.
+    tasks: TaskTracker,
+    stop: CancellationToken,
 }
 
 impl Directory {
@@ -190,16 +227,19 @@ impl Directory {
         queue: usize,
         timeout: Duration,
         metrics: JobMetrics,
-        stop: CancellationToken,
+        (tasks, stop): (&TaskTracker, &CancellationToken),
     ) -> Result<Directory, RegistryError> {
         let mut watch = registry.watch(COMET_APPID).await?;
         let dir = Directory {
             links: Arc::new(RwLock::new(Arc::new(HashMap::new()))),
+            tasks: tasks.clone(),
+            stop: stop.clone(),
         };
         let initial = watch.borrow_and_update().clone();
         dir.apply(&initial, &*connector, queue, timeout, &metrics);
         let d = dir.clone();
-        tokio::spawn(async move {
+        let stop = stop.clone();
+        tasks.spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -237,13 +277,14 @@ impl Directory {
             };
             let (tx, rx) = mpsc::channel(queue.max(1));
             let gone = CancellationToken::new();
-            tokio::spawn(link_worker(
+            self.tasks.spawn(link_worker(
                 ins.hostname.clone(),
                 service.clone(),
                 rx,
                 timeout,
                 metrics.clone(),
                 gone.clone(),
+                self.stop.clone(),
             ));
             info!(server = %ins.hostname, zone = %ins.zone, "comet added");
             next.insert(

@@ -8,26 +8,29 @@
 //! (at-least-once).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use herald_discovery::{Instance, Registration, Registry};
-use herald_queue::{Delivery, Queue, QueueError};
+use herald_queue::{Consumer, Queue, QueueError};
 use herald_rpc::{BroadcastReq, Proto, PushMsg, PushMsgReq, PushType};
 use metrics::{counter, Counter};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 pub mod batcher;
 pub mod config;
 pub mod directory;
+pub mod ownership;
 
 pub use config::JobConfig;
 pub use directory::{CometConnector, Directory};
 
 use batcher::RoomBatcher;
-use directory::{AckGroup, Work};
+use directory::{AckGroup, InFlight, Work};
+use ownership::Ownership;
 
 /// job's metric handles.
 #[derive(Clone)]
@@ -61,20 +64,26 @@ impl JobMetrics {
 
 /// A running job.
 pub struct Job {
+    /// Stops consumption (the ownership task and the consumers).
     stop: CancellationToken,
-    tracker: TaskTracker,
-    registration: Option<Box<dyn Registration>>,
+    /// The ownership task and every consumer; each consumer ends once all it
+    /// delivered is acknowledged.
+    consumers: TaskTracker,
+    /// Stops what serves the consumers: the comet directory, its links and the
+    /// room batchers. Cancelled only after the consumers have finished.
+    stop_background: CancellationToken,
+    background: TaskTracker,
+    registration: Option<Arc<dyn Registration>>,
 }
 
 impl Job {
     /// Starts consuming `queue` and dispatching to the comets found in `registry`.
     ///
     /// If the queue has herald-assigned partitions ([`Queue::partitions`]), the job
-    /// registers as `id` under [`JOB_APPID`], watches the other jobs, and consumes
-    /// only its share of the partitions (see [`assigned`]), so the messages of one
-    /// room are handled by one job at a time and stay in order. Otherwise every
-    /// consumer competes for every message (or the engine assigns partitions, as
-    /// Kafka's consumer groups do).
+    /// registers as `id` under [`JOB_APPID`] and consumes the partitions it owns
+    /// ([`ownership`]): one consumer per partition, so the messages of one room are
+    /// handled by one job at a time and stay in order, also while partitions move
+    /// between jobs. Otherwise `consumers` consumers compete for every message.
     pub async fn start(
         cfg: JobConfig,
         id: String,
@@ -84,14 +93,16 @@ impl Job {
     ) -> Result<Job, QueueError> {
         let metrics = JobMetrics::new();
         let stop = CancellationToken::new();
-        let tracker = TaskTracker::new();
+        let consumers = TaskTracker::new();
+        let stop_background = CancellationToken::new();
+        let background = TaskTracker::new();
         let directory = Directory::start(
             registry.clone(),
             connector,
             cfg.comet_queue,
             cfg.comet_timeout,
             metrics.clone(),
-            stop.clone(),
+            (&background, &stop_background),
         )
         .await
         .map_err(|e| QueueError::Unavailable(e.to_string()))?;
@@ -99,6 +110,7 @@ impl Job {
             cfg.clone(),
             directory.clone(),
             metrics.clone(),
+            (background.clone(), stop_background.clone()),
         ));
         let workers = Workers {
             directory,
@@ -108,11 +120,7 @@ impl Job {
         let mut registration = None;
         match queue.partitions() {
             Some(n) => {
-                let mut jobs = registry
-                    .watch(JOB_APPID)
-                    .await
-                    .map_err(|e| QueueError::Unavailable(e.to_string()))?;
-                registration = Some(
+                let reg: Arc<dyn Registration> = Arc::from(
                     registry
                         .register(Instance {
                             appid: JOB_APPID.into(),
@@ -123,181 +131,172 @@ impl Job {
                         .await
                         .map_err(|e| QueueError::Unavailable(e.to_string()))?,
                 );
-                let consumers = cfg.consumers.max(1);
+                registration = Some(reg.clone());
+                let ownership = Ownership {
+                    n,
+                    me: id,
+                    queue,
+                    workers,
+                    registry,
+                    registration: reg,
+                    tasks: consumers.clone(),
+                };
                 let stop = stop.clone();
-                tracker.spawn(async move {
-                    let mut current: Option<(Vec<u32>, CancellationToken, TaskTracker)> = None;
-                    loop {
-                        let list = jobs.borrow_and_update().clone();
-                        let ids: Vec<&str> = list.iter().map(|i| i.hostname.as_str()).collect();
-                        let mine = assigned(n, &ids, &id);
-                        if current.as_ref().map(|c| &c.0) != Some(&mine) {
-                            if let Some((_, old_stop, old_tasks)) = current.take() {
-                                // Finish the message in hand before another job
-                                // takes these partitions over.
-                                old_stop.cancel();
-                                old_tasks.close();
-                                old_tasks.wait().await;
-                            }
-                            info!(job = %id, jobs = ids.len(), partitions = ?mine, "partitions assigned");
-                            let part_stop = stop.child_token();
-                            let part_tasks = TaskTracker::new();
-                            for share in split(&mine, consumers) {
-                                part_tasks.spawn(supervise(
-                                    queue.clone(),
-                                    Some(share),
-                                    workers.clone(),
-                                    part_stop.clone(),
-                                ));
-                            }
-                            current = Some((mine, part_stop, part_tasks));
-                        }
-                        tokio::select! {
-                            _ = stop.cancelled() => break,
-                            r = jobs.changed() => if r.is_err() { break },
-                        }
-                    }
-                    if let Some((_, s, tasks)) = current {
-                        s.cancel();
-                        tasks.close();
-                        tasks.wait().await;
+                consumers.spawn(async move {
+                    if let Err(e) = ownership.run(stop).await {
+                        warn!(error = %e, "job stopped dividing partitions: the registry failed");
                     }
                 });
             }
             None => {
                 for _ in 0..cfg.consumers.max(1) {
                     let consumer = queue.consumer().await?;
-                    tracker.spawn(consume(consumer, workers.clone(), stop.clone()));
+                    consumers.spawn(consume(consumer, workers.clone(), stop.clone()));
                 }
             }
         }
         Ok(Job {
             stop,
-            tracker,
+            consumers,
+            stop_background,
+            background,
             registration,
         })
     }
 
-    /// Deregisters (so other jobs take its partitions), stops consuming and waits
-    /// for the consumers to finish their current message.
+    /// Leaves in order: marks itself leaving (the other jobs stop counting it and
+    /// wait for its partitions), stops consuming, waits until everything it took
+    /// from the queue has reached the comets and been acknowledged, releases its
+    /// partitions one by one as each is done, deregisters, and stops its comet
+    /// links and room batchers.
     pub async fn shutdown(self) {
+        if let Some(r) = &self.registration {
+            let leaving = [(ownership::LEAVING.to_string(), "true".to_string())].into();
+            if let Err(e) = r.update(leaving).await {
+                warn!(error = %e, "cannot mark the job as leaving; its partitions move as their claims are released");
+            }
+        }
+        self.stop.cancel();
+        self.consumers.close();
+        self.consumers.wait().await;
         if let Some(r) = &self.registration {
             if let Err(e) = r.deregister().await {
                 warn!(error = %e, "job deregistration failed");
             }
         }
-        self.stop.cancel();
-        self.tracker.close();
-        self.tracker.wait().await;
+        self.stop_background.cancel();
+        self.background.close();
+        self.background.wait().await;
     }
 }
 
 /// appid under which jobs register to divide partitions.
 pub const JOB_APPID: &str = "herald.job";
 
-/// The partitions (of `n`) that job `me` consumes when the live jobs are `jobs`:
-/// partition `p` goes to the `p mod jobs`-th job in sorted id order. A job that
-/// does not see itself registered consumes nothing (its registration was lost,
-/// and the others have taken over).
-pub fn assigned(n: u32, jobs: &[&str], me: &str) -> Vec<u32> {
-    let mut sorted: Vec<&str> = jobs.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let Some(i) = sorted.iter().position(|j| *j == me) else {
-        return Vec::new();
-    };
-    (0..n).filter(|p| *p as usize % sorted.len() == i).collect()
-}
-
-/// Deals `parts` out to at most `k` consumers (round-robin), none empty.
-fn split(parts: &[u32], k: usize) -> Vec<Vec<u32>> {
-    let mut out: Vec<Vec<u32>> = vec![Vec::new(); k.min(parts.len())];
-    for (i, p) in parts.iter().enumerate() {
-        let slot = i % out.len();
-        out[slot].push(*p);
-    }
-    out
-}
-
 /// What a consumer loop dispatches with.
 #[derive(Clone)]
-struct Workers {
+pub(crate) struct Workers {
     directory: Directory,
     batcher: Arc<RoomBatcher>,
     metrics: JobMetrics,
 }
 
-/// Opens a consumer of `partitions` (retrying while the queue is down) and runs it
-/// until `stop`.
-async fn supervise(
-    queue: Arc<dyn Queue>,
-    partitions: Option<Vec<u32>>,
-    workers: Workers,
-    stop: CancellationToken,
-) {
-    let mut backoff = std::time::Duration::from_millis(100);
-    let consumer = loop {
-        let c = match &partitions {
-            Some(p) => queue.consumer_of(p).await,
+/// Opens a consumer (retrying while the queue is down) until `stop`.
+async fn open(
+    queue: &dyn Queue,
+    partition: Option<u32>,
+    stop: &CancellationToken,
+) -> Option<Box<dyn Consumer>> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let c = match partition {
+            Some(p) => queue.consumer_of(&[p]).await,
             None => queue.consumer().await,
         };
         match c {
-            Ok(c) => break c,
+            Ok(c) => return Some(c),
             Err(e) => {
-                warn!(error = %e, "cannot open a queue consumer; retrying");
+                warn!(error = %e, partition, "cannot open a queue consumer; retrying");
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => return None,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-    };
-    consume(consumer, workers, stop).await;
+    }
 }
 
-async fn consume(
-    mut consumer: Box<dyn herald_queue::Consumer>,
+/// Consumes partition `p` until `stop`, then waits until everything it took is
+/// acknowledged and the queue has recorded it.
+pub(crate) async fn consume_partition(
+    queue: Arc<dyn Queue>,
+    p: u32,
     workers: Workers,
     stop: CancellationToken,
 ) {
-    let Workers {
-        directory,
-        batcher,
-        metrics,
-    } = workers;
-    let mut backoff = std::time::Duration::from_millis(100);
+    if let Some(consumer) = open(&*queue, Some(p), &stop).await {
+        consume(consumer, workers, stop).await;
+    }
+}
+
+/// Takes messages from `consumer` and dispatches them until `stop` (or the queue
+/// closes), then waits for their acknowledgements and closes the consumer.
+async fn consume(mut consumer: Box<dyn Consumer>, workers: Workers, stop: CancellationToken) {
+    let inflight = TaskTracker::new();
+    let mut backoff = Duration::from_millis(100);
     loop {
         let next = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
             n = consumer.next() => n,
         };
         let delivery = match next {
             Ok(d) => {
-                backoff = std::time::Duration::from_millis(100);
+                backoff = Duration::from_millis(100);
                 d
             }
-            Err(QueueError::Closed) => return,
+            Err(QueueError::Closed) => break,
             Err(e) => {
                 warn!(error = %e, "queue consume failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        dispatch(delivery, &directory, &batcher, &metrics).await;
+        let taken = InFlight::new(delivery, inflight.token());
+        dispatch(taken, &workers).await;
+    }
+    // What the consumer already received goes out too, in order, so the next
+    // consumer of these partitions starts after it.
+    match consumer.finish().await {
+        Ok(rest) => {
+            for delivery in rest {
+                dispatch(InFlight::new(delivery, inflight.token()), &workers).await;
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "queue consumer could not finish its last read; those messages are delivered again later")
+        }
+    }
+    inflight.close();
+    inflight.wait().await;
+    if let Err(e) = consumer.close().await {
+        warn!(error = %e, "queue consumer closed without recording every acknowledgement; some messages may be delivered again");
     }
 }
 
 /// Routes one queue message. The delivery travels with the work it causes and is
 /// acknowledged when the last of it completes.
-async fn dispatch(
-    delivery: Delivery,
-    directory: &Directory,
-    batcher: &RoomBatcher,
-    metrics: &JobMetrics,
-) {
-    let msg = match PushMsg::decode(delivery.payload.clone()) {
+async fn dispatch(delivery: InFlight, workers: &Workers) {
+    let Workers {
+        directory,
+        batcher,
+        metrics,
+    } = workers;
+    let msg = match PushMsg::decode(delivery.payload()) {
         Ok(m) => m,
         Err(e) => {
             // A message that can never be decoded is acknowledged so it does not
@@ -424,21 +423,6 @@ mod tests {
                 Some(self.0.clone())
             }
         }
-    }
-
-    #[test]
-    fn partitions_are_dealt_over_the_live_jobs() {
-        assert_eq!(assigned(4, &["b", "a"], "a"), vec![0, 2]);
-        assert_eq!(assigned(4, &["b", "a"], "b"), vec![1, 3]);
-        assert_eq!(assigned(3, &["a"], "a"), vec![0, 1, 2]);
-        assert!(assigned(3, &["a"], "gone").is_empty());
-        // Every partition has exactly one owner.
-        let jobs = ["j1", "j2", "j3"];
-        let mut all: Vec<u32> = jobs.iter().flat_map(|j| assigned(8, &jobs, j)).collect();
-        all.sort_unstable();
-        assert_eq!(all, (0..8).collect::<Vec<_>>());
-        assert_eq!(split(&[0, 1, 2], 2), vec![vec![0, 2], vec![1]]);
-        assert_eq!(split(&[5], 4), vec![vec![5]]);
     }
 
     fn room_msg(room: &str) -> Bytes {

@@ -284,18 +284,12 @@ impl LogicRole {
         let tasks = TaskTracker::new();
         let authenticator = crate::auth::authenticator(&cfg, None, stop.clone(), &tasks).await?;
         let draining = Arc::new(AtomicBool::new(false));
-        let ready = engine_checks(
+        let ready = logic_checks(
             Readiness::new().draining(draining.clone()),
             &registry,
-            Some(&queue),
-        )
-        .check("store", {
-            let sessions = stores.sessions.clone();
-            move || {
-                let sessions = sessions.clone();
-                async move { sessions.ping().await }
-            }
-        });
+            &queue,
+            &stores,
+        );
         let logic = Logic::new(
             cfg.logic.clone(),
             authenticator,
@@ -387,6 +381,20 @@ impl LogicRole {
 }
 
 /// `ready` with the registry's and (when given) the queue's checks added.
+/// The checks of a process running logic: its registry, queue and store.
+pub(crate) fn logic_checks(
+    ready: Readiness,
+    registry: &Arc<dyn Registry>,
+    queue: &Arc<dyn Queue>,
+    stores: &engines::Stores,
+) -> Readiness {
+    let sessions = stores.sessions.clone();
+    engine_checks(ready, registry, Some(queue)).check("store", move || {
+        let sessions = sessions.clone();
+        async move { sessions.ping().await }
+    })
+}
+
 fn engine_checks(
     ready: Readiness,
     registry: &Arc<dyn Registry>,

@@ -4,25 +4,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use herald_comet::Comet;
-use herald_discovery::{Instance, LocalRegistry, Registry, COMET_APPID};
+use herald_discovery::{Instance, COMET_APPID};
 use herald_job::{CometConnector, Job};
 use herald_logic::Logic;
-use herald_queue::{MemoryQueue, Queue};
+use herald_queue::Queue;
 use herald_rpc::{CometService, LogicService};
-use herald_store::MemoryStore;
 use herald_tls::Reloader;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiParts};
 use crate::config::Config;
+use crate::config::DiscoveryBackend;
 use crate::edge;
+use crate::engines;
 use crate::health::Readiness;
 use crate::http_server::HttpServer;
 use crate::observe;
-use crate::roles::depth_gauge;
+use crate::roles::{depth_gauge, logic_checks};
 use crate::web::ClientEndpoint;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -77,12 +78,19 @@ impl Standalone {
         let reloader = Reloader::new();
         let public_tls = edge::comet_tls(&cfg, &reloader)?;
 
-        let registry: Arc<dyn Registry> = Arc::new(LocalRegistry::new());
-        let store = Arc::new(MemoryStore::new(cfg.store.route_ttl));
-        let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::new(
-            cfg.queue.capacity,
-            cfg.queue.publish_timeout,
-        ));
+        // The store and the queue are the configured ones (in the process by
+        // default, or a real Redis, NATS or Kafka); comet, logic and job find each
+        // other in the process.
+        if cfg.discovery.backend != DiscoveryBackend::Local {
+            bail!(
+                "herald standalone runs comet, logic and job in one process and finds them \
+                 there: discovery.backend = \"etcd\" is for the cluster roles (herald comet, \
+                 logic and job); remove the [discovery] backend setting or run the roles"
+            );
+        }
+        let registry = engines::registry(&cfg, &stop).await?;
+        let stores = engines::store(&cfg, &stop).await?;
+        let queue = engines::queue(&cfg, &server_id, &stop).await?;
 
         let listeners: Vec<SocketAddr> = cfg
             .comet
@@ -98,15 +106,14 @@ impl Standalone {
         let logic = Logic::new(
             cfg.logic.clone(),
             authenticator,
-            store.clone(),
-            store.clone(),
+            stores.sessions.clone(),
+            stores.online.clone(),
             queue.clone(),
             registry.clone(),
         )
         .await?;
         tasks.spawn(logic.clone().run(stop.clone()));
-        {
-            let store = store.clone();
+        if let Some(store) = stores.memory.clone() {
             let stop = stop.clone();
             tasks.spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -156,9 +163,15 @@ impl Standalone {
         .await
         .context("cannot start job")?;
 
-        // The embedded engines are always there: ready until shutdown starts.
+        // Ready while the engines answer (the embedded ones always do), until
+        // shutdown starts.
         let draining = comet.draining();
-        let ready = Readiness::new().draining(draining.clone());
+        let ready = logic_checks(
+            Readiness::new().draining(draining.clone()),
+            &registry,
+            &queue,
+            &stores,
+        );
         let ws_port = comet.ws_addrs.first().map(|a| a.port());
         let wss_port = comet.wss_addrs.first().map(|a| a.port());
         let ws_path = cfg.comet.ws_path.clone();

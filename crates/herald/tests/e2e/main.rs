@@ -14,5 +14,6 @@ mod https;
 mod limits;
 mod protocol;
 mod regressions;
+mod standalone_engines;
 mod support;
 mod tls;

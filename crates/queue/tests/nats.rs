@@ -1,6 +1,12 @@
 //! The NATS JetStream queue against a real, private nats-server.
-#![cfg(feature = "nats")]
 #![allow(clippy::unwrap_used)]
+
+// `cargo test -p herald-queue` turns the feature on (herald-queue is its own
+// dev-dependency with it); this file never compiles to no tests.
+#[cfg(not(feature = "nats"))]
+compile_error!(
+    "tests/nats.rs tests the NATS JetStream backend: build herald-queue with its `nats` feature"
+);
 
 use std::time::Duration;
 

@@ -1,6 +1,12 @@
 //! The Redis Streams queue against a real, private redis-server.
-#![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used)]
+
+// `cargo test -p herald-queue` turns the feature on (herald-queue is its own
+// dev-dependency with it); this file never compiles to no tests.
+#[cfg(not(feature = "redis"))]
+compile_error!(
+    "tests/redis_streams.rs tests the Redis Streams backend: build herald-queue with its `redis` feature"
+);
 
 use std::time::Duration;
 

@@ -43,6 +43,16 @@ async fn competing_consumers() {
         .unwrap();
 }
 
+/// Members of the group side by side: the group splits the partitions between
+/// them, so each gets some of the messages, and none gets one twice.
+#[tokio::test]
+async fn every_consumer_gets_work() {
+    let kafka = herald_testkit::kafka();
+    conformance::every_consumer_gets_work(&queue(&kafka, "tw").await)
+        .await
+        .unwrap();
+}
+
 /// A dropped consumer leaves the group in the background; give it that moment
 /// before the next member joins (once, on a loaded machine, a join racing the
 /// previous member's leave got no assignment from tansu within 30 s).
@@ -192,6 +202,15 @@ async fn partitions_divide_keys() {
     let q = queue(&kafka, "tp").await;
     assert_eq!(q.partitions(), Some(4));
     conformance::partitions_divide_keys(&q).await.unwrap();
+}
+
+#[tokio::test]
+async fn each_partition_keeps_its_keys() {
+    let kafka = herald_testkit::kafka();
+    let q = queue(&kafka, "tk").await;
+    conformance::each_partition_keeps_its_keys(&q)
+        .await
+        .unwrap();
 }
 
 /// A consumer of assigned partitions that stops without acknowledging (its job

@@ -229,6 +229,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty() && s != "none")
         .collect();
+    // A peer that cannot start is known before any measurement: say so now.
+    if args.scenario != Scenario::Slow && peers.iter().any(|p| p == "nats" || p == "nats-server") {
+        servers::nats_binary(args.nats_server.as_deref())?;
+    }
     let scenario = format!("{:?}", args.scenario).to_lowercase();
     let started_unix = wire::now_ns() / 1_000_000_000;
     let tcp = args.transport == "tcp";

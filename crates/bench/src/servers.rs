@@ -229,61 +229,38 @@ pub async fn supports_jwt(bin: &Path, secret: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn nats_binary(explicit: Option<&Path>) -> Option<PathBuf> {
-    if let Some(p) = explicit {
-        return Some(p.to_path_buf());
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/bin")])
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
+/// The nats-server to run: `explicit` (`--nats-server`), else the first in
+/// `PATH`, `/usr/sbin` or `/usr/local/bin`. This program never installs it: a
+/// missing one is an error saying how to get it.
+pub fn nats_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/bin")]);
+    nats_binary_in(explicit, dirs)
 }
 
-/// Installs Debian's nats-server when running as root on a Debian-like system, so a
-/// fresh machine measures the peer too.
-async fn install_nats() {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root || !std::path::Path::new("/usr/bin/apt-get").exists() {
-        return;
+fn nats_binary_in(
+    explicit: Option<&Path>,
+    dirs: impl Iterator<Item = PathBuf>,
+) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+        bail!("--nats-server {}: no such file", p.display());
     }
-    eprintln!("nats-server is missing: installing the Debian package for the side-by-side run");
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "nats-server"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-    };
-    if !install().await.is_ok_and(|s| s.success()) {
-        let _ = Command::new("apt-get")
-            .args(["update", "-qq"])
-            .stdout(Stdio::null())
-            .status()
-            .await;
-        let _ = install().await;
-    }
+    dirs.map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+        .context(
+            "nats-server not found (in PATH, /usr/sbin or /usr/local/bin), and the nats peer \
+             needs it: scripts/bench.sh installs it (Debian's package: `apt-get install \
+             nats-server`); or pass --nats-server PATH, or --peers floor to measure without it",
+        )
 }
 
 /// Starts nats-server with a WebSocket listener.
 pub async fn start_nats(explicit: Option<&Path>) -> anyhow::Result<Server> {
-    let bin = match nats_binary(explicit) {
-        Some(b) => b,
-        None => {
-            install_nats().await;
-            nats_binary(explicit).context(
-                "nats-server not found (apt-get install nats-server, or --nats-server PATH)",
-            )?
-        }
-    };
+    let bin = nats_binary(explicit)?;
     let (client, ws) = (free_addr()?, free_addr()?);
     let dir = std::env::temp_dir().join(format!(
         "herald-bench-nats-{}-{}",
@@ -365,4 +342,32 @@ pub async fn start_floor(b: Batching, tls: Option<&Credentials>) -> anyhow::Resu
         push_addr: control,
         dir: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_nats_server_is_an_error_saying_how_to_get_it() {
+        let dir = std::env::temp_dir().join(format!("herald-bench-no-nats-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = format!(
+            "{:#}",
+            nats_binary_in(None, [dir.clone()].into_iter()).unwrap_err()
+        );
+        assert!(err.contains("nats-server not found"), "{err}");
+        assert!(err.contains("scripts/bench.sh installs it"), "{err}");
+        let missing = dir.join("nats-server");
+        let err = format!(
+            "{:#}",
+            nats_binary_in(Some(&missing), std::iter::empty()).unwrap_err()
+        );
+        assert!(err.contains("no such file"), "{err}");
+
+        std::fs::write(&missing, b"").unwrap();
+        let found = nats_binary_in(None, [dir.clone()].into_iter());
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(found.ok(), Some(missing));
+    }
 }

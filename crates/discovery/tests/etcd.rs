@@ -1,6 +1,12 @@
 //! The etcd registry against a real, private etcd.
-#![cfg(feature = "etcd")]
 #![allow(clippy::unwrap_used)]
+
+// `cargo test -p herald-discovery` turns the feature on (herald-discovery is its own
+// dev-dependency with it); this file never compiles to no tests.
+#[cfg(not(feature = "etcd"))]
+compile_error!(
+    "tests/etcd.rs tests the etcd registry: build herald-discovery with its `etcd` feature"
+);
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -2,8 +2,14 @@
 //! endpoints with the right and a wrong CA, client certificates, a user with
 //! read-write permission on `/` (not root), wrong passwords, and tokens that
 //! expire while the registry is in use.
-#![cfg(feature = "etcd")]
 #![allow(clippy::unwrap_used)]
+
+// `cargo test -p herald-discovery` turns the feature on (herald-discovery is its own
+// dev-dependency with it); this file never compiles to no tests.
+#[cfg(not(feature = "etcd"))]
+compile_error!(
+    "tests/etcd_secured.rs tests the etcd registry: build herald-discovery with its `etcd` feature"
+);
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -942,6 +942,14 @@ async fn cluster_on_nats_jetstream() {
     comet_drains_on_sigterm(&mut c).await;
 }
 
+/// Without the `kafka` feature (on by default) the binary has no Kafka queue:
+/// that is a failure to see, not a test to skip.
+#[cfg(not(feature = "kafka"))]
+#[test]
+fn cluster_on_kafka() {
+    panic!("the Kafka cluster test needs herald's `kafka` feature (a default one): run without --no-default-features, or with --features kafka");
+}
+
 #[cfg(feature = "kafka")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_on_kafka() {

@@ -1,6 +1,12 @@
 //! The Kafka queue against a real, private Kafka-compatible broker (tansu).
-#![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used)]
+
+// `cargo test -p herald-queue` turns the feature on (herald-queue is its own
+// dev-dependency with it); this file never compiles to no tests.
+#[cfg(not(feature = "kafka"))]
+compile_error!(
+    "tests/kafka.rs tests the Kafka backend: build herald-queue with its `kafka` feature"
+);
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +39,16 @@ async fn ordered_per_key() {
 async fn competing_consumers() {
     let kafka = herald_testkit::kafka();
     conformance::competing_consumers(&queue(&kafka, "t2").await)
+        .await
+        .unwrap();
+}
+
+/// Members of the group side by side: the group splits the partitions between
+/// them, so each gets some of the messages, and none gets one twice.
+#[tokio::test]
+async fn every_consumer_gets_work() {
+    let kafka = herald_testkit::kafka();
+    conformance::every_consumer_gets_work(&queue(&kafka, "tw").await)
         .await
         .unwrap();
 }
@@ -186,6 +202,15 @@ async fn partitions_divide_keys() {
     let q = queue(&kafka, "tp").await;
     assert_eq!(q.partitions(), Some(4));
     conformance::partitions_divide_keys(&q).await.unwrap();
+}
+
+#[tokio::test]
+async fn each_partition_keeps_its_keys() {
+    let kafka = herald_testkit::kafka();
+    let q = queue(&kafka, "tk").await;
+    conformance::each_partition_keeps_its_keys(&q)
+        .await
+        .unwrap();
 }
 
 /// A consumer of assigned partitions that stops without acknowledging (its job

@@ -1,6 +1,12 @@
 //! The NATS JetStream queue against a real, private nats-server.
-#![cfg(feature = "nats")]
 #![allow(clippy::unwrap_used)]
+
+// `cargo test -p herald-queue` turns the feature on (herald-queue is its own
+// dev-dependency with it); this file never compiles to no tests.
+#[cfg(not(feature = "nats"))]
+compile_error!(
+    "tests/nats.rs tests the NATS JetStream backend: build herald-queue with its `nats` feature"
+);
 
 use std::time::Duration;
 
@@ -43,6 +49,24 @@ async fn competing_consumers() {
         .unwrap();
 }
 
+/// Pull consumers of the one durable side by side: each gets some, none twice.
+#[tokio::test]
+async fn every_consumer_gets_work() {
+    let nats = herald_testkit::nats();
+    conformance::every_consumer_gets_work(&queue(&nats, "SW").await)
+        .await
+        .unwrap();
+}
+
+/// Consumers of every partition side by side (`consumer()` reads them all).
+#[tokio::test]
+async fn every_consumer_gets_work_over_partitions() {
+    let nats = herald_testkit::nats();
+    conformance::every_consumer_gets_work(&queue_with(&nats, "SWP", 4).await)
+        .await
+        .unwrap();
+}
+
 /// A message delivered to a consumer that died before acknowledging it is
 /// delivered again after `ack_wait`.
 #[tokio::test]
@@ -78,6 +102,15 @@ async fn partitions_divide_keys() {
     let nats = herald_testkit::nats();
     let q = queue_with(&nats, "SP", 4).await;
     conformance::partitions_divide_keys(&q).await.unwrap();
+}
+
+#[tokio::test]
+async fn each_partition_keeps_its_keys() {
+    let nats = herald_testkit::nats();
+    let q = queue_with(&nats, "SK", 4).await;
+    conformance::each_partition_keeps_its_keys(&q)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -1,6 +1,12 @@
 //! The Redis Streams queue against a real, private redis-server.
-#![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used)]
+
+// `cargo test -p herald-queue` turns the feature on (herald-queue is its own
+// dev-dependency with it); this file never compiles to no tests.
+#[cfg(not(feature = "redis"))]
+compile_error!(
+    "tests/redis_streams.rs tests the Redis Streams backend: build herald-queue with its `redis` feature"
+);
 
 use std::time::Duration;
 
@@ -45,6 +51,24 @@ async fn competing_consumers() {
         .unwrap();
 }
 
+/// Consumers of the one stream side by side: each gets some of it, no entry twice.
+#[tokio::test]
+async fn every_consumer_gets_work() {
+    let redis = herald_testkit::redis();
+    conformance::every_consumer_gets_work(&queue(&redis, "sw").await)
+        .await
+        .unwrap();
+}
+
+/// Consumers of every partition side by side (`consumer()` reads them all).
+#[tokio::test]
+async fn every_consumer_gets_work_over_partitions() {
+    let redis = herald_testkit::redis();
+    conformance::every_consumer_gets_work(&queue_with(&redis, "swp", 4).await)
+        .await
+        .unwrap();
+}
+
 /// An entry read by a consumer that died before acknowledging it is reclaimed by
 /// another consumer of the group.
 #[tokio::test]
@@ -80,6 +104,15 @@ async fn partitions_divide_keys() {
     let redis = herald_testkit::redis();
     let q = queue_with(&redis, "sp", 4).await;
     conformance::partitions_divide_keys(&q).await.unwrap();
+}
+
+#[tokio::test]
+async fn each_partition_keeps_its_keys() {
+    let redis = herald_testkit::redis();
+    let q = queue_with(&redis, "sk", 4).await;
+    conformance::each_partition_keeps_its_keys(&q)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -5,6 +5,13 @@
 //! clear reason, and settings that cannot work are reported as such.
 #![allow(clippy::unwrap_used)]
 
+// `cargo test -p herald-queue` turns both features on (herald-queue is its own
+// dev-dependency with them); this file never compiles to fewer tests.
+#[cfg(not(all(feature = "redis", feature = "nats")))]
+compile_error!(
+    "tests/secured.rs tests the Redis Streams and NATS backends: build herald-queue with its `redis` and `nats` features"
+);
+
 use std::time::Duration;
 
 use herald_queue::{conformance, QueueError};
@@ -26,7 +33,6 @@ fn refused<T>(r: Result<T, QueueError>) -> String {
     }
 }
 
-#[cfg(feature = "redis")]
 mod redis_streams {
     use super::*;
     use herald_queue::{RedisStreamsConfig, RedisStreamsQueue};
@@ -81,7 +87,6 @@ mod redis_streams {
     }
 }
 
-#[cfg(feature = "nats")]
 mod nats {
     use super::*;
     use herald_queue::{NatsAuth, NatsConfig, NatsQueue};

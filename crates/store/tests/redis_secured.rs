@@ -2,8 +2,14 @@
 //! the right CA works and a wrong one is refused (as Unavailable, with the
 //! reason), mutual TLS needs the client certificate, and ACL users and
 //! `requirepass` passwords are checked.
-#![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used)]
+
+// `cargo test -p herald-store` turns the feature on (herald-store is its own
+// dev-dependency with it); this file never compiles to no tests.
+#[cfg(not(feature = "redis"))]
+compile_error!(
+    "tests/redis_secured.rs tests the Redis store: build herald-store with its `redis` feature"
+);
 
 use std::time::Duration;
 

@@ -293,3 +293,35 @@ async fn metrics_and_demo_page() {
     assert_eq!(get(h, "/_/missing.js").await.status, 404);
     s.shutdown().await;
 }
+
+/// The demo page learns where its WebSocket client connects from
+/// `/_/config.json`: the port and path the comet really serves, with the page's
+/// own host. The page itself names no port.
+#[tokio::test]
+async fn demo_page_connects_where_the_server_says() {
+    let mut cfg = test_config();
+    cfg.comet.ws_path = "/ws/goim".into();
+    let s = start_with(cfg).await;
+    let h = s.http_addr;
+    let ws_port = s.ws_addrs[0].port();
+    assert_ne!(
+        ws_port, 3102,
+        "the test needs a port other than the default"
+    );
+    let r = get(h, "/_/config.json").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json(),
+        json!({"key_required": false, "ws_host": null, "ws_port": ws_port, "wss_port": null, "ws_path": "/ws/goim"})
+    );
+    // That address is a working goim WebSocket endpoint.
+    let mut c = Client::ws_at(s.ws_addrs[0], "/ws/goim").await;
+    c.auth(81, "page-81", "", &[1000]).await;
+    for asset in ["/_/", "/_/app.js", "/_/goim.js"] {
+        let text = get(h, asset).await.text();
+        for port in ["3101", "3102", "3103"] {
+            assert!(!text.contains(port), "{asset} names port {port}");
+        }
+    }
+    s.shutdown().await;
+}

@@ -34,6 +34,8 @@ cargo build --release -p herald
 bin="$PWD/target/release/herald"
 export CLUSTER_BIN="$bin"
 export CLUSTER_DIR="${CLUSTER_DIR:-${TMPDIR:-/tmp}/herald-bench-cluster}"
+# The ports below are the cluster's defaults.
+unset CLUSTER_BASE_PORT
 work=$(mktemp -d)
 mkdir -p "$OUT"
 cluster=deploy/local/cluster.sh

@@ -28,17 +28,39 @@ cargo fmt --all --check
 step "lint (cargo clippy -D warnings)"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
-step "tests (cargo test)"
+# --no-fail-fast: every test binary runs even when an earlier one fails, so the
+# summary counts them all.
+step "tests (cargo test --no-fail-fast)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --all-features --locked 2>&1 | tee "$log" || status=$?
+cargo test --workspace --all-features --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
+# (grep finds nothing when nothing ran: the sums are then 0, not an exit.)
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}') || true
+failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}') || true
+# A test binary that crashed (abort, signal) prints no result line; cargo still
+# names it ("test failed, to rerun pass ..."). Each such binary counts as one
+# failure, so a crash never reads as "0 failed".
+failed_binaries=$(grep -c '^error: test failed, to rerun pass' "$log" || true)
+failed_results=$(grep -c '^test result: FAILED' "$log" || true)
+stopped=$((failed_binaries - failed_results))
+if [ "$stopped" -gt 0 ]; then
+  echo "${stopped} test binary(ies) stopped without a result (a crash or a signal), each counted as one failure. The binaries that failed:"
+  grep -E '^error: test failed, to rerun pass' "$log" | sed 's/^/  /'
+  failed=$((failed + stopped))
+fi
+if [ "$status" != 0 ] && [ "$failed" = 0 ]; then
+  # cargo failed before or outside any test (a build error): not a success.
+  echo "cargo test failed (exit ${status}) outside any test result; see above"
+  failed=1
+fi
 if [ "$status" = 0 ]; then
   step "README run command (cargo run -- ...) resolves to the server"
-  cargo run --locked --quiet -- config >/dev/null || status=$?
+  if ! cargo run --locked --quiet -- config >/dev/null; then
+    status=1
+    failed=$((failed + 1))
+  fi
 fi
-passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
 echo
 echo "Summary: ${passed} passed, ${failed} failed"
 exit "$status"

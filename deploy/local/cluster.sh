@@ -12,6 +12,7 @@
 #   deploy/local/cluster.sh logs NAME               follow its log
 #   deploy/local/cluster.sh down                    stop everything, keep the data
 #   deploy/local/cluster.sh clean                   stop everything, delete the data
+#   deploy/local/cluster.sh --help                  this text, with the ports in use
 #
 # (Variables named HERALD_* are herald configuration overrides, hence the
 # CLUSTER_* names of this script's own settings.)
@@ -20,23 +21,44 @@
 # logic1, logic2, job1, job2). Engines are installed when missing (Debian packages;
 # tansu, the Kafka-compatible broker, from crates.io). The herald binary is
 # $CLUSTER_BIN, or target/release/herald (built when missing). State, logs and
-# engine data live in $CLUSTER_DIR (default: ${TMPDIR:-/tmp}/herald-local).
+# engine data live in $CLUSTER_DIR (default: ${TMPDIR:-/tmp}/herald-local, or
+# herald-local-<base> with another CLUSTER_BASE_PORT).
 #
-# Ports: comets TCP 3101/3201, WebSocket 3102/3202 (path /sub), gRPC 3109/3209,
-# metrics 3129/3229; logics HTTP 3111/3211, gRPC 3119/3219; jobs metrics
-# 3139/3239; etcd 23790, Redis 26379 (store db 0, queue db 1), NATS 24222,
-# Kafka 29092.
+# Ports, with the default CLUSTER_BASE_PORT=3100: comets TCP 3101/3201, WebSocket
+# 3102/3202 (path /sub), gRPC 3109/3209, metrics 3129/3229; logics HTTP 3111/3211,
+# gRPC 3119/3219; jobs metrics 3139/3239; etcd 23790 (peers 23800), Redis 26379
+# (store db 0, queue db 1), NATS 24222, Kafka 29092. These are standalone's ports
+# too (TCP 3101, WebSocket 3102, HTTP 3111): CLUSTER_BASE_PORT=4100 moves every
+# port, the engines' included, up by 1000 (comets 4101/4201, logics 4111/4211, etcd
+# 24790, ...), so the cluster runs beside a standalone herald or another cluster
+# (bases a multiple of 1000 apart never share a port). Give every command of one
+# cluster the same base.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 # shellcheck source=scripts/engines.sh
 . "$root/scripts/engines.sh"
 
-state="${CLUSTER_DIR:-${TMPDIR:-/tmp}/herald-local}"
-mkdir -p "$state"
-processes=(comet1 comet2 logic1 logic2 job1 job2)
-
 die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+# Every port is its default (base 3100) shifted by base - 3100.
+base="${CLUSTER_BASE_PORT:-3100}"
+[[ "$base" =~ ^[0-9]{1,5}$ ]] || die "CLUSTER_BASE_PORT must be a number, not '$base'"
+base=$((10#$base))
+shift_by=$((base - 3100))
+# The lowest port is comet1's TCP (3101), the highest Kafka's (29092).
+if ((3101 + shift_by < 1024 || 29092 + shift_by > 65535)); then
+  die "CLUSTER_BASE_PORT must be between 1023 and 39543 (the cluster's ports span base+1 to base+25992), not $base"
+fi
+# port DEFAULT: the port that has DEFAULT at base 3100.
+port() { echo $(($1 + shift_by)); }
+
+if [ "$base" = 3100 ]; then
+  state="${CLUSTER_DIR:-${TMPDIR:-/tmp}/herald-local}"
+else
+  state="${CLUSTER_DIR:-${TMPDIR:-/tmp}/herald-local-$base}"
+fi
+processes=(comet1 comet2 logic1 logic2 job1 job2)
 
 pid_of() { cat "$state/$1.pid" 2>/dev/null || true; }
 
@@ -52,11 +74,58 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # The port that tells NAME is up.
 port_of() {
   case "$1" in
-    etcd) echo 23790 ;; redis) echo 26379 ;; nats) echo 24222 ;; kafka) echo 29092 ;;
-    comet1) echo 3109 ;; comet2) echo 3209 ;; logic1) echo 3111 ;; logic2) echo 3211 ;;
-    job1) echo 3139 ;; job2) echo 3239 ;;
+    etcd) port 23790 ;; redis) port 26379 ;; nats) port 24222 ;; kafka) port 29092 ;;
+    comet1) port 3109 ;; comet2) port 3209 ;; logic1) port 3111 ;; logic2) port 3211 ;;
+    job1) port 3139 ;; job2) port 3239 ;;
     *) die "unknown name: $1 (engines: etcd redis nats kafka; processes: ${processes[*]})" ;;
   esac
+}
+
+# The base the processes in $state were started with (3100 before any was).
+running_base() { cat "$state/base_port" 2>/dev/null || echo 3100; }
+
+# Refuses to mix bases: a process started with another base is on other ports.
+same_base() {
+  local n
+  [ "$(running_base)" = "$base" ] && return 0
+  for n in etcd redis nats kafka "${processes[@]}"; do
+    if running "$n"; then
+      die "the cluster in $state runs with CLUSTER_BASE_PORT=$(running_base); use that base, or run down first"
+    fi
+  done
+}
+
+# HERALD_* overrides that put process NAME on the cluster's ports (its file has
+# the base-3100 ones): its listeners and the engines it reaches; and the queue
+# backend chosen at `up`.
+role_env() {
+  local name="$1" d
+  d=$(( ${name: -1} * 100 - 100 )) # the second of each role is 100 ports up
+  echo "HERALD_DISCOVERY__ENDPOINTS=[\"http://127.0.0.1:$(port 23790)\"]"
+  case "$name" in
+    comet*)
+      echo "HERALD_COMET__TCP_BIND=[\"127.0.0.1:$(port $((3101 + d)))\"]"
+      echo "HERALD_COMET__WS_BIND=[\"127.0.0.1:$(port $((3102 + d)))\"]"
+      echo "HERALD_RPC__COMET_BIND=127.0.0.1:$(port $((3109 + d)))"
+      echo "HERALD_METRICS__BIND=127.0.0.1:$(port $((3129 + d)))"
+      echo "HERALD_QUEUE__BACKEND=$(queue)"
+      return
+      ;;
+    logic*)
+      echo "HERALD_LOGIC__HTTP_BIND=127.0.0.1:$(port $((3111 + d)))"
+      echo "HERALD_RPC__LOGIC_BIND=127.0.0.1:$(port $((3119 + d)))"
+      # What /goim/nodes/weighted and the demo page tell clients (comet1's ports).
+      echo "HERALD_LOGIC__NODE__TCP_PORT=$(port 3101)"
+      echo "HERALD_LOGIC__NODE__WS_PORT=$(port 3102)"
+      echo "HERALD_LOGIC__NODE__WSS_PORT=$(port 3103)"
+      echo "HERALD_STORE__REDIS_URL=redis://127.0.0.1:$(port 26379)/0"
+      ;;
+    job*) echo "HERALD_METRICS__BIND=127.0.0.1:$(port $((3139 + d)))" ;;
+  esac
+  echo "HERALD_QUEUE__BACKEND=$(queue)"
+  echo "HERALD_QUEUE__REDIS__URL=redis://127.0.0.1:$(port 26379)/1"
+  echo "HERALD_QUEUE__NATS__URL=nats://127.0.0.1:$(port 24222)"
+  echo "HERALD_QUEUE__KAFKA__BROKERS=[\"127.0.0.1:$(port 29092)\"]"
 }
 
 queue() { cat "$state/queue" 2>/dev/null || echo redis; }
@@ -93,7 +162,9 @@ wait_up() {
 }
 
 start_one() {
-  local name="$1" bin role
+  local name="$1" bin role overrides
+  same_base
+  mkdir -p "$state"
   if ! running "$name" && port_open "$(port_of "$name")"; then
     die "cannot start $name: 127.0.0.1:$(port_of "$name") is taken by another process"
   fi
@@ -101,35 +172,35 @@ start_one() {
     etcd)
       bin="$(engine_bin etcd)"
       launch etcd "$bin" --name herald-local --data-dir "$state/etcd-data" \
-        --listen-client-urls http://127.0.0.1:23790 \
-        --advertise-client-urls http://127.0.0.1:23790 \
-        --listen-peer-urls http://127.0.0.1:23800 \
-        --initial-advertise-peer-urls http://127.0.0.1:23800 \
-        --initial-cluster herald-local=http://127.0.0.1:23800
+        --listen-client-urls "http://127.0.0.1:$(port 23790)" \
+        --advertise-client-urls "http://127.0.0.1:$(port 23790)" \
+        --listen-peer-urls "http://127.0.0.1:$(port 23800)" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$(port 23800)" \
+        --initial-cluster "herald-local=http://127.0.0.1:$(port 23800)"
       ;;
     redis)
       # Append-only file: a restarted Redis keeps routes and queued pushes.
       mkdir -p "$state/redis-data"
       bin="$(engine_bin redis-server)"
-      launch redis "$bin" --bind 127.0.0.1 --port 26379 --dir "$state/redis-data" \
+      launch redis "$bin" --bind 127.0.0.1 --port "$(port 26379)" --dir "$state/redis-data" \
         --appendonly yes --save ""
       ;;
     nats)
       bin="$(engine_bin nats-server)"
-      launch nats "$bin" -a 127.0.0.1 -p 24222 -js -sd "$state/nats-data"
+      launch nats "$bin" -a 127.0.0.1 -p "$(port 24222)" -js -sd "$state/nats-data"
       ;;
     kafka)
       # In-memory storage: a killed and restarted broker starts empty (topics
       # and committed offsets are gone); use pause/resume for an outage that
       # keeps them.
       bin="$(engine_bin tansu)"
-      launch kafka "$bin" broker --listener-url tcp://127.0.0.1:29092 \
-        --advertised-listener-url tcp://127.0.0.1:29092 --storage-engine memory://tansu/
+      launch kafka "$bin" broker --listener-url "tcp://127.0.0.1:$(port 29092)" \
+        --advertised-listener-url "tcp://127.0.0.1:$(port 29092)" --storage-engine memory://tansu/
       ;;
     comet1 | comet2 | logic1 | logic2 | job1 | job2)
       role="${name%[12]}"
-      HERALD_QUEUE__BACKEND="$(queue)" launch "$name" "$(herald_bin)" "$role" \
-        --config "$here/$name.toml"
+      mapfile -t overrides < <(role_env "$name")
+      launch "$name" env "${overrides[@]}" "$(herald_bin)" "$role" --config "$here/$name.toml"
       ;;
     *) port_of "$name" >/dev/null ;;
   esac
@@ -163,23 +234,28 @@ case "$cmd" in
     if [ -f "$state/queue" ] && [ "$(queue)" != "$q" ] && running logic1; then
       die "the cluster runs on $(queue); run down first"
     fi
+    same_base
+    mkdir -p "$state"
     echo "$q" >"$state/queue"
+    echo "$base" >"$state/base_port"
     ensure_engines etcd redis "$q"
     herald_bin >/dev/null
     for e in $(engines); do start_one "$e"; done
     for p in "${processes[@]}"; do start_one "$p"; done
     echo
-    echo "herald cluster up on $q. Push API: http://127.0.0.1:3111 and :3211;"
-    echo "clients: TCP 127.0.0.1:3101 / :3201, WebSocket ws://127.0.0.1:3102/sub / :3202/sub."
+    echo "herald cluster up on $q. Push API: http://127.0.0.1:$(port 3111) and :$(port 3211);"
+    echo "clients: TCP 127.0.0.1:$(port 3101) / :$(port 3201), WebSocket ws://127.0.0.1:$(port 3102)/sub / :$(port 3202)/sub."
     echo "Logs and data: $state"
     ;;
   down | clean)
     for p in "${processes[@]}"; do stop_one "$p"; done
     for e in kafka nats redis etcd; do stop_one "$e"; done
+    rm -f "$state/base_port"
     if [ "$cmd" = clean ]; then rm -rf "$state"; echo "removed $state"; fi
     ;;
   status)
-    echo "queue: $(queue); state: $state"
+    same_base
+    echo "queue: $(queue); base port: $base; state: $state"
     for n in etcd redis nats kafka "${processes[@]}"; do
       if running "$n"; then
         printf '%-7s pid %-7s 127.0.0.1:%s\n' "$n" "$(pid_of "$n")" "$(port_of "$n")"
@@ -212,8 +288,19 @@ case "$cmd" in
     port_of "$2" >/dev/null
     exec tail -n 50 -F "$state/$2.log"
     ;;
+  -h | --help | help | "")
+    # The comment at the top of this file, then the ports this base gives.
+    sed -n '2,/^[^#]/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
+    echo
+    echo "Now (CLUSTER_BASE_PORT=$base; state: $state):"
+    echo "  comet1 TCP $(port 3101), WebSocket $(port 3102), gRPC $(port 3109), metrics $(port 3129)"
+    echo "  comet2 TCP $(port 3201), WebSocket $(port 3202), gRPC $(port 3209), metrics $(port 3229)"
+    echo "  logic1 HTTP $(port 3111), gRPC $(port 3119); logic2 HTTP $(port 3211), gRPC $(port 3219)"
+    echo "  job1 metrics $(port 3139); job2 metrics $(port 3239)"
+    echo "  etcd $(port 23790) (peers $(port 23800)), Redis $(port 26379), NATS $(port 24222), Kafka $(port 29092)"
+    ;;
   *)
-    sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-    [ -z "$cmd" ] || exit 2
+    echo "cluster.sh: unknown command '$cmd'; see deploy/local/cluster.sh --help" >&2
+    exit 2
     ;;
 esac

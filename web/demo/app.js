@@ -377,22 +377,24 @@
 
   // ---------------------------------------------------------------- init
 
-  /** Reads /_/config.json: where clients connect and whether the API wants a key. */
+  /** Reads /_/config.json: where clients connect and whether the API wants a key.
+   *  The server is the only one that knows its WebSocket port: without its answer
+   *  the page guesses no address and asks for one. */
   async function loadConfig() {
-    let cfg = { ws_port: 3102, ws_path: '/sub', key_required: false };
+    let cfg = { ws_port: null, wss_port: null, ws_path: '/sub', key_required: false };
     try {
       const res = await fetch('/_/config.json', { cache: 'no-store' });
       if (res.ok) cfg = await res.json();
-      else log('error', 'config', '/_/config.json: HTTP ' + res.status + '; assuming goim defaults');
+      else log('error', 'config', '/_/config.json: HTTP ' + res.status);
     } catch (err) {
-      log('error', 'config', '/_/config.json: ' + err.message + '; assuming goim defaults');
+      log('error', 'config', '/_/config.json: ' + err.message);
     }
     keyRequired = !!cfg.key_required;
     $('key-card').hidden = !keyRequired;
     if (keyRequired) showKeyState(apiKey() ? 'set' : 'needed', '');
     const url = wsUrl(cfg);
     $('c-url').value = url;
-    if (!url) log('error', 'config', 'the server advertises no WebSocket port; enter a URL');
+    if (!url) log('error', 'config', 'no WebSocket port from the server; enter a URL');
   }
 
   setStatus('disconnected');

@@ -1,5 +1,7 @@
 //! Logging and metrics setup, and the `/metrics` route.
 
+use std::ffi::OsStr;
+use std::io::IsTerminal;
 use std::sync::{Arc, OnceLock};
 
 use axum::http::header;
@@ -24,14 +26,28 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Installs the tracing subscriber (`RUST_LOG` wins over `level`).
+/// Installs the tracing subscriber (`RUST_LOG` wins over `level`). Lines go to
+/// standard output, coloured only when it is a terminal and `NO_COLOR` is unset
+/// or empty: a pipe, a file or journald gets plain text.
 pub fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let ansi = use_colour(
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stdout)
+        .with_ansi(ansi)
         .with_env_filter(filter)
         .with_target(true)
         .try_init();
+}
+
+/// Whether log lines get ANSI colours: only on a terminal, and not when
+/// `NO_COLOR` is set to anything but the empty string (<https://no-color.org>).
+fn use_colour(terminal: bool, no_color: Option<&OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// `GET /metrics` in the Prometheus text format. `before` runs on each scrape to
@@ -55,4 +71,26 @@ pub fn router(handle: PrometheusHandle, before: Arc<dyn Fn() + Send + Sync>) -> 
             }
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        let set = |v: &'static str| Some(OsStr::new(v));
+        assert!(use_colour(true, None));
+        assert!(
+            use_colour(true, set("")),
+            "an empty NO_COLOR does not count"
+        );
+        assert!(!use_colour(true, set("1")));
+        assert!(
+            !use_colour(true, set("0")),
+            "any non-empty value disables colour"
+        );
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(false, set("")));
+    }
 }

@@ -7,6 +7,7 @@
 //! backends call it through the goim HTTP API built by [`http::router`], guarded by
 //! the [`api_keys`] of the `[api]` section.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -329,15 +330,22 @@ impl Logic {
     }
 
     /// Pushes to connection keys (one queue message per comet holding some of them).
-    /// Keys without a route are counted and skipped.
+    /// Keys without a route are counted and skipped; empty keys are skipped, as goim
+    /// skips them. No key left is nothing to push, and a success (the HTTP API
+    /// decides whether a request may name no key).
     pub async fn push_keys(&self, op: i32, keys: &[String], msg: Bytes) -> Result<(), PushError> {
-        if keys.is_empty() {
-            return Err(PushError::Invalid("keys is required".into()));
-        }
         self.metrics.keys.increment(1);
+        let keys: Cow<'_, [String]> = if keys.iter().any(String::is_empty) {
+            Cow::Owned(keys.iter().filter(|k| !k.is_empty()).cloned().collect())
+        } else {
+            Cow::Borrowed(keys)
+        };
+        if keys.is_empty() {
+            return Ok(());
+        }
         let servers = self
             .sessions
-            .servers_by_keys(keys)
+            .servers_by_keys(&keys)
             .await
             .map_err(|e| self.store_failure(e))?;
         let mut routes = Vec::new();
@@ -350,12 +358,13 @@ impl Logic {
         self.publish_grouped(op, routes, msg).await
     }
 
-    /// Pushes to every connection of the given members.
+    /// Pushes to every connection of the given members. No member is nothing to
+    /// push, and a success, as in goim.
     pub async fn push_mids(&self, op: i32, mids: &[i64], msg: Bytes) -> Result<(), PushError> {
-        if mids.is_empty() {
-            return Err(PushError::Invalid("mids is required".into()));
-        }
         self.metrics.mids.increment(1);
+        if mids.is_empty() {
+            return Ok(());
+        }
         let routes = self
             .sessions
             .keys_by_mids(mids)
@@ -386,13 +395,14 @@ impl Logic {
     }
 
     /// Pushes to every connection accepting `op`, at most `speed` connections per
-    /// second over the cluster (0 = no limit).
+    /// second over the cluster. 0 or less is no limit, as in goim; a negative speed
+    /// is queued as 0, so every job (herald's or goim's) reads it as no limit.
     pub async fn push_all(&self, op: i32, speed: i32, msg: Bytes) -> Result<(), PushError> {
         self.metrics.all.increment(1);
         self.publish(PushMsg {
             r#type: PushType::Broadcast as i32,
             operation: op,
-            speed,
+            speed: speed.max(0),
             server: String::new(),
             room: String::new(),
             keys: Vec::new(),

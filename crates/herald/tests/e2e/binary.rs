@@ -1,8 +1,10 @@
 //! The `herald` binary itself: configuration from the environment, serving, the
 //! memory trimmer, and a clean exit on SIGTERM.
 
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use crate::support::*;
@@ -87,6 +89,85 @@ async fn binary_serves_and_stops_on_sigterm() {
     let status = exited.expect("herald exits after SIGTERM");
     assert!(status.success(), "exit status {status}");
     c.expect_closed().await;
+}
+
+/// Logs written to a pipe (a file, journald, `docker logs`) are plain text: ANSI
+/// colour codes only go to a terminal.
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let (tcp, ws, http_port) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("standalone")
+        .env("HERALD_COMET__TCP_BIND", format!("[\"127.0.0.1:{tcp}\"]"))
+        .env("HERALD_COMET__WS_BIND", format!("[\"127.0.0.1:{ws}\"]"))
+        .env("HERALD_LOGIC__HTTP_BIND", format!("127.0.0.1:{http_port}"))
+        .env("HERALD_LOG__LEVEL", "info")
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("herald binary starts");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let _ = tx.send(line.expect("a log line"));
+        }
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        stderr.read_to_string(&mut text).unwrap();
+        text
+    });
+    // Generous: the whole suite shares the machine's cores.
+    let patience = Duration::from_secs(30);
+    let mut lines = Vec::new();
+    while !lines
+        .iter()
+        .any(|l: &String| l.contains("HTTP API listening"))
+    {
+        let line = rx
+            .recv_timeout(patience)
+            .unwrap_or_else(|e| panic!("no \"HTTP API listening\" line ({e}): {lines:#?}"));
+        lines.push(line);
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // The log ends when the process closes its output.
+    loop {
+        match rx.recv_timeout(patience) {
+            Ok(line) => lines.push(line),
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => panic!("herald still logging: {lines:#?}"),
+        }
+    }
+    reader.join().unwrap();
+    assert!(child.wait().unwrap().success());
+    let stderr = stderr.join().unwrap();
+
+    for line in &lines {
+        assert!(
+            !line.contains('\x1b'),
+            "colour codes in a piped log: {line:?}"
+        );
+    }
+    // The whole log was read, and its levels are plain words.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" INFO ") && l.contains("stopped")),
+        "{lines:#?}"
+    );
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour codes on stderr: {stderr:?}"
+    );
 }
 
 #[test]

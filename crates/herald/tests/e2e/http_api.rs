@@ -12,13 +12,11 @@ async fn validation_errors_are_json_4xx() {
     let cases: &[(&str, &str, u16)] = &[
         ("POST", "/goim/push/keys?operation=1000", 400),
         ("POST", "/goim/push/keys?operation=x&keys=a", 400),
-        ("POST", "/goim/push/mids?operation=1000", 400),
         ("POST", "/goim/push/mids?operation=1000&mids=abc", 400),
         ("POST", "/goim/push/room?operation=1000&type=live", 400),
         ("POST", "/goim/push/room?type=live&room=1", 400),
         ("POST", "/goim/push/room?operation=0&type=live&room=1", 400),
         ("POST", "/goim/push/all", 400),
-        ("POST", "/goim/push/all?operation=1000&speed=-1", 400),
         ("GET", "/goim/online/top?type=live", 400),
         ("GET", "/goim/online/top?limit=5", 400),
         ("GET", "/goim/online/room?type=live", 400),
@@ -44,6 +42,120 @@ async fn validation_errors_are_json_4xx() {
     let r = post(h, "/goim/push/all?operation=1000", &big).await;
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["code"], -400);
+    s.shutdown().await;
+}
+
+/// goim's answers at the edges of the push API: a mid push to no one and a key
+/// push with only empty keys succeed and push nothing, a key push without keys is
+/// an error (code −400), and a negative broadcast speed means no limit.
+#[tokio::test]
+async fn push_edges_answer_like_goim() {
+    let s = start().await;
+    let h = s.http_addr;
+    let mut c = Client::ws(s.ws_addrs[0]).await;
+    c.auth(71, "edge-71", "", &[1000, 1001]).await;
+
+    let ok = json!({"code": 0, "message": ""});
+    for path in [
+        "/goim/push/mids?operation=1000",
+        "/goim/push/mids?operation=1000&mids=",
+        "/goim/push/keys?operation=1000&keys=",
+        "/goim/push/keys?operation=1000&keys=&keys=",
+    ] {
+        let r = post(h, path, b"to no one").await;
+        assert_eq!((r.status, r.json()), (200, ok.clone()), "{path}");
+    }
+    for (path, body) in [
+        (
+            "/herald/push/mids",
+            r#"{"operation":1000,"mids":[],"msg":"to no one"}"#,
+        ),
+        (
+            "/herald/push/mids",
+            r#"{"operation":1000,"msg":"to no one"}"#,
+        ),
+    ] {
+        let r = post(h, path, body.as_bytes()).await;
+        assert_eq!((r.status, r.json()), (200, ok.clone()), "{body}");
+    }
+    for (path, body) in [
+        ("/goim/push/keys?operation=1000", ""),
+        (
+            "/herald/push/keys",
+            r#"{"operation":1000,"keys":[],"msg":"x"}"#,
+        ),
+        ("/herald/push/keys", r#"{"operation":1000,"msg":"x"}"#),
+    ] {
+        let r = post(h, path, body.as_bytes()).await;
+        assert_eq!(r.status, 400, "{path} {body}");
+        assert_eq!(
+            r.json(),
+            json!({"code": -400, "message": "keys is required"}),
+            "{path} {body}"
+        );
+    }
+    // None of those reached the client: the next frame it gets is this one.
+    let r = post(h, "/goim/push/mids?operation=1001&mids=71", b"marker").await;
+    assert_eq!(r.json(), ok);
+    let f = c.recv_push().await;
+    assert_eq!((f.op, &f.body[..]), (1001, &b"marker"[..]));
+
+    // A negative speed is no limit, as in goim (it was a 400 before).
+    let r = post(h, "/goim/push/all?operation=1000&speed=-1", b"everyone").await;
+    assert_eq!((r.status, r.json()), (200, ok.clone()));
+    let f = c.recv_push().await;
+    assert_eq!((f.op, &f.body[..]), (1000, &b"everyone"[..]));
+    s.shutdown().await;
+}
+
+/// A known path with a trailing slash redirects to the path without it, as gin
+/// does for goim: 301 for GET, 307 for other methods, the query kept.
+#[tokio::test]
+async fn trailing_slash_redirects_like_gin() {
+    let s = start().await;
+    let h = s.http_addr;
+    let mut c = Client::tcp(s.tcp_addrs[0]).await;
+    c.auth(72, "slash-72", "", &[1000]).await;
+
+    let r = post(h, "/goim/push/keys/?operation=1000&keys=slash-72", b"hi").await;
+    assert_eq!(r.status, 307, "{}", r.text());
+    let to = r.header("location").expect("a Location");
+    assert_eq!(to, "/goim/push/keys?operation=1000&keys=slash-72");
+    // Following it (a 307 keeps the method and body) pushes.
+    let r = post(h, &to, b"hi").await;
+    assert_eq!(r.json()["code"], 0);
+    assert_eq!(&c.recv_push().await.body[..], b"hi");
+
+    for (method, path, status, location) in [
+        ("GET", "/goim/online/total/", 301, "/goim/online/total"),
+        (
+            "GET",
+            "/goim/online/top/?type=live&limit=5",
+            301,
+            "/goim/online/top?type=live&limit=5",
+        ),
+        ("HEAD", "/goim/nodes/weighted/", 307, "/goim/nodes/weighted"),
+        ("POST", "/herald/push/mids/", 307, "/herald/push/mids"),
+    ] {
+        let r = http(h, method, path, b"").await;
+        assert_eq!(r.status, status, "{method} {path}");
+        assert_eq!(
+            r.header("location").as_deref(),
+            Some(location),
+            "{method} {path}"
+        );
+    }
+    // Only a path that exists for the method redirects; the rest is the JSON 404.
+    for (method, path) in [
+        ("GET", "/goim/push/keys/"),
+        ("POST", "/goim/push/keys//"),
+        ("POST", "/goim/push/"),
+        ("GET", "/goim/nothing/"),
+    ] {
+        let r = http(h, method, path, b"").await;
+        assert_eq!(r.status, 404, "{method} {path}");
+        assert_eq!(r.json()["code"], -404, "{method} {path}");
+    }
     s.shutdown().await;
 }
 
@@ -179,5 +291,37 @@ async fn metrics_and_demo_page() {
         "page must not load remote assets"
     );
     assert_eq!(get(h, "/_/missing.js").await.status, 404);
+    s.shutdown().await;
+}
+
+/// The demo page learns where its WebSocket client connects from
+/// `/_/config.json`: the port and path the comet really serves, with the page's
+/// own host. The page itself names no port.
+#[tokio::test]
+async fn demo_page_connects_where_the_server_says() {
+    let mut cfg = test_config();
+    cfg.comet.ws_path = "/ws/goim".into();
+    let s = start_with(cfg).await;
+    let h = s.http_addr;
+    let ws_port = s.ws_addrs[0].port();
+    assert_ne!(
+        ws_port, 3102,
+        "the test needs a port other than the default"
+    );
+    let r = get(h, "/_/config.json").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json(),
+        json!({"key_required": false, "ws_host": null, "ws_port": ws_port, "wss_port": null, "ws_path": "/ws/goim"})
+    );
+    // That address is a working goim WebSocket endpoint.
+    let mut c = Client::ws_at(s.ws_addrs[0], "/ws/goim").await;
+    c.auth(81, "page-81", "", &[1000]).await;
+    for asset in ["/_/", "/_/app.js", "/_/goim.js"] {
+        let text = get(h, asset).await.text();
+        for port in ["3101", "3102", "3103"] {
+            assert!(!text.contains(port), "{asset} names port {port}");
+        }
+    }
     s.shutdown().await;
 }

@@ -31,6 +31,10 @@ async fn wss_and_tls_tcp_carry_goim_frames() {
     plain.auth(3, "ws-3", "live://tls", &[1000]).await;
     wss.heartbeat_until(3).await;
     let h = s.http_addr;
+    // The demo page is told both WebSocket ports (it picks wss on an https page).
+    let page = get(h, "/_/config.json").await.json();
+    assert_eq!(page["ws_port"], s.ws_addrs[0].port());
+    assert_eq!(page["wss_port"], s.wss_addrs[0].port());
     assert_eq!(
         post(
             h,

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{OriginalUri, RawQuery, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::handler::Handler;
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -120,6 +121,8 @@ impl Default for ApiOptions {
 struct ApiState {
     logic: Arc<Logic>,
     max_recipients: usize,
+    /// Every route of the router, for the trailing-slash redirect.
+    routes: Arc<[(Method, &'static str)]>,
 }
 
 type Ctx = State<ApiState>;
@@ -208,12 +211,68 @@ async fn nodes_instances(State(st): Ctx) -> Response {
     ok_data(st.logic.instances())
 }
 
-async fn not_found(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
+/// No route matched. A known path with one trailing slash added is redirected to
+/// the path without it, as goim's router (gin, `RedirectTrailingSlash`) does: 301
+/// for GET, 307 (method and body kept) for any other method, the query kept.
+/// Anything else is a JSON 404.
+async fn not_found(State(st): Ctx, method: Method, OriginalUri(uri): OriginalUri) -> Response {
+    let path = uri.path();
+    if let Some(bare) = path.strip_suffix('/').filter(|b| !b.is_empty()) {
+        // axum answers HEAD with the GET route, so gin's "same method" is GET here.
+        let served = |m: &Method| *m == method || (*m == Method::GET && method == Method::HEAD);
+        if st.routes.iter().any(|(m, p)| *p == bare && served(m)) {
+            let status = if method == Method::GET {
+                StatusCode::MOVED_PERMANENTLY
+            } else {
+                StatusCode::TEMPORARY_REDIRECT
+            };
+            let location = match uri.query() {
+                Some(q) => format!("{bare}?{q}"),
+                None => bare.to_string(),
+            };
+            return (status, [(header::LOCATION, location)]).into_response();
+        }
+    }
     ApiError::new(
         StatusCode::NOT_FOUND,
         -404,
-        format!("no such endpoint: {method} {}", uri.path()),
+        format!("no such endpoint: {method} {path}"),
     )
+    .into_response()
+}
+
+/// A group of routes that remembers its methods and paths (for [`not_found`])
+/// and answers a known path's other methods with the JSON 405.
+struct Group {
+    router: Router<ApiState>,
+    routes: Vec<(Method, &'static str)>,
+}
+
+impl Group {
+    fn new() -> Group {
+        Group {
+            router: Router::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    fn get<H: Handler<T, ApiState>, T: 'static>(mut self, path: &'static str, h: H) -> Group {
+        self.routes.push((Method::GET, path));
+        self.router = self.router.route(path, get(h));
+        self
+    }
+
+    fn post<H: Handler<T, ApiState>, T: 'static>(mut self, path: &'static str, h: H) -> Group {
+        self.routes.push((Method::POST, path));
+        self.router = self.router.route(path, post(h));
+        self
+    }
+
+    /// The group's router; its routes are added to `all`.
+    fn finish(self, all: &mut Vec<(Method, &'static str)>) -> Router<ApiState> {
+        all.extend(self.routes);
+        self.router.method_not_allowed_fallback(method_not_allowed)
+    }
 }
 
 async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
@@ -240,24 +299,25 @@ async fn log_request(req: Request, next: Next) -> Response {
 /// it; they are public unless wrapped with [`ApiKeys::protect`].
 pub fn router(logic: Arc<Logic>, opts: ApiOptions) -> Router {
     let keys = opts.keys.clone();
+    let mut routes = Vec::new();
     // Each group gets its 405 fallback before the scope check wraps it.
-    let push = Router::new()
-        .route("/goim/push/keys", post(push::push_keys))
-        .route("/goim/push/mids", post(push::push_mids))
-        .route("/goim/push/room", post(push::push_room))
-        .route("/goim/push/all", post(push::push_all))
-        .route("/herald/push/keys", post(push::json_push_keys))
-        .route("/herald/push/mids", post(push::json_push_mids))
-        .method_not_allowed_fallback(method_not_allowed);
-    let read = Router::new()
-        .route("/goim/online/top", get(online_top))
-        .route("/goim/online/room", get(online_room))
-        .route("/goim/online/total", get(online_total))
-        .route("/goim/nodes/instances", get(nodes_instances))
-        .method_not_allowed_fallback(method_not_allowed);
-    let public = Router::new()
-        .route("/goim/nodes/weighted", get(nodes_weighted))
-        .method_not_allowed_fallback(method_not_allowed);
+    let push = Group::new()
+        .post("/goim/push/keys", push::push_keys)
+        .post("/goim/push/mids", push::push_mids)
+        .post("/goim/push/room", push::push_room)
+        .post("/goim/push/all", push::push_all)
+        .post("/herald/push/keys", push::json_push_keys)
+        .post("/herald/push/mids", push::json_push_mids)
+        .finish(&mut routes);
+    let read = Group::new()
+        .get("/goim/online/top", online_top)
+        .get("/goim/online/room", online_room)
+        .get("/goim/online/total", online_total)
+        .get("/goim/nodes/instances", nodes_instances)
+        .finish(&mut routes);
+    let public = Group::new()
+        .get("/goim/nodes/weighted", nodes_weighted)
+        .finish(&mut routes);
     Router::new()
         .merge(keys.protect(Scope::Push, push))
         .merge(keys.protect(Scope::Read, read))
@@ -267,5 +327,6 @@ pub fn router(logic: Arc<Logic>, opts: ApiOptions) -> Router {
         .with_state(ApiState {
             logic,
             max_recipients: opts.max_recipients,
+            routes: routes.into(),
         })
 }

@@ -24,6 +24,12 @@ impl Params {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Whether `name` is given at all, even with an empty value (`keys=`).
+    pub(super) fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == name)
+    }
+
+    /// Every non-empty value of `name`.
     pub(super) fn all(&self, name: &str) -> Vec<String> {
         self.0
             .iter()

@@ -63,15 +63,11 @@ impl Recipients {
         }
     }
 
-    /// At least one recipient and at most `limits.http.max_recipients` (0 = no limit).
+    /// At most `limits.http.max_recipients` (0 = no limit). No recipient is allowed
+    /// here: whether a request may name none is the endpoint's rule (see
+    /// [`keys_required`]).
     fn check(&self, max: usize) -> Result<(), ApiError> {
         let n = self.len();
-        if n == 0 {
-            return Err(ApiError::bad_request(format!(
-                "{} is required",
-                self.what()
-            )));
-        }
         if max > 0 && n > max {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -92,6 +88,13 @@ impl Recipients {
         }
         Ok(ok())
     }
+}
+
+/// A key push must name keys, as in goim, where a push without keys fails (its
+/// Redis `MGET` gets no argument) with code −400. A mid push without mids succeeds
+/// and pushes nothing, as goim's does.
+fn keys_required() -> ApiError {
+    ApiError::bad_request("keys is required")
 }
 
 /// A goim key or mid push: parameters are checked before the body is read.
@@ -116,6 +119,11 @@ pub(super) async fn push_keys(
 ) -> Result<Response, ApiError> {
     let p = Params::parse(q);
     let op: i32 = p.int("operation")?;
+    // goim reads `keys=` as one empty key, which it skips: the push succeeds with
+    // nothing to send. Only a request without the parameter has no keys.
+    if !p.has("keys") {
+        return Err(keys_required());
+    }
     goim_push(&st, op, Recipients::Keys(p.all("keys")), &headers, body).await
 }
 
@@ -163,10 +171,8 @@ pub(super) async fn push_all(
 ) -> Result<Response, ApiError> {
     let p = Params::parse(q);
     let op: i32 = p.required_int("operation")?;
+    // 0 or negative: no limit, as in goim.
     let speed: i32 = p.int("speed")?;
-    if speed < 0 {
-        return Err(ApiError::bad_request("speed must not be negative"));
-    }
     let limit = st.logic.config().max_push_body;
     let msg = read_body(limit, "push body", &headers, body).await?;
     st.logic.push_all(op, speed, msg).await?;
@@ -225,6 +231,9 @@ async fn json_push(
         .map_err(|e| ApiError::bad_request(format!("invalid JSON push: {e}")))?;
     let to = match (kind, req.keys.take(), req.mids.take()) {
         (JsonKind::Keys, Some(keys), None) => {
+            if keys.is_empty() {
+                return Err(keys_required());
+            }
             if let Some(i) = keys.iter().position(|k| k.is_empty()) {
                 return Err(ApiError::bad_request(format!("keys[{i}] is empty")));
             }
@@ -241,7 +250,7 @@ async fn json_push(
                 "keys belong in POST /herald/push/keys",
             ))
         }
-        (JsonKind::Keys, None, None) => Recipients::Keys(Vec::new()),
+        (JsonKind::Keys, None, None) => return Err(keys_required()),
         (JsonKind::Mids, None, None) => Recipients::Mids(Vec::new()),
     };
     to.check(st.max_recipients)?;

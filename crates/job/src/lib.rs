@@ -24,6 +24,8 @@ pub mod batcher;
 pub mod config;
 pub mod directory;
 pub mod ownership;
+#[cfg(test)]
+mod timing_tests;
 
 pub use config::JobConfig;
 pub use directory::{CometConnector, Directory};
@@ -469,7 +471,13 @@ mod tests {
         for i in 0..10 {
             q.publish("", room_msg(&format!("a{i}"))).await.unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The live comet has every one of them, so the rest waits on the dead one.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while rec.0.lock().unwrap().iter().filter(|r| r.starts_with('a')).count() < 10 {
+            assert!(tokio::time::Instant::now() < deadline, "the live comet stalled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(q.depth(), Some(10), "held by the comet that never answers");
         dead.deregister().await.unwrap();
         for i in 0..10 {
             q.publish("", room_msg(&format!("b{i}"))).await.unwrap();

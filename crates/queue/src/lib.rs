@@ -64,7 +64,6 @@ pub trait Queue: Send + Sync + 'static {
     /// consumer of the group.
     async fn consumer(&self) -> Result<Box<dyn Consumer>, QueueError>;
 
-    /// Messages published and not yet acknowledged, where the backend can tell.
     /// How many partitions herald spreads keys over, when consumers are to be
     /// given partitions by herald ([`Queue::consumer_of`]); `None` when the engine
     /// assigns partitions itself (Kafka's consumer groups) or the queue is not
@@ -80,6 +79,7 @@ pub trait Queue: Send + Sync + 'static {
         self.consumer().await
     }
 
+    /// Messages published and not yet acknowledged, where the backend can tell.
     fn depth(&self) -> Option<u64> {
         None
     }
@@ -94,7 +94,6 @@ pub trait Queue: Send + Sync + 'static {
     }
 }
 
-/// Receives messages for one consumer of the group.
 /// The partition (of `n`) that messages with `key` go to: FNV-1a 32 of the key,
 /// as a signed 32-bit number, modulo `n`, made non-negative — the partition
 /// goim's Kafka producer (sarama's hash partitioner) picks. Stable across
@@ -114,11 +113,13 @@ pub fn partition_of(key: &str, n: u32) -> u32 {
 }
 
 /// Every partition of a queue with `n` partitions (at least one).
+#[cfg(any(feature = "redis", feature = "nats", feature = "kafka"))]
 pub(crate) fn all_partitions(n: u32) -> Vec<u32> {
     (0..n.max(1)).collect()
 }
 
 /// A consumer of no partition at all is a caller's mistake.
+#[cfg(any(feature = "redis", feature = "nats", feature = "kafka"))]
 pub(crate) fn require_partitions(partitions: &[u32]) -> Result<(), QueueError> {
     if partitions.is_empty() {
         return Err(QueueError::Unavailable(
@@ -128,6 +129,7 @@ pub(crate) fn require_partitions(partitions: &[u32]) -> Result<(), QueueError> {
     Ok(())
 }
 
+/// Receives messages for one consumer of the group.
 #[async_trait]
 pub trait Consumer: Send {
     /// Waits for the next message. `Err(QueueError::Closed)` ends consumption.

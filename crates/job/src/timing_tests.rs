@@ -71,7 +71,7 @@ impl Recorder {
             self.count.send_replace(calls.len());
         }
         if let Some(gate) = &self.gate {
-            let _ = gate.acquire().await.expect("gate open").forget();
+            gate.acquire().await.expect("gate open").forget();
         }
         Ok(())
     }

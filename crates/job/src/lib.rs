@@ -473,8 +473,19 @@ mod tests {
         }
         // The live comet has every one of them, so the rest waits on the dead one.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while rec.0.lock().unwrap().iter().filter(|r| r.starts_with('a')).count() < 10 {
-            assert!(tokio::time::Instant::now() < deadline, "the live comet stalled");
+        while rec
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.starts_with('a'))
+            .count()
+            < 10
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the live comet stalled"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(q.depth(), Some(10), "held by the comet that never answers");

@@ -99,7 +99,8 @@ pub struct Hub {
     /// How much each connection's outbox may hold.
     outbox: OutboxLimits,
     /// Origin of the millisecond clock used for heartbeat deadlines.
-    epoch: std::time::Instant,
+    /// Start of the deadline clock (tokio's clock: the tests can pause it).
+    epoch: tokio::time::Instant,
     /// Signalled when connections or room memberships change, so online counts are
     /// reported soon rather than at the next interval.
     pub changed: tokio::sync::Notify,
@@ -142,7 +143,7 @@ impl Hub {
             route_removals: AtomicU64::new(0),
             policy,
             outbox,
-            epoch: std::time::Instant::now(),
+            epoch: tokio::time::Instant::now(),
             changed: tokio::sync::Notify::new(),
             metrics,
         }
@@ -509,6 +510,49 @@ mod tests {
         let mut q = VecDeque::new();
         c.drain(&mut q);
         q.len()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_closes_at_the_heartbeat_deadline_and_not_before() {
+        let h = hub();
+        let (late, live) = (ch(&h, "late", vec![]), ch(&h, "live", vec![]));
+        h.register(&late, "live://1");
+        h.register(&live, "live://1");
+        for c in [&late, &live] {
+            c.set_deadline(h.deadline_after(Duration::from_secs(10)));
+        }
+        tokio::time::sleep(Duration::from_millis(9_999)).await;
+        assert_eq!(h.sweep_expired(), 0, "nobody is late yet");
+        // `live` sends its heartbeat; `late` does not.
+        live.set_deadline(h.deadline_after(Duration::from_secs(10)));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(h.sweep_expired(), 1);
+        assert!(late.is_closed() && late.timed_out());
+        assert!(!live.is_closed());
+        // A closed connection is not counted twice.
+        assert_eq!(h.sweep_expired(), 0);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(h.sweep_expired(), 1);
+        assert!(live.timed_out());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_credentials_close_before_a_heartbeat_would() {
+        let h = hub();
+        let c = ch(&h, "k", vec![]);
+        h.register(&c, "live://1");
+        c.set_deadline(h.deadline_after(Duration::from_secs(60)));
+        c.set_expiry(h.deadline_after(Duration::from_secs(30)));
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert_eq!(h.sweep_expired(), 0);
+        // A refresh moves the expiry; the old one no longer applies.
+        c.set_expiry(h.deadline_after(Duration::from_secs(20)));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(h.sweep_expired(), 0);
+        tokio::time::sleep(Duration::from_secs(18)).await;
+        assert_eq!(h.sweep_expired(), 1);
+        assert_eq!(c.close_reason(), Some(CloseReason::CredentialsExpired));
+        assert!(!c.timed_out());
     }
 
     #[test]

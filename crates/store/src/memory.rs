@@ -6,9 +6,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
+// tokio's clock (std's unless a test pauses it), so route expiry can be tested.
+use tokio::time::Instant;
 
 use crate::{OnlineStore, ServerOnline, SessionStore, StoreResult};
 

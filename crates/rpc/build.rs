@@ -1,7 +1,8 @@
-//! Generates the gRPC service glue for `goim.comet.Comet` and `goim.logic.Logic`
-//! from `proto/`, with a pure-Rust protobuf compiler (no system `protoc`). The
-//! messages themselves are the hand-written types in this crate (`extern_path`),
-//! so the generated code holds only the client and server plumbing.
+//! Generates the messages and the gRPC service glue of `goim.protocol`,
+//! `goim.comet` and `goim.logic` from `proto/`, with a pure-Rust protobuf compiler
+//! (no system `protoc`). The `.proto` files are the only definition of these
+//! messages: `src/protocol.rs`, `src/comet.rs` and `src/logic.rs` re-export the
+//! generated types and add behaviour to them.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -18,9 +19,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // The transport `connect` constructor would clash with the `Connect` RPC.
         .build_transport(false)
-        .extern_path(".goim.protocol", "crate::protocol")
-        .extern_path(".goim.comet", "crate::comet")
-        .extern_path(".goim.logic", "crate::logic")
+        // Payloads as `bytes::Bytes`: a frame body, a queue message and an auth
+        // token are handed on (from a read buffer, to every comet) without copies.
+        .bytes(".goim.protocol.Proto.body")
+        .bytes(".goim.logic.PushMsg.msg")
+        .bytes(".goim.logic.ConnectReq.token")
         .compile_fds(fds)?;
     Ok(())
 }

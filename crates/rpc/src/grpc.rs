@@ -33,22 +33,10 @@ use crate::logic::{
 use crate::transport::Dialer;
 use crate::{ErrorKind, RpcError, RpcResult};
 
-/// Generated service plumbing for `goim.comet.Comet`.
-#[allow(missing_docs, clippy::all)]
-pub mod comet_api {
-    include!(concat!(env!("OUT_DIR"), "/goim.comet.rs"));
-}
-
-/// Generated service plumbing for `goim.logic.Logic`.
-#[allow(missing_docs, clippy::all)]
-pub mod logic_api {
-    include!(concat!(env!("OUT_DIR"), "/goim.logic.rs"));
-}
-
-use comet_api::comet_client::CometClient;
-use comet_api::comet_server::{Comet, CometServer};
-use logic_api::logic_client::LogicClient;
-use logic_api::logic_server::{Logic, LogicServer};
+use crate::goim::comet::comet_client::CometClient;
+use crate::goim::comet::comet_server::{Comet, CometServer};
+use crate::goim::logic::logic_client::LogicClient;
+use crate::goim::logic::logic_server::{Logic, LogicServer};
 
 /// Largest message accepted or sent (goim uses 16 MiB windows and limits).
 pub const MAX_MESSAGE: usize = 16 << 20;

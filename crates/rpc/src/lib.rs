@@ -13,12 +13,38 @@
 //!
 //! Between processes the calls go over gRPC ([`grpc`]), protected by
 //! [`transport`]: a shared cluster token and TLS.
+//!
+//! The messages are generated at build time from `proto/goim/*.proto` (module
+//! [`goim`], one submodule per protobuf package, with the gRPC clients and
+//! servers); [`protocol`], [`comet`] and [`logic`] re-export them under their
+//! message names and add behaviour.
 
 pub mod comet;
 pub mod grpc;
 pub mod logic;
 pub mod protocol;
 pub mod transport;
+
+#[cfg(test)]
+mod golden;
+
+/// The code generated from `proto/goim/`: messages, enums, and the gRPC client
+/// and server of each service. Module paths follow the protobuf packages.
+#[allow(missing_docs, clippy::all)]
+pub mod goim {
+    /// `goim.protocol`.
+    pub mod protocol {
+        include!(concat!(env!("OUT_DIR"), "/goim.protocol.rs"));
+    }
+    /// `goim.comet`: messages, `comet_client` and `comet_server`.
+    pub mod comet {
+        include!(concat!(env!("OUT_DIR"), "/goim.comet.rs"));
+    }
+    /// `goim.logic`: messages, `logic_client` and `logic_server`.
+    pub mod logic {
+        include!(concat!(env!("OUT_DIR"), "/goim.logic.rs"));
+    }
+}
 
 pub use comet::{BroadcastReq, BroadcastRoomReq, CometService, PushMsgReq, RoomsReply};
 pub use logic::{

@@ -2,22 +2,7 @@
 
 use bytes::Bytes;
 
-/// `goim.protocol.Proto`: a client frame without its length fields.
-#[derive(Clone, PartialEq, ::prost::Message)]
-pub struct Proto {
-    /// Protocol version.
-    #[prost(int32, tag = "1")]
-    pub ver: i32,
-    /// Operation code; 9 (OpRaw) when `body` holds encoded frames.
-    #[prost(int32, tag = "2")]
-    pub op: i32,
-    /// Sequence id.
-    #[prost(int32, tag = "3")]
-    pub seq: i32,
-    /// Body bytes.
-    #[prost(bytes = "bytes", tag = "4")]
-    pub body: Bytes,
-}
+pub use crate::goim::protocol::Proto;
 
 impl Proto {
     /// An OpRaw proto whose body is one or more encoded client frames.

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use herald_rpc::grpc::{self, logic_api, ClientTimeouts, LogicPool, RemoteComet, RemoteLogic};
+use herald_rpc::goim::logic::logic_client::LogicClient;
+use herald_rpc::grpc::{self, ClientTimeouts, LogicPool, RemoteComet, RemoteLogic};
 use herald_rpc::*;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -314,8 +315,8 @@ async fn pool_retries_only_idempotent_calls() {
 async fn gzip_requests_are_accepted() {
     let addr = serve_logic(Arc::new(Recorder::default())).await;
     let channel = grpc::channel(&addr.to_string(), timeouts()).unwrap();
-    let mut client = logic_api::logic_client::LogicClient::new(channel)
-        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let mut client =
+        LogicClient::new(channel).send_compressed(tonic::codec::CompressionEncoding::Gzip);
     let reply = client
         .renew_online(OnlineReq {
             server: "goim-comet".into(),

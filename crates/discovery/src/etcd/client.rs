@@ -498,6 +498,7 @@ impl EtcdClient {
                     key: key.to_vec(),
                     value: value.to_vec(),
                     lease,
+                    ..Default::default()
                 },
             )
             .await?;
@@ -511,7 +512,7 @@ impl EtcdClient {
                 DELETE_RANGE,
                 DeleteRangeRequest {
                     key: key.to_vec(),
-                    range_end: Vec::new(),
+                    ..Default::default()
                 },
             )
             .await?;
@@ -535,12 +536,14 @@ impl EtcdClient {
                         target: CompareTarget::Create as i32,
                         key: key.to_vec(),
                         target_union: Some(compare::TargetUnion::CreateRevision(0)),
+                        ..Default::default()
                     }],
                     success: vec![RequestOp {
                         request: Some(request_op::Request::RequestPut(PutRequest {
                             key: key.to_vec(),
                             value: value.to_vec(),
                             lease,
+                            ..Default::default()
                         })),
                     }],
                     failure: vec![RequestOp {
@@ -576,12 +579,13 @@ impl EtcdClient {
                         target: CompareTarget::Lease as i32,
                         key: key.to_vec(),
                         target_union: Some(compare::TargetUnion::Lease(lease)),
+                        ..Default::default()
                     }],
                     success: vec![RequestOp {
                         request: Some(request_op::Request::RequestDeleteRange(
                             DeleteRangeRequest {
                                 key: key.to_vec(),
-                                range_end: Vec::new(),
+                                ..Default::default()
                             },
                         )),
                     }],

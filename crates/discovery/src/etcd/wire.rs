@@ -1,302 +1,37 @@
-//! The subset of etcd's v3 gRPC messages the registry uses, with etcd's field
-//! numbers (`etcdserverpb` in `api/etcdserverpb/rpc.proto`, `mvccpb` in
-//! `api/mvccpb/kv.proto`). Fields the registry never sets or reads are left out;
-//! protobuf skips unknown fields, so answers carrying them still decode.
+//! etcd's v3 messages, generated at build time from etcd's own `.proto` files
+//! (vendored in `proto/etcd/`, see `proto/README.md`): one module per protobuf
+//! package, `etcdserverpb` (`rpc.proto`), `mvccpb` (`kv.proto`) and `authpb`
+//! (`auth.proto`). The messages the registry uses are re-exported here under their
+//! etcd names.
 
-use prost::Message;
-
-/// `etcdserverpb.ResponseHeader`.
-#[derive(Clone, PartialEq, Message)]
-pub struct ResponseHeader {
-    /// ID of the cluster that answered.
-    #[prost(uint64, tag = "1")]
-    pub cluster_id: u64,
-    /// ID of the member that answered.
-    #[prost(uint64, tag = "2")]
-    pub member_id: u64,
-    /// Key-value store revision when the request was applied.
-    #[prost(int64, tag = "3")]
-    pub revision: i64,
-    /// Raft term when the request was applied.
-    #[prost(uint64, tag = "4")]
-    pub raft_term: u64,
+/// `mvccpb`: `KeyValue` and `Event`.
+#[allow(missing_docs, clippy::all)]
+pub mod mvccpb {
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
 }
 
-/// `mvccpb.KeyValue`.
-#[derive(Clone, PartialEq, Message)]
-pub struct KeyValue {
-    /// The key.
-    #[prost(bytes = "vec", tag = "1")]
-    pub key: Vec<u8>,
-    /// Revision of the key's last creation.
-    #[prost(int64, tag = "2")]
-    pub create_revision: i64,
-    /// Revision of the key's last modification.
-    #[prost(int64, tag = "3")]
-    pub mod_revision: i64,
-    /// Number of modifications since creation.
-    #[prost(int64, tag = "4")]
-    pub version: i64,
-    /// The value.
-    #[prost(bytes = "vec", tag = "5")]
-    pub value: Vec<u8>,
-    /// Lease the key is attached to (0 = none).
-    #[prost(int64, tag = "6")]
-    pub lease: i64,
+/// `authpb`: users, roles and permissions (`etcdserverpb` refers to them).
+#[allow(missing_docs, clippy::all)]
+pub mod authpb {
+    include!(concat!(env!("OUT_DIR"), "/authpb.rs"));
 }
 
-/// `mvccpb.Event.EventType`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
-#[repr(i32)]
-pub enum EventType {
-    /// The key was written.
-    Put = 0,
-    /// The key was deleted (or its lease expired).
-    Delete = 1,
+/// `etcdserverpb`: the requests and responses of etcd's services.
+#[allow(missing_docs, clippy::all)]
+pub mod etcdserverpb {
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
 }
 
-/// `mvccpb.Event`.
-#[derive(Clone, PartialEq, Message)]
-pub struct Event {
-    /// [`EventType`].
-    #[prost(enumeration = "EventType", tag = "1")]
-    pub r#type: i32,
-    /// The key after a put; the deleted key (no value) after a delete.
-    #[prost(message, optional, tag = "2")]
-    pub kv: Option<KeyValue>,
-    /// The key before the event, when asked for.
-    #[prost(message, optional, tag = "3")]
-    pub prev_kv: Option<KeyValue>,
-}
-
-/// `etcdserverpb.RangeRequest` (`/etcdserverpb.KV/Range`).
-#[derive(Clone, PartialEq, Message)]
-pub struct RangeRequest {
-    /// First key of the range.
-    #[prost(bytes = "vec", tag = "1")]
-    pub key: Vec<u8>,
-    /// End of the range, exclusive (empty = `key` only).
-    #[prost(bytes = "vec", tag = "2")]
-    pub range_end: Vec<u8>,
-    /// Most keys returned (0 = no limit).
-    #[prost(int64, tag = "3")]
-    pub limit: i64,
-    /// Revision to read at (0 = newest).
-    #[prost(int64, tag = "4")]
-    pub revision: i64,
-    /// Return only the count of keys.
-    #[prost(bool, tag = "9")]
-    pub count_only: bool,
-}
-
-/// `etcdserverpb.RangeResponse`.
-#[derive(Clone, PartialEq, Message)]
-pub struct RangeResponse {
-    /// Header; its revision is the one the range was read at.
-    #[prost(message, optional, tag = "1")]
-    pub header: Option<ResponseHeader>,
-    /// The keys found.
-    #[prost(message, repeated, tag = "2")]
-    pub kvs: Vec<KeyValue>,
-    /// Whether more keys matched than were returned.
-    #[prost(bool, tag = "3")]
-    pub more: bool,
-    /// Number of keys in the range.
-    #[prost(int64, tag = "4")]
-    pub count: i64,
-}
-
-/// `etcdserverpb.PutRequest` (`/etcdserverpb.KV/Put`).
-#[derive(Clone, PartialEq, Message)]
-pub struct PutRequest {
-    /// The key.
-    #[prost(bytes = "vec", tag = "1")]
-    pub key: Vec<u8>,
-    /// The value.
-    #[prost(bytes = "vec", tag = "2")]
-    pub value: Vec<u8>,
-    /// Lease to attach the key to (0 = none).
-    #[prost(int64, tag = "3")]
-    pub lease: i64,
-}
-
-/// `etcdserverpb.PutResponse`.
-#[derive(Clone, PartialEq, Message)]
-pub struct PutResponse {
-    /// Header.
-    #[prost(message, optional, tag = "1")]
-    pub header: Option<ResponseHeader>,
-}
-
-/// `etcdserverpb.DeleteRangeRequest` (`/etcdserverpb.KV/DeleteRange`).
-#[derive(Clone, PartialEq, Message)]
-pub struct DeleteRangeRequest {
-    /// First key to delete.
-    #[prost(bytes = "vec", tag = "1")]
-    pub key: Vec<u8>,
-    /// End of the range, exclusive (empty = `key` only).
-    #[prost(bytes = "vec", tag = "2")]
-    pub range_end: Vec<u8>,
-}
-
-/// `etcdserverpb.DeleteRangeResponse`.
-#[derive(Clone, PartialEq, Message)]
-pub struct DeleteRangeResponse {
-    /// Header.
-    #[prost(message, optional, tag = "1")]
-    pub header: Option<ResponseHeader>,
-    /// Number of keys deleted.
-    #[prost(int64, tag = "2")]
-    pub deleted: i64,
-}
-
-/// `etcdserverpb.LeaseGrantRequest` (`/etcdserverpb.Lease/LeaseGrant`).
-#[derive(Clone, PartialEq, Message)]
-pub struct LeaseGrantRequest {
-    /// Requested time to live, seconds.
-    #[prost(int64, tag = "1")]
-    pub ttl: i64,
-    /// Requested lease ID (0 = chosen by etcd).
-    #[prost(int64, tag = "2")]
-    pub id: i64,
-}
-
-/// `etcdserverpb.LeaseGrantResponse`.
-#[derive(Clone, PartialEq, Message)]
-pub struct LeaseGrantResponse {
-    /// Header.
-    #[prost(message, optional, tag = "1")]
-    pub header: Option<ResponseHeader>,
-    /// The lease ID.
-    #[prost(int64, tag = "2")]
-    pub id: i64,
-    /// Time to live chosen by etcd, seconds.
-    #[prost(int64, tag = "3")]
-    pub ttl: i64,
-    /// Error text, if the grant failed.
-    #[prost(string, tag = "4")]
-    pub error: String,
-}
-
-/// `etcdserverpb.LeaseRevokeRequest` (`/etcdserverpb.Lease/LeaseRevoke`).
-#[derive(Clone, PartialEq, Message)]
-pub struct LeaseRevokeRequest {
-    /// The lease ID; its keys are deleted.
-    #[prost(int64, tag = "1")]
-    pub id: i64,
-}
-
-/// `etcdserverpb.LeaseRevokeResponse`.
-#[derive(Clone, PartialEq, Message)]
-pub struct LeaseRevokeResponse {
-    /// Header.
-    #[prost(message, optional, tag = "1")]
-    pub header: Option<ResponseHeader>,
-}
-
-/// `etcdserverpb.LeaseKeepAliveRequest` (`/etcdserverpb.Lease/LeaseKeepAlive`).
-#[derive(Clone, PartialEq, Message)]
-pub struct LeaseKeepAliveRequest {
-    /// The lease ID to refresh.
-    #[prost(int64, tag = "1")]
-    pub id: i64,
-}
-
-/// `etcdserverpb.LeaseKeepAliveResponse`.
-#[derive(Clone, PartialEq, Message)]
-pub struct LeaseKeepAliveResponse {
-    /// Header.
-    #[prost(message, optional, tag = "1")]
-    pub header: Option<ResponseHeader>,
-    /// The lease ID.
-    #[prost(int64, tag = "2")]
-    pub id: i64,
-    /// New time to live, seconds; 0 or less when the lease no longer exists.
-    #[prost(int64, tag = "3")]
-    pub ttl: i64,
-}
-
-/// `etcdserverpb.WatchRequest` (`/etcdserverpb.Watch/Watch`).
-#[derive(Clone, PartialEq, Message)]
-pub struct WatchRequest {
-    /// Create or cancel a watcher.
-    #[prost(oneof = "watch_request::RequestUnion", tags = "1, 2")]
-    pub request_union: Option<watch_request::RequestUnion>,
-}
-
-/// The oneof of [`WatchRequest`].
-pub mod watch_request {
-    /// `WatchRequest.request_union`.
-    #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum RequestUnion {
-        /// Starts a watcher.
-        #[prost(message, tag = "1")]
-        CreateRequest(super::WatchCreateRequest),
-        /// Stops a watcher.
-        #[prost(message, tag = "2")]
-        CancelRequest(super::WatchCancelRequest),
-    }
-}
-
-/// `etcdserverpb.WatchCreateRequest`.
-#[derive(Clone, PartialEq, Message)]
-pub struct WatchCreateRequest {
-    /// First key watched.
-    #[prost(bytes = "vec", tag = "1")]
-    pub key: Vec<u8>,
-    /// End of the watched range, exclusive (empty = `key` only).
-    #[prost(bytes = "vec", tag = "2")]
-    pub range_end: Vec<u8>,
-    /// First revision to report, inclusive (0 = from now).
-    #[prost(int64, tag = "3")]
-    pub start_revision: i64,
-    /// Ask for periodic empty responses carrying the current revision.
-    #[prost(bool, tag = "4")]
-    pub progress_notify: bool,
-    /// Also send each key's previous value.
-    #[prost(bool, tag = "6")]
-    pub prev_kv: bool,
-    /// Watcher ID to use (0 = chosen by etcd).
-    #[prost(int64, tag = "7")]
-    pub watch_id: i64,
-}
-
-/// `etcdserverpb.WatchCancelRequest`.
-#[derive(Clone, PartialEq, Message)]
-pub struct WatchCancelRequest {
-    /// The watcher to stop.
-    #[prost(int64, tag = "1")]
-    pub watch_id: i64,
-}
-
-/// `etcdserverpb.WatchResponse`.
-#[derive(Clone, PartialEq, Message)]
-pub struct WatchResponse {
-    /// Header; its revision is the store's revision when the response was sent.
-    #[prost(message, optional, tag = "1")]
-    pub header: Option<ResponseHeader>,
-    /// The watcher this response belongs to.
-    #[prost(int64, tag = "2")]
-    pub watch_id: i64,
-    /// Answer to a create request.
-    #[prost(bool, tag = "3")]
-    pub created: bool,
-    /// The watcher was stopped (cancel request, compaction or error).
-    #[prost(bool, tag = "4")]
-    pub canceled: bool,
-    /// Oldest revision still available, when the start revision was compacted.
-    #[prost(int64, tag = "5")]
-    pub compact_revision: i64,
-    /// Why the watcher was stopped.
-    #[prost(string, tag = "6")]
-    pub cancel_reason: String,
-    /// Part of a response split in several.
-    #[prost(bool, tag = "7")]
-    pub fragment: bool,
-    /// The changes, in revision order.
-    #[prost(message, repeated, tag = "11")]
-    pub events: Vec<Event>,
-}
+pub use etcdserverpb::compare::{CompareResult, CompareTarget};
+pub use etcdserverpb::{
+    compare, request_op, response_op, watch_request, AuthenticateRequest, AuthenticateResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp,
+    TxnRequest, TxnResponse, WatchCancelRequest, WatchCreateRequest, WatchRequest, WatchResponse,
+};
+pub use mvccpb::event::EventType;
+pub use mvccpb::{Event, KeyValue};
 
 /// The end of the key range holding every key that starts with `prefix`.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -313,6 +48,10 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use std::fmt::Debug;
+
+    use prost::Message;
+
     use super::*;
 
     #[test]
@@ -329,6 +68,7 @@ mod tests {
             key: b"k".to_vec(),
             value: b"v".to_vec(),
             lease: 1,
+            ..Default::default()
         };
         // key=1 (LEN), value=2 (LEN), lease=3 (VARINT).
         assert_eq!(put.encode_to_vec(), [0x0a, 1, b'k', 0x12, 1, b'v', 0x18, 1]);
@@ -363,6 +103,7 @@ mod tests {
                 target: CompareTarget::Create as i32,
                 key: b"k".to_vec(),
                 target_union: Some(compare::TargetUnion::CreateRevision(0)),
+                ..Default::default()
             }],
             success: vec![RequestOp {
                 request: Some(request_op::Request::RequestPut(PutRequest {
@@ -377,176 +118,412 @@ mod tests {
             [0x0a, 7, 0x10, 1, 0x1a, 1, b'k', 0x28, 0, 0x12, 5, 0x12, 3, 0x0a, 1, b'k']
         );
     }
-}
 
-/// `etcdserverpb.AuthenticateRequest`: a user's name and password, traded for a
-/// token that every later call carries (metadata `token`).
-#[derive(Clone, PartialEq, Message)]
-pub struct AuthenticateRequest {
-    /// User name.
-    #[prost(string, tag = "1")]
-    pub name: String,
-    /// Password.
-    #[prost(string, tag = "2")]
-    pub password: String,
-}
+    // Golden bytes: every request the registry sends, and the answers it reads,
+    // encoded and compared with bytes written out by hand from the protobuf rules
+    // (key = field number << 3 | wire type: 0 VARINT, 2 LEN), and decoded back.
+    // Field numbers are etcd's (`rpc.proto`, `kv.proto`); proto3 scalars at their
+    // default are not written, a oneof member always is.
 
-/// `etcdserverpb.AuthenticateResponse`.
-#[derive(Clone, PartialEq, Message)]
-pub struct AuthenticateResponse {
-    /// Header of the answer.
-    #[prost(message, optional, tag = "1")]
-    pub header: Option<ResponseHeader>,
-    /// The token to send as metadata `token`.
-    #[prost(string, tag = "2")]
-    pub token: String,
-}
-
-/// `etcdserverpb.Compare`: one condition of a transaction, on one key.
-#[derive(Clone, PartialEq, Message)]
-pub struct Compare {
-    /// [`CompareResult`].
-    #[prost(enumeration = "CompareResult", tag = "1")]
-    pub result: i32,
-    /// [`CompareTarget`].
-    #[prost(enumeration = "CompareTarget", tag = "2")]
-    pub target: i32,
-    /// The key compared.
-    #[prost(bytes = "vec", tag = "3")]
-    pub key: Vec<u8>,
-    /// What it is compared with.
-    #[prost(oneof = "compare::TargetUnion", tags = "4, 5, 6, 7, 8")]
-    pub target_union: Option<compare::TargetUnion>,
-}
-
-/// `etcdserverpb.Compare.CompareResult`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
-#[repr(i32)]
-pub enum CompareResult {
-    /// Equal.
-    Equal = 0,
-    /// Greater.
-    Greater = 1,
-    /// Less.
-    Less = 2,
-    /// Not equal.
-    NotEqual = 3,
-}
-
-/// `etcdserverpb.Compare.CompareTarget`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
-#[repr(i32)]
-pub enum CompareTarget {
-    /// The key's version.
-    Version = 0,
-    /// The key's creation revision (0 = the key does not exist).
-    Create = 1,
-    /// The key's last modification revision.
-    Mod = 2,
-    /// The key's value.
-    Value = 3,
-    /// The key's lease.
-    Lease = 4,
-}
-
-/// The oneof of [`Compare`].
-pub mod compare {
-    /// `etcdserverpb.Compare.target_union`.
-    #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum TargetUnion {
-        /// For [`super::CompareTarget::Version`].
-        #[prost(int64, tag = "4")]
-        Version(i64),
-        /// For [`super::CompareTarget::Create`].
-        #[prost(int64, tag = "5")]
-        CreateRevision(i64),
-        /// For [`super::CompareTarget::Mod`].
-        #[prost(int64, tag = "6")]
-        ModRevision(i64),
-        /// For [`super::CompareTarget::Value`].
-        #[prost(bytes, tag = "7")]
-        Value(Vec<u8>),
-        /// For [`super::CompareTarget::Lease`].
-        #[prost(int64, tag = "8")]
-        Lease(i64),
+    /// `msg` encodes to exactly `wire`, and `wire` decodes to `msg`.
+    #[track_caller]
+    fn golden<M: Message + Default + PartialEq + Debug>(msg: &M, wire: &[u8]) {
+        assert_eq!(msg.encode_to_vec(), wire, "encoding of {msg:?}");
+        assert_eq!(&M::decode(wire).expect("decodes"), msg, "decoding");
     }
-}
 
-/// `etcdserverpb.RequestOp`: one operation of a transaction branch.
-#[derive(Clone, PartialEq, Message)]
-pub struct RequestOp {
-    /// The operation.
-    #[prost(oneof = "request_op::Request", tags = "1, 2, 3")]
-    pub request: Option<request_op::Request>,
-}
+    /// A lease ID as etcd hands them out (63 bits).
+    const LEASE: i64 = 0x694d_7b5e_1f2a_3c4d;
+    /// [`LEASE`] as a varint: 7 bits at a time, low first, 0x80 on all but the last.
+    const LEASE_VARINT: [u8; 9] = [0xcd, 0xf8, 0xa8, 0xf9, 0xe1, 0xeb, 0xde, 0xa6, 0x69];
 
-/// The oneof of [`RequestOp`].
-pub mod request_op {
-    /// `etcdserverpb.RequestOp.request` (nested transactions left out).
-    #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum Request {
-        /// A read.
-        #[prost(message, tag = "1")]
-        RequestRange(super::RangeRequest),
-        /// A write.
-        #[prost(message, tag = "2")]
-        RequestPut(super::PutRequest),
-        /// A delete.
-        #[prost(message, tag = "3")]
-        RequestDeleteRange(super::DeleteRangeRequest),
+    /// `ResponseHeader { revision: 9 }` as a header field: header=1 (LEN) { revision=3 }.
+    const HEADER_REV_9: [u8; 4] = [0x0a, 2, 0x18, 9];
+
+    fn header_rev_9() -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            revision: 9,
+            ..Default::default()
+        })
     }
-}
 
-/// `etcdserverpb.ResponseOp`: the answer to one [`RequestOp`].
-#[derive(Clone, PartialEq, Message)]
-pub struct ResponseOp {
-    /// The answer.
-    #[prost(oneof = "response_op::Response", tags = "1, 2, 3")]
-    pub response: Option<response_op::Response>,
-}
-
-/// The oneof of [`ResponseOp`].
-pub mod response_op {
-    /// `etcdserverpb.ResponseOp.response` (nested transactions left out).
-    #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum Response {
-        /// A read's answer.
-        #[prost(message, tag = "1")]
-        ResponseRange(super::RangeResponse),
-        /// A write's answer.
-        #[prost(message, tag = "2")]
-        ResponsePut(super::PutResponse),
-        /// A delete's answer.
-        #[prost(message, tag = "3")]
-        ResponseDeleteRange(super::DeleteRangeResponse),
+    /// `KeyValue { key: "k", create_revision: 5, mod_revision: 9, version: 2,
+    /// value: "v", lease: 7 }`: key=1 (LEN), create_revision=2, mod_revision=3,
+    /// version=4 (VARINT), value=5 (LEN), lease=6 (VARINT); 14 bytes.
+    fn kv() -> KeyValue {
+        KeyValue {
+            key: b"k".to_vec(),
+            create_revision: 5,
+            mod_revision: 9,
+            version: 2,
+            value: b"v".to_vec(),
+            lease: 7,
+        }
     }
-}
+    const KV: [u8; 14] = [
+        0x0a, 1, b'k', 0x10, 5, 0x18, 9, 0x20, 2, 0x2a, 1, b'v', 0x30, 7,
+    ];
 
-/// `etcdserverpb.TxnRequest` (`/etcdserverpb.KV/Txn`): if every compare holds,
-/// `success` runs, else `failure`, atomically.
-#[derive(Clone, PartialEq, Message)]
-pub struct TxnRequest {
-    /// The conditions.
-    #[prost(message, repeated, tag = "1")]
-    pub compare: Vec<Compare>,
-    /// Run when every condition holds.
-    #[prost(message, repeated, tag = "2")]
-    pub success: Vec<RequestOp>,
-    /// Run otherwise.
-    #[prost(message, repeated, tag = "3")]
-    pub failure: Vec<RequestOp>,
-}
+    #[test]
+    fn golden_range() {
+        // The registry's listing: key=1, range_end=2 (LEN).
+        let list = RangeRequest {
+            key: b"/herald/a/".to_vec(),
+            range_end: prefix_end(b"/herald/a/"),
+            ..Default::default()
+        };
+        let wire = [&[0x0a, 10][..], b"/herald/a/", &[0x12, 10], b"/herald/a0"].concat();
+        golden(&list, &wire);
+        // Its liveness check adds count_only=9 (VARINT): 9 << 3 = 0x48.
+        let count = RangeRequest {
+            count_only: true,
+            ..list
+        };
+        golden(&count, &[&wire[..], &[0x48, 1]].concat());
+        // One key.
+        let get = RangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        };
+        golden(&get, &[0x0a, 1, b'k']);
+    }
 
-/// `etcdserverpb.TxnResponse`.
-#[derive(Clone, PartialEq, Message)]
-pub struct TxnResponse {
-    /// Header of the answer.
-    #[prost(message, optional, tag = "1")]
-    pub header: Option<ResponseHeader>,
-    /// Whether the conditions held (`success` ran).
-    #[prost(bool, tag = "2")]
-    pub succeeded: bool,
-    /// The answers of the branch that ran, in order.
-    #[prost(message, repeated, tag = "3")]
-    pub responses: Vec<ResponseOp>,
+    #[test]
+    fn golden_range_response() {
+        // A member's header: cluster_id=1, member_id=2 (uint64 VARINT, 10 bytes
+        // each), revision=3, raft_term=4; kvs=2 (LEN), more=3, count=4 (VARINT).
+        let resp = RangeResponse {
+            header: Some(ResponseHeader {
+                cluster_id: 0xcdf8_1819_4e3a_8c32,
+                member_id: 0x8e9e_05c5_2164_694d,
+                revision: 9,
+                raft_term: 2,
+            }),
+            kvs: vec![kv()],
+            more: true,
+            count: 2,
+        };
+        let header = [
+            &[0x0a, 26, 0x08][..],
+            &[0xb2, 0x98, 0xea, 0xf1, 0x94, 0x83, 0x86, 0xfc, 0xcd, 0x01],
+            &[0x10],
+            &[0xcd, 0xd2, 0x91, 0x8b, 0xd2, 0xb8, 0x81, 0xcf, 0x8e, 0x01],
+            &[0x18, 9, 0x20, 2],
+        ]
+        .concat();
+        golden(
+            &resp,
+            &[&header[..], &[0x12, 14], &KV, &[0x18, 1, 0x20, 2]].concat(),
+        );
+    }
+
+    #[test]
+    fn golden_put() {
+        // key=1, value=2 (LEN), lease=3 (VARINT).
+        let put = PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            lease: LEASE,
+            ..Default::default()
+        };
+        golden(
+            &put,
+            &[&[0x0a, 1, b'k', 0x12, 1, b'v', 0x18][..], &LEASE_VARINT].concat(),
+        );
+        golden(
+            &PutResponse {
+                header: header_rev_9(),
+                ..Default::default()
+            },
+            &HEADER_REV_9,
+        );
+    }
+
+    #[test]
+    fn golden_delete_range() {
+        // key=1 (LEN).
+        let delete = DeleteRangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        };
+        golden(&delete, &[0x0a, 1, b'k']);
+        // header=1, deleted=2 (VARINT).
+        let resp = DeleteRangeResponse {
+            header: header_rev_9(),
+            deleted: 1,
+            ..Default::default()
+        };
+        golden(&resp, &[&HEADER_REV_9[..], &[0x10, 1]].concat());
+    }
+
+    #[test]
+    fn golden_txn_create_if_absent() {
+        // compare=1 (LEN) { target=2 CREATE (1), key=3 (LEN), create_revision=5
+        // (VARINT 0, written: a oneof member) }; result EQUAL (0) is not written;
+        // success=2 (LEN) { request_put=2 (LEN) { key=1, value=2, lease=3 } };
+        // failure=3 (LEN) { request_range=1 (LEN) { key=1 } }.
+        let txn = TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Create as i32,
+                key: b"k".to_vec(),
+                target_union: Some(compare::TargetUnion::CreateRevision(0)),
+                ..Default::default()
+            }],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    lease: 7,
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: b"k".to_vec(),
+                    ..Default::default()
+                })),
+            }],
+        };
+        golden(
+            &txn,
+            &[
+                0x0a, 7, 0x10, 1, 0x1a, 1, b'k', 0x28, 0, //
+                0x12, 10, 0x12, 8, 0x0a, 1, b'k', 0x12, 1, b'v', 0x18, 7, //
+                0x1a, 5, 0x0a, 3, 0x0a, 1, b'k',
+            ],
+        );
+    }
+
+    #[test]
+    fn golden_txn_delete_if_lease() {
+        // compare=1 { target=2 LEASE (4), key=3, lease=8 (VARINT, 8 << 3 = 0x40) };
+        // success=2 { request_delete_range=3 (LEN) { key=1 } }.
+        let txn = TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Lease as i32,
+                key: b"k".to_vec(),
+                target_union: Some(compare::TargetUnion::Lease(7)),
+                ..Default::default()
+            }],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(
+                    DeleteRangeRequest {
+                        key: b"k".to_vec(),
+                        ..Default::default()
+                    },
+                )),
+            }],
+            failure: Vec::new(),
+        };
+        golden(
+            &txn,
+            &[
+                0x0a, 7, 0x10, 4, 0x1a, 1, b'k', 0x40, 7, //
+                0x12, 5, 0x1a, 3, 0x0a, 1, b'k',
+            ],
+        );
+    }
+
+    #[test]
+    fn golden_txn_response() {
+        // header=1, succeeded=2 (false: not written), responses=3 (LEN) {
+        // response_range=1 (LEN) { kvs=2 (LEN), count=4 } }.
+        let resp = TxnResponse {
+            header: header_rev_9(),
+            succeeded: false,
+            responses: vec![ResponseOp {
+                response: Some(response_op::Response::ResponseRange(RangeResponse {
+                    kvs: vec![kv()],
+                    count: 1,
+                    ..Default::default()
+                })),
+            }],
+        };
+        golden(
+            &resp,
+            &[
+                &HEADER_REV_9[..],
+                &[0x1a, 20, 0x0a, 18, 0x12, 14],
+                &KV,
+                &[0x20, 1],
+            ]
+            .concat(),
+        );
+        // A transaction whose conditions held: succeeded=2 (VARINT), and the put's
+        // answer: response_put=2 (LEN) { header=1 }.
+        let resp = TxnResponse {
+            header: header_rev_9(),
+            succeeded: true,
+            responses: vec![ResponseOp {
+                response: Some(response_op::Response::ResponsePut(PutResponse {
+                    header: header_rev_9(),
+                    ..Default::default()
+                })),
+            }],
+        };
+        golden(
+            &resp,
+            &[
+                &HEADER_REV_9[..],
+                &[0x10, 1, 0x1a, 6, 0x12, 4],
+                &HEADER_REV_9,
+            ]
+            .concat(),
+        );
+    }
+
+    #[test]
+    fn golden_lease_grant() {
+        // TTL=1 (VARINT); ID=2 is 0 (etcd chooses), not written.
+        golden(&LeaseGrantRequest { ttl: 10, id: 0 }, &[0x08, 10]);
+        // header=1, ID=2, TTL=3 (VARINT), error=4 (LEN, empty: not written).
+        let resp = LeaseGrantResponse {
+            header: header_rev_9(),
+            id: LEASE,
+            ttl: 10,
+            error: String::new(),
+        };
+        golden(
+            &resp,
+            &[&HEADER_REV_9[..], &[0x10], &LEASE_VARINT, &[0x18, 10]].concat(),
+        );
+    }
+
+    #[test]
+    fn golden_lease_revoke() {
+        // ID=1 (VARINT).
+        golden(
+            &LeaseRevokeRequest { id: LEASE },
+            &[&[0x08][..], &LEASE_VARINT].concat(),
+        );
+        golden(
+            &LeaseRevokeResponse {
+                header: header_rev_9(),
+            },
+            &HEADER_REV_9,
+        );
+    }
+
+    #[test]
+    fn golden_lease_keep_alive() {
+        // ID=1 (VARINT).
+        golden(
+            &LeaseKeepAliveRequest { id: LEASE },
+            &[&[0x08][..], &LEASE_VARINT].concat(),
+        );
+        // header=1, ID=2, TTL=3 (VARINT).
+        let alive = LeaseKeepAliveResponse {
+            header: header_rev_9(),
+            id: LEASE,
+            ttl: 10,
+        };
+        golden(
+            &alive,
+            &[&HEADER_REV_9[..], &[0x10], &LEASE_VARINT, &[0x18, 10]].concat(),
+        );
+        // An expired lease: TTL 0, not written.
+        let gone = LeaseKeepAliveResponse { ttl: 0, ..alive };
+        golden(&gone, &[&HEADER_REV_9[..], &[0x10], &LEASE_VARINT].concat());
+    }
+
+    #[test]
+    fn golden_watch_create() {
+        // create_request=1 (LEN) { key=1, range_end=2 (LEN), start_revision=3,
+        // progress_notify=4 (VARINT) }: the registry's watch of a prefix.
+        let create = WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(
+                WatchCreateRequest {
+                    key: b"/a/".to_vec(),
+                    range_end: prefix_end(b"/a/"),
+                    start_revision: 10,
+                    progress_notify: true,
+                    ..Default::default()
+                },
+            )),
+        };
+        golden(
+            &create,
+            &[
+                &[0x0a, 14, 0x0a, 3][..],
+                b"/a/",
+                &[0x12, 3],
+                b"/a0",
+                &[0x18, 10, 0x20, 1],
+            ]
+            .concat(),
+        );
+    }
+
+    #[test]
+    fn golden_watch_response() {
+        // The answer to the create: header=1, created=3 (VARINT); watch_id=2 is 0.
+        let created = WatchResponse {
+            header: header_rev_9(),
+            created: true,
+            ..Default::default()
+        };
+        golden(&created, &[&HEADER_REV_9[..], &[0x18, 1]].concat());
+        // A delete: events=11 (LEN, 11 << 3 | 2 = 0x5a) { type=1 DELETE (1),
+        // kv=2 (LEN) { key=1, mod_revision=3 } }.
+        let deleted = WatchResponse {
+            header: Some(ResponseHeader {
+                revision: 10,
+                ..Default::default()
+            }),
+            events: vec![Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(KeyValue {
+                    key: b"k".to_vec(),
+                    mod_revision: 10,
+                    ..Default::default()
+                }),
+                prev_kv: None,
+            }],
+            ..Default::default()
+        };
+        golden(
+            &deleted,
+            &[
+                0x0a, 2, 0x18, 10, //
+                0x5a, 9, 0x08, 1, 0x12, 5, 0x0a, 1, b'k', 0x18, 10,
+            ],
+        );
+        // A put (type PUT = 0, not written) and a compaction: compact_revision=5,
+        // canceled=4, cancel_reason=6 (LEN).
+        let put = Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv()),
+            prev_kv: None,
+        };
+        golden(&put, &[&[0x12, 14][..], &KV].concat());
+        let compacted = WatchResponse {
+            watch_id: 1,
+            canceled: true,
+            compact_revision: 5,
+            cancel_reason: "c".into(),
+            ..Default::default()
+        };
+        golden(&compacted, &[0x10, 1, 0x20, 1, 0x28, 5, 0x32, 1, b'c']);
+    }
+
+    #[test]
+    fn golden_authenticate() {
+        // name=1, password=2 (LEN).
+        let req = AuthenticateRequest {
+            name: "herald".into(),
+            password: "s3cret".into(),
+        };
+        golden(
+            &req,
+            &[&[0x0a, 6][..], b"herald", &[0x12, 6], b"s3cret"].concat(),
+        );
+        // header=1, token=2 (LEN).
+        let resp = AuthenticateResponse {
+            header: header_rev_9(),
+            token: "t.1".into(),
+        };
+        golden(&resp, &[&HEADER_REV_9[..], &[0x12, 3], b"t.1"].concat());
+    }
 }

@@ -2,20 +2,13 @@
 //! memory trimmer, and a clean exit on SIGTERM.
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
-use crate::support::*;
+use herald_testkit::free_port;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::*;
 
 #[tokio::test]
 async fn binary_serves_and_stops_on_sigterm() {

@@ -234,7 +234,16 @@ async fn run_job(cfg: Config) -> anyhow::Result<()> {
 }
 
 async fn run_standalone(cfg: Config) -> anyhow::Result<()> {
-    let server = Standalone::start(cfg).await?;
+    // Signals are handled from the start: one during startup (waiting for an
+    // engine, say) ends the process cleanly instead of killing it.
+    let stop = stop_on_signal();
+    let server = tokio::select! {
+        s = Standalone::start(cfg) => s?,
+        _ = stop.cancelled() => {
+            info!("stopped before startup completed");
+            return Ok(());
+        }
+    };
     let stop_reloading = CancellationToken::new();
     let reload = tokio::spawn(edge::reload_on_sighup(
         server.reloader(),
@@ -250,8 +259,7 @@ async fn run_standalone(cfg: Config) -> anyhow::Result<()> {
         http = %server.http_addr,
         "herald standalone ready (demo page at http://{demo}/_/)"
     );
-    shutdown_signal().await;
-    info!("shutting down");
+    stop.cancelled().await;
     stop_reloading.cancel();
     server.shutdown().await;
     let _ = reload.await;

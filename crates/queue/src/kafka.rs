@@ -1,25 +1,30 @@
-//! The queue on Kafka (or a Kafka-compatible broker such as tansu): one topic, one
-//! consumer group.
+//! The queue on Kafka (or a Kafka-compatible broker such as tansu): one topic,
+//! offsets committed for one consumer group.
 //!
-//! `publish` produces to the topic with the partition key as the message key, so one
-//! key's messages land in one partition and keep their order. It returns once the
-//! broker has acknowledged the message; a message the broker did not take within
-//! `publish_timeout` is reported as [`QueueError::Unavailable`].
+//! `publish` produces to the topic with the partition key as the message key, to
+//! the partition goim's producer picks for it, so one key's messages land in one
+//! partition and keep their order. It returns once the broker has acknowledged the
+//! message; a message the broker did not take within `publish_timeout` is reported
+//! as [`QueueError::Unavailable`].
 //!
-//! Each consumer is a member of the consumer group. A background task polls it, so
-//! rebalances and heartbeats are served while the caller is busy with a message, and
-//! hands messages over a small channel. Offsets are committed only for acknowledged
-//! messages: per partition the consumer keeps the offsets it delivered and commits
-//! the end of the acknowledged prefix (acknowledgements may arrive out of order; an
-//! unacknowledged message holds back the commit of everything after it). A message
-//! delivered but not acknowledged when its consumer leaves the group (dropped, or
-//! stuck longer than `max_poll_interval`) or is dropped from it (crashed: after
-//! `session_timeout`) is delivered again to the member that gets its partition. The commit is sent in the background, like a JetStream
-//! acknowledgement: a lost commit means the message may be delivered again.
+//! Consumers are given their partitions by herald ([`Queue::consumer_of`]: jobs
+//! divide the partitions through the registry) and assigned them directly: no
+//! group membership, no broker-side rebalancing; the group only keeps the
+//! committed offsets, where the next consumer of a partition starts.
+//! [`Queue::consumer`] reads every partition: one reader of the whole topic, not
+//! a member sharing it with others. A background task polls each consumer and
+//! hands messages over a small channel. Offsets are committed only for
+//! acknowledged messages: per partition the consumer keeps the offsets it
+//! delivered and commits the end of the acknowledged prefix (acknowledgements may
+//! arrive out of order; an unacknowledged message holds back the commit of
+//! everything after it), so a message delivered but not acknowledged when its
+//! consumer goes away is delivered again to the next consumer of its partition.
+//! The commit is sent in the background, like a JetStream acknowledgement: a lost
+//! commit means the message may be delivered again; [`Consumer::close`] makes sure
+//! of the last ones.
 //!
-//! Order: a partition is read by one member at a time, so one key's messages are
-//! consumed in publish order even with several consumers, except for messages
-//! delivered again after a rebalance.
+//! Order: a partition is read by one consumer at a time, so one key's messages are
+//! consumed in publish order.
 //!
 //! A broker may come back without its data (a wiped cluster; tansu on memory
 //! storage). After every loss of all broker connections the queue looks the topic
@@ -39,9 +44,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{CommitMode, Consumer as _, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
@@ -61,7 +64,8 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Topic logic publishes to and job consumes.
     pub topic: String,
-    /// Consumer group shared by every job.
+    /// Consumer group whose committed offsets every job's consumers start from
+    /// and commit to.
     pub group_id: String,
     /// Partitions of the topic when this queue creates it (it is created at connect
     /// if missing; an existing topic keeps its partitions).
@@ -74,16 +78,6 @@ pub struct KafkaConfig {
     pub publish_timeout: Duration,
     /// How long connecting (metadata, topic creation) may take.
     pub connect_timeout: Duration,
-    /// How long opening a consumer waits for its first partition assignment.
-    pub join_timeout: Duration,
-    /// A member silent this long is removed from the group (`session.timeout.ms`).
-    pub session_timeout: Duration,
-    /// Heartbeat interval of a member (`heartbeat.interval.ms`).
-    pub heartbeat_interval: Duration,
-    /// A member whose caller takes no message for this long while its prefetch is
-    /// full leaves the group, and its partitions move to others
-    /// (`max.poll.interval.ms`, at least `session_timeout`).
-    pub max_poll_interval: Duration,
     /// Longest a fetch waits at the broker for new messages (`fetch.wait.max.ms`).
     /// Kept short: some Kafka-compatible brokers (tansu) hold every fetch for about
     /// half of it, even one that has messages, so it bounds consume latency.
@@ -93,8 +87,6 @@ pub struct KafkaConfig {
 }
 
 impl Default for KafkaConfig {
-    /// Short group timeouts, so a consumer joins in seconds and a dead one's
-    /// partitions move within `session_timeout`.
     fn default() -> KafkaConfig {
         KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
@@ -105,10 +97,6 @@ impl Default for KafkaConfig {
             client_id: "herald".into(),
             publish_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
-            join_timeout: Duration::from_secs(30),
-            session_timeout: Duration::from_secs(6),
-            heartbeat_interval: Duration::from_secs(1),
-            max_poll_interval: Duration::from_secs(7),
             fetch_wait: Duration::from_millis(100),
             security: KafkaSecurity::default(),
         }
@@ -294,28 +282,15 @@ impl Queue for KafkaQueue {
         Ok(())
     }
 
+    /// A consumer of every partition, assigned directly like [`consumer_of`]'s: one
+    /// reader of the whole topic. Kafka consumers do not share partitions, so two
+    /// of these would each receive every message; jobs divide the partitions
+    /// instead.
+    ///
+    /// [`consumer_of`]: Queue::consumer_of
     async fn consumer(&self) -> Result<Box<dyn Consumer>, QueueError> {
-        let cfg = &self.cfg;
-        let state = Arc::new(Mutex::new(Assignment::default()));
-        let (joined, mut joined_rx) = watch::channel(false);
-        let consumer = group_consumer(cfg, state.clone(), joined, QuietContext::default())?;
-        consumer
-            .subscribe(&[&cfg.topic])
-            .map_err(|e| cfg.error("subscribe", e))?;
-        let opened = start(Arc::new(consumer), state, &cfg.topic, None);
-        // Wait for the first assignment (possibly empty), so the caller holds a
-        // member of the group and not one still joining. Dropping `opened` on
-        // failure ends the background task.
-        let joined = tokio::time::timeout(cfg.join_timeout, joined_rx.wait_for(|j| *j))
+        self.consumer_of(&crate::all_partitions(self.partitions))
             .await
-            .is_ok_and(|r| r.is_ok());
-        if !joined {
-            return Err(cfg.error(
-                &format!("consumer group {}", cfg.group_id),
-                format!("no partition assignment within {:?}", cfg.join_timeout),
-            ));
-        }
-        Ok(Box::new(opened))
     }
 
     fn partitions(&self) -> Option<u32> {
@@ -325,7 +300,8 @@ impl Queue for KafkaQueue {
     /// A consumer of exactly these partitions, assigned directly (no group
     /// membership, no broker-side rebalancing): jobs divide the partitions through
     /// the registry. It starts at the group's committed offsets (the earliest
-    /// offset when there are none) and commits for the group as [`consumer`]'s do.
+    /// offset when there are none) and commits the acknowledged prefix for the
+    /// group.
     async fn consumer_of(&self, partitions: &[u32]) -> Result<Box<dyn Consumer>, QueueError> {
         crate::require_partitions(partitions)?;
         let state = Arc::new(Mutex::new(Assignment::default()));
@@ -336,12 +312,7 @@ impl Queue for KafkaQueue {
         };
         let consumer = reopen.open(&state).await?;
         tracing::info!(partitions = ?partitions, "kafka partitions assigned by herald");
-        Ok(Box::new(start(
-            consumer,
-            state,
-            &self.cfg.topic,
-            Some(reopen),
-        )))
+        Ok(Box::new(start(consumer, state, &self.cfg.topic, reopen)))
     }
 
     fn backend(&self) -> &'static str {
@@ -349,39 +320,28 @@ impl Queue for KafkaQueue {
     }
 }
 
-type GroupConsumer = StreamConsumer<GroupContext>;
+/// A consumer client; herald assigns its partitions.
+type Client = StreamConsumer<QuietContext>;
 
-/// A consumer in the group, committing only what it is told to.
-fn group_consumer(
-    cfg: &KafkaConfig,
-    state: Arc<Mutex<Assignment>>,
-    joined: watch::Sender<bool>,
-    quiet: QuietContext,
-) -> Result<GroupConsumer, QueueError> {
+/// A consumer client of the group, committing only what it is told to, and
+/// assigned no partition yet.
+fn consumer_client(cfg: &KafkaConfig, quiet: QuietContext) -> Result<Client, QueueError> {
     client_config(cfg)
         .set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", millis(cfg.session_timeout))
-        .set("heartbeat.interval.ms", millis(cfg.heartbeat_interval))
-        .set("max.poll.interval.ms", millis(cfg.max_poll_interval))
         .set("fetch.wait.max.ms", millis(cfg.fetch_wait))
-        .create_with_context(GroupContext {
-            state,
-            joined,
-            quiet,
-        })
+        .create_with_context(quiet)
         .map_err(|e| cfg.error("consumer", e))
 }
 
-/// Starts polling `consumer` in the background and returns the handle job uses;
-/// `reopen` for a directly assigned consumer.
+/// Starts polling `consumer` in the background and returns the handle job uses.
 fn start(
-    consumer: Arc<GroupConsumer>,
+    consumer: Arc<Client>,
     state: Arc<Mutex<Assignment>>,
     topic: &str,
-    reopen: Option<Reopen>,
+    reopen: Reopen,
 ) -> KafkaConsumer {
     let (tx, rx) = mpsc::channel(PREFETCH);
     let kafka = Arc::new(Mutex::new(Arc::downgrade(&consumer)));
@@ -394,7 +354,7 @@ fn start(
     }
 }
 
-/// What a directly assigned consumer needs to open its client again. After every
+/// What a consumer needs to open its client again. After every
 /// broker connection was lost the client is closed and, once the topic is
 /// confirmed (created again if the broker came back without it), opened anew at
 /// the group's committed offsets: a client that had cached the old topic crashes
@@ -408,12 +368,12 @@ struct Reopen {
 impl Reopen {
     /// A client assigned `partitions` at the committed offsets; the partitions
     /// (re)enter `state` under new generations.
-    async fn open(&self, state: &Arc<Mutex<Assignment>>) -> Result<Arc<GroupConsumer>, QueueError> {
+    async fn open(&self, state: &Arc<Mutex<Assignment>>) -> Result<Arc<Client>, QueueError> {
         let (cfg, partitions) = (self.cfg.clone(), self.partitions.clone());
-        let (st, quiet) = (state.clone(), QuietContext::watching(self.topic.clone()));
+        let quiet = QuietContext::watching(self.topic.clone());
         // Asking the broker for offsets blocks.
         let consumer =
-            tokio::task::spawn_blocking(move || open_at_committed(&cfg, &partitions, st, quiet))
+            tokio::task::spawn_blocking(move || open_at_committed(&cfg, &partitions, quiet))
                 .await
                 .map_err(|e| self.cfg.error("consumer", e))??;
         let mut s = lock(state);
@@ -427,10 +387,10 @@ impl Reopen {
     /// the broker losses it covers, or `None` once `tx` is closed.
     async fn reopen(
         &self,
-        old: Arc<GroupConsumer>,
+        old: Arc<Client>,
         state: &Arc<Mutex<Assignment>>,
         tx: &mpsc::Sender<Result<Received, QueueError>>,
-    ) -> Option<(Arc<GroupConsumer>, u64)> {
+    ) -> Option<(Arc<Client>, u64)> {
         {
             // Messages already fetched and deliveries not yet acknowledged belong
             // to the old client: they are dropped and refetched.
@@ -439,7 +399,7 @@ impl Reopen {
                 s.revoke(p);
             }
         }
-        release_with(old, true);
+        give_up(old);
         tracing::warn!(
             partitions = ?self.partitions,
             "kafka brokers lost: consumer closed; it reopens when the topic is back"
@@ -476,11 +436,9 @@ impl Reopen {
 fn open_at_committed(
     cfg: &KafkaConfig,
     partitions: &[i32],
-    state: Arc<Mutex<Assignment>>,
     quiet: QuietContext,
-) -> Result<GroupConsumer, QueueError> {
-    let (joined, _) = watch::channel(true);
-    let consumer = group_consumer(cfg, state, joined, quiet)?;
+) -> Result<Client, QueueError> {
+    let consumer = consumer_client(cfg, quiet)?;
     let mut ask = TopicPartitionList::with_capacity(partitions.len());
     for &p in partitions {
         ask.add_partition(&cfg.topic, p);
@@ -653,23 +611,6 @@ fn lock(state: &Mutex<Assignment>) -> MutexGuard<'_, Assignment> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Keeps the consumer's [`Assignment`] in step with the group's rebalances.
-struct GroupContext {
-    state: Arc<Mutex<Assignment>>,
-    joined: watch::Sender<bool>,
-    quiet: QuietContext,
-}
-
-impl ClientContext for GroupContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        self.quiet.log(level, fac, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.quiet.error(error, reason);
-    }
-}
-
 /// How often one kind of librdkafka complaint is logged.
 const COMPLAINT_EVERY: Duration = Duration::from_secs(10);
 
@@ -753,31 +694,8 @@ impl ClientContext for QuietContext {
     }
 }
 
-impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let parts: Vec<i32> = tpl.elements().iter().map(|p| p.partition()).collect();
-            tracing::info!(partitions = ?parts, "kafka partitions revoked");
-            let mut state = lock(&self.state);
-            for p in tpl.elements() {
-                state.revoke(p.partition());
-            }
-        }
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let parts: Vec<i32> = tpl.elements().iter().map(|p| p.partition()).collect();
-            tracing::info!(partitions = ?parts, "kafka partitions assigned");
-            let mut state = lock(&self.state);
-            for p in tpl.elements() {
-                state.assign(p.partition());
-            }
-            drop(state);
-            self.joined.send_replace(true);
-        }
-    }
-}
+/// Consumers are assigned their partitions: no rebalance to follow.
+impl ConsumerContext for QuietContext {}
 
 /// One message received from the broker and not yet handed out.
 struct Received {
@@ -787,55 +705,48 @@ struct Received {
     payload: Bytes,
 }
 
-/// Polls the consumer until the [`KafkaConsumer`] is dropped, then closes it
-/// (leaving the group). A directly assigned consumer (`reopen`) is reopened after
-/// the brokers were lost; `current` always names the client in use.
+/// Polls the consumer until the [`KafkaConsumer`] is dropped, then closes it.
+/// The consumer is reopened after the brokers were lost; `current` always names
+/// the client in use.
 async fn pump(
-    consumer: Arc<GroupConsumer>,
+    consumer: Arc<Client>,
     state: Arc<Mutex<Assignment>>,
     tx: mpsc::Sender<Result<Received, QueueError>>,
-    reopen: Option<Reopen>,
-    current: Arc<Mutex<Weak<GroupConsumer>>>,
+    reopen: Reopen,
+    current: Arc<Mutex<Weak<Client>>>,
 ) {
     // Closes the consumer off the runtime however this task ends (also when the
     // runtime drops it at shutdown).
     let mut consumer = Closing {
         consumer: Some(consumer),
-        manual: reopen.is_some(),
     };
-    let mut lost = reopen.as_ref().map(|r| {
-        let rx = r.topic.state.subscribe();
+    let mut lost = {
+        let rx = reopen.topic.state.subscribe();
         let seen = rx.borrow().lost;
         (rx, seen)
-    });
+    };
     loop {
         let Some(kafka) = consumer.consumer.clone() else {
             return;
         };
         let broker_lost = async {
-            match lost.as_mut() {
-                Some((rx, seen)) => {
-                    let now = rx.wait_for(|s| s.lost > *seen).await.map(|s| s.lost);
-                    match now {
-                        Ok(n) => *seen = n,
-                        Err(_) => std::future::pending().await,
-                    }
-                }
-                None => std::future::pending().await,
+            let (rx, seen) = &mut lost;
+            let now = rx.wait_for(|s| s.lost > *seen).await.map(|s| s.lost);
+            match now {
+                Ok(n) => *seen = n,
+                Err(_) => std::future::pending().await,
             }
         };
         let item = tokio::select! {
             _ = tx.closed() => break,
             _ = broker_lost => {
-                let (Some(r), Some(old)) = (&reopen, consumer.consumer.take()) else {
+                let Some(old) = consumer.consumer.take() else {
                     return;
                 };
                 drop(kafka);
-                match r.reopen(old, &state, &tx).await {
+                match reopen.reopen(old, &state, &tx).await {
                     Some((new, covered)) => {
-                        if let Some((_, seen)) = lost.as_mut() {
-                            *seen = (*seen).max(covered);
-                        }
+                        lost.1 = lost.1.max(covered);
                         *current.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&new);
                         consumer.consumer = Some(new);
                         continue;
@@ -875,35 +786,37 @@ async fn pump(
     }
 }
 
-/// The pump's hold on its consumer; see [`release`].
+/// The pump's hold on its consumer; see [`give_up`].
 struct Closing {
-    consumer: Option<Arc<GroupConsumer>>,
-    manual: bool,
+    consumer: Option<Arc<Client>>,
 }
 
 impl Drop for Closing {
     fn drop(&mut self) {
         if let Some(c) = self.consumer.take() {
-            release_with(c, self.manual);
+            give_up(c);
         }
     }
 }
 
-/// Drops a consumer handle; when it is the last one, closing the consumer (leaving
-/// the group, which waits for the broker) runs on a thread of its own, so neither
-/// the runtime nor its shutdown waits on the broker.
-fn release(consumer: Arc<GroupConsumer>) {
+/// Drops a consumer handle; when it is the last one, closing the consumer (which
+/// waits for the broker) runs on a thread of its own, so neither the runtime nor
+/// its shutdown waits on the broker.
+fn release(consumer: Arc<Client>) {
     release_with(consumer, false);
 }
 
-/// [`release`]; a directly assigned consumer (`manual`) first gives its
-/// partitions up.
-fn release_with(consumer: Arc<GroupConsumer>, manual: bool) {
+/// [`release`], the consumer first giving its partitions up.
+fn give_up(consumer: Arc<Client>) {
+    release_with(consumer, true);
+}
+
+fn release_with(consumer: Arc<Client>, unassign: bool) {
     if Arc::strong_count(&consumer) > 1 {
         return;
     }
     close_off_runtime(move || {
-        if manual {
+        if unassign {
             let _ = consumer.unassign();
         }
         drop(consumer);
@@ -925,7 +838,7 @@ struct KafkaConsumer {
     rx: mpsc::Receiver<Result<Received, QueueError>>,
     state: Arc<Mutex<Assignment>>,
     /// The client in use (replaced when the consumer is reopened).
-    kafka: Arc<Mutex<Weak<GroupConsumer>>>,
+    kafka: Arc<Mutex<Weak<Client>>>,
     topic: String,
 }
 
@@ -996,7 +909,7 @@ impl KafkaConsumer {
 
 struct KafkaAck {
     state: Arc<Mutex<Assignment>>,
-    kafka: Weak<GroupConsumer>,
+    kafka: Weak<Client>,
     topic: String,
     partition: i32,
     offset: i64,
@@ -1029,7 +942,7 @@ impl Acknowledge for KafkaAck {
     }
 }
 
-fn commit(kafka: &GroupConsumer, topic: &str, partition: i32, next: i64) -> Result<(), QueueError> {
+fn commit(kafka: &Client, topic: &str, partition: i32, next: i64) -> Result<(), QueueError> {
     let mut tpl = TopicPartitionList::with_capacity(1);
     tpl.add_partition_offset(topic, partition, Offset::Offset(next))
         .and_then(|()| kafka.commit(&tpl, CommitMode::Async))

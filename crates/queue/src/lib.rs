@@ -61,14 +61,13 @@ pub trait Queue: Send + Sync + 'static {
     async fn publish(&self, key: &str, payload: Bytes) -> Result<(), QueueError>;
 
     /// Opens a consumer in the shared consumer group: each message goes to one
-    /// consumer of the group.
+    /// consumer of the group. Kafka has no such group here (its consumers are
+    /// always given partitions): its consumer reads every partition.
     async fn consumer(&self) -> Result<Box<dyn Consumer>, QueueError>;
 
-    /// Messages published and not yet acknowledged, where the backend can tell.
     /// How many partitions herald spreads keys over, when consumers are to be
-    /// given partitions by herald ([`Queue::consumer_of`]); `None` when the engine
-    /// assigns partitions itself (Kafka's consumer groups) or the queue is not
-    /// partitioned.
+    /// given partitions by herald ([`Queue::consumer_of`]); `None` when the queue
+    /// is not partitioned and its consumers share one group instead.
     fn partitions(&self) -> Option<u32> {
         None
     }
@@ -80,6 +79,7 @@ pub trait Queue: Send + Sync + 'static {
         self.consumer().await
     }
 
+    /// Messages published and not yet acknowledged, where the backend can tell.
     fn depth(&self) -> Option<u64> {
         None
     }

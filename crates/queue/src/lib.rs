@@ -16,8 +16,6 @@ use bytes::Bytes;
 pub mod conformance;
 #[cfg(feature = "kafka")]
 pub mod kafka;
-#[cfg(feature = "kafka")]
-pub mod kafka_security;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -27,7 +25,7 @@ pub mod redis;
 #[cfg(feature = "kafka")]
 pub use self::kafka::{KafkaConfig, KafkaQueue};
 #[cfg(feature = "kafka")]
-pub use self::kafka_security::{KafkaSecurity, SaslMechanism, SecurityProtocol};
+pub use self::kafka::{KafkaSecurity, SaslMechanism, SecurityProtocol};
 #[cfg(feature = "nats")]
 pub use self::nats::{NatsAuth, NatsConfig, NatsQueue};
 #[cfg(feature = "redis")]

@@ -10,7 +10,7 @@ compile_error!(
 
 use std::time::{Duration, Instant};
 
-use herald_queue::{conformance, KafkaConfig, KafkaQueue, Queue, QueueError};
+use herald_queue::{conformance, KafkaConfig, KafkaQueue, Queue, QueueErrorKind};
 
 fn config(kafka: &herald_testkit::Engine, topic: &str) -> KafkaConfig {
     KafkaConfig {
@@ -104,7 +104,8 @@ async fn publish_fails_while_kafka_is_down() {
     .await
     .expect("publish returns instead of hanging")
     .unwrap_err();
-    assert!(matches!(err, QueueError::Unavailable(_)), "{err:?}");
+    assert_eq!(err.kind(), QueueErrorKind::Unavailable, "{err:?}");
+    assert_eq!(err.engine(), Some("kafka"));
     assert!(
         start.elapsed() < Duration::from_secs(8),
         "{:?}",
@@ -147,7 +148,12 @@ async fn connect_fails_without_a_broker() {
     .err()
     .expect("connect fails");
     match err {
-        QueueError::Unavailable(msg) => assert!(msg.contains(&brokers), "{msg}"),
+        e if e.kind() == QueueErrorKind::Unavailable => {
+            let msg = e.to_string();
+            assert!(msg.contains(&brokers), "{msg}");
+            // librdkafka's error is kept as the cause.
+            assert!(std::error::Error::source(&e).is_some(), "{e:?}");
+        }
         other => panic!("{other:?}"),
     }
 }

@@ -11,6 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::assignment::{lock, Acked, Assignment};
 use super::client::Client;
 use super::close::release;
+use super::ENGINE;
 use crate::{Acknowledge, QueueError};
 
 /// Acknowledges one delivery: marks its offset, and commits the end of the
@@ -31,17 +32,21 @@ impl Acknowledge for KafkaAck {
     async fn ack(self: Box<Self>) -> Result<(), QueueError> {
         let again = "; the message will be delivered again";
         let Some(kafka) = self.kafka.upgrade() else {
-            return Err(QueueError::Unavailable(format!(
-                "kafka consumer closed before the acknowledgement{again}"
-            )));
+            return Err(QueueError::unavailable(
+                ENGINE,
+                format!("consumer closed before the acknowledgement{again}"),
+            ));
         };
         let result = {
             let mut state = lock(&self.state);
             match state.ack(self.partition, self.offset, self.generation) {
-                Acked::Stale => Err(QueueError::Unavailable(format!(
-                    "kafka partition {} moved to another consumer before the acknowledgement{again}",
-                    self.partition
-                ))),
+                Acked::Stale => Err(QueueError::unavailable(
+                    ENGINE,
+                    format!(
+                        "partition {} moved to another consumer before the acknowledgement{again}",
+                        self.partition
+                    ),
+                )),
                 Acked::Held => Ok(()),
                 // Committed under the lock, so commits of a partition go out in order.
                 Acked::Commit(next) => commit(&kafka, &self.topic, self.partition, next),
@@ -56,5 +61,5 @@ fn commit(kafka: &Client, topic: &str, partition: i32, next: i64) -> Result<(), 
     let mut tpl = TopicPartitionList::with_capacity(1);
     tpl.add_partition_offset(topic, partition, Offset::Offset(next))
         .and_then(|()| kafka.commit(&tpl, CommitMode::Async))
-        .map_err(|e: KafkaError| QueueError::Unavailable(format!("kafka commit: {e}")))
+        .map_err(|e: KafkaError| QueueError::unavailable(ENGINE, "commit").caused_by(e))
 }

@@ -16,6 +16,7 @@ use super::ack::KafkaAck;
 use super::assignment::{lock, Assignment};
 use super::client::{Client, Reopen};
 use super::close::{release, Closing};
+use super::ENGINE;
 use crate::{Consumer, Delivery, QueueError};
 
 /// Messages a consumer's background task fetches ahead of the caller.
@@ -111,7 +112,7 @@ fn received(
         // logged the trouble. Forwarding each of these would leave a backlog of
         // stale errors for job to sit out.
         Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
-            Some(Err(QueueError::Unavailable(format!("kafka consume: {e}"))))
+            Some(Err(QueueError::unavailable(ENGINE, "consume").caused_by(e)))
         }
         Err(e) => {
             tracing::debug!(error = %e, "kafka consume error; librdkafka retries");
@@ -206,8 +207,8 @@ impl KafkaConsumer {
         })
         .await;
         match done {
-            Ok(r) => r.map_err(|e| QueueError::Unavailable(format!("kafka commit: {e}"))),
-            Err(e) => Err(QueueError::Unavailable(format!("kafka commit: {e}"))),
+            Ok(r) => r.map_err(|e| QueueError::unavailable(ENGINE, "commit").caused_by(e)),
+            Err(e) => Err(QueueError::unavailable(ENGINE, "commit").caused_by(e)),
         }
     }
 }

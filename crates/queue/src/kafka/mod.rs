@@ -5,7 +5,7 @@
 //! the partition goim's producer picks for it, so one key's messages land in one
 //! partition and keep their order. It returns once the broker has acknowledged the
 //! message; a message the broker did not take within `publish_timeout` is reported
-//! as [`QueueError::Unavailable`].
+//! as unavailable ([`QueueErrorKind::Unavailable`](crate::QueueErrorKind)).
 //!
 //! Consumers are given their partitions by herald ([`Queue::consumer_of`]: jobs
 //! divide the partitions through the registry) and assigned them directly: no
@@ -111,6 +111,9 @@ impl Default for KafkaConfig {
     }
 }
 
+/// The engine name errors carry.
+const ENGINE: &str = "kafka";
+
 /// A duration as librdkafka's milliseconds (at least 1).
 fn millis(d: Duration) -> String {
     d.as_millis().max(1).to_string()
@@ -130,7 +133,7 @@ pub struct KafkaQueue {
 
 impl KafkaQueue {
     /// Connects, and creates the topic with `partitions` partitions if it does not
-    /// exist. An unreachable broker is [`QueueError::Unavailable`] naming it.
+    /// exist. An unreachable broker is an unavailable queue naming it.
     pub async fn connect(cfg: KafkaConfig) -> Result<KafkaQueue, QueueError> {
         cfg.security.properties()?;
         let cfg = Arc::new(cfg);
@@ -164,8 +167,13 @@ impl KafkaQueue {
 }
 
 impl KafkaConfig {
-    fn error(&self, what: &str, e: impl std::fmt::Display) -> QueueError {
-        QueueError::Unavailable(format!("kafka at {}: {what}: {e}", self.brokers))
+    /// The brokers are unreachable or refused `what`, because of `e`.
+    fn error(
+        &self,
+        what: &str,
+        e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> QueueError {
+        QueueError::unavailable(ENGINE, format!("at {}: {what}", self.brokers)).caused_by(e)
     }
 }
 

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use herald_discovery::{
-    EtcdConfig, EtcdRegistry, Instance, Instances, Registry, RegistryError, CLAIM_OWNER,
+    EtcdConfig, EtcdRegistry, Instance, Instances, Registry, RegistryErrorKind, CLAIM_OWNER,
     COMET_APPID, LOGIC_APPID,
 };
 use tokio::sync::watch;
@@ -297,7 +297,7 @@ async fn survives_an_etcd_restart() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let down = r.update(meta(&[("conn_count", "3")])).await;
     assert!(
-        matches!(down, Err(RegistryError::Unavailable(_))),
+        matches!(&down, Err(e) if e.kind() == RegistryErrorKind::Unavailable),
         "{down:?}"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -354,10 +354,12 @@ async fn unreachable_endpoint_is_a_clear_error() {
         .await
         .err()
         .expect("nothing listens there");
-    let RegistryError::Unavailable(msg) = &err else {
-        panic!("expected Unavailable, got {err:?}");
-    };
+    assert_eq!(err.kind(), RegistryErrorKind::Unavailable, "{err:?}");
+    assert_eq!(err.engine(), "etcd");
+    let msg = err.to_string();
     assert!(msg.contains(&endpoint), "{msg}");
+    // The client's error is kept as the cause.
+    assert!(std::error::Error::source(&err).is_some(), "{err:?}");
     assert!(start.elapsed() < Duration::from_secs(5));
 }
 

@@ -962,7 +962,7 @@ async fn cluster_on_kafka() {
     all_push_kinds_reach_both_comets(&mut c).await;
     room_order_holds_with_two_jobs(&mut c).await;
     job_churn_keeps_rooms_in_order(&mut c).await;
-    // The group notices the dead member after its session timeout (6 s).
+    // The dead job's partitions move once its registry lease expires.
     killed_job_loses_nothing(&mut c, Duration::from_secs(10)).await;
     queue_outage_is_503(&mut c, 0, Outage::Hang).await;
     // The in-memory broker comes back empty: herald creates the topic again and

@@ -146,8 +146,10 @@ fn unix_now() -> i64 {
         .unwrap_or_default()
 }
 
+/// A store failure, as the comet that called sees it: the store is shared by
+/// every logic, so the comet does not try another logic for it.
 fn store_err(e: StoreError) -> RpcError {
-    RpcError::unavailable(e.to_string())
+    RpcError::engine_unavailable(format!("{} store", e.engine()), e.to_string())
 }
 
 impl Logic {

@@ -285,6 +285,101 @@ impl Decoder {
     /// returns `Ok(Some((None, used)))`.
     #[allow(clippy::type_complexity)]
     pub fn decode(&mut self, buf: &[u8]) -> Result<Option<(Option<Message>, usize)>, WsError> {
+        let Some(head) = Head::parse(buf, self.require_mask)? else {
+            return Ok(None);
+        };
+        self.check(&head)?;
+        let Some((payload, used)) = Payload::after(buf, &head) else {
+            return Ok(None);
+        };
+        let msg = self.message(&head, &payload)?;
+        Ok(Some((msg, used)))
+    }
+
+    /// Refuses a malformed control frame, and a frame that would take its message
+    /// over the size limit.
+    fn check(&self, head: &Head) -> Result<(), WsError> {
+        let is_control = head.op & 0x08 != 0;
+        if is_control && (!head.fin || head.len > 125) {
+            return Err(WsError::Protocol("malformed control frame"));
+        }
+        let so_far = self.partial.as_ref().map_or(0, |p| p.len()) as u64;
+        if !is_control && so_far.saturating_add(head.len) > self.max_message as u64 {
+            return Err(WsError::TooLarge(so_far.saturating_add(head.len)));
+        }
+        Ok(())
+    }
+
+    /// The message a frame completes, if any.
+    fn message(&mut self, head: &Head, payload: &Payload<'_>) -> Result<Option<Message>, WsError> {
+        match head.op {
+            opcode::TEXT | opcode::BINARY => self.start_message(head.fin, payload),
+            opcode::CONTINUATION => self.continue_message(head.fin, payload),
+            opcode::PING => Ok(Some(Message::Ping(payload.unmasked().freeze()))),
+            opcode::PONG => Ok(Some(Message::Pong)),
+            opcode::CLOSE => Ok(Some(close_message(&payload.unmasked()))),
+            _ => Err(WsError::Protocol("unknown opcode")),
+        }
+    }
+
+    /// A text or binary frame: a whole message, or the first fragment of one.
+    fn start_message(
+        &mut self,
+        fin: bool,
+        payload: &Payload<'_>,
+    ) -> Result<Option<Message>, WsError> {
+        if self.partial.is_some() {
+            return Err(WsError::Protocol("new message inside a fragmented one"));
+        }
+        let data = payload.unmasked();
+        if fin {
+            return Ok(Some(Message::Data(data.freeze())));
+        }
+        self.partial = Some(data);
+        self.fragments = 1;
+        Ok(None)
+    }
+
+    /// A continuation frame: the next fragment of the message being reassembled,
+    /// completing it when `fin`.
+    fn continue_message(
+        &mut self,
+        fin: bool,
+        payload: &Payload<'_>,
+    ) -> Result<Option<Message>, WsError> {
+        let Some(mut data) = self.partial.take() else {
+            return Err(WsError::Protocol("continuation without a message"));
+        };
+        self.fragments += 1;
+        if self.fragments > MAX_FRAGMENTS {
+            return Err(WsError::Protocol("too many fragments"));
+        }
+        payload.unmask_into(&mut data);
+        if fin {
+            self.fragments = 0;
+            return Ok(Some(Message::Data(data.freeze())));
+        }
+        self.partial = Some(data);
+        Ok(None)
+    }
+}
+
+/// A frame header up to and including its payload length (the mask, if any,
+/// follows).
+struct Head {
+    fin: bool,
+    op: u8,
+    masked: bool,
+    /// Payload length.
+    len: u64,
+    /// Bytes of the header so far (2, 4 or 10).
+    size: usize,
+}
+
+impl Head {
+    /// Parses a header from the start of `buf`; `Ok(None)` if more bytes are
+    /// needed.
+    fn parse(buf: &[u8], require_mask: bool) -> Result<Option<Head>, WsError> {
         if buf.len() < 2 {
             return Ok(None);
         }
@@ -293,13 +388,11 @@ impl Decoder {
         if b0 & 0x70 != 0 {
             return Err(WsError::Protocol("reserved bits set"));
         }
-        let fin = b0 & 0x80 != 0;
-        let op = b0 & 0x0f;
         let masked = b1 & 0x80 != 0;
-        if self.require_mask && !masked {
+        if require_mask && !masked {
             return Err(WsError::Protocol("client frame not masked"));
         }
-        let (len, mut pos) = match b1 & 0x7f {
+        let (len, size) = match b1 & 0x7f {
             126 => {
                 let Some(b) = buf.get(2..4) else {
                     return Ok(None);
@@ -316,89 +409,66 @@ impl Decoder {
             }
             n => (n as u64, 2usize),
         };
-        let is_control = op & 0x08 != 0;
-        if is_control && (!fin || len > 125) {
-            return Err(WsError::Protocol("malformed control frame"));
-        }
-        let so_far = self.partial.as_ref().map_or(0, |p| p.len()) as u64;
-        if !is_control && so_far.saturating_add(len) > self.max_message as u64 {
-            return Err(WsError::TooLarge(so_far.saturating_add(len)));
-        }
-        let mask = if masked {
-            let Some(m) = buf.get(pos..pos + 4) else {
-                return Ok(None);
-            };
+        Ok(Some(Head {
+            fin: b0 & 0x80 != 0,
+            op: b0 & 0x0f,
+            masked,
+            len,
+            size,
+        }))
+    }
+}
+
+/// A frame's payload as it is in the buffer, with its mask.
+struct Payload<'a> {
+    bytes: &'a [u8],
+    mask: Option<[u8; 4]>,
+}
+
+impl<'a> Payload<'a> {
+    /// The mask and payload that follow `head` in `buf`, and the length of the
+    /// whole frame; `None` if more bytes are needed.
+    fn after(buf: &'a [u8], head: &Head) -> Option<(Payload<'a>, usize)> {
+        let mut pos = head.size;
+        let mask = if head.masked {
+            let m = buf.get(pos..pos + 4)?;
             pos += 4;
             Some([m[0], m[1], m[2], m[3]])
         } else {
             None
         };
-        let len = len as usize;
-        let Some(payload) = buf.get(pos..pos + len) else {
-            return Ok(None);
-        };
-        let used = pos + len;
-        let unmasked = |dst: &mut BytesMut| {
-            let start = dst.len();
-            dst.extend_from_slice(payload);
-            if let Some(m) = mask {
-                for (i, b) in dst[start..].iter_mut().enumerate() {
-                    *b ^= m[i % 4];
-                }
-            }
-        };
-        let msg = match op {
-            opcode::TEXT | opcode::BINARY => {
-                if self.partial.is_some() {
-                    return Err(WsError::Protocol("new message inside a fragmented one"));
-                }
-                let mut data = BytesMut::with_capacity(len);
-                unmasked(&mut data);
-                if fin {
-                    Some(Message::Data(data.freeze()))
-                } else {
-                    self.partial = Some(data);
-                    self.fragments = 1;
-                    None
-                }
-            }
-            opcode::CONTINUATION => {
-                let Some(mut data) = self.partial.take() else {
-                    return Err(WsError::Protocol("continuation without a message"));
-                };
-                self.fragments += 1;
-                if self.fragments > MAX_FRAGMENTS {
-                    return Err(WsError::Protocol("too many fragments"));
-                }
-                unmasked(&mut data);
-                if fin {
-                    self.fragments = 0;
-                    Some(Message::Data(data.freeze()))
-                } else {
-                    self.partial = Some(data);
-                    None
-                }
-            }
-            opcode::PING => {
-                let mut data = BytesMut::with_capacity(len);
-                unmasked(&mut data);
-                Some(Message::Ping(data.freeze()))
-            }
-            opcode::PONG => Some(Message::Pong),
-            opcode::CLOSE => {
-                let mut data = BytesMut::with_capacity(len);
-                unmasked(&mut data);
-                let code = (data.len() >= 2).then(|| u16::from_be_bytes([data[0], data[1]]));
-                let reason = data
-                    .get(2..)
-                    .map(|r| String::from_utf8_lossy(r).into_owned())
-                    .unwrap_or_default();
-                Some(Message::Close { code, reason })
-            }
-            _ => return Err(WsError::Protocol("unknown opcode")),
-        };
-        Ok(Some((msg, used)))
+        let len = head.len as usize;
+        let bytes = buf.get(pos..pos + len)?;
+        Some((Payload { bytes, mask }, pos + len))
     }
+
+    /// Appends the payload, unmasked, to `dst`.
+    fn unmask_into(&self, dst: &mut BytesMut) {
+        let start = dst.len();
+        dst.extend_from_slice(self.bytes);
+        if let Some(m) = self.mask {
+            for (i, b) in dst[start..].iter_mut().enumerate() {
+                *b ^= m[i % 4];
+            }
+        }
+    }
+
+    /// The payload, unmasked, in a buffer of its own.
+    fn unmasked(&self) -> BytesMut {
+        let mut data = BytesMut::with_capacity(self.bytes.len());
+        self.unmask_into(&mut data);
+        data
+    }
+}
+
+/// A close frame's status code and reason, when it carries them.
+fn close_message(data: &[u8]) -> Message {
+    let code = (data.len() >= 2).then(|| u16::from_be_bytes([data[0], data[1]]));
+    let reason = data
+        .get(2..)
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .unwrap_or_default();
+    Message::Close { code, reason }
 }
 
 #[cfg(test)]

@@ -64,6 +64,9 @@ pub async fn ordered_per_key(q: &dyn Queue) -> CheckResult {
 }
 
 /// Two consumers of the group share the messages: each message reaches exactly one.
+/// For queues whose [`Queue::consumer`] joins a shared group; a queue whose
+/// consumers are only ever given partitions (Kafka) shares its work through
+/// [`partitions_divide_keys`] and [`each_partition_keeps_its_keys`] instead.
 pub async fn competing_consumers(q: &dyn Queue) -> CheckResult {
     let mut a = q.consumer().await.map_err(|e| format!("consumer: {e}"))?;
     let mut b = q.consumer().await.map_err(|e| format!("consumer: {e}"))?;
@@ -173,7 +176,8 @@ const SIDE_BY_SIDE: usize = 3;
 /// acknowledging what it takes) on a stream of messages: each of them receives
 /// some, none receives a message another (or itself) already received, and none
 /// is lost. Messages are published in rounds, each consumed before the next,
-/// until every consumer has had work (at most 600 messages).
+/// until every consumer has had work (at most 600 messages). For queues with a
+/// shared group, as [`competing_consumers`].
 pub async fn every_consumer_gets_work(q: &dyn Queue) -> CheckResult {
     const ROUND: usize = 30;
     const MAX: usize = 20 * ROUND;

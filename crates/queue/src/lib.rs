@@ -16,8 +16,6 @@ use bytes::Bytes;
 pub mod conformance;
 #[cfg(feature = "kafka")]
 pub mod kafka;
-#[cfg(feature = "kafka")]
-pub mod kafka_security;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -27,30 +25,165 @@ pub mod redis;
 #[cfg(feature = "kafka")]
 pub use self::kafka::{KafkaConfig, KafkaQueue};
 #[cfg(feature = "kafka")]
-pub use self::kafka_security::{KafkaSecurity, SaslMechanism, SecurityProtocol};
+pub use self::kafka::{KafkaSecurity, SaslMechanism, SecurityProtocol};
 #[cfg(feature = "nats")]
 pub use self::nats::{NatsAuth, NatsConfig, NatsQueue};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStreamsConfig, RedisStreamsQueue};
 pub use memory::MemoryQueue;
 
-/// Why a queue operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum QueueError {
+/// What kind of failure a queue operation met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueErrorKind {
     /// The engine is unreachable or refused the operation; the message was not
     /// accepted and the caller must report that.
-    #[error("queue unavailable: {0}")]
-    Unavailable(String),
+    Unavailable,
     /// The queue is full and did not accept the message in time.
-    #[error("queue full: {0}")]
-    Full(String),
-    /// The queue was shut down.
-    #[error("queue closed")]
-    Closed,
+    Full,
     /// The settings cannot work (credentials or TLS files); retrying will not
     /// help.
-    #[error("queue misconfigured: {0}")]
-    Invalid(String),
+    Invalid,
+    /// The queue was shut down.
+    Closed,
+}
+
+impl std::fmt::Display for QueueErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            QueueErrorKind::Unavailable => "unavailable",
+            QueueErrorKind::Full => "full",
+            QueueErrorKind::Invalid => "misconfigured",
+            QueueErrorKind::Closed => "closed",
+        })
+    }
+}
+
+/// Why a queue operation failed.
+#[derive(Debug)]
+pub enum QueueError {
+    /// The queue was shut down: consumption ends. Nothing failed.
+    Closed,
+    /// The engine failed or refused the operation: its kind, the engine, what was
+    /// being done, and the engine's own error.
+    Failed(QueueFailure),
+}
+
+/// A queue operation the engine failed or refused. It reads, for logs,
+/// `kafka queue unavailable: <what>: <cause>`; the cause is also its
+/// [`std::error::Error::source`].
+#[derive(Debug)]
+pub struct QueueFailure {
+    /// Never [`QueueErrorKind::Closed`].
+    kind: QueueErrorKind,
+    engine: &'static str,
+    context: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl QueueError {
+    /// The engine (e.g. `kafka`) is unreachable or refused `context`.
+    pub fn unavailable(engine: &'static str, context: impl Into<String>) -> QueueError {
+        QueueError::failed(QueueErrorKind::Unavailable, engine, context)
+    }
+
+    /// The queue in `engine` is full (`context` says how).
+    pub fn full(engine: &'static str, context: impl Into<String>) -> QueueError {
+        QueueError::failed(QueueErrorKind::Full, engine, context)
+    }
+
+    /// The settings for `engine` cannot work (`context` says which).
+    pub fn invalid(engine: &'static str, context: impl Into<String>) -> QueueError {
+        QueueError::failed(QueueErrorKind::Invalid, engine, context)
+    }
+
+    /// An unavailable queue described only by text, without its engine or cause:
+    /// for callers that report another component's failure as the queue's (job
+    /// wraps registry failures this way). Prefer [`QueueError::unavailable`].
+    #[allow(non_snake_case)]
+    pub fn Unavailable(message: String) -> QueueError {
+        QueueError::failed(QueueErrorKind::Unavailable, "", message)
+    }
+
+    fn failed(
+        kind: QueueErrorKind,
+        engine: &'static str,
+        context: impl Into<String>,
+    ) -> QueueError {
+        QueueError::Failed(QueueFailure {
+            kind,
+            engine,
+            context: context.into(),
+            source: None,
+        })
+    }
+
+    /// The same failure, caused by `source` (the engine's or client's error).
+    /// [`QueueError::Closed`] has no cause and stays as it is.
+    pub fn caused_by(
+        self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> QueueError {
+        match self {
+            QueueError::Failed(mut f) => {
+                f.source = Some(source.into());
+                QueueError::Failed(f)
+            }
+            QueueError::Closed => QueueError::Closed,
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> QueueErrorKind {
+        match self {
+            QueueError::Closed => QueueErrorKind::Closed,
+            QueueError::Failed(f) => f.kind,
+        }
+    }
+
+    /// The engine that failed, if one did.
+    pub fn engine(&self) -> Option<&'static str> {
+        match self {
+            QueueError::Failed(f) if !f.engine.is_empty() => Some(f.engine),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for QueueError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueError::Closed => f.write_str("queue closed"),
+            QueueError::Failed(failure) => failure.fmt(f),
+        }
+    }
+}
+
+impl std::fmt::Display for QueueFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.engine.is_empty() {
+            write!(f, "{} ", self.engine)?;
+        }
+        write!(f, "queue {}", self.kind)?;
+        if !self.context.is_empty() {
+            write!(f, ": {}", self.context)?;
+        }
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for QueueError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            QueueError::Closed => None,
+            QueueError::Failed(f) => f
+                .source
+                .as_deref()
+                .map(|s| s as &(dyn std::error::Error + 'static)),
+        }
+    }
 }
 
 /// Publishes messages. Cheap to share between tasks.
@@ -61,13 +194,13 @@ pub trait Queue: Send + Sync + 'static {
     async fn publish(&self, key: &str, payload: Bytes) -> Result<(), QueueError>;
 
     /// Opens a consumer in the shared consumer group: each message goes to one
-    /// consumer of the group.
+    /// consumer of the group. Kafka has no such group here (its consumers are
+    /// always given partitions): its consumer reads every partition.
     async fn consumer(&self) -> Result<Box<dyn Consumer>, QueueError>;
 
     /// How many partitions herald spreads keys over, when consumers are to be
-    /// given partitions by herald ([`Queue::consumer_of`]); `None` when the engine
-    /// assigns partitions itself (Kafka's consumer groups) or the queue is not
-    /// partitioned.
+    /// given partitions by herald ([`Queue::consumer_of`]); `None` when the queue
+    /// is not partitioned and its consumers share one group instead.
     fn partitions(&self) -> Option<u32> {
         None
     }
@@ -122,8 +255,9 @@ pub(crate) fn all_partitions(n: u32) -> Vec<u32> {
 #[cfg(any(feature = "redis", feature = "nats", feature = "kafka"))]
 pub(crate) fn require_partitions(partitions: &[u32]) -> Result<(), QueueError> {
     if partitions.is_empty() {
-        return Err(QueueError::Unavailable(
-            "a consumer needs at least one partition".into(),
+        return Err(QueueError::unavailable(
+            "",
+            "a consumer needs at least one partition",
         ));
     }
     Ok(())

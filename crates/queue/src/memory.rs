@@ -1,7 +1,7 @@
 //! The in-process queue: a bounded channel shared by every consumer.
 //!
 //! Used by `herald standalone`. Publishing waits up to the configured timeout when
-//! the queue is full and then reports [`QueueError::Full`]; nothing is dropped
+//! the queue is full and then reports it full ([`QueueErrorKind::Full`]); nothing is dropped
 //! silently. One channel preserves the global publish order, so per-key order holds.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +12,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, Mutex};
 
+#[cfg(doc)]
+use crate::QueueErrorKind;
 use crate::{Acknowledge, Consumer, Delivery, Queue, QueueError};
 
 /// An in-process queue.
@@ -59,10 +61,10 @@ impl Queue for MemoryQueue {
                     Ok(Ok(p)) => p,
                     Ok(Err(_)) => return Err(QueueError::Closed),
                     Err(_) => {
-                        return Err(QueueError::Full(format!(
-                            "{} messages waiting",
-                            self.inner.tx.max_capacity()
-                        )))
+                        return Err(QueueError::full(
+                            "memory",
+                            format!("{} messages waiting", self.inner.tx.max_capacity()),
+                        ))
                     }
                 }
             }
@@ -152,7 +154,8 @@ mod tests {
         q.publish("a", Bytes::from_static(b"1")).await.unwrap();
         q.publish("a", Bytes::from_static(b"2")).await.unwrap();
         let err = q.publish("a", Bytes::from_static(b"3")).await.unwrap_err();
-        assert!(matches!(err, QueueError::Full(_)));
+        assert_eq!(err.kind(), crate::QueueErrorKind::Full, "{err}");
+        assert_eq!(err.engine(), Some("memory"));
         let mut c = q.consumer().await.unwrap();
         c.next().await.unwrap().ack().await.unwrap();
         q.publish("a", Bytes::from_static(b"3")).await.unwrap();

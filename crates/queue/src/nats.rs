@@ -27,8 +27,11 @@ use futures_util::StreamExt;
 
 use crate::{Acknowledge, Consumer, Delivery, Queue, QueueError};
 
-fn unavailable(e: impl std::fmt::Display) -> QueueError {
-    QueueError::Unavailable(e.to_string())
+/// The engine name errors carry.
+const ENGINE: &str = "nats";
+
+fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> QueueError {
+    QueueError::unavailable(ENGINE, "").caused_by(e)
 }
 
 /// Settings of a NATS JetStream queue.
@@ -83,7 +86,7 @@ impl std::fmt::Debug for NatsAuth {
 /// The connection options for `cfg`'s credentials and TLS; a configuration that
 /// cannot work is an error here, before any connection is tried.
 pub fn connect_options(cfg: &NatsConfig) -> Result<async_nats::ConnectOptions, QueueError> {
-    let invalid = |m: &str| QueueError::Invalid(format!("NATS: {m}"));
+    let invalid = |m: &str| QueueError::invalid(ENGINE, m);
     let a = &cfg.auth;
     let mut opts = match (a.user.is_empty(), a.token.is_empty()) {
         (false, false) => return Err(invalid("give a user or a token, not both")),
@@ -101,7 +104,7 @@ pub fn connect_options(cfg: &NatsConfig) -> Result<async_nats::ConnectOptions, Q
             ));
         }
         let config =
-            herald_tls::client_config(&cfg.tls, &[]).map_err(|e| invalid(&e.to_string()))?;
+            herald_tls::client_config(&cfg.tls, &[]).map_err(|e| invalid("TLS").caused_by(e))?;
         opts = opts.require_tls(true).tls_client_config((*config).clone());
     }
     Ok(opts)

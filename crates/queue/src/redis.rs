@@ -49,8 +49,11 @@ const BLOCK: Duration = Duration::from_secs(1);
 /// Entries per read.
 const BATCH: usize = 64;
 
+/// The engine name errors carry.
+const ENGINE: &str = "redis";
+
 fn unavailable(e: redis::RedisError) -> QueueError {
-    QueueError::Unavailable(e.to_string())
+    QueueError::unavailable(ENGINE, "").caused_by(e)
 }
 
 /// Settings of a Redis Streams queue.
@@ -97,8 +100,8 @@ pub struct RedisStreamsQueue {
 impl RedisStreamsQueue {
     /// Connects and creates the stream and group if they do not exist.
     pub async fn connect(cfg: RedisStreamsConfig) -> Result<RedisStreamsQueue, QueueError> {
-        let client =
-            herald_tls::redis::client(&cfg.url, &cfg.tls).map_err(QueueError::Unavailable)?;
+        let client = herald_tls::redis::client(&cfg.url, &cfg.tls)
+            .map_err(|e| QueueError::unavailable(ENGINE, "client settings").caused_by(e))?;
         // Bounded waits: with Redis down a publish fails within seconds (the push
         // API answers 503) instead of queueing behind reconnection attempts.
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -140,7 +143,7 @@ impl Queue for RedisStreamsQueue {
             .query_async::<String>(&mut con)
             .await
             .map(|_| ())
-            .map_err(|e| QueueError::Unavailable(e.to_string()))
+            .map_err(unavailable)
     }
 
     async fn publish(&self, key: &str, payload: Bytes) -> Result<(), QueueError> {

@@ -10,7 +10,7 @@ compile_error!(
 
 use std::time::{Duration, Instant};
 
-use herald_queue::{conformance, KafkaConfig, KafkaQueue, Queue, QueueError};
+use herald_queue::{conformance, KafkaConfig, KafkaQueue, Queue, QueueErrorKind};
 
 fn config(kafka: &herald_testkit::Engine, topic: &str) -> KafkaConfig {
     KafkaConfig {
@@ -35,31 +35,48 @@ async fn ordered_per_key() {
         .unwrap();
 }
 
+// `competing_consumers` and `every_consumer_gets_work` are for queues whose
+// consumers share a group. Kafka consumers are given partitions by herald (there
+// is no group membership; `consumer()` reads every partition), so sharing the
+// work is checked by `partitions_divide_keys` and `each_partition_keeps_its_keys`.
+
+/// `consumer()` is one reader of the whole topic: it receives the messages of
+/// every partition.
 #[tokio::test]
-async fn competing_consumers() {
+async fn one_consumer_reads_every_partition() {
     let kafka = herald_testkit::kafka();
-    conformance::competing_consumers(&queue(&kafka, "t2").await)
-        .await
-        .unwrap();
+    let q = queue(&kafka, "tall").await;
+    let n = q.partitions().unwrap();
+    let keys: Vec<String> = (0..n)
+        .map(|p| {
+            (0..)
+                .map(|i| format!("live://{i}"))
+                .find(|k| herald_queue::partition_of(k, n) == p)
+                .unwrap()
+        })
+        .collect();
+    for k in &keys {
+        q.publish(k, bytes::Bytes::from(k.clone())).await.unwrap();
+    }
+    let mut c = q.consumer().await.unwrap();
+    let mut got = Vec::new();
+    for _ in &keys {
+        let (text, d) = next_text(&mut c).await;
+        d.ack().await.unwrap();
+        got.push(text);
+    }
+    got.sort();
+    let mut want = keys;
+    want.sort();
+    assert_eq!(got, want);
 }
 
-/// Members of the group side by side: the group splits the partitions between
-/// them, so each gets some of the messages, and none gets one twice.
-#[tokio::test]
-async fn every_consumer_gets_work() {
-    let kafka = herald_testkit::kafka();
-    conformance::every_consumer_gets_work(&queue(&kafka, "tw").await)
-        .await
-        .unwrap();
-}
-
-/// A dropped consumer leaves the group in the background; give it that moment
-/// before the next member joins (once, on a loaded machine, a join racing the
-/// previous member's leave got no assignment from tansu within 30 s).
+/// A dropped consumer is closed in the background (its partitions given up);
+/// give it that moment before the next consumer of its partitions starts.
 const LEAVE: Duration = Duration::from_millis(500);
 
-/// A message delivered to a consumer that left the group before acknowledging it
-/// was never committed, so the next member holding its partition gets it again.
+/// A message delivered to a consumer that went away before acknowledging it was
+/// never committed, so the next consumer of its partition gets it again.
 #[tokio::test]
 async fn unacknowledged_is_redelivered() {
     let kafka = herald_testkit::kafka();
@@ -87,7 +104,8 @@ async fn publish_fails_while_kafka_is_down() {
     .await
     .expect("publish returns instead of hanging")
     .unwrap_err();
-    assert!(matches!(err, QueueError::Unavailable(_)), "{err:?}");
+    assert_eq!(err.kind(), QueueErrorKind::Unavailable, "{err:?}");
+    assert_eq!(err.engine(), Some("kafka"));
     assert!(
         start.elapsed() < Duration::from_secs(8),
         "{:?}",
@@ -130,7 +148,12 @@ async fn connect_fails_without_a_broker() {
     .err()
     .expect("connect fails");
     match err {
-        QueueError::Unavailable(msg) => assert!(msg.contains(&brokers), "{msg}"),
+        e if e.kind() == QueueErrorKind::Unavailable => {
+            let msg = e.to_string();
+            assert!(msg.contains(&brokers), "{msg}");
+            // librdkafka's error is kept as the cause.
+            assert!(std::error::Error::source(&e).is_some(), "{e:?}");
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -144,7 +167,7 @@ async fn next_text(c: &mut Box<dyn herald_queue::Consumer>) -> (String, herald_q
 }
 
 /// Offsets are committed only up to the first unacknowledged message, even when
-/// later ones were acknowledged: the next member gets that message and every
+/// later ones were acknowledged: the next consumer gets that message and every
 /// one after it, and acknowledged, committed messages are not delivered again.
 #[tokio::test]
 async fn only_the_acknowledged_prefix_is_committed() {

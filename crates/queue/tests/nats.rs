@@ -10,7 +10,7 @@ compile_error!(
 
 use std::time::Duration;
 
-use herald_queue::{conformance, NatsConfig, NatsQueue, Queue, QueueError};
+use herald_queue::{conformance, NatsConfig, NatsQueue, Queue, QueueErrorKind};
 
 async fn queue(nats: &herald_testkit::Engine, name: &str) -> NatsQueue {
     queue_with(nats, name, 1).await
@@ -94,7 +94,8 @@ async fn publish_fails_while_nats_is_down() {
     .await
     .expect("publish returns instead of hanging")
     .unwrap_err();
-    assert!(matches!(err, QueueError::Unavailable(_)), "{err:?}");
+    assert_eq!(err.kind(), QueueErrorKind::Unavailable, "{err:?}");
+    assert_eq!(err.engine(), Some("nats"));
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ compile_error!(
 
 use std::time::Duration;
 
-use herald_queue::{conformance, Queue, QueueError, RedisStreamsConfig, RedisStreamsQueue};
+use herald_queue::{conformance, Queue, QueueErrorKind, RedisStreamsConfig, RedisStreamsQueue};
 
 async fn queue(redis: &herald_testkit::Engine, stream: &str) -> RedisStreamsQueue {
     queue_with(redis, stream, 1).await
@@ -96,7 +96,8 @@ async fn publish_fails_while_redis_is_down() {
     .await
     .expect("publish returns instead of hanging")
     .unwrap_err();
-    assert!(matches!(err, QueueError::Unavailable(_)), "{err:?}");
+    assert_eq!(err.kind(), QueueErrorKind::Unavailable, "{err:?}");
+    assert_eq!(err.engine(), Some("redis"));
 }
 
 #[tokio::test]

@@ -11,7 +11,10 @@
 //! Clients never retry on their own: [`LogicPool`] retries the idempotent calls
 //! (`Disconnect`, `Heartbeat`, `RenewOnline`, `Nodes`, `Refresh`) on another logic when one is
 //! unreachable; `Connect` and `Receive` are tried once, and job's comet calls are
-//! tried once (a failure is counted and logged by job).
+//! tried once (a failure is counted and logged by job). A logic whose shared
+//! engine failed (the store) says so in the `herald-engine` trailer
+//! ([`RpcError::engine`]): the call is not tried on another logic, which shares
+//! that engine.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -19,6 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tonic::codec::CompressionEncoding;
+use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
@@ -41,6 +45,10 @@ use crate::goim::logic::logic_server::{Logic, LogicServer};
 /// Largest message accepted or sent (goim uses 16 MiB windows and limits).
 pub const MAX_MESSAGE: usize = 16 << 20;
 
+/// Status metadata naming the shared engine a failure is in ([`RpcError::engine`]);
+/// clients that do not know it (goim's) see a plain status.
+const ENGINE_KEY: &str = "herald-engine";
+
 impl From<RpcError> for Status {
     fn from(e: RpcError) -> Status {
         let code = match e.kind {
@@ -50,7 +58,12 @@ impl From<RpcError> for Status {
             ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
             ErrorKind::Internal => Code::Internal,
         };
-        Status::new(code, e.message)
+        let mut status = Status::new(code, e.message);
+        let engine = e.engine.as_deref().map(MetadataValue::try_from);
+        if let Some(Ok(engine)) = engine {
+            status.metadata_mut().insert(ENGINE_KEY, engine);
+        }
+        status
     }
 }
 
@@ -70,7 +83,11 @@ impl From<Status> for RpcError {
             Code::Unknown if std::error::Error::source(&s).is_some() => ErrorKind::Unavailable,
             _ => ErrorKind::Internal,
         };
-        RpcError::new(kind, s.message().to_string())
+        let engine = s.metadata().get(ENGINE_KEY).and_then(|v| v.to_str().ok());
+        RpcError {
+            engine: engine.map(str::to_string),
+            ..RpcError::new(kind, s.message().to_string())
+        }
     }
 }
 
@@ -389,7 +406,8 @@ impl LogicService for RemoteLogic {
 
 /// Every live logic, called round-robin. The set is replaced whole by
 /// [`LogicPool::set`] (from discovery). Idempotent calls that find a logic
-/// unreachable move on to the next one; `Connect` and `Receive` are tried once.
+/// unreachable move on to the next one (not when the logic answered that an
+/// engine they all share failed); `Connect` and `Receive` are tried once.
 pub struct LogicPool {
     dialer: Dialer,
     logics: RwLock<Arc<Vec<RemoteLogic>>>,
@@ -450,7 +468,8 @@ impl LogicPool {
     }
 
     /// Calls `f` on the next logic; if `retry` and it is unreachable, on the
-    /// following ones, each at most once.
+    /// following ones, each at most once. A failure of an engine every logic
+    /// shares (the store) is not tried again on another.
     async fn call<T, F, Fut>(&self, retry: bool, f: F) -> RpcResult<T>
     where
         F: Fn(RemoteLogic) -> Fut,
@@ -466,7 +485,7 @@ impl LogicPool {
         for i in 0..tries {
             let c = logics[(start + i) % logics.len()].clone();
             match f(c).await {
-                Err(e) if e.kind == ErrorKind::Unavailable => last = e,
+                Err(e) if e.another_peer_may_help() => last = e,
                 other => return other,
             }
         }

@@ -62,6 +62,10 @@ pub struct RpcError {
     pub kind: ErrorKind,
     /// Human-readable detail.
     pub message: String,
+    /// The engine behind the peer that failed (e.g. `redis store`), when the
+    /// failure is that engine's and not the peer's: every peer shares it and
+    /// would fail the same way, so the call is not tried on another peer.
+    pub engine: Option<String>,
 }
 
 /// Classes of [`RpcError`].
@@ -85,6 +89,7 @@ impl RpcError {
         RpcError {
             kind,
             message: message.into(),
+            engine: None,
         }
     }
 
@@ -102,7 +107,37 @@ impl RpcError {
     pub fn internal(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorKind::Internal, message)
     }
+
+    /// An engine every peer shares (`engine`, e.g. `redis store`) is unreachable
+    /// or failed: the peer answered, and another peer would fail the same way.
+    pub fn engine_unavailable(engine: impl Into<String>, message: impl Into<String>) -> RpcError {
+        RpcError {
+            engine: Some(engine.into()),
+            ..RpcError::unavailable(message)
+        }
+    }
+
+    /// Whether another peer may succeed where this one failed: the peer is
+    /// unreachable, not an engine every peer shares.
+    pub fn another_peer_may_help(&self) -> bool {
+        self.kind == ErrorKind::Unavailable && self.engine.is_none()
+    }
 }
 
 /// Result of a call between tiers.
 pub type RpcResult<T> = Result<T, RpcError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unreachable_peer_is_worth_another_peer() {
+        assert!(RpcError::unavailable("connection refused").another_peer_may_help());
+        let store_down = RpcError::engine_unavailable("redis store", "connection refused");
+        assert_eq!(store_down.kind, ErrorKind::Unavailable);
+        assert!(!store_down.another_peer_may_help());
+        assert!(!RpcError::invalid("bad token").another_peer_may_help());
+        assert!(!RpcError::internal("bug").another_peer_may_help());
+    }
+}

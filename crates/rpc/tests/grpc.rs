@@ -20,6 +20,8 @@ use tonic::transport::server::TcpIncoming;
 #[derive(Default)]
 struct Recorder {
     calls: Mutex<Vec<String>>,
+    /// Heartbeats fail as a logic's do when the shared store is down.
+    store_down: bool,
 }
 
 impl Recorder {
@@ -67,6 +69,12 @@ impl LogicService for Recorder {
     }
     async fn heartbeat(&self, req: HeartbeatReq) -> RpcResult<()> {
         self.log(format!("heartbeat {}", req.key));
+        if self.store_down {
+            return Err(RpcError::engine_unavailable(
+                "redis store",
+                "redis store unavailable: connection refused",
+            ));
+        }
         Ok(())
     }
     async fn renew_online(&self, req: OnlineReq) -> RpcResult<OnlineReply> {
@@ -308,6 +316,41 @@ async fn pool_retries_only_idempotent_calls() {
     assert_eq!(pool.addrs().len(), 2);
     pool.set(std::slice::from_ref(&live));
     assert_eq!(pool.addrs(), [live]);
+}
+
+/// When the store every logic shares is down, a logic says so and the pool does
+/// not ask the next logic, which would fail the same way; the error still says
+/// which engine failed.
+#[tokio::test]
+async fn a_shared_store_outage_is_not_retried_on_another_logic() {
+    let down = || {
+        Arc::new(Recorder {
+            store_down: true,
+            ..Default::default()
+        })
+    };
+    let (a, b) = (down(), down());
+    let pool = LogicPool::new(timeouts());
+    pool.set(&[
+        format!("grpc://{}", serve_logic(a.clone()).await),
+        format!("grpc://{}", serve_logic(b.clone()).await),
+    ]);
+    for i in 0..4 {
+        let err = pool
+            .heartbeat(HeartbeatReq {
+                key: format!("h{i}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
+        assert_eq!(err.engine.as_deref(), Some("redis store"), "{err}");
+        assert!(err.message.contains("connection refused"), "{err}");
+        assert!(!err.another_peer_may_help());
+    }
+    // Round-robin: each heartbeat reached one logic, never both.
+    assert_eq!(a.calls().len() + b.calls().len(), 4);
+    assert_eq!(a.calls().len(), 2, "{:?} / {:?}", a.calls(), b.calls());
 }
 
 /// goim's comet compresses RenewOnline with gzip; logic accepts it.

@@ -93,8 +93,11 @@ pub struct RedisStore {
     refresh: Script,
 }
 
+/// The engine name errors carry.
+const ENGINE: &str = "redis";
+
 fn unavailable(e: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::unavailable(ENGINE, "").caused_by(e)
 }
 
 fn partition(room: &str) -> u64 {
@@ -117,7 +120,8 @@ impl RedisStore {
         prefix: &str,
         ttl: Duration,
     ) -> StoreResult<RedisStore> {
-        let client = herald_tls::redis::client(url, tls).map_err(StoreError::Unavailable)?;
+        let client = herald_tls::redis::client(url, tls)
+            .map_err(|e| StoreError::unavailable(ENGINE, "client settings").caused_by(e))?;
         // Bounded waits: with Redis down a call fails within seconds (the push API
         // answers 503) instead of queueing behind reconnection attempts.
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -278,7 +282,7 @@ impl OnlineStore for RedisStore {
                 room_count: rooms,
                 updated: online.updated,
             })
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            .map_err(|e| StoreError::corrupt(ENGINE, "online counts to write").caused_by(e))?;
             pipe.hset(&key, p.to_string(), value).ignore();
         }
         pipe.expire(&key, self.ttl_secs as i64).ignore();
@@ -300,8 +304,9 @@ impl OnlineStore for RedisStore {
             ..Default::default()
         };
         for value in fields.values() {
-            let p: Partition =
-                serde_json::from_str(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let p: Partition = serde_json::from_str(value).map_err(|e| {
+                StoreError::corrupt(ENGINE, format!("online counts of {server}")).caused_by(e)
+            })?;
             out.room_count.extend(p.room_count);
             out.updated = out.updated.max(p.updated);
         }

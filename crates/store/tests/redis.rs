@@ -9,7 +9,7 @@ compile_error!("tests/redis.rs tests the Redis store: build herald-store with it
 use std::time::Duration;
 
 use herald_store::conformance;
-use herald_store::{OnlineStore, RedisStore, SessionStore, StoreError};
+use herald_store::{OnlineStore, RedisStore, SessionStore, StoreErrorKind};
 
 async fn store(prefix: &str) -> (herald_testkit::Engine, RedisStore) {
     let redis = herald_testkit::redis();
@@ -88,7 +88,12 @@ async fn outage_is_reported_and_recovers() {
         .await
         .expect("the call returns instead of hanging")
         .unwrap_err();
-    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert_eq!(err.kind(), StoreErrorKind::Unavailable, "{err:?}");
+    assert_eq!(err.engine(), "redis");
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the client's error is kept: {err:?}"
+    );
     let _back = herald_testkit::redis_on(port);
     let mut ok = false;
     for _ in 0..100 {

@@ -13,7 +13,7 @@ compile_error!(
 
 use std::time::Duration;
 
-use herald_store::{conformance, RedisStore, StoreError};
+use herald_store::{conformance, RedisStore, StoreError, StoreErrorKind};
 use herald_testkit::secured::{self, RedisSecurity};
 use herald_testkit::Pki;
 use herald_tls::ClientTls;
@@ -31,7 +31,7 @@ fn trusting(ca: &std::path::Path) -> ClientTls {
 
 fn unavailable(r: Result<RedisStore, StoreError>) -> String {
     match r {
-        Err(StoreError::Unavailable(why)) => why,
+        Err(e) if e.kind() == StoreErrorKind::Unavailable => e.to_string(),
         Err(other) => panic!("expected Unavailable, got {other:?}"),
         Ok(_) => panic!("expected a refusal, got a connection"),
     }

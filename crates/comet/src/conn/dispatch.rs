@@ -82,91 +82,128 @@ pub(super) fn handle_frame(
     f: Frame,
 ) -> Action {
     let reply = match f.op {
-        Op::HEARTBEAT => {
-            let online = ch.room().map_or(0, |r| ctx.hub.room_online(&r));
-            Frame::reply_to(
-                &f,
-                Op::HEARTBEAT_REPLY,
-                Bytes::copy_from_slice(&online.to_be_bytes()),
-            )
-        }
-        Op::CHANGE_ROOM => {
-            if !limits.room_change(ctx) {
-                ctx.hub.metrics.limit_hit("room_changes");
-                return Action::Close(CloseReason::RoomChangeRate);
-            }
-            let room = String::from_utf8_lossy(&f.body);
-            let room = room.trim();
-            let too_long = room.len() > ctx.limits.max_room_key;
-            if too_long {
-                ctx.hub.metrics.limit_hit("room_key_length");
-            }
-            if !too_long && ch.may_join(room) {
-                ctx.hub.change_room(ch, room);
-                Frame::reply_to(&f, Op::CHANGE_ROOM_REPLY, f.body.clone())
-            } else {
-                // Refused: the reply names the room the connection is still in.
-                if !too_long {
-                    ctx.hub.metrics.grant_refusals_room.increment(1);
-                }
-                let current = ch.room().map(|r| Bytes::copy_from_slice(r.as_bytes()));
-                Frame::reply_to(&f, Op::CHANGE_ROOM_REPLY, current.unwrap_or_default())
-            }
-        }
-        Op::SUB => {
-            let body = match herald_proto::parse_op_list(&f.body) {
-                // goim changes nothing for a malformed list and still echoes it.
-                None => f.body.clone(),
-                Some(ops) => match ch.watch(&ops, ctx.limits.max_accepts) {
-                    Err(WatchError::TooMany) => {
-                        ctx.hub.metrics.limit_hit("accepts");
-                        return Action::Close(CloseReason::AcceptLimit);
-                    }
-                    Ok(added) if ch.grant().is_some() => {
-                        if added.len() < ops.len() {
-                            ctx.hub.metrics.grant_refusals_op.increment(1);
-                        }
-                        // The reply lists the ops actually added.
-                        let list: Vec<String> = added.iter().map(i32::to_string).collect();
-                        Bytes::from(list.join(","))
-                    }
-                    Ok(_) => f.body.clone(),
-                },
-            };
-            Frame::reply_to(&f, Op::SUB_REPLY, body)
-        }
-        Op::UNSUB => {
-            if let Some(ops) = herald_proto::parse_op_list(&f.body) {
-                ch.unwatch(&ops);
-            }
-            Frame::reply_to(&f, Op::UNSUB_REPLY, f.body.clone())
-        }
+        Op::HEARTBEAT => heartbeat_reply(ctx, ch, &f),
+        Op::CHANGE_ROOM => match change_room(ctx, ch, limits, &f) {
+            Ok(reply) => reply,
+            Err(reason) => return Action::Close(reason),
+        },
+        Op::SUB => match watch_ops(ctx, ch, &f) {
+            Ok(reply) => reply,
+            Err(reason) => return Action::Close(reason),
+        },
+        Op::UNSUB => unwatch_ops(ch, &f),
         Op::REFRESH if ch.grant().is_some() => {
             if limits.refresh(ctx) {
                 return Action::Refresh(f);
             }
-            // Each refresh asks logic (and its authenticator, maybe a webhook): a
-            // client refreshing in a loop is answered without asking.
-            ctx.hub.metrics.limit_hit("refreshes");
-            let body =
-                json!({"code": -429, "message": "refresh rate exceeded; refresh near expiry"});
-            Frame::reply_to(&f, Op::REFRESH_REPLY, Bytes::from(body.to_string()))
+            refresh_refused(ctx, &f)
         }
-        _ => {
-            ch.reply(Outbound::Frame(Frame::reply_to(&f, f.op, Bytes::new())));
-            return Action::Forward(ReceiveReq {
-                mid: ch.mid,
-                proto: Some(Proto {
-                    ver: f.ver as i32,
-                    op: f.op,
-                    seq: f.seq,
-                    body: f.body,
-                }),
-            });
-        }
+        _ => return forward(ch, f),
     };
     ch.reply(Outbound::Frame(reply));
     Action::Done
+}
+
+/// Op 2: the reply carries the online count of the connection's room.
+fn heartbeat_reply(ctx: &ConnContext, ch: &Channel, f: &Frame) -> Frame {
+    let online = ch.room().map_or(0, |r| ctx.hub.room_online(&r));
+    Frame::reply_to(
+        f,
+        Op::HEARTBEAT_REPLY,
+        Bytes::copy_from_slice(&online.to_be_bytes()),
+    )
+}
+
+/// Op 12: moves the connection to the room in the body, if its grant and the
+/// limits allow; the reply names the room it is in afterwards. A client over its
+/// room-change rate is closed.
+fn change_room(
+    ctx: &ConnContext,
+    ch: &Arc<Channel>,
+    limits: &mut Limiters,
+    f: &Frame,
+) -> Result<Frame, CloseReason> {
+    if !limits.room_change(ctx) {
+        ctx.hub.metrics.limit_hit("room_changes");
+        return Err(CloseReason::RoomChangeRate);
+    }
+    let room = String::from_utf8_lossy(&f.body);
+    let room = room.trim();
+    let too_long = room.len() > ctx.limits.max_room_key;
+    if too_long {
+        ctx.hub.metrics.limit_hit("room_key_length");
+    }
+    if !too_long && ch.may_join(room) {
+        ctx.hub.change_room(ch, room);
+        return Ok(Frame::reply_to(f, Op::CHANGE_ROOM_REPLY, f.body.clone()));
+    }
+    // Refused: the reply names the room the connection is still in.
+    if !too_long {
+        ctx.hub.metrics.grant_refusals_room.increment(1);
+    }
+    let current = ch.room().map(|r| Bytes::copy_from_slice(r.as_bytes()));
+    Ok(Frame::reply_to(
+        f,
+        Op::CHANGE_ROOM_REPLY,
+        current.unwrap_or_default(),
+    ))
+}
+
+/// Op 14: adds the listed ops to those the connection receives (within its
+/// grant). A client over the accept limit is closed.
+fn watch_ops(ctx: &ConnContext, ch: &Channel, f: &Frame) -> Result<Frame, CloseReason> {
+    let body = match herald_proto::parse_op_list(&f.body) {
+        // goim changes nothing for a malformed list and still echoes it.
+        None => f.body.clone(),
+        Some(ops) => match ch.watch(&ops, ctx.limits.max_accepts) {
+            Err(WatchError::TooMany) => {
+                ctx.hub.metrics.limit_hit("accepts");
+                return Err(CloseReason::AcceptLimit);
+            }
+            Ok(added) if ch.grant().is_some() => {
+                if added.len() < ops.len() {
+                    ctx.hub.metrics.grant_refusals_op.increment(1);
+                }
+                // The reply lists the ops actually added.
+                let list: Vec<String> = added.iter().map(i32::to_string).collect();
+                Bytes::from(list.join(","))
+            }
+            Ok(_) => f.body.clone(),
+        },
+    };
+    Ok(Frame::reply_to(f, Op::SUB_REPLY, body))
+}
+
+/// Op 16: removes the listed ops; the reply echoes the list.
+fn unwatch_ops(ch: &Channel, f: &Frame) -> Frame {
+    if let Some(ops) = herald_proto::parse_op_list(&f.body) {
+        ch.unwatch(&ops);
+    }
+    Frame::reply_to(f, Op::UNSUB_REPLY, f.body.clone())
+}
+
+/// Op 22 over the refresh rate: answered without asking logic (and its
+/// authenticator, maybe a webhook), so a client refreshing in a loop costs
+/// little.
+fn refresh_refused(ctx: &ConnContext, f: &Frame) -> Frame {
+    ctx.hub.metrics.limit_hit("refreshes");
+    let body = json!({"code": -429, "message": "refresh rate exceeded; refresh near expiry"});
+    Frame::reply_to(f, Op::REFRESH_REPLY, Bytes::from(body.to_string()))
+}
+
+/// Any other op: acknowledged with an empty reply of the same op, and forwarded
+/// to logic.
+fn forward(ch: &Channel, f: Frame) -> Action {
+    ch.reply(Outbound::Frame(Frame::reply_to(&f, f.op, Bytes::new())));
+    Action::Forward(ReceiveReq {
+        mid: ch.mid,
+        proto: Some(Proto {
+            ver: f.ver as i32,
+            op: f.op,
+            seq: f.seq,
+            body: f.body,
+        }),
+    })
 }
 
 /// Checks the credentials in an op-22 frame with logic and, when they name the

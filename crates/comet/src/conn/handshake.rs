@@ -64,45 +64,17 @@ pub(super) async fn handshake(
     conn: &mut Conn,
     ip_guard: &mut Option<IpGuard>,
 ) -> Result<Authenticated, Refused> {
-    let started = tokio::time::Instant::now();
-    let upgrade_deadline = started + ctx.limits.upgrade_timeout;
+    let upgrade_deadline = tokio::time::Instant::now() + ctx.limits.upgrade_timeout;
     let mut cookie = String::new();
     let mut headers: HashMap<String, String> = HashMap::new();
-    // Everything a client sends before auth is work for nothing (frames are
-    // dropped, pings answered with a write each): at most `frames_burst` of it.
-    let mut before_auth = 0u32;
-    let allowance = ctx.limits.frames_burst.max(1);
+    let mut before_auth = BeforeAuth::new(ctx);
     loop {
         if conn.eof {
             return Err(Refused::quietly("closed by peer"));
         }
-        let readable = if handshake_done(conn) {
-            conn.stream.readable().await
-        } else {
-            match tokio::time::timeout_at(upgrade_deadline, conn.stream.readable()).await {
-                Ok(r) => r,
-                Err(_) => {
-                    ctx.hub.metrics.limit_hit("upgrade_timeout");
-                    return Err(Refused::quietly("TLS handshake or upgrade timeout"));
-                }
-            }
-        };
-        readable.map_err(|e| Refused::quietly(e.to_string()))?;
+        wait_readable(ctx, conn, upgrade_deadline).await?;
         let inbound = match conn.read_available() {
             Ok(v) => v,
-            Err(ReadError::Eof) => return Err(Refused::quietly("closed by peer")),
-            Err(ReadError::Io(e)) => return Err(Refused::quietly(e.to_string())),
-            Err(ReadError::Tls(e)) => {
-                ctx.hub.metrics.tls_failures.increment(1);
-                return Err(Refused::quietly(format!("TLS: {e}")));
-            }
-            Err(ReadError::BadFrame(m)) => {
-                ctx.hub.metrics.bad_input.increment(1);
-                return Err(Refused {
-                    reason: format!("malformed frame: {m}"),
-                    close: Some(CloseReason::MalformedFrame),
-                });
-            }
             Err(ReadError::BadUpgrade(status, reason, m)) => {
                 ctx.hub.metrics.bad_input.increment(1);
                 let _ = conn
@@ -110,44 +82,14 @@ pub(super) async fn handshake(
                     .await;
                 return Err(Refused::quietly(format!("bad upgrade: {m}")));
             }
+            Err(e) => return Err(read_refused(ctx, e)),
         };
-        if let Some(tls) = &conn.tls {
-            // A handshake flight the socket did not take whole: finish it, or the
-            // client waits for it while we wait for the client.
-            if tls.has_pending() {
-                conn.sink()
-                    .finish(Pending::Sealed)
-                    .await
-                    .map_err(|e| Refused::quietly(e.to_string()))?;
-            }
-        }
+        finish_tls_flight(conn).await?;
         let mut items = inbound.into_iter();
         while let Some(item) = items.next() {
             match item {
                 Inbound::Upgrade(up) => {
-                    if ctx.proxies.trusts(conn.client) {
-                        // Count the client the proxy names, not the proxy.
-                        conn.client = ctx
-                            .proxies
-                            .client_ip(conn.peer.ip(), up.header("x-forwarded-for"));
-                        match ctx.ips.try_acquire(conn.client) {
-                            Some(g) => *ip_guard = Some(g),
-                            None => {
-                                ctx.hub.metrics.limit_hit("connections_per_ip");
-                                let _ = conn
-                                    .write_plain(
-                                        ws::http_error(
-                                            429,
-                                            "Too Many Requests",
-                                            "too many connections from this address",
-                                        )
-                                        .as_bytes(),
-                                    )
-                                    .await;
-                                return Err(Refused::quietly("too many connections from address"));
-                            }
-                        }
-                    }
+                    count_forwarded_client(ctx, conn, ip_guard, &up).await?;
                     conn.write_plain(ws::switching_protocols(&up.accept).as_bytes())
                         .await
                         .map_err(|e| Refused::quietly(e.to_string()))?;
@@ -157,14 +99,8 @@ pub(super) async fn handshake(
                     headers.insert(":path".into(), up.target);
                 }
                 Inbound::Ping(p) => {
-                    before_auth += 1;
-                    if before_auth > allowance {
-                        return Err(too_much_before_auth(ctx));
-                    }
-                    let (h, hl) = ws::server_header(ws::opcode::PONG, p.len());
-                    let mut out = h[..hl].to_vec();
-                    out.extend_from_slice(&p);
-                    conn.write_plain(&out)
+                    before_auth.one_more(ctx)?;
+                    conn.write_plain(&pong(&p))
                         .await
                         .map_err(|e| Refused::quietly(e.to_string()))?;
                 }
@@ -189,14 +125,126 @@ pub(super) async fn handshake(
                     });
                 }
                 Inbound::Frame(f) => {
-                    before_auth += 1;
-                    if before_auth > allowance {
-                        return Err(too_much_before_auth(ctx));
-                    }
+                    before_auth.one_more(ctx)?;
                     debug!(peer = %conn.peer, op = f.op, "frame before auth ignored")
                 }
             }
         }
+    }
+}
+
+/// Waits until the socket is readable; until the TLS handshake and the upgrade
+/// are done, at most until `upgrade_deadline`.
+async fn wait_readable(
+    ctx: &ConnContext,
+    conn: &Conn,
+    upgrade_deadline: tokio::time::Instant,
+) -> Result<(), Refused> {
+    let readable = if handshake_done(conn) {
+        conn.stream.readable().await
+    } else {
+        match tokio::time::timeout_at(upgrade_deadline, conn.stream.readable()).await {
+            Ok(r) => r,
+            Err(_) => {
+                ctx.hub.metrics.limit_hit("upgrade_timeout");
+                return Err(Refused::quietly("TLS handshake or upgrade timeout"));
+            }
+        }
+    };
+    readable.map_err(|e| Refused::quietly(e.to_string()))
+}
+
+/// Why a read before auth ended the connection (a malformed upgrade, which is
+/// answered first, aside).
+fn read_refused(ctx: &ConnContext, e: ReadError) -> Refused {
+    match e {
+        ReadError::Eof => Refused::quietly("closed by peer"),
+        ReadError::Io(e) => Refused::quietly(e.to_string()),
+        ReadError::Tls(e) => {
+            ctx.hub.metrics.tls_failures.increment(1);
+            Refused::quietly(format!("TLS: {e}"))
+        }
+        ReadError::BadFrame(m) => {
+            ctx.hub.metrics.bad_input.increment(1);
+            Refused {
+                reason: format!("malformed frame: {m}"),
+                close: Some(CloseReason::MalformedFrame),
+            }
+        }
+        ReadError::BadUpgrade(_, _, m) => Refused::quietly(format!("bad upgrade: {m}")),
+    }
+}
+
+/// Sends the rest of a TLS handshake flight the socket did not take whole, or
+/// the client waits for it while we wait for the client.
+async fn finish_tls_flight(conn: &Conn) -> Result<(), Refused> {
+    if !conn.tls.as_ref().is_some_and(|tls| tls.has_pending()) {
+        return Ok(());
+    }
+    conn.sink()
+        .finish(Pending::Sealed)
+        .await
+        .map_err(|e| Refused::quietly(e.to_string()))
+}
+
+/// Behind a trusted proxy, counts the client the proxy names (not the proxy)
+/// under its address's connection limit; over the limit, answers 429.
+async fn count_forwarded_client(
+    ctx: &ConnContext,
+    conn: &mut Conn,
+    ip_guard: &mut Option<IpGuard>,
+    up: &ws::Upgrade,
+) -> Result<(), Refused> {
+    if !ctx.proxies.trusts(conn.client) {
+        return Ok(());
+    }
+    conn.client = ctx
+        .proxies
+        .client_ip(conn.peer.ip(), up.header("x-forwarded-for"));
+    if let Some(g) = ctx.ips.try_acquire(conn.client) {
+        *ip_guard = Some(g);
+        return Ok(());
+    }
+    ctx.hub.metrics.limit_hit("connections_per_ip");
+    let too_many = ws::http_error(
+        429,
+        "Too Many Requests",
+        "too many connections from this address",
+    );
+    let _ = conn.write_plain(too_many.as_bytes()).await;
+    Err(Refused::quietly("too many connections from address"))
+}
+
+/// The answer to a WebSocket ping before auth.
+fn pong(p: &[u8]) -> Vec<u8> {
+    let (h, hl) = ws::server_header(ws::opcode::PONG, p.len());
+    let mut out = h[..hl].to_vec();
+    out.extend_from_slice(p);
+    out
+}
+
+/// Everything a client sends before auth is work for nothing (frames are
+/// dropped, pings answered with a write each): at most `frames_burst` of it.
+struct BeforeAuth {
+    count: u32,
+    allowance: u32,
+}
+
+impl BeforeAuth {
+    fn new(ctx: &ConnContext) -> BeforeAuth {
+        BeforeAuth {
+            count: 0,
+            allowance: ctx.limits.frames_burst.max(1),
+        }
+    }
+
+    /// Counts one more; past the allowance the connection is refused.
+    fn one_more(&mut self, ctx: &ConnContext) -> Result<(), Refused> {
+        self.count += 1;
+        if self.count > self.allowance {
+            return Err(too_much_before_auth(ctx));
+        }
+        Ok(())
     }
 }
 

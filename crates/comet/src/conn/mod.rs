@@ -79,14 +79,7 @@ pub(crate) fn serve(
     slot: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
-    let (tls, tls_failed) = match kind.tls.clone().map(TlsSession::new) {
-        None => (None, false),
-        Some(Ok(session)) => (Some(session), false),
-        Some(Err(e)) => {
-            warn!(error = %e, "cannot start a TLS session");
-            (None, true)
-        }
-    };
+    let (tls, tls_failed) = tls_session(kind);
     // Built outside the future and captured once, so it is not stored twice.
     let mut conn = Conn::new(stream, peer, kind.websocket, tls, ctx.cfg.clone());
     // A TLS listener never serves in the clear: without a session, end at once.
@@ -103,21 +96,13 @@ pub(crate) fn serve(
                 handshake::handshake(&ctx, &mut conn, &mut ip_guard),
             )) => r,
         };
-        let auth = match handshake {
-            Ok(Ok(v)) => v,
-            Ok(Err(Refused { reason, close })) => {
-                debug!(peer = %conn.peer, %reason, "connection closed before auth");
-                if let Some(close) = close {
-                    Box::pin(goodbye(&ctx, &conn, close)).await;
-                }
+        let auth = match authenticated(&ctx, &conn, handshake) {
+            Ok(auth) => auth,
+            Err(Some(close)) => {
+                Box::pin(goodbye(&ctx, &conn, close)).await;
                 return;
             }
-            Err(_) => {
-                ctx.hub.metrics.timeouts.increment(1);
-                ctx.hub.metrics.limit_hit("handshake_timeout");
-                debug!(peer = %conn.peer, "auth timeout");
-                return;
-            }
+            Err(None) => return,
         };
         let (ch, hb, leftover, removals_before) = match register(&ctx, &conn, auth) {
             Ok(registered) => registered,
@@ -128,11 +113,7 @@ pub(crate) fn serve(
                 return;
             }
         };
-        let gauge = if conn.is_ws() {
-            &ctx.hub.metrics.connections_ws
-        } else {
-            &ctx.hub.metrics.connections_tcp
-        };
+        let gauge = connections_gauge(&ctx, &conn);
         gauge.increment(1.0);
         let hb_ms = hb.as_millis() as u64;
         let end = session(&ctx, &mut conn, &ch, hb_ms, leftover, removals_before).await;
@@ -143,14 +124,62 @@ pub(crate) fn serve(
                 Box::pin(goodbye(&ctx, &conn, reason)).await;
             }
         }
-        // The socket is shared with the channel's sink, which others may still
-        // hold for a moment: end the connection now, not when the last one lets go.
-        let _ = socket2::SockRef::from(&*conn.stream).shutdown(std::net::Shutdown::Both);
+        hang_up(&conn);
         drop(conn);
         drop(ip_guard);
         gauge.decrement(1.0);
         finish(&ctx, &ch).await;
     }
+}
+
+/// The TLS session of a connection on a TLS listener, and whether one was due
+/// but could not be started (the connection then ends at once).
+fn tls_session(kind: &ListenerKind) -> (Option<Arc<TlsSession>>, bool) {
+    match kind.tls.clone().map(TlsSession::new) {
+        None => (None, false),
+        Some(Ok(session)) => (Some(session), false),
+        Some(Err(e)) => {
+            warn!(error = %e, "cannot start a TLS session");
+            (None, true)
+        }
+    }
+}
+
+/// The handshake's outcome: the authenticated client, or why not (counted and
+/// logged) with what to tell the client, if anything.
+fn authenticated(
+    ctx: &ConnContext,
+    conn: &Conn,
+    handshake: Result<Result<Authenticated, Refused>, tokio::time::error::Elapsed>,
+) -> Result<Authenticated, Option<CloseReason>> {
+    match handshake {
+        Ok(Ok(auth)) => Ok(auth),
+        Ok(Err(Refused { reason, close })) => {
+            debug!(peer = %conn.peer, %reason, "connection closed before auth");
+            Err(close)
+        }
+        Err(_) => {
+            ctx.hub.metrics.timeouts.increment(1);
+            ctx.hub.metrics.limit_hit("handshake_timeout");
+            debug!(peer = %conn.peer, "auth timeout");
+            Err(None)
+        }
+    }
+}
+
+/// The gauge of open connections of this connection's transport.
+fn connections_gauge<'a>(ctx: &'a ConnContext, conn: &Conn) -> &'a metrics::Gauge {
+    if conn.is_ws() {
+        &ctx.hub.metrics.connections_ws
+    } else {
+        &ctx.hub.metrics.connections_tcp
+    }
+}
+
+/// Ends the connection now. The socket is shared with the channel's sink, which
+/// others may still hold for a moment: closing it waits for none of them.
+fn hang_up(conn: &Conn) {
+    let _ = socket2::SockRef::from(&*conn.stream).shutdown(std::net::Shutdown::Both);
 }
 
 /// Builds the channel for an authenticated client, queues the auth reply and
@@ -264,32 +293,12 @@ async fn session(
     removals_before: u64,
 ) -> End {
     let hub = &ctx.hub;
-    // Route refreshes on the hub clock, in milliseconds: this future lives as long
-    // as the connection, so its state is kept small.
-    let refresh_every = {
-        let (lo, hi) = (ctx.cfg.route_refresh_min, ctx.cfg.route_refresh_max);
-        let every = if hi > lo {
-            rand::rng().random_range(lo..hi)
-        } else {
-            lo
-        };
-        every.as_millis() as u64
-    };
-    let mut next_refresh = hub.now_ms().saturating_add(refresh_every);
-    if hub.route_removals() != removals_before {
-        // A route removal finished while this client authenticated: it may have been
-        // this key's (a same-key reconnect); make sure the route points here. If
-        // that fails, the next client heartbeat tries again.
-        if call(
-            ctx,
-            "heartbeat",
-            ctx.logic.heartbeat(heartbeat_req(ctx, ch)),
-        )
-        .await
-        .is_none()
-        {
-            next_refresh = hub.now_ms();
-        }
+    let mut refresh = RouteRefresh::new(ctx);
+    // A route removal finished while this client authenticated: it may have been
+    // this key's (a same-key reconnect); make sure the route points here. If that
+    // fails, the next client heartbeat tries again.
+    if hub.route_removals() != removals_before && heartbeat(ctx, ch).await.is_none() {
+        refresh.now(hub.now_ms());
     }
     let mut limits = Limiters::new(ctx);
     let mut out = VecDeque::new();
@@ -300,53 +309,31 @@ async fn session(
                 // Replaced, timed out or shut down while handling a batch.
                 break;
             }
-            match item {
-                Inbound::Frame(f) => {
-                    if !limits.frame(ctx) {
-                        hub.metrics.limit_hit("frames_per_second");
-                        ch.close_with(CloseReason::FrameRate);
-                        break;
-                    }
-                    if f.op == Op::HEARTBEAT {
-                        ch.set_deadline(hub.now_ms().saturating_add(hb_ms));
-                        if hub.now_ms() >= next_refresh
-                            && call(
-                                ctx,
-                                "heartbeat",
-                                ctx.logic.heartbeat(heartbeat_req(ctx, ch)),
-                            )
-                            .await
-                            .is_some()
-                        {
-                            next_refresh = hub.now_ms().saturating_add(refresh_every);
-                        }
-                    }
-                    match dispatch::handle_frame(ctx, ch, &mut limits, f) {
-                        Action::Done => {}
-                        Action::Forward(req) => {
-                            call(ctx, "receive", ctx.logic.receive(req)).await;
-                        }
-                        Action::Refresh(f) => {
-                            let addr = SocketAddr::new(conn.client, conn.peer.port());
-                            Box::pin(dispatch::refresh(ctx, ch, addr.to_string(), f)).await;
-                        }
-                        Action::Close(reason) => {
-                            ch.close_with(reason);
-                            break;
-                        }
-                    }
+            let f = match admit(ctx, ch, &mut limits, item) {
+                Admitted::Frame(f) => f,
+                Admitted::Handled => continue,
+                Admitted::OverRate => break,
+                Admitted::End(end) => return end,
+            };
+            if f.op == Op::HEARTBEAT {
+                ch.set_deadline(hub.now_ms().saturating_add(hb_ms));
+                if refresh.due(hub.now_ms()) && heartbeat(ctx, ch).await.is_some() {
+                    refresh.done(hub.now_ms());
                 }
-                Inbound::Ping(p) => {
-                    // Control frames cost a write each: they count as frames.
-                    if !limits.frame(ctx) {
-                        hub.metrics.limit_hit("frames_per_second");
-                        ch.close_with(CloseReason::FrameRate);
-                        break;
-                    }
-                    ch.reply(Outbound::Pong(p));
+            }
+            match dispatch::handle_frame(ctx, ch, &mut limits, f) {
+                Action::Done => {}
+                Action::Forward(req) => {
+                    call(ctx, "receive", ctx.logic.receive(req)).await;
                 }
-                Inbound::Close => return End::clean("closed by peer"),
-                Inbound::Upgrade(_) => return End::clean("unexpected upgrade"),
+                Action::Refresh(f) => {
+                    let addr = SocketAddr::new(conn.client, conn.peer.port());
+                    Box::pin(dispatch::refresh(ctx, ch, addr.to_string(), f)).await;
+                }
+                Action::Close(reason) => {
+                    ch.close_with(reason);
+                    break;
+                }
             }
         }
         let closing = ch.drain(&mut out);
@@ -356,44 +343,141 @@ async fn session(
             }
         }
         if closing {
-            return End::clean(if ch.timed_out() {
-                "heartbeat timeout"
-            } else {
-                "closed by server"
-            });
+            return closed_by_server(ch);
         }
         if conn.eof {
             return End::clean("closed by peer");
         }
-        // Wait for queued output or input. Polling readiness directly keeps no
-        // waiter state in this (long-lived, per-connection) future.
-        let readable = std::future::poll_fn(|cx| {
-            if ch.poll_signal(cx) {
-                return Poll::Ready(None);
-            }
-            conn.stream.poll_read_ready(cx).map(Some)
-        })
-        .await;
-        match readable {
+        match queued_or_readable(conn, ch).await {
             None => {}
             Some(Err(_)) => return End::torn("socket error"),
             Some(Ok(())) => match conn.read_available() {
                 Ok(items) => inbound = items,
-                Err(ReadError::Eof) => return End::clean("closed by peer"),
-                Err(ReadError::Io(_)) => return End::torn("read failed"),
-                Err(ReadError::Tls(_)) => {
-                    hub.metrics.tls_failures.increment(1);
-                    return End::torn("TLS error");
-                }
-                Err(ReadError::BadFrame(m)) => {
-                    hub.metrics.bad_input.increment(1);
-                    debug!(peer = %conn.peer, key = %ch.key, error = %m, "malformed frame");
-                    ch.close_with(CloseReason::MalformedFrame);
-                    return End::clean("malformed frame");
-                }
-                Err(ReadError::BadUpgrade(..)) => return End::clean("unexpected upgrade"),
+                Err(e) => return read_failed(ctx, conn, ch, e),
             },
         }
+    }
+}
+
+/// When a session next refreshes its route with logic (a heartbeat call), on the
+/// hub clock in milliseconds: the session future lives as long as the
+/// connection, so its state is kept small.
+struct RouteRefresh {
+    every: u64,
+    next: u64,
+}
+
+impl RouteRefresh {
+    /// Every `route_refresh_min..route_refresh_max` (chosen at random per
+    /// connection, so refreshes spread out), the first one that far from now.
+    fn new(ctx: &ConnContext) -> RouteRefresh {
+        let (lo, hi) = (ctx.cfg.route_refresh_min, ctx.cfg.route_refresh_max);
+        let every = if hi > lo {
+            rand::rng().random_range(lo..hi)
+        } else {
+            lo
+        };
+        let every = every.as_millis() as u64;
+        RouteRefresh {
+            every,
+            next: ctx.hub.now_ms().saturating_add(every),
+        }
+    }
+
+    fn due(&self, now: u64) -> bool {
+        now >= self.next
+    }
+
+    /// Refreshed at `now`: the next one is due a period later.
+    fn done(&mut self, now: u64) {
+        self.next = now.saturating_add(self.every);
+    }
+
+    /// Due at once (with the next client heartbeat).
+    fn now(&mut self, now: u64) {
+        self.next = now;
+    }
+}
+
+/// What became of one item read from an authenticated client.
+enum Admitted {
+    /// A frame within the client's frame rate, for [`dispatch`].
+    Frame(Frame),
+    /// Handled here (a WebSocket ping, answered).
+    Handled,
+    /// Over the frame rate: the channel is closed.
+    OverRate,
+    /// The session ends.
+    End(End),
+}
+
+/// Takes a frame or a WebSocket ping from the client's frame budget (control
+/// frames cost a write each: they count as frames) and answers pings.
+fn admit(ctx: &ConnContext, ch: &Channel, limits: &mut Limiters, item: Inbound) -> Admitted {
+    match item {
+        Inbound::Frame(_) | Inbound::Ping(_) if over_rate(ctx, ch, limits) => Admitted::OverRate,
+        Inbound::Frame(f) => Admitted::Frame(f),
+        Inbound::Ping(p) => {
+            ch.reply(Outbound::Pong(p));
+            Admitted::Handled
+        }
+        Inbound::Close => Admitted::End(End::clean("closed by peer")),
+        Inbound::Upgrade(_) => Admitted::End(End::clean("unexpected upgrade")),
+    }
+}
+
+/// Takes one frame from the client's frame budget; over it, closes the channel
+/// for its frame rate and says so.
+fn over_rate(ctx: &ConnContext, ch: &Channel, limits: &mut Limiters) -> bool {
+    if limits.frame(ctx) {
+        return false;
+    }
+    ctx.hub.metrics.limit_hit("frames_per_second");
+    ch.close_with(CloseReason::FrameRate);
+    true
+}
+
+/// Waits for queued output (`None`) or input (the socket's readiness). Polling
+/// readiness directly keeps no waiter state in the (long-lived, per-connection)
+/// session future.
+fn queued_or_readable<'a>(
+    conn: &'a Conn,
+    ch: &'a Channel,
+) -> impl Future<Output = Option<std::io::Result<()>>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if ch.poll_signal(cx) {
+            return Poll::Ready(None);
+        }
+        conn.stream.poll_read_ready(cx).map(Some)
+    })
+}
+
+/// How a session the server closed ended.
+fn closed_by_server(ch: &Channel) -> End {
+    End::clean(if ch.timed_out() {
+        "heartbeat timeout"
+    } else {
+        "closed by server"
+    })
+}
+
+/// How a session whose read failed ended (counted, and for a malformed frame the
+/// client told why).
+fn read_failed(ctx: &ConnContext, conn: &Conn, ch: &Channel, e: ReadError) -> End {
+    match e {
+        ReadError::Eof => End::clean("closed by peer"),
+        ReadError::Io(_) => End::torn("read failed"),
+        ReadError::Tls(_) => {
+            ctx.hub.metrics.tls_failures.increment(1);
+            End::torn("TLS error")
+        }
+        ReadError::BadFrame(m) => {
+            ctx.hub.metrics.bad_input.increment(1);
+            debug!(peer = %conn.peer, key = %ch.key, error = %m, "malformed frame");
+            ch.close_with(CloseReason::MalformedFrame);
+            End::clean("malformed frame")
+        }
+        ReadError::BadUpgrade(..) => End::clean("unexpected upgrade"),
     }
 }
 
@@ -494,21 +578,21 @@ async fn finish(ctx: &ConnContext, ch: &Arc<Channel>) {
     if let Some(newer) = hub.channel(&ch.key) {
         // A new connection with this key registered while the route was being
         // removed: put its route back.
-        call(
-            ctx,
-            "heartbeat",
-            ctx.logic.heartbeat(heartbeat_req(ctx, &newer)),
-        )
-        .await;
+        heartbeat(ctx, &newer).await;
     }
 }
 
-fn heartbeat_req(ctx: &ConnContext, ch: &Channel) -> HeartbeatReq {
-    HeartbeatReq {
+/// Tells logic the channel's route is alive (and where), as [`call`] does.
+fn heartbeat<'a>(
+    ctx: &'a ConnContext,
+    ch: &Channel,
+) -> std::pin::Pin<Box<dyn Future<Output = Option<()>> + Send + 'a>> {
+    let req = HeartbeatReq {
         mid: ch.mid,
         key: ch.key.to_string(),
         server: ctx.server_id.clone(),
-    }
+    };
+    call(ctx, "heartbeat", ctx.logic.heartbeat(req))
 }
 
 /// A logic call with a deadline; failures are logged and give `None`. Boxed, so

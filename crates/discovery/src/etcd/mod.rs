@@ -120,20 +120,20 @@ impl EtcdConfig {
     /// TLS and the user of this configuration; files that cannot be used are an
     /// error ([`RegistryError::Invalid`]).
     pub fn security(&self) -> Result<Security, RegistryError> {
-        let invalid = |m: String| RegistryError::Invalid(format!("etcd: {m}"));
+        let invalid = |what: &str| RegistryError::invalid(ENGINE, what);
         let tls = if self.tls.is_enabled() {
             let config = herald_tls::client_config(&self.tls, &[herald_tls::transport::ALPN_H2])
-                .map_err(|e| invalid(e.to_string()))?;
+                .map_err(|e| invalid("TLS settings").caused_by(e))?;
             Some(
                 herald_tls::transport::TlsConnector::new(config, &self.tls.server_name)
-                    .map_err(|e| invalid(e.to_string()))?,
+                    .map_err(|e| invalid("TLS server name").caused_by(e))?,
             )
         } else {
             None
         };
         let user = match (self.username.is_empty(), self.password.is_empty()) {
             (true, true) => None,
-            (true, false) => return Err(invalid("a password needs a username".into())),
+            (true, false) => return Err(invalid("a password needs a username")),
             (false, _) => Some(User {
                 name: self.username.clone(),
                 password: self.password.clone(),
@@ -157,8 +157,11 @@ fn backoff(current: &mut Duration) -> Duration {
     wait + Duration::from_millis(jitter)
 }
 
-fn unavailable(e: impl std::fmt::Display) -> RegistryError {
-    RegistryError::Unavailable(e.to_string())
+/// The engine name errors carry.
+const ENGINE: &str = "etcd";
+
+fn unavailable(e: EtcdError) -> RegistryError {
+    RegistryError::unavailable(ENGINE, "").caused_by(e)
 }
 
 fn now_nanos() -> i64 {
@@ -190,7 +193,7 @@ impl EtcdRegistry {
         .map_err(|e| {
             // A refused password or bad setting will not get better by retrying.
             if e.code() == tonic::Code::InvalidArgument {
-                RegistryError::Invalid(e.to_string())
+                RegistryError::invalid(ENGINE, "connect").caused_by(e)
             } else {
                 unavailable(e)
             }
@@ -324,8 +327,9 @@ impl EtcdRegistration {
 }
 
 fn deregistered<T>() -> Result<T, RegistryError> {
-    Err(RegistryError::Unavailable(
-        "the registration was withdrawn".into(),
+    Err(RegistryError::unavailable(
+        ENGINE,
+        "the registration was withdrawn",
     ))
 }
 
@@ -510,13 +514,15 @@ impl Keeper {
                         }
                         Some(Cmd::Update(metadata, reply)) => {
                             self.set_metadata(metadata);
-                            let _ = reply.send(Err(RegistryError::Unavailable(
-                                "etcd registration is being renewed; the metadata will be written with it".into(),
+                            let _ = reply.send(Err(RegistryError::unavailable(
+                                ENGINE,
+                                "the registration is being renewed; the metadata will be written with it",
                             )));
                         }
                         Some(Cmd::Claim(_, reply)) => {
-                            let _ = reply.send(Err(RegistryError::Unavailable(
-                                "etcd registration is being renewed; claim again once it is".into(),
+                            let _ = reply.send(Err(RegistryError::unavailable(
+                                ENGINE,
+                                "the registration is being renewed; claim again once it is",
                             )));
                         }
                         // The lost lease took the claim with it.

@@ -101,31 +101,17 @@ struct Serving {
 }
 
 impl Serving {
+    /// Serves requests until hyper is done with the connection, a timer runs out,
+    /// or the server stops.
     async fn run<IO>(self, io: IO)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let limits = &self.shared.limits;
         let phase = ConnPhase::new(limits.max_header_bytes.max(1), self.accepted);
-        let handler = Handler {
-            app: self.shared.app.clone(),
-            peer: self.peer,
-            proxied: self
-                .shared
-                .trusted_proxies
-                .trusts(canonical(self.peer.ip())),
-            shared: self.shared.clone(),
-            phase: phase.clone(),
-        };
-        let mut builder = http1::Builder::new();
-        builder
-            .keep_alive(true)
-            // herald runs its own header and idle timers (see the module doc).
-            .header_read_timeout(None)
-            // A backstop above the head scanner's own limit; hyper needs 8 KiB.
-            .max_buf_size(limits.max_header_bytes.max(8192) + 8192);
-        let mut conn =
-            builder.serve_connection(TokioIo::new(Guarded::new(io, phase.clone())), handler);
+        let handler = self.handler(&phase);
+        let mut conn = http1_builder(limits.max_header_bytes)
+            .serve_connection(TokioIo::new(Guarded::new(io, phase.clone())), handler);
         let mut stopping = false;
         let timeouts = Timeouts {
             idle: limits.idle_timeout,
@@ -143,14 +129,7 @@ impl Serving {
             tokio::select! {
                 r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
                     let io = conn.into_parts().io.into_inner().into_inner();
-                    match (r, phase.refusal()) {
-                        (Ok(()), _) => close(io).await,
-                        (Err(_), Some(refused)) => {
-                            hit("http_header_bytes");
-                            refuse(io, &head_refusal(refused, limits.max_header_bytes)).await;
-                        }
-                        (Err(e), None) => debug!(peer = %self.peer, error = %e, "HTTP connection failed"),
-                    }
+                    self.served(io, r, &phase).await;
                     return;
                 }
                 _ = timer => {
@@ -162,37 +141,7 @@ impl Serving {
                         continue;
                     }
                     let io = conn.into_parts().io.into_inner().into_inner();
-                    match which {
-                        Due::Idle => {
-                            hit("http_idle_timeout");
-                            close(io).await;
-                        }
-                        Due::Request => {
-                            // A body that never comes (or an answer nobody reads)
-                            // holds a slot no longer.
-                            hit("http_request_timeout");
-                            debug!(peer = %self.peer, "request not finished within limits.http.request_timeout");
-                            close(io).await;
-                        }
-                        Due::Header if !phase.head_started() => {
-                            // A connection that never sent a byte asked nothing:
-                            // it is closed without an answer.
-                            hit("http_header_timeout");
-                            close(io).await;
-                        }
-                        Due::Header => {
-                            hit("http_header_timeout");
-                            let body = refusal(
-                                StatusCode::REQUEST_TIMEOUT,
-                                -408,
-                                &format!(
-                                    "request head not received within {:?} (limits.http.header_timeout)",
-                                    limits.header_timeout
-                                ),
-                            );
-                            refuse(io, &body).await;
-                        }
-                    }
+                    self.timed_out(io, which, &phase).await;
                     return;
                 }
                 _ = phase.changed() => {}
@@ -206,6 +155,88 @@ impl Serving {
             }
         }
     }
+
+    /// What hyper hands each request to.
+    fn handler(&self, phase: &Arc<ConnPhase>) -> Handler {
+        Handler {
+            app: self.shared.app.clone(),
+            peer: self.peer,
+            proxied: self
+                .shared
+                .trusted_proxies
+                .trusts(canonical(self.peer.ip())),
+            shared: self.shared.clone(),
+            phase: phase.clone(),
+        }
+    }
+
+    /// hyper is done with the connection: it is closed, or answered first when the
+    /// head scanner refused a head.
+    async fn served<IO>(&self, io: IO, r: hyper::Result<()>, phase: &ConnPhase)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        match (r, phase.refusal()) {
+            (Ok(()), _) => close(io).await,
+            (Err(_), Some(refused)) => {
+                hit("http_header_bytes");
+                let max = self.shared.limits.max_header_bytes;
+                refuse(io, &head_refusal(refused, max)).await;
+            }
+            (Err(e), None) => debug!(peer = %self.peer, error = %e, "HTTP connection failed"),
+        }
+    }
+
+    /// A timer ran out: the connection is closed, answered 408 first when a head
+    /// started and did not arrive in time.
+    async fn timed_out<IO>(&self, io: IO, which: Due, phase: &ConnPhase)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        match which {
+            Due::Idle => {
+                hit("http_idle_timeout");
+                close(io).await;
+            }
+            Due::Request => {
+                // A body that never comes (or an answer nobody reads) holds a
+                // slot no longer.
+                hit("http_request_timeout");
+                debug!(peer = %self.peer, "request not finished within limits.http.request_timeout");
+                close(io).await;
+            }
+            Due::Header if !phase.head_started() => {
+                // A connection that never sent a byte asked nothing: it is closed
+                // without an answer.
+                hit("http_header_timeout");
+                close(io).await;
+            }
+            Due::Header => {
+                hit("http_header_timeout");
+                let body = refusal(
+                    StatusCode::REQUEST_TIMEOUT,
+                    -408,
+                    &format!(
+                        "request head not received within {:?} (limits.http.header_timeout)",
+                        self.shared.limits.header_timeout
+                    ),
+                );
+                refuse(io, &body).await;
+            }
+        }
+    }
+}
+
+/// hyper's HTTP/1.1 settings: keep-alive, and no header timer of its own.
+fn http1_builder(max_header_bytes: usize) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .keep_alive(true)
+        // herald runs its own header and idle timers (see the module doc).
+        .header_read_timeout(None)
+        // A backstop above the head scanner's own limit; hyper needs 8 KiB.
+        .max_buf_size(max_header_bytes.max(8192) + 8192);
+    builder
 }
 
 /// Closes a connection politely (TLS close_notify, then FIN).

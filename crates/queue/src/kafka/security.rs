@@ -100,7 +100,7 @@ impl std::fmt::Debug for KafkaSecurity {
 impl KafkaSecurity {
     /// The librdkafka properties, or why these settings cannot work.
     pub fn properties(&self) -> Result<Vec<(&'static str, String)>, QueueError> {
-        let invalid = |m: &str| Err(QueueError::Invalid(format!("Kafka: {m}")));
+        let invalid = |m: &str| Err(QueueError::invalid(super::ENGINE, m));
         let mut props = vec![("security.protocol", self.protocol.name().to_string())];
         let tls = &self.tls;
         if self.protocol.tls() {
@@ -112,7 +112,8 @@ impl KafkaSecurity {
             }
             // Read the files now, so a wrong path is reported with its name here
             // rather than by librdkafka at the first connection.
-            herald_tls::client_pem(tls).map_err(|e| QueueError::Invalid(format!("Kafka: {e}")))?;
+            herald_tls::client_pem(tls)
+                .map_err(|e| QueueError::invalid(super::ENGINE, "TLS").caused_by(e))?;
             props.push(("ssl.ca.location", tls.ca_file.display().to_string()));
             if !tls.cert_file.as_os_str().is_empty() {
                 props.push((

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_discovery::{Instance, Registration, Registry};
+use herald_discovery::{Instance, Registration, Registry, RegistryError};
 use herald_queue::{Consumer, Queue, QueueError};
 use herald_rpc::{BroadcastReq, Proto, PushMsg, PushMsgReq, PushType};
 use metrics::{counter, Counter};
@@ -92,7 +92,7 @@ impl Job {
         queue: Arc<dyn Queue>,
         registry: Arc<dyn Registry>,
         connector: Arc<dyn CometConnector>,
-    ) -> Result<Job, QueueError> {
+    ) -> Result<Job, StartError> {
         let metrics = JobMetrics::new();
         let stop = CancellationToken::new();
         let consumers = TaskTracker::new();
@@ -106,8 +106,7 @@ impl Job {
             metrics.clone(),
             (&background, &stop_background),
         )
-        .await
-        .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+        .await?;
         let batcher = Arc::new(RoomBatcher::new(
             cfg.clone(),
             directory.clone(),
@@ -130,8 +129,7 @@ impl Job {
                             version: env!("CARGO_PKG_VERSION").into(),
                             ..Default::default()
                         })
-                        .await
-                        .map_err(|e| QueueError::Unavailable(e.to_string()))?,
+                        .await?,
                 );
                 registration = Some(reg.clone());
                 let ownership = Ownership {
@@ -190,6 +188,17 @@ impl Job {
         self.background.close();
         self.background.wait().await;
     }
+}
+
+/// Why a job could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The registry (comets to watch, or the job's own registration) failed.
+    #[error("job cannot start: {0}")]
+    Registry(#[from] RegistryError),
+    /// The queue would not open a consumer.
+    #[error("job cannot start: {0}")]
+    Queue(#[from] QueueError),
 }
 
 /// appid under which jobs register to divide partitions.

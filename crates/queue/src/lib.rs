@@ -96,14 +96,6 @@ impl QueueError {
         QueueError::failed(QueueErrorKind::Invalid, engine, context)
     }
 
-    /// An unavailable queue described only by text, without its engine or cause:
-    /// for callers that report another component's failure as the queue's (job
-    /// wraps registry failures this way). Prefer [`QueueError::unavailable`].
-    #[allow(non_snake_case)]
-    pub fn Unavailable(message: String) -> QueueError {
-        QueueError::failed(QueueErrorKind::Unavailable, "", message)
-    }
-
     fn failed(
         kind: QueueErrorKind,
         engine: &'static str,

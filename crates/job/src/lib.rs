@@ -142,11 +142,7 @@ impl Job {
                     tasks: consumers.clone(),
                 };
                 let stop = stop.clone();
-                consumers.spawn(async move {
-                    if let Err(e) = ownership.run(stop).await {
-                        warn!(error = %e, "job stopped dividing partitions: the registry failed");
-                    }
-                });
+                consumers.spawn(ownership.run(stop));
             }
             None => {
                 for _ in 0..cfg.consumers.max(1) {

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_discovery::{Instance, Registration, Registry, RegistryError, CLAIM_OWNER};
+use herald_discovery::{Instance, Registration, Registry, CLAIM_OWNER};
 use herald_queue::Queue;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -120,9 +120,13 @@ pub(crate) struct Ownership {
 }
 
 impl Ownership {
-    pub(crate) async fn run(self, stop: CancellationToken) -> Result<(), RegistryError> {
-        let mut jobs = self.registry.watch(JOB_APPID).await?;
-        let mut claims = self.registry.watch(PARTITION_SCOPE).await?;
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        let Some(mut jobs) = self.watch(JOB_APPID, &stop).await else {
+            return;
+        };
+        let Some(mut claims) = self.watch(PARTITION_SCOPE, &stop).await else {
+            return;
+        };
         let mut losses = self.registration.lease_losses();
         losses.borrow_and_update();
         let mut running: BTreeMap<u32, Running> = BTreeMap::new();
@@ -190,7 +194,27 @@ impl Ownership {
         }
         let all: Vec<u32> = running.keys().copied().collect();
         self.hand_over(&mut running, &all, true).await;
-        Ok(())
+    }
+
+    /// Watches `appid`, retrying while the registry does not answer (`None` once
+    /// stopped).
+    async fn watch(
+        &self,
+        appid: &str,
+        stop: &CancellationToken,
+    ) -> Option<tokio::sync::watch::Receiver<herald_discovery::Instances>> {
+        loop {
+            match self.registry.watch(appid).await {
+                Ok(w) => return Some(w),
+                Err(e) => {
+                    warn!(%appid, error = %e, "cannot watch the registry; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(RETRY) => {}
+                    }
+                }
+            }
+        }
     }
 
     fn start(&self, p: u32, stop: &CancellationToken) -> Running {

@@ -625,6 +625,36 @@ impl Config {
         })
     }
 
+    /// This configuration with its secrets replaced by `***`: passwords, tokens,
+    /// the HMAC secret, webhook header values, and the passwords inside URLs. What
+    /// `herald config` prints unless asked for the secrets.
+    pub fn redacted(&self) -> Config {
+        fn hide(s: &mut String) {
+            if !s.is_empty() {
+                *s = "***".into();
+            }
+        }
+        fn hide_url(s: &mut String) {
+            *s = crate::engines::redact(s);
+        }
+        let mut c = self.clone();
+        hide(&mut c.auth.jwt.secret);
+        for v in c.auth.webhook.headers.values_mut() {
+            hide(v);
+        }
+        hide_url(&mut c.auth.webhook.url);
+        hide_url(&mut c.auth.jwt.jwks_url);
+        hide_url(&mut c.store.redis_url);
+        hide_url(&mut c.queue.redis.url);
+        hide_url(&mut c.queue.nats.url);
+        hide(&mut c.queue.nats.password);
+        hide(&mut c.queue.nats.token);
+        hide(&mut c.queue.kafka.sasl_password);
+        hide(&mut c.discovery.password);
+        hide(&mut c.rpc.token);
+        c
+    }
+
     /// The server id in force for standalone (`<host>:3109` by default).
     pub fn server_id(&self) -> String {
         self.server_id_with_port(self.rpc.comet_addr().port())

@@ -63,6 +63,9 @@ enum Command {
         /// TOML configuration file to merge over the defaults.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Print passwords, tokens and secrets as they are (by default `***`).
+        #[arg(long)]
+        show_secrets: bool,
     },
     /// Manage HTTP API keys.
     Apikey {
@@ -99,8 +102,16 @@ fn main() -> anyhow::Result<()> {
                 },
             )
         }
-        Command::Config { config } => {
-            let cfg = Config::load(config.as_deref())?;
+        Command::Config {
+            config,
+            show_secrets,
+        } => {
+            let loaded = Config::load(config.as_deref())?;
+            let cfg = if show_secrets {
+                loaded
+            } else {
+                loaded.redacted()
+            };
             print!(
                 "{}",
                 toml::to_string(&cfg).context("cannot render configuration")?

@@ -194,6 +194,60 @@ fn bad_configuration_is_a_clear_error() {
     );
 }
 
+/// `herald config` shows secrets as `***` unless asked, and then as they are.
+#[test]
+fn printed_configuration_hides_secrets() {
+    let run = |show: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.arg("config");
+        if show {
+            cmd.arg("--show-secrets");
+        }
+        let out = cmd
+            .env(
+                "HERALD_AUTH__JWT__SECRET",
+                "hmac-secret-of-the-test-0123456789",
+            )
+            .env("HERALD_RPC__TOKEN", "cluster-token-of-the-test")
+            .env(
+                "HERALD_STORE__REDIS_URL",
+                "redis://herald:redis-pw@10.0.0.1:6379/0",
+            )
+            .env("HERALD_QUEUE__NATS__PASSWORD", "nats-pw")
+            .env("HERALD_QUEUE__KAFKA__SASL_PASSWORD", "kafka-pw")
+            .env("HERALD_DISCOVERY__PASSWORD", "etcd-pw")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let secrets = [
+        "hmac-secret-of-the-test-0123456789",
+        "cluster-token-of-the-test",
+        "redis-pw",
+        "nats-pw",
+        "kafka-pw",
+        "etcd-pw",
+    ];
+    let hidden = run(false);
+    for s in secrets {
+        assert!(!hidden.contains(s), "{s} printed: {hidden}");
+    }
+    assert!(
+        hidden.contains("redis://herald:***@10.0.0.1:6379/0"),
+        "{hidden}"
+    );
+    assert!(hidden.contains("token = \"***\""), "{hidden}");
+    let shown = run(true);
+    for s in secrets {
+        assert!(shown.contains(s), "{s} not printed with --show-secrets");
+    }
+}
+
 /// Every configuration shipped under `deploy/` loads (`herald config` rejects
 /// unknown keys and bad values); the one-machine cluster's logic and job files
 /// with each queue backend its script can pick.

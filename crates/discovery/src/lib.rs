@@ -83,82 +83,14 @@ impl std::fmt::Display for RegistryErrorKind {
     }
 }
 
+impl herald_failure::Kind for RegistryErrorKind {
+    const SEAM: &'static str = "registry";
+}
+
 /// Why a registry operation failed: its kind, the engine, what was being done,
 /// and the engine's own error ([`std::error::Error::source`]). It reads, for
 /// logs, `etcd registry unavailable: <what>: <cause>`.
-#[derive(Debug)]
-pub struct RegistryError {
-    kind: RegistryErrorKind,
-    engine: &'static str,
-    context: String,
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
-
-impl RegistryError {
-    /// The registry (`engine`, e.g. `etcd`) is unreachable or cannot do
-    /// `context` now.
-    pub fn unavailable(engine: &'static str, context: impl Into<String>) -> RegistryError {
-        RegistryError::new(RegistryErrorKind::Unavailable, engine, context)
-    }
-
-    /// The registry refused this process's settings for `context`.
-    pub fn invalid(engine: &'static str, context: impl Into<String>) -> RegistryError {
-        RegistryError::new(RegistryErrorKind::Invalid, engine, context)
-    }
-
-    fn new(
-        kind: RegistryErrorKind,
-        engine: &'static str,
-        context: impl Into<String>,
-    ) -> RegistryError {
-        RegistryError {
-            kind,
-            engine,
-            context: context.into(),
-            source: None,
-        }
-    }
-
-    /// The same failure, caused by `source` (the engine's or client's error).
-    pub fn caused_by(
-        mut self,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> RegistryError {
-        self.source = Some(source.into());
-        self
-    }
-
-    /// What kind of failure this is.
-    pub fn kind(&self) -> RegistryErrorKind {
-        self.kind
-    }
-
-    /// The engine that failed.
-    pub fn engine(&self) -> &'static str {
-        self.engine
-    }
-}
-
-impl std::fmt::Display for RegistryError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} registry {}", self.engine, self.kind)?;
-        if !self.context.is_empty() {
-            write!(f, ": {}", self.context)?;
-        }
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for RegistryError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn std::error::Error + 'static))
-    }
-}
+pub type RegistryError = herald_failure::Failure<RegistryErrorKind>;
 
 /// The live instances of one appid; replaced whole on every change.
 pub type Instances = Arc<Vec<Instance>>;

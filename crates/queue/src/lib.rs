@@ -68,17 +68,15 @@ pub enum QueueError {
     Failed(QueueFailure),
 }
 
-/// A queue operation the engine failed or refused. It reads, for logs,
+impl herald_failure::Kind for QueueErrorKind {
+    const SEAM: &'static str = "queue";
+}
+
+/// A queue operation the engine failed or refused (never of kind
+/// [`QueueErrorKind::Closed`]). It reads, for logs,
 /// `kafka queue unavailable: <what>: <cause>`; the cause is also its
 /// [`std::error::Error::source`].
-#[derive(Debug)]
-pub struct QueueFailure {
-    /// Never [`QueueErrorKind::Closed`].
-    kind: QueueErrorKind,
-    engine: &'static str,
-    context: String,
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
+pub type QueueFailure = herald_failure::Failure<QueueErrorKind>;
 
 impl QueueError {
     /// The engine (e.g. `kafka`) is unreachable or refused `context`.
@@ -101,12 +99,7 @@ impl QueueError {
         engine: &'static str,
         context: impl Into<String>,
     ) -> QueueError {
-        QueueError::Failed(QueueFailure {
-            kind,
-            engine,
-            context: context.into(),
-            source: None,
-        })
+        QueueError::Failed(QueueFailure::new(kind, engine, context))
     }
 
     /// The same failure, caused by `source` (the engine's or client's error).
@@ -116,10 +109,7 @@ impl QueueError {
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> QueueError {
         match self {
-            QueueError::Failed(mut f) => {
-                f.source = Some(source.into());
-                QueueError::Failed(f)
-            }
+            QueueError::Failed(f) => QueueError::Failed(f.caused_by(source)),
             QueueError::Closed => QueueError::Closed,
         }
     }
@@ -128,14 +118,14 @@ impl QueueError {
     pub fn kind(&self) -> QueueErrorKind {
         match self {
             QueueError::Closed => QueueErrorKind::Closed,
-            QueueError::Failed(f) => f.kind,
+            QueueError::Failed(f) => f.kind(),
         }
     }
 
     /// The engine that failed, if one did.
     pub fn engine(&self) -> Option<&'static str> {
         match self {
-            QueueError::Failed(f) if !f.engine.is_empty() => Some(f.engine),
+            QueueError::Failed(f) if !f.engine().is_empty() => Some(f.engine()),
             _ => None,
         }
     }
@@ -150,30 +140,11 @@ impl std::fmt::Display for QueueError {
     }
 }
 
-impl std::fmt::Display for QueueFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if !self.engine.is_empty() {
-            write!(f, "{} ", self.engine)?;
-        }
-        write!(f, "queue {}", self.kind)?;
-        if !self.context.is_empty() {
-            write!(f, ": {}", self.context)?;
-        }
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
-        Ok(())
-    }
-}
-
 impl std::error::Error for QueueError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             QueueError::Closed => None,
-            QueueError::Failed(f) => f
-                .source
-                .as_deref()
-                .map(|s| s as &(dyn std::error::Error + 'static)),
+            QueueError::Failed(f) => f.source(),
         }
     }
 }

@@ -45,77 +45,14 @@ impl std::fmt::Display for StoreErrorKind {
     }
 }
 
+impl herald_failure::Kind for StoreErrorKind {
+    const SEAM: &'static str = "store";
+}
+
 /// Why a store operation failed: its kind, the engine, what was being done, and
 /// the engine's own error ([`std::error::Error::source`]). It reads, for logs,
 /// `redis store unavailable: <what>: <cause>`.
-#[derive(Debug)]
-pub struct StoreError {
-    kind: StoreErrorKind,
-    engine: &'static str,
-    context: String,
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
-
-impl StoreError {
-    /// The engine (e.g. `redis`) is unreachable or failed while doing `context`.
-    pub fn unavailable(engine: &'static str, context: impl Into<String>) -> StoreError {
-        StoreError::new(StoreErrorKind::Unavailable, engine, context)
-    }
-
-    /// The engine holds data that cannot be read (`context` says which).
-    pub fn corrupt(engine: &'static str, context: impl Into<String>) -> StoreError {
-        StoreError::new(StoreErrorKind::Corrupt, engine, context)
-    }
-
-    fn new(kind: StoreErrorKind, engine: &'static str, context: impl Into<String>) -> StoreError {
-        StoreError {
-            kind,
-            engine,
-            context: context.into(),
-            source: None,
-        }
-    }
-
-    /// The same failure, caused by `source` (the engine's or client's error).
-    pub fn caused_by(
-        mut self,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> StoreError {
-        self.source = Some(source.into());
-        self
-    }
-
-    /// What kind of failure this is.
-    pub fn kind(&self) -> StoreErrorKind {
-        self.kind
-    }
-
-    /// The engine that failed.
-    pub fn engine(&self) -> &'static str {
-        self.engine
-    }
-}
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} store {}", self.engine, self.kind)?;
-        if !self.context.is_empty() {
-            write!(f, ": {}", self.context)?;
-        }
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for StoreError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn std::error::Error + 'static))
-    }
-}
+pub type StoreError = herald_failure::Failure<StoreErrorKind>;
 
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -25,7 +25,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
-use crate::{OnlineStore, ServerOnline, SessionStore, StoreError, StoreResult};
+use crate::{OnlineStore, ServerOnline, SessionStore, StoreError, StoreErrorKind, StoreResult};
 
 /// Fields of an `ol_` hash (goim's partition count).
 const PARTITIONS: u64 = 64;
@@ -97,7 +97,7 @@ pub struct RedisStore {
 const ENGINE: &str = "redis";
 
 fn unavailable(e: redis::RedisError) -> StoreError {
-    StoreError::unavailable(ENGINE, "").caused_by(e)
+    StoreError::new(StoreErrorKind::Unavailable, ENGINE, "").caused_by(e)
 }
 
 fn partition(room: &str) -> u64 {
@@ -120,8 +120,9 @@ impl RedisStore {
         prefix: &str,
         ttl: Duration,
     ) -> StoreResult<RedisStore> {
-        let client = herald_tls::redis::client(url, tls)
-            .map_err(|e| StoreError::unavailable(ENGINE, "client settings").caused_by(e))?;
+        let client = herald_tls::redis::client(url, tls).map_err(|e| {
+            StoreError::new(StoreErrorKind::Unavailable, ENGINE, "client settings").caused_by(e)
+        })?;
         // Bounded waits: with Redis down a call fails within seconds (the push API
         // answers 503) instead of queueing behind reconnection attempts.
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -282,7 +283,10 @@ impl OnlineStore for RedisStore {
                 room_count: rooms,
                 updated: online.updated,
             })
-            .map_err(|e| StoreError::corrupt(ENGINE, "online counts to write").caused_by(e))?;
+            .map_err(|e| {
+                StoreError::new(StoreErrorKind::Corrupt, ENGINE, "online counts to write")
+                    .caused_by(e)
+            })?;
             pipe.hset(&key, p.to_string(), value).ignore();
         }
         pipe.expire(&key, self.ttl_secs as i64).ignore();
@@ -305,7 +309,12 @@ impl OnlineStore for RedisStore {
         };
         for value in fields.values() {
             let p: Partition = serde_json::from_str(value).map_err(|e| {
-                StoreError::corrupt(ENGINE, format!("online counts of {server}")).caused_by(e)
+                StoreError::new(
+                    StoreErrorKind::Corrupt,
+                    ENGINE,
+                    format!("online counts of {server}"),
+                )
+                .caused_by(e)
             })?;
             out.room_count.extend(p.room_count);
             out.updated = out.updated.max(p.updated);

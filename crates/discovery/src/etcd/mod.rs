@@ -56,7 +56,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::{Instance, Instances, Registration, Registry, RegistryError};
+use crate::{Instance, Instances, Registration, Registry, RegistryError, RegistryErrorKind};
 
 pub mod auth;
 pub mod client;
@@ -116,7 +116,7 @@ impl EtcdConfig {
     /// TLS and the user of this configuration; files that cannot be used are an
     /// error ([`RegistryError::Invalid`]).
     pub fn security(&self) -> Result<Security, RegistryError> {
-        let invalid = |what: &str| RegistryError::invalid(ENGINE, what);
+        let invalid = |what: &str| RegistryError::new(RegistryErrorKind::Invalid, ENGINE, what);
         let tls = if self.tls.is_enabled() {
             let config = herald_tls::client_config(&self.tls, &[herald_tls::transport::ALPN_H2])
                 .map_err(|e| invalid("TLS settings").caused_by(e))?;
@@ -157,7 +157,7 @@ fn backoff(current: &mut Duration) -> Duration {
 const ENGINE: &str = "etcd";
 
 fn unavailable(e: EtcdError) -> RegistryError {
-    RegistryError::unavailable(ENGINE, "").caused_by(e)
+    RegistryError::new(RegistryErrorKind::Unavailable, ENGINE, "").caused_by(e)
 }
 
 fn now_nanos() -> i64 {
@@ -189,7 +189,7 @@ impl EtcdRegistry {
         .map_err(|e| {
             // A refused password or bad setting will not get better by retrying.
             if e.code() == tonic::Code::InvalidArgument {
-                RegistryError::invalid(ENGINE, "connect").caused_by(e)
+                RegistryError::new(RegistryErrorKind::Invalid, ENGINE, "connect").caused_by(e)
             } else {
                 unavailable(e)
             }

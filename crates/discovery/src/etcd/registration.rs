@@ -14,7 +14,7 @@ use tracing::{debug, info, trace, warn};
 use super::client::{self, EtcdClient, EtcdError};
 use super::wire::{self, LeaseKeepAliveRequest};
 use super::{backoff, now_nanos, unavailable, ENGINE, MIN_BACKOFF};
-use crate::{Instance, Registration, RegistryError, CLAIM_OWNER};
+use crate::{Instance, Registration, RegistryError, RegistryErrorKind, CLAIM_OWNER};
 
 /// A command from a [`Registration`] handle to its keeper task.
 enum Cmd {
@@ -51,7 +51,8 @@ impl EtcdRegistration {
 }
 
 fn deregistered<T>() -> Result<T, RegistryError> {
-    Err(RegistryError::unavailable(
+    Err(RegistryError::new(
+        RegistryErrorKind::Unavailable,
         ENGINE,
         "the registration was withdrawn",
     ))
@@ -238,13 +239,13 @@ impl Keeper {
                         }
                         Some(Cmd::Update(metadata, reply)) => {
                             self.set_metadata(metadata);
-                            let _ = reply.send(Err(RegistryError::unavailable(
+                            let _ = reply.send(Err(RegistryError::new(RegistryErrorKind::Unavailable,
                                 ENGINE,
                                 "the registration is being renewed; the metadata will be written with it",
                             )));
                         }
                         Some(Cmd::Claim(_, reply)) => {
-                            let _ = reply.send(Err(RegistryError::unavailable(
+                            let _ = reply.send(Err(RegistryError::new(RegistryErrorKind::Unavailable,
                                 ENGINE,
                                 "the registration is being renewed; claim again once it is",
                             )));

@@ -386,6 +386,47 @@ async fn huge_sub_frames_do_not_stall_anyone() {
     println!("sub growth: worst healthy delivery {worst:?}");
 }
 
+/// One round of a busy room: `pushes` room pushes of `body` (op 1001), then a
+/// probe labelled `label` (op 1000) that every healthy client must read after
+/// them; answers how long the probe took to reach the last one.
+async fn busy_round(
+    s: &Server,
+    ok: &mut [Client],
+    pushes: usize,
+    body: &[u8],
+    label: &str,
+) -> Duration {
+    for _ in 0..pushes {
+        let r = post(
+            s.http,
+            "/goim/push/room?operation=1001&type=live&room=healthy",
+            body,
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    let started = Instant::now();
+    let r = post(
+        s.http,
+        "/goim/push/room?operation=1000&type=live&room=healthy",
+        label.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    for c in ok.iter_mut() {
+        loop {
+            let f = tokio::time::timeout(BUSY_STALL, c.recv_push())
+                .await
+                .unwrap_or_else(|_| panic!("{label}: healthy client stalled"));
+            if f.op == 1000 {
+                assert_eq!(f.body, label.as_bytes());
+                break;
+            }
+        }
+    }
+    started.elapsed()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_slow_readers_in_a_busy_room() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -410,37 +451,8 @@ async fn two_thousand_slow_readers_in_a_busy_room() {
     let mut peak = 0;
     let mut worst = Duration::ZERO;
     for second in 0..10 {
-        for _ in 0..20 {
-            let r = post(
-                s.http,
-                "/goim/push/room?operation=1001&type=live&room=healthy",
-                &body,
-            )
-            .await;
-            assert_eq!(r.status, 200);
-        }
-        // The healthy clients read everything, probes included.
-        let label = format!("busy-{second}");
-        let started = Instant::now();
-        let r = post(
-            s.http,
-            "/goim/push/room?operation=1000&type=live&room=healthy",
-            label.as_bytes(),
-        )
-        .await;
-        assert_eq!(r.status, 200);
-        for c in ok.iter_mut() {
-            loop {
-                let f = tokio::time::timeout(BUSY_STALL, c.recv_push())
-                    .await
-                    .unwrap_or_else(|_| panic!("{label}: healthy client stalled"));
-                if f.op == 1000 {
-                    assert_eq!(f.body, label.as_bytes());
-                    break;
-                }
-            }
-        }
-        worst = worst.max(started.elapsed());
+        let took = busy_round(&s, &mut ok, 20, &body, &format!("busy-{second}")).await;
+        worst = worst.max(took);
         peak = peak.max(s.rss());
     }
     let grown = peak.saturating_sub(baseline);
@@ -502,33 +514,7 @@ async fn five_hundred_slow_tls_readers_in_a_busy_room() {
     let body = vec![b't'; 64 * 1024];
     let mut peak = 0;
     for round in 0..10 {
-        for _ in 0..10 {
-            let r = post(
-                s.http,
-                "/goim/push/room?operation=1001&type=live&room=healthy",
-                &body,
-            )
-            .await;
-            assert_eq!(r.status, 200);
-        }
-        let label = format!("tls-busy-{round}");
-        let r = post(
-            s.http,
-            "/goim/push/room?operation=1000&type=live&room=healthy",
-            label.as_bytes(),
-        )
-        .await;
-        assert_eq!(r.status, 200);
-        for c in ok.iter_mut() {
-            loop {
-                let f = tokio::time::timeout(BUSY_STALL, c.recv_push())
-                    .await
-                    .unwrap_or_else(|_| panic!("{label}: healthy client stalled"));
-                if f.op == 1000 {
-                    break;
-                }
-            }
-        }
+        busy_round(&s, &mut ok, 10, &body, &format!("tls-busy-{round}")).await;
         peak = peak.max(s.rss());
     }
     let grown = peak.saturating_sub(after_connect);

@@ -5,13 +5,17 @@
 //! it wakes (plus, optionally, what arrives within `room_window`) and flushes. Batches
 //! form naturally while a flush is in flight. One task per room keeps the room's
 //! messages in order; an idle task retires after `room_idle`.
+//!
+//! A room whose type keeps history sends each frame's offset with the batch
+//! (`BroadcastRoomReq.offsets`); a batch never mixes epochs, or positioned and
+//! unpositioned frames: a message that would is left for the next batch.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use herald_proto::raw::RawBatch;
-use herald_rpc::{BroadcastRoomReq, Proto};
+use herald_rpc::{BroadcastRoomReq, Position, Proto};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +27,20 @@ use crate::{JobConfig, JobMetrics};
 struct Item {
     op: i32,
     msg: Bytes,
+    position: Option<Position>,
     delivery: InFlight,
+}
+
+impl Item {
+    /// Whether `next` may share a batch with this item (same epoch, or both
+    /// without a position).
+    fn batches_with(&self, next: &Item) -> bool {
+        match (&self.position, &next.position) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.epoch == b.epoch,
+            _ => false,
+        }
+    }
 }
 
 /// Per-room batching tasks.
@@ -80,8 +97,20 @@ impl RoomBatcher {
     /// before the task decides to retire (so it does not), or goes to a new task
     /// after the old one closed its queue empty. Either way one room's messages
     /// stay in order.
-    pub(crate) async fn push(&self, room: String, op: i32, msg: Bytes, delivery: InFlight) {
-        let mut item = Item { op, msg, delivery };
+    pub(crate) async fn push(
+        &self,
+        room: String,
+        op: i32,
+        msg: Bytes,
+        position: Option<Position>,
+        delivery: InFlight,
+    ) {
+        let mut item = Item {
+            op,
+            msg,
+            position,
+            delivery,
+        };
         loop {
             let tx = {
                 let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
@@ -183,13 +212,34 @@ async fn room_task(
     }
 }
 
-/// Sends one batch to every comet and acknowledges its messages when all calls
-/// have returned.
+/// Sends `items` to every comet, as one batch per run of items that may share
+/// one (usually all of them), and acknowledges each batch's messages when all
+/// its calls have returned.
 async fn flush(room: &str, items: &mut Vec<Item>, directory: &Directory, metrics: &JobMetrics) {
+    let mut rest = items.drain(..).peekable();
+    while let Some(first) = rest.next() {
+        let mut run = vec![first];
+        while let Some(next) = rest.next_if(|n| run[0].batches_with(n)) {
+            run.push(next);
+        }
+        flush_batch(room, run, directory, metrics).await;
+    }
+}
+
+async fn flush_batch(room: &str, items: Vec<Item>, directory: &Directory, metrics: &JobMetrics) {
     let mut batch = RawBatch::with_capacity(items.iter().map(|i| i.msg.len() + 16).sum());
     let mut deliveries = Vec::with_capacity(items.len());
-    for item in items.drain(..) {
+    let epoch = items[0]
+        .position
+        .as_ref()
+        .map(|p| p.epoch.clone())
+        .unwrap_or_default();
+    let mut offsets = Vec::new();
+    for item in items {
         batch.push(item.op, &item.msg);
+        if let Some(p) = &item.position {
+            offsets.push(p.offset);
+        }
         deliveries.push(item.delivery);
     }
     metrics.room_batches.increment(1);
@@ -200,6 +250,8 @@ async fn flush(room: &str, items: &mut Vec<Item>, directory: &Directory, metrics
         let req = BroadcastRoomReq {
             room_id: room.to_string(),
             proto: Some(Proto::raw(body.clone())),
+            epoch: epoch.clone(),
+            offsets: offsets.clone(),
         };
         link.send(Work::Room(req), ack.clone()).await;
     }

@@ -331,13 +331,14 @@ async fn dispatch(delivery: InFlight, workers: &Workers) {
                     &msg.msg,
                 ))),
                 proto_op: msg.operation,
+                position: msg.position,
             };
             link.send(Work::Push(req), ack).await;
         }
         Ok(PushType::Room) => {
             metrics.consumed_room.increment(1);
             batcher
-                .push(msg.room, msg.operation, msg.msg, delivery)
+                .push(msg.room, msg.operation, msg.msg, msg.position, delivery)
                 .await;
         }
         Ok(PushType::Broadcast) => {

@@ -320,6 +320,7 @@ impl Logic {
                 room: String::new(),
                 keys,
                 msg: msg.clone(),
+                position: None,
             })
             .await?;
         }
@@ -392,6 +393,7 @@ impl Logic {
             room: room_key(typ, room),
             keys: Vec::new(),
             msg,
+            position: None,
         })
         .await
     }
@@ -409,6 +411,7 @@ impl Logic {
             room: String::new(),
             keys: Vec::new(),
             msg,
+            position: None,
         })
         .await
     }

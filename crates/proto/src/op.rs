@@ -50,6 +50,13 @@ impl Op {
     /// herald: refresh reply; JSON `{"code":0,"expires_at":…}` or
     /// `{"code":-401,"message":…}`.
     pub const REFRESH_REPLY: i32 = 23;
+    /// herald: a push with its stream position, sent only to connections that
+    /// asked for recovery: kind byte, 8-byte offset, then the push frame
+    /// (`recovery`).
+    pub const POSITIONED: i32 = 24;
+    /// herald: where the connection's streams stand (JSON), sent only to
+    /// connections that asked for recovery (`recovery`).
+    pub const STREAMS: i32 = 25;
 }
 
 /// Parses a sub/unsub body such as `"1000,1001"`.

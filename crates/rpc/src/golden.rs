@@ -16,7 +16,7 @@ use prost::Message;
 
 use crate::comet::*;
 use crate::logic::*;
-use crate::protocol::Proto;
+use crate::protocol::{Position, Proto};
 
 /// `msg` encodes to exactly `wire`, and `wire` decodes to `msg`.
 #[track_caller]
@@ -56,6 +56,7 @@ fn comet_push_msg() {
         keys: vec!["k1".into(), "k2".into()],
         proto: Some(raw_x()),
         proto_op: 1000,
+        position: None,
     };
     // keys=1 (LEN, once per key), proto=2 (LEN), protoOp=3 (VARINT 1000 = e8 07).
     golden(
@@ -94,13 +95,60 @@ fn comet_broadcast_room() {
     let req = BroadcastRoomReq {
         room_id: "live://1".into(),
         proto: Some(raw_x()),
+        epoch: String::new(),
+        offsets: vec![],
     };
-    // roomID=1 (LEN), proto=2 (LEN).
+    // roomID=1 (LEN), proto=2 (LEN); herald's epoch and offsets absent.
     golden(
         &req,
         &[&[0x0a, 8][..], b"live://1", &[0x12, 7], &RAW_X].concat(),
     );
     golden(&BroadcastRoomReply {}, &[]);
+}
+
+#[test]
+fn comet_broadcast_room_with_positions() {
+    let req = BroadcastRoomReq {
+        room_id: "r".into(),
+        proto: None,
+        epoch: "e".into(),
+        offsets: vec![7, 300],
+    };
+    // roomID=1 (LEN); epoch=16 (LEN: tag 0x82 0x01); offsets=17, packed
+    // (LEN: tag 0x8a 0x01; 7, 300 = ac 02).
+    golden(
+        &req,
+        &[
+            &[0x0a, 1, b'r', 0x82, 0x01, 1, b'e'][..],
+            &[0x8a, 0x01, 3, 7, 0xac, 0x02],
+        ]
+        .concat(),
+    );
+}
+
+#[test]
+fn comet_push_msg_with_position() {
+    let req = PushMsgReq {
+        keys: vec!["k".into()],
+        proto: None,
+        proto_op: 0,
+        position: Some(Position {
+            stream: "mid:1".into(),
+            epoch: "e".into(),
+            offset: 2,
+        }),
+    };
+    // keys=1 (LEN); position=16 (LEN: tag 0x82 0x01, 12 bytes): stream=1 (LEN),
+    // epoch=2 (LEN), offset=3 (VARINT).
+    golden(
+        &req,
+        &[
+            &[0x0a, 1, b'k', 0x82, 0x01, 12, 0x0a, 5][..],
+            b"mid:1",
+            &[0x12, 1, b'e', 0x18, 2],
+        ]
+        .concat(),
+    );
 }
 
 #[test]
@@ -130,6 +178,7 @@ fn logic_push_msg() {
         room: String::new(),
         keys: vec!["k".into()],
         msg: Bytes::from_static(b"hi"),
+        position: None,
     };
     // PUSH = 0 is not written.
     golden(

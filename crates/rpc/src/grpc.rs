@@ -32,7 +32,8 @@ use crate::comet::{
 };
 use crate::logic::{
     ConnectReply, ConnectReq, DisconnectReply, DisconnectReq, HeartbeatReply, HeartbeatReq,
-    LogicService, NodesReply, NodesReq, OnlineReply, OnlineReq, ReceiveReply, ReceiveReq,
+    HistoryReply, HistoryReq, LogicService, NodesReply, NodesReq, OnlineReply, OnlineReq,
+    ReceiveReply, ReceiveReq,
 };
 use crate::transport::Dialer;
 use crate::{ErrorKind, RpcError, RpcResult};
@@ -297,6 +298,10 @@ impl Logic for LogicGrpc {
     async fn refresh(&self, r: Request<ConnectReq>) -> Result<Response<ConnectReply>, Status> {
         Ok(Response::new(self.0.refresh(r.into_inner()).await?))
     }
+
+    async fn history(&self, r: Request<HistoryReq>) -> Result<Response<HistoryReply>, Status> {
+        Ok(Response::new(self.0.history(r.into_inner()).await?))
+    }
 }
 
 /// The tonic service for logic, ready for `tonic::transport::Server::add_service`.
@@ -398,6 +403,15 @@ impl LogicService for RemoteLogic {
         let mut c = self.client.clone();
         let r = c
             .refresh(self.dialer.request(req))
+            .await
+            .map_err(|s| status_error(&self.addr, s))?;
+        Ok(r.into_inner())
+    }
+
+    async fn history(&self, req: HistoryReq) -> RpcResult<HistoryReply> {
+        let mut c = self.client.clone();
+        let r = c
+            .history(self.dialer.request(req))
             .await
             .map_err(|s| status_error(&self.addr, s))?;
         Ok(r.into_inner())
@@ -548,6 +562,15 @@ impl LogicService for LogicPool {
         self.call(true, |c| {
             let req = req.clone();
             async move { c.refresh(req).await }
+        })
+        .await
+    }
+
+    async fn history(&self, req: HistoryReq) -> RpcResult<HistoryReply> {
+        // Reads (it may create the stream's epoch, the same on any logic).
+        self.call(true, |c| {
+            let req = req.clone();
+            async move { c.history(req).await }
         })
         .await
     }

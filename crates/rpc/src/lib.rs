@@ -49,9 +49,10 @@ pub mod goim {
 pub use comet::{BroadcastReq, BroadcastRoomReq, CometService, PushMsgReq, RoomsReply};
 pub use logic::{
     Backoff, ConnectReply, ConnectReq, DisconnectReply, DisconnectReq, Grant, HeartbeatReq,
-    LogicService, NodesReply, NodesReq, OnlineReply, OnlineReq, PushMsg, PushType, ReceiveReq,
+    HistoryEntry, HistoryReply, HistoryReq, LogicService, NodesReply, NodesReq, OnlineReply,
+    OnlineReq, PushMsg, PushType, ReceiveReq,
 };
-pub use protocol::Proto;
+pub use protocol::{Position, Proto};
 
 /// What went wrong in a call between tiers. Mirrors the gRPC status codes that the
 /// remote transport uses, so a caller can tell a bad request from an outage.

@@ -7,7 +7,8 @@ use crate::RpcResult;
 pub use crate::goim::logic::push_msg::Type as PushType;
 pub use crate::goim::logic::{
     Backoff, ConnectReply, ConnectReq, DisconnectReply, DisconnectReq, Grant, HeartbeatReply,
-    HeartbeatReq, NodesReply, NodesReq, OnlineReply, OnlineReq, PushMsg, ReceiveReply, ReceiveReq,
+    HeartbeatReq, HistoryEntry, HistoryReply, HistoryReq, NodesReply, NodesReq, OnlineReply,
+    OnlineReq, PushMsg, ReceiveReply, ReceiveReq,
 };
 
 impl Grant {
@@ -66,6 +67,12 @@ pub trait LogicService: Send + Sync + 'static {
     /// Checks fresh credentials of an authenticated connection (token refresh) and
     /// returns who they name and what they grant; writes no route.
     async fn refresh(&self, req: ConnectReq) -> RpcResult<ConnectReply>;
+    /// Reads a stream's history after a position (herald: recovery). A logic
+    /// that keeps no history answers `enabled: false`.
+    async fn history(&self, req: HistoryReq) -> RpcResult<HistoryReply> {
+        let _ = req;
+        Ok(HistoryReply::default())
+    }
 }
 
 #[cfg(test)]
@@ -84,6 +91,7 @@ mod tests {
             room: "live://1".into(),
             keys: vec![],
             msg: Bytes::from_static(b"hi"),
+            position: None,
         };
         let bytes = m.encode_to_vec();
         // type=1 (tag 1 varint), operation=1000 (tag 2), room (tag 5), msg (tag 7)

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-pub use crate::goim::protocol::Proto;
+pub use crate::goim::protocol::{Position, Proto};
 
 impl Proto {
     /// An OpRaw proto whose body is one or more encoded client frames.

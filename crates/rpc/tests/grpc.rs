@@ -387,6 +387,7 @@ async fn comet_answers_on_goims_method_paths() {
                 keys: vec!["k1".into(), "k2".into()],
                 proto: Some(Proto::raw(Bytes::from_static(b"frames"))),
                 proto_op: 1000,
+                ..Default::default()
             }),
             path,
             tonic_prost::ProstCodec::default(),
@@ -405,6 +406,7 @@ async fn comet_answers_on_goims_method_paths() {
     c.broadcast_room(BroadcastRoomReq {
         room_id: "live://1".into(),
         proto: Some(Proto::raw(Bytes::new())),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -415,6 +417,7 @@ async fn comet_answers_on_goims_method_paths() {
         .broadcast_room(BroadcastRoomReq {
             room_id: String::new(),
             proto: Some(Proto::raw(Bytes::new())),
+            ..Default::default()
         })
         .await
         .unwrap_err();

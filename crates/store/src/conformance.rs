@@ -174,3 +174,90 @@ mod tests {
         online_reports(&s).await.unwrap();
     }
 }
+
+/// History: positions grow by one per append, reads return what followed a
+/// position, trimming and epoch changes are reported as incomplete, retracted
+/// entries are left out without counting as lost.
+pub async fn history(h: &dyn crate::HistoryStore) -> CheckResult {
+    use bytes::Bytes;
+    let e = |e: crate::StoreError| e.to_string();
+    let p = crate::HistoryPolicy {
+        size: 3,
+        ttl: std::time::Duration::from_secs(60),
+        meta_ttl: std::time::Duration::from_secs(600),
+    };
+    let stream = format!("conf://history-{}", crate::history::new_epoch());
+    // A read before any append creates the epoch: what follows is in it.
+    let empty = h.read(&stream, &p, "", 0, 0).await.map_err(e)?;
+    check(
+        empty.top == 0 && empty.entries.is_empty() && !empty.epoch.is_empty(),
+        || format!("read of a new stream: {empty:?}"),
+    )?;
+    let mut offsets = Vec::new();
+    for i in 1..=5u8 {
+        let a = h
+            .append(&stream, &p, Bytes::from(vec![i]))
+            .await
+            .map_err(e)?;
+        check(a.epoch == empty.epoch, || {
+            format!("epoch changed: {} → {}", empty.epoch, a.epoch)
+        })?;
+        offsets.push(a.offset);
+    }
+    check(offsets == vec![1, 2, 3, 4, 5], || {
+        format!("offsets: {offsets:?}")
+    })?;
+    let epoch = empty.epoch;
+    // Size 3 keeps 3, 4, 5.
+    let r = h.read(&stream, &p, &epoch, 2, 0).await.map_err(e)?;
+    let got: Vec<(u64, Vec<u8>)> = r.entries.iter().map(|(o, b)| (*o, b.to_vec())).collect();
+    check(
+        r.complete && r.top == 5 && got == vec![(3, vec![3]), (4, vec![4]), (5, vec![5])],
+        || format!("read after 2: {r:?}"),
+    )?;
+    let r = h.read(&stream, &p, &epoch, 3, 1).await.map_err(e)?;
+    check(
+        r.complete && r.entries.len() == 1 && r.entries[0].0 == 4,
+        || format!("read after 3, limit 1: {r:?}"),
+    )?;
+    // 2 was trimmed: a client at 1 missed it.
+    let r = h.read(&stream, &p, &epoch, 1, 0).await.map_err(e)?;
+    check(!r.complete, || format!("read after a trimmed entry: {r:?}"))?;
+    // At the top: nothing to read, nothing lost.
+    let r = h.read(&stream, &p, &epoch, 5, 0).await.map_err(e)?;
+    check(r.complete && r.entries.is_empty(), || {
+        format!("read at the top: {r:?}")
+    })?;
+    // Another epoch: nothing is replayed.
+    let r = h.read(&stream, &p, "other", 2, 0).await.map_err(e)?;
+    check(
+        !r.complete && r.entries.is_empty() && r.epoch == epoch,
+        || format!("read in another epoch: {r:?}"),
+    )?;
+    // A retracted entry is skipped, and not a loss.
+    h.retract(&stream, &epoch, 4).await.map_err(e)?;
+    let r = h.read(&stream, &p, &epoch, 2, 0).await.map_err(e)?;
+    let got: Vec<u64> = r.entries.iter().map(|(o, _)| *o).collect();
+    check(r.complete && got == vec![3, 5], || {
+        format!("read after a retraction: {r:?}")
+    })?;
+    // Size 0: positions without entries.
+    let bare = format!("{stream}-bare");
+    let p0 = crate::HistoryPolicy { size: 0, ..p };
+    let a = h
+        .append(&bare, &p0, Bytes::from_static(b"x"))
+        .await
+        .map_err(e)?;
+    let b = h
+        .append(&bare, &p0, Bytes::from_static(b"y"))
+        .await
+        .map_err(e)?;
+    check(a.offset == 1 && b.offset == 2, || {
+        format!("size 0 offsets: {a:?} {b:?}")
+    })?;
+    let r = h.read(&bare, &p0, &a.epoch, 1, 0).await.map_err(e)?;
+    check(!r.complete && r.entries.is_empty() && r.top == 2, || {
+        format!("size 0 read: {r:?}")
+    })?;
+    Ok(())
+}

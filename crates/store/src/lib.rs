@@ -10,6 +10,9 @@
 //! when it still points at the caller's server, so a client that reconnected
 //! elsewhere keeps its new route; and an online report replaces the previous one
 //! whole, so rooms that emptied disappear.
+//!
+//! [`HistoryStore`] is the third seam: each stream's bounded history and the
+//! positions it hands out ([`history`]), in memory or in Redis.
 
 use std::collections::HashMap;
 
@@ -17,12 +20,16 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub mod conformance;
+pub mod history;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
+mod redis_history;
 
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
+pub use history::{Appended, HistoryPolicy, HistoryRead, HistoryStore, MemoryHistory};
 pub use memory::MemoryStore;
 
 /// What kind of failure a store operation met.

@@ -14,6 +14,9 @@
 //! trips). Readers merge all 64 fields, so the partition function need not match
 //! another implementation's.
 //!
+//! Streams' history (`histmeta_`, `hist_`, `histrt_` keys) is described in
+//! `redis_history`.
+//!
 //! Connections may use TLS (`rediss://`, a private CA, optionally a client
 //! certificate) and an ACL user or password from the URL (`herald_tls::redis::client`).
 
@@ -85,18 +88,21 @@ struct Partition {
 /// The Redis store. Cheap to clone; reconnects by itself.
 #[derive(Clone)]
 pub struct RedisStore {
-    con: ConnectionManager,
-    prefix: String,
+    pub(crate) con: ConnectionManager,
+    pub(crate) prefix: String,
     ttl_secs: u64,
     add: Script,
     remove: Script,
     refresh: Script,
+    pub(crate) history_append: Script,
+    pub(crate) history_read: Script,
+    pub(crate) history_retract: Script,
 }
 
 /// The engine name errors carry.
 const ENGINE: &str = "redis";
 
-fn unavailable(e: redis::RedisError) -> StoreError {
+pub(crate) fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::new(StoreErrorKind::Unavailable, ENGINE, "").caused_by(e)
 }
 
@@ -146,6 +152,9 @@ impl RedisStore {
             add: Script::new(ADD),
             remove: Script::new(REMOVE),
             refresh: Script::new(REFRESH),
+            history_append: Script::new(crate::redis_history::APPEND),
+            history_read: Script::new(crate::redis_history::READ),
+            history_retract: Script::new(crate::redis_history::RETRACT),
         })
     }
 

@@ -31,6 +31,7 @@ async fn redis_store_conforms() {
     conformance::remove_only_own_route(&s).await.unwrap();
     conformance::key_changes_member(&s).await.unwrap();
     conformance::online_reports(&s).await.unwrap();
+    conformance::history(&s).await.unwrap();
 }
 
 /// Keys use goim's layout (with the optional prefix), so goim tools and mixed
@@ -108,4 +109,64 @@ async fn outage_is_reported_and_recovers() {
         s.servers_by_keys(&["k3".into()]).await.unwrap(),
         vec![Some("c".into())]
     );
+}
+
+/// Offsets are handed out once each, however many logics append at the same
+/// time; a Redis that lost its data starts a new epoch.
+#[tokio::test]
+async fn history_positions_are_atomic_and_epochs_change_with_lost_data() {
+    use herald_store::{HistoryPolicy, HistoryStore};
+    let (redis, s) = store("h:").await;
+    let p = HistoryPolicy {
+        size: 1000,
+        ttl: Duration::from_secs(60),
+        meta_ttl: Duration::from_secs(600),
+    };
+    let mut tasks = Vec::new();
+    for t in 0..8u8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..50u8 {
+                let a = s
+                    .append("chat://race", &p, bytes::Bytes::from(vec![t, i]))
+                    .await
+                    .unwrap();
+                got.push(a);
+            }
+            got
+        }));
+    }
+    let mut offsets = Vec::new();
+    let mut epochs = std::collections::HashSet::new();
+    for t in tasks {
+        for a in t.await.unwrap() {
+            offsets.push(a.offset);
+            epochs.insert(a.epoch);
+        }
+    }
+    offsets.sort_unstable();
+    assert_eq!(offsets, (1..=400).collect::<Vec<u64>>());
+    assert_eq!(epochs.len(), 1);
+    let epoch = epochs.into_iter().next().unwrap();
+    let r = s.read("chat://race", &p, &epoch, 0, 0).await.unwrap();
+    assert!(r.complete);
+    assert_eq!(r.entries.len(), 400);
+    assert!(r.entries.windows(2).all(|w| w[1].0 == w[0].0 + 1));
+
+    // The data is lost (a restart without persistence): a new epoch, offsets from 1.
+    let client = redis::Client::open(redis.redis_url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+    let r = s.read("chat://race", &p, &epoch, 400, 0).await.unwrap();
+    assert_ne!(r.epoch, epoch);
+    assert!(!r.complete);
+    let a = s
+        .append("chat://race", &p, bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    assert_eq!((a.epoch, a.offset), (r.epoch, 1));
 }

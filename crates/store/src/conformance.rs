@@ -159,22 +159,6 @@ pub async fn online_reports(s: &dyn OnlineStore) -> CheckResult {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::MemoryStore;
-    use std::time::Duration;
-
-    #[tokio::test]
-    async fn memory_store_conforms() {
-        let s = MemoryStore::new(Duration::from_secs(60));
-        routes(&s).await.unwrap();
-        remove_only_own_route(&s).await.unwrap();
-        key_changes_member(&s).await.unwrap();
-        online_reports(&s).await.unwrap();
-    }
-}
-
 /// History: positions grow by one per append, reads return what followed a
 /// position, trimming and epoch changes are reported as incomplete, retracted
 /// entries are left out without counting as lost.
@@ -260,4 +244,20 @@ pub async fn history(h: &dyn crate::HistoryStore) -> CheckResult {
         format!("size 0 read: {r:?}")
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn memory_store_conforms() {
+        let s = MemoryStore::new(Duration::from_secs(60));
+        routes(&s).await.unwrap();
+        remove_only_own_route(&s).await.unwrap();
+        key_changes_member(&s).await.unwrap();
+        online_reports(&s).await.unwrap();
+    }
 }

@@ -19,11 +19,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // The transport `connect` constructor would clash with the `Connect` RPC.
         .build_transport(false)
-        // Payloads as `bytes::Bytes`: a frame body, a queue message and an auth
-        // token are handed on (from a read buffer, to every comet) without copies.
+        // Payloads as `bytes::Bytes`: a frame body, a queue message, an auth token
+        // and a history entry are handed on (from a read buffer, to every comet)
+        // without copies.
         .bytes(".goim.protocol.Proto.body")
         .bytes(".goim.logic.PushMsg.msg")
         .bytes(".goim.logic.ConnectReq.token")
+        .bytes(".goim.logic.HistoryEntry.frame")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -562,6 +562,8 @@ pub struct Config {
     pub limits: herald_limits::LimitsConfig,
     /// API keys of the HTTP API.
     pub api: herald_logic::api_keys::ApiConfig,
+    /// Which streams keep history (recovery after a reconnect); off by default.
+    pub history: herald_logic::HistoryConfig,
 }
 
 impl Config {
@@ -581,6 +583,7 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        self.history.validate().map_err(anyhow::Error::msg)?;
         if self.comet.tcp_bind.is_empty() && self.comet.ws_bind.is_empty() {
             bail!("comet needs at least one listener (comet.tcp_bind or comet.ws_bind)");
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::bail;
 use herald_discovery::{LocalRegistry, Registry};
 use herald_queue::{MemoryQueue, Queue};
-use herald_store::{MemoryStore, OnlineStore, SessionStore};
+use herald_store::{HistoryStore, MemoryHistory, MemoryStore, OnlineStore, SessionStore};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -57,14 +57,36 @@ where
     }
 }
 
-/// The route and online stores (one engine serves both).
+/// The route and online stores and the history (one engine serves all three).
+#[derive(Clone)]
 pub struct Stores {
     /// Routes.
     pub sessions: Arc<dyn SessionStore>,
     /// Online counts.
     pub online: Arc<dyn OnlineStore>,
+    /// Streams' history, in the same engine as the routes.
+    pub history: Arc<dyn HistoryStore>,
     /// The in-process store, which needs its expired routes swept.
     pub memory: Option<Arc<MemoryStore>>,
+    /// The in-process history, which needs its expired streams swept.
+    pub memory_history: Option<Arc<MemoryHistory>>,
+}
+
+impl Stores {
+    /// Removes expired routes and streams of the in-process stores.
+    pub fn sweep(&self) {
+        if let Some(m) = &self.memory {
+            m.sweep();
+        }
+        if let Some(h) = &self.memory_history {
+            h.sweep();
+        }
+    }
+
+    /// Streams' history with the `[history]` settings, for logic.
+    pub fn history(&self, cfg: &Config) -> herald_logic::History {
+        herald_logic::History::new(self.history.clone(), cfg.history.clone())
+    }
 }
 
 /// Opens the configured store.
@@ -73,10 +95,13 @@ pub async fn store(cfg: &Config, stop: &CancellationToken) -> anyhow::Result<Sto
     match s.backend {
         StoreBackend::Memory => {
             let m = Arc::new(MemoryStore::new(s.route_ttl));
+            let h = Arc::new(MemoryHistory::new());
             Ok(Stores {
                 sessions: m.clone(),
                 online: m.clone(),
+                history: h.clone(),
                 memory: Some(m),
+                memory_history: Some(h),
             })
         }
         #[cfg(feature = "redis")]
@@ -92,8 +117,10 @@ pub async fn store(cfg: &Config, stop: &CancellationToken) -> anyhow::Result<Sto
             let r = Arc::new(r);
             Ok(Stores {
                 sessions: r.clone(),
-                online: r,
+                online: r.clone(),
+                history: r,
                 memory: None,
+                memory_history: None,
             })
         }
         #[cfg(not(feature = "redis"))]

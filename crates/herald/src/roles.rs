@@ -290,6 +290,7 @@ impl LogicRole {
             &queue,
             &stores,
         );
+        let history = stores.history(&cfg);
         let logic = Logic::new(
             cfg.logic.clone(),
             authenticator,
@@ -297,6 +298,7 @@ impl LogicRole {
             stores.online,
             queue.clone(),
             registry.clone(),
+            Some(history),
         )
         .await?;
         tasks.spawn(logic.clone().run(stop.clone()));

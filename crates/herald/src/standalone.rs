@@ -110,17 +110,19 @@ impl Standalone {
             stores.online.clone(),
             queue.clone(),
             registry.clone(),
+            Some(stores.history(&cfg)),
         )
         .await?;
         tasks.spawn(logic.clone().run(stop.clone()));
-        if let Some(store) = stores.memory.clone() {
+        if stores.memory.is_some() || stores.memory_history.is_some() {
             let stop = stop.clone();
+            let stores = stores.clone();
             tasks.spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(60));
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = tick.tick() => { store.sweep(); }
+                        _ = tick.tick() => stores.sweep(),
                     }
                 }
             });

@@ -15,12 +15,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use herald_discovery::{Instance, Instances, Registry, COMET_APPID};
-use herald_proto::AuthToken;
+use herald_proto::{recovery, AuthToken};
 use herald_queue::{Queue, QueueError};
 use herald_rpc::{
     Backoff, ConnectReply, ConnectReq, DisconnectReply, DisconnectReq, Grant, HeartbeatReq,
-    LogicService, NodesReply, NodesReq, OnlineReply, OnlineReq, PushMsg, PushType, ReceiveReq,
-    RpcError, RpcResult,
+    HistoryReply, HistoryReq, LogicService, NodesReply, NodesReq, OnlineReply, OnlineReq, PushMsg,
+    PushType, ReceiveReq, RpcError, RpcResult,
 };
 use herald_store::{OnlineStore, ServerOnline, SessionStore, StoreError};
 use metrics::{counter, Counter};
@@ -33,9 +33,11 @@ pub mod api_keys;
 pub mod auth;
 pub mod balancer;
 pub mod config;
+pub mod history;
 pub mod http;
 
 pub use config::{BackoffConfig, LogicConfig, NodeConfig};
+pub use history::{History, HistoryConfig, StreamHistory};
 
 /// Who an authenticated client is and what it may do.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -136,6 +138,8 @@ pub struct Logic {
     /// Cluster-wide room counts: the sum of `reports`.
     room_count: RwLock<Arc<HashMap<String, i32>>>,
     balancer: Mutex<balancer::Balancer>,
+    /// Streams' history (none: no stream keeps any, goim's behaviour).
+    history: Option<History>,
     metrics: PushMetrics,
 }
 
@@ -161,8 +165,10 @@ impl Logic {
         online: Arc<dyn OnlineStore>,
         queue: Arc<dyn Queue>,
         registry: Arc<dyn Registry>,
+        history: Option<History>,
     ) -> Result<Arc<Logic>, herald_discovery::RegistryError> {
         let comets = registry.watch(COMET_APPID).await?;
+        let history = history.filter(|h| h.config().enabled());
         Ok(Arc::new(Logic {
             cfg,
             auth,
@@ -173,6 +179,7 @@ impl Logic {
             reports: Mutex::new(HashMap::new()),
             room_count: RwLock::new(Arc::new(HashMap::new())),
             balancer: Mutex::new(balancer::Balancer::default()),
+            history,
             metrics: PushMetrics {
                 keys: counter!("herald_pushes_total", "kind" => "keys"),
                 mids: counter!("herald_pushes_total", "kind" => "mids"),
@@ -189,6 +196,11 @@ impl Logic {
     /// The configuration in force.
     pub fn config(&self) -> &LogicConfig {
         &self.cfg
+    }
+
+    /// The history, when some stream keeps one.
+    pub fn stream_history(&self) -> Option<&History> {
+        self.history.as_ref()
     }
 
     /// The queue (for its depth gauge).
@@ -293,11 +305,48 @@ impl Logic {
         })
     }
 
+    /// Publishes a message that has a position: a failed publish retracts it
+    /// from the history, so recovery does not replay what was reported failed.
+    async fn publish_positioned(&self, msg: PushMsg) -> Result<(), PushError> {
+        let position = msg.position.clone();
+        let r = self.publish(msg).await;
+        if let (Err(_), Some(p), Some(h)) = (&r, &position, &self.history) {
+            h.retract(p).await;
+        }
+        r
+    }
+
+    /// Appends a push to `stream`'s history when the stream keeps one: its
+    /// position (`None`: no history, goim's path).
+    async fn position(
+        &self,
+        stream: impl FnOnce() -> String,
+        op: i32,
+        msg: &[u8],
+    ) -> Result<Option<herald_rpc::Position>, PushError> {
+        let Some(h) = &self.history else {
+            return Ok(None);
+        };
+        let stream = stream();
+        let Some(policy) = h.policy(&stream) else {
+            return Ok(None);
+        };
+        let frame = herald_proto::raw::single(op, msg);
+        h.append(&stream, &policy, frame)
+            .await
+            .map(Some)
+            .map_err(|e| self.store_failure(e))
+    }
+
+    /// One PUSH message per comet holding some of `routes` (key, server), all
+    /// with `position` (the stream they belong to, if it keeps history). When
+    /// one fails, the position is retracted and the rest are not sent.
     async fn publish_grouped(
         &self,
         op: i32,
         routes: Vec<(String, String)>,
         msg: Bytes,
+        position: Option<herald_rpc::Position>,
     ) -> Result<(), PushError> {
         let mut order: Vec<String> = Vec::new();
         let mut groups: HashMap<String, Vec<String>> = HashMap::new();
@@ -312,7 +361,7 @@ impl Logic {
         }
         for server in order {
             let keys = groups.remove(&server).unwrap_or_default();
-            self.publish(PushMsg {
+            self.publish_positioned(PushMsg {
                 r#type: PushType::Push as i32,
                 operation: op,
                 speed: 0,
@@ -320,7 +369,7 @@ impl Logic {
                 room: String::new(),
                 keys,
                 msg: msg.clone(),
-                position: None,
+                position: position.clone(),
             })
             .await?;
         }
@@ -351,6 +400,27 @@ impl Logic {
             .servers_by_keys(&keys)
             .await
             .map_err(|e| self.store_failure(e))?;
+        let keeps_history = self
+            .history
+            .as_ref()
+            .is_some_and(|h| h.config().keys.is_some());
+        if keeps_history {
+            // Each key is its own stream: a position, then a message, per key
+            // (a key without a route is still recorded, for when it comes back).
+            for (key, server) in keys.iter().zip(servers) {
+                let position = self
+                    .position(|| recovery::key_stream(key), op, &msg)
+                    .await?;
+                match server {
+                    Some(s) if !s.is_empty() => {
+                        self.publish_grouped(op, vec![(key.clone(), s)], msg.clone(), position)
+                            .await?
+                    }
+                    _ => self.metrics.unroutable.increment(1),
+                }
+            }
+            return Ok(());
+        }
         let mut routes = Vec::new();
         for (key, server) in keys.iter().zip(servers) {
             match server {
@@ -358,7 +428,7 @@ impl Logic {
                 _ => self.metrics.unroutable.increment(1),
             }
         }
-        self.publish_grouped(op, routes, msg).await
+        self.publish_grouped(op, routes, msg, None).await
     }
 
     /// Pushes to every connection of the given members. No member is nothing to
@@ -368,12 +438,44 @@ impl Logic {
         if mids.is_empty() {
             return Ok(());
         }
+        let keeps_history = self
+            .history
+            .as_ref()
+            .is_some_and(|h| h.config().mids.is_some());
+        if keeps_history {
+            // Each member is its own stream: its position, then its messages
+            // (a member with no connection is still recorded, for when it
+            // comes back).
+            let mut seen = std::collections::HashSet::new();
+            for &mid in mids.iter().filter(|m| seen.insert(**m)) {
+                let position = self
+                    .position(|| recovery::mid_stream(mid), op, &msg)
+                    .await?;
+                let routes = self
+                    .sessions
+                    .keys_by_mids(&[mid])
+                    .await
+                    .map_err(|e| self.store_failure(e));
+                let routes = match routes {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if let (Some(p), Some(h)) = (&position, &self.history) {
+                            h.retract(p).await;
+                        }
+                        return Err(e);
+                    }
+                };
+                self.publish_grouped(op, routes, msg.clone(), position)
+                    .await?;
+            }
+            return Ok(());
+        }
         let routes = self
             .sessions
             .keys_by_mids(mids)
             .await
             .map_err(|e| self.store_failure(e))?;
-        self.publish_grouped(op, routes, msg).await
+        self.publish_grouped(op, routes, msg, None).await
     }
 
     /// Pushes to a room (`type://room`).
@@ -385,15 +487,17 @@ impl Logic {
         msg: Bytes,
     ) -> Result<(), PushError> {
         self.metrics.room.increment(1);
-        self.publish(PushMsg {
+        let room = room_key(typ, room);
+        let position = self.position(|| room.clone(), op, &msg).await?;
+        self.publish_positioned(PushMsg {
             r#type: PushType::Room as i32,
             operation: op,
             speed: 0,
             server: String::new(),
-            room: room_key(typ, room),
+            room,
             keys: Vec::new(),
             msg,
-            position: None,
+            position,
         })
         .await
     }
@@ -541,6 +645,10 @@ impl LogicService for Logic {
 
     async fn refresh(&self, req: ConnectReq) -> RpcResult<ConnectReply> {
         self.authenticate(&req, false).await
+    }
+
+    async fn history(&self, req: HistoryReq) -> RpcResult<HistoryReply> {
+        history::answer(self.history.as_ref(), req).await
     }
 
     async fn disconnect(&self, req: DisconnectReq) -> RpcResult<DisconnectReply> {

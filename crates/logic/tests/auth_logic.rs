@@ -37,6 +37,7 @@ async fn connect_writes_routes_and_refresh_does_not() {
         store.clone(),
         Arc::new(MemoryQueue::new(16, Duration::from_secs(1))),
         Arc::new(LocalRegistry::new()),
+        None,
     )
     .await
     .unwrap();

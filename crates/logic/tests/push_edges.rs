@@ -30,6 +30,7 @@ async fn setup() -> Setup {
         store.clone(),
         queue.clone(),
         Arc::new(LocalRegistry::new()),
+        None,
     )
     .await
     .unwrap();

@@ -32,6 +32,7 @@ async fn logic() -> (Arc<Logic>, Arc<MemoryStore>, Arc<MemoryQueue>, Started) {
         store.clone(),
         queue.clone(),
         Arc::new(LocalRegistry::new()),
+        None,
     )
     .await
     .unwrap();

@@ -223,6 +223,9 @@ pub struct Channel {
     waker: AtomicWaker,
     /// The socket, for writing pushes directly when the connection is idle.
     sink: Option<crate::sink::Sink>,
+    /// Stream positions, for a connection that asked for recovery (`None` for
+    /// goim's clients).
+    recovery: Option<Box<crate::recovery::Recovery>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -271,6 +274,7 @@ impl Channel {
                 bytes: 0,
             }),
             sink: None,
+            recovery: None,
             deadline_ms: AtomicU64::new(u64::MAX),
             expires_ms: AtomicU64::new(u64::MAX),
             timed_out: AtomicBool::new(false),
@@ -411,6 +415,17 @@ impl Channel {
         drop(st);
         self.signal();
         Offer::Queued
+    }
+
+    /// Tracks the connection's stream positions (it asked for recovery).
+    pub fn with_recovery(mut self, recovery: crate::recovery::Recovery) -> Channel {
+        self.recovery = Some(Box::new(recovery));
+        self
+    }
+
+    /// The recovery state, for a connection that asked for recovery.
+    pub fn recovery(&self) -> Option<&crate::recovery::Recovery> {
+        self.recovery.as_deref()
     }
 
     /// The socket sink, if attached.

@@ -16,6 +16,9 @@ use bytes::Bytes;
 use crate::channel::{Channel, CloseReason, Expired, Offer, Outbound, OutboxLimits};
 use crate::config::SlowConsumerPolicy;
 use crate::metrics::CometMetrics;
+use crate::recovery::Positioned;
+use herald_proto::recovery::StreamKind;
+use herald_rpc::Position;
 
 #[derive(Default)]
 struct BucketInner {
@@ -307,24 +310,48 @@ impl Hub {
         }
     }
 
+    /// How much each connection's outbox may hold.
+    pub(crate) fn outbox_limits(&self) -> OutboxLimits {
+        self.outbox
+    }
+
     /// Counts the socket writes a fan-out did directly.
-    fn account(&self, out: &Fanout) {
+    pub(crate) fn account(&self, out: &Fanout) {
         if out.written > 0 {
             self.metrics.writes.increment(out.written as u64);
             self.metrics.frames_delivered.increment(out.frames);
         }
     }
 
-    /// Queues `body` (an OpRaw body) for the given keys that accept `op`.
-    pub fn push_keys(&self, keys: &[String], op: i32, body: Bytes) -> Fanout {
+    /// Queues `body` (an OpRaw body) for the given keys that accept `op`. With
+    /// a `position` (the push's place in a member's or a key's stream),
+    /// connections that track that stream get it positioned, in order.
+    pub fn push_keys(
+        &self,
+        keys: &[String],
+        op: i32,
+        body: Bytes,
+        position: Option<&Position>,
+    ) -> Fanout {
         let frames = count_frames(&body);
         let mut out = Fanout::default();
+        let mut positioned: Option<Option<Positioned>> = None;
         for key in keys {
             let ch = read(self.bucket(key)).channels.get(key.as_str()).cloned();
-            if let Some(ch) = ch {
-                if ch.accepts(op) {
-                    self.offer(&ch, &body, frames, &mut out);
+            let Some(ch) = ch else { continue };
+            if let (Some(rec), Some(p)) = (ch.recovery(), position) {
+                let batch = positioned.get_or_insert_with(|| {
+                    let kind = StreamKind::of_stream(&p.stream);
+                    Positioned::wrap(kind, &p.epoch, &body, &[p.offset])
+                });
+                if let Some(batch) = batch {
+                    if rec.offer(self, &ch, &p.stream, batch, ch.accepts(op), &mut out) {
+                        continue;
+                    }
                 }
+            }
+            if ch.accepts(op) {
+                self.offer(&ch, &body, frames, &mut out);
             }
         }
         self.account(&out);
@@ -333,24 +360,40 @@ impl Hub {
 
     /// Queues `body` for every member of `room` (no op filter, as in goim).
     pub fn broadcast_room(&self, room: &str, body: Bytes) -> Fanout {
-        self.broadcast_room_part(room, body, 0, 1)
+        self.broadcast_room_part(room, body, None, 0, 1)
     }
 
     /// [`Hub::broadcast_room`] over buckets `part`, `part + parts`, … only, so that
     /// several threads can share one room broadcast.
+    ///
+    /// With `positions` (the room stream's epoch and each frame's offset),
+    /// members that track the room's stream get the frames positioned, wrapped
+    /// once for all of them.
     pub fn broadcast_room_part(
         &self,
         room: &str,
         body: Bytes,
+        positions: Option<(&str, &[u64])>,
         part: usize,
         parts: usize,
     ) -> Fanout {
         let frames = count_frames(&body);
         let mut out = Fanout::default();
+        let mut positioned: Option<Option<Positioned>> = None;
         for b in self.buckets.iter().skip(part).step_by(parts.max(1)) {
             let b = read(b);
             if let Some(members) = b.rooms.get(room) {
                 for ch in members {
+                    if let (Some(rec), Some((epoch, offsets))) = (ch.recovery(), positions) {
+                        let batch = positioned.get_or_insert_with(|| {
+                            Positioned::wrap(StreamKind::Room, epoch, &body, offsets)
+                        });
+                        if let Some(batch) = batch {
+                            if rec.offer(self, ch, room, batch, true, &mut out) {
+                                continue;
+                            }
+                        }
+                    }
                     self.offer(ch, &body, frames, &mut out);
                 }
             }
@@ -608,6 +651,7 @@ mod tests {
             &["a".into(), "b".into(), "zz".into()],
             1000,
             Bytes::from_static(b"m"),
+            None,
         );
         assert_eq!(f.queued, 1);
         assert_eq!(
@@ -617,10 +661,10 @@ mod tests {
         assert_eq!(queued(&a), 1);
         assert_eq!(queued(&b), 1);
         for _ in 0..4 {
-            h.push_keys(&["a".into()], 1000, Bytes::from_static(b"m"));
+            h.push_keys(&["a".into()], 1000, Bytes::from_static(b"m"), None);
         }
         assert_eq!(
-            h.push_keys(&["a".into()], 1000, Bytes::from_static(b"m"))
+            h.push_keys(&["a".into()], 1000, Bytes::from_static(b"m"), None)
                 .full,
             1
         );

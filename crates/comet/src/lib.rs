@@ -28,6 +28,7 @@ pub mod config;
 mod conn;
 pub mod hub;
 pub mod metrics;
+pub mod recovery;
 pub mod sink;
 mod tls;
 
@@ -446,7 +447,12 @@ impl CometService for CometHandle {
             return Err(RpcError::invalid("push without keys"));
         }
         self.hub.metrics.push_keys.increment(1);
-        self.hub.push_keys(&req.keys, req.proto_op, raw_body(proto));
+        self.hub.push_keys(
+            &req.keys,
+            req.proto_op,
+            raw_body(proto),
+            req.position.as_ref(),
+        );
         Ok(())
     }
 
@@ -479,17 +485,26 @@ impl CometService for CometHandle {
         }
         self.hub.metrics.push_room.increment(1);
         let body = raw_body(proto);
+        let positioned = !req.offsets.is_empty();
         // Writes happen in the walk itself, so spread it over the worker threads.
         let parts = self.parallelism;
         if parts <= 1 {
-            self.hub.broadcast_room(&req.room_id, body);
+            let positions = positioned.then_some((req.epoch.as_str(), &req.offsets[..]));
+            self.hub
+                .broadcast_room_part(&req.room_id, body, positions, 0, 1);
             return Ok(());
         }
         let room: Arc<str> = Arc::from(req.room_id);
+        let positions: Option<Arc<(String, Vec<u64>)>> =
+            positioned.then(|| Arc::new((req.epoch, req.offsets)));
         let tasks: Vec<_> = (0..parts)
             .map(|part| {
                 let (hub, room, body) = (self.hub.clone(), room.clone(), body.clone());
-                tokio::spawn(async move { hub.broadcast_room_part(&room, body, part, parts) })
+                let positions = positions.clone();
+                tokio::spawn(async move {
+                    let p = positions.as_deref().map(|(e, o)| (e.as_str(), &o[..]));
+                    hub.broadcast_room_part(&room, body, p, part, parts)
+                })
             })
             .collect();
         for t in tasks {

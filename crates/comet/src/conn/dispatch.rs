@@ -134,6 +134,11 @@ fn change_room(
         ctx.hub.metrics.limit_hit("room_key_length");
     }
     if !too_long && ch.may_join(room) {
+        if let Some(rec) = ch.recovery() {
+            // Tracked before joining, so the new room's pushes are held until
+            // its position is known (op 25, after the reply).
+            rec.change_room(ch, room);
+        }
         ctx.hub.change_room(ch, room);
         return Ok(Frame::reply_to(f, Op::CHANGE_ROOM_REPLY, f.body.clone()));
     }

@@ -13,6 +13,8 @@ use herald_proto::{ws, Op};
 use herald_rpc::{ConnectReply, ConnectReq, ErrorKind};
 use tracing::debug;
 
+use herald_proto::recovery::RecoverRequest;
+
 use super::wire::{Conn, Inbound, ReadError, Transport};
 use super::ConnContext;
 use crate::channel::CloseReason;
@@ -28,6 +30,8 @@ pub(super) struct Authenticated {
     pub leftover: Vec<Inbound>,
     /// Route removals completed before logic was asked to connect.
     pub removals_before: u64,
+    /// The client's recovery request (`"recover"` in its auth body).
+    pub recover: Option<RecoverRequest>,
 }
 
 /// Why a connection ended before it was authenticated.
@@ -106,6 +110,15 @@ pub(super) async fn handshake(
                 }
                 Inbound::Close => return Err(Refused::quietly("closed by peer")),
                 Inbound::Frame(f) if f.op == Op::AUTH => {
+                    // A malformed recovery request is a malformed auth body:
+                    // refused before logic is asked.
+                    let recover = RecoverRequest::from_auth_body(&f.body).map_err(|e| {
+                        ctx.hub.metrics.bad_input.increment(1);
+                        Refused {
+                            reason: e.to_string(),
+                            close: Some(CloseReason::MalformedFrame),
+                        }
+                    })?;
                     let removals_before = ctx.hub.route_removals();
                     let req = ConnectReq {
                         server: ctx.server_id.clone(),
@@ -122,6 +135,7 @@ pub(super) async fn handshake(
                         seq: f.seq,
                         leftover: items.collect(),
                         removals_before,
+                        recover,
                     });
                 }
                 Inbound::Frame(f) => {

@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 use crate::channel::{Channel, CloseReason, Outbound};
 use crate::config::CometConfig;
 use crate::hub::Hub;
+use crate::recovery::Recovery;
 use crate::tls::TlsSession;
 use dispatch::{Action, Limiters};
 use handshake::{Authenticated, Refused};
@@ -197,6 +198,7 @@ fn register(
         seq,
         leftover,
         removals_before,
+        recover,
     } = auth;
     let ConnectReply {
         mid,
@@ -208,17 +210,27 @@ fn register(
     } = reply;
     let hb = heartbeat_interval(ctx, heartbeat);
     let expires_at = grant.as_ref().map_or(0, |g| g.expires_at);
-    let ch = Arc::new(
-        Channel::new(
-            hub.next_id(),
-            Arc::from(key),
-            mid,
-            conn.client,
-            accepts,
-            ctx.limits.max_accepts,
-        )
-        .with_sink(conn.sink()),
-    );
+    // The room the connection joins (checked below); tracked from the start.
+    let joins = |grant: &Option<herald_rpc::Grant>| {
+        grant.as_ref().is_none_or(|g| g.allows_room(&room_id))
+            && room_id.len() <= ctx.limits.max_room_key
+    };
+    let recovery = recover
+        .as_ref()
+        .map(|r| Recovery::new(if joins(&grant) { &room_id } else { "" }, mid, &key, r));
+    let mut ch = Channel::new(
+        hub.next_id(),
+        Arc::from(key),
+        mid,
+        conn.client,
+        accepts,
+        ctx.limits.max_accepts,
+    )
+    .with_sink(conn.sink());
+    if let Some(r) = recovery {
+        ch = ch.with_recovery(r);
+    }
+    let ch = Arc::new(ch);
     ch.set_deadline(hub.deadline_after(hb));
     ch.set_expiry(hub.expiry_ms(expires_at));
     ch.set_grant(grant);
@@ -336,6 +348,11 @@ async fn session(
                 }
             }
         }
+        if let Some(rec) = ch.recovery() {
+            if rec.fill_due() && !ch.is_closed() {
+                Box::pin(fill(ctx, ch, rec)).await;
+            }
+        }
         let closing = ch.drain(&mut out);
         if !out.is_empty() {
             if let Some(end) = write_drained(ctx, ch, &mut out, closing).await {
@@ -357,6 +374,27 @@ async fn session(
             },
         }
     }
+}
+
+/// Runs the recovery fills that are due: history through logic, bounded by
+/// `comet.logic_timeout` (a read that fails or times out is reported to the
+/// client as `reload`).
+async fn fill(ctx: &ConnContext, ch: &Channel, rec: &Recovery) {
+    rec.fill(&ctx.hub, ch, |req| async move {
+        let stream = req.stream.clone();
+        match tokio::time::timeout(ctx.cfg.logic_timeout, ctx.logic.history(req)).await {
+            Ok(Ok(reply)) => Some(reply),
+            Ok(Err(e)) => {
+                warn!(%stream, error = %e, "history read failed; the client is told to reload");
+                None
+            }
+            Err(_) => {
+                warn!(%stream, "history read timed out; the client is told to reload");
+                None
+            }
+        }
+    })
+    .await;
 }
 
 /// When a session next refreshes its route with logic (a heartbeat call), on the

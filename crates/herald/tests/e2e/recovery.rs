@@ -1,0 +1,393 @@
+//! Recovery after a reconnect, as a client written from docs/protocol.md sees
+//! it: positioned pushes (op 24), stream states (op 25), replays in order with no
+//! gap and no repeat, `reload` when history no longer holds what was missed, and
+//! goim's bytes for clients that do not ask.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use herald::Config;
+use herald_logic::StreamHistory;
+use herald_proto::recovery::{
+    parse_positioned, StreamKind, StreamState, StreamStates, StreamStatus,
+};
+use herald_proto::{Frame, Op};
+use serde_json::json;
+
+use crate::support::*;
+
+const OP: i32 = 1000;
+
+fn history_config(room_size: usize, mid_size: usize) -> Config {
+    let mut cfg = test_config();
+    let keep = |size| StreamHistory {
+        size,
+        ttl: Duration::from_secs(300),
+    };
+    cfg.history.rooms.insert("chat".into(), keep(room_size));
+    cfg.history.mids = Some(keep(mid_size));
+    cfg
+}
+
+/// What a recovering client keeps: its last position per stream.
+#[derive(Default, Clone, Debug)]
+struct Positions(BTreeMap<String, (String, u64)>);
+
+impl Positions {
+    fn recover(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (stream, (epoch, offset)) in &self.0 {
+            m.insert(stream.clone(), json!({"epoch": epoch, "offset": offset}));
+        }
+        serde_json::Value::Object(m)
+    }
+}
+
+/// A message as the application sees it.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    /// A push: stream kind and offset (when positioned), op and body.
+    Push(Option<(StreamKind, u64)>, i32, String),
+    /// An op-25 frame.
+    States(Vec<StreamState>),
+}
+
+struct Recovering {
+    c: Client,
+    positions: Positions,
+    /// Stream name per kind, from op 25.
+    names: BTreeMap<u8, String>,
+}
+
+impl Recovering {
+    async fn connect(
+        addr: SocketAddr,
+        ws: bool,
+        mid: i64,
+        key: &str,
+        room: &str,
+        positions: Positions,
+    ) -> Recovering {
+        let mut c = if ws {
+            Client::ws(addr).await
+        } else {
+            Client::tcp(addr).await
+        };
+        let body = json!({"mid": mid, "key": key, "room_id": room, "accepts": [OP],
+            "recover": positions.recover()});
+        let seq = c.send(Op::AUTH, body.to_string().as_bytes()).await;
+        let f = c.recv().await.expect("auth reply");
+        assert_eq!((f.op, f.seq), (Op::AUTH_REPLY, seq));
+        // An op-24 frame belongs to the connection's stream of its kind.
+        let mut names = BTreeMap::new();
+        names.insert(StreamKind::Room as u8, room.to_string());
+        names.insert(StreamKind::Mid as u8, format!("mid:{mid}"));
+        names.insert(StreamKind::Key as u8, format!("key:{key}"));
+        Recovering {
+            c,
+            positions,
+            names,
+        }
+    }
+
+    /// The next push or state, updating the positions as a client must.
+    async fn next(&mut self) -> Seen {
+        loop {
+            let f = self.c.recv().await.expect("a frame");
+            match f.op {
+                Op::HEARTBEAT_REPLY => continue,
+                Op::POSITIONED => {
+                    let p = parse_positioned(&f.body).expect("a valid op-24 body");
+                    let inner: Frame = herald_proto::decode_exact(p.frame, 1 << 20).unwrap();
+                    let name = self
+                        .names
+                        .get(&(p.kind as u8))
+                        .cloned()
+                        .expect("a stream of this connection");
+                    let e = self.positions.0.get_mut(&name).expect("tracked stream");
+                    e.1 = p.offset;
+                    return Seen::Push(
+                        Some((p.kind, p.offset)),
+                        inner.op,
+                        String::from_utf8_lossy(&inner.body).into(),
+                    );
+                }
+                Op::STREAMS => {
+                    let s = StreamStates::parse(&f.body).expect("valid op-25 JSON");
+                    for st in &s.streams {
+                        self.names.insert(st.kind as u8, st.stream.clone());
+                        if st.status != StreamStatus::Off {
+                            self.positions
+                                .0
+                                .insert(st.stream.clone(), (st.epoch.clone(), st.offset));
+                        }
+                    }
+                    return Seen::States(s.streams);
+                }
+                op => return Seen::Push(None, op, String::from_utf8_lossy(&f.body).into()),
+            }
+        }
+    }
+
+    async fn states(&mut self) -> Vec<StreamState> {
+        match self.next().await {
+            Seen::States(s) => s,
+            other => panic!("expected op 25, got {other:?}"),
+        }
+    }
+}
+
+fn status_of(states: &[StreamState], stream: &str) -> StreamStatus {
+    states
+        .iter()
+        .find(|s| s.stream == stream)
+        .unwrap_or_else(|| panic!("{stream} in {states:?}"))
+        .status
+}
+
+async fn push_room(h: SocketAddr, room: &str, body: &str) {
+    let r = post(
+        h,
+        &format!("/goim/push/room?operation={OP}&type=chat&room={room}"),
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.json()["code"], 0, "{}", r.text());
+}
+
+async fn push_mid(h: SocketAddr, mid: i64, body: &str) {
+    let r = post(
+        h,
+        &format!("/goim/push/mids?operation={OP}&mids={mid}"),
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.json()["code"], 0, "{}", r.text());
+}
+
+/// A client drops its connection; 100 room pushes and 100 mid pushes happen;
+/// it reconnects and receives all 200, each stream in order, then the states,
+/// then live pushes.
+async fn drop_and_recover(ws: bool) {
+    let s = start_with(history_config(500, 500)).await;
+    let addr = if ws { s.ws_addrs[0] } else { s.tcp_addrs[0] };
+    let h = s.http_addr;
+    let mut c = Recovering::connect(addr, ws, 42, "dev-1", "chat://1", Positions::default()).await;
+    let first = c.states().await;
+    assert_eq!(status_of(&first, "chat://1"), StreamStatus::Fresh);
+    assert_eq!(status_of(&first, "mid:42"), StreamStatus::Fresh);
+    assert_eq!(status_of(&first, "key:dev-1"), StreamStatus::Off);
+    push_room(h, "1", "before").await;
+    assert_eq!(
+        c.next().await,
+        Seen::Push(Some((StreamKind::Room, 1)), OP, "before".into())
+    );
+    let kept = c.positions.clone();
+    drop(c);
+
+    for i in 0..100 {
+        push_room(h, "1", &format!("r{i}")).await;
+        push_mid(h, 42, &format!("m{i}")).await;
+    }
+    let mut c = Recovering::connect(addr, ws, 42, "dev-1", "chat://1", kept).await;
+    let (mut rooms, mut mids) = (Vec::new(), Vec::new());
+    let states = loop {
+        match c.next().await {
+            Seen::Push(Some((StreamKind::Room, off)), OP, body) => rooms.push((off, body)),
+            Seen::Push(Some((StreamKind::Mid, off)), OP, body) => mids.push((off, body)),
+            Seen::States(s) => break s,
+            other => panic!("unexpected during replay: {other:?}"),
+        }
+    };
+    assert_eq!(status_of(&states, "chat://1"), StreamStatus::Recovered);
+    assert_eq!(status_of(&states, "mid:42"), StreamStatus::Recovered);
+    let want_rooms: Vec<_> = (0..100).map(|i| (i as u64 + 2, format!("r{i}"))).collect();
+    let want_mids: Vec<_> = (0..100).map(|i| (i as u64 + 1, format!("m{i}"))).collect();
+    assert_eq!(rooms, want_rooms);
+    assert_eq!(mids, want_mids);
+
+    // Then live pushes, positioned, continuing the offsets.
+    push_room(h, "1", "live").await;
+    push_mid(h, 42, "live-mid").await;
+    assert_eq!(
+        c.next().await,
+        Seen::Push(Some((StreamKind::Room, 102)), OP, "live".into())
+    );
+    assert_eq!(
+        c.next().await,
+        Seen::Push(Some((StreamKind::Mid, 101)), OP, "live-mid".into())
+    );
+}
+
+#[tokio::test]
+async fn tcp_client_recovers_200_missed_pushes_in_order() {
+    drop_and_recover(false).await;
+}
+
+#[tokio::test]
+async fn websocket_client_recovers_200_missed_pushes_in_order() {
+    drop_and_recover(true).await;
+}
+
+/// History trimmed below the client's position: `reload`, nothing replayed,
+/// never a silent loss; live pushes carry on from the top.
+#[tokio::test]
+async fn trimmed_history_says_reload() {
+    let s = start_with(history_config(10, 10)).await;
+    let (addr, h) = (s.tcp_addrs[0], s.http_addr);
+    let mut c = Recovering::connect(addr, false, 7, "trim", "chat://t", Positions::default()).await;
+    c.states().await;
+    push_room(h, "t", "seen").await;
+    c.next().await;
+    let kept = c.positions.clone();
+    drop(c);
+    for i in 0..30 {
+        push_room(h, "t", &format!("gone{i}")).await;
+    }
+    let mut c = Recovering::connect(addr, false, 7, "trim", "chat://t", kept).await;
+    let states = c.states().await;
+    assert_eq!(status_of(&states, "chat://t"), StreamStatus::Reload);
+    let room = states.iter().find(|s| s.stream == "chat://t").unwrap();
+    assert_eq!(room.offset, 31, "carries on from the top");
+    // The member had nothing to miss.
+    assert_eq!(status_of(&states, "mid:7"), StreamStatus::Recovered);
+    push_room(h, "t", "after").await;
+    assert_eq!(
+        c.next().await,
+        Seen::Push(Some((StreamKind::Room, 32)), OP, "after".into())
+    );
+}
+
+/// A position from an earlier life of the stream (the server restarted, the
+/// history is gone): `reload`.
+#[tokio::test]
+async fn unknown_epoch_says_reload() {
+    let s = start_with(history_config(10, 10)).await;
+    let mut kept = Positions::default();
+    kept.0.insert("chat://e".into(), ("an-old-epoch".into(), 5));
+    let mut c = Recovering::connect(s.tcp_addrs[0], false, 8, "ep", "chat://e", kept).await;
+    let states = c.states().await;
+    assert_eq!(status_of(&states, "chat://e"), StreamStatus::Reload);
+    assert_eq!(status_of(&states, "mid:8"), StreamStatus::Fresh);
+}
+
+/// goim's clients in the same room see goim's bytes: plain pushes, no op 24 or
+/// 25, even while recovering clients share the room.
+#[tokio::test]
+async fn goim_clients_see_exactly_todays_bytes() {
+    let s = start_with(history_config(100, 100)).await;
+    let h = s.http_addr;
+    let mut rec = Recovering::connect(
+        s.tcp_addrs[0],
+        false,
+        1,
+        "r",
+        "chat://g",
+        Positions::default(),
+    )
+    .await;
+    rec.states().await;
+    let mut goim = Client::tcp(s.tcp_addrs[0]).await;
+    goim.auth(2, "g", "chat://g", &[OP]).await;
+    let mut goim_ws = Client::ws(s.ws_addrs[0]).await;
+    goim_ws.auth(3, "gw", "chat://g", &[OP]).await;
+    push_room(h, "g", r#"{"test":1}"#).await;
+    push_mid(h, 2, "to-mid").await;
+
+    // TCP: the 26-byte frame of protocol.md's worked example.
+    let f = goim.recv_wire().await.unwrap();
+    assert_eq!(
+        f.to_bytes().as_ref(),
+        &[
+            &[0, 0, 0, 0x1a, 0, 0x10, 0, 1, 0, 0, 0x03, 0xe8, 0, 0, 0, 0][..],
+            br#"{"test":1}"#
+        ]
+        .concat()[..]
+    );
+    let f = goim.recv_push().await;
+    assert_eq!((f.op, &f.body[..]), (OP, &b"to-mid"[..]));
+    // WebSocket: one op-9 envelope around the same frame.
+    let f = goim_ws.recv_wire().await.unwrap();
+    assert_eq!(f.op, Op::RAW);
+    let inner = herald_proto::raw::unpack(&f.body).unwrap();
+    assert_eq!(
+        (inner[0].op, &inner[0].body[..]),
+        (OP, &br#"{"test":1}"#[..])
+    );
+    assert_eq!(
+        rec.next().await,
+        Seen::Push(Some((StreamKind::Room, 1)), OP, r#"{"test":1}"#.into())
+    );
+}
+
+/// After a room change, op 25 gives the new room's position (`fresh`); its
+/// pushes are positioned from there.
+#[tokio::test]
+async fn room_change_reports_the_new_room() {
+    let s = start_with(history_config(100, 100)).await;
+    let h = s.http_addr;
+    push_room(h, "b", "old news").await;
+    let mut c = Recovering::connect(
+        s.tcp_addrs[0],
+        false,
+        0,
+        "rc",
+        "chat://a",
+        Positions::default(),
+    )
+    .await;
+    let states = c.states().await;
+    assert!(
+        states.iter().all(|s| s.kind != StreamKind::Mid),
+        "anonymous: no member stream"
+    );
+    let seq = c.c.send(Op::CHANGE_ROOM, b"chat://b").await;
+    let r = c.c.recv().await.unwrap();
+    assert_eq!((r.op, r.seq), (Op::CHANGE_ROOM_REPLY, seq));
+    let states = c.states().await;
+    assert_eq!(states.len(), 1);
+    assert_eq!(
+        (states[0].offset, states[0].status),
+        (1, StreamStatus::Fresh)
+    );
+    push_room(h, "b", "new").await;
+    assert_eq!(
+        c.next().await,
+        Seen::Push(Some((StreamKind::Room, 2)), OP, "new".into())
+    );
+    // A room that keeps no history: `off`, and plain pushes.
+    let seq = c.c.send(Op::CHANGE_ROOM, b"live://x").await;
+    let r = c.c.recv().await.unwrap();
+    assert_eq!((r.op, r.seq), (Op::CHANGE_ROOM_REPLY, seq));
+    let states = c.states().await;
+    assert_eq!(states[0].status, StreamStatus::Off);
+    let r = post(
+        h,
+        &format!("/goim/push/room?operation={OP}&type=live&room=x"),
+        b"plain",
+    )
+    .await;
+    assert_eq!(r.json()["code"], 0);
+    assert_eq!(c.next().await, Seen::Push(None, OP, "plain".into()));
+}
+
+/// A malformed recovery request refuses the auth like a malformed body.
+#[tokio::test]
+async fn malformed_recover_request_is_refused() {
+    let s = start_with(history_config(10, 10)).await;
+    for body in [
+        r#"{"mid":1,"room_id":"chat://1","recover":[1,2]}"#,
+        r#"{"mid":1,"recover":{"chat://1":{"epoch":"e","offset":-1}}}"#,
+    ] {
+        let mut c = Client::ws(s.ws_addrs[0]).await;
+        c.send(Op::AUTH, body.as_bytes()).await;
+        assert_eq!(
+            c.close_code().await,
+            Some(herald_proto::ws::close::PROTOCOL_ERROR)
+        );
+    }
+    // The server carries on.
+    let mut ok = Client::tcp(s.tcp_addrs[0]).await;
+    ok.auth(1, "fine", "chat://1", &[]).await;
+}

@@ -24,6 +24,11 @@ pub struct JobConfig {
     /// Deadline of each call to a comet.
     #[serde(with = "humantime_serde")]
     pub comet_timeout: Duration,
+    /// How long a call to a comet that is unreachable is tried again (with
+    /// backoff) before its messages are given up for that comet. Later work for
+    /// the same comet waits meanwhile, so its order holds. 0: no retry.
+    #[serde(with = "humantime_serde")]
+    pub comet_retry: Duration,
     /// Parallel queue consumers in this process.
     pub consumers: usize,
 }
@@ -37,6 +42,7 @@ impl Default for JobConfig {
             room_queue: 1024,
             comet_queue: 1024,
             comet_timeout: Duration::from_secs(3),
+            comet_retry: Duration::from_secs(3),
             consumers: 1,
         }
     }

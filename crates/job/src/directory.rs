@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_discovery::{Instance, Registry, RegistryError, COMET_APPID};
 use herald_queue::Delivery;
-use herald_rpc::{BroadcastReq, BroadcastRoomReq, CometService, PushMsgReq};
+use herald_rpc::{BroadcastReq, BroadcastRoomReq, CometService, ErrorKind, PushMsgReq};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -124,6 +124,7 @@ impl Drop for AckOnDrop {
 }
 
 /// A call to make on one comet.
+#[derive(Clone)]
 pub(crate) enum Work {
     Push(PushMsgReq),
     Room(BroadcastRoomReq),
@@ -152,11 +153,84 @@ impl CometLink {
     }
 }
 
+/// How a link calls its comet: each call's deadline, and how long an
+/// unreachable comet is tried again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallPolicy {
+    pub timeout: Duration,
+    pub retry: Duration,
+}
+
+/// First pause before calling an unreachable comet again; doubled each time.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+/// Longest pause between two tries.
+const RETRY_MAX: Duration = Duration::from_millis(800);
+
+async fn call_once(
+    service: &dyn CometService,
+    work: Work,
+    timeout: Duration,
+) -> Result<(), CallFailure> {
+    let call = async {
+        match work {
+            Work::Push(r) => service.push_msg(r).await,
+            Work::Room(r) => service.broadcast_room(r).await,
+            Work::Broadcast(r) => service.broadcast(r).await,
+        }
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) if e.kind == ErrorKind::Unavailable => {
+            Err(CallFailure::Unreachable(e.to_string()))
+        }
+        Ok(Err(e)) => Err(CallFailure::Refused(e.to_string())),
+        Err(_) => Err(CallFailure::TimedOut),
+    }
+}
+
+enum CallFailure {
+    /// The comet could not be reached: worth another try.
+    Unreachable(String),
+    /// The comet answered with an error: another try would get the same.
+    Refused(String),
+    /// No answer within the deadline (it may have been delivered).
+    TimedOut,
+}
+
+/// Calls the comet; while it is unreachable, tries again with backoff for at
+/// most `policy.retry` (a comet restarting, a network blip). Gives up at once
+/// when the comet leaves the registry or the job stops.
+async fn call_with_retry(
+    server: &str,
+    service: &dyn CometService,
+    work: Work,
+    policy: CallPolicy,
+    metrics: &JobMetrics,
+    gone: &CancellationToken,
+) -> Result<(), CallFailure> {
+    let give_up = tokio::time::Instant::now() + policy.retry;
+    let mut pause = RETRY_FIRST;
+    loop {
+        match call_once(service, work.clone(), policy.timeout).await {
+            Err(CallFailure::Unreachable(e)) if tokio::time::Instant::now() + pause < give_up => {
+                metrics.comet_retries.increment(1);
+                tracing::debug!(%server, error = %e, ?pause, "comet unreachable; trying again");
+                tokio::select! {
+                    _ = gone.cancelled() => return Err(CallFailure::Unreachable(e)),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn link_worker(
     server: String,
     service: Arc<dyn CometService>,
     mut rx: mpsc::Receiver<(Work, AckGroup)>,
-    timeout: Duration,
+    policy: CallPolicy,
     metrics: JobMetrics,
     gone: CancellationToken,
     stop: CancellationToken,
@@ -171,24 +245,22 @@ async fn link_worker(
                 None => return,
             },
         };
-        let call = async {
-            match work {
-                Work::Push(r) => service.push_msg(r).await,
-                Work::Room(r) => service.broadcast_room(r).await,
-                Work::Broadcast(r) => service.broadcast(r).await,
-            }
-        };
         let result = tokio::select! {
             _ = gone.cancelled() => break,
-            r = tokio::time::timeout(timeout, call) => r,
+            _ = stop.cancelled() => break,
+            r = call_with_retry(&server, &*service, work, policy, &metrics, &gone) => r,
         };
         match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+            Ok(()) => {}
+            Err(CallFailure::Unreachable(e)) => {
+                metrics.dispatch_errors.increment(1);
+                warn!(%server, error = %e, "comet unreachable; given up for this comet");
+            }
+            Err(CallFailure::Refused(e)) => {
                 metrics.dispatch_errors.increment(1);
                 warn!(%server, error = %e, "comet call failed");
             }
-            Err(_) => {
+            Err(CallFailure::TimedOut) => {
                 metrics.dispatch_errors.increment(1);
                 warn!(%server, "comet call timed out");
             }
@@ -225,7 +297,7 @@ impl Directory {
         registry: Arc<dyn Registry>,
         connector: Arc<dyn CometConnector>,
         queue: usize,
-        timeout: Duration,
+        policy: CallPolicy,
         metrics: JobMetrics,
         (tasks, stop): (&TaskTracker, &CancellationToken),
     ) -> Result<Directory, RegistryError> {
@@ -236,7 +308,7 @@ impl Directory {
             stop: stop.clone(),
         };
         let initial = watch.borrow_and_update().clone();
-        dir.apply(&initial, &*connector, queue, timeout, &metrics);
+        dir.apply(&initial, &*connector, queue, policy, &metrics);
         let d = dir.clone();
         let stop = stop.clone();
         tasks.spawn(async move {
@@ -248,7 +320,7 @@ impl Directory {
                             return;
                         }
                         let list = watch.borrow_and_update().clone();
-                        d.apply(&list, &*connector, queue, timeout, &metrics);
+                        d.apply(&list, &*connector, queue, policy, &metrics);
                     }
                 }
             }
@@ -261,7 +333,7 @@ impl Directory {
         instances: &[Instance],
         connector: &dyn CometConnector,
         queue: usize,
-        timeout: Duration,
+        policy: CallPolicy,
         metrics: &JobMetrics,
     ) {
         let old = self.snapshot();
@@ -281,7 +353,7 @@ impl Directory {
                 ins.hostname.clone(),
                 service.clone(),
                 rx,
-                timeout,
+                policy,
                 metrics.clone(),
                 gone.clone(),
                 self.stop.clone(),

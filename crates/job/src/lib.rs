@@ -43,6 +43,7 @@ pub(crate) struct JobMetrics {
     pub bad_messages: Counter,
     pub unroutable: Counter,
     pub dispatch_errors: Counter,
+    pub comet_retries: Counter,
     pub room_batches: Counter,
     pub room_batch_frames: Counter,
     pub ack_errors: Counter,
@@ -57,6 +58,7 @@ impl JobMetrics {
             bad_messages: counter!("herald_job_bad_messages_total"),
             unroutable: counter!("herald_job_unroutable_total"),
             dispatch_errors: counter!("herald_job_dispatch_errors_total"),
+            comet_retries: counter!("herald_job_comet_retries_total"),
             room_batches: counter!("herald_job_room_batches_total"),
             room_batch_frames: counter!("herald_job_room_batch_frames_total"),
             ack_errors: counter!("herald_job_ack_errors_total"),
@@ -102,7 +104,10 @@ impl Job {
             registry.clone(),
             connector,
             cfg.comet_queue,
-            cfg.comet_timeout,
+            directory::CallPolicy {
+                timeout: cfg.comet_timeout,
+                retry: cfg.comet_retry,
+            },
             metrics.clone(),
             (&background, &stop_background),
         )

@@ -51,6 +51,11 @@ struct Recorder {
     calls: Mutex<Vec<(Duration, Call)>>,
     count: watch::Sender<usize>,
     gate: Option<Arc<Semaphore>>,
+    /// Calls still to refuse as unreachable (each refusal recorded with its time).
+    unreachable: Mutex<usize>,
+    refused_at: Mutex<Vec<Duration>>,
+    /// Each room call's epoch and offsets.
+    room_positions: Mutex<Vec<(String, Vec<u64>)>>,
 }
 
 impl Recorder {
@@ -60,11 +65,29 @@ impl Recorder {
             calls: Mutex::new(Vec::new()),
             count: watch::Sender::new(0),
             gate,
+            unreachable: Mutex::new(0),
+            refused_at: Mutex::new(Vec::new()),
+            room_positions: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A comet that is unreachable for its first `n` calls.
+    fn unreachable_for(n: usize) -> Arc<Recorder> {
+        let r = Recorder::new(None);
+        *r.unreachable.lock().unwrap() = n;
+        r
     }
 
     async fn record(&self, call: Call) -> RpcResult<()> {
         let at = self.start.elapsed();
+        {
+            let mut left = self.unreachable.lock().unwrap();
+            if *left > 0 {
+                *left -= 1;
+                self.refused_at.lock().unwrap().push(at);
+                return Err(herald_rpc::RpcError::unavailable("connection refused"));
+            }
+        }
         {
             let mut calls = self.calls.lock().unwrap();
             calls.push((at, call));
@@ -110,6 +133,10 @@ impl CometService for Recorder {
         .await
     }
     async fn broadcast_room(&self, r: BroadcastRoomReq) -> RpcResult<()> {
+        self.room_positions
+            .lock()
+            .unwrap()
+            .push((r.epoch.clone(), r.offsets.clone()));
         let raw = r.proto.map(|p| p.body).unwrap_or_default();
         self.record(Call::Room {
             room: r.room_id,
@@ -402,4 +429,94 @@ async fn shutdown_waits_until_what_was_taken_is_acknowledged() {
     gate.add_permits(1);
     shutdown.await.unwrap();
     assert_eq!(queue.depth(), Some(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_comet_is_tried_again_within_the_window() {
+    // Refused three times: tried again after 50, 100 and 200 ms.
+    let comet = Recorder::unreachable_for(3);
+    let s = start(JobConfig::default(), &[("c1", comet.clone())]).await;
+    room(&s.queue, "live://1", "m0").await;
+    comet.wait_for(1).await;
+    assert_eq!(
+        comet.calls(),
+        [(Duration::from_millis(350), room_call("live://1", &["m0"]))]
+    );
+    assert_eq!(
+        *comet.refused_at.lock().unwrap(),
+        [0, 50, 150].map(Duration::from_millis)
+    );
+    until_acknowledged(&s.queue).await;
+    s.job.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_comet_unreachable_beyond_the_window_is_given_up_and_the_message_acknowledged() {
+    let comet = Recorder::unreachable_for(usize::MAX);
+    let cfg = JobConfig {
+        comet_retry: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let s = start(cfg, &[("c1", comet.clone())]).await;
+    room(&s.queue, "live://1", "m0").await;
+    let took = until_acknowledged(&s.queue).await;
+    // Tries at 0, 50, 150, 350 and 750 ms; the next pause (800 ms) would end
+    // past the window.
+    assert_eq!(
+        *comet.refused_at.lock().unwrap(),
+        [0, 50, 150, 350, 750].map(Duration::from_millis)
+    );
+    // (acknowledgement is polled every millisecond)
+    assert!(
+        (Duration::from_millis(750)..Duration::from_millis(752)).contains(&took),
+        "{took:?}"
+    );
+    assert!(comet.calls().is_empty());
+    s.job.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn room_batches_carry_offsets_and_never_mix_epochs() {
+    let comet = Recorder::new(None);
+    let cfg = JobConfig {
+        room_window: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let s = start(cfg, &[("c1", comet.clone())]).await;
+    for (epoch, offset) in [("a", 7), ("a", 8), ("b", 1), ("b", 2)] {
+        let m = PushMsg {
+            r#type: PushType::Room as i32,
+            operation: 1000,
+            room: "chat://1".into(),
+            msg: Bytes::from(format!("{epoch}{offset}")),
+            position: Some(herald_rpc::Position {
+                stream: "chat://1".into(),
+                epoch: epoch.into(),
+                offset,
+            }),
+            ..Default::default()
+        };
+        s.queue.publish("chat://1", msg(m)).await.unwrap();
+    }
+    room(&s.queue, "chat://1", "plain").await;
+    comet.wait_for(3).await;
+    assert_eq!(
+        *comet.room_positions.lock().unwrap(),
+        [
+            ("a".to_string(), vec![7, 8]),
+            ("b".to_string(), vec![1, 2]),
+            (String::new(), vec![]),
+        ]
+    );
+    let bodies: Vec<Call> = comet.calls().into_iter().map(|(_, c)| c).collect();
+    assert_eq!(
+        bodies,
+        [
+            room_call("chat://1", &["a7", "a8"]),
+            room_call("chat://1", &["b1", "b2"]),
+            room_call("chat://1", &["plain"]),
+        ]
+    );
+    until_acknowledged(&s.queue).await;
+    s.job.shutdown().await;
 }

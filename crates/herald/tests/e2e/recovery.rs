@@ -69,13 +69,24 @@ impl Recovering {
         room: &str,
         positions: Positions,
     ) -> Recovering {
+        let body = json!({"mid": mid, "key": key, "room_id": room, "accepts": [OP],
+            "recover": positions.recover()});
+        Recovering::connect_body(addr, ws, body, (mid, key, room), positions).await
+    }
+
+    /// Authenticates with `body` as the connection `(mid, key, room)`.
+    async fn connect_body(
+        addr: SocketAddr,
+        ws: bool,
+        body: serde_json::Value,
+        (mid, key, room): (i64, &str, &str),
+        positions: Positions,
+    ) -> Recovering {
         let mut c = if ws {
             Client::ws(addr).await
         } else {
             Client::tcp(addr).await
         };
-        let body = json!({"mid": mid, "key": key, "room_id": room, "accepts": [OP],
-            "recover": positions.recover()});
         let seq = c.send(Op::AUTH, body.to_string().as_bytes()).await;
         let f = c.recv().await.expect("auth reply");
         assert_eq!((f.op, f.seq), (Op::AUTH_REPLY, seq));
@@ -390,4 +401,41 @@ async fn malformed_recover_request_is_refused() {
     // The server carries on.
     let mut ok = Client::tcp(s.tcp_addrs[0]).await;
     ok.auth(1, "fine", "chat://1", &[]).await;
+}
+
+/// In `jwt` mode the body holds the token and `recover`; the member stream is
+/// the token's.
+#[tokio::test]
+async fn jwt_clients_recover_their_member_stream() {
+    const SECRET: &str = "recovery-test-secret-with-enough-bytes";
+    let mut cfg = history_config(100, 100);
+    cfg.auth.mode = herald_logic::auth::AuthMode::Jwt;
+    cfg.auth.jwt.secret = SECRET.into();
+    let s = start_with(cfg).await;
+    let (addr, h) = (s.ws_addrs[0], s.http_addr);
+    let exp = unix_now() + 600;
+    let token = jwt_hs256(&json!({"sub": "77", "key": "jk", "exp": exp}), SECRET);
+    let body = |p: &Positions| json!({"token": token, "accepts": [OP], "recover": p.recover()});
+    let ident = (77, "jk", "");
+    let mut c = Recovering::connect_body(
+        addr,
+        true,
+        body(&Positions::default()),
+        ident,
+        Positions::default(),
+    )
+    .await;
+    assert_eq!(status_of(&c.states().await, "mid:77"), StreamStatus::Fresh);
+    let kept = c.positions.clone();
+    drop(c);
+    push_mid(h, 77, "while away").await;
+    let mut c = Recovering::connect_body(addr, true, body(&kept), ident, kept).await;
+    assert_eq!(
+        c.next().await,
+        Seen::Push(Some((StreamKind::Mid, 1)), OP, "while away".into())
+    );
+    assert_eq!(
+        status_of(&c.states().await, "mid:77"),
+        StreamStatus::Recovered
+    );
 }

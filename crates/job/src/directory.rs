@@ -235,6 +235,9 @@ async fn link_worker(
     gone: CancellationToken,
     stop: CancellationToken,
 ) {
+    // After a call gave up on the comet, the next ones are tried once each until
+    // one gets through: one retry window per outage, not one per call.
+    let mut down = false;
     loop {
         let (work, ack) = tokio::select! {
             _ = gone.cancelled() => break,
@@ -248,8 +251,13 @@ async fn link_worker(
         let result = tokio::select! {
             _ = gone.cancelled() => break,
             _ = stop.cancelled() => break,
-            r = call_with_retry(&server, &*service, work, policy, &metrics, &gone) => r,
+            r = call_with_retry(&server, &*service, work, if down {
+                CallPolicy { retry: Duration::ZERO, ..policy }
+            } else {
+                policy
+            }, &metrics, &gone) => r,
         };
+        down = matches!(result, Err(CallFailure::Unreachable(_)));
         match result {
             Ok(()) => {}
             Err(CallFailure::Unreachable(e)) => {

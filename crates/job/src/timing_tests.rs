@@ -472,6 +472,18 @@ async fn a_comet_unreachable_beyond_the_window_is_given_up_and_the_message_ackno
         "{took:?}"
     );
     assert!(comet.calls().is_empty());
+    // The comet is still down: the next call is tried once, not for another
+    // window; once one gets through, retries are back.
+    room(&s.queue, "live://1", "m1").await;
+    until_acknowledged(&s.queue).await;
+    assert_eq!(comet.refused_at.lock().unwrap().len(), 6);
+    *comet.unreachable.lock().unwrap() = 0;
+    room(&s.queue, "live://1", "m2").await;
+    comet.wait_for(1).await;
+    *comet.unreachable.lock().unwrap() = 1;
+    room(&s.queue, "live://1", "m3").await;
+    comet.wait_for(2).await;
+    assert_eq!(comet.refused_at.lock().unwrap().len(), 7);
     s.job.shutdown().await;
 }
 

@@ -13,6 +13,9 @@
 #[path = "e2e/support.rs"]
 mod support;
 
+#[path = "e2e/recovering.rs"]
+mod recovering;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -1150,4 +1153,192 @@ url = "redis://127.0.0.1:{queue_port}/"
     assert_eq!(r.status, 200, "{}", r.text());
     logic.kill();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A recovering client that keeps reading, and reconnects with its positions to
+/// `fallback` whenever its connection ends (as the SDK does). Returns the pushes
+/// as the application saw them (stream kind and body, in arrival order) and the
+/// statuses of every op 25, once it has `rooms` room pushes and `mids` mid pushes
+/// or `within` has passed.
+async fn read_and_recover(
+    first: SocketAddr,
+    fallback: SocketAddr,
+    ws: bool,
+    mid: i64,
+    (rooms, mids): (usize, usize),
+    within: Duration,
+) -> (
+    Vec<(herald_proto::recovery::StreamKind, String)>,
+    Vec<String>,
+) {
+    use herald_proto::recovery::StreamKind;
+    use recovering::{Positions, Recovering, Seen};
+    let key = format!("rk-{mid}");
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    let mut statuses = Vec::new();
+    let mut positions = Positions::default();
+    let mut addr = first;
+    let count = |seen: &Vec<(StreamKind, String)>, k| seen.iter().filter(|(s, _)| *s == k).count();
+    while (count(&seen, StreamKind::Room) < rooms || count(&seen, StreamKind::Mid) < mids)
+        && tokio::time::Instant::now() < deadline
+    {
+        let mut c =
+            Recovering::connect(addr, ws, mid, &key, "chat://kill", positions.clone()).await;
+        loop {
+            let wait = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(Duration::from_secs(2));
+            match tokio::time::timeout(wait, c.try_next()).await {
+                Ok(Some(Seen::Push(Some((kind, _)), OP, body))) => seen.push((kind, body)),
+                Ok(Some(Seen::Push(other, op, body))) => {
+                    panic!("unexpected push {other:?} {op} {body}")
+                }
+                Ok(Some(Seen::States(states))) => statuses.extend(
+                    states
+                        .iter()
+                        .map(|s| format!("{}={:?}", s.stream, s.status)),
+                ),
+                // The connection ended: reconnect elsewhere with the positions.
+                Ok(None) => break,
+                Err(_) => {}
+            }
+            if (count(&seen, StreamKind::Room) >= rooms && count(&seen, StreamKind::Mid) >= mids)
+                || tokio::time::Instant::now() >= deadline
+            {
+                break;
+            }
+        }
+        positions = c.positions.clone();
+        addr = fallback;
+    }
+    (seen, statuses)
+}
+
+/// A comet is SIGKILLed while 1,000 messages are pushed to a room and to
+/// members; its clients reconnect to the other comet and recover. Every client
+/// sees every message exactly once, each stream in order.
+async fn killed_comet_loses_nothing_for_recovering_clients(c: &mut Cluster) {
+    use herald_proto::recovery::StreamKind;
+    const PER_COMET: i64 = 8;
+    const N: usize = 500;
+    let (c0, c1) = (c.comets[0], c.comets[1]);
+    let mut readers = Vec::new();
+    for i in 0..2 * PER_COMET {
+        let on_comet0 = i < PER_COMET;
+        let ws = i % 2 == 1;
+        let pick = |(tcp, wsa): (SocketAddr, SocketAddr)| if ws { wsa } else { tcp };
+        let (first, fallback) = if on_comet0 {
+            (pick(c0), pick(c1))
+        } else {
+            (pick(c1), pick(c1))
+        };
+        readers.push(tokio::spawn(read_and_recover(
+            first,
+            fallback,
+            ws,
+            500 + i,
+            (N, N),
+            Duration::from_secs(90),
+        )));
+    }
+    // Every reader is in: each member shows online on some comet.
+    let mids: Vec<String> = (0..2 * PER_COMET)
+        .map(|i| format!("mids={}", 500 + i))
+        .collect();
+    let mids = mids.join("&");
+    let (l0, l1) = (c.logics[0], c.logics[1]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = get(l0, "/goim/online/room?type=chat&rooms=kill").await;
+        if r.json()["data"]["kill"] == (2 * PER_COMET) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readers never all joined: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..N {
+        if i == N / 3 {
+            c.proc("comet0").kill();
+        }
+        let logic = if i % 2 == 0 { l0 } else { l1 };
+        push_ok(
+            logic,
+            &format!("/goim/push/room?operation={OP}&type=chat&room=kill"),
+            &format!("r{i:03}"),
+        )
+        .await;
+        push_ok(
+            logic,
+            &format!("/goim/push/mids?operation={OP}&{mids}"),
+            &format!("m{i:03}"),
+        )
+        .await;
+    }
+    let want_rooms: Vec<String> = (0..N).map(|i| format!("r{i:03}")).collect();
+    let want_mids: Vec<String> = (0..N).map(|i| format!("m{i:03}")).collect();
+    for (i, r) in readers.into_iter().enumerate() {
+        let (seen, statuses) = r.await.unwrap();
+        let of = |k| -> Vec<String> {
+            seen.iter()
+                .filter(|(s, _)| *s == k)
+                .map(|(_, b)| b.clone())
+                .collect()
+        };
+        let (rooms, mids) = (of(StreamKind::Room), of(StreamKind::Mid));
+        assert_eq!(
+            rooms, want_rooms,
+            "reader {i}: room pushes (statuses {statuses:?})"
+        );
+        assert_eq!(
+            mids, want_mids,
+            "reader {i}: mid pushes (statuses {statuses:?})"
+        );
+        assert!(
+            !statuses.iter().any(|s| s.ends_with("Reload")),
+            "reader {i} was told to reload: {statuses:?}"
+        );
+        if (i as i64) < PER_COMET {
+            assert!(
+                statuses.iter().filter(|s| s.ends_with("Recovered")).count() >= 2,
+                "reader {i} on the killed comet recovered both streams elsewhere: {statuses:?}"
+            );
+        }
+    }
+}
+
+/// Recovery on a cluster: history in the shared Redis, a comet killed mid-stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_recovery_survives_a_killed_comet() {
+    let queue = herald_testkit::redis();
+    let toml = redis_queue_toml(&queue.redis_url(), Duration::from_secs(2));
+    let etcd = herald_testkit::etcd();
+    let redis = herald_testkit::redis();
+    let (etcd_url, redis_url) = (etcd.etcd_endpoint(), redis.redis_url());
+    let history = r#"
+[history.rooms.chat]
+size = 2000
+ttl = "10m"
+
+[history.mids]
+size = 2000
+ttl = "10m"
+"#;
+    let mut c = Cluster::start_with(
+        "recovery",
+        toml,
+        vec![queue],
+        etcd,
+        redis,
+        &etcd_url,
+        &redis_url,
+        history,
+        None,
+    );
+    c.ready().await;
+    killed_comet_loses_nothing_for_recovering_clients(&mut c).await;
 }

@@ -13,6 +13,7 @@ mod http_limits;
 mod https;
 mod limits;
 mod protocol;
+mod recovering;
 mod recovery;
 mod regressions;
 mod standalone_engines;

@@ -50,6 +50,20 @@ pub struct CometMetrics {
     pub refreshes_ok: Counter,
     /// Credential refreshes refused.
     pub refreshes_refused: Counter,
+    /// History reads by recovering connections (reconnects and gap fills).
+    pub fills: Counter,
+    /// Frames replayed from history.
+    pub replayed: Counter,
+    /// Positioned pushes dropped as repeats.
+    pub repeats: Counter,
+    /// Streams reported in op 25, by status.
+    pub streams_recovered: Counter,
+    /// (reload)
+    pub streams_reload: Counter,
+    /// (fresh)
+    pub streams_fresh: Counter,
+    /// (off)
+    pub streams_off: Counter,
 }
 
 impl CometMetrics {
@@ -78,7 +92,26 @@ impl CometMetrics {
             grant_refusals_op: counter!("herald_grant_refusals_total", "what" => "op"),
             refreshes_ok: counter!("herald_credential_refreshes_total", "result" => "ok"),
             refreshes_refused: counter!("herald_credential_refreshes_total", "result" => "refused"),
+            fills: counter!("herald_recovery_fills_total"),
+            replayed: counter!("herald_recovery_replayed_frames_total"),
+            repeats: counter!("herald_recovery_repeats_dropped_total"),
+            streams_recovered: counter!("herald_recovery_streams_total", "status" => "recovered"),
+            streams_reload: counter!("herald_recovery_streams_total", "status" => "reload"),
+            streams_fresh: counter!("herald_recovery_streams_total", "status" => "fresh"),
+            streams_off: counter!("herald_recovery_streams_total", "status" => "off"),
         }
+    }
+
+    /// Counts a stream reported in op 25 with `status`.
+    pub fn count_status(&self, status: herald_proto::recovery::StreamStatus) {
+        use herald_proto::recovery::StreamStatus;
+        match status {
+            StreamStatus::Recovered => &self.streams_recovered,
+            StreamStatus::Reload => &self.streams_reload,
+            StreamStatus::Fresh => &self.streams_fresh,
+            StreamStatus::Off => &self.streams_off,
+        }
+        .increment(1);
     }
 
     /// Counts a client over a limit (`herald_limit_hits_total{limit}`). Hits are

@@ -310,7 +310,8 @@ impl Recovery {
         for (i, (offset, range)) in batch.frames.iter().enumerate() {
             match admit(t, &batch.epoch, *offset) {
                 Admit::Next if accepted => taken.push(range.clone()),
-                Admit::Next | Admit::Repeat => {}
+                Admit::Next => {}
+                Admit::Repeat => hub.metrics.repeats.increment(1),
                 Admit::Gap => {
                     gap_at = Some(i);
                     break;
@@ -402,6 +403,7 @@ impl Recovery {
         let mut fanout = Fanout::default();
         for (kind, req) in self.due() {
             let name = req.stream.clone();
+            hub.metrics.fills.increment(1);
             let reply = history(req).await;
             let mut st = lock(&self.state);
             let t = &mut st.streams[index(kind)];
@@ -411,6 +413,10 @@ impl Recovery {
             }
             let mut send = Out::default();
             apply(t, reply, ch, &mut send);
+            hub.metrics.replayed.increment(send.frames as u64);
+            if let Some(status) = t.report {
+                hub.metrics.count_status(status);
+            }
             let initial = st.initial;
             let t = &mut st.streams[index(kind)];
             if !initial {

@@ -446,28 +446,17 @@ impl Logic {
             // Each member is its own stream: its position, then its messages
             // (a member with no connection is still recorded, for when it
             // comes back).
+            // Members are independent streams: up to MID_STREAMS_AT_ONCE of them
+            // are handled at a time, each in its own order (append, routes,
+            // publish).
+            use futures_util::stream::{self, StreamExt, TryStreamExt};
             let mut seen = std::collections::HashSet::new();
-            for &mid in mids.iter().filter(|m| seen.insert(**m)) {
-                let position = self
-                    .position(|| recovery::mid_stream(mid), op, &msg)
-                    .await?;
-                let routes = self
-                    .sessions
-                    .keys_by_mids(&[mid])
-                    .await
-                    .map_err(|e| self.store_failure(e));
-                let routes = match routes {
-                    Ok(r) => r,
-                    Err(e) => {
-                        if let (Some(p), Some(h)) = (&position, &self.history) {
-                            h.retract(p).await;
-                        }
-                        return Err(e);
-                    }
-                };
-                self.publish_grouped(op, routes, msg.clone(), position)
-                    .await?;
-            }
+            let unique: Vec<i64> = mids.iter().copied().filter(|m| seen.insert(*m)).collect();
+            stream::iter(unique)
+                .map(|mid| self.push_member_stream(op, mid, msg.clone()))
+                .buffer_unordered(MID_STREAMS_AT_ONCE)
+                .try_collect::<()>()
+                .await?;
             return Ok(());
         }
         let routes = self
@@ -476,6 +465,24 @@ impl Logic {
             .await
             .map_err(|e| self.store_failure(e))?;
         self.publish_grouped(op, routes, msg, None).await
+    }
+
+    /// One member's push when members keep history: its position, then one
+    /// message per comet holding its connections (none when it has none).
+    async fn push_member_stream(&self, op: i32, mid: i64, msg: Bytes) -> Result<(), PushError> {
+        let position = self
+            .position(|| recovery::mid_stream(mid), op, &msg)
+            .await?;
+        let routes = match self.sessions.keys_by_mids(&[mid]).await {
+            Ok(r) => r,
+            Err(e) => {
+                if let (Some(p), Some(h)) = (&position, &self.history) {
+                    h.retract(p).await;
+                }
+                return Err(self.store_failure(e));
+            }
+        };
+        self.publish_grouped(op, routes, msg, position).await
     }
 
     /// Pushes to a room (`type://room`).
@@ -625,6 +632,10 @@ impl Logic {
         self.cfg.node.heartbeat * self.cfg.node.heartbeat_max.max(1)
     }
 }
+
+/// Members whose history appends and publishes run at once for one
+/// `/goim/push/mids` request.
+const MID_STREAMS_AT_ONCE: usize = 32;
 
 /// The room key goim builds from a type and an id.
 pub fn room_key(typ: &str, room: &str) -> String {

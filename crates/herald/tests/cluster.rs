@@ -6,7 +6,8 @@
 //! API accepted. Run once per queue backend, and once with everything between
 //! the processes protected: gRPC with the cluster token and mutual TLS, etcd
 //! over https as a non-root user, Redis over TLS as an ACL user, NATS over TLS
-//! with a token.
+//! with a token. Recovery: a comet killed under clients that recover, and
+//! `herald standalone` as a process replaying what a dropped client missed.
 
 #![allow(clippy::unwrap_used)]
 
@@ -1341,4 +1342,61 @@ ttl = "10m"
     );
     c.ready().await;
     killed_comet_loses_nothing_for_recovering_clients(&mut c).await;
+}
+
+/// Recovery with `herald standalone` as a process of its own: a client drops its
+/// connection, 100 room pushes and 100 mid pushes happen, it reconnects and gets
+/// all 200 in order, then live ones (over TCP and over WebSocket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_process_replays_what_a_dropped_client_missed() {
+    let dir =
+        std::env::temp_dir().join(format!("herald-standalone-recovery-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (tcp, ws, http) = (addr(free_port()), addr(free_port()), addr(free_port()));
+    let toml = format!(
+        r#"
+[comet]
+tcp_bind = ["{tcp}"]
+ws_bind = ["{ws}"]
+
+[logic]
+http_bind = "{http}"
+
+[history.rooms.chat]
+size = 500
+ttl = "10m"
+
+[history.mids]
+size = 500
+ttl = "10m"
+"#
+    );
+    let cfg = dir.join("standalone.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let log = dir.join("standalone.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("standalone")
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let mut p = Proc {
+        name: "standalone".into(),
+        child,
+        log,
+    };
+    support::eventually("standalone ready", || async {
+        tokio::net::TcpStream::connect(http).await.is_ok()
+            && get(http, "/readyz").await.status == 200
+    })
+    .await;
+    recovering::drop_and_recover(tcp, http, false).await;
+    recovering::drop_and_recover(ws, http, true).await;
+    assert!(p.alive(), "standalone exited: see {}", p.log.display());
+    p.terminate(Duration::from_secs(10)).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

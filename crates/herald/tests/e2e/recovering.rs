@@ -13,7 +13,7 @@ use herald_proto::recovery::{
 use herald_proto::{Frame, Op};
 use serde_json::json;
 
-use crate::support::Client;
+use crate::support::{post, Client};
 
 /// The business op the tests push with.
 pub const OP: i32 = 1000;
@@ -146,4 +146,87 @@ impl Recovering {
             other => panic!("expected op 25, got {other:?}"),
         }
     }
+}
+
+pub fn status_of(states: &[StreamState], stream: &str) -> StreamStatus {
+    states
+        .iter()
+        .find(|s| s.stream == stream)
+        .unwrap_or_else(|| panic!("{stream} in {states:?}"))
+        .status
+}
+
+pub async fn push_room(h: SocketAddr, room: &str, body: &str) {
+    let r = post(
+        h,
+        &format!("/goim/push/room?operation={OP}&type=chat&room={room}"),
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.json()["code"], 0, "{}", r.text());
+}
+
+pub async fn push_mid(h: SocketAddr, mid: i64, body: &str) {
+    let r = post(
+        h,
+        &format!("/goim/push/mids?operation={OP}&mids={mid}"),
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.json()["code"], 0, "{}", r.text());
+}
+
+/// A client drops its connection; 100 room pushes and 100 mid pushes happen;
+/// it reconnects and receives all 200, each stream in order, then the states,
+/// then live pushes.
+pub async fn drop_and_recover(addr: SocketAddr, h: SocketAddr, ws: bool) {
+    // Streams of their own for each transport, so both can run on one server.
+    let (id, mid) = if ws { ("ws", 43) } else { ("tcp", 42) };
+    let room = format!("chat://{id}");
+    let (mid_stream, key) = (format!("mid:{mid}"), format!("dev-{id}"));
+    let mut c = Recovering::connect(addr, ws, mid, &key, &room, Positions::default()).await;
+    let first = c.states().await;
+    assert_eq!(status_of(&first, &room), StreamStatus::Fresh);
+    assert_eq!(status_of(&first, &mid_stream), StreamStatus::Fresh);
+    assert_eq!(status_of(&first, &format!("key:{key}")), StreamStatus::Off);
+    push_room(h, id, "before").await;
+    assert_eq!(
+        c.next().await,
+        Seen::Push(Some((StreamKind::Room, 1)), OP, "before".into())
+    );
+    let kept = c.positions.clone();
+    drop(c);
+
+    for i in 0..100 {
+        push_room(h, id, &format!("r{i}")).await;
+        push_mid(h, mid, &format!("m{i}")).await;
+    }
+    let mut c = Recovering::connect(addr, ws, mid, &key, &room, kept).await;
+    let (mut rooms, mut mids) = (Vec::new(), Vec::new());
+    let states = loop {
+        match c.next().await {
+            Seen::Push(Some((StreamKind::Room, off)), OP, body) => rooms.push((off, body)),
+            Seen::Push(Some((StreamKind::Mid, off)), OP, body) => mids.push((off, body)),
+            Seen::States(s) => break s,
+            other => panic!("unexpected during replay: {other:?}"),
+        }
+    };
+    assert_eq!(status_of(&states, &room), StreamStatus::Recovered);
+    assert_eq!(status_of(&states, &mid_stream), StreamStatus::Recovered);
+    let want_rooms: Vec<_> = (0..100).map(|i| (i as u64 + 2, format!("r{i}"))).collect();
+    let want_mids: Vec<_> = (0..100).map(|i| (i as u64 + 1, format!("m{i}"))).collect();
+    assert_eq!(rooms, want_rooms);
+    assert_eq!(mids, want_mids);
+
+    // Then live pushes, positioned, continuing the offsets.
+    push_room(h, id, "live").await;
+    push_mid(h, mid, "live-mid").await;
+    assert_eq!(
+        c.next().await,
+        Seen::Push(Some((StreamKind::Room, 102)), OP, "live".into())
+    );
+    assert_eq!(
+        c.next().await,
+        Seen::Push(Some((StreamKind::Mid, 101)), OP, "live-mid".into())
+    );
 }

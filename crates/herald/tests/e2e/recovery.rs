@@ -3,16 +3,17 @@
 //! gap and no repeat, `reload` when history no longer holds what was missed, and
 //! goim's bytes for clients that do not ask.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use herald::Config;
 use herald_logic::StreamHistory;
-use herald_proto::recovery::{StreamKind, StreamState, StreamStatus};
+use herald_proto::recovery::{StreamKind, StreamStatus};
 use herald_proto::Op;
 use serde_json::json;
 
-use crate::recovering::{Positions, Recovering, Seen, OP};
+use crate::recovering::{
+    drop_and_recover, push_mid, push_room, status_of, Positions, Recovering, Seen, OP,
+};
 use crate::support::*;
 
 fn history_config(room_size: usize, mid_size: usize) -> Config {
@@ -26,96 +27,16 @@ fn history_config(room_size: usize, mid_size: usize) -> Config {
     cfg
 }
 
-fn status_of(states: &[StreamState], stream: &str) -> StreamStatus {
-    states
-        .iter()
-        .find(|s| s.stream == stream)
-        .unwrap_or_else(|| panic!("{stream} in {states:?}"))
-        .status
-}
-
-async fn push_room(h: SocketAddr, room: &str, body: &str) {
-    let r = post(
-        h,
-        &format!("/goim/push/room?operation={OP}&type=chat&room={room}"),
-        body.as_bytes(),
-    )
-    .await;
-    assert_eq!(r.json()["code"], 0, "{}", r.text());
-}
-
-async fn push_mid(h: SocketAddr, mid: i64, body: &str) {
-    let r = post(
-        h,
-        &format!("/goim/push/mids?operation={OP}&mids={mid}"),
-        body.as_bytes(),
-    )
-    .await;
-    assert_eq!(r.json()["code"], 0, "{}", r.text());
-}
-
-/// A client drops its connection; 100 room pushes and 100 mid pushes happen;
-/// it reconnects and receives all 200, each stream in order, then the states,
-/// then live pushes.
-async fn drop_and_recover(ws: bool) {
-    let s = start_with(history_config(500, 500)).await;
-    let addr = if ws { s.ws_addrs[0] } else { s.tcp_addrs[0] };
-    let h = s.http_addr;
-    let mut c = Recovering::connect(addr, ws, 42, "dev-1", "chat://1", Positions::default()).await;
-    let first = c.states().await;
-    assert_eq!(status_of(&first, "chat://1"), StreamStatus::Fresh);
-    assert_eq!(status_of(&first, "mid:42"), StreamStatus::Fresh);
-    assert_eq!(status_of(&first, "key:dev-1"), StreamStatus::Off);
-    push_room(h, "1", "before").await;
-    assert_eq!(
-        c.next().await,
-        Seen::Push(Some((StreamKind::Room, 1)), OP, "before".into())
-    );
-    let kept = c.positions.clone();
-    drop(c);
-
-    for i in 0..100 {
-        push_room(h, "1", &format!("r{i}")).await;
-        push_mid(h, 42, &format!("m{i}")).await;
-    }
-    let mut c = Recovering::connect(addr, ws, 42, "dev-1", "chat://1", kept).await;
-    let (mut rooms, mut mids) = (Vec::new(), Vec::new());
-    let states = loop {
-        match c.next().await {
-            Seen::Push(Some((StreamKind::Room, off)), OP, body) => rooms.push((off, body)),
-            Seen::Push(Some((StreamKind::Mid, off)), OP, body) => mids.push((off, body)),
-            Seen::States(s) => break s,
-            other => panic!("unexpected during replay: {other:?}"),
-        }
-    };
-    assert_eq!(status_of(&states, "chat://1"), StreamStatus::Recovered);
-    assert_eq!(status_of(&states, "mid:42"), StreamStatus::Recovered);
-    let want_rooms: Vec<_> = (0..100).map(|i| (i as u64 + 2, format!("r{i}"))).collect();
-    let want_mids: Vec<_> = (0..100).map(|i| (i as u64 + 1, format!("m{i}"))).collect();
-    assert_eq!(rooms, want_rooms);
-    assert_eq!(mids, want_mids);
-
-    // Then live pushes, positioned, continuing the offsets.
-    push_room(h, "1", "live").await;
-    push_mid(h, 42, "live-mid").await;
-    assert_eq!(
-        c.next().await,
-        Seen::Push(Some((StreamKind::Room, 102)), OP, "live".into())
-    );
-    assert_eq!(
-        c.next().await,
-        Seen::Push(Some((StreamKind::Mid, 101)), OP, "live-mid".into())
-    );
-}
-
 #[tokio::test]
 async fn tcp_client_recovers_200_missed_pushes_in_order() {
-    drop_and_recover(false).await;
+    let s = start_with(history_config(500, 500)).await;
+    drop_and_recover(s.tcp_addrs[0], s.http_addr, false).await;
 }
 
 #[tokio::test]
 async fn websocket_client_recovers_200_missed_pushes_in_order() {
-    drop_and_recover(true).await;
+    let s = start_with(history_config(500, 500)).await;
+    drop_and_recover(s.ws_addrs[0], s.http_addr, true).await;
 }
 
 /// History trimmed below the client's position: `reload`, nothing replayed,

@@ -1,10 +1,10 @@
-/* herald push demo — page logic. Depends on goim.js (window.GoimClient). */
-(function () {
-  'use strict';
+/* herald push demo — page logic, on the client SDK (sdk/herald.js). */
+import { HeraldClient } from './sdk/herald.js';
+
+{
 
   const MAX_LOG_LINES = 500;
   const ONLINE_REFRESH_MS = 3000;
-  const REPLY_NAMES = { 13: 'change room', 15: 'sub', 17: 'unsub' };
 
   const $ = (id) => document.getElementById(id);
   const host = window.location.hostname || '127.0.0.1';
@@ -131,14 +131,17 @@
   const btnDisconnect = $('btn-disconnect');
   const liveControls = $('live-controls');
 
+  const btnReconnect = $('btn-reconnect');
+
+  /** The SDK's states, as the badge shows them. */
   function setStatus(state) {
-    statusEl.textContent = state;
+    const text = { idle: 'disconnected', closed: 'disconnected', open: 'authenticated' }[state] || state;
+    statusEl.textContent = text;
     statusEl.className = 'badge ' + ({
       disconnected: 'badge-off',
-      connecting: 'badge-wait',
       authenticated: 'badge-on',
-    }[state] || 'badge-off');
-    liveControls.disabled = state !== 'authenticated';
+    }[text] || 'badge-wait');
+    liveControls.disabled = state !== 'open';
   }
 
   function parseOps(text) {
@@ -156,6 +159,67 @@
     return '';
   }
 
+  // ------------------------------------------------------------ streams card
+
+  const streamsEl = $('streams');
+  const recoveryEl = $('recovery');
+
+  function td(text, cls) {
+    const c = document.createElement('td');
+    c.textContent = text;
+    c.title = text;
+    if (cls) c.className = cls;
+    return c;
+  }
+
+  /** Redraws the positions table and the counters from the client. */
+  function renderStreams(c) {
+    streamsEl.textContent = '';
+    const pos = c ? c.positions() : {};
+    const names = Object.keys(pos);
+    if (names.length === 0) {
+      const tr = document.createElement('tr');
+      const cell = td(c ? 'no stream keeps a position' : 'not connected', 'muted');
+      cell.colSpan = 5;
+      tr.appendChild(cell);
+      streamsEl.appendChild(tr);
+    }
+    names.forEach((name) => {
+      const p = pos[name];
+      const tr = document.createElement('tr');
+      tr.dataset.stream = name;
+      tr.appendChild(td(p.kind));
+      tr.appendChild(td(name));
+      tr.appendChild(td(p.epoch || '–'));
+      tr.appendChild(td(String(p.offset)));
+      tr.appendChild(td(p.status, 'st-' + p.status));
+      streamsEl.appendChild(tr);
+    });
+    const st = c ? c.stats : { messages: 0, replayed: 0, connects: 0, reloads: 0 };
+    $('st-messages').textContent = String(st.messages);
+    $('st-replayed').textContent = String(st.replayed);
+    $('st-connects').textContent = String(Math.max(0, st.connects - 1));
+    $('st-reloads').textContent = String(st.reloads);
+  }
+
+  function setRecovery(text, kind) {
+    recoveryEl.textContent = text;
+    recoveryEl.className = 'badge ' + (kind || 'badge-off');
+  }
+
+  // ------------------------------------------------------------ the client
+
+  /** Positions survive a reload of this tab (sessionStorage), when allowed. */
+  function tabStorage() {
+    try { return window.sessionStorage; } catch (_) { return null; }
+  }
+
+  function describeClose(e) {
+    let t = 'code ' + e.code + (e.reason ? ' "' + e.reason + '"' : '');
+    if (e.byClient) t += ', by this page';
+    return t + (e.willReconnect ? '; reconnecting' : '; stopped');
+  }
+
   $('connect-form').addEventListener('submit', (e) => {
     e.preventDefault();
     if (client) {
@@ -163,63 +227,116 @@
       client = null;
       old.close();
     }
-    const roomId = $('c-room').value.trim();
-    const current = new window.GoimClient({
-      url: $('c-url').value.trim(),
+    const url = $('c-url').value.trim();
+    const recover = $('c-recover').checked;
+    const auth = {
       mid: Number($('c-mid').value) || 0,
       key: $('c-key').value.trim(),
-      roomId,
+      room_id: $('c-room').value.trim(),
       platform: $('c-platform').value.trim() || 'web',
       accepts: parseOps($('c-accepts').value),
-      onOpen: () => setStatus('connecting'),
-      onAuth: (body) => {
-        setStatus('authenticated');
-        log('info', 'op 8', 'authenticated' + (body ? ': ' + body : ' (room ' + (current.roomId || 'none') + ')'));
-      },
-      onMessage: (op, body, meta) => log('push', 'op ' + op + (meta.batched ? ' [batch]' : ''), body),
-      onHeartbeat: (online) => {
-        $('o-hb').textContent = String(online);
-        log('hb', 'op 3', 'room online: ' + online);
-      },
-      onReply: (op, body) => log('reply', 'op ' + op, (REPLY_NAMES[op] || 'reply') + ': ' + (body || '(empty)')),
-      onClose: (ev) => {
-        const c = ev && ev.code ? ' (code ' + ev.code + (ev.reason ? ', ' + ev.reason : '') + ')' : '';
-        log(ev && ev.wasClean ? 'info' : 'error', 'close', 'socket closed' + c);
-        if (current !== client) return; // a stale client; the page already moved on
-        setStatus(current.stopped ? 'disconnected' : 'connecting');
-        $('o-hb').textContent = '–';
-      },
-      log: (text) => log('info', 'client', text),
-    });
+    };
+    let current;
+    try {
+      current = new HeraldClient({
+        url,
+        auth,
+        recover,
+        storage: recover ? tabStorage() : null,
+        storageKey: 'herald.demo.positions',
+      });
+    } catch (err) {
+      log('error', 'connect', err.message);
+      return;
+    }
+    const live = (fn) => (ev) => { if (current === client) fn(ev); };
+    current.on('state', live((ev) => setStatus(ev.state)));
+    current.on('open', live(() => log('info', 'open', 'socket open, sending auth (op 7)')));
+    current.on('auth', live((ev) => {
+      const room = ev.body.room_id || 'none';
+      const rec = ev.body.recover ? ', recover from ' + JSON.stringify(ev.body.recover) : '';
+      log('info', 'op 8', 'authenticated (room ' + room + rec + ')');
+      if (!recover) setRecovery('off', 'badge-off');
+      renderStreams(current);
+    }));
+    current.on('message', live((m) => {
+      let label = 'op ' + m.op;
+      if (m.offset !== undefined) label += ' ' + m.kind + ' #' + m.offset;
+      if (m.replayed) label += ' [replayed]';
+      else if (m.batched) label += ' [batch]';
+      log('push', label, m.text);
+      renderStreams(current);
+    }));
+    current.on('heartbeat', live((ev) => {
+      $('o-hb').textContent = String(ev.online);
+      log('hb', 'op 3', 'room online: ' + ev.online);
+    }));
+    current.on('streams', live((ev) => {
+      const text = ev.streams.map((s) => s.stream + ' ' + s.status + (s.epoch ? ' @' + s.offset : '')).join(', ');
+      log('info', 'op 25', text || 'no streams');
+      const statuses = ev.streams.map((s) => s.status);
+      if (statuses.includes('reload')) setRecovery('reload', 'badge-off');
+      else if (statuses.includes('recovered')) setRecovery('recovered', 'badge-on');
+      else if (statuses.includes('fresh')) setRecovery('fresh', 'badge-wait');
+      else if (statuses.length) setRecovery('off', 'badge-off');
+      renderStreams(current);
+    }));
+    current.on('reload', live((ev) => log('error', 'reload', ev.stream + ': pushes were lost (epoch ' + ev.epoch + '); an app would refetch its state')));
+    current.on('close', live((ev) => {
+      log(ev.byClient || ev.wasClean ? 'info' : 'error', 'close', describeClose(ev));
+      $('o-hb').textContent = '–';
+    }));
+    current.on('reconnecting', live((ev) => log('info', 'retry', 'attempt ' + ev.attempt + ' in ' + (ev.delay / 1000).toFixed(2) + ' s')));
+    current.on('error', live((ev) => log('error', 'client', (ev.where ? ev.where + ': ' : '') + (ev.error && ev.error.message))));
     client = current;
     btnConnect.disabled = true;
+    btnReconnect.disabled = false;
     btnDisconnect.disabled = false;
-    setStatus('connecting');
-    log('info', 'connect', current.url);
+    setRecovery(recover ? 'asked' : 'off', recover ? 'badge-wait' : 'badge-off');
+    log('info', 'connect', url);
+    renderStreams(current);
     current.connect();
+  });
+
+  btnReconnect.addEventListener('click', () => {
+    if (client) client.reconnect();
   });
 
   btnDisconnect.addEventListener('click', () => {
     if (client) client.close();
     client = null;
     btnConnect.disabled = false;
+    btnReconnect.disabled = true;
     btnDisconnect.disabled = true;
-    setStatus('disconnected');
+    setStatus('closed');
     $('o-hb').textContent = '–';
   });
+
+  /** Logs the reply of a request, or why it failed. */
+  function track(label, promise) {
+    promise.then(
+      (value) => log('reply', label, Array.isArray(value) ? value.join(',') || '(none)' : (value === '' ? '(left the room)' : String(value))),
+      (err) => log('error', label, err.message),
+    );
+  }
 
   $('btn-room').addEventListener('click', () => {
     if (!client) return;
     const room = $('s-room').value.trim();
-    if (client.changeRoom(room)) log('info', 'op 12', room ? 'change room → ' + room : 'leave room');
+    log('info', 'op 12', room ? 'change room → ' + room : 'leave room');
+    track('op 13', client.changeRoom(room));
   });
   $('btn-sub').addEventListener('click', () => {
     const ops = parseOps($('s-ops').value);
-    if (client && ops.length && client.sub(ops)) log('info', 'op 14', 'sub ' + ops.join(','));
+    if (!client || !ops.length) return;
+    log('info', 'op 14', 'sub ' + ops.join(','));
+    track('op 15', client.sub(ops));
   });
   $('btn-unsub').addEventListener('click', () => {
     const ops = parseOps($('s-ops').value);
-    if (client && ops.length && client.unsub(ops)) log('info', 'op 16', 'unsub ' + ops.join(','));
+    if (!client || !ops.length) return;
+    log('info', 'op 16', 'unsub ' + ops.join(','));
+    track('op 17', client.unsub(ops));
   });
 
   // ---------------------------------------------------------------- push
@@ -404,4 +521,4 @@
     setInterval(refreshOnline, ONLINE_REFRESH_MS);
     log('info', 'ready', 'page served from ' + origin + (keyRequired ? ' (API key required)' : ''));
   });
-})();
+}

@@ -1,4 +1,5 @@
-//! Browser assets embedded in the binary, served under `/_/`, and
+//! Browser assets embedded in the binary, served under `/_/`: the demo page, the
+//! JavaScript client SDK under `/_/sdk/` (importable from any origin), and
 //! `/_/config.json`, which tells the demo page where clients connect and whether
 //! the API wants a key.
 //!
@@ -27,14 +28,33 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../../web/demo/app.js"),
     ),
     (
-        "goim.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("../../../web/demo/goim.js"),
-    ),
-    (
         "style.css",
         "text/css; charset=utf-8",
         include_bytes!("../../../web/demo/style.css"),
+    ),
+];
+
+/// The client SDK (`web/sdk`), served under `/_/sdk/`.
+const SDK: &[(&str, &str, &[u8])] = &[
+    (
+        "herald.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../../web/sdk/herald.js"),
+    ),
+    (
+        "herald.d.ts",
+        "application/typescript; charset=utf-8",
+        include_bytes!("../../../web/sdk/herald.d.ts"),
+    ),
+    (
+        "package.json",
+        "application/json",
+        include_bytes!("../../../web/sdk/package.json"),
+    ),
+    (
+        "README.md",
+        "text/plain; charset=utf-8",
+        include_bytes!("../../../web/sdk/README.md"),
     ),
 ];
 
@@ -44,6 +64,23 @@ fn asset(name: &str) -> Response {
             [
                 (header::CONTENT_TYPE, *ctype),
                 (header::CACHE_CONTROL, "no-cache"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
+    }
+}
+
+/// An SDK file. Any origin may load it: applications import the client from
+/// the server they connect to (module scripts are fetched with CORS).
+fn sdk_asset(name: &str) -> Response {
+    match SDK.iter().find(|(n, _, _)| *n == name) {
+        Some((_, ctype, body)) => (
+            [
+                (header::CONTENT_TYPE, *ctype),
+                (header::CACHE_CONTROL, "no-cache"),
+                (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
             ],
             *body,
         )
@@ -111,5 +148,9 @@ pub fn router<S: Clone + Send + Sync + 'static>(demo: DemoSettings) -> Router<S>
         .route(
             "/_/{file}",
             get(|Path(file): Path<String>| async move { asset(&file) }),
+        )
+        .route(
+            "/_/sdk/{file}",
+            get(|Path(file): Path<String>| async move { sdk_asset(&file) }),
         )
 }

@@ -117,7 +117,7 @@ async fn keys_and_scopes_guard_the_api() {
     // Public: what clients and browsers fetch before they have anything.
     let w = get(h, "/goim/nodes/weighted?platform=web").await;
     assert_eq!(w.json()["code"], 0, "{}", w.text());
-    for page in ["/_/", "/_/app.js", "/_/goim.js"] {
+    for page in ["/_/", "/_/app.js", "/_/sdk/herald.js"] {
         assert_eq!(get(h, page).await.status, 200, "{page}");
     }
     let cfg = get(h, "/_/config.json").await.json();

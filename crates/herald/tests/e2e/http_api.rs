@@ -280,7 +280,7 @@ async fn metrics_and_demo_page() {
     assert_eq!(page.status, 200);
     assert!(page.headers.to_ascii_lowercase().contains("text/html"));
     let html = page.text();
-    for asset in ["goim.js", "app.js", "style.css"] {
+    for asset in ["app.js", "style.css"] {
         assert!(html.contains(asset), "page does not load {asset}");
         let a = get(h, &format!("/_/{asset}")).await;
         assert_eq!(a.status, 200, "{asset}");
@@ -291,6 +291,30 @@ async fn metrics_and_demo_page() {
         "page must not load remote assets"
     );
     assert_eq!(get(h, "/_/missing.js").await.status, 404);
+    // The demo runs on the client SDK, which any origin may import.
+    let app = get(h, "/_/app.js").await.text();
+    assert!(app.contains("./sdk/herald.js"), "the demo uses the SDK");
+    let sdk = get(h, "/_/sdk/herald.js").await;
+    assert_eq!(sdk.status, 200);
+    assert!(sdk.headers.to_ascii_lowercase().contains("text/javascript"));
+    assert_eq!(
+        sdk.header("access-control-allow-origin").as_deref(),
+        Some("*")
+    );
+    assert!(sdk.text().contains("export class HeraldClient"));
+    for file in ["herald.d.ts", "package.json", "README.md"] {
+        assert_eq!(
+            get(h, &format!("/_/sdk/{file}")).await.status,
+            200,
+            "{file}"
+        );
+    }
+    assert_eq!(
+        get(h, "/_/sdk/test.html").await.status,
+        404,
+        "tests are not served"
+    );
+    assert_eq!(get(h, "/_/goim.js").await.status, 404);
     s.shutdown().await;
 }
 
@@ -317,7 +341,7 @@ async fn demo_page_connects_where_the_server_says() {
     // That address is a working goim WebSocket endpoint.
     let mut c = Client::ws_at(s.ws_addrs[0], "/ws/goim").await;
     c.auth(81, "page-81", "", &[1000]).await;
-    for asset in ["/_/", "/_/app.js", "/_/goim.js"] {
+    for asset in ["/_/", "/_/app.js", "/_/sdk/herald.js"] {
         let text = get(h, asset).await.text();
         for port in ["3101", "3102", "3103"] {
             assert!(!text.contains(port), "{asset} names port {port}");

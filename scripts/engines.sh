@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Finding and installing the engines herald runs on (sourced by scripts/test.sh
 # and deploy/local/cluster.sh). Debian packages for redis-server, nats-server and
-# etcd; tansu (a Kafka-compatible broker) from crates.io.
+# etcd; tansu (a Kafka-compatible broker) from crates.io; Chromium and
+# chromedriver for the browser tests.
 
 # engine_bin NAME: prints the path of NAME (PATH, sbin directories, cargo's bin).
 engine_bin() {
@@ -15,8 +16,9 @@ engine_bin() {
 
 # ensure_engines WHAT...: installs what is missing. WHAT is any of redis, nats,
 # etcd (with etcdctl), kafka (tansu), tls-proxy (socat: the TLS terminator the
-# Kafka TLS tests put in front of tansu) and build (make, a C compiler, pkg-config
-# and OpenSSL's headers, for librdkafka with TLS and SASL).
+# Kafka TLS tests put in front of tansu), build (make, a C compiler, pkg-config
+# and OpenSSL's headers, for librdkafka with TLS and SASL) and browser (headless
+# Chromium and its WebDriver, chromedriver, for the SDK's browser tests).
 ensure_engines() {
   local pkgs=() w sudo_cmd=""
   for w in "$@"; do
@@ -28,6 +30,10 @@ ensure_engines() {
         engine_bin etcdctl >/dev/null || pkgs+=(etcd-client)
         ;;
       tls-proxy) engine_bin socat >/dev/null || pkgs+=(socat) ;;
+      browser)
+        engine_bin chromium >/dev/null || pkgs+=(chromium)
+        engine_bin chromedriver >/dev/null || pkgs+=(chromium-driver)
+        ;;
       build)
         command -v make >/dev/null 2>&1 || pkgs+=(make)
         command -v cc >/dev/null 2>&1 || pkgs+=(gcc libc6-dev)

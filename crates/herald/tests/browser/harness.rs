@@ -53,13 +53,20 @@ fn find_executable(candidates: &[&str]) -> Option<PathBuf> {
 struct Driver {
     child: Child,
     port: u16,
+    /// The driver's and the browser's TMPDIR (profiles, sockets), removed at the end.
+    tmp: PathBuf,
 }
 
 impl Driver {
     fn spawn(path: &Path) -> Driver {
         use std::os::unix::process::CommandExt;
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = std::env::temp_dir().join(format!("herald-browser-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&tmp).expect("a temporary directory for the browser");
         let mut child = Command::new(path)
             .arg("--port=0")
+            .env("TMPDIR", &tmp)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -85,7 +92,11 @@ impl Driver {
         let port = match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(Some(port)) => port,
             other => {
-                let mut d = Driver { child, port: 0 };
+                let mut d = Driver {
+                    child,
+                    port: 0,
+                    tmp,
+                };
                 d.kill();
                 panic!(
                     "chromedriver ({}) did not report its port: {other:?}",
@@ -93,7 +104,7 @@ impl Driver {
                 );
             }
         };
-        Driver { child, port }
+        Driver { child, port, tmp }
     }
 
     fn kill(&mut self) {
@@ -104,6 +115,7 @@ impl Driver {
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.tmp);
     }
 }
 

@@ -286,7 +286,7 @@ import { HeraldClient } from './sdk/herald.js';
       log(ev.byClient || ev.wasClean ? 'info' : 'error', 'close', describeClose(ev));
       $('o-hb').textContent = '–';
     }));
-    current.on('reconnecting', live((ev) => log('info', 'retry', 'attempt ' + ev.attempt + ' in ' + (ev.delay / 1000).toFixed(2) + ' s')));
+    current.on('reconnecting', live((ev) => log('info', 'retry', ev.attempt ? 'attempt ' + ev.attempt + ' in ' + (ev.delay / 1000).toFixed(2) + ' s' : 'reconnecting now')));
     current.on('error', live((ev) => log('error', 'client', (ev.where ? ev.where + ': ' : '') + (ev.error && ev.error.message))));
     client = current;
     btnConnect.disabled = true;

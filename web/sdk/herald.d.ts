@@ -108,7 +108,8 @@ export interface StreamState {
   epoch: string;
   /** Last offset delivered in that stream. */
   offset: number;
-  status: 'recovered' | 'reload' | 'fresh' | 'off' | 'stored' | string;
+  /** op 25's status; `stored` when read from storage, `pending` until op 25 names the epoch. */
+  status: 'recovered' | 'reload' | 'fresh' | 'off' | 'stored' | 'pending' | string;
 }
 
 export interface Position {

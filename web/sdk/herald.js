@@ -301,6 +301,9 @@ export class HeraldClient extends EventTarget {
 
     // Recovery: kind → {kind, stream, epoch, offset, status}.
     this._streams = new Map();
+    // kind → the connection's stream of that kind (from the auth body, room
+    // changes and op 25): what an op-24 kind byte refers to.
+    this._names = new Map();
     this._lastAuth = null;
     this._saveQueued = false;
     this._loadStored();
@@ -692,6 +695,7 @@ export class HeraldClient extends EventTarget {
   _onAuthenticated() {
     clearTimeout(this._authTimer);
     this._authTimer = null;
+    this._nameStreams(this._lastAuth || {});
     this._attempt = 0;
     this.stats.authenticated += 1;
     this._setState(State.OPEN);
@@ -701,10 +705,57 @@ export class HeraldClient extends EventTarget {
     this._settleWaiting(null);
   }
 
+  /** The connection's streams, as its auth body names them; positions kept for
+   *  other streams (a room left while away) are dropped. */
+  _nameStreams(body) {
+    this._names.clear();
+    const room = body.room_id == null ? '' : String(body.room_id).trim();
+    if (room) this._names.set('room', room);
+    const mid = Number(body.mid);
+    if (Number.isInteger(mid) && mid !== 0) this._names.set('mid', 'mid:' + mid);
+    if (body.key) this._names.set('key', 'key:' + body.key);
+    let dropped = false;
+    for (const [kind, s] of this._streams) {
+      if (this._names.get(kind) !== s.stream) {
+        this._streams.delete(kind);
+        dropped = true;
+      }
+    }
+    if (dropped) this._queueSave();
+  }
+
+  /** The room stream after a room change: the old room's position is of no use
+   *  any more, and its offsets must not be compared with the new room's. */
+  _renameRoom(room) {
+    if (room) this._names.set('room', room);
+    else this._names.delete('room');
+    const held = this._streams.get('room');
+    if (held && held.stream !== room) {
+      this._streams.delete('room');
+      this._queueSave();
+    }
+  }
+
+  /** The state of the connection's stream of `kind` (created on first sight). */
+  _streamOf(kind) {
+    const name = this._names.get(kind);
+    let s = this._streams.get(kind);
+    if (s && name !== undefined && s.stream !== name) {
+      this._streams.delete(kind);
+      s = undefined;
+    }
+    if (!s && name !== undefined) {
+      // Positions count once op 25 gives the epoch.
+      s = { kind, stream: name, epoch: '', offset: 0, status: 'pending' };
+      this._streams.set(kind, s);
+    }
+    return s;
+  }
+
   _onPush(f, batched) {
     if (f.op === Op.POSITIONED) {
       const p = decodePositioned(f.body);
-      const s = this._streams.get(p.kind);
+      const s = this._streamOf(p.kind);
       const replayed = !this._streamsSeen;
       if (s && p.offset <= s.offset && s.epoch) {
         // Already delivered in this epoch: the server promises no repeats, so
@@ -756,6 +807,7 @@ export class HeraldClient extends EventTarget {
         status: String(s.status || ''),
       };
       states.push(state);
+      if (state.stream) this._names.set(state.kind, state.stream);
       if (state.status === 'off') this._streams.delete(state.kind);
       else this._streams.set(state.kind, Object.assign({}, state));
     }
@@ -814,17 +866,11 @@ export class HeraldClient extends EventTarget {
   changeRoom(room) {
     const want = room == null ? '' : String(room).trim();
     this._room = want;
-    // The old room's position is of no use any more, and its offsets must not be
-    // compared with the new room's: the server's op 25 names the new stream.
-    const held = this._streams.get('room');
-    if (held && held.stream !== want) {
-      this._streams.delete('room');
-      this._queueSave();
-    }
     return new Promise((resolve, reject) => {
       const settleLater = (err) => (err ? reject(err) : resolve(want));
       this._request(Op.CHANGE_ROOM, want, { survives: settleLater }).then((reply) => {
         const held = decoder.decode(reply.body).trim();
+        this._renameRoom(held);
         if (held === want) {
           resolve(held);
           return;

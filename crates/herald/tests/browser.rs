@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use harness::{push, Browser, Page, TestPage};
+use harness::{push, Browser, Net, Page, Proxy, TestPage};
 use support::*;
 
 /// The SDK, with heartbeats and backoff short enough for tests.
@@ -32,6 +32,66 @@ fn client_options(ws: &str, auth: Value) -> Value {
         "backoff": {"base": 100, "max": 1000},
         "authTimeout": 3000,
     })
+}
+
+/// History on for `live://` rooms and for members.
+fn history_config() -> herald::Config {
+    let mut cfg = test_config();
+    let keep = herald_logic::StreamHistory {
+        size: 500,
+        ttl: Duration::from_secs(300),
+    };
+    cfg.history.rooms.insert("live".into(), keep);
+    cfg.history.mids = Some(keep);
+    cfg
+}
+
+/// The statuses of the `n`-th op-25 frame a client got, by stream name.
+fn statuses(snapshot: &Value, n: usize) -> std::collections::BTreeMap<String, String> {
+    snapshot["streams"][n]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    (
+                        s["stream"].as_str().unwrap_or_default().to_string(),
+                        s["status"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn op25_count(snapshot: &Value) -> usize {
+    snapshot["streams"].as_array().map_or(0, Vec::len)
+}
+
+fn messages(snapshot: &Value) -> Vec<Value> {
+    snapshot["messages"].as_array().cloned().unwrap_or_default()
+}
+
+fn events<'a>(snapshot: &'a Value, kind: &str) -> Vec<&'a Value> {
+    snapshot["events"]
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["type"] == kind).collect())
+        .unwrap_or_default()
+}
+
+/// Checks that the messages of `stream` in `got` have consecutive offsets from
+/// `from`, and returns their texts in order.
+fn stream_texts(got: &[Value], stream: &str, from: u64) -> Vec<String> {
+    let mine: Vec<&Value> = got.iter().filter(|m| m["stream"] == stream).collect();
+    for (i, m) in mine.iter().enumerate() {
+        assert_eq!(
+            m["offset"].as_u64(),
+            Some(from + i as u64),
+            "{stream}: offsets must follow one another: {mine:?}"
+        );
+    }
+    mine.iter()
+        .map(|m| m["text"].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 fn texts(snapshot: &Value) -> Vec<String> {
@@ -280,11 +340,11 @@ async fn refused_credentials_are_not_retried() {
 }
 
 /// A server that goes away and comes back on the same address: the client
-/// retries with growing, jittered delays, gets back in by itself and receives
-/// pushes again.
+/// retries with growing, jittered delays, gets back in by itself, is told to
+/// reload (the history lived in the old process) and receives pushes again.
 #[tokio::test]
 async fn server_restart_is_survived_with_backoff() {
-    let mut cfg = test_config();
+    let mut cfg = history_config();
     cfg.shutdown.drain = Duration::from_millis(100);
     let s = start_with(cfg.clone()).await;
     let browser = Browser::start().await;
@@ -333,6 +393,21 @@ async fn server_restart_is_survived_with_backoff() {
     let s = start_with(again).await;
     page.until("c", "back in", |s| s["stats"]["authenticated"] == 2)
         .await;
+    // The history lived in the old process: the room's epoch is new, what was
+    // missed cannot be known, and the client is told to reload.
+    let snap = page
+        .until("c", "the reload", |s| count_events(s, "reload") >= 1)
+        .await;
+    let reload = events(&snap, "reload")[0].clone();
+    assert_eq!(reload["stream"], "live://r", "{snap}");
+    let old_epoch = snap["streams"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stream"] == "live://r")
+        .unwrap()["epoch"]
+        .clone();
+    assert_ne!(reload["epoch"], old_epoch, "a new epoch");
     push(
         &s,
         "/goim/push/room?operation=1000&type=live&room=r",
@@ -345,6 +420,10 @@ async fn server_restart_is_survived_with_backoff() {
         })
         .await;
     assert_eq!(snap["state"], "open");
+    let after = messages(&snap).pop().unwrap();
+    assert_eq!(after["offset"], 1, "the new epoch starts again");
+    assert_eq!(after["epoch"], reload["epoch"]);
+
     browser.quit().await;
     s.shutdown().await;
 }
@@ -353,7 +432,7 @@ async fn server_restart_is_survived_with_backoff() {
 /// push sent from its own form in the log, and shows the connection's streams.
 #[tokio::test]
 async fn demo_page_connects_and_shows_a_push() {
-    let s = start().await;
+    let s = start_with(history_config()).await;
     let browser = Browser::start().await;
     let page = Page::new(&browser);
     page.goto(&format!("http://{}/_/", s.http_addr)).await;
@@ -396,6 +475,26 @@ async fn demo_page_connects_and_shows_a_push() {
         "const l = [...document.querySelectorAll('#log .line-http')].map(e => e.textContent).find(t => t.includes('/goim/push/room')); return l || null",
     )
     .await;
+    // The Streams card shows where the connection stands.
+    page.until_js(
+        "the room's position in the Streams card",
+        "const r = document.querySelector('#streams tr[data-stream=\"live://1000\"]'); \
+         return r && r.children[3].textContent === '1' ? r.textContent : null",
+    )
+    .await;
+    // Reconnect: the page's client recovers from that position.
+    page.click("#btn-reconnect").await;
+    page.until_js(
+        "the recovery badge",
+        "const t = document.getElementById('recovery').textContent; return t === 'recovered' ? t : null",
+    )
+    .await;
+    page.until_js(
+        "the op 25 line",
+        "const l = [...document.querySelectorAll('#log .line-info')].map(e => e.textContent).find(t => t.includes('live://1000 recovered')); return l || null",
+    )
+    .await;
+    page.screenshot("demo-recovered").await;
     // Room change from the session controls: its reply is logged.
     page.click("#btn-room").await;
     page.until_js(
@@ -408,6 +507,237 @@ async fn demo_page_connects_and_shows_a_push() {
         .await;
     assert_eq!(errors, json!([]), "the log shows errors");
     page.screenshot("demo").await;
+    browser.quit().await;
+    s.shutdown().await;
+}
+
+/// A client that loses its network gets, once it is back, every room and mid push
+/// sent meanwhile: replayed in order, exactly once, marked as replayed, the
+/// streams reported `recovered`, then live pushes again.
+#[tokio::test]
+async fn reconnect_recovers_what_was_missed() {
+    const N: usize = 20;
+    let s = start_with(history_config()).await;
+    let proxy = Proxy::start(s.ws_addrs[0]).await;
+    let browser = Browser::start().await;
+    let page = TestPage::open(&browser, &s).await;
+    page.start(
+        "c",
+        client_options(
+            &proxy.ws_url(),
+            json!({"mid": 42, "key": "rec-1", "room_id": "live://1000", "accepts": [1000]}),
+        ),
+    )
+    .await;
+    let snap = page
+        .until("c", "the first op 25", |s| op25_count(s) == 1)
+        .await;
+    let first = statuses(&snap, 0);
+    assert_eq!(first["live://1000"], "fresh", "{snap}");
+    assert_eq!(first["mid:42"], "fresh", "{snap}");
+    push(
+        &s,
+        "/goim/push/room?operation=1000&type=live&room=1000",
+        "r-0",
+    )
+    .await;
+    push(&s, "/goim/push/mids?operation=1000&mids=42", "m-0").await;
+    let snap = page.until("c", "two pushes", |s| texts(s).len() == 2).await;
+    for m in messages(&snap) {
+        assert_eq!(m["offset"], 1, "{m}");
+        assert_eq!(m["replayed"], false, "{m}");
+    }
+
+    // The network goes: the connection is cut and reconnects are refused.
+    proxy.set(Net::Down);
+    // It notices, and a first retry finds the network still down.
+    page.until("c", "a refused retry", |s| {
+        count_events(s, "reconnecting") >= 2
+    })
+    .await;
+    for i in 1..=N {
+        push(
+            &s,
+            "/goim/push/room?operation=1000&type=live&room=1000",
+            &format!("r-{i}"),
+        )
+        .await;
+        push(
+            &s,
+            "/goim/push/mids?operation=1000&mids=42",
+            &format!("m-{i}"),
+        )
+        .await;
+    }
+    proxy.set(Net::Up);
+    let snap = page
+        .until("c", "the replay and its op 25", |s| {
+            op25_count(s) == 2 && texts(s).len() >= 2 + 2 * N
+        })
+        .await;
+    let got = messages(&snap);
+    assert_eq!(got.len(), 2 + 2 * N, "each push once: {:?}", texts(&snap));
+    let replay = &got[2..];
+    assert!(replay.iter().all(|m| m["replayed"] == true), "{replay:?}");
+    let want = |p: &str| (1..=N).map(|i| format!("{p}-{i}")).collect::<Vec<_>>();
+    assert_eq!(stream_texts(replay, "live://1000", 2), want("r"));
+    assert_eq!(stream_texts(replay, "mid:42", 2), want("m"));
+    let second = statuses(&snap, 1);
+    assert_eq!(second["live://1000"], "recovered", "{snap}");
+    assert_eq!(second["mid:42"], "recovered", "{snap}");
+    assert_eq!(snap["stats"]["duplicates"], 0);
+    assert_eq!(snap["stats"]["replayed"], 2 * N);
+    assert_eq!(snap["positions"]["live://1000"]["offset"], N + 1);
+    assert_eq!(snap["positions"]["mid:42"]["offset"], N + 1);
+    // It asked from where it stood.
+    let auths = events(&snap, "auth");
+    assert_eq!(auths.len(), 2);
+    assert_eq!(auths[0]["body"]["recover"], json!({}));
+    assert_eq!(auths[1]["body"]["recover"]["live://1000"]["offset"], 1);
+    assert_eq!(auths[1]["body"]["recover"]["mid:42"]["offset"], 1);
+
+    // Live again.
+    push(
+        &s,
+        "/goim/push/room?operation=1000&type=live&room=1000",
+        "live",
+    )
+    .await;
+    let snap = page
+        .until("c", "a live push", |s| {
+            texts(s).last().is_some_and(|t| t == "live")
+        })
+        .await;
+    let last = messages(&snap).pop().unwrap();
+    assert_eq!(last["replayed"], false);
+    assert_eq!(last["offset"], N + 2);
+    assert_eq!(texts(&snap).len(), 3 + 2 * N);
+    page.screenshot("sdk-recovered").await;
+    browser.quit().await;
+    s.shutdown().await;
+}
+
+/// A network that silently loses everything: the server goes on writing pushes
+/// into the void, the client's heartbeats go unanswered. The client gives the
+/// connection up after `heartbeat.timeout`, reconnects once the network is back,
+/// and gets exactly what was lost.
+#[tokio::test]
+async fn unanswered_heartbeats_reconnect_and_recover() {
+    let s = start_with(history_config()).await;
+    let proxy = Proxy::start(s.ws_addrs[0]).await;
+    let browser = Browser::start().await;
+    let page = TestPage::open(&browser, &s).await;
+    let mut opts = client_options(
+        &proxy.ws_url(),
+        json!({"mid": 43, "key": "hole-1", "room_id": "live://hole", "accepts": [1000]}),
+    );
+    opts["heartbeat"] = json!({"interval": 300, "timeout": 900});
+    opts["authTimeout"] = json!(1500);
+    page.start("c", opts).await;
+    page.until("c", "the first op 25", |s| op25_count(s) == 1)
+        .await;
+    push(
+        &s,
+        "/goim/push/room?operation=1000&type=live&room=hole",
+        "r-0",
+    )
+    .await;
+    page.until("c", "the first push", |s| texts(s) == ["r-0"])
+        .await;
+
+    proxy.set(Net::Blackhole);
+    for i in 1..=10 {
+        push(
+            &s,
+            "/goim/push/room?operation=1000&type=live&room=hole",
+            &format!("r-{i}"),
+        )
+        .await;
+        push(
+            &s,
+            "/goim/push/mids?operation=1000&mids=43",
+            &format!("m-{i}"),
+        )
+        .await;
+    }
+    let snap = page
+        .until("c", "the heartbeat deadline", |s| {
+            events(s, "close")
+                .iter()
+                .any(|e| e["reason"] == "heartbeat timeout")
+        })
+        .await;
+    assert_eq!(texts(&snap), ["r-0"], "nothing crossed the black hole");
+    proxy.set(Net::Up);
+    let snap = page
+        .until("c", "the recovery", |s| {
+            op25_count(s) == 2 && texts(s).len() >= 21
+        })
+        .await;
+    let got = messages(&snap);
+    assert_eq!(got.len(), 21, "each push once: {:?}", texts(&snap));
+    let want = |p: &str| (1..=10).map(|i| format!("{p}-{i}")).collect::<Vec<_>>();
+    assert_eq!(stream_texts(&got[1..], "live://hole", 2), want("r"));
+    assert_eq!(stream_texts(&got[1..], "mid:43", 1), want("m"));
+    let second = statuses(&snap, 1);
+    assert_eq!(second["live://hole"], "recovered", "{snap}");
+    assert_eq!(second["mid:43"], "recovered", "{snap}");
+    assert_eq!(snap["stats"]["duplicates"], 0);
+    browser.quit().await;
+    s.shutdown().await;
+}
+
+/// With `storage`, a reloaded page recovers too: the new page's client starts
+/// from the positions the old one stored.
+#[tokio::test]
+async fn a_reloaded_page_recovers_from_storage() {
+    let s = start_with(history_config()).await;
+    let browser = Browser::start().await;
+    let page = TestPage::open(&browser, &s).await;
+    let mut opts = client_options(
+        &page.ws_url(),
+        json!({"mid": 44, "key": "reload-1", "room_id": "live://page", "accepts": [1000]}),
+    );
+    opts["storage"] = json!("session");
+    page.start("c", opts.clone()).await;
+    page.until("c", "the first op 25", |s| op25_count(s) == 1)
+        .await;
+    push(
+        &s,
+        "/goim/push/room?operation=1000&type=live&room=page",
+        "before",
+    )
+    .await;
+    page.until("c", "the first push", |s| texts(s) == ["before"])
+        .await;
+
+    // The same tab loads the page again (same origin: same sessionStorage).
+    page.reload().await;
+    for i in 1..=5 {
+        push(
+            &s,
+            "/goim/push/room?operation=1000&type=live&room=page",
+            &format!("while-{i}"),
+        )
+        .await;
+    }
+    page.start("c", opts).await;
+    let snap = page
+        .until("c", "the replay after the reload", |s| {
+            op25_count(s) == 1 && texts(s).len() >= 5
+        })
+        .await;
+    let auth = events(&snap, "auth")[0];
+    assert_eq!(
+        auth["body"]["recover"]["live://page"]["offset"], 1,
+        "the stored position: {snap}"
+    );
+    let got = messages(&snap);
+    assert_eq!(got.len(), 5, "{:?}", texts(&snap));
+    let want: Vec<String> = (1..=5).map(|i| format!("while-{i}")).collect();
+    assert_eq!(stream_texts(&got, "live://page", 2), want);
+    assert!(got.iter().all(|m| m["replayed"] == true));
+    assert_eq!(statuses(&snap, 0)["live://page"], "recovered");
     browser.quit().await;
     s.shutdown().await;
 }

@@ -292,6 +292,7 @@ fn slug(s: &str) -> String {
 /// herald server under test.
 pub struct TestPage {
     pub page: Page,
+    url: String,
     ws: SocketAddr,
     server: tokio::task::JoinHandle<()>,
 }
@@ -320,15 +321,21 @@ impl TestPage {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        let page = Page::new(b);
         let sdk = format!("http://{}/_/sdk/herald.js", s.http_addr);
-        page.goto(&format!("http://{origin}/?sdk={sdk}")).await;
         let tp = TestPage {
-            page,
+            page: Page::new(b),
+            url: format!("http://{origin}/?sdk={sdk}"),
             ws: s.ws_addrs[0],
             server,
         };
-        let loaded = tp
+        tp.reload().await;
+        tp
+    }
+
+    /// Loads the page (again): its clients are gone, its origin's storage stays.
+    pub async fn reload(&self) {
+        self.page.goto(&self.url).await;
+        let loaded = self
             .page
             .until_js(
                 "the SDK to load",
@@ -337,7 +344,6 @@ impl TestPage {
             )
             .await;
         assert_eq!(loaded["ready"], true, "the SDK did not load: {loaded}");
-        tp
     }
 
     /// The server's WebSocket endpoint.
@@ -426,4 +432,110 @@ pub async fn push(s: &herald::Standalone, path: &str, body: &str) {
     let r = http(s.http_addr, "POST", path, body.as_bytes()).await;
     assert_eq!(r.status, 200, "{path}: {}", r.text());
     assert_eq!(r.json()["code"], 0, "{path}: {}", r.text());
+}
+
+/// What the network between the browser and the server does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Net {
+    /// Bytes flow.
+    Up,
+    /// Every connection is cut, and new ones are closed at once.
+    Down,
+    /// Connections stay open but every byte is lost, both ways: the server
+    /// keeps writing to a client that never reads, the client's heartbeats
+    /// never arrive.
+    Blackhole,
+}
+
+/// A TCP relay in front of the server's WebSocket listener, whose network can
+/// go down or lose everything.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    net: tokio::sync::watch::Sender<Net>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        // Ends every relayed connection.
+        let _ = self.net.send(Net::Down);
+    }
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("its address");
+        let (net, _) = tokio::sync::watch::channel(Net::Up);
+        let watch = net.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let net = watch.subscribe();
+                if *net.borrow() == Net::Down {
+                    drop(client);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(relay(cr, sw, net.clone()), relay(sr, cw, net));
+                });
+            }
+        });
+        Proxy { addr, net, task }
+    }
+
+    pub fn set(&self, net: Net) {
+        self.net.send_replace(net);
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/sub", self.addr)
+    }
+}
+
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut net: tokio::sync::watch::Receiver<Net>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 << 10];
+    // A connection that lost bytes never carries any again (its streams would
+    // resume mid-frame).
+    let mut lost = *net.borrow() == Net::Blackhole;
+    loop {
+        tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let now = *net.borrow();
+                    lost |= now == Net::Blackhole;
+                    match now {
+                        Net::Down => break,
+                        _ if lost => {}
+                        _ => {
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            },
+            changed = net.changed() => {
+                let now = *net.borrow();
+                lost |= now == Net::Blackhole;
+                if changed.is_err() || now == Net::Down {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown().await;
 }

@@ -95,6 +95,8 @@ export interface HeraldOptions {
   storage?: PositionStorage | null;
   /** The storage key. Default `"herald.positions"`. */
   storageKey?: string;
+  /** Retry at once when the browser's `online` event fires during a backoff delay. Default true. */
+  watchNetwork?: boolean;
   /** Overrides the decision to reconnect after a close (return a boolean). */
   shouldReconnect?: (info: CloseInfo) => boolean | undefined;
   /** A WebSocket constructor (default: the global one). */

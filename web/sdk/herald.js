@@ -267,6 +267,7 @@ export class HeraldClient extends EventTarget {
       storage: options.storage || null,
       storageKey: options.storageKey || DEFAULTS.storageKey,
       shouldReconnect: typeof options.shouldReconnect === 'function' ? options.shouldReconnect : null,
+      watchNetwork: options.watchNetwork !== false,
       WebSocket: options.WebSocket || globalThis.WebSocket,
     };
     if (typeof this.options.WebSocket !== 'function') {
@@ -281,6 +282,7 @@ export class HeraldClient extends EventTarget {
     this.stats = { connects: 0, authenticated: 0, messages: 0, replayed: 0, duplicates: 0, reloads: 0 };
 
     this._ws = null;
+    this._opening = false; // between connect() and the WebSocket's creation
     this._seq = 0;
     this._pending = new Map(); // seq → {op, resolve, reject, timer}
     this._attempt = 0; // failed attempts since the last successful auth
@@ -307,6 +309,21 @@ export class HeraldClient extends EventTarget {
     this._lastAuth = null;
     this._saveQueued = false;
     this._loadStored();
+
+    // Back online (the browser says so): retry now rather than at the end of
+    // the backoff delay.
+    this._onOnline = () => {
+      if (this.state === State.RECONNECTING) this.reconnect();
+    };
+    this._watching = false;
+  }
+
+  _watchNetwork(on) {
+    const g = globalThis;
+    if (!this.options.watchNetwork || typeof g.addEventListener !== 'function' || on === this._watching) return;
+    this._watching = on;
+    if (on) g.addEventListener('online', this._onOnline);
+    else g.removeEventListener('online', this._onOnline);
   }
 
   // ---------------------------------------------------------------- events
@@ -356,6 +373,7 @@ export class HeraldClient extends EventTarget {
   /** Opens the connection and keeps it open (reconnecting) until close(). */
   connect() {
     if (this._ws || this._reconnectTimer !== null || this._opening) return this;
+    this._watchNetwork(true);
     this._attempt = 0;
     this._open();
     return this;
@@ -369,6 +387,7 @@ export class HeraldClient extends EventTarget {
     this._opening = false;
     const ws = this._ws;
     this._drop(ws, code, reason);
+    this._watchNetwork(false);
     this._setState(State.CLOSED);
     if (ws || was === State.RECONNECTING) {
       this._emit('close', { code, reason, wasClean: true, willReconnect: false, byClient: true });
@@ -392,6 +411,7 @@ export class HeraldClient extends EventTarget {
     }
     this._emit('reconnecting', { attempt: 0, delay: 0, code: CLIENT_CLOSE, reason: 'reconnect' });
     this._attempt = 0;
+    this._watchNetwork(true);
     this._open();
     return this;
   }
@@ -553,6 +573,7 @@ export class HeraldClient extends EventTarget {
       }
     }
     if (!again) {
+      this._watchNetwork(false);
       this._setState(State.CLOSED);
       this._emit('close', Object.assign({}, info, { willReconnect: false }));
       this._settleWaiting(new HeraldError('closed', 'the client stopped reconnecting'));

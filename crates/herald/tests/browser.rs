@@ -687,6 +687,46 @@ async fn unanswered_heartbeats_reconnect_and_recover() {
     s.shutdown().await;
 }
 
+/// Back online: when the browser says the network is back (`online`) during a
+/// long backoff delay, the client retries at once.
+#[tokio::test]
+async fn back_online_retries_at_once() {
+    let s = start().await;
+    let proxy = Proxy::start(s.ws_addrs[0]).await;
+    let browser = Browser::start().await;
+    let page = TestPage::open(&browser, &s).await;
+    let mut opts = client_options(
+        &proxy.ws_url(),
+        json!({"mid": 45, "key": "online-1", "room_id": "live://on", "accepts": [1000]}),
+    );
+    // Up to a minute between tries: longer than the test may wait.
+    opts["backoff"] = json!({"base": 60000, "max": 60000});
+    page.start("c", opts).await;
+    page.until("c", "authenticated", |s| s["state"] == "open")
+        .await;
+    proxy.set(Net::Down);
+    page.until("c", "a backoff delay", |s| s["state"] == "reconnecting")
+        .await;
+    proxy.set(Net::Up);
+    let was = page
+        .page
+        .js("const was = window.harness.snapshot('c').state; \
+             window.dispatchEvent(new Event('online')); return was")
+        .await;
+    let snap = page
+        .until("c", "back in", |s| s["stats"]["authenticated"] == 2)
+        .await;
+    if was == "reconnecting" {
+        let retries = events(&snap, "reconnecting");
+        assert_eq!(retries.len(), 2, "{snap}");
+        assert_eq!(retries[1]["attempt"], 0, "the online event's retry: {snap}");
+    }
+    push(&s, "/goim/push/room?operation=1000&type=live&room=on", "on").await;
+    page.until("c", "a push", |s| texts(s) == ["on"]).await;
+    browser.quit().await;
+    s.shutdown().await;
+}
+
 /// With `storage`, a reloaded page recovers too: the new page's client starts
 /// from the positions the old one stored.
 #[tokio::test]

@@ -782,6 +782,71 @@ async fn a_reloaded_page_recovers_from_storage() {
     s.shutdown().await;
 }
 
+/// With API keys configured the demo page asks for one, and its pushes go through
+/// with it.
+#[tokio::test]
+async fn demo_page_pushes_with_an_api_key() {
+    use herald_logic::api_keys::{hash_key, ApiKeyConfig, Scope};
+    const KEY: &str = "hk_browser_admin_0123456789";
+    let mut cfg = test_config();
+    cfg.api.keys = vec![ApiKeyConfig {
+        name: "demo".into(),
+        hash: hash_key(KEY),
+        scopes: vec![Scope::Admin],
+        rate: 0,
+        burst: 0,
+    }];
+    let s = start_with(cfg).await;
+    let browser = Browser::start().await;
+    let page = Page::new(&browser);
+    page.goto(&format!("http://{}/_/", s.http_addr)).await;
+    page.until_js(
+        "the key card",
+        "const c = document.getElementById('key-card'); return c && !c.hidden ? true : null",
+    )
+    .await;
+    page.until_js(
+        "the WebSocket URL",
+        "return document.getElementById('c-url').value || null",
+    )
+    .await;
+    page.click("#btn-connect").await;
+    page.until_js(
+        "authenticated",
+        "return document.getElementById('status').textContent === 'authenticated' || null",
+    )
+    .await;
+    // Without the key the push is refused, and the page says why.
+    page.set_value("#p-msg", "refused without a key").await;
+    page.click("#push-form button[type=submit]").await;
+    page.until_js(
+        "the 401 in the log",
+        "const l = [...document.querySelectorAll('#log .line-error')].map(e => e.textContent).find(t => t.includes('HTTP 401')); return l || null",
+    )
+    .await;
+    page.set_value("#k-key", KEY).await;
+    page.click("#key-form button[type=submit]").await;
+    page.set_value("#p-msg", "pushed with a key").await;
+    page.click("#push-form button[type=submit]").await;
+    page.until_js(
+        "the push in the log",
+        "const l = [...document.querySelectorAll('#log .line-push')].map(e => e.textContent).find(t => t.includes('pushed with a key')); return l || null",
+    )
+    .await;
+    page.until_js(
+        "the key accepted",
+        "return document.getElementById('key-status').textContent === 'accepted' || null",
+    )
+    .await;
+    let pushes = page
+        .js("return [...document.querySelectorAll('#log .line-push')].map(e => e.textContent)")
+        .await;
+    assert_eq!(pushes.as_array().map(Vec::len), Some(1), "{pushes}");
+    page.screenshot("demo-api-key").await;
+    browser.quit().await;
+    s.shutdown().await;
+}
+
 /// `/goim/...` answers of the HTTP API, polled until `want` holds.
 async fn poll_api(s: &herald::Standalone, path: &str, want: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

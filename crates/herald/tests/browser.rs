@@ -339,6 +339,105 @@ async fn refused_credentials_are_not_retried() {
     s.shutdown().await;
 }
 
+/// Expiring credentials (jwt): `refresh()` keeps a connection alive past its
+/// token's expiry (and later reconnects use the fresh token); a connection left
+/// to expire is closed with 4001 and comes back only when its auth callback can
+/// give new credentials.
+#[tokio::test]
+async fn expiring_credentials_refresh_or_reconnect_fresh() {
+    const SECRET: &str = "browser-test-secret-of-32-bytes-or-more";
+    let mut cfg = test_config();
+    cfg.auth.mode = herald_logic::auth::AuthMode::Jwt;
+    cfg.auth.jwt.secret = SECRET.into();
+    cfg.auth.jwt.leeway = Duration::ZERO;
+    let s = start_with(cfg).await;
+    let token = |sub: &str, key: &str, exp: i64| {
+        jwt_hs256(&json!({"sub": sub, "key": key, "exp": exp}), SECRET)
+    };
+    let browser = Browser::start().await;
+    let page = TestPage::open(&browser, &s).await;
+    // Valid for 2 to 3 s from here: time to connect, not to wait for the test.
+    let soon = unix_now() + 3;
+    page.start(
+        "kept",
+        client_options(
+            &page.ws_url(),
+            json!({"token": token("2", "keep", soon), "accepts": [1000]}),
+        ),
+    )
+    .await;
+    let mut lapsing = client_options(&page.ws_url(), Value::Null);
+    lapsing["authSequence"] = json!([
+        {"token": token("3", "lapse", soon), "accepts": [1000]},
+        {"token": token("3", "lapse", unix_now() + 600), "accepts": [1000]},
+    ]);
+    page.start("lapse", lapsing).await;
+    page.start(
+        "static",
+        client_options(
+            &page.ws_url(),
+            json!({"token": token("4", "static", soon), "accepts": [1000]}),
+        ),
+    )
+    .await;
+    for c in ["kept", "lapse", "static"] {
+        page.until(c, "authenticated", |s| s["state"] == "open")
+            .await;
+    }
+
+    let reply = page
+        .call(
+            "kept",
+            "refresh",
+            json!([{"token": token("2", "keep", unix_now() + 600)}]),
+        )
+        .await;
+    assert_eq!(reply["code"], 0, "{reply}");
+    assert!(reply["expires_at"].as_i64().unwrap() > soon, "{reply}");
+    let refused = page
+        .call_result(
+            "kept",
+            "refresh",
+            json!([{"token": token("9", "", unix_now() + 600)}]),
+        )
+        .await;
+    assert_eq!(refused["ok"], false);
+    assert_eq!(refused["code"], -403, "someone else's token: {refused}");
+
+    // At the expiry: the callback's fresh token brings "lapse" back…
+    let snap = page
+        .until("lapse", "a reconnect with fresh credentials", |s| {
+            s["stats"]["authenticated"] == 2 && s["state"] == "open"
+        })
+        .await;
+    let close = events(&snap, "close")[0].clone();
+    assert_eq!(close["code"], 4001, "{snap}");
+    assert_eq!(close["willReconnect"], true);
+    // …while the same expired token is not tried again.
+    let snap = page
+        .until("static", "the client to stop", |s| s["state"] == "closed")
+        .await;
+    assert_eq!(events(&snap, "close")[0]["code"], 4001);
+    assert_eq!(events(&snap, "error")[0]["error"]["code"], "expired");
+    assert_eq!(snap["stats"]["connects"], 1);
+
+    // The refreshed connection lived on, and a reconnect now (its first token
+    // long expired) authenticates with the refreshed one.
+    let snap = page.snapshot("kept").await;
+    assert_eq!(snap["state"], "open");
+    assert_eq!(snap["stats"]["connects"], 1, "{snap}");
+    page.call("kept", "reconnect", json!([])).await;
+    page.until("kept", "back in", |s| s["stats"]["authenticated"] == 2)
+        .await;
+    push(&s, "/goim/push/keys?operation=1000&keys=keep", "kept").await;
+    push(&s, "/goim/push/keys?operation=1000&keys=lapse", "back").await;
+    page.until("kept", "a push", |s| texts(s) == ["kept"]).await;
+    page.until("lapse", "a push", |s| texts(s) == ["back"])
+        .await;
+    browser.quit().await;
+    s.shutdown().await;
+}
+
 /// A server that goes away and comes back on the same address: the client
 /// retries with growing, jittered delays, gets back in by itself, is told to
 /// reload (the history lived in the old process) and receives pushes again.

@@ -23,6 +23,12 @@ const POLL: Duration = Duration::from_millis(25);
 /// Browsers running at once, across the tests of this binary.
 static SLOTS: Semaphore = Semaphore::const_new(2);
 
+/// The ports above 1023 that Chromium blocks by default.
+const UNSAFE_PORTS: [u16; 19] = [
+    1719, 1720, 1723, 2049, 3659, 4045, 4190, 5060, 5061, 6000, 6566, 6665, 6666, 6667, 6668, 6669,
+    6679, 6697, 10080,
+];
+
 /// The test page (not served by herald: tests serve it from another origin).
 const TEST_PAGE: &str = include_str!("../../../../web/sdk/test.html");
 
@@ -151,6 +157,9 @@ impl Browser {
                      chromium-driver (scripts/engines.sh: ensure_engines browser)",
         );
         let slot = SLOTS.acquire().await.expect("browser slots");
+        // Chromium refuses some ports ("unsafe": SIP, IRC, X11, …) that an
+        // ephemeral listener may well get here (the local range starts at 1024).
+        let allowed = UNSAFE_PORTS.map(|p| p.to_string()).join(",");
         let driver = Driver::spawn(&chromedriver);
         let mut caps = serde_json::Map::new();
         caps.insert("browserName".into(), json!("chrome"));
@@ -167,6 +176,7 @@ impl Browser {
                     "--hide-scrollbars",
                     "--no-first-run",
                     "--no-default-browser-check",
+                    format!("--explicitly-allowed-ports={allowed}"),
                 ],
             }),
         );

@@ -133,7 +133,7 @@ export interface Stats {
 export declare class HeraldError extends Error {
   constructor(code: string | number, message: string, extra?: object);
   /** `timeout`, `disconnected`, `not_connected`, `closed`, `too_large`,
-   *  `room_refused`, `auth_refused`, `expired`, `bad_frame`, `bad_reply`, or an
+   *  `room_refused`, `auth_refused`, `expired`, `recover_refused`, `bad_frame`, `bad_reply`, or an
    *  op-23 code (`-401`, `-403`, `-429`, `-503`). */
   code: string | number;
   /** With `room_refused`: the room the connection is still in. */

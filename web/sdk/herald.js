@@ -562,6 +562,13 @@ export class HeraldClient extends EventTarget {
 
   /** Decides whether (and when) to connect again after a close. */
   _scheduleReconnect(info) {
+    if (info.code === 1002 && this.state === State.AUTHENTICATING && this._lastAuth &&
+        this._lastAuth.recover && Object.keys(this._lastAuth.recover).length) {
+      // The server found the auth frame malformed and it carried positions (from
+      // a storage gone bad?): start afresh rather than be refused forever.
+      this._emit('error', { error: new HeraldError('recover_refused', 'the server refused the recovery request (1002); positions dropped'), where: 'auth' });
+      this.resetPositions();
+    }
     this._setState(State.RECONNECTING);
     let again = this._reconnectAllowed(info);
     if (this.options.shouldReconnect) {
@@ -997,7 +1004,8 @@ export class HeraldClient extends EventTarget {
       const doc = JSON.parse(raw);
       const list = Array.isArray(doc && doc.streams) ? doc.streams : [];
       for (const s of list) {
-        if (s && KINDS.has(s.kind) && typeof s.stream === 'string' && typeof s.epoch === 'string' && Number.isSafeInteger(s.offset)) {
+        if (s && KINDS.has(s.kind) && typeof s.stream === 'string' && typeof s.epoch === 'string' &&
+            s.stream.length <= 256 && s.epoch.length <= 256 && Number.isSafeInteger(s.offset) && s.offset >= 0) {
           this._streams.set(s.kind, { kind: s.kind, stream: String(s.stream), epoch: s.epoch, offset: s.offset, status: 'stored' });
         }
       }

@@ -185,10 +185,11 @@ async fn sdk_receives_room_and_mid_pushes_in_order() {
     s.shutdown().await;
 }
 
-/// Room change, sub and unsub change what arrives; an upstream message is echoed.
+/// Room change, sub and unsub change what arrives (with history on, so through
+/// positioned pushes); an upstream message is echoed.
 #[tokio::test]
 async fn room_change_and_accept_filter_change_what_arrives() {
-    let s = start().await;
+    let s = start_with(history_config()).await;
     let browser = Browser::start().await;
     let page = TestPage::open(&browser, &s).await;
     page.start(
@@ -263,6 +264,22 @@ async fn room_change_and_accept_filter_change_what_arrives() {
         ["marker-1", "subbed-1001", "marker-2", "new-room"],
         "what arrived: {snap}"
     );
+    // With history on, the room change started the new room's stream afresh
+    // (op 25), and the old room's position was dropped.
+    let last = op25_count(&snap) - 1;
+    assert_eq!(statuses(&snap, last)["live://1001"], "fresh", "{snap}");
+    assert!(snap["positions"].get("live://1000").is_none(), "{snap}");
+    let new_room = messages(&snap).pop().unwrap();
+    assert_eq!(new_room["stream"], "live://1001");
+    assert_eq!(new_room["offset"], 1);
+    // Skipped by the filter, the member's pushes left no gap in what arrived.
+    let mids: Vec<u64> = messages(&snap)
+        .iter()
+        .filter(|m| m["stream"] == "mid:7")
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(mids, [2, 3, 5], "filtered offsets 1 and 4 skipped: {snap}");
+    assert_eq!(snap["stats"]["duplicates"], 0);
     browser.quit().await;
     s.shutdown().await;
 }

@@ -108,8 +108,11 @@ pub(crate) fn serve(
         let (ch, hb, leftover, removals_before) = match register(&ctx, &conn, auth) {
             Ok(registered) => registered,
             Err(route) => {
-                // logic already recorded the route of a connection that will not
-                // live: take it back.
+                // Its credentials expired while it authenticated: say so, as
+                // for a connection whose credentials expire later, and take
+                // back the route logic recorded.
+                ctx.hub.metrics.credential_expiries.increment(1);
+                Box::pin(goodbye(&ctx, &conn, CloseReason::CredentialsExpired)).await;
                 call(&ctx, "disconnect", ctx.logic.disconnect(route)).await;
                 return;
             }

@@ -30,7 +30,12 @@ use tracing::debug;
 
 use crate::api_keys::{ApiKeys, KeyName, Scope};
 use crate::{Logic, PushError};
-use params::Params;
+
+// Request parsing reachable without a server (the fuzz targets use it).
+#[doc(hidden)]
+pub use params::Params;
+#[doc(hidden)]
+pub use push::check_json_push;
 
 /// An error answered as goim's envelope.
 #[derive(Debug)]

@@ -5,11 +5,13 @@ use std::str::FromStr;
 
 use super::ApiError;
 
-/// Query parameters with repeated keys.
-pub(super) struct Params(Vec<(String, String)>);
+/// The HTTP API's query parser: parameters with repeated keys, read by the typed
+/// getters every endpoint uses.
+pub struct Params(Vec<(String, String)>);
 
 impl Params {
-    pub(super) fn parse(raw: Option<String>) -> Params {
+    /// Parses a raw query string (`None`: the URI has no query).
+    pub fn parse(raw: Option<String>) -> Params {
         Params(
             form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
                 .into_owned()
@@ -17,7 +19,8 @@ impl Params {
         )
     }
 
-    pub(super) fn one(&self, name: &str) -> Option<&str> {
+    /// The first value of `name`, possibly empty.
+    pub fn one(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == name)
@@ -25,12 +28,12 @@ impl Params {
     }
 
     /// Whether `name` is given at all, even with an empty value (`keys=`).
-    pub(super) fn has(&self, name: &str) -> bool {
+    pub fn has(&self, name: &str) -> bool {
         self.0.iter().any(|(k, _)| k == name)
     }
 
     /// Every non-empty value of `name`.
-    pub(super) fn all(&self, name: &str) -> Vec<String> {
+    pub fn all(&self, name: &str) -> Vec<String> {
         self.0
             .iter()
             .filter(|(k, v)| k == name && !v.is_empty())
@@ -38,14 +41,16 @@ impl Params {
             .collect()
     }
 
-    pub(super) fn text(&self, name: &str) -> Result<&str, ApiError> {
+    /// The first value of `name`, which must be non-empty.
+    pub fn text(&self, name: &str) -> Result<&str, ApiError> {
         match self.one(name) {
             Some(v) if !v.is_empty() => Ok(v),
             _ => Err(ApiError::bad_request(format!("{name} is required"))),
         }
     }
 
-    pub(super) fn int<T: FromStr + Default>(&self, name: &str) -> Result<T, ApiError> {
+    /// The first value of `name` as an integer; absent or empty is 0.
+    pub fn int<T: FromStr + Default>(&self, name: &str) -> Result<T, ApiError> {
         match self.one(name) {
             None | Some("") => Ok(T::default()),
             Some(v) => v.trim().parse().map_err(|_| {
@@ -55,7 +60,7 @@ impl Params {
     }
 
     /// A required integer; like goim, zero counts as missing.
-    pub(super) fn required_int<T: FromStr + Default + PartialEq>(
+    pub fn required_int<T: FromStr + Default + PartialEq>(
         &self,
         name: &str,
     ) -> Result<T, ApiError> {
@@ -66,5 +71,19 @@ impl Params {
             )));
         }
         Ok(v)
+    }
+
+    /// Every non-empty value of `name` as an integer (a recipient list such as
+    /// `mids=1&mids=2`).
+    pub fn ints<T: FromStr>(&self, name: &str) -> Result<Vec<T>, ApiError> {
+        self.0
+            .iter()
+            .filter(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| {
+                v.trim().parse().map_err(|_| {
+                    ApiError::bad_request(format!("{name} must be integers, got {v:?}"))
+                })
+            })
+            .collect()
     }
 }

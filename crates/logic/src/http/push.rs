@@ -135,15 +135,7 @@ pub(super) async fn push_mids(
 ) -> Result<Response, ApiError> {
     let p = Params::parse(q);
     let op: i32 = p.int("operation")?;
-    let mids = p
-        .all("mids")
-        .iter()
-        .map(|m| {
-            m.trim()
-                .parse::<i64>()
-                .map_err(|_| ApiError::bad_request(format!("mids must be integers, got {m:?}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mids = p.ints::<i64>("mids")?;
     goim_push(&st, op, Recipients::Mids(mids), &headers, body).await
 }
 
@@ -227,7 +219,20 @@ async fn json_push(
     let max_msg = st.logic.config().max_push_body;
     // Room for a base64 message of the largest size plus a long recipient list.
     let raw = read_body(max_msg.saturating_mul(2), "JSON push body", headers, body).await?;
-    let mut req: JsonPush = serde_json::from_slice(&raw)
+    let (op, to, msg) = read_json_push(&raw, kind, st.max_recipients, max_msg)?;
+    to.send(st, op, msg).await
+}
+
+/// A JSON push body as its op, recipients and message, with every check that
+/// needs no logic: the recipients the endpoint takes, at most `max_recipients`
+/// of them (0 = no limit), a message of at most `max_msg` bytes.
+fn read_json_push(
+    raw: &[u8],
+    kind: JsonKind,
+    max_recipients: usize,
+    max_msg: usize,
+) -> Result<(i32, Recipients, Bytes), ApiError> {
+    let mut req: JsonPush = serde_json::from_slice(raw)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON push: {e}")))?;
     let to = match (kind, req.keys.take(), req.mids.take()) {
         (JsonKind::Keys, Some(keys), None) => {
@@ -253,7 +258,7 @@ async fn json_push(
         (JsonKind::Keys, None, None) => return Err(keys_required()),
         (JsonKind::Mids, None, None) => Recipients::Mids(Vec::new()),
     };
-    to.check(st.max_recipients)?;
+    to.check(max_recipients)?;
     let msg = req.message()?;
     if msg.len() > max_msg {
         return Err(ApiError::new(
@@ -262,7 +267,22 @@ async fn json_push(
             format!("push message exceeds {max_msg} bytes"),
         ));
     }
-    to.send(st, req.operation, msg).await
+    Ok((req.operation, to, msg))
+}
+
+/// A `POST /herald/push/keys` body (`keys`) or `/herald/push/mids` body read and
+/// checked exactly as the endpoint does before it calls logic: the op, how many
+/// recipients, and the message, or the endpoint's error. Needs no server (for
+/// fuzzing and tests).
+pub fn check_json_push(
+    body: &[u8],
+    keys: bool,
+    max_recipients: usize,
+    max_msg: usize,
+) -> Result<(i32, usize, Bytes), ApiError> {
+    let kind = if keys { JsonKind::Keys } else { JsonKind::Mids };
+    let (op, to, msg) = read_json_push(body, kind, max_recipients, max_msg)?;
+    Ok((op, to.len(), msg))
 }
 
 pub(super) async fn json_push_keys(

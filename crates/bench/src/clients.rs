@@ -4,7 +4,11 @@
 //! counts what it receives and measures latency from the timestamp in the payload.
 //! Failed or dropped connections reconnect with jittered backoff. With `--tls` the
 //! herald targets speak TLS (wss, or goim frames inside TLS); with `--jwt-secret`
-//! each connect carries a fresh HS256 token instead of a trusted identity.
+//! each connect carries a fresh HS256 token instead of a trusted identity. With
+//! `--recover` each client asks herald for recovery (`"recover"` in its auth body),
+//! keeps its room stream's position across its connections, counts positioned
+//! pushes (op 24) as deliveries and checks their order; the runner can tell such
+//! clients to leave and come back all at once (`pause`, `resume`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -13,9 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use herald_proto::recovery::{parse_positioned, StreamKind, StreamStates, StreamStatus};
+use herald_proto::{Header, Op, HEADER_LEN};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpSocket;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use crate::hist::Histogram;
 use crate::link::{Link, TlsDial};
@@ -92,6 +98,12 @@ pub struct ClientArgs {
     #[arg(long)]
     #[serde(default)]
     pub no_read: bool,
+    /// Ask for recovery (herald targets): `"recover"` in the auth body with the
+    /// room stream's last position (`{}` on the first connect); positioned pushes
+    /// (op 24) are unwrapped and counted, their order checked.
+    #[arg(long)]
+    #[serde(default)]
+    pub recover: bool,
 }
 
 fn default_server_name() -> String {
@@ -144,6 +156,28 @@ pub struct Stats {
     hists: [Mutex<Histogram>; 16],
     /// Set to stop all clients.
     pub stop: AtomicBool,
+    /// Positioned pushes (op 24) received (also counted in `received`).
+    pub positioned: AtomicU64,
+    /// Positioned pushes whose offset was not above the last one the client had
+    /// (a repeat, or one arriving after a later one).
+    pub duplicated: AtomicU64,
+    /// Positioned pushes that skipped past the next offset (a gap).
+    pub out_of_order: AtomicU64,
+    /// Recovering clients holding a position in their room's stream.
+    pub tracking: AtomicU64,
+    /// Clients back after a resume whose op-25 frame reported their room
+    /// `recovered`, `reload`, or anything else (`fresh`, `off`).
+    pub recovered: AtomicU64,
+    pub reloaded: AtomicU64,
+    pub other_status: AtomicU64,
+    /// Wall-clock time (ns) of the latest such op-25 frame.
+    pub last_done_ns: AtomicU64,
+    /// Per client back after a resume: from the resume to its op-25 frame, µs.
+    recover_hist: Mutex<Histogram>,
+    /// Set while the clients are told to stay away; they reconnect when it clears.
+    paused: watch::Sender<bool>,
+    /// When the last resume was ordered (the runner's wall clock, ns).
+    resumed_ns: AtomicU64,
 }
 
 /// A snapshot sent by a worker to the runner.
@@ -161,16 +195,69 @@ pub struct Snapshot {
     pub cpu_ns: u64,
     #[serde(default)]
     pub hist: Option<Histogram>,
+    #[serde(default)]
+    pub positioned: u64,
+    #[serde(default)]
+    pub duplicated: u64,
+    #[serde(default)]
+    pub out_of_order: u64,
+    #[serde(default)]
+    pub tracking: u64,
+    #[serde(default)]
+    pub recovered: u64,
+    #[serde(default)]
+    pub reloaded: u64,
+    #[serde(default)]
+    pub other_status: u64,
+    #[serde(default)]
+    pub last_done_ns: u64,
+    /// Times to recover (µs), with the latency histogram.
+    #[serde(default)]
+    pub recover_hist: Option<Histogram>,
+}
+
+impl Snapshot {
+    /// Adds another process's counts (the latest completion is the later one).
+    pub fn add(&mut self, s: &Snapshot) {
+        self.connected += s.connected;
+        self.failed += s.failed;
+        self.dropped += s.dropped;
+        self.received += s.received;
+        self.rss += s.rss;
+        self.cpu_ns += s.cpu_ns;
+        self.positioned += s.positioned;
+        self.duplicated += s.duplicated;
+        self.out_of_order += s.out_of_order;
+        self.tracking += s.tracking;
+        self.recovered += s.recovered;
+        self.reloaded += s.reloaded;
+        self.other_status += s.other_status;
+        self.last_done_ns = self.last_done_ns.max(s.last_done_ns);
+        for (a, b) in [
+            (&mut self.hist, &s.hist),
+            (&mut self.recover_hist, &s.recover_hist),
+        ] {
+            if let Some(b) = b {
+                a.get_or_insert_with(Histogram::default).merge(b);
+            }
+        }
+    }
+
+    /// Clients back after a resume that got their op-25 frame.
+    pub fn back(&self) -> u64 {
+        self.recovered + self.reloaded + self.other_status
+    }
 }
 
 impl Stats {
     /// Current counters (and, if asked, the merged latency histogram).
     pub fn snapshot(&self, with_hist: bool) -> Snapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Snapshot {
-            connected: self.connected.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            dropped: self.dropped.load(Ordering::Relaxed),
-            received: self.received.load(Ordering::Relaxed),
+            connected: load(&self.connected),
+            failed: load(&self.failed),
+            dropped: load(&self.dropped),
+            received: load(&self.received),
             rss: crate::procfs::rss_bytes(std::process::id()).unwrap_or(0),
             cpu_ns: crate::procfs::cpu_ns(std::process::id()).unwrap_or(0),
             hist: with_hist.then(|| {
@@ -180,15 +267,58 @@ impl Stats {
                 }
                 h
             }),
+            positioned: load(&self.positioned),
+            duplicated: load(&self.duplicated),
+            out_of_order: load(&self.out_of_order),
+            tracking: load(&self.tracking),
+            recovered: load(&self.recovered),
+            reloaded: load(&self.reloaded),
+            other_status: load(&self.other_status),
+            last_done_ns: load(&self.last_done_ns),
+            recover_hist: with_hist.then(|| {
+                self.recover_hist
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+            }),
         }
     }
 
-    /// Zeroes received counts and latencies (start of a measurement).
+    /// Zeroes received counts, latencies and recovery counts (start of a
+    /// measurement); which clients hold a position is kept.
     pub fn reset(&self) {
-        self.received.store(0, Ordering::Relaxed);
+        for a in [
+            &self.received,
+            &self.positioned,
+            &self.duplicated,
+            &self.out_of_order,
+            &self.recovered,
+            &self.reloaded,
+            &self.other_status,
+            &self.last_done_ns,
+        ] {
+            a.store(0, Ordering::Relaxed);
+        }
         for s in &self.hists {
             s.lock().unwrap_or_else(|e| e.into_inner()).reset();
         }
+        self.recover_hist
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reset();
+    }
+
+    /// Tells every client to close its connection and stay away until
+    /// [`Stats::resume`].
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Lets the clients back, all at once; their times to recover are measured
+    /// from `at_ns` (wall clock).
+    pub fn resume(&self, at_ns: u64) {
+        self.resumed_ns.store(at_ns, Ordering::Relaxed);
+        self.paused.send_replace(false);
     }
 
     fn record(&self, shard: usize, latencies: &[u64]) {
@@ -255,18 +385,30 @@ async fn client_loop(
     limit: Arc<Semaphore>,
 ) {
     let mut attempt = 0u32;
+    let mut track = Track::default();
+    let mut paused = stats.paused.subscribe();
     while !stats.stop.load(Ordering::Relaxed) {
         let permit = limit.acquire().await;
-        let conn = tokio::time::timeout(Duration::from_secs(15), connect(i, &args, &dialer)).await;
+        let conn =
+            tokio::time::timeout(Duration::from_secs(15), connect(i, &args, &dialer, &track)).await;
         drop(permit);
         match conn {
             Ok(Ok(mut c)) => {
                 attempt = 0;
                 stats.connected.fetch_add(1, Ordering::Relaxed);
-                let r = c.serve(&args, &stats, i).await;
+                let r = c.serve(&args, &stats, i, &mut track).await;
+                drop(c);
                 stats.connected.fetch_sub(1, Ordering::Relaxed);
                 if stats.stop.load(Ordering::Relaxed) {
                     return;
+                }
+                if *paused.borrow_and_update() {
+                    // Told to stay away: back with the others when resumed, at once.
+                    if paused.wait_for(|p| !*p).await.is_err() {
+                        return;
+                    }
+                    track.resumed_at = Some(stats.resumed_ns.load(Ordering::Relaxed));
+                    continue;
                 }
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = r {
@@ -294,6 +436,145 @@ async fn client_loop(
     }
 }
 
+/// What a recovering client keeps across its connections: its room stream's
+/// position, as herald's protocol asks a client to (docs/protocol.md, "Recovery").
+#[derive(Debug, Default)]
+struct Track {
+    /// The room stream's epoch (empty: no position yet) and last offset.
+    epoch: String,
+    offset: u64,
+    /// Counted in [`Stats::tracking`].
+    counted: bool,
+    /// This connection follows a resume ordered at that wall-clock time (ns),
+    /// until its op-25 frame arrives.
+    resumed_at: Option<u64>,
+}
+
+/// Where a positioned push falls against the client's last offset.
+#[derive(Debug, PartialEq, Eq)]
+enum Order {
+    Next,
+    /// At or below the last offset: a repeat (or late).
+    Repeat,
+    /// Past the next offset: something is missing before it.
+    Gap,
+}
+
+impl Track {
+    /// The `"recover"` member of the auth body: this client's position in `room`.
+    fn recover(&self, room: &str) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        if !self.epoch.is_empty() {
+            m.insert(
+                room.to_string(),
+                serde_json::json!({"epoch": self.epoch, "offset": self.offset}),
+            );
+        }
+        serde_json::Value::Object(m)
+    }
+
+    /// A positioned push of the room stream at `offset`.
+    fn positioned(&mut self, offset: u64) -> Order {
+        let order = if offset == self.offset + 1 {
+            Order::Next
+        } else if offset <= self.offset {
+            Order::Repeat
+        } else {
+            Order::Gap
+        };
+        self.offset = self.offset.max(offset);
+        order
+    }
+
+    /// An op-25 frame: the room stream's state. Returns that state's status, and
+    /// whether it ends a reconnect after a resume (with the time it took, µs).
+    fn states(&mut self, body: &[u8], now_ns: u64) -> Option<(StreamStatus, Option<u64>)> {
+        let states = StreamStates::parse(body).ok()?;
+        let room = states.streams.iter().find(|s| s.kind == StreamKind::Room)?;
+        if room.status != StreamStatus::Off {
+            self.epoch.clone_from(&room.epoch);
+            self.offset = room.offset;
+        }
+        let took = self
+            .resumed_at
+            .take()
+            .map(|at| now_ns.saturating_sub(at) / 1000);
+        Some((room.status, took))
+    }
+}
+
+/// What one read brought: deliveries, latencies and recovery checks.
+struct Tally<'a> {
+    now: u64,
+    received: u64,
+    lat: &'a mut Vec<u64>,
+    track: &'a mut Track,
+    stats: &'a Stats,
+}
+
+impl Tally<'_> {
+    /// A push payload.
+    fn push(&mut self, body: &[u8]) {
+        self.received += 1;
+        if let Some(t) = wire::timestamp_ns(body) {
+            self.lat.push(self.now.saturating_sub(t) / 1000);
+        }
+    }
+
+    /// A goim frame from herald (or the floor).
+    fn frame(&mut self, op: i32, body: &[u8]) {
+        match op {
+            Op::POSITIONED => {
+                let Some(p) = parse_positioned(body) else {
+                    return;
+                };
+                self.stats.positioned.fetch_add(1, Ordering::Relaxed);
+                if p.kind == StreamKind::Room {
+                    let counter = match self.track.positioned(p.offset) {
+                        Order::Next => None,
+                        Order::Repeat => Some(&self.stats.duplicated),
+                        Order::Gap => Some(&self.stats.out_of_order),
+                    };
+                    if let Some(c) = counter {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if Header::parse(p.frame).is_some_and(|h| h.op >= 1000) {
+                    self.push(&p.frame[HEADER_LEN..]);
+                }
+            }
+            Op::STREAMS => {
+                let had = self.track.counted;
+                let Some((status, took)) = self.track.states(body, self.now) else {
+                    return;
+                };
+                if !had && !self.track.epoch.is_empty() {
+                    self.track.counted = true;
+                    self.stats.tracking.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(us) = took {
+                    let counter = match status {
+                        StreamStatus::Recovered => &self.stats.recovered,
+                        StreamStatus::Reload => &self.stats.reloaded,
+                        _ => &self.stats.other_status,
+                    };
+                    self.stats
+                        .recover_hist
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .record(us);
+                    self.stats
+                        .last_done_ns
+                        .fetch_max(self.now, Ordering::Relaxed);
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            op if op >= 1000 => self.push(body),
+            _ => {}
+        }
+    }
+}
+
 /// An authenticated client connection.
 struct Conn {
     link: Link,
@@ -305,9 +586,10 @@ struct Conn {
     seq: i32,
 }
 
-/// The op-7 auth body of client `mid`: goim's trusted identity, or a token.
-fn auth_body(args: &ClientArgs, mid: u64) -> String {
-    match &args.jwt_secret {
+/// The op-7 auth body of client `mid`: goim's trusted identity, or a token; with
+/// `--recover`, the position in `track`.
+fn auth_body(args: &ClientArgs, mid: u64, track: &Track) -> String {
+    let mut body = match &args.jwt_secret {
         Some(secret) => {
             let now = wire::now_ns() / 1_000_000_000;
             serde_json::json!({
@@ -319,11 +601,19 @@ fn auth_body(args: &ClientArgs, mid: u64) -> String {
             "mid": mid, "key": format!("bench-{mid}"), "room_id": args.room,
             "platform": "bench", "accepts": [1000],
         }),
+    };
+    if args.recover {
+        body["recover"] = track.recover(&args.room);
     }
-    .to_string()
+    body.to_string()
 }
 
-async fn connect(i: usize, args: &ClientArgs, dialer: &Dialer) -> anyhow::Result<Conn> {
+async fn connect(
+    i: usize,
+    args: &ClientArgs,
+    dialer: &Dialer,
+    track: &Track,
+) -> anyhow::Result<Conn> {
     let socket = TcpSocket::new_v4()?;
     socket
         .bind(SocketAddr::new(source(i, args.sources), 0))
@@ -335,7 +625,7 @@ async fn connect(i: usize, args: &ClientArgs, dialer: &Dialer) -> anyhow::Result
         None => Link::Plain(stream),
     };
     let mid = args.first_mid + i as u64;
-    let auth = auth_body(args, mid);
+    let auth = auth_body(args, mid, track);
     let mut buf = Vec::new();
     let host = args.addr.to_string();
     if args.target != Target::HeraldTcp {
@@ -401,19 +691,19 @@ async fn connect(i: usize, args: &ClientArgs, dialer: &Dialer) -> anyhow::Result
 }
 
 impl Conn {
-    /// Scans handshake replies; `done(true)` once authenticated/subscribed.
+    /// Scans handshake replies; `done(true)` once authenticated/subscribed. What
+    /// follows the auth reply (op 8) stays in `pending` for [`Conn::serve`]: a
+    /// recovering client's replays and stream states may come with it.
     fn scan_handshake(&mut self, done: &mut impl FnMut(bool)) -> anyhow::Result<()> {
         let mut ok = false;
-        let mut count = |op: i32, _seq: i32, _body: &[u8]| {
-            if op == 8 {
-                ok = true;
-            }
-        };
         match self.target {
             Target::HeraldTcp => {
-                let used =
-                    wire::goim_frames(&self.pending, &mut count).map_err(anyhow::Error::msg)?;
-                self.pending.drain(..used);
+                if let Some(end) =
+                    wire::end_of_op(&self.pending, Op::AUTH_REPLY).map_err(anyhow::Error::msg)?
+                {
+                    self.pending.drain(..end);
+                    ok = true;
+                }
             }
             Target::HeraldWs | Target::FloorWs => loop {
                 let Some((op, start, end)) =
@@ -424,8 +714,20 @@ impl Conn {
                 if op == 8 {
                     bail!("closed during auth");
                 }
-                wire::goim_frames(&self.pending[start..end], &mut count)
-                    .map_err(anyhow::Error::msg)?;
+                let msg = &self.pending[start..end];
+                if let Some(at) =
+                    wire::end_of_op(msg, Op::AUTH_REPLY).map_err(anyhow::Error::msg)?
+                {
+                    // Frames after the reply in the same message: keep them as
+                    // a message of their own.
+                    let rest = (at < msg.len()).then(|| wire::server_ws_message(&msg[at..]));
+                    self.pending.drain(..end);
+                    if let Some(rest) = rest {
+                        self.pending.splice(0..0, rest);
+                    }
+                    ok = true;
+                    break;
+                }
                 self.pending.drain(..end);
             },
             Target::NatsWs => {
@@ -445,16 +747,18 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads until closed or stopped, counting pushes and heartbeating.
+    /// Reads until closed, stopped or paused, counting pushes and heartbeating.
     async fn serve(
         &mut self,
         args: &ClientArgs,
         stats: &Stats,
         shard: usize,
+        track: &mut Track,
     ) -> anyhow::Result<()> {
+        let mut paused = stats.paused.subscribe();
         if args.no_read {
             // A slow consumer: holds its connection without reading, until stopped.
-            while !stats.stop.load(Ordering::Relaxed) {
+            while !stats.stop.load(Ordering::Relaxed) && !*paused.borrow() {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             return Ok(());
@@ -463,16 +767,17 @@ impl Conn {
         let mut next_hb = tokio::time::Instant::now() + hb;
         let mut lat = Vec::new();
         // Frames that arrived together with the handshake reply.
-        self.process(stats, shard, &mut lat)?;
+        self.process(stats, shard, &mut lat, track)?;
         loop {
             if stats.stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
             tokio::select! {
+                _ = async { paused.wait_for(|p| *p).await.is_ok() } => return Ok(()),
                 r = self.link.readable() => {
                     r?;
                     let open = self.link.read_now(&mut self.pending)?;
-                    if let Some(pong) = self.process(stats, shard, &mut lat)? {
+                    if let Some(pong) = self.process(stats, shard, &mut lat, track)? {
                         self.link.write_all(&pong).await?;
                     }
                     if !open {
@@ -500,24 +805,21 @@ impl Conn {
         stats: &Stats,
         shard: usize,
         lat: &mut Vec<u64>,
+        track: &mut Track,
     ) -> anyhow::Result<Option<Vec<u8>>> {
-        let now = wire::now_ns();
-        let mut received = 0u64;
-        let mut on_push = |body: &[u8]| {
-            received += 1;
-            if let Some(t) = wire::timestamp_ns(body) {
-                lat.push(now.saturating_sub(t) / 1000);
-            }
+        let mut tally = Tally {
+            now: wire::now_ns(),
+            received: 0,
+            lat,
+            track,
+            stats,
         };
         let mut reply = None;
         match self.target {
             Target::HeraldTcp => {
-                let used = wire::goim_frames(&self.pending, &mut |op, _, body| {
-                    if op >= 1000 {
-                        on_push(body)
-                    }
-                })
-                .map_err(anyhow::Error::msg)?;
+                let used =
+                    wire::goim_frames(&self.pending, &mut |op, _, body| tally.frame(op, body))
+                        .map_err(anyhow::Error::msg)?;
                 self.pending.drain(..used);
             }
             Target::HeraldWs | Target::FloorWs => {
@@ -529,12 +831,8 @@ impl Conn {
                         bail!("close frame from server");
                     }
                     let msg = &self.pending[pos + start..pos + end];
-                    wire::goim_frames(msg, &mut |op, _, body| {
-                        if op >= 1000 {
-                            on_push(body)
-                        }
-                    })
-                    .map_err(anyhow::Error::msg)?;
+                    wire::goim_frames(msg, &mut |op, _, body| tally.frame(op, body))
+                        .map_err(anyhow::Error::msg)?;
                     pos += end;
                 }
                 self.pending.drain(..pos);
@@ -550,7 +848,7 @@ impl Conn {
                 }
                 self.pending.drain(..pos);
                 let mut pings = 0;
-                let used = wire::nats_ops(&self.nats, &mut on_push, &mut || pings += 1)
+                let used = wire::nats_ops(&self.nats, &mut |m| tally.push(m), &mut || pings += 1)
                     .map_err(anyhow::Error::msg)?;
                 self.nats.drain(..used);
                 if pings > 0 {
@@ -558,6 +856,8 @@ impl Conn {
                 }
             }
         }
+        let received = tally.received;
+        let lat = tally.lat;
         if received > 0 {
             stats.received.fetch_add(received, Ordering::Relaxed);
         }

@@ -110,6 +110,7 @@ impl Server {
             server_name: "localhost".into(),
             jwt_secret: self.security.as_ref().and_then(|s| s.jwt_secret.clone()),
             no_read: false,
+            recover: false,
         }
     }
 }

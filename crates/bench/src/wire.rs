@@ -128,6 +128,37 @@ pub fn goim_frames(buf: &[u8], f: &mut impl FnMut(i32, i32, &[u8])) -> Result<us
     Ok(pos)
 }
 
+/// The end of the first complete top-level goim frame with operation `op` in
+/// `buf`, if there is one: where the frames that followed it start (an auth reply
+/// may share a read, or a WebSocket message, with the first pushes).
+pub fn end_of_op(buf: &[u8], op: i32) -> Result<Option<usize>, String> {
+    let mut pos = 0;
+    while let Some(h) = Header::parse(&buf[pos..]) {
+        if h.header_len as usize != HEADER_LEN || h.pack_len < HEADER_LEN as i32 {
+            return Err(format!("bad frame header {h:?}"));
+        }
+        let end = pos + h.pack_len as usize;
+        if end > buf.len() {
+            break;
+        }
+        if h.op == op {
+            return Ok(Some(end));
+        }
+        pos = end;
+    }
+    Ok(None)
+}
+
+/// An unmasked server WebSocket binary message around `payload` (what a server
+/// sends; the load generator rebuilds one when it splits a message it read).
+pub fn server_ws_message(payload: &[u8]) -> Vec<u8> {
+    let (h, n) = ws::server_header(ws::opcode::BINARY, payload.len());
+    let mut out = Vec::with_capacity(n + payload.len());
+    out.extend_from_slice(&h[..n]);
+    out.extend_from_slice(payload);
+    out
+}
+
 /// Parses NATS server protocol lines from `buf`; calls `on_msg(payload)` for each
 /// `MSG` and `on_ping()` for each `PING`. Returns the bytes consumed.
 pub fn nats_ops(
@@ -202,6 +233,22 @@ mod tests {
         assert_eq!(used, stream.len() - 10);
         assert_eq!(seen.len(), 3);
         assert_eq!(seen[1], (1000, b"bb".to_vec()));
+    }
+
+    #[test]
+    fn the_end_of_an_auth_reply_followed_by_pushes() {
+        let mut stream = goim(3, 1, b"");
+        let reply_end = stream.len() + 16;
+        stream.extend_from_slice(&goim(8, 1, b""));
+        stream.extend_from_slice(&goim(25, 0, b"{}"));
+        assert_eq!(end_of_op(&stream, 8).unwrap(), Some(reply_end));
+        assert_eq!(end_of_op(&stream[..reply_end - 1], 8).unwrap(), None);
+        assert_eq!(end_of_op(&stream, 7).unwrap(), None);
+        let msg = server_ws_message(&stream);
+        assert_eq!(
+            server_ws_frame(&msg).unwrap(),
+            Some((2, msg.len() - stream.len(), msg.len()))
+        );
     }
 
     #[test]

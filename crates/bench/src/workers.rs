@@ -1,7 +1,8 @@
 //! Client worker processes. One process can hold only as many connections as its
 //! open-file limit allows (20,000 here, not raisable), so larger loads are split
 //! over several `herald-bench worker` processes. A worker prints a status line
-//! every 200 ms and answers `reset` and `report` commands on stdin.
+//! every 200 ms and answers `reset`, `report`, `pause` and `resume AT_NS` commands
+//! on stdin.
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -48,8 +49,17 @@ pub async fn worker_main(spec: &str) -> anyhow::Result<()> {
                 let line = format!("H {}\n", serde_json::to_string(&stats.snapshot(true))?);
                 out.lock().await.write_all(line.as_bytes()).await?;
             }
+            "pause" => {
+                stats.pause();
+                out.lock().await.write_all(b"P\n").await?;
+            }
             "stop" => break,
-            _ => {}
+            cmd => {
+                if let Some(at) = cmd.strip_prefix("resume ") {
+                    stats.resume(at.trim().parse().unwrap_or_else(|_| crate::wire::now_ns()));
+                    out.lock().await.write_all(b"U\n").await?;
+                }
+            }
         }
     }
     stats.stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -140,12 +150,7 @@ impl Workers {
         let st = self.status.lock().unwrap_or_else(|e| e.into_inner());
         let mut sum = Snapshot::default();
         for s in st.iter() {
-            sum.connected += s.connected;
-            sum.failed += s.failed;
-            sum.dropped += s.dropped;
-            sum.received += s.received;
-            sum.rss += s.rss;
-            sum.cpu_ns += s.cpu_ns;
+            sum.add(s);
         }
         sum
     }
@@ -174,25 +179,31 @@ impl Workers {
         Ok(())
     }
 
-    /// Merged counters and latency histogram of every worker.
+    /// Merged counters and latency histograms of every worker.
     pub async fn report(&mut self) -> anyhow::Result<Snapshot> {
         let mut sum = Snapshot {
             hist: Some(Default::default()),
+            recover_hist: Some(Default::default()),
             ..Default::default()
         };
         for line in self.broadcast("report", "H ").await? {
             let s: Snapshot = serde_json::from_str(&line)?;
-            sum.connected += s.connected;
-            sum.failed += s.failed;
-            sum.dropped += s.dropped;
-            sum.received += s.received;
-            sum.rss += s.rss;
-            sum.cpu_ns += s.cpu_ns;
-            if let (Some(a), Some(b)) = (sum.hist.as_mut(), s.hist.as_ref()) {
-                a.merge(b);
-            }
+            sum.add(&s);
         }
         Ok(sum)
+    }
+
+    /// Tells every client to close its connection and stay away.
+    pub async fn pause(&mut self) -> anyhow::Result<()> {
+        self.broadcast("pause", "P").await?;
+        Ok(())
+    }
+
+    /// Lets every client back at once; times to recover count from `at_ns`
+    /// (wall clock).
+    pub async fn resume(&mut self, at_ns: u64) -> anyhow::Result<()> {
+        self.broadcast(&format!("resume {at_ns}"), "U").await?;
+        Ok(())
     }
 
     /// Waits until `n` clients are connected (or the timeout passes); returns the

@@ -59,6 +59,7 @@ fn tls_args(addr: SocketAddr, ca: std::path::PathBuf, n: usize) -> ClientArgs {
         server_name: "localhost".into(),
         jwt_secret: None,
         no_read: false,
+        recover: false,
     }
 }
 

@@ -85,8 +85,8 @@ fn axis_ticks(
     }
 }
 
-/// Cumulative latency distribution (log-scaled x axis in ms).
-pub fn latency_svg(systems: &[&Measurement]) -> String {
+/// Cumulative distribution of the systems' histograms (log-scaled x axis in ms).
+pub fn latency_svg(systems: &[&Measurement], title: &str, x_label: &str, y_label: &str) -> String {
     let max_us = systems
         .iter()
         .map(|m| m.hist.max())
@@ -123,17 +123,11 @@ pub fn latency_svg(systems: &[&Measurement]) -> String {
         polyline(&mut body, i, points);
     }
     let names: Vec<&str> = systems.iter().map(|m| m.system.as_str()).collect();
-    svg_frame(
-        "Push-to-receive latency (cumulative)",
-        "latency, ms (log scale)",
-        "share of messages",
-        &body,
-        &names,
-    )
+    svg_frame(title, x_label, y_label, &body, &names)
 }
 
-/// Messages received over time.
-pub fn timeline_svg(systems: &[&Measurement]) -> String {
+/// The systems' timelines: a count over time (messages received, clients back).
+pub fn timeline_svg(systems: &[&Measurement], title: &str, x_label: &str, y_label: &str) -> String {
     let t_max = systems
         .iter()
         .filter_map(|m| m.timeline.last().map(|p| p.0))
@@ -156,13 +150,7 @@ pub fn timeline_svg(systems: &[&Measurement]) -> String {
         polyline(&mut body, i, points);
     }
     let names: Vec<&str> = systems.iter().map(|m| m.system.as_str()).collect();
-    svg_frame(
-        "Deliveries over time",
-        "seconds since the first push",
-        "messages received",
-        &body,
-        &names,
-    )
+    svg_frame(title, x_label, y_label, &body, &names)
 }
 
 /// Server RSS over time (slow scenario).

@@ -5,10 +5,11 @@
 //!   trusted identities or HS256 tokens, spread over loopback source addresses and
 //!   worker processes; prints progress and delivery rates.
 //! - `push`: pushes through herald's HTTP API at a target rate.
-//! - `run SCENARIO`: idle / fanout / latency / storm / slow against herald and, in
-//!   the same run, herald's other configurations (`--secure`: TLS and `jwt` auth;
-//!   `--variant`: other builds), nats-server and the floor; writes a JSON report and
-//!   a Markdown summary.
+//! - `run SCENARIO`: idle / fanout / latency / storm / slow / recover-storm against
+//!   herald and, in the same run, herald's other configurations (`--secure`: TLS
+//!   and `jwt` auth; `--history`: history kept for the bench room; `--variant`:
+//!   other builds), nats-server and the floor; writes a JSON report and a Markdown
+//!   summary.
 //! - `floor`: the minimal tokio fan-out server used as the baseline.
 
 use std::net::SocketAddr;

@@ -1,18 +1,20 @@
 //! One server's turn in a scenario: connect the clients (in worker processes),
 //! take the scenario's figures from `/proc` and the clients' counts, disconnect.
+//! recover-storm also sends them away and lets them back at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 
 use crate::hist::Histogram;
 use crate::procfs;
 use crate::push::{self, PushKind};
-use crate::report::{Latency, Measurement};
+use crate::report::{Latency, Measurement, RecoveryFigures};
 use crate::scenario::{Plan, Scenario};
-use crate::servers::Server;
+use crate::servers::{Kind, Server, ROOM};
+use crate::wire;
 use crate::workers::Workers;
 
 /// Runs `plan` against `server`, then stops the server.
@@ -38,13 +40,14 @@ async fn run_one_inner(plan: &Plan, server: &Server, m: &mut Measurement) -> any
     let tcp0 = procfs::tcp_mem_bytes().ok();
     let slab0 = procfs::slab_bytes().ok();
     let cpu0 = procfs::cpu_ns(server.pid)?;
-    let concurrency = if plan.scenario == Scenario::Storm {
+    let concurrency = if matches!(plan.scenario, Scenario::Storm | Scenario::RecoverStorm) {
         0
     } else {
         2000
     };
     let mut cargs = server.client_args(n, plan.sources, concurrency);
     cargs.no_read = plan.scenario == Scenario::Slow;
+    cargs.recover = plan.recover && server.kind == Kind::Herald;
     let mut workers = Workers::spawn(&cargs).await?;
     let took = workers
         .wait_connected(n as u64, Duration::from_secs(180))
@@ -82,6 +85,7 @@ async fn run_one_inner(plan: &Plan, server: &Server, m: &mut Measurement) -> any
                 }
             }
             Scenario::Slow => slow(plan, server, &mut workers, m, rss0).await?,
+            Scenario::RecoverStorm => recover_storm(plan, server, &mut workers, m).await?,
             Scenario::Fanout | Scenario::Latency => {
                 let latency = plan.scenario == Scenario::Latency;
                 tokio::time::sleep(if latency {
@@ -91,6 +95,8 @@ async fn run_one_inner(plan: &Plan, server: &Server, m: &mut Measurement) -> any
                 })
                 .await;
                 m.client_rss_per_conn_bytes = Some(workers.status().rss as f64 / n as f64);
+                // Recovering clients: count their positioned pushes too.
+                m.positioned = cargs.recover.then_some(0);
                 let count = (plan.rate * plan.duration).ceil() as u64;
                 let hist = measure_pushes(
                     server,
@@ -107,6 +113,7 @@ async fn run_one_inner(plan: &Plan, server: &Server, m: &mut Measurement) -> any
                 if latency && server.kind == crate::servers::Kind::Herald {
                     let mut km = Measurement {
                         connections: m.connections,
+                        positioned: m.positioned.map(|_| 0),
                         ..Default::default()
                     };
                     let keys = measure_pushes(
@@ -123,6 +130,11 @@ async fn run_one_inner(plan: &Plan, server: &Server, m: &mut Measurement) -> any
                     m.lost += km.lost;
                     m.deliveries += km.deliveries;
                     m.expected += km.expected;
+                    if let Some(p) = m.positioned.as_mut() {
+                        *p += km.positioned.unwrap_or(0);
+                        *m.duplicated.get_or_insert(0) += km.duplicated.unwrap_or(0);
+                        *m.out_of_order.get_or_insert(0) += km.out_of_order.unwrap_or(0);
+                    }
                 }
             }
         }
@@ -167,7 +179,7 @@ async fn slow(
 ) -> anyhow::Result<()> {
     let count = (plan.rate * plan.duration).ceil() as u64;
     let mut publisher = server
-        .publisher(PushKind::Room, "bench://1", (1, m.connections))
+        .publisher(PushKind::Room, ROOM, (1, m.connections))
         .await?;
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -191,7 +203,9 @@ async fn slow(
 }
 
 /// Pushes `count` messages at `rate` and measures until every client has them
-/// (or progress stops). Fills CPU, deliveries, latency and the timeline.
+/// (or progress stops). Fills CPU, deliveries, latency and the timeline (and,
+/// when `m.positioned` is set, i.e. the clients recover, the positioned,
+/// repeated and out-of-order pushes).
 async fn measure_pushes(
     server: &Server,
     workers: &mut Workers,
@@ -202,9 +216,7 @@ async fn measure_pushes(
     receivers_per_push: u64,
 ) -> anyhow::Result<Histogram> {
     workers.reset().await?;
-    let mut publisher = server
-        .publisher(kind, "bench://1", (1, m.connections))
-        .await?;
+    let mut publisher = server.publisher(kind, ROOM, (1, m.connections)).await?;
     let cpu0 = procfs::cpu_ns(server.pid)?;
     let t0 = Instant::now();
     let stop_sampler = Arc::new(AtomicBool::new(false));
@@ -250,6 +262,11 @@ async fn measure_pushes(
     m.deliveries += snap.received;
     m.expected += expected;
     m.lost = m.expected as i64 - m.deliveries as i64;
+    if let Some(p) = m.positioned.as_mut() {
+        *p += snap.positioned;
+        *m.duplicated.get_or_insert(0) += snap.duplicated;
+        *m.out_of_order.get_or_insert(0) += snap.out_of_order;
+    }
     let cpu = cpu1.saturating_sub(cpu0) as f64;
     m.server_cpu_secs = Some(cpu / 1e9);
     if snap.received > 0 {
@@ -257,4 +274,134 @@ async fn measure_pushes(
         m.deliveries_per_sec = Some(snap.received as f64 / elapsed.max(1e-3));
     }
     Ok(hist)
+}
+
+/// Polls `ok` every 10 ms until it holds (true) or `timeout` passes (false).
+async fn wait_for(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !ok() {
+        if start.elapsed() > timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// Waits (up to 10 s) until `pid` is quiet: under 10 % of a core over 250 ms.
+async fn settle(pid: u32) -> anyhow::Result<()> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let a = procfs::cpu_ns(pid)?;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if procfs::cpu_ns(pid)?.saturating_sub(a) < 25_000_000 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Recovering clients that leave, miss `plan.missed` room pushes and come back
+/// all at once with their positions. Measured from the order to come back until
+/// every client has its op-25 frame: time, server CPU, and what the replays held.
+async fn recover_storm(
+    plan: &Plan,
+    server: &Server,
+    workers: &mut Workers,
+    m: &mut Measurement,
+) -> anyhow::Result<()> {
+    let n = m.connections;
+    // Each client learns its position in the room's stream from its first op 25.
+    if !wait_for(Duration::from_secs(60), || workers.status().tracking >= n).await {
+        bail!(
+            "only {} of {n} clients got a position in {ROOM}'s stream: does the server keep its history?",
+            workers.status().tracking
+        );
+    }
+    workers.pause().await?;
+    if !wait_for(Duration::from_secs(60), || workers.status().connected == 0).await {
+        bail!("the clients did not all close their connections");
+    }
+    // The server has taken in every close before anything is pushed.
+    settle(server.pid).await?;
+    let mut publisher = server.publisher(PushKind::Room, ROOM, (1, n)).await?;
+    let (ok, failed) = push::publish_at_rate(&mut publisher, plan.rate, plan.missed).await;
+    m.pushes = ok;
+    m.failures += failed;
+    settle(server.pid).await?;
+    workers.reset().await?;
+    let before = workers.report().await?;
+    let cpu0 = procfs::cpu_ns(server.pid)?;
+    let t0 = wire::now_ns();
+    let start = Instant::now();
+    workers.resume(t0).await?;
+    eprintln!("{n} clients coming back, each missed {ok}");
+    let mut timeline = vec![(0.0, 0)];
+    let mut last = (0, Instant::now());
+    let mut printed = Instant::now();
+    loop {
+        let back = workers.status().back();
+        if timeline.last().is_some_and(|p| p.1 != back) {
+            timeline.push((start.elapsed().as_secs_f64(), back));
+        }
+        if back >= n {
+            break;
+        }
+        if back != last.0 {
+            last = (back, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(10)
+            || start.elapsed() > Duration::from_secs(120)
+        {
+            eprintln!("\r{back} of {n} back; giving up");
+            break;
+        }
+        if printed.elapsed() > Duration::from_millis(500) {
+            eprint!("\r{back} of {n} back");
+            printed = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cpu = procfs::cpu_ns(server.pid)?.saturating_sub(cpu0);
+    let snap = workers.report().await.context("the clients' counts")?;
+    let back = snap.back();
+    let done =
+        (back >= n && snap.last_done_ns >= t0).then(|| (snap.last_done_ns - t0) as f64 / 1e9);
+    eprintln!(
+        "\r{back} of {n} back{}",
+        done.map_or(String::new(), |d| format!(" in {d:.2}s"))
+    );
+    let expected = ok * n;
+    let hist = snap.recover_hist.clone().unwrap_or_default();
+    let per = |ns: u64| ns as f64 / 1000.0 / n.max(1) as f64;
+    let r = RecoveryFigures {
+        clients: n,
+        missed: ok,
+        recover_secs: done,
+        back,
+        recovered: snap.recovered,
+        reload: snap.reloaded,
+        other_status: snap.other_status,
+        replayed: snap.received,
+        expected,
+        lost: expected as i64 - snap.received.saturating_sub(snap.duplicated) as i64,
+        duplicated: snap.duplicated,
+        out_of_order: snap.out_of_order,
+        failed_attempts: snap.failed.saturating_sub(before.failed),
+        server_cpu_secs: cpu as f64 / 1e9,
+        server_cpu_us_per_client: per(cpu),
+        client_cpu_us_per_client: per(snap.cpu_ns.saturating_sub(before.cpu_ns)),
+        time_to_recover_ms: Latency::from_hist(&hist),
+    };
+    m.deliveries = snap.received;
+    m.expected = expected;
+    m.lost = r.lost;
+    m.positioned = Some(snap.positioned);
+    m.duplicated = Some(r.duplicated);
+    m.out_of_order = Some(r.out_of_order);
+    m.server_cpu_secs = Some(r.server_cpu_secs);
+    m.timeline = timeline;
+    m.hist = hist;
+    m.recovery = Some(r);
+    Ok(())
 }

@@ -33,6 +33,43 @@ impl Latency {
     }
 }
 
+/// A reconnect storm of recovering clients (recover-storm): they left, missed
+/// `missed` room pushes, and came back at once with their positions.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RecoveryFigures {
+    /// Clients that left and came back.
+    pub clients: u64,
+    /// Room pushes accepted while they were away (each client missed every one).
+    pub missed: u64,
+    /// From the order to come back until the last client had its op-25 frame,
+    /// seconds (`None`: not every client was back in time).
+    pub recover_secs: Option<f64>,
+    /// Clients back with their op-25 frame, by the room stream's status.
+    pub back: u64,
+    pub recovered: u64,
+    pub reload: u64,
+    pub other_status: u64,
+    /// Positioned pushes (op 24) the clients received after coming back.
+    pub replayed: u64,
+    /// clients × missed.
+    pub expected: u64,
+    /// expected − (replayed − duplicated).
+    pub lost: i64,
+    /// Replayed pushes at or below the client's last offset.
+    pub duplicated: u64,
+    /// Replayed pushes past the client's next offset.
+    pub out_of_order: u64,
+    /// Connection attempts that failed while coming back.
+    pub failed_attempts: u64,
+    /// Server CPU from the order to come back until every client was back.
+    pub server_cpu_secs: f64,
+    pub server_cpu_us_per_client: f64,
+    /// The client workers' CPU over the same time, per client.
+    pub client_cpu_us_per_client: f64,
+    /// From the order to come back until each client's op-25 frame.
+    pub time_to_recover_ms: Latency,
+}
+
 /// What was measured for one system in one scenario.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Measurement {
@@ -93,6 +130,18 @@ pub struct Measurement {
     pub key_latency_ms: Option<Latency>,
     /// expected − deliveries.
     pub lost: i64,
+    /// Clients asking for recovery: positioned pushes (op 24) among the
+    /// deliveries; those at or below the client's last offset (repeats), and past
+    /// its next offset (gaps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub positioned: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicated: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_of_order: Option<u64>,
+    /// recover-storm figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryFigures>,
     /// Pushes accepted by the server.
     pub pushes: u64,
     /// Failed connection attempts plus refused pushes.
@@ -342,6 +391,58 @@ impl Report {
                 );
             }
         }
+        let positioned: Vec<&Measurement> = self
+            .systems()
+            .into_iter()
+            .filter(|m| m.duplicated.is_some() && m.recovery.is_none())
+            .collect();
+        if !positioned.is_empty() {
+            let _ = writeln!(s, "\nClients asked for recovery; positioned pushes (op 24) are counted as deliveries.\n\n| system | deliveries | positioned (op 24) | repeated (at or below the last offset) | out of order (past the next offset) |\n|---|---:|---:|---:|---:|");
+            for m in positioned {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    m.system,
+                    m.deliveries,
+                    m.positioned.unwrap_or(0),
+                    m.duplicated.unwrap_or(0),
+                    m.out_of_order.unwrap_or(0)
+                );
+            }
+        }
+        let storms: Vec<(&str, &RecoveryFigures)> = self
+            .systems()
+            .into_iter()
+            .filter_map(|m| m.recovery.as_ref().map(|r| (m.system.as_str(), r)))
+            .collect();
+        if !storms.is_empty() {
+            let _ = writeln!(s, "\n| system | clients back, each missed | time until all recovered (s) | per client p50 / p99 / max (ms) | server CPU (s) | server CPU per client (µs) | client CPU per client (µs) | replayed | lost | repeated | out of order | recovered / reload / other | failed attempts |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|");
+            for (name, r) in storms {
+                let t = &r.time_to_recover_ms;
+                let _ = writeln!(
+                    s,
+                    "| {name} | {} of {}, {} | {} | {:.0} / {:.0} / {:.0} | {:.2} | {:.1} | {:.1} | {} | {} | {} | {} | {} / {} / {} | {} |",
+                    r.back,
+                    r.clients,
+                    r.missed,
+                    opt(r.recover_secs, 2),
+                    t.p50,
+                    t.p99,
+                    t.max,
+                    r.server_cpu_secs,
+                    r.server_cpu_us_per_client,
+                    r.client_cpu_us_per_client,
+                    r.replayed,
+                    r.lost,
+                    r.duplicated,
+                    r.out_of_order,
+                    r.recovered,
+                    r.reload,
+                    r.other_status,
+                    r.failed_attempts
+                );
+            }
+        }
         if let Some(k) = &self.herald.key_latency_ms {
             let _ = writeln!(s, "\nKey push latency (herald): p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms over {} samples.", k.p50, k.p99, k.p999, k.samples);
         }
@@ -466,9 +567,26 @@ impl Report {
             .into_iter()
             .filter(|m| m.hist.count() > 0)
             .collect();
+        let storm = self.scenario == "recover-storm";
         if !with_latency.is_empty() {
+            let (title, x, y) = if storm {
+                (
+                    "Time from the reconnect to each client's recovery (cumulative)",
+                    "ms since the clients were let back (log scale)",
+                    "share of clients",
+                )
+            } else {
+                (
+                    "Push-to-receive latency (cumulative)",
+                    "latency, ms (log scale)",
+                    "share of messages",
+                )
+            };
             let name = format!("{stem}-latency.svg");
-            std::fs::write(dir.join(&name), charts::latency_svg(&with_latency))?;
+            std::fs::write(
+                dir.join(&name),
+                charts::latency_svg(&with_latency, title, x, y),
+            )?;
             let _ = writeln!(md, "\n![latency distribution]({name})\n");
         }
         let with_timeline: Vec<&Measurement> = self
@@ -477,8 +595,24 @@ impl Report {
             .filter(|m| m.timeline.len() > 1)
             .collect();
         if !with_timeline.is_empty() {
+            let (title, x, y) = if storm {
+                (
+                    "Clients back with their stream states over time",
+                    "seconds since the clients were let back",
+                    "clients back",
+                )
+            } else {
+                (
+                    "Deliveries over time",
+                    "seconds since the first push",
+                    "messages received",
+                )
+            };
             let name = format!("{stem}-deliveries.svg");
-            std::fs::write(dir.join(&name), charts::timeline_svg(&with_timeline))?;
+            std::fs::write(
+                dir.join(&name),
+                charts::timeline_svg(&with_timeline, title, x, y),
+            )?;
             let _ = writeln!(md, "![deliveries over time]({name})\n");
         }
         let with_rss: Vec<&Measurement> = self
@@ -545,6 +679,16 @@ fn figure_ratios(v: &Measurement, base: &Measurement) -> BTreeMap<String, f64> {
             "rss_after_bytes",
             u(v.rss_after_bytes),
             u(base.rss_after_bytes),
+        ),
+        (
+            "recover_secs",
+            v.recovery.as_ref().and_then(|r| r.recover_secs),
+            base.recovery.as_ref().and_then(|r| r.recover_secs),
+        ),
+        (
+            "recover_server_cpu_us_per_client",
+            v.recovery.as_ref().map(|r| r.server_cpu_us_per_client),
+            base.recovery.as_ref().map(|r| r.server_cpu_us_per_client),
         ),
     ];
     let mut r = BTreeMap::new();

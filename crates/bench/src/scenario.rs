@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use clap::ValueEnum;
 use serde_json::json;
 
 use crate::measure::run_one;
 use crate::pki::Credentials;
 use crate::report::{Machine, Measurement, Report};
 use crate::servers::{self, Batching, HeraldSpec, Secure};
-use crate::targets::{self, SECURE};
+use crate::targets::{self, HISTORY, SECURE};
 use crate::wire;
 
 /// The scenarios.
@@ -30,6 +31,20 @@ pub enum Scenario {
     /// N clients that never read, one room, sized pushes at a rate; then they
     /// leave: server RSS peak and what is given back after `--after` seconds.
     Slow,
+    /// N WebSocket clients that ask for recovery, in one room whose history is
+    /// kept, learn their position, leave; `--missed` room pushes; they all come
+    /// back at once with their positions: time until every one has its replays
+    /// and its stream states, server CPU, lost, repeated and out-of-order pushes.
+    RecoverStorm,
+}
+
+impl Scenario {
+    /// The scenario's name on the command line and in reports.
+    pub fn name(self) -> String {
+        self.to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    }
 }
 
 /// How the secure herald authenticates its clients.
@@ -71,6 +86,18 @@ pub struct RunArgs {
     /// Frames per room batch (herald and the floor).
     #[arg(long, default_value_t = 20)]
     pub batch: usize,
+    /// Keep the last SIZE messages of the bench room's type (`history.rooms.bench`,
+    /// ttl 10m): measures `herald-history`, the same herald with these settings,
+    /// in the same run (recover-storm: the history of every herald, default 100).
+    #[arg(long, value_name = "SIZE")]
+    pub history: Option<usize>,
+    /// herald clients ask for recovery (`"recover"` in the auth body) and count
+    /// positioned pushes (op 24) as deliveries (recover-storm: always).
+    #[arg(long)]
+    pub recover: bool,
+    /// recover-storm: room pushes each client misses while away.
+    #[arg(long, default_value_t = 10)]
+    pub missed: u64,
     /// Peers measured in the same run: comma list of `nats`, `floor`, or `none`.
     /// With `--secure`, `floor` measures `floor-secure` (wss) too.
     #[arg(long, default_value = "nats,floor")]
@@ -121,6 +148,10 @@ pub struct Plan {
     /// Slow scenario: how long the server is watched after the clients left.
     pub after: Duration,
     pub sources: u8,
+    /// herald clients ask for recovery.
+    pub recover: bool,
+    /// recover-storm: pushes made while the clients are away.
+    pub missed: u64,
 }
 
 impl Plan {
@@ -131,9 +162,18 @@ impl Plan {
             Scenario::Slow => slow,
             _ => other,
         };
+        // recover-storm pushes what the clients miss at this rate.
+        let default_rate = if s == Scenario::RecoverStorm {
+            200.0
+        } else {
+            pick(20.0, 20.0, 5.0)
+        };
         let after = Duration::try_from_secs_f64(args.after.max(0.0))
             .map_err(|_| anyhow::anyhow!("--after is a number of seconds"))?;
-        let rate = args.rate.unwrap_or(pick(20.0, 20.0, 5.0));
+        let rate = args.rate.unwrap_or(default_rate);
+        if s == Scenario::RecoverStorm && args.missed == 0 {
+            bail!("--missed must be at least 1: the clients recover what they missed");
+        }
         if !(rate.is_finite() && rate > 0.0) {
             bail!("--rate must be a positive number of pushes per second");
         }
@@ -149,6 +189,8 @@ impl Plan {
                 .unwrap_or(if s == Scenario::Slow { 1024 } else { 0 }),
             after,
             sources: args.sources,
+            recover: args.recover || s == Scenario::RecoverStorm,
+            missed: args.missed,
         })
     }
 }
@@ -163,11 +205,19 @@ async fn herald_specs(
         Some(b) => (b, vec!["standalone".to_string()]),
         None => (default_bin, default_args),
     };
+    // recover-storm needs history for every herald; elsewhere `--history` adds
+    // the same herald with history on.
+    let storm_history = if args.scenario == Scenario::RecoverStorm {
+        servers::history_env(args.history.unwrap_or(100))
+    } else {
+        Vec::new()
+    };
     let mut specs = vec![HeraldSpec {
         name: args.label.clone(),
         bin: bin.clone(),
         args: herald_args.clone(),
         secure: None,
+        env: storm_history.clone(),
     }];
     let mut auth = None;
     if let Some(creds) = creds {
@@ -194,6 +244,16 @@ async fn herald_specs(
                 creds: creds.clone(),
                 jwt,
             }),
+            env: storm_history.clone(),
+        });
+    }
+    if let (Some(size), false) = (args.history, args.scenario == Scenario::RecoverStorm) {
+        specs.push(HeraldSpec {
+            name: HISTORY.into(),
+            bin: bin.clone(),
+            args: herald_args.clone(),
+            secure: None,
+            env: servers::history_env(size),
         });
     }
     for v in &args.variants {
@@ -208,7 +268,16 @@ async fn herald_specs(
             bin: PathBuf::from(path),
             args: vec!["standalone".into()],
             secure: None,
+            env: storm_history.clone(),
         });
+    }
+    // History set through variables must reach the configuration: a misspelt or
+    // unknown name would measure herald without it.
+    let size = args.history.unwrap_or(100);
+    for spec in specs.iter().filter(|s| !s.env.is_empty()) {
+        servers::check_history(&spec.bin, &spec.env, size)
+            .await
+            .with_context(|| format!("{}: history settings", spec.name))?;
     }
     Ok((specs, auth))
 }
@@ -230,10 +299,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         .filter(|s| !s.is_empty() && s != "none")
         .collect();
     // A peer that cannot start is known before any measurement: say so now.
-    if args.scenario != Scenario::Slow && peers.iter().any(|p| p == "nats" || p == "nats-server") {
+    let herald_only = matches!(args.scenario, Scenario::Slow | Scenario::RecoverStorm);
+    if !herald_only && peers.iter().any(|p| p == "nats" || p == "nats-server") {
         servers::nats_binary(args.nats_server.as_deref())?;
     }
-    let scenario = format!("{:?}", args.scenario).to_lowercase();
+    let scenario = args.scenario.name();
     let started_unix = wire::now_ns() / 1_000_000_000;
     let tcp = args.transport == "tcp";
     let creds = if args.secure {
@@ -256,6 +326,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
             "transport": args.transport, "peers": peers, "sources": args.sources,
             "secure": args.secure, "secure_auth": auth, "variants": args.variants,
             "after_secs": (args.scenario == Scenario::Slow).then_some(args.after),
+            "history": args.history, "recover": plan.recover,
+            "missed": (args.scenario == Scenario::RecoverStorm).then_some(plan.missed),
         }),
         machine: Machine::current(),
         variants,
@@ -321,8 +393,12 @@ async fn run_all(
     }
     let base = base.context("no herald measured")?;
     let mut measured = BTreeMap::new();
-    if plan.scenario == Scenario::Slow && !peers.is_empty() {
-        eprintln!("the slow scenario measures herald builds only; peers skipped");
+    let herald_only = matches!(plan.scenario, Scenario::Slow | Scenario::RecoverStorm);
+    if herald_only && !peers.is_empty() {
+        eprintln!(
+            "the {} scenario measures herald builds only; peers skipped",
+            plan.scenario.name()
+        );
     }
     let floor = Batching {
         window_ms,
@@ -330,7 +406,7 @@ async fn run_all(
     };
     // (peer as asked, floor certificate): with --secure the floor runs twice.
     let mut queue: Vec<(&str, Option<&Credentials>)> = Vec::new();
-    for peer in peers.iter().filter(|_| plan.scenario != Scenario::Slow) {
+    for peer in peers.iter().filter(|_| !herald_only) {
         queue.push((peer, None));
         if peer == "floor" && creds.is_some() {
             queue.push((peer, creds));

@@ -1,7 +1,7 @@
 //! The servers a scenario measures, each started on free loopback ports and stopped
 //! after its turn: herald in one or more configurations (plain; secure, i.e. TLS
-//! listeners and `jwt` auth; other builds such as another allocator), nats-server
-//! and the floor (plain or TLS).
+//! listeners and `jwt` auth; history kept for the bench room's type; other builds
+//! such as another allocator), nats-server and the floor (plain or TLS).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -14,6 +14,76 @@ use tokio::process::{Child, Command};
 use crate::clients::{ClientArgs, Target};
 use crate::pki::Credentials;
 use crate::push::{Publisher, PushKind};
+
+/// The room every client joins.
+pub const ROOM: &str = "bench://1";
+
+/// How long the bench room's history is kept (`history.rooms.<type>.ttl`).
+pub const HISTORY_TTL: &str = "10m";
+
+/// The variables that make herald keep the last `size` messages of every room of
+/// [`ROOM`]'s type (and give its pushes positions).
+pub fn history_env(size: usize) -> Vec<(String, String)> {
+    let typ = ROOM
+        .split_once("://")
+        .map_or(ROOM, |(t, _)| t)
+        .to_uppercase();
+    vec![
+        (
+            format!("HERALD_HISTORY__ROOMS__{typ}__SIZE"),
+            size.to_string(),
+        ),
+        (
+            format!("HERALD_HISTORY__ROOMS__{typ}__TTL"),
+            HISTORY_TTL.to_string(),
+        ),
+    ]
+}
+
+/// Checks that the herald at `bin`, given `env` (from [`history_env`]), keeps
+/// `size` messages per room of [`ROOM`]'s type: its `config` command prints the
+/// configuration the server would run with.
+pub async fn check_history(
+    bin: &Path,
+    env: &[(String, String)],
+    size: usize,
+) -> anyhow::Result<()> {
+    let out = Command::new(bin)
+        .arg("config")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .with_context(|| format!("cannot run {} config", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} config refused the history settings {env:?}: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !history_in_config(&text, size) {
+        bail!(
+            "{} config does not show {size} messages kept for {ROOM}'s room type with {env:?}: \
+             this build has no [history] settings, or reads other names",
+            bin.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether `config` (as `herald config` prints it) keeps `size` messages per room
+/// of [`ROOM`]'s type.
+fn history_in_config(config: &str, size: usize) -> bool {
+    let typ = ROOM.split_once("://").map_or(ROOM, |(t, _)| t);
+    let header = format!("[history.rooms.{typ}]");
+    let mut lines = config.lines().skip_while(|l| l.trim() != header);
+    lines.next().is_some()
+        && lines
+            .take_while(|l| !l.trim_start().starts_with('['))
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["size", "=", &size.to_string()])
+}
 
 /// A free loopback port (bound, then released for the server to take).
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
@@ -99,7 +169,7 @@ impl Server {
             addr: self.client_addr,
             connections: n,
             first_mid: 1,
-            room: "bench://1".into(),
+            room: ROOM.into(),
             subject: "bench.room".into(),
             sources,
             heartbeat_secs: 120,
@@ -134,6 +204,8 @@ pub struct HeraldSpec {
     pub args: Vec<String>,
     /// TLS listeners (and `jwt` auth) instead of plain ones and trust.
     pub secure: Option<Secure>,
+    /// More `HERALD_*` variables (e.g. [`history_env`]).
+    pub env: Vec<(String, String)>,
 }
 
 /// Shape of the pushes herald batches (`job.room_window`, `job.room_batch`).
@@ -165,7 +237,8 @@ pub async fn start_herald(spec: &HeraldSpec, b: Batching, tcp: bool) -> anyhow::
         // herald keeps descriptors for its HTTP API's connection cap (4,096 by
         // default) out of the client connections' share of the open-file limit; the
         // bench pushes over a handful, so the clients may have the rest.
-        .env("HERALD_LIMITS__HTTP__MAX_CONNECTIONS", "64");
+        .env("HERALD_LIMITS__HTTP__MAX_CONNECTIONS", "64")
+        .envs(spec.env.iter().map(|(k, v)| (k, v)));
     let mut client_addr = if tcp { tcp_addr } else { ws_addr };
     let mut security = None;
     if let Some(secure) = &spec.secure {
@@ -348,6 +421,20 @@ pub async fn start_floor(b: Batching, tls: Option<&Credentials>) -> anyhow::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_settings_are_found_in_the_printed_config() {
+        let env = history_env(100);
+        assert_eq!(env[0].0, "HERALD_HISTORY__ROOMS__BENCH__SIZE");
+        assert_eq!(
+            env[1],
+            ("HERALD_HISTORY__ROOMS__BENCH__TTL".into(), "10m".into())
+        );
+        let printed = "[history]\nmeta_ttl = \"1day\"\n\n[history.rooms.bench]\nsize = 100\nttl = \"10m\"\n\n[job]\nsize = 7\n";
+        assert!(history_in_config(printed, 100));
+        assert!(!history_in_config(printed, 7));
+        assert!(!history_in_config("[history]\nmeta_ttl = \"1day\"\n", 100));
+    }
 
     #[test]
     fn a_missing_nats_server_is_an_error_saying_how_to_get_it() {

@@ -6,6 +6,10 @@ use crate::report::{Report, Security, TargetResult};
 /// The name of the secure herald in a run with `--secure`.
 pub const SECURE: &str = "herald-secure";
 
+/// The name of the herald keeping the bench room's history in a run with
+/// `--history`.
+pub const HISTORY: &str = "herald-history";
+
 fn target(
     name: &str,
     value: Option<f64>,
@@ -96,6 +100,7 @@ pub fn evaluate(report: &Report, window_ms: u64) -> Vec<TargetResult> {
                 Some(h.lost == 0),
                 "",
             ));
+            t.extend(history_targets(report));
         }
         "latency" => {
             t.push(target(
@@ -134,9 +139,100 @@ pub fn evaluate(report: &Report, window_ms: u64) -> Vec<TargetResult> {
                 "",
             ));
         }
+        "recover-storm" => {
+            let r = h.recovery.clone().unwrap_or_default();
+            t.push(target(
+                &format!(
+                    "{} recovering clients back at once, each missed {}: time until every one recovered",
+                    r.clients, r.missed
+                ),
+                r.recover_secs,
+                5.0,
+                "s",
+                r.recover_secs.map(|s| s < 5.0),
+                if r.recover_secs.is_none() && h.recovery.is_some() {
+                    "not every client was back"
+                } else {
+                    ""
+                },
+            ));
+            t.push(target(
+                "replayed pushes lost",
+                Some(r.lost as f64),
+                0.0,
+                "messages",
+                h.recovery.as_ref().map(|_| r.lost == 0),
+                "",
+            ));
+            t.push(target(
+                "replayed pushes repeated or out of order",
+                Some((r.duplicated + r.out_of_order) as f64),
+                0.0,
+                "messages",
+                h.recovery
+                    .as_ref()
+                    .map(|_| r.duplicated + r.out_of_order == 0),
+                "",
+            ));
+            let not = r.clients.saturating_sub(r.recovered);
+            t.push(target(
+                "clients not reported `recovered`",
+                Some(not as f64),
+                0.0,
+                "clients",
+                h.recovery.as_ref().map(|_| not == 0),
+                "",
+            ));
+        }
         _ => {}
     }
     t.extend(secure_targets(report));
+    t
+}
+
+/// History on against off, measured in the same run (`--history`): what
+/// positions, the history append and carrying offsets cost per delivery.
+fn history_targets(report: &Report) -> Vec<TargetResult> {
+    let Some(on) = report.variants.get(HISTORY) else {
+        return Vec::new();
+    };
+    let clients = if report.params["recover"].as_bool() == Some(true) {
+        "clients asking for recovery"
+    } else {
+        "goim clients"
+    };
+    let r = ratio(
+        on.server_cpu_ns_per_delivery,
+        report.herald.server_cpu_ns_per_delivery,
+    );
+    let mut t = vec![
+        target(
+            &format!("fan-out server CPU per delivery, history on ÷ off ({clients})"),
+            r,
+            1.15,
+            "×",
+            r.map(|v| v <= 1.15),
+            "",
+        ),
+        target(
+            "messages lost, history on",
+            Some(on.lost as f64),
+            0.0,
+            "messages",
+            Some(on.lost == 0),
+            "",
+        ),
+    ];
+    if let (Some(d), Some(o)) = (on.duplicated, on.out_of_order) {
+        t.push(target(
+            "positioned pushes repeated or out of order, history on",
+            Some((d + o) as f64),
+            0.0,
+            "messages",
+            Some(d + o == 0),
+            "",
+        ));
+    }
     t
 }
 
@@ -311,6 +407,66 @@ mod tests {
         let t = secure_targets_of(report("fanout", plain, secure));
         assert_eq!(t[0].value, Some(1.2));
         assert!(t[0].met);
+    }
+
+    #[test]
+    fn history_on_is_judged_against_off_in_the_same_run() {
+        let off = Measurement {
+            server_cpu_ns_per_delivery: Some(1000.0),
+            ..Default::default()
+        };
+        let on = Measurement {
+            server_cpu_ns_per_delivery: Some(1200.0),
+            duplicated: Some(0),
+            out_of_order: Some(1),
+            ..Default::default()
+        };
+        let mut r = report("fanout", off, Measurement::default());
+        r.variants.clear();
+        r.variants.insert(HISTORY.into(), on);
+        r.params = serde_json::json!({"recover": true});
+        let t = history_targets(&r);
+        assert_eq!(t[0].value, Some(1.2));
+        assert!(!t[0].met, "1.2 × is over the 1.15 × limit");
+        assert!(t[0].name.contains("recovery"), "{}", t[0].name);
+        assert!(t[1].met);
+        assert!(!t[2].met, "a gap is a failure");
+    }
+
+    #[test]
+    fn a_recovery_storm_is_judged_on_time_loss_and_order() {
+        use crate::report::RecoveryFigures;
+        let fig = |secs: Option<f64>, lost: i64, recovered: u64| RecoveryFigures {
+            clients: 100,
+            missed: 10,
+            recover_secs: secs,
+            recovered,
+            lost,
+            ..Default::default()
+        };
+        let m = |r: RecoveryFigures| Measurement {
+            recovery: Some(r),
+            ..Default::default()
+        };
+        let t = evaluate(
+            &report(
+                "recover-storm",
+                m(fig(Some(1.5), 0, 100)),
+                m(RecoveryFigures::default()),
+            ),
+            0,
+        );
+        assert!(t.iter().take(4).all(|t| t.met), "{t:?}");
+        let t = evaluate(
+            &report(
+                "recover-storm",
+                m(fig(None, 3, 97)),
+                m(RecoveryFigures::default()),
+            ),
+            0,
+        );
+        assert!(!t[0].met && t[0].note.contains("not every client"), "{t:?}");
+        assert!(!t[1].met && !t[3].met);
     }
 
     #[test]

@@ -10,10 +10,14 @@
 #                                    # mimalloc, jemalloc: idle, fanout, slow (same binary;
 #                                    # the other two preloaded from Debian's libmimalloc2.0
 #                                    # and libjemalloc2, installed if missing)
+#   scripts/bench.sh history         # history on against off in fan-out (goim clients,
+#                                    # then clients asking for recovery), and a
+#                                    # reconnect storm of recovering clients
 #
 # Scenarios: idle fanout fanout-goim latency storm slow
 #            secure-idle secure-fanout secure-storm   (group: secure)
 #            alloc-idle alloc-fanout alloc-slow       (group: alloc)
+#            history-fanout history-fanout-recover recover-storm   (group: history)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -26,6 +30,7 @@ for s in "$@"; do
   case "$s" in
     secure) scenarios+=(secure-idle secure-fanout secure-storm) ;;
     alloc)  scenarios+=(alloc-idle alloc-fanout alloc-slow) ;;
+    history) scenarios+=(history-fanout history-fanout-recover recover-storm) ;;
     *)      scenarios+=("$s") ;;
   esac
 done
@@ -97,7 +102,11 @@ for s in "${scenarios[@]}"; do
     alloc-idle)    alloc_bins; $bench run idle -n "$N" $(alloc_args) --json "$OUT/alloc-idle.json" ;;
     alloc-fanout)  alloc_bins; $bench run fanout -n "$N" --rate 5 --duration 10 $(alloc_args) --json "$OUT/alloc-fanout.json" ;;
     alloc-slow)    alloc_bins; $bench run slow -n "$SLOW_N" --rate 20 --duration 30 --payload-bytes 1024 --after 30 $(alloc_args) --json "$OUT/alloc-slow.json" ;;
-    *) echo "unknown scenario $s (idle fanout fanout-goim latency storm slow secure-* alloc-*, or the groups secure, alloc)" >&2; exit 2 ;;
+    # History kept for the bench room's type (100 messages, 10 min) against none.
+    history-fanout)         $bench run fanout -n "$N" --rate 5 --duration 10 --peers none --history 100 --json "$OUT/history-fanout.json" ;;
+    history-fanout-recover) $bench run fanout -n "$N" --rate 5 --duration 10 --peers none --history 100 --recover --json "$OUT/history-fanout-recover.json" ;;
+    recover-storm)          $bench run recover-storm -n "$N" --missed 10 --history 100 --json "$OUT/recover-storm.json" ;;
+    *) echo "unknown scenario $s (idle fanout fanout-goim latency storm slow recover-storm secure-* alloc-* history-*, or the groups secure, alloc, history)" >&2; exit 2 ;;
   esac
 done
 echo "reports in $OUT/"

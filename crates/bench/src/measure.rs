@@ -337,14 +337,10 @@ async fn recover_storm(
     let start = Instant::now();
     workers.resume(t0).await?;
     eprintln!("{n} clients coming back, each missed {ok}");
-    let mut timeline = vec![(0.0, 0)];
     let mut last = (0, Instant::now());
     let mut printed = Instant::now();
     loop {
         let back = workers.status().back();
-        if timeline.last().is_some_and(|p| p.1 != back) {
-            timeline.push((start.elapsed().as_secs_f64(), back));
-        }
         if back >= n {
             break;
         }
@@ -373,6 +369,13 @@ async fn recover_storm(
     );
     let expected = ok * n;
     let hist = snap.recover_hist.clone().unwrap_or_default();
+    // Clients back over time, from the clients' own clocks (the status lines the
+    // runner polls come every 200 ms).
+    let mut timeline = vec![(0.0, 0)];
+    for (us, count) in hist.buckets() {
+        let so_far = timeline.last().map_or(0, |p| p.1) + count;
+        timeline.push((us as f64 / 1e6, so_far));
+    }
     let per = |ns: u64| ns as f64 / 1000.0 / n.max(1) as f64;
     let r = RecoveryFigures {
         clients: n,

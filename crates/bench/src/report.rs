@@ -587,7 +587,7 @@ impl Report {
                 dir.join(&name),
                 charts::latency_svg(&with_latency, title, x, y),
             )?;
-            let _ = writeln!(md, "\n![latency distribution]({name})\n");
+            let _ = writeln!(md, "\n![{title}]({name})\n");
         }
         let with_timeline: Vec<&Measurement> = self
             .systems()
@@ -613,7 +613,7 @@ impl Report {
                 dir.join(&name),
                 charts::timeline_svg(&with_timeline, title, x, y),
             )?;
-            let _ = writeln!(md, "![deliveries over time]({name})\n");
+            let _ = writeln!(md, "![{title}]({name})\n");
         }
         let with_rss: Vec<&Measurement> = self
             .systems()

@@ -323,7 +323,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         params: json!({
             "connections": plan.connections, "rate": plan.rate, "duration": plan.duration,
             "payload_bytes": plan.payload_bytes, "window_ms": window_ms, "batch": args.batch,
-            "transport": args.transport, "peers": peers, "sources": args.sources,
+            "transport": args.transport, "sources": args.sources,
+            "peers": if herald_only { Vec::new() } else { peers.clone() },
             "secure": args.secure, "secure_auth": auth, "variants": args.variants,
             "after_secs": (args.scenario == Scenario::Slow).then_some(args.after),
             "history": args.history, "recover": plan.recover,

@@ -143,7 +143,7 @@ pub fn evaluate(report: &Report, window_ms: u64) -> Vec<TargetResult> {
             let r = h.recovery.clone().unwrap_or_default();
             t.push(target(
                 &format!(
-                    "{} recovering clients back at once, each missed {}: time until every one recovered",
+                    "{} recovering clients back at once, each missed {}: time until every one has its replays and stream states",
                     r.clients, r.missed
                 ),
                 r.recover_secs,

@@ -91,6 +91,8 @@ pub struct Fanout {
 /// All connections of one comet.
 pub struct Hub {
     buckets: Box<[RwLock<BucketInner>]>,
+    /// Kinds of stream that keep no history, as logic last said.
+    pub history_off: crate::recovery::OffStreams,
     /// Cluster-wide room counts from logic's last online reply.
     all_online: RwLock<HashMap<String, i32>>,
     /// Source of channel ids.
@@ -138,6 +140,7 @@ impl Hub {
     ) -> Hub {
         let n = buckets.max(1).next_power_of_two();
         Hub {
+            history_off: Default::default(),
             buckets: (0..n)
                 .map(|_| RwLock::new(BucketInner::default()))
                 .collect(),

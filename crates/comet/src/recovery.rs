@@ -33,6 +33,56 @@ use crate::hub::{Fanout, Hub};
 /// and fetched again from history.
 const MAX_HELD: usize = 4096;
 
+/// How long a comet remembers that a kind of stream keeps no history (logic
+/// said so) before asking again: a `[history]` change reaches comets within it.
+const OFF_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most kinds of stream remembered (room types are the client's choice).
+const MAX_OFF: usize = 1024;
+
+/// Kinds of stream that logic said keep no history — members, keys, rooms of
+/// one type — so a recovering connection's first fill asks logic only about the
+/// streams that may keep some.
+#[derive(Default)]
+pub struct OffStreams {
+    until: Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
+}
+
+/// The kind a stream's history setting depends on: `mid:`, `key:`, or the room
+/// type (`chat://`).
+fn class(stream: &str) -> &str {
+    match StreamKind::of_stream(stream) {
+        StreamKind::Mid => "mid:",
+        StreamKind::Key => "key:",
+        StreamKind::Room => stream.find("://").map_or(stream, |i| &stream[..i + 3]),
+    }
+}
+
+impl OffStreams {
+    fn map(&self) -> MutexGuard<'_, std::collections::HashMap<String, tokio::time::Instant>> {
+        self.until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether logic said lately that streams like `stream` keep no history.
+    pub fn is_off(&self, stream: &str) -> bool {
+        self.map()
+            .get(class(stream))
+            .is_some_and(|until| *until > tokio::time::Instant::now())
+    }
+
+    /// Remembers that streams like `stream` keep no history.
+    pub fn mark_off(&self, stream: &str) {
+        let now = tokio::time::Instant::now();
+        let mut map = self.map();
+        if map.len() >= MAX_OFF {
+            map.retain(|_, until| *until > now);
+            if map.len() >= MAX_OFF {
+                return;
+            }
+        }
+        map.insert(class(stream).to_string(), now + OFF_FOR);
+    }
+}
+
 const KINDS: [StreamKind; 3] = [StreamKind::Room, StreamKind::Mid, StreamKind::Key];
 
 fn index(kind: StreamKind) -> usize {
@@ -793,6 +843,19 @@ mod tests {
         h.push_keys(&["k".into()], 1001, raw::single(1001, b"no"), Some(&at(1)));
         h.push_keys(&["k".into()], 1000, raw::single(1000, b"yes"), Some(&at(2)));
         assert_eq!(written(&ch), vec![(1000, 2, "yes".into())]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kinds_without_history_are_remembered_for_a_while() {
+        let off = OffStreams::default();
+        off.mark_off("key:abc");
+        off.mark_off("live://1");
+        assert!(off.is_off("key:other"));
+        assert!(off.is_off("live://2"));
+        assert!(!off.is_off("chat://1"));
+        assert!(!off.is_off("mid:1"));
+        tokio::time::advance(OFF_FOR).await;
+        assert!(!off.is_off("key:other"));
     }
 
     #[tokio::test]

@@ -381,12 +381,21 @@ async fn session(
 
 /// Runs the recovery fills that are due: history through logic, bounded by
 /// `comet.logic_timeout` (a read that fails or times out is reported to the
-/// client as `reload`).
+/// client as `reload`). Kinds of stream logic said keep no history are not
+/// asked about again for a while.
 async fn fill(ctx: &ConnContext, ch: &Channel, rec: &Recovery) {
     rec.fill(&ctx.hub, ch, |req| async move {
         let stream = req.stream.clone();
+        if ctx.hub.history_off.is_off(&stream) {
+            return Some(herald_rpc::HistoryReply::default());
+        }
         match tokio::time::timeout(ctx.cfg.logic_timeout, ctx.logic.history(req)).await {
-            Ok(Ok(reply)) => Some(reply),
+            Ok(Ok(reply)) => {
+                if !reply.enabled {
+                    ctx.hub.history_off.mark_off(&stream);
+                }
+                Some(reply)
+            }
             Ok(Err(e)) => {
                 warn!(%stream, error = %e, "history read failed; the client is told to reload");
                 None

@@ -882,5 +882,63 @@ mod tests {
         }
     }
 
+
+    /// Op 12 naming the room the connection is already in changes nothing in
+    /// the hub; it must not lose the room's position either. Pushes 3 and 4
+    /// are in history and on their way when the client sends it: it must get
+    /// them (or be told to reload), never a `fresh` past them.
+    #[tokio::test]
+    async fn rejoining_the_current_room_leaves_no_silent_gap() {
+        let h = hub();
+        let ch = recovering(&h, &[]);
+        fill(&h, &ch, history("e", 2, &[1, 2], true)).await;
+        written(&ch);
+        // What dispatch does for op 12: recovery first, then the hub.
+        let rec = ch.recovery().unwrap();
+        rec.change_room(&ch, "chat://1");
+        h.change_room(&ch, "chat://1");
+        if rec.fill_due() {
+            // A fresh read (no position asked): the top only.
+            fill(&h, &ch, history("e", 4, &[], false)).await;
+        }
+        room(&h, "e", &[3, 4]);
+        let got = written(&ch);
+        let offsets: Vec<u64> = got.iter().filter(|g| g.0 == 1000).map(|g| g.1).collect();
+        let reload = got.iter().any(|g| g.2.contains(r#""status":"reload""#));
+        assert!(offsets == vec![3, 4] || reload, "{got:?}");
+    }
+
+    /// A replay larger than the outbound byte bound is queued whole by the
+    /// fill (the connection task is not writing meanwhile); the op-25 frame
+    /// that follows in the same fill must not find the client "slow" and
+    /// close it: it has had no chance to read yet.
+    #[tokio::test]
+    async fn a_large_replay_does_not_disconnect_a_client_that_could_not_read_yet() {
+        let limits = OutboxLimits {
+            pushes: 64,
+            bytes: 64 * 1024,
+        };
+        let h = Hub::new(4, SlowConsumerPolicy::Drop, limits, CometMetrics::new());
+        let ch = recovering(&h, &[("chat://1", "e", 0)]);
+        let big = "x".repeat(1024);
+        let reply = HistoryReply {
+            enabled: true,
+            epoch: "e".into(),
+            top: 100,
+            entries: (1..=100)
+                .map(|o| HistoryEntry {
+                    offset: o,
+                    frame: raw::single(1000, big.as_bytes()),
+                })
+                .collect(),
+            complete: true,
+        };
+        fill(&h, &ch, reply).await;
+        assert!(!ch.is_closed(), "closed as a slow consumer by its own replay");
+        let got = written(&ch);
+        assert_eq!(got.len(), 101);
+        assert!(got[100].2.contains(r#""status":"recovered""#));
+    }
+
     use herald_rpc::Position;
 }

@@ -333,6 +333,22 @@ mod tests {
         assert_eq!(r.top, 0);
     }
 
+    /// Reading a stream nobody pushed to (a client joining a room of its
+    /// choice, in goim's mode any name) must not keep it for `meta_ttl`: one
+    /// client changing rooms would grow the history without bound.
+    #[tokio::test(start_paused = true)]
+    async fn reads_of_streams_without_pushes_are_not_kept_for_meta_ttl() {
+        let h = MemoryHistory::new();
+        let p = policy(10);
+        for i in 0..1000 {
+            h.read(&format!("chat://{i}"), &p, "", 0, 0).await.unwrap();
+        }
+        // Well within meta_ttl (600 s), past the entries' ttl (60 s).
+        tokio::time::advance(Duration::from_secs(61)).await;
+        h.sweep();
+        assert_eq!(h.stream_count(), 0);
+    }
+
     #[test]
     fn epochs_differ() {
         let a = new_epoch();

@@ -170,3 +170,58 @@ async fn history_positions_are_atomic_and_epochs_change_with_lost_data() {
         .unwrap();
     assert_eq!((a.epoch, a.offset), (r.epoch, 1));
 }
+
+/// A retracted push stays retracted as long as its entry can be read: a later
+/// append keeps the entries alive for another `ttl`, and the retraction with
+/// them (otherwise a push the API reported as failed is replayed).
+#[tokio::test]
+async fn history_retraction_lasts_as_long_as_the_entry() {
+    use herald_store::{HistoryPolicy, HistoryStore};
+    let (_redis, s) = store("rt:").await;
+    let p = HistoryPolicy {
+        size: 10,
+        ttl: Duration::from_millis(2000),
+        meta_ttl: Duration::from_secs(600),
+    };
+    let a = s
+        .append("chat://rt", &p, bytes::Bytes::from_static(b"failed"))
+        .await
+        .unwrap();
+    s.retract("chat://rt", &a.epoch, a.offset).await.unwrap();
+    // Time passes (TTLs are Redis's clock): half the ttl, another push…
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    s.append("chat://rt", &p, bytes::Bytes::from_static(b"ok"))
+        .await
+        .unwrap();
+    // … past the first push's ttl, within the second's.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = s.read("chat://rt", &p, &a.epoch, 0, 0).await.unwrap();
+    let got: Vec<u64> = r.entries.iter().map(|(o, _)| *o).collect();
+    assert_eq!(got, vec![2], "{r:?}");
+}
+
+/// Retracting in a stream that keeps no entries (size 0) leaves no key
+/// behind that never expires.
+#[tokio::test]
+async fn history_retraction_without_entries_leaves_no_immortal_key() {
+    use herald_store::{HistoryPolicy, HistoryStore};
+    let (redis, s) = store("rt0:").await;
+    let p = HistoryPolicy {
+        size: 0,
+        ttl: Duration::from_secs(60),
+        meta_ttl: Duration::from_secs(600),
+    };
+    let a = s
+        .append("chat://bare", &p, bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    s.retract("chat://bare", &a.epoch, a.offset).await.unwrap();
+    let client = redis::Client::open(redis.redis_url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("rt0:histrt_{chat://bare}")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_ne!(ttl, -1, "the retracted set never expires");
+}

@@ -451,6 +451,13 @@ impl Recovery {
         Fut: std::future::Future<Output = Option<HistoryReply>>,
     {
         let mut fanout = Fanout::default();
+        // Everything a fill delivers goes out as one item, at the end: the
+        // connection task is not writing meanwhile, so a replay offered on its
+        // own would make what follows (op 25, the held pushes) find the outbox
+        // over its byte bound and close a client that had no chance to read.
+        // The streams replayed stay `Filling` until then: nothing of theirs can
+        // go out in between.
+        let mut all = Out::default();
         for (kind, req) in self.due() {
             let name = req.stream.clone();
             hub.metrics.fills.increment(1);
@@ -475,7 +482,8 @@ impl Recovery {
                     send.frames += 1;
                 }
             }
-            send.send(hub, ch, &mut fanout);
+            all.frames += send.frames;
+            all.parts.append(&mut send.parts);
         }
         let mut st = lock(&self.state);
         if st.initial && st.streams.iter().all(|t| t.phase != Phase::Unknown) {
@@ -489,20 +497,18 @@ impl Recovery {
                     t.state(status)
                 })
                 .collect();
-            // After the replays (sent above), the states, then what was held.
-            let mut send = Out::default();
-            send.push(states_frame(&states));
+            // After the replays, the states, then what was held.
+            all.push(states_frame(&states));
             for t in st.streams.iter_mut() {
-                release(t, ch, &mut send);
+                release(t, ch, &mut all);
             }
-            send.send(hub, ch, &mut fanout);
         } else if !st.initial {
-            let mut send = Out::default();
             for t in st.streams.iter_mut() {
-                release(t, ch, &mut send);
+                release(t, ch, &mut all);
             }
-            send.send(hub, ch, &mut fanout);
         }
+        all.send(hub, ch, &mut fanout);
+        drop(st);
         hub.account(&fanout);
     }
 }

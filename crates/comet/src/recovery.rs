@@ -400,6 +400,11 @@ impl Recovery {
     /// change); its position is learnt by a fill, reported as `fresh`.
     pub(crate) fn change_room(&self, ch: &Channel, room: &str) {
         let mut st = lock(&self.state);
+        if st.streams[0].name == room {
+            // Not a change (op 12 naming the room it is in): its position
+            // stays, and with it what is on its way.
+            return;
+        }
         // Unknown until filled: pushes held, then reported `fresh`.
         st.streams[0] = Tracked::new(StreamKind::Room, room.to_string(), None);
         if !room.is_empty() {

@@ -231,6 +231,9 @@ pub(super) async fn refresh(ctx: &ConnContext, ch: &Arc<Channel>, client_addr: S
             ch.set_expiry(ctx.hub.expiry_ms(expires_at));
             if let Some(room) = ch.room() {
                 if !grant.allows_room(&room) {
+                    if let Some(rec) = ch.recovery() {
+                        rec.change_room(ch, "");
+                    }
                     ctx.hub.change_room(ch, "");
                 }
             }

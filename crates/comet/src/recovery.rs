@@ -893,7 +893,6 @@ mod tests {
         }
     }
 
-
     /// Op 12 naming the room the connection is already in changes nothing in
     /// the hub; it must not lose the room's position either. Pushes 3 and 4
     /// are in history and on their way when the client sends it: it must get
@@ -945,7 +944,10 @@ mod tests {
             complete: true,
         };
         fill(&h, &ch, reply).await;
-        assert!(!ch.is_closed(), "closed as a slow consumer by its own replay");
+        assert!(
+            !ch.is_closed(),
+            "closed as a slow consumer by its own replay"
+        );
         let got = written(&ch);
         assert_eq!(got.len(), 101);
         assert!(got[100].2.contains(r#""status":"recovered""#));

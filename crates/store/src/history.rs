@@ -7,7 +7,10 @@
 //! memory). The history keeps at most `size` entries (oldest trimmed first) and is
 //! forgotten `ttl` after the stream's last append; the epoch and the last offset
 //! live `meta_ttl` after the last use, so a quiet stream that comes back keeps its
-//! epoch. A stream whose epoch and offset were lost starts a new epoch at offset 1.
+//! epoch. A stream nobody has pushed to yet, created by a read (a client joining
+//! an empty room, in goim's mode any name it likes), lives only `ttl` after the
+//! read: one client walking through room names must not grow the store for a
+//! day. A stream whose epoch and offset were lost starts a new epoch at offset 1.
 //!
 //! [`MemoryHistory`] is the standalone backend; `RedisStore` implements the same
 //! trait for clusters. Both pass [`crate::conformance::history`].
@@ -146,7 +149,7 @@ impl Stream {
             top: 0,
             entries: VecDeque::new(),
             entries_until: now + policy.ttl,
-            meta_until: now + policy.meta_ttl,
+            meta_until: now,
         }
     }
 }
@@ -169,7 +172,8 @@ impl MemoryHistory {
     }
 
     /// The live stream `name`, after dropping what expired; a new epoch when it
-    /// expired or never existed.
+    /// expired or never existed. Its lifetime is extended by `meta_ttl`, or only
+    /// by `ttl` while nothing was ever appended (see the module's doc).
     fn live<'a>(
         streams: &'a mut HashMap<String, Stream>,
         name: &str,
@@ -185,8 +189,17 @@ impl MemoryHistory {
         if s.entries_until <= now {
             s.entries.clear();
         }
-        s.meta_until = s.meta_until.max(now + policy.meta_ttl);
         s
+    }
+
+    /// Keeps `s` for another `meta_ttl` from `now` (`ttl` if it has no message).
+    fn used(s: &mut Stream, now: Instant, policy: &HistoryPolicy) {
+        let keep = if s.top == 0 {
+            policy.ttl.min(policy.meta_ttl)
+        } else {
+            policy.meta_ttl
+        };
+        s.meta_until = s.meta_until.max(now + keep);
     }
 
     /// Removes expired streams and entries; returns how many streams went.
@@ -221,6 +234,7 @@ impl HistoryStore for MemoryHistory {
         let mut streams = self.streams();
         let s = Self::live(&mut streams, stream, now, policy);
         s.top += 1;
+        Self::used(s, now, policy);
         if policy.size > 0 {
             while s.entries.len() >= policy.size {
                 s.entries.pop_front();
@@ -251,6 +265,7 @@ impl HistoryStore for MemoryHistory {
         let now = Instant::now();
         let mut streams = self.streams();
         let s = Self::live(&mut streams, stream, now, policy);
+        Self::used(s, now, policy);
         let mut read = HistoryRead {
             epoch: s.epoch.clone(),
             top: s.top,

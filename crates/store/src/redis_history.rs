@@ -4,9 +4,9 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `<prefix>histmeta_{<stream>}` | hash | `e` → epoch, `t` → last offset; lives `meta_ttl` after the last use |
+//! | `<prefix>histmeta_{<stream>}` | hash | `e` → epoch, `t` → last offset; lives `meta_ttl` after the last use (`ttl` while `t` is 0: created by a read) |
 //! | `<prefix>hist_{<stream>}` | stream | entry id `<offset>-0`, field `f` → the client frame; at most `size` entries (`XADD MAXLEN`), lives `ttl` after the last append |
-//! | `<prefix>histrt_{<stream>}` | set | offsets whose publish failed |
+//! | `<prefix>histrt_{<stream>}` | set | offsets whose publish failed; lives as long as the entries |
 //!
 //! The braces keep a stream's three keys in one Redis Cluster slot. Appending
 //! (epoch, increment, append, trim, expire) and reading (epoch, range, trimmed or
@@ -33,14 +33,16 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if tonumber(ARGV[2]) > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], string.format('%d-0', top), 'f', ARGV[5])
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
 else
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[3])
 end
 return {epoch, top}
 "#;
 
 /// KEYS: meta, entries, retracted. ARGV: candidate epoch, meta ttl ms, the
-/// caller's epoch, since, first id wanted (`<since + 1>-0`), limit (0: all).
+/// caller's epoch, since, first id wanted (`<since + 1>-0`), limit (0: all),
+/// ttl ms (how long a stream without messages is kept).
 /// Returns {epoch, top, complete, {offset, entry, offset, entry, …}}.
 pub(crate) const READ: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'e')
@@ -49,8 +51,12 @@ if not epoch then
   redis.call('DEL', KEYS[2], KEYS[3])
   redis.call('HSET', KEYS[1], 'e', epoch, 't', 0)
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local top = tonumber(redis.call('HGET', KEYS[1], 't'))
+if top > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif redis.call('PTTL', KEYS[1]) < tonumber(ARGV[7]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[7])
+end
 if epoch ~= ARGV[3] then return {epoch, top, 0, {}} end
 if tonumber(ARGV[4]) >= top then return {epoch, top, 1, {}} end
 local range
@@ -77,9 +83,11 @@ return {epoch, top, complete, out}
 /// KEYS: meta, retracted, entries. ARGV: epoch, offset.
 pub(crate) const RETRACT: &str = r#"
 if redis.call('HGET', KEYS[1], 'e') == ARGV[1] then
-  redis.call('SADD', KEYS[2], ARGV[2])
   local ttl = redis.call('PTTL', KEYS[3])
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+  if ttl > 0 then
+    redis.call('SADD', KEYS[2], ARGV[2])
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  end
 end
 return 1
 "#;
@@ -150,6 +158,7 @@ impl HistoryStore for RedisStore {
             .arg(since)
             .arg(format!("{}-0", since.saturating_add(1)))
             .arg(limit)
+            .arg(millis(policy.ttl.min(policy.meta_ttl)))
             .invoke_async(&mut con)
             .await
             .map_err(unavailable)?;

@@ -225,3 +225,39 @@ async fn history_retraction_without_entries_leaves_no_immortal_key() {
         .unwrap();
     assert_ne!(ttl, -1, "the retracted set never expires");
 }
+
+/// A stream created by a read (nobody pushed to it) is kept only `ttl`, not
+/// `meta_ttl`: one client walking through room names must not fill Redis for
+/// a day. Its first push keeps it for `meta_ttl`.
+#[tokio::test]
+async fn history_streams_created_by_reads_live_only_ttl() {
+    use herald_store::{HistoryPolicy, HistoryStore};
+    let (redis, s) = store("rd:").await;
+    let p = HistoryPolicy {
+        size: 10,
+        ttl: Duration::from_secs(60),
+        meta_ttl: Duration::from_secs(24 * 3600),
+    };
+    let client = redis::Client::open(redis.redis_url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let r = s.read("chat://empty", &p, "", 0, 0).await.unwrap();
+    assert_eq!(r.top, 0);
+    let left = pttl(&mut con, "rd:histmeta_{chat://empty}").await;
+    assert!(
+        0 < left && left <= 60_000,
+        "a read-only stream kept {left} ms"
+    );
+    s.append("chat://empty", &p, bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    let left = pttl(&mut con, "rd:histmeta_{chat://empty}").await;
+    assert!(left > 60_000, "a stream with a message kept only {left} ms");
+    // Reading it again keeps it for meta_ttl, and its epoch stays.
+    let again = s.read("chat://empty", &p, &r.epoch, 0, 0).await.unwrap();
+    assert_eq!((again.epoch, again.top), (r.epoch, 1));
+    assert!(pttl(&mut con, "rd:histmeta_{chat://empty}").await > 60_000);
+}
+
+async fn pttl(con: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(con).await.unwrap()
+}

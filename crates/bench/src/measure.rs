@@ -448,6 +448,8 @@ async fn loaded_phases(
     );
     key.workers.reset().await?;
     room.workers.reset().await?;
+    // Recovering clients: count their positioned pushes too.
+    m.positioned = (plan.recover && server.kind == Kind::Herald).then_some(0);
     let count = (plan.rate * plan.duration).ceil() as u64;
     let probe_count = probe_pushes_per_kind(plan.probe_rate, plan.duration);
     let (hist, probes) = measure_pushes(

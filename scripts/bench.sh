@@ -13,8 +13,12 @@
 #   scripts/bench.sh history         # history on against off in fan-out (goim clients,
 #                                    # then clients asking for recovery), and a
 #                                    # reconnect storm of recovering clients
+#   scripts/bench.sh loaded          # latency under load: lone key and room pushes to
+#                                    # probe clients, idle then during room pushes to N
+#                                    # clients (5/s, then goim's shape: 40/s, 500 ms window)
+#   VARIANT=before=PATH scripts/bench.sh loaded   # and another herald build, same run
 #
-# Scenarios: idle fanout fanout-goim latency storm slow
+# Scenarios: idle fanout fanout-goim latency storm slow loaded
 #            secure-idle secure-fanout secure-storm   (group: secure)
 #            alloc-idle alloc-fanout alloc-slow       (group: alloc)
 #            history-fanout history-fanout-recover recover-storm   (group: history)
@@ -54,6 +58,10 @@ if [ -w /proc/sys/net/ipv4/ip_local_port_range ]; then
 fi
 
 mkdir -p "$OUT"
+
+# loaded: another herald build measured in the same run (VARIANT=NAME=PATH).
+variant_args=()
+[ -z "${VARIANT:-}" ] || variant_args=(--variant "$VARIANT")
 
 # The allocator variants are the same binary with another malloc preloaded: a
 # wrapper that execs herald (same process, so its memory is what gets measured).
@@ -95,6 +103,10 @@ for s in "${scenarios[@]}"; do
     fanout-goim) $bench run fanout -n "$N" --rate 40 --duration 10 --window-ms 500 --json "$OUT/fanout-goim.json" ;;
     latency)     $bench run latency -n 100 --rate 20 --duration 5 --peers none --json "$OUT/latency.json" ;;
     storm)       $bench run storm -n "$N" --peers none --json "$OUT/storm.json" ;;
+    # Latency under load: one push at a time, then goim's batched shape.
+    loaded)
+      $bench run loaded -n "$N" --rate 5 --duration 20 --peers none ${variant_args[@]+"${variant_args[@]}"} --json "$OUT/loaded.json"
+      $bench run loaded -n "$N" --rate 40 --window-ms 500 --duration 20 --peers none ${variant_args[@]+"${variant_args[@]}"} --json "$OUT/loaded-goim.json" ;;
     slow)        $bench run slow -n "$SLOW_N" --rate 20 --duration 30 --payload-bytes 1024 --after 30 --peers none --json "$OUT/slow.json" ;;
     secure-idle)   $bench run idle -n "$N" --secure --peers floor --json "$OUT/secure-idle.json" ;;
     secure-fanout) $bench run fanout -n "$N" --rate 5 --duration 10 --secure --peers none --json "$OUT/secure-fanout.json" ;;
@@ -106,7 +118,7 @@ for s in "${scenarios[@]}"; do
     history-fanout)         $bench run fanout -n "$N" --rate 5 --duration 10 --peers none --history 100 --json "$OUT/history-fanout.json" ;;
     history-fanout-recover) $bench run fanout -n "$N" --rate 5 --duration 10 --peers none --history 100 --recover --json "$OUT/history-fanout-recover.json" ;;
     recover-storm)          $bench run recover-storm -n "$N" --missed 10 --history 100 --json "$OUT/recover-storm.json" ;;
-    *) echo "unknown scenario $s (idle fanout fanout-goim latency storm slow recover-storm secure-* alloc-* history-*, or the groups secure, alloc, history)" >&2; exit 2 ;;
+    *) echo "unknown scenario $s (idle fanout fanout-goim latency storm slow loaded recover-storm secure-* alloc-* history-*, or the groups secure, alloc, history)" >&2; exit 2 ;;
   esac
 done
 echo "reports in $OUT/"

@@ -3,9 +3,12 @@
 
 use std::fmt::Write as _;
 
+use crate::hist::Histogram;
 use crate::report::Measurement;
 
-const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+const COLORS: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
+];
 
 /// Appends a line through `points`, given as fractions (0..=1) of the plot area.
 fn polyline(body: &mut String, series: usize, points: impl Iterator<Item = (f64, f64)>) {
@@ -18,7 +21,7 @@ fn polyline(body: &mut String, series: usize, points: impl Iterator<Item = (f64,
     let _ = writeln!(
         body,
         "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{pts}\"/>",
-        COLORS[series % 4]
+        COLORS[series % COLORS.len()]
     );
 }
 const W: f64 = 720.0;
@@ -52,7 +55,7 @@ fn svg_frame(title: &str, x_label: &str, y_label: &str, body: &str, legend: &[&s
     s.push_str(body);
     for (i, name) in legend.iter().enumerate() {
         let y = 40.0 + i as f64 * 16.0;
-        let _ = writeln!(s, "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{name}</text>", W - 170.0, y - 9.0, COLORS[i % 4], W - 155.0, y);
+        let _ = writeln!(s, "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{name}</text>", W - 170.0, y - 9.0, COLORS[i % COLORS.len()], W - 155.0, y);
     }
     s.push_str("</svg>\n");
     s
@@ -87,9 +90,23 @@ fn axis_ticks(
 
 /// Cumulative distribution of the systems' histograms (log-scaled x axis in ms).
 pub fn latency_svg(systems: &[&Measurement], title: &str, x_label: &str, y_label: &str) -> String {
-    let max_us = systems
+    let series: Vec<(&str, &Histogram)> = systems
         .iter()
-        .map(|m| m.hist.max())
+        .map(|m| (m.system.as_str(), &m.hist))
+        .collect();
+    latency_series_svg(&series, title, x_label, y_label)
+}
+
+/// Cumulative distribution of named histograms (log-scaled x axis in ms).
+pub fn latency_series_svg(
+    series: &[(&str, &Histogram)],
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+) -> String {
+    let max_us = series
+        .iter()
+        .map(|(_, h)| h.max())
         .max()
         .unwrap_or(1)
         .max(10) as f64;
@@ -113,16 +130,16 @@ pub fn latency_svg(systems: &[&Measurement], title: &str, x_label: &str, y_label
             i * 25
         );
     }
-    for (i, m) in systems.iter().enumerate() {
-        let total = m.hist.count().max(1) as f64;
+    for (i, (_, h)) in series.iter().enumerate() {
+        let total = h.count().max(1) as f64;
         let mut seen = 0u64;
-        let points = m.hist.buckets().into_iter().map(|(lb, c)| {
+        let points = h.buckets().into_iter().map(|(lb, c)| {
             seen += c;
             (lx(lb as f64), seen as f64 / total)
         });
         polyline(&mut body, i, points);
     }
-    let names: Vec<&str> = systems.iter().map(|m| m.system.as_str()).collect();
+    let names: Vec<&str> = series.iter().map(|(n, _)| *n).collect();
     svg_frame(title, x_label, y_label, &body, &names)
 }
 

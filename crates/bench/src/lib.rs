@@ -5,7 +5,7 @@
 //!   trusted identities or HS256 tokens, spread over loopback source addresses and
 //!   worker processes; prints progress and delivery rates.
 //! - `push`: pushes through herald's HTTP API at a target rate.
-//! - `run SCENARIO`: idle / fanout / latency / storm / slow / recover-storm against
+//! - `run SCENARIO`: idle / fanout / latency / storm / slow / recover-storm / loaded against
 //!   herald and, in the same run, herald's other configurations (`--secure`: TLS
 //!   and `jwt` auth; `--history`: history kept for the bench room; `--variant`:
 //!   other builds), nats-server and the floor; writes a JSON report and a Markdown

@@ -1,7 +1,9 @@
 //! One server's turn in a scenario: connect the clients (in worker processes),
 //! take the scenario's figures from `/proc` and the clients' counts, disconnect.
-//! recover-storm also sends them away and lets them back at once.
+//! recover-storm also sends them away and lets them back at once; loaded adds a
+//! few probe clients of its own beside the bench room's.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +13,9 @@ use anyhow::{bail, Context};
 use crate::hist::Histogram;
 use crate::procfs;
 use crate::push::{self, PushKind};
-use crate::report::{Latency, Measurement, RecoveryFigures};
+use crate::report::{
+    Latency, LoadedFigures, Measurement, ProbeFigures, ProbePair, RecoveryFigures,
+};
 use crate::scenario::{Plan, Scenario};
 use crate::servers::{Kind, Server, ROOM};
 use crate::wire;
@@ -86,6 +90,7 @@ async fn run_one_inner(plan: &Plan, server: &Server, m: &mut Measurement) -> any
             }
             Scenario::Slow => slow(plan, server, &mut workers, m, rss0).await?,
             Scenario::RecoverStorm => recover_storm(plan, server, &mut workers, m).await?,
+            Scenario::Loaded => loaded(plan, server, &mut workers, m).await?,
             Scenario::Fanout | Scenario::Latency => {
                 let latency = plan.scenario == Scenario::Latency;
                 tokio::time::sleep(if latency {
@@ -98,7 +103,7 @@ async fn run_one_inner(plan: &Plan, server: &Server, m: &mut Measurement) -> any
                 // Recovering clients: count their positioned pushes too.
                 m.positioned = cargs.recover.then_some(0);
                 let count = (plan.rate * plan.duration).ceil() as u64;
-                let hist = measure_pushes(
+                let (hist, ()) = measure_pushes(
                     server,
                     &mut workers,
                     m,
@@ -106,6 +111,7 @@ async fn run_one_inner(plan: &Plan, server: &Server, m: &mut Measurement) -> any
                     plan.rate,
                     count,
                     m.connections,
+                    std::future::ready(()),
                 )
                 .await?;
                 m.latency_ms = Latency::from_hist(&hist);
@@ -116,7 +122,7 @@ async fn run_one_inner(plan: &Plan, server: &Server, m: &mut Measurement) -> any
                         positioned: m.positioned.map(|_| 0),
                         ..Default::default()
                     };
-                    let keys = measure_pushes(
+                    let (keys, ()) = measure_pushes(
                         server,
                         &mut workers,
                         &mut km,
@@ -124,6 +130,7 @@ async fn run_one_inner(plan: &Plan, server: &Server, m: &mut Measurement) -> any
                         plan.rate,
                         count,
                         1,
+                        std::future::ready(()),
                     )
                     .await?;
                     m.key_latency_ms = Some(Latency::from_hist(&keys));
@@ -205,8 +212,10 @@ async fn slow(
 /// Pushes `count` messages at `rate` and measures until every client has them
 /// (or progress stops). Fills CPU, deliveries, latency and the timeline (and,
 /// when `m.positioned` is set, i.e. the clients recover, the positioned,
-/// repeated and out-of-order pushes).
-async fn measure_pushes(
+/// repeated and out-of-order pushes). `alongside` runs while the pushes are
+/// made (loaded: the probe pushes); its output comes back with the histogram.
+#[allow(clippy::too_many_arguments)]
+async fn measure_pushes<F: Future>(
     server: &Server,
     workers: &mut Workers,
     m: &mut Measurement,
@@ -214,7 +223,8 @@ async fn measure_pushes(
     rate: f64,
     count: u64,
     receivers_per_push: u64,
-) -> anyhow::Result<Histogram> {
+    alongside: F,
+) -> anyhow::Result<(Histogram, F::Output)> {
     workers.reset().await?;
     let mut publisher = server.publisher(kind, ROOM, (1, m.connections)).await?;
     let cpu0 = procfs::cpu_ns(server.pid)?;
@@ -232,24 +242,12 @@ async fn measure_pushes(
             tl
         })
     };
-    let (ok, failed) = push::publish_at_rate(&mut publisher, rate, count).await;
+    let ((ok, failed), beside) = tokio::join!(
+        push::publish_at_rate(&mut publisher, rate, count),
+        alongside
+    );
     let expected = ok * receivers_per_push;
-    let mut last = (workers.status().received, Instant::now());
-    let mut t_done = Instant::now();
-    loop {
-        let r = workers.status().received;
-        if r >= expected {
-            t_done = Instant::now();
-            break;
-        }
-        if r != last.0 {
-            last = (r, Instant::now());
-            t_done = last.1;
-        } else if last.1.elapsed() > Duration::from_secs(3) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let t_done = wait_delivered(workers, expected).await;
     let cpu1 = procfs::cpu_ns(server.pid)?;
     let elapsed = t_done.duration_since(t0).as_secs_f64();
     stop_sampler.store(true, Ordering::Relaxed);
@@ -273,7 +271,216 @@ async fn measure_pushes(
         m.server_cpu_ns_per_delivery = Some(cpu / snap.received as f64);
         m.deliveries_per_sec = Some(snap.received as f64 / elapsed.max(1e-3));
     }
-    Ok(hist)
+    Ok((hist, beside))
+}
+
+/// Waits until `workers` received `expected` messages, or until 3 s pass with
+/// none arriving; returns when the last one arrived.
+async fn wait_delivered(workers: &Workers, expected: u64) -> Instant {
+    let mut last = (workers.status().received, Instant::now());
+    let mut t_done = Instant::now();
+    loop {
+        let r = workers.status().received;
+        if r >= expected {
+            return Instant::now();
+        }
+        if r != last.0 {
+            last = (r, Instant::now());
+            t_done = last.1;
+        } else if last.1.elapsed() > Duration::from_secs(3) {
+            return t_done;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// loaded: probe clients of each kind.
+pub const PROBE_CLIENTS: u64 = 2;
+
+/// loaded: the room the room probes join (and room probe pushes go to).
+pub const PROBE_ROOM: &str = "bench://probe";
+
+/// loaded: the room the key probes join, where nothing is pushed (so they get
+/// key pushes only).
+pub const PROBE_KEY_ROOM: &str = "bench://probe-key";
+
+/// loaded: the first probe member id (key probes, then room probes), far above
+/// the bench room's members (1..=N), so no probe shares a key with them.
+pub const PROBE_FIRST_MID: u64 = 1_000_000_001;
+
+/// Probe pushes of each kind in `secs` seconds at `rate` pushes per second in
+/// all (the two kinds alternate).
+pub fn probe_pushes_per_kind(rate: f64, secs: f64) -> u64 {
+    (rate / 2.0 * secs).ceil() as u64
+}
+
+/// The probe clients of one kind, in worker processes of their own.
+struct ProbeGroup {
+    workers: Workers,
+}
+
+impl ProbeGroup {
+    async fn spawn(
+        server: &Server,
+        sources: u8,
+        first_mid: u64,
+        room: &str,
+    ) -> anyhow::Result<ProbeGroup> {
+        let mut args = server.client_args(PROBE_CLIENTS as usize, sources, 0);
+        args.first_mid = first_mid;
+        args.room = room.into();
+        args.procs = 1;
+        Ok(ProbeGroup {
+            workers: Workers::spawn(&args).await?,
+        })
+    }
+
+    /// Waits for the probes of `pushes` (accepted, refused), each meant for
+    /// `receivers` of them, and takes their figures.
+    async fn figures(
+        &mut self,
+        pushes: (u64, u64),
+        receivers: u64,
+    ) -> anyhow::Result<ProbeFigures> {
+        wait_delivered(&self.workers, pushes.0 * receivers).await;
+        let snap = self.workers.report().await?;
+        Ok(ProbeFigures::new(
+            pushes,
+            receivers,
+            snap.received,
+            snap.hist.unwrap_or_default(),
+        ))
+    }
+}
+
+/// `count` probe pushes of each kind at `rate` per second in all: key pushes
+/// to the key probes (one client each, cycling) and, half a period later each
+/// time, room pushes to [`PROBE_ROOM`]. Returns (accepted, refused) per kind.
+async fn push_probes(
+    server: &Server,
+    rate: f64,
+    count: u64,
+) -> anyhow::Result<((u64, u64), (u64, u64))> {
+    let mut keys = server
+        .publisher(
+            PushKind::Keys,
+            PROBE_KEY_ROOM,
+            (PROBE_FIRST_MID, PROBE_CLIENTS),
+        )
+        .await?;
+    let mut room = server
+        .publisher(PushKind::Room, PROBE_ROOM, (PROBE_FIRST_MID, PROBE_CLIENTS))
+        .await?;
+    let half = rate / 2.0;
+    let rooms = async {
+        tokio::time::sleep(Duration::from_secs_f64(1.0 / rate)).await;
+        push::publish_at_rate(&mut room, half, count).await
+    };
+    Ok(tokio::join!(
+        push::publish_at_rate(&mut keys, half, count),
+        rooms
+    ))
+}
+
+/// Latency under load: the probe clients connect beside the bench room's; lone
+/// probe pushes for `plan.idle` s with no other pushes, then the same probe
+/// pushes while the bench room gets room pushes at `plan.rate` for
+/// `plan.duration` s. `m` gets the background fan-out's figures (as fanout's)
+/// and the probes' latency in both phases.
+async fn loaded(
+    plan: &Plan,
+    server: &Server,
+    workers: &mut Workers,
+    m: &mut Measurement,
+) -> anyhow::Result<()> {
+    let mut key = ProbeGroup::spawn(server, plan.sources, PROBE_FIRST_MID, PROBE_KEY_ROOM).await?;
+    let mut room = ProbeGroup::spawn(
+        server,
+        plan.sources,
+        PROBE_FIRST_MID + PROBE_CLIENTS,
+        PROBE_ROOM,
+    )
+    .await?;
+    let result = loaded_phases(plan, server, workers, m, &mut key, &mut room).await;
+    key.workers.stop().await;
+    room.workers.stop().await;
+    result
+}
+
+async fn loaded_phases(
+    plan: &Plan,
+    server: &Server,
+    workers: &mut Workers,
+    m: &mut Measurement,
+    key: &mut ProbeGroup,
+    room: &mut ProbeGroup,
+) -> anyhow::Result<()> {
+    for g in [&*key, &*room] {
+        if g.workers
+            .wait_connected(PROBE_CLIENTS, Duration::from_secs(60))
+            .await
+            .is_none()
+        {
+            bail!("the probe clients did not all connect");
+        }
+    }
+    // The bench room's connects are over before anything is measured.
+    settle(server.pid).await?;
+    m.client_rss_per_conn_bytes = Some(workers.status().rss as f64 / m.connections.max(1) as f64);
+    let mut failed = 0;
+    let idle = if plan.idle > 0.0 {
+        eprintln!("probes alone for {:.0} s", plan.idle);
+        key.workers.reset().await?;
+        room.workers.reset().await?;
+        let count = probe_pushes_per_kind(plan.probe_rate, plan.idle);
+        let (k, r) = push_probes(server, plan.probe_rate, count).await?;
+        failed += k.1 + r.1;
+        Some(ProbePair {
+            key: key.figures(k, 1).await?,
+            room: room.figures(r, PROBE_CLIENTS).await?,
+        })
+    } else {
+        None
+    };
+    eprintln!(
+        "probes during room pushes to {} clients at {}/s for {:.0} s",
+        m.connections, plan.rate, plan.duration
+    );
+    key.workers.reset().await?;
+    room.workers.reset().await?;
+    // Recovering clients: count their positioned pushes too.
+    m.positioned = (plan.recover && server.kind == Kind::Herald).then_some(0);
+    let count = (plan.rate * plan.duration).ceil() as u64;
+    let probe_count = probe_pushes_per_kind(plan.probe_rate, plan.duration);
+    let (hist, probes) = measure_pushes(
+        server,
+        workers,
+        m,
+        PushKind::Room,
+        plan.rate,
+        count,
+        m.connections,
+        push_probes(server, plan.probe_rate, probe_count),
+    )
+    .await?;
+    m.latency_ms = Latency::from_hist(&hist);
+    m.hist = hist;
+    let (k, r) = probes?;
+    failed += k.1 + r.1;
+    let loaded = ProbePair {
+        key: key.figures(k, 1).await?,
+        room: room.figures(r, PROBE_CLIENTS).await?,
+    };
+    m.failures += failed;
+    m.probes = Some(LoadedFigures {
+        probe_rate: plan.probe_rate,
+        probe_clients: PROBE_CLIENTS,
+        probe_room: PROBE_ROOM.into(),
+        idle_secs: plan.idle,
+        idle,
+        loaded,
+    });
+    Ok(())
 }
 
 /// Polls `ok` every 10 ms until it holds (true) or `timeout` passes (false).
@@ -407,4 +614,20 @@ async fn recover_storm(
     m.hist = hist;
     m.recovery = Some(r);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_pushes_split_the_rate_between_the_two_kinds() {
+        assert_eq!(probe_pushes_per_kind(20.0, 5.0), 50);
+        assert_eq!(probe_pushes_per_kind(20.0, 20.0), 200);
+        assert_eq!(probe_pushes_per_kind(3.0, 1.0), 2);
+        assert_eq!(probe_pushes_per_kind(20.0, 0.0), 0);
+        // The probes are not in the bench room.
+        assert_ne!(PROBE_ROOM, crate::servers::ROOM);
+        assert_ne!(PROBE_KEY_ROOM, crate::servers::ROOM);
+    }
 }

@@ -70,6 +70,78 @@ pub struct RecoveryFigures {
     pub time_to_recover_ms: Latency,
 }
 
+/// Lone pushes of one kind to the probe clients in one phase (loaded scenario).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProbeFigures {
+    /// Pushes accepted.
+    pub pushes: u64,
+    /// Pushes refused.
+    pub failed: u64,
+    /// Messages the probe clients should have received (pushes × receivers).
+    pub expected: u64,
+    /// Messages they received.
+    pub received: u64,
+    /// expected − received.
+    pub lost: i64,
+    /// Push-to-receive latency.
+    pub latency_ms: Latency,
+    /// The latency histogram (µs buckets) for the charts.
+    #[serde(skip)]
+    pub hist: Histogram,
+}
+
+impl ProbeFigures {
+    /// The figures of `(accepted, refused)` pushes, each meant for `receivers`
+    /// clients, of which `received` arrived with latencies `hist`.
+    pub fn new(pushes: (u64, u64), receivers: u64, received: u64, hist: Histogram) -> Self {
+        let expected = pushes.0 * receivers;
+        ProbeFigures {
+            pushes: pushes.0,
+            failed: pushes.1,
+            expected,
+            received,
+            lost: expected as i64 - received as i64,
+            latency_ms: Latency::from_hist(&hist),
+            hist,
+        }
+    }
+}
+
+/// Both kinds of probe push in one phase.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProbePair {
+    /// Key pushes (`/goim/push/keys`), each to one probe client.
+    pub key: ProbeFigures,
+    /// Room pushes (`/goim/push/room`) to the probe room.
+    pub room: ProbeFigures,
+}
+
+/// The loaded scenario's probes: lone key and room pushes to a few clients
+/// outside the bench room, first with no background pushes, then during them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadedFigures {
+    /// Probe pushes per second, both kinds together.
+    pub probe_rate: f64,
+    /// Probe clients of each kind (key targets; members of the probe room).
+    pub probe_clients: u64,
+    /// The probe room.
+    pub probe_room: String,
+    /// Seconds of probe pushes before the background pushes started.
+    pub idle_secs: f64,
+    /// Probes with no background pushes (`None`: `--idle 0`).
+    pub idle: Option<ProbePair>,
+    /// Probes during the background pushes.
+    pub loaded: ProbePair,
+}
+
+impl LoadedFigures {
+    /// Probe messages lost in both phases.
+    pub fn lost(&self) -> i64 {
+        let pair = |p: &ProbePair| p.key.lost + p.room.lost;
+        self.idle.as_ref().map_or(0, pair) + pair(&self.loaded)
+    }
+}
+
 /// What was measured for one system in one scenario.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Measurement {
@@ -142,6 +214,9 @@ pub struct Measurement {
     /// recover-storm figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovery: Option<RecoveryFigures>,
+    /// loaded: the probes' figures (the other fields are the background's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes: Option<LoadedFigures>,
     /// Pushes accepted by the server.
     pub pushes: u64,
     /// Failed connection attempts plus refused pushes.
@@ -443,6 +518,7 @@ impl Report {
                 );
             }
         }
+        s.push_str(&self.loaded_tables());
         if let Some(k) = &self.herald.key_latency_ms {
             let _ = writeln!(s, "\nKey push latency (herald): p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms over {} samples.", k.p50, k.p99, k.p999, k.samples);
         }
@@ -533,6 +609,79 @@ impl Report {
         s
     }
 
+    /// loaded: probe latency idle against loaded per configuration and kind, and
+    /// the background fan-out (deliveries/s against the base herald's).
+    fn loaded_tables(&self) -> String {
+        let mut s = String::new();
+        let with: Vec<(&Measurement, &LoadedFigures)> = self
+            .systems()
+            .into_iter()
+            .filter_map(|m| m.probes.as_ref().map(|p| (m, p)))
+            .collect();
+        let Some((_, first)) = with.first() else {
+            return s;
+        };
+        let _ = writeln!(
+            s,
+            "\nProbes: lone pushes at {}/s in all, alternating a key push to one of {} clients and a room push to `{}` ({} clients), none of them in the bench room; idle: the {:.0} s before the background room pushes, loaded: during them.\n",
+            first.probe_rate, first.probe_clients, first.probe_room, first.probe_clients, first.idle_secs
+        );
+        let _ = writeln!(s, "| system | probe push | idle p50 ms | idle p99 ms | idle p99.9 ms | loaded p50 ms | loaded p99 ms | loaded p99.9 ms | loaded max ms | loaded ÷ idle p99 | samples idle / loaded | lost idle / loaded |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (m, p) in &with {
+            let idle = p.idle.as_ref();
+            for (kind, l, i) in [
+                ("key", &p.loaded.key, idle.map(|i| &i.key)),
+                ("room", &p.loaded.room, idle.map(|i| &i.room)),
+            ] {
+                let q = |f: fn(&Latency) -> f64| {
+                    i.filter(|i| i.latency_ms.samples > 0)
+                        .map_or("–".to_string(), |i| format!("{:.3}", f(&i.latency_ms)))
+                };
+                let slower = i
+                    .filter(|i| i.latency_ms.samples > 0 && l.latency_ms.samples > 0)
+                    .and_then(|i| ratio_of(l.latency_ms.p99, i.latency_ms.p99));
+                let _ = writeln!(
+                    s,
+                    "| {} | {kind} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} / {} | {} / {} |",
+                    m.system,
+                    q(|l| l.p50),
+                    q(|l| l.p99),
+                    q(|l| l.p999),
+                    l.latency_ms.p50,
+                    l.latency_ms.p99,
+                    l.latency_ms.p999,
+                    l.latency_ms.max,
+                    slower.map_or("–".to_string(), |r| format!("{r:.1} ×")),
+                    i.map_or("–".to_string(), |i| i.latency_ms.samples.to_string()),
+                    l.latency_ms.samples,
+                    i.map_or("–".to_string(), |i| i.lost.to_string()),
+                    l.lost
+                );
+            }
+        }
+        let base = self.herald.deliveries_per_sec;
+        let _ = writeln!(s, "\n| system | background deliveries/s | ÷ {} | server CPU per delivery (ns) | background p50 / p99 ms | background lost |\n|---|---:|---:|---:|---:|---:|", self.herald.system);
+        for (m, _) in &with {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.1} / {:.1} | {} |",
+                m.system,
+                m.deliveries_per_sec
+                    .map_or("–".into(), |v| format!("{v:.0}")),
+                m.deliveries_per_sec
+                    .zip(base)
+                    .and_then(|(v, b)| ratio_of(v, b))
+                    .map_or("–".into(), |r| format!("{r:.3}")),
+                m.server_cpu_ns_per_delivery
+                    .map_or("–".into(), |v| format!("{v:.0}")),
+                m.latency_ms.p50,
+                m.latency_ms.p99,
+                m.lost
+            );
+        }
+        s
+    }
+
     /// Writes the JSON report.
     pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
         if let Some(dir) = path.parent() {
@@ -568,12 +717,46 @@ impl Report {
             .filter(|m| m.hist.count() > 0)
             .collect();
         let storm = self.scenario == "recover-storm";
+        let probes: Vec<(String, &Histogram)> = self
+            .systems()
+            .into_iter()
+            .filter_map(|m| Some((m.system.as_str(), m.probes.as_ref()?)))
+            .flat_map(|(name, p)| {
+                [
+                    (format!("{name} key"), &p.loaded.key.hist),
+                    (format!("{name} room"), &p.loaded.room.hist),
+                ]
+            })
+            .filter(|(_, h)| h.count() > 0)
+            .collect();
+        if !probes.is_empty() {
+            let title = "Probe push latency under load (cumulative)";
+            let name = format!("{stem}-probe-latency.svg");
+            let series: Vec<(&str, &Histogram)> =
+                probes.iter().map(|(n, h)| (n.as_str(), *h)).collect();
+            std::fs::write(
+                dir.join(&name),
+                charts::latency_series_svg(
+                    &series,
+                    title,
+                    "latency, ms (log scale)",
+                    "share of probe messages",
+                ),
+            )?;
+            let _ = writeln!(md, "\n![{title}]({name})\n");
+        }
         if !with_latency.is_empty() {
             let (title, x, y) = if storm {
                 (
                     "Time from the reconnect to each client's recovery (cumulative)",
                     "ms since the clients were let back (log scale)",
                     "share of clients",
+                )
+            } else if !probes.is_empty() {
+                (
+                    "Background room pushes: push-to-receive latency (cumulative)",
+                    "latency, ms (log scale)",
+                    "share of messages",
                 )
             } else {
                 (
@@ -630,9 +813,25 @@ impl Report {
     }
 }
 
+/// `a` ÷ `b` rounded to 0.001, when both are positive.
+fn ratio_of(a: f64, b: f64) -> Option<f64> {
+    (a > 0.0 && b > 0.0).then(|| (a / b * 1000.0).round() / 1000.0)
+}
+
 /// `v` ÷ `base` for every figure both have (rounded to 0.001).
 fn figure_ratios(v: &Measurement, base: &Measurement) -> BTreeMap<String, f64> {
     let u = |x: Option<u64>| x.map(|x| x as f64);
+    // loaded: the probes' p99 under load, per kind.
+    let probe = |m: &Measurement, key: bool| {
+        let l = m.probes.as_ref().map(|p| {
+            if key {
+                &p.loaded.key.latency_ms
+            } else {
+                &p.loaded.room.latency_ms
+            }
+        })?;
+        (l.samples > 0).then_some(l.p99)
+    };
     let pairs = [
         (
             "server_cpu_ns_per_delivery",
@@ -690,14 +889,140 @@ fn figure_ratios(v: &Measurement, base: &Measurement) -> BTreeMap<String, f64> {
             v.recovery.as_ref().map(|r| r.server_cpu_us_per_client),
             base.recovery.as_ref().map(|r| r.server_cpu_us_per_client),
         ),
+        ("probe_key_p99_loaded", probe(v, true), probe(base, true)),
+        ("probe_room_p99_loaded", probe(v, false), probe(base, false)),
     ];
     let mut r = BTreeMap::new();
     for (k, a, b) in pairs {
-        if let (Some(a), Some(b)) = (a, b) {
-            if b > 0.0 && a > 0.0 {
-                r.insert(k.to_string(), (a / b * 1000.0).round() / 1000.0);
-            }
+        if let Some(x) = a.zip(b).and_then(|(a, b)| ratio_of(a, b)) {
+            r.insert(k.to_string(), x);
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hist(values_us: &[u64]) -> Histogram {
+        let mut h = Histogram::default();
+        for v in values_us {
+            h.record(*v);
+        }
+        h
+    }
+
+    /// A loaded measurement: probes at `idle_us` then `loaded_us`, background at
+    /// `per_sec` deliveries/s.
+    fn loaded(system: &str, idle_us: u64, loaded_us: u64, per_sec: f64) -> Measurement {
+        let pair = |us: u64| ProbePair {
+            key: ProbeFigures::new((100, 0), 1, 100, hist(&vec![us; 100])),
+            room: ProbeFigures::new((100, 0), 2, 199, hist(&vec![us * 2; 199])),
+        };
+        Measurement {
+            system: system.into(),
+            deliveries_per_sec: Some(per_sec),
+            server_cpu_ns_per_delivery: Some(7000.0),
+            probes: Some(LoadedFigures {
+                probe_rate: 20.0,
+                probe_clients: 2,
+                probe_room: "bench://probe".into(),
+                idle_secs: 5.0,
+                idle: Some(pair(idle_us)),
+                loaded: pair(loaded_us),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn report(base: Measurement, variants: Vec<Measurement>) -> Report {
+        let mut r = Report {
+            scenario: "loaded".into(),
+            herald: base,
+            params: serde_json::Value::Null,
+            machine: Machine::current(),
+            variants: variants
+                .into_iter()
+                .map(|m| (m.system.clone(), m))
+                .collect(),
+            variant_ratios: BTreeMap::new(),
+            security: None,
+            peers: BTreeMap::new(),
+            ratios: BTreeMap::new(),
+            targets: Vec::new(),
+            started_unix: 0,
+        };
+        r.compute_ratios();
+        r
+    }
+
+    #[test]
+    fn probe_figures_count_what_was_lost_and_take_quantiles() {
+        let f = ProbeFigures::new((50, 1), 2, 97, hist(&[1000, 2000, 3000, 100_000]));
+        assert_eq!(
+            (f.pushes, f.failed, f.expected, f.received),
+            (50, 1, 100, 97)
+        );
+        assert_eq!(f.lost, 3);
+        assert_eq!(f.latency_ms.samples, 4);
+        assert!(
+            (1.9..=2.0).contains(&f.latency_ms.p50),
+            "{:?}",
+            f.latency_ms
+        );
+        assert!(f.latency_ms.p99 > 98.0 && f.latency_ms.max == 100.0);
+        let lf = loaded("herald", 1000, 1000, 1.0).probes.unwrap();
+        // The room probes got 199 of 200 in each phase.
+        assert_eq!(lf.lost(), 2);
+    }
+
+    #[test]
+    fn variants_get_ratios_of_background_deliveries_and_probe_p99() {
+        let r = report(
+            loaded("herald", 1000, 100_000, 50_000.0),
+            vec![loaded("fixed", 1000, 2000, 45_000.0)],
+        );
+        let v = &r.variant_ratios["fixed"];
+        assert_eq!(v["deliveries_per_sec"], 0.9);
+        assert_eq!(v["probe_key_p99_loaded"], 0.02);
+        assert_eq!(v["probe_room_p99_loaded"], 0.02);
+        // No probe samples: no ratio.
+        let mut none = loaded("none", 1000, 2000, 1.0);
+        none.probes.as_mut().unwrap().loaded.key = ProbeFigures::default();
+        let r = report(loaded("herald", 1000, 2000, 1.0), vec![none]);
+        assert!(!r.variant_ratios["none"].contains_key("probe_key_p99_loaded"));
+        assert!(r.variant_ratios["none"].contains_key("probe_room_p99_loaded"));
+    }
+
+    #[test]
+    fn loaded_tables_show_idle_against_loaded_per_configuration_and_kind() {
+        let mut before = loaded("before", 1000, 100_000, 50_000.0);
+        before.probes.as_mut().unwrap().idle = None;
+        let r = report(loaded("herald", 1000, 2000, 40_000.0), vec![before]);
+        let t = r.loaded_tables();
+        assert!(t.contains("20/s in all"), "{t}");
+        // herald: key 1 ms idle, 2 ms loaded (2 ×); room twice that.
+        assert!(
+            t.contains("| herald | key | 1.000 | 1.000 | 1.000 | 2.000 | 2.000 | 2.000 | 2.000 | 2.0 × | 100 / 100 | 0 / 0 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| herald | room | 2.000 | 2.000 | 2.000 | 4.000 |"),
+            "{t}"
+        );
+        // No idle phase: dashes.
+        assert!(
+            t.contains("| before | key | – | – | – | 99.328 | 99.328 | 99.328 | 100.000 | – |"),
+            "{t}"
+        );
+        assert!(t.contains("| – | – / 100 | – / 0 |"), "{t}");
+        // Background deliveries/s against the base herald.
+        assert!(t.contains("| herald | 40000 | 1.000 | 7000 |"), "{t}");
+        assert!(t.contains("| before | 50000 | 1.250 | 7000 |"), "{t}");
+        // Other scenarios have no such tables.
+        assert!(report(Measurement::default(), Vec::new())
+            .loaded_tables()
+            .is_empty());
+    }
 }

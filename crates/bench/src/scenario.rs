@@ -36,6 +36,12 @@ pub enum Scenario {
     /// back at once with their positions: time until every one has its replays
     /// and its stream states, server CPU, lost, repeated and out-of-order pushes.
     RecoverStorm,
+    /// Latency under load: N WebSocket clients in one room receive room pushes at
+    /// a rate (as in fanout) while a few probe clients outside that room receive
+    /// lone key and room pushes at `--probe-rate`; the probes are measured first
+    /// for `--idle` seconds without the background pushes, then during them:
+    /// probe latency idle against loaded per kind, background deliveries/s.
+    Loaded,
 }
 
 impl Scenario {
@@ -44,6 +50,25 @@ impl Scenario {
         self.to_possible_value()
             .map(|v| v.get_name().to_string())
             .unwrap_or_default()
+    }
+
+    /// Scenarios that measure herald builds only (`--herald`, `--variant`), no peers.
+    pub fn herald_only(self) -> bool {
+        matches!(
+            self,
+            Scenario::Slow | Scenario::RecoverStorm | Scenario::Loaded
+        )
+    }
+
+    /// The room batching window when `--window-ms` is not given: goim's 500 ms for
+    /// room pushes at 40/s and above in fanout and loaded (goim's benchmark
+    /// shape), else none.
+    pub fn default_window_ms(self, rate: f64) -> u64 {
+        if matches!(self, Scenario::Fanout | Scenario::Loaded) && rate >= 40.0 {
+            500
+        } else {
+            0
+        }
     }
 }
 
@@ -67,10 +92,11 @@ pub struct RunArgs {
     /// Connections (default: 15000; 100 for latency; 2000 for slow).
     #[arg(long, short = 'n')]
     pub connections: Option<usize>,
-    /// Pushes per second (default: fanout 5, latency 20, slow 20).
+    /// Pushes per second (default: fanout 5, latency 20, slow 20, loaded 5: the
+    /// background room pushes).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Seconds of pushing (default: fanout 10, latency 5, slow 30).
+    /// Seconds of pushing (default: fanout 10, latency 5, slow 30, loaded 20).
     #[arg(long)]
     pub duration: Option<f64>,
     /// Push payload size in bytes (default: slow 1024, else unpadded, ~40 bytes).
@@ -98,6 +124,14 @@ pub struct RunArgs {
     /// recover-storm: room pushes each client misses while away.
     #[arg(long, default_value_t = 10)]
     pub missed: u64,
+    /// loaded: lone probe pushes per second in all, alternating a key push to
+    /// one probe client and a room push to the probe room.
+    #[arg(long, default_value_t = 20.0)]
+    pub probe_rate: f64,
+    /// loaded: seconds of probe pushes before the background pushes start (the
+    /// idle figures; 0 leaves them out).
+    #[arg(long, default_value_t = 5.0)]
+    pub idle: f64,
     /// Peers measured in the same run: comma list of `nats`, `floor`, or `none`.
     /// With `--secure`, `floor` measures `floor-secure` (wss) too.
     #[arg(long, default_value = "nats,floor")]
@@ -152,6 +186,10 @@ pub struct Plan {
     pub recover: bool,
     /// recover-storm: pushes made while the clients are away.
     pub missed: u64,
+    /// loaded: probe pushes per second (both kinds together).
+    pub probe_rate: f64,
+    /// loaded: seconds of probe pushes without background pushes.
+    pub idle: f64,
 }
 
 impl Plan {
@@ -161,6 +199,10 @@ impl Plan {
             Scenario::Latency => latency,
             Scenario::Slow => slow,
             _ => other,
+        };
+        let default_duration = match s {
+            Scenario::Loaded => 20.0,
+            _ => pick(5.0, 30.0, 10.0),
         };
         // recover-storm pushes what the clients miss at this rate.
         let default_rate = if s == Scenario::RecoverStorm {
@@ -177,13 +219,25 @@ impl Plan {
         if !(rate.is_finite() && rate > 0.0) {
             bail!("--rate must be a positive number of pushes per second");
         }
+        let duration = args.duration.unwrap_or(default_duration);
+        if s == Scenario::Loaded {
+            if !(duration.is_finite() && duration > 0.0) {
+                bail!("--duration must be a positive number of seconds");
+            }
+            if !(args.probe_rate.is_finite() && args.probe_rate > 0.0) {
+                bail!("--probe-rate must be a positive number of pushes per second");
+            }
+            if !(args.idle.is_finite() && args.idle >= 0.0) {
+                bail!("--idle is a number of seconds (0: no idle phase)");
+            }
+        }
         Ok(Plan {
             scenario: s,
             connections: args
                 .connections
                 .unwrap_or(pick(100.0, 2000.0, 15_000.0) as usize),
             rate,
-            duration: args.duration.unwrap_or(pick(5.0, 30.0, 10.0)),
+            duration,
             payload_bytes: args
                 .payload_bytes
                 .unwrap_or(if s == Scenario::Slow { 1024 } else { 0 }),
@@ -191,6 +245,8 @@ impl Plan {
             sources: args.sources,
             recover: args.recover || s == Scenario::RecoverStorm,
             missed: args.missed,
+            probe_rate: args.probe_rate,
+            idle: args.idle,
         })
     }
 }
@@ -285,13 +341,9 @@ async fn herald_specs(
 /// Runs a scenario and writes its reports.
 pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let plan = Plan::new(&args)?;
-    let window_ms =
-        args.window_ms
-            .unwrap_or(if args.scenario == Scenario::Fanout && plan.rate >= 40.0 {
-                500
-            } else {
-                0
-            });
+    let window_ms = args
+        .window_ms
+        .unwrap_or(args.scenario.default_window_ms(plan.rate));
     let peers: Vec<String> = args
         .peers
         .split(',')
@@ -299,7 +351,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         .filter(|s| !s.is_empty() && s != "none")
         .collect();
     // A peer that cannot start is known before any measurement: say so now.
-    let herald_only = matches!(args.scenario, Scenario::Slow | Scenario::RecoverStorm);
+    let herald_only = args.scenario.herald_only();
     if !herald_only && peers.iter().any(|p| p == "nats" || p == "nats-server") {
         servers::nats_binary(args.nats_server.as_deref())?;
     }
@@ -329,6 +381,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
             "after_secs": (args.scenario == Scenario::Slow).then_some(args.after),
             "history": args.history, "recover": plan.recover,
             "missed": (args.scenario == Scenario::RecoverStorm).then_some(plan.missed),
+            "probe_rate": (args.scenario == Scenario::Loaded).then_some(plan.probe_rate),
+            "idle_secs": (args.scenario == Scenario::Loaded).then_some(plan.idle),
         }),
         machine: Machine::current(),
         variants,
@@ -381,6 +435,10 @@ async fn run_all(
         batch: args.batch,
     };
     let (specs, auth) = herald_specs(args, creds).await?;
+    let herald_only = plan.scenario.herald_only();
+    if herald_only && !peers.is_empty() {
+        eprintln!("{}", peers_skipped(plan.scenario, peers));
+    }
     let mut base = None;
     let mut variants = BTreeMap::new();
     for spec in &specs {
@@ -394,13 +452,6 @@ async fn run_all(
     }
     let base = base.context("no herald measured")?;
     let mut measured = BTreeMap::new();
-    let herald_only = matches!(plan.scenario, Scenario::Slow | Scenario::RecoverStorm);
-    if herald_only && !peers.is_empty() {
-        eprintln!(
-            "the {} scenario measures herald builds only; peers skipped",
-            plan.scenario.name()
-        );
-    }
     let floor = Batching {
         window_ms,
         batch: if window_ms > 0 { args.batch } else { 1 },
@@ -436,4 +487,90 @@ async fn run_all(
         }
     }
     Ok((base, variants, measured, auth))
+}
+
+/// What a herald-only scenario says when peers were asked for (`--peers`
+/// defaults to `nats,floor`).
+fn peers_skipped(scenario: Scenario, peers: &[String]) -> String {
+    format!(
+        "the {} scenario measures herald builds only (compare builds with --variant NAME=PATH); \
+         peers skipped: {} (--peers none asks for none)",
+        scenario.name(),
+        peers.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn plan(args: &[&str]) -> anyhow::Result<Plan> {
+        let cli = Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied()))?;
+        Plan::new(&cli.run)
+    }
+
+    #[test]
+    fn loaded_defaults_are_the_fanout_load_for_twenty_seconds_with_probes() {
+        let p = plan(&["loaded"]).unwrap();
+        assert_eq!(p.scenario.name(), "loaded");
+        assert_eq!(p.connections, 15_000);
+        assert_eq!(p.rate, 5.0);
+        assert_eq!(p.duration, 20.0);
+        assert_eq!(p.probe_rate, 20.0);
+        assert_eq!(p.idle, 5.0);
+        assert_eq!(p.payload_bytes, 0);
+        let p = plan(&["loaded", "-n", "10000", "--rate", "40", "--duration", "8"]).unwrap();
+        assert_eq!((p.connections, p.rate, p.duration), (10_000, 40.0, 8.0));
+        // Other scenarios keep their defaults.
+        let f = plan(&["fanout"]).unwrap();
+        assert_eq!((f.connections, f.rate, f.duration), (15_000, 5.0, 10.0));
+    }
+
+    #[test]
+    fn loaded_refuses_unusable_probe_rates_idle_times_and_durations() {
+        for bad in [
+            &["loaded", "--probe-rate", "0"][..],
+            &["loaded", "--probe-rate=-3"],
+            &["loaded", "--probe-rate", "NaN"],
+            &["loaded", "--idle=-1"],
+            &["loaded", "--idle", "inf"],
+            &["loaded", "--duration", "0"],
+            &["loaded", "--rate", "0"],
+        ] {
+            let err = format!("{:#}", plan(bad).err().unwrap_or_else(|| panic!("{bad:?}")));
+            assert!(
+                err.contains("must be") || err.contains("is a number"),
+                "{bad:?}: {err}"
+            );
+        }
+        assert_eq!(plan(&["loaded", "--idle", "0"]).unwrap().idle, 0.0);
+    }
+
+    #[test]
+    fn loaded_is_herald_only_and_takes_goims_window_at_forty_pushes() {
+        assert!(Scenario::Loaded.herald_only());
+        assert!(Scenario::Slow.herald_only() && Scenario::RecoverStorm.herald_only());
+        assert!(!Scenario::Fanout.herald_only() && !Scenario::Latency.herald_only());
+        assert_eq!(Scenario::Loaded.default_window_ms(5.0), 0);
+        assert_eq!(Scenario::Loaded.default_window_ms(40.0), 500);
+        assert_eq!(Scenario::Fanout.default_window_ms(40.0), 500);
+        assert_eq!(Scenario::Latency.default_window_ms(40.0), 0);
+        let msg = peers_skipped(Scenario::Loaded, &["nats".into(), "floor".into()]);
+        assert!(
+            msg.contains("loaded scenario measures herald builds only"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("nats, floor") && msg.contains("--variant"),
+            "{msg}"
+        );
+    }
 }

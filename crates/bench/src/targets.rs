@@ -121,6 +121,17 @@ pub fn evaluate(report: &Report, window_ms: u64) -> Vec<TargetResult> {
                 "",
             ));
         }
+        "loaded" => {
+            let probes = h.probes.as_ref().map(|p| p.lost());
+            t.push(target(
+                "messages lost (background and probes)",
+                Some((h.lost + probes.unwrap_or(0)) as f64),
+                0.0,
+                "messages",
+                probes.map(|p| h.lost == 0 && p == 0),
+                "",
+            ));
+        }
         "storm" => {
             t.push(target(
                 &format!("{} connections accepted", h.connections),

@@ -491,7 +491,8 @@ impl CometService for CometHandle {
         if parts <= 1 {
             let positions = positioned.then_some((req.epoch.as_str(), &req.offsets[..]));
             self.hub
-                .broadcast_room_part(&req.room_id, body, positions, 0, 1);
+                .broadcast_room_part(&req.room_id, body, positions, 0, 1)
+                .await;
             return Ok(());
         }
         let room: Arc<str> = Arc::from(req.room_id);
@@ -503,7 +504,7 @@ impl CometService for CometHandle {
                 let positions = positions.clone();
                 tokio::spawn(async move {
                     let p = positions.as_deref().map(|(e, o)| (e.as_str(), &o[..]));
-                    hub.broadcast_room_part(&room, body, p, part, parts)
+                    hub.broadcast_room_part(&room, body, p, part, parts).await
                 })
             })
             .collect();

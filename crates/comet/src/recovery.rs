@@ -768,8 +768,9 @@ mod tests {
         .await;
     }
 
-    fn room(h: &Hub, epoch: &str, offsets: &[u64]) {
-        h.broadcast_room_part("chat://1", batch(offsets), Some((epoch, offsets)), 0, 1);
+    async fn room(h: &Hub, epoch: &str, offsets: &[u64]) {
+        h.broadcast_room_part("chat://1", batch(offsets), Some((epoch, offsets)), 0, 1)
+            .await;
     }
 
     #[tokio::test]
@@ -777,7 +778,7 @@ mod tests {
         let h = hub();
         let ch = recovering(&h, &[("chat://1", "e", 2)]);
         // Live pushes before the first fill are held.
-        room(&h, "e", &[4, 5]);
+        room(&h, "e", &[4, 5]).await;
         assert!(written(&ch).is_empty());
         fill(&h, &ch, history("e", 4, &[3, 4], true)).await;
         let got = written(&ch);
@@ -786,7 +787,7 @@ mod tests {
         assert_eq!(got[2].0, Op::STREAMS);
         assert!(got[2].2.contains(r#""status":"recovered""#));
         // Repeats are dropped; the next goes out.
-        room(&h, "e", &[4, 5, 6]);
+        room(&h, "e", &[4, 5, 6]).await;
         assert_eq!(written(&ch), vec![(1000, 6, "m6".into())]);
     }
 
@@ -797,7 +798,7 @@ mod tests {
         fill(&h, &ch, history("e", 2, &[1, 2], true)).await;
         assert!(written(&ch)[0].2.contains(r#""status":"fresh""#));
         // 4 arrives before 3 (two pushes queued out of order): held, filled.
-        room(&h, "e", &[4]);
+        room(&h, "e", &[4]).await;
         assert!(written(&ch).is_empty());
         fill(&h, &ch, history("e", 4, &[3, 4], true)).await;
         assert_eq!(
@@ -805,16 +806,16 @@ mod tests {
             vec![(1000, 3, "m3".into()), (1000, 4, "m4".into())]
         );
         // 3 arrives late: a repeat.
-        room(&h, "e", &[3]);
+        room(&h, "e", &[3]).await;
         assert!(written(&ch).is_empty());
         // A gap history no longer covers: reload, and carry on.
-        room(&h, "e", &[9]);
+        room(&h, "e", &[9]).await;
         fill(&h, &ch, history("e", 9, &[8, 9], false)).await;
         let got = written(&ch);
         assert_eq!(got.len(), 1, "{got:?}");
         assert!(got[0].2.contains(r#""status":"reload""#));
         assert!(got[0].2.contains(r#""offset":9"#));
-        room(&h, "e", &[10]);
+        room(&h, "e", &[10]).await;
         assert_eq!(written(&ch), vec![(1000, 10, "m10".into())]);
     }
 
@@ -824,7 +825,7 @@ mod tests {
         let ch = recovering(&h, &[]);
         fill(&h, &ch, history("e1", 7, &[], true)).await;
         written(&ch);
-        room(&h, "e2", &[1]);
+        room(&h, "e2", &[1]).await;
         let got = written(&ch);
         assert_eq!(got.len(), 2);
         assert!(got[0].2.contains(r#""epoch":"e2""#) && got[0].2.contains("reload"));
@@ -882,7 +883,8 @@ mod tests {
         ));
         h.register(&plain, "chat://1");
         let body = batch(&[1, 2]);
-        h.broadcast_room_part("chat://1", body.clone(), Some(("e", &[1, 2])), 0, 1);
+        h.broadcast_room_part("chat://1", body.clone(), Some(("e", &[1, 2])), 0, 1)
+            .await;
         let mut q = VecDeque::new();
         plain.drain(&mut q);
         match q.pop_front() {
@@ -911,7 +913,7 @@ mod tests {
             // A fresh read (no position asked): the top only.
             fill(&h, &ch, history("e", 4, &[], false)).await;
         }
-        room(&h, "e", &[3, 4]);
+        room(&h, "e", &[3, 4]).await;
         let got = written(&ch);
         let offsets: Vec<u64> = got.iter().filter(|g| g.0 == 1000).map(|g| g.1).collect();
         let reload = got.iter().any(|g| g.2.contains(r#""status":"reload""#));

@@ -1,8 +1,18 @@
-//! The comets job can reach: kept current from the registry (every zone), one
-//! ordered work queue per comet, and the acknowledgement bookkeeping that ties queue
+//! The comets job can reach: kept current from the registry (every zone), three
+//! lanes of work per comet, and the acknowledgement bookkeeping that ties queue
 //! messages to the comet calls they cause.
+//!
+//! The lanes keep one kind of work from waiting behind another: a key push is not
+//! held up by a room batch to 10,000 members that the comet is still writing.
+//!
+//! | lane | calls | order |
+//! |---|---|---|
+//! | keys (`push_msg`) | one at a time | as queued (pushes under one key stay in order) |
+//! | rooms (`broadcast_room`) | up to [`ROOM_CALLS`] at once | per room, by the room batcher: it sends a room's next batch only when every comet answered the previous one |
+//! | broadcasts | one at a time | as queued |
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -11,6 +21,7 @@ use herald_discovery::{Instance, Registry, RegistryError, COMET_APPID};
 use herald_queue::Delivery;
 use herald_rpc::{BroadcastReq, BroadcastRoomReq, CometService, ErrorKind, PushMsgReq};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
@@ -131,24 +142,60 @@ pub(crate) enum Work {
     Broadcast(BroadcastReq),
 }
 
-/// One reachable comet: its client and its ordered work queue.
+/// Room batches one comet link has in flight at most (different rooms; a room
+/// has one batch in flight at a time).
+pub(crate) const ROOM_CALLS: usize = 64;
+
+/// The lanes of a comet link (see the module's doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Keys,
+    Rooms,
+    Broadcasts,
+}
+
+impl Lane {
+    const ALL: [Lane; 3] = [Lane::Keys, Lane::Rooms, Lane::Broadcasts];
+
+    fn of(work: &Work) -> Lane {
+        match work {
+            Work::Push(_) => Lane::Keys,
+            Work::Room(_) => Lane::Rooms,
+            Work::Broadcast(_) => Lane::Broadcasts,
+        }
+    }
+
+    /// Calls the lane makes at once.
+    fn calls(self) -> usize {
+        match self {
+            Lane::Rooms => ROOM_CALLS,
+            Lane::Keys | Lane::Broadcasts => 1,
+        }
+    }
+}
+
+type LaneTx = mpsc::Sender<(Work, AckGroup)>;
+
+/// One reachable comet: its client and its lanes of work.
 pub struct CometLink {
     /// Server id.
     pub server: String,
     /// The comet's client.
     pub service: Arc<dyn CometService>,
-    tx: mpsc::Sender<(Work, AckGroup)>,
+    /// One sender per [`Lane`], in [`Lane::ALL`]'s order.
+    lanes: [LaneTx; 3],
     /// Cancelled when the comet leaves the registry: its queued work is dropped
     /// (acknowledged) instead of timing out call by call.
     gone: CancellationToken,
 }
 
 impl CometLink {
-    /// Queues work for this comet, waiting while its queue is full (back-pressure
-    /// on the consumer rather than a silent drop).
+    /// Queues work for this comet in its lane, waiting while the lane is full
+    /// (back-pressure on the consumer rather than a silent drop).
     pub(crate) async fn send(&self, work: Work, ack: AckGroup) {
-        if self.tx.send((work, ack)).await.is_err() {
-            warn!(server = %self.server, "comet link closed; work dropped");
+        let lane = Lane::of(&work);
+        if self.lanes[lane as usize].send((work, ack)).await.is_err() {
+            warn!(server = %self.server, ?lane, "comet link closed; work dropped");
         }
     }
 }
@@ -226,55 +273,95 @@ async fn call_with_retry(
     }
 }
 
-async fn link_worker(
+/// What a lane worker needs to call its comet; shared by its calls.
+#[derive(Clone)]
+struct Caller {
     server: String,
     service: Arc<dyn CometService>,
-    mut rx: mpsc::Receiver<(Work, AckGroup)>,
     policy: CallPolicy,
     metrics: JobMetrics,
     gone: CancellationToken,
-    stop: CancellationToken,
-) {
-    // After a call gave up on the comet, the next ones are tried once each until
-    // one gets through: one retry window per outage, not one per call.
-    let mut down = false;
-    loop {
-        let (work, ack) = tokio::select! {
-            _ = gone.cancelled() => break,
-            // The job has stopped: its consumers have finished, nothing is queued.
-            _ = stop.cancelled() => break,
-            next = rx.recv() => match next {
-                Some(w) => w,
-                None => return,
-            },
+    /// Set when a call gave up on the comet, cleared when one gets through:
+    /// calls made meanwhile (in every lane) are tried once each, so an outage
+    /// costs one retry window, not one per call.
+    down: Arc<AtomicBool>,
+}
+
+impl Caller {
+    async fn call(&self, work: Work) -> Result<(), CallFailure> {
+        let policy = if self.down.load(Ordering::Relaxed) {
+            CallPolicy {
+                retry: Duration::ZERO,
+                ..self.policy
+            }
+        } else {
+            self.policy
         };
-        let result = tokio::select! {
-            _ = gone.cancelled() => break,
-            _ = stop.cancelled() => break,
-            r = call_with_retry(&server, &*service, work, if down {
-                CallPolicy { retry: Duration::ZERO, ..policy }
-            } else {
-                policy
-            }, &metrics, &gone) => r,
-        };
-        down = matches!(result, Err(CallFailure::Unreachable(_)));
-        match result {
+        let result = call_with_retry(
+            &self.server,
+            &*self.service,
+            work,
+            policy,
+            &self.metrics,
+            &self.gone,
+        )
+        .await;
+        self.down.store(
+            matches!(result, Err(CallFailure::Unreachable(_))),
+            Ordering::Relaxed,
+        );
+        match &result {
             Ok(()) => {}
             Err(CallFailure::Unreachable(e)) => {
-                metrics.dispatch_errors.increment(1);
-                warn!(%server, error = %e, "comet unreachable; given up for this comet");
+                self.metrics.dispatch_errors.increment(1);
+                warn!(server = %self.server, error = %e, "comet unreachable; given up for this comet");
             }
             Err(CallFailure::Refused(e)) => {
-                metrics.dispatch_errors.increment(1);
-                warn!(%server, error = %e, "comet call failed");
+                self.metrics.dispatch_errors.increment(1);
+                warn!(server = %self.server, error = %e, "comet call failed");
             }
             Err(CallFailure::TimedOut) => {
-                metrics.dispatch_errors.increment(1);
-                warn!(%server, "comet call timed out");
+                self.metrics.dispatch_errors.increment(1);
+                warn!(server = %self.server, "comet call timed out");
             }
         }
-        drop(ack);
+        result
     }
+}
+
+/// Works one lane of a comet link: takes its work in order and makes at most
+/// `lane.calls()` calls at once (each call's acknowledgement share is released
+/// when it returns). Ends when the comet leaves or the job stops; the calls in
+/// flight are then dropped with it.
+async fn lane_worker(
+    lane: Lane,
+    caller: Caller,
+    mut rx: mpsc::Receiver<(Work, AckGroup)>,
+    stop: CancellationToken,
+) {
+    let limit = lane.calls();
+    let mut calls: JoinSet<()> = JoinSet::new();
+    let mut open = true;
+    while open || !calls.is_empty() {
+        tokio::select! {
+            _ = caller.gone.cancelled() => break,
+            // The job has stopped: its consumers have finished, nothing is queued.
+            _ = stop.cancelled() => break,
+            Some(_) = calls.join_next(), if !calls.is_empty() => {}
+            next = rx.recv(), if open && calls.len() < limit => match next {
+                Some((work, ack)) => {
+                    let caller = caller.clone();
+                    calls.spawn(async move {
+                        let _ = caller.call(work).await;
+                        drop(ack);
+                    });
+                }
+                // Every sender is gone: finish what is in flight.
+                None => open = false,
+            },
+        }
+    }
+    calls.shutdown().await;
     // The comet left: its clients reconnect elsewhere. Drop what was queued for it
     // so nothing else (room batches, acknowledgements) waits on it.
     rx.close();
@@ -283,8 +370,8 @@ async fn link_worker(
         dropped += 1;
     }
     if dropped > 0 {
-        metrics.unroutable.increment(dropped);
-        warn!(%server, dropped, "comet left; work queued for it dropped");
+        caller.metrics.unroutable.increment(dropped);
+        warn!(server = %caller.server, ?lane, dropped, "comet left; work queued for it dropped");
     }
 }
 
@@ -355,24 +442,28 @@ impl Directory {
                 warn!(server = %ins.hostname, "comet is not reachable by this job");
                 continue;
             };
-            let (tx, rx) = mpsc::channel(queue.max(1));
             let gone = CancellationToken::new();
-            self.tasks.spawn(link_worker(
-                ins.hostname.clone(),
-                service.clone(),
-                rx,
+            let caller = Caller {
+                server: ins.hostname.clone(),
+                service: service.clone(),
                 policy,
-                metrics.clone(),
-                gone.clone(),
-                self.stop.clone(),
-            ));
+                metrics: metrics.clone(),
+                gone: gone.clone(),
+                down: Arc::new(AtomicBool::new(false)),
+            };
+            let lanes = Lane::ALL.map(|lane| {
+                let (tx, rx) = mpsc::channel(queue.max(1));
+                self.tasks
+                    .spawn(lane_worker(lane, caller.clone(), rx, self.stop.clone()));
+                tx
+            });
             info!(server = %ins.hostname, zone = %ins.zone, "comet added");
             next.insert(
                 ins.hostname.clone(),
                 Arc::new(CometLink {
                     server: ins.hostname.clone(),
                     service,
-                    tx,
+                    lanes,
                     gone,
                 }),
             );

@@ -56,6 +56,8 @@ struct Recorder {
     refused_at: Mutex<Vec<Duration>>,
     /// Each room call's epoch and offsets.
     room_positions: Mutex<Vec<(String, Vec<u64>)>>,
+    /// Holds room calls only (after recording them) while it has no permit.
+    room_gate: Option<Arc<Semaphore>>,
 }
 
 impl Recorder {
@@ -68,7 +70,16 @@ impl Recorder {
             unreachable: Mutex::new(0),
             refused_at: Mutex::new(Vec::new()),
             room_positions: Mutex::new(Vec::new()),
+            room_gate: None,
         })
+    }
+
+    /// A comet that answers key pushes and broadcasts at once and holds room
+    /// calls while `gate` has no permit (one still writing a large room).
+    fn holding_rooms(gate: Arc<Semaphore>) -> Arc<Recorder> {
+        let mut r = Recorder::new(None);
+        Arc::get_mut(&mut r).expect("not shared yet").room_gate = Some(gate);
+        r
     }
 
     /// A comet that is unreachable for its first `n` calls.
@@ -142,7 +153,11 @@ impl CometService for Recorder {
             room: r.room_id,
             bodies: bodies(&raw),
         })
-        .await
+        .await?;
+        if let Some(gate) = &self.room_gate {
+            gate.acquire().await.expect("gate open").forget();
+        }
+        Ok(())
     }
     async fn rooms(&self) -> RpcResult<RoomsReply> {
         Ok(Default::default())
@@ -402,6 +417,58 @@ async fn a_key_push_goes_to_its_comet_only_and_a_broadcast_shares_its_speed() {
         .calls()
         .iter()
         .all(|(_, c)| !matches!(c, Call::Push { .. })));
+    s.job.shutdown().await;
+}
+
+/// A comet still busy with a room batch (a large room) gets the key pushes,
+/// the broadcasts and the other rooms' batches queued after it at once: each
+/// kind of work has its own lane, and rooms are called side by side.
+#[tokio::test(start_paused = true)]
+async fn a_room_batch_in_flight_holds_up_no_key_push_broadcast_or_other_room() {
+    let gate = Arc::new(Semaphore::new(0));
+    let comet = Recorder::holding_rooms(gate.clone());
+    let s = start(JobConfig::default(), &[("c1", comet.clone())]).await;
+    room(&s.queue, "live://big", "r0").await;
+    comet.wait_for(1).await;
+    let push = PushMsg {
+        r#type: PushType::Push as i32,
+        operation: 1000,
+        server: "c1".into(),
+        keys: vec!["k1".into()],
+        msg: Bytes::from_static(b"to-k1"),
+        ..Default::default()
+    };
+    s.queue.publish("k1", msg(push)).await.unwrap();
+    let all = PushMsg {
+        r#type: PushType::Broadcast as i32,
+        operation: 1000,
+        msg: Bytes::from_static(b"to-all"),
+        ..Default::default()
+    };
+    s.queue.publish("", msg(all)).await.unwrap();
+    room(&s.queue, "live://small", "s0").await;
+    // All three arrive while the big room's call is still unanswered (the
+    // paused clock has not moved: nothing waited for it).
+    comet.wait_for(4).await;
+    let calls = comet.calls();
+    assert!(calls.iter().all(|(at, _)| at.is_zero()), "{calls:?}");
+    assert!(calls.contains(&(
+        Duration::ZERO,
+        Call::Push {
+            keys: vec!["k1".into()],
+            bodies: vec!["to-k1".into()],
+        }
+    )));
+    assert!(calls.contains(&(Duration::ZERO, room_call("live://small", &["s0"]))));
+    // The big room's next message waits for its batch in flight (one batch per
+    // room at a time keeps the room's order), then follows it.
+    room(&s.queue, "live://big", "r1").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(comet.calls().len(), 4);
+    gate.add_permits(3);
+    comet.wait_for(5).await;
+    assert_eq!(comet.calls()[4].1, room_call("live://big", &["r1"]));
+    until_acknowledged(&s.queue).await;
     s.job.shutdown().await;
 }
 

@@ -743,7 +743,7 @@ impl Report {
                     "share of probe messages",
                 ),
             )?;
-            let _ = writeln!(md, "\n![{title}]({name})\n");
+            let _ = writeln!(md, "\n![{title}]({name})");
         }
         if !with_latency.is_empty() {
             let (title, x, y) = if storm {

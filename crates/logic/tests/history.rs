@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +14,10 @@ use herald_discovery::LocalRegistry;
 use herald_logic::{
     History, HistoryConfig, Logic, LogicConfig, StreamHistory, TrustingAuthenticator,
 };
-use herald_queue::{MemoryQueue, Queue};
-use herald_rpc::{HistoryReq, LogicService, PushMsg};
+use herald_queue::MemoryQueue;
+use herald_rpc::{HistoryReq, LogicService};
 use herald_store::{MemoryHistory, MemoryStore, SessionStore};
-use prost::Message;
+use support::drain;
 
 fn keep(size: usize) -> StreamHistory {
     StreamHistory {
@@ -43,17 +45,6 @@ async fn setup(capacity: usize) -> (Arc<Logic>, Arc<MemoryStore>, Arc<MemoryQueu
     .await
     .unwrap();
     (logic, store, queue)
-}
-
-async fn drain(queue: &MemoryQueue) -> Vec<PushMsg> {
-    let mut consumer = queue.consumer().await.unwrap();
-    let mut out = Vec::new();
-    while queue.depth() != Some(0) {
-        let d = consumer.next().await.unwrap();
-        out.push(PushMsg::decode(d.payload.clone()).unwrap());
-        d.ack().await.unwrap();
-    }
-    out
 }
 
 fn read(stream: &str, epoch: &str, since: u64) -> HistoryReq {

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +12,9 @@ use bytes::Bytes;
 use herald_discovery::LocalRegistry;
 use herald_logic::{Logic, LogicConfig, TrustingAuthenticator};
 use herald_queue::{MemoryQueue, Queue};
-use herald_rpc::{PushMsg, PushType};
+use herald_rpc::PushType;
 use herald_store::{MemoryStore, SessionStore};
-use prost::Message;
+use support::drain;
 
 struct Setup {
     logic: Arc<Logic>,
@@ -39,18 +41,6 @@ async fn setup() -> Setup {
         store,
         queue,
     }
-}
-
-/// Takes every queued message (the queue holds `depth` of them).
-async fn drain(queue: &MemoryQueue) -> Vec<PushMsg> {
-    let mut consumer = queue.consumer().await.unwrap();
-    let mut out = Vec::new();
-    while queue.depth() != Some(0) {
-        let d = consumer.next().await.unwrap();
-        out.push(PushMsg::decode(d.payload.clone()).unwrap());
-        d.ack().await.unwrap();
-    }
-    out
 }
 
 #[tokio::test]

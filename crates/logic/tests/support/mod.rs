@@ -1,5 +1,6 @@
-//! Test support for the authenticators: token minting with the fixture keys, connect
-//! requests, and starting an authenticator from a configuration.
+//! Test support for the authenticators (token minting with the fixture keys, connect
+//! requests, and starting an authenticator from a configuration) and for the push
+//! tests (reading back what logic queued).
 
 #![allow(dead_code)]
 
@@ -498,4 +499,18 @@ fn now_nanos() -> u128 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos()
+}
+
+/// Takes every queued message (the queue holds `depth` of them), acknowledged.
+pub async fn drain(queue: &herald_queue::MemoryQueue) -> Vec<herald_rpc::PushMsg> {
+    use herald_queue::Queue;
+    use prost::Message;
+    let mut consumer = queue.consumer().await.unwrap();
+    let mut out = Vec::new();
+    while queue.depth() != Some(0) {
+        let d = consumer.next().await.unwrap();
+        out.push(herald_rpc::PushMsg::decode(d.payload.clone()).unwrap());
+        d.ack().await.unwrap();
+    }
+    out
 }

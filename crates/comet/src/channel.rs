@@ -417,6 +417,13 @@ impl Channel {
         Offer::Queued
     }
 
+    /// Pushes and bytes waiting in the outbox for the connection task (the write
+    /// queue's depth; a reply or a write in progress is not counted).
+    pub fn backlog(&self) -> (usize, usize) {
+        let st = lock(&self.outbox);
+        (st.pushes, st.bytes)
+    }
+
     /// Tracks the connection's stream positions (it asked for recovery).
     pub fn with_recovery(mut self, recovery: crate::recovery::Recovery) -> Channel {
         self.recovery = Some(Box::new(recovery));

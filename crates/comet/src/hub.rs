@@ -20,6 +20,17 @@ use crate::recovery::Positioned;
 use herald_proto::recovery::StreamKind;
 use herald_rpc::Position;
 
+/// What waits in a comet's write queues (see [`Hub::refresh_backlog`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Pushes waiting in outboxes.
+    pub pushes: usize,
+    /// Their bytes.
+    pub bytes: usize,
+    /// Connections with pushes waiting.
+    pub connections: usize,
+}
+
 #[derive(Default)]
 struct BucketInner {
     /// key → connection (the key is shared with the channel).
@@ -506,6 +517,26 @@ impl Hub {
             self.metrics.credential_expiries.increment(credentials);
         }
         (heartbeats + credentials) as usize
+    }
+
+    /// Measures the write queues — pushes and bytes waiting in the connections'
+    /// outboxes, and how many connections have some waiting — and sets their
+    /// gauges. A walk over every connection (one short lock each), so it runs per
+    /// scrape, not per push.
+    pub fn refresh_backlog(&self) -> Backlog {
+        let mut total = Backlog::default();
+        for b in self.buckets.iter() {
+            for ch in read(b).channels.values() {
+                let (pushes, bytes) = ch.backlog();
+                total.pushes += pushes;
+                total.bytes += bytes;
+                total.connections += usize::from(pushes > 0);
+            }
+        }
+        self.metrics.outbox_pushes.set(total.pushes as f64);
+        self.metrics.outbox_bytes.set(total.bytes as f64);
+        self.metrics.backlogged.set(total.connections as f64);
+        total
     }
 
     /// Every connection, for walks that must not hold a bucket lock while they wait.

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use herald_discovery::{Instance, Registration, Registry};
@@ -446,6 +446,7 @@ impl CometService for CometHandle {
         if req.keys.is_empty() {
             return Err(RpcError::invalid("push without keys"));
         }
+        let started = Instant::now();
         self.hub.metrics.push_keys.increment(1);
         self.hub.push_keys(
             &req.keys,
@@ -453,6 +454,7 @@ impl CometService for CometHandle {
             raw_body(proto),
             req.position.as_ref(),
         );
+        self.hub.metrics.fanout_keys.record(started.elapsed());
         Ok(())
     }
 
@@ -471,7 +473,10 @@ impl CometService for CometHandle {
                 }
             });
         } else {
+            // A paced broadcast takes as long as its speed says: only these are timed.
+            let started = Instant::now();
             self.hub.broadcast(req.proto_op, body, 0).await;
+            self.hub.metrics.fanout_broadcast.record(started.elapsed());
         }
         Ok(())
     }
@@ -483,6 +488,7 @@ impl CometService for CometHandle {
         if req.room_id.is_empty() {
             return Err(RpcError::invalid("room broadcast without room"));
         }
+        let started = Instant::now();
         self.hub.metrics.push_room.increment(1);
         let body = raw_body(proto);
         let positioned = !req.offsets.is_empty();
@@ -493,6 +499,7 @@ impl CometService for CometHandle {
             self.hub
                 .broadcast_room_part(&req.room_id, body, positions, 0, 1)
                 .await;
+            self.hub.metrics.fanout_room.record(started.elapsed());
             return Ok(());
         }
         let room: Arc<str> = Arc::from(req.room_id);
@@ -511,6 +518,7 @@ impl CometService for CometHandle {
         for t in tasks {
             t.await.map_err(|e| RpcError::internal(e.to_string()))?;
         }
+        self.hub.metrics.fanout_room.record(started.elapsed());
         Ok(())
     }
 

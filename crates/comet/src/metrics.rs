@@ -1,7 +1,7 @@
 //! comet's Prometheus metrics. Handles are resolved once, so the fast path only
 //! touches atomics. Names are documented in `docs/operations.md`.
 
-use metrics::{counter, gauge, Counter, Gauge};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
 /// Metric handles shared by the hub and every connection task.
 #[derive(Clone)]
@@ -64,6 +64,19 @@ pub struct CometMetrics {
     pub streams_fresh: Counter,
     /// (off)
     pub streams_off: Counter,
+    /// A push call's arrival → written to (or queued for) every receiving
+    /// connection: key pushes.
+    pub fanout_keys: Histogram,
+    /// (room batches)
+    pub fanout_room: Histogram,
+    /// (broadcasts without a speed)
+    pub fanout_broadcast: Histogram,
+    /// Pushes waiting in outboxes (set by [`crate::Hub::refresh_backlog`]).
+    pub outbox_pushes: Gauge,
+    /// Bytes of those pushes.
+    pub outbox_bytes: Gauge,
+    /// Connections with pushes waiting.
+    pub backlogged: Gauge,
 }
 
 impl CometMetrics {
@@ -99,6 +112,12 @@ impl CometMetrics {
             streams_reload: counter!("herald_recovery_streams_total", "status" => "reload"),
             streams_fresh: counter!("herald_recovery_streams_total", "status" => "fresh"),
             streams_off: counter!("herald_recovery_streams_total", "status" => "off"),
+            fanout_keys: histogram!("herald_comet_fanout_seconds", "kind" => "keys"),
+            fanout_room: histogram!("herald_comet_fanout_seconds", "kind" => "room"),
+            fanout_broadcast: histogram!("herald_comet_fanout_seconds", "kind" => "broadcast"),
+            outbox_pushes: gauge!("herald_comet_outbox_pushes"),
+            outbox_bytes: gauge!("herald_comet_outbox_bytes"),
+            backlogged: gauge!("herald_comet_backlogged_connections"),
         }
     }
 

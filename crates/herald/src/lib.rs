@@ -15,6 +15,7 @@ pub mod health;
 pub mod http_server;
 pub mod memory;
 pub mod observe;
+pub mod periodic;
 pub mod roles;
 pub mod standalone;
 pub mod web;

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use herald::memory::Trimmer;
 use herald::roles::{CometRole, JobRole, LogicRole};
 use herald::{edge, observe, Config, Standalone};
 use herald_logic::api_keys::{NewKey, Scope};
@@ -185,7 +184,8 @@ where
     observe::init_logging(&cfg.log.level);
     // The trimmer publishes metrics: the recorder goes in before it starts.
     observe::metrics_handle();
-    let trimmer = Trimmer::start(cfg.memory.trim_interval)?;
+    let trimmer = herald::memory::trimmer(cfg.memory.trim_interval)?;
+    let upkeep = observe::upkeep()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -194,6 +194,7 @@ where
     if let Some(t) = trimmer {
         t.stop();
     }
+    upkeep.stop();
     served
 }
 

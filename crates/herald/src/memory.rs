@@ -3,61 +3,20 @@
 //! it glibc's malloc keeps what a burst freed and the process stays at its peak size
 //! (measurements: docs/benchmarks.md, "Allocator").
 
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use metrics::{counter, gauge};
 use tracing::debug;
 
-/// The running trimmer. Its owner stops it with [`Trimmer::stop`] (or by dropping
-/// it); either returns once the thread has ended.
-pub struct Trimmer {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
+use crate::periodic::Periodic;
 
-impl Trimmer {
-    /// Starts the thread, or returns `None` when `interval` is zero (turned off).
-    pub fn start(interval: Duration) -> anyhow::Result<Option<Trimmer>> {
-        if interval.is_zero() {
-            return Ok(None);
-        }
-        let (stop, stopped) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("herald-trim".into())
-            .spawn(move || {
-                // Nothing is ever sent: the channel reports Disconnected when the
-                // owner drops the sender, and that is the stop.
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                    tick();
-                }
-            })
-            .context("cannot start the memory trimmer thread")?;
-        Ok(Some(Trimmer {
-            stop: Some(stop),
-            thread: Some(thread),
-        }))
+/// Starts the trimmer thread, or returns `None` when `interval` is zero (turned
+/// off). Its owner stops it with [`Periodic::stop`] (or by dropping it).
+pub fn trimmer(interval: Duration) -> anyhow::Result<Option<Periodic>> {
+    if interval.is_zero() {
+        return Ok(None);
     }
-
-    /// Stops the thread and waits for it (a trim in progress finishes first).
-    pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for Trimmer {
-    fn drop(&mut self) {
-        self.halt();
-    }
+    Periodic::start("herald-trim", interval, tick).map(Some)
 }
 
 fn tick() {

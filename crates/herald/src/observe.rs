@@ -8,16 +8,43 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::periodic::Periodic;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Upper bounds (seconds) of every latency histogram's buckets: from half a
+/// millisecond (a push on an idle loopback) to 10 s (a queue that fell behind).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How often recorded latencies are folded into the histograms when nothing
+/// scrapes (each scrape folds them too): they are held as raw samples until then.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Starts the thread that folds recorded latencies into the histograms every
+/// few seconds, so a process nobody scrapes does not keep every sample. Owned
+/// by `main`, stopped after the role.
+pub fn upkeep() -> anyhow::Result<Periodic> {
+    let handle = metrics_handle();
+    Periodic::start("herald-metrics", UPKEEP_INTERVAL, move || {
+        handle.run_upkeep()
+    })
+}
 
 /// Installs the Prometheus recorder once per process and returns its handle. Must
 /// run before the tiers are built, so their metric handles bind to it.
 pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("the bucket list is not empty")
+                .build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder was installed first; then metrics go there.
             let _ = metrics::set_global_recorder(recorder);

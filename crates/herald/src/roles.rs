@@ -81,7 +81,11 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 /// Serves `/metrics` (behind the `admin` scope when API keys are configured),
 /// `/healthz` and `/readyz` on `metrics.bind` when set: comet and job have no
 /// other HTTP port.
-async fn serve_metrics(cfg: &Config, ready: Readiness) -> anyhow::Result<Option<HttpServer>> {
+async fn serve_metrics(
+    cfg: &Config,
+    ready: Readiness,
+    before_scrape: Arc<dyn Fn() + Send + Sync>,
+) -> anyhow::Result<Option<HttpServer>> {
     let Some(addr) = cfg.metrics.bind else {
         return Ok(None);
     };
@@ -89,7 +93,7 @@ async fn serve_metrics(cfg: &Config, ready: Readiness) -> anyhow::Result<Option<
     let app = keys
         .protect(
             herald_logic::api_keys::Scope::Admin,
-            observe::router(observe::metrics_handle(), Arc::new(|| {})),
+            observe::router(observe::metrics_handle(), before_scrape),
         )
         .merge(ready.router());
     let server = HttpServer::bind(addr, app, api::listener_options(cfg), "metrics")
@@ -171,7 +175,15 @@ impl CometRole {
                     }
                 })
         };
-        let metrics = serve_metrics(&cfg, ready).await?;
+        let hub = comet.hub().clone();
+        let metrics = serve_metrics(
+            &cfg,
+            ready,
+            Arc::new(move || {
+                hub.refresh_backlog();
+            }),
+        )
+        .await?;
         info!(
             %server_id, rpc = %rpc_addr, tcp = ?comet.tcp_addrs, ws = ?comet.ws_addrs,
             "herald comet ready"
@@ -488,7 +500,7 @@ impl JobRole {
             &registry,
             Some(&queue),
         );
-        let metrics = serve_metrics(&cfg, ready).await?;
+        let metrics = serve_metrics(&cfg, ready, Arc::new(|| {})).await?;
         info!(%server_id, queue = queue.backend(), "herald job ready");
         Ok(JobRole {
             server_id,

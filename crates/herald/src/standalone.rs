@@ -182,7 +182,13 @@ impl Standalone {
             logic.clone(),
             ApiParts {
                 metrics,
-                before_scrape: depth_gauge(queue.clone()),
+                before_scrape: {
+                    let (depth, hub) = (depth_gauge(queue.clone()), comet.hub().clone());
+                    Arc::new(move || {
+                        depth();
+                        hub.refresh_backlog();
+                    })
+                },
                 // The comet is in this process: its clients use the page's host.
                 endpoints: Arc::new(move || ClientEndpoint {
                     ws_host: None,

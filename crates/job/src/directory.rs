@@ -14,12 +14,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_discovery::{Instance, Registry, RegistryError, COMET_APPID};
 use herald_queue::Delivery;
 use herald_rpc::{BroadcastReq, BroadcastRoomReq, CometService, ErrorKind, PushMsgReq};
+use metrics::Histogram;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,11 @@ pub trait CometConnector: Send + Sync + 'static {
 pub(crate) struct InFlight {
     delivery: Delivery,
     _token: TaskTrackerToken,
+    /// When job took it from the queue.
+    taken: Instant,
+    /// Where the time from taken to every comet call returned is recorded (none:
+    /// not timed, e.g. an undecodable message).
+    timer: Option<Histogram>,
 }
 
 impl InFlight {
@@ -49,6 +55,19 @@ impl InFlight {
         InFlight {
             delivery,
             _token: token,
+            taken: Instant::now(),
+            timer: None,
+        }
+    }
+
+    /// Records in `h`, once the work it caused is done, how long that took.
+    pub(crate) fn time_with(&mut self, h: &Histogram) {
+        self.timer = Some(h.clone());
+    }
+
+    fn record_done(&self) {
+        if let Some(h) = &self.timer {
+            h.record(self.taken.elapsed());
         }
     }
 
@@ -116,6 +135,9 @@ impl Drop for AckOnDrop {
             std::mem::take(self.deliveries.get_mut().unwrap_or_else(|e| e.into_inner()));
         if deliveries.is_empty() {
             return;
+        }
+        for d in &deliveries {
+            d.record_done();
         }
         let metrics = self.metrics.clone();
         // The acknowledgements hold their consumers' tokens: the consumer that

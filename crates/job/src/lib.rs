@@ -14,7 +14,7 @@ use bytes::Bytes;
 use herald_discovery::{Instance, Registration, Registry, RegistryError};
 use herald_queue::{Consumer, Queue, QueueError};
 use herald_rpc::{BroadcastReq, Proto, PushMsg, PushMsgReq, PushType};
-use metrics::{counter, Counter};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,7 +47,17 @@ pub(crate) struct JobMetrics {
     pub room_batches: Counter,
     pub room_batch_frames: Counter,
     pub ack_errors: Counter,
+    /// Handed to the queue by logic → taken by job, per message type.
+    pub queued: [Histogram; 3],
+    /// Taken by job → every comet call it caused returned, per message type.
+    pub dispatched: [Histogram; 3],
+    /// How long the newest message taken had been in the queue.
+    pub lag: Gauge,
 }
+
+/// The message types, in the order of [`JobMetrics::queued`] and
+/// [`JobMetrics::dispatched`]: `PushMsg.Type`'s values.
+const TYPES: [&str; 3] = ["push", "room", "broadcast"];
 
 impl JobMetrics {
     fn new() -> JobMetrics {
@@ -62,6 +72,9 @@ impl JobMetrics {
             room_batches: counter!("herald_job_room_batches_total"),
             room_batch_frames: counter!("herald_job_room_batch_frames_total"),
             ack_errors: counter!("herald_job_ack_errors_total"),
+            queued: TYPES.map(|t| histogram!("herald_job_queue_seconds", "type" => t)),
+            dispatched: TYPES.map(|t| histogram!("herald_job_dispatch_seconds", "type" => t)),
+            lag: gauge!("herald_job_consumer_lag_seconds"),
         }
     }
 }
@@ -300,9 +313,17 @@ async fn consume(mut consumer: Box<dyn Consumer>, workers: Workers, stop: Cancel
     }
 }
 
+/// Now in microseconds since the Unix epoch.
+fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
 /// Routes one queue message. The delivery travels with the work it causes and is
 /// acknowledged when the last of it completes.
-async fn dispatch(delivery: InFlight, workers: &Workers) {
+async fn dispatch(mut delivery: InFlight, workers: &Workers) {
     let Workers {
         directory,
         batcher,
@@ -320,6 +341,19 @@ async fn dispatch(delivery: InFlight, workers: &Workers) {
         }
     };
     debug!(r#type = msg.r#type, room = %msg.room, op = msg.operation, "dispatching");
+    if let Some(t) = usize::try_from(msg.r#type)
+        .ok()
+        .filter(|t| *t < TYPES.len())
+    {
+        delivery.time_with(&metrics.dispatched[t]);
+        if msg.queued_us > 0 {
+            // The clocks of two hosts may disagree: a message from the future
+            // waited for nothing.
+            let waited = (unix_micros() - msg.queued_us).max(0) as f64 / 1e6;
+            metrics.queued[t].record(waited);
+            metrics.lag.set(waited);
+        }
+    }
     match PushType::try_from(msg.r#type) {
         Ok(PushType::Push) => {
             metrics.consumed_push.increment(1);

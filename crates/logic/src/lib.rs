@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -23,7 +23,7 @@ use herald_rpc::{
     PushType, ReceiveReq, RpcError, RpcResult,
 };
 use herald_store::{OnlineStore, ServerOnline, SessionStore, StoreError};
-use metrics::{counter, Counter};
+use metrics::{counter, histogram, Counter, Histogram};
 use prost::Message;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -117,6 +117,11 @@ struct PushMetrics {
     mids: Counter,
     room: Counter,
     all: Counter,
+    /// Accepted → every message handed to the queue, per kind (successes only).
+    publish_keys: Histogram,
+    publish_mids: Histogram,
+    publish_room: Histogram,
+    publish_all: Histogram,
     failures: Counter,
     unroutable: Counter,
     upstream: Counter,
@@ -141,6 +146,15 @@ pub struct Logic {
     /// Streams' history (none: no stream keeps any, goim's behaviour).
     history: Option<History>,
     metrics: PushMetrics,
+}
+
+/// Now in microseconds since the Unix epoch (the clock every process of a
+/// cluster shares, give or take its synchronisation).
+fn unix_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
 }
 
 fn unix_now() -> i64 {
@@ -185,6 +199,10 @@ impl Logic {
                 mids: counter!("herald_pushes_total", "kind" => "mids"),
                 room: counter!("herald_pushes_total", "kind" => "room"),
                 all: counter!("herald_pushes_total", "kind" => "all"),
+                publish_keys: histogram!("herald_push_publish_seconds", "kind" => "keys"),
+                publish_mids: histogram!("herald_push_publish_seconds", "kind" => "mids"),
+                publish_room: histogram!("herald_push_publish_seconds", "kind" => "room"),
+                publish_all: histogram!("herald_push_publish_seconds", "kind" => "all"),
                 failures: counter!("herald_push_failures_total"),
                 unroutable: counter!("herald_push_unroutable_keys_total"),
                 upstream: counter!("herald_upstream_messages_total"),
@@ -296,7 +314,8 @@ impl Logic {
             .clone()
     }
 
-    async fn publish(&self, msg: PushMsg) -> Result<(), PushError> {
+    async fn publish(&self, mut msg: PushMsg) -> Result<(), PushError> {
+        msg.queued_us = unix_micros();
         let key = msg.partition_key();
         let payload = Bytes::from(msg.encode_to_vec());
         self.queue.publish(&key, payload).await.map_err(|e| {
@@ -364,12 +383,11 @@ impl Logic {
             self.publish_positioned(PushMsg {
                 r#type: PushType::Push as i32,
                 operation: op,
-                speed: 0,
                 server,
-                room: String::new(),
                 keys,
                 msg: msg.clone(),
                 position: position.clone(),
+                ..PushMsg::default()
             })
             .await?;
         }
@@ -387,6 +405,14 @@ impl Logic {
     /// decides whether a request may name no key).
     pub async fn push_keys(&self, op: i32, keys: &[String], msg: Bytes) -> Result<(), PushError> {
         self.metrics.keys.increment(1);
+        timed(
+            &self.metrics.publish_keys,
+            self.push_keys_now(op, keys, msg),
+        )
+        .await
+    }
+
+    async fn push_keys_now(&self, op: i32, keys: &[String], msg: Bytes) -> Result<(), PushError> {
         let keys: Cow<'_, [String]> = if keys.iter().any(String::is_empty) {
             Cow::Owned(keys.iter().filter(|k| !k.is_empty()).cloned().collect())
         } else {
@@ -435,6 +461,14 @@ impl Logic {
     /// push, and a success, as in goim.
     pub async fn push_mids(&self, op: i32, mids: &[i64], msg: Bytes) -> Result<(), PushError> {
         self.metrics.mids.increment(1);
+        timed(
+            &self.metrics.publish_mids,
+            self.push_mids_now(op, mids, msg),
+        )
+        .await
+    }
+
+    async fn push_mids_now(&self, op: i32, mids: &[i64], msg: Bytes) -> Result<(), PushError> {
         if mids.is_empty() {
             return Ok(());
         }
@@ -495,16 +529,17 @@ impl Logic {
     ) -> Result<(), PushError> {
         self.metrics.room.increment(1);
         let room = room_key(typ, room);
-        let position = self.position(|| room.clone(), op, &msg).await?;
-        self.publish_positioned(PushMsg {
-            r#type: PushType::Room as i32,
-            operation: op,
-            speed: 0,
-            server: String::new(),
-            room,
-            keys: Vec::new(),
-            msg,
-            position,
+        timed(&self.metrics.publish_room, async {
+            let position = self.position(|| room.clone(), op, &msg).await?;
+            self.publish_positioned(PushMsg {
+                r#type: PushType::Room as i32,
+                operation: op,
+                room,
+                msg,
+                position,
+                ..PushMsg::default()
+            })
+            .await
         })
         .await
     }
@@ -514,17 +549,14 @@ impl Logic {
     /// is queued as 0, so every job (herald's or goim's) reads it as no limit.
     pub async fn push_all(&self, op: i32, speed: i32, msg: Bytes) -> Result<(), PushError> {
         self.metrics.all.increment(1);
-        self.publish(PushMsg {
+        let msg = PushMsg {
             r#type: PushType::Broadcast as i32,
             operation: op,
             speed: speed.max(0),
-            server: String::new(),
-            room: String::new(),
-            keys: Vec::new(),
             msg,
-            position: None,
-        })
-        .await
+            ..PushMsg::default()
+        };
+        timed(&self.metrics.publish_all, self.publish(msg)).await
     }
 
     /// The busiest rooms of a type: `(room id, count)`, largest first.
@@ -631,6 +663,19 @@ impl Logic {
     fn heartbeat_deadline(&self) -> Duration {
         self.cfg.node.heartbeat * self.cfg.node.heartbeat_max.max(1)
     }
+}
+
+/// Runs a push and, when it succeeds, records how long it took in `h`.
+async fn timed(
+    h: &Histogram,
+    push: impl std::future::Future<Output = Result<(), PushError>>,
+) -> Result<(), PushError> {
+    let started = Instant::now();
+    let r = push.await;
+    if r.is_ok() {
+        h.record(started.elapsed());
+    }
+    r
 }
 
 /// Members whose history appends and publishes run at once for one

@@ -179,6 +179,7 @@ fn logic_push_msg() {
         keys: vec!["k".into()],
         msg: Bytes::from_static(b"hi"),
         position: None,
+        queued_us: 0,
     };
     // PUSH = 0 is not written.
     golden(
@@ -216,6 +217,17 @@ fn logic_push_msg() {
         ..Default::default()
     };
     golden(&to_all, &[0x08, 2, 0x10, 7, 0x18, 100, 0x3a, 1, b'm']);
+    // herald's queued_us=17 (VARINT: tag 0x88 0x01), which goim's job skips.
+    let queued = PushMsg {
+        queued_us: 300,
+        ..to_all
+    };
+    golden(
+        &queued,
+        &[
+            0x08, 2, 0x10, 7, 0x18, 100, 0x3a, 1, b'm', 0x88, 0x01, 0xac, 0x02,
+        ],
+    );
 }
 
 #[test]

@@ -92,6 +92,7 @@ mod tests {
             keys: vec![],
             msg: Bytes::from_static(b"hi"),
             position: None,
+            queued_us: 0,
         };
         let bytes = m.encode_to_vec();
         // type=1 (tag 1 varint), operation=1000 (tag 2), room (tag 5), msg (tag 7)

@@ -248,6 +248,73 @@ async fn nodes_endpoints() {
     s.shutdown().await;
 }
 
+/// Every stage of a push is timed in a Prometheus histogram with buckets:
+/// accepted → queued (logic), queued → taken (job), taken → every comet answered
+/// (job), arrived → written (comet), per kind. (Metrics are shared by every
+/// server of this test process: counts only grow, so each is compared with its
+/// value before the pushes.)
+#[tokio::test]
+async fn every_push_stage_is_timed() {
+    let s = start().await;
+    let h = s.http_addr;
+    let mut c = Client::ws(s.ws_addrs[0]).await;
+    c.auth(61, "timed-61", "live://timed", &[1000]).await;
+    let stages = [
+        r#"herald_push_publish_seconds_count{kind="keys"}"#,
+        r#"herald_push_publish_seconds_count{kind="room"}"#,
+        r#"herald_job_queue_seconds_count{type="push"}"#,
+        r#"herald_job_queue_seconds_count{type="room"}"#,
+        r#"herald_job_dispatch_seconds_count{type="push"}"#,
+        r#"herald_job_dispatch_seconds_count{type="room"}"#,
+        r#"herald_comet_fanout_seconds_count{kind="keys"}"#,
+        r#"herald_comet_fanout_seconds_count{kind="room"}"#,
+    ];
+    let before: Vec<f64> = stages.iter().map(|m| metric(m)).collect();
+    assert_eq!(
+        post(h, "/goim/push/keys?operation=1000&keys=timed-61", b"k")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        post(
+            h,
+            "/goim/push/room?operation=1000&type=live&room=timed",
+            b"r"
+        )
+        .await
+        .status,
+        200
+    );
+    c.recv_push().await;
+    c.recv_push().await;
+    // The client may read its push before job hears that the comet call returned.
+    eventually("every stage recorded", || {
+        let before = before.clone();
+        async move {
+            stages
+                .iter()
+                .zip(&before)
+                .all(|(m, b)| metric(m) >= b + 1.0)
+        }
+    })
+    .await;
+    let text = get(h, "/metrics").await.text();
+    for bucket in [
+        r#"herald_push_publish_seconds_bucket{kind="room",le="0.0005"}"#,
+        r#"herald_job_queue_seconds_bucket{type="room",le="0.01"}"#,
+        r#"herald_comet_fanout_seconds_bucket{kind="keys",le="10"}"#,
+        r#"herald_job_dispatch_seconds_bucket{type="push",le="+Inf"}"#,
+    ] {
+        assert!(text.contains(bucket), "{bucket} missing from:\n{text}");
+    }
+    assert!(
+        text.contains("herald_job_consumer_lag_seconds "),
+        "lag gauge missing"
+    );
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn metrics_and_demo_page() {
     let s = start().await;
@@ -272,6 +339,9 @@ async fn metrics_and_demo_page() {
         "herald_dropped_frames_total",
         "herald_slow_consumers_total",
         "herald_queue_depth",
+        "herald_comet_outbox_pushes",
+        "herald_comet_outbox_bytes",
+        "herald_comet_backlogged_connections",
     ] {
         assert!(m.contains(name), "metric {name} missing from:\n{m}");
     }

@@ -190,6 +190,52 @@ async fn the_outbox_is_bounded_in_bytes() {
     s.shutdown().await;
 }
 
+/// The write-queue depth an operator sees: a client that stops reading holds
+/// pushes in its outbox, and the comet counts them (pushes, bytes, connections).
+#[tokio::test]
+async fn a_client_that_stops_reading_shows_in_the_write_queue_depth() {
+    let mut cfg = test_config();
+    cfg.comet.outbound_queue = 10_000;
+    cfg.limits.client.outbound_bytes = 64 << 20;
+    cfg.logic.max_push_body = 1 << 20;
+    let s = start_with(cfg).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(s.tcp_addrs[0]).await.unwrap();
+    let mut slow = Client::new(Box::new(stream), false);
+    slow.auth(1, "backlog", "", &[1000]).await;
+    let body = vec![b'x'; 64 * 1024];
+    let hub = s.comet().hub().clone();
+    let mut backlog = hub.refresh_backlog();
+    for _ in 0..200 {
+        if backlog.pushes >= 2 {
+            break;
+        }
+        let r = post(
+            s.http_addr,
+            "/goim/push/keys?operation=1000&keys=backlog",
+            &body,
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        backlog = hub.refresh_backlog();
+    }
+    assert!(backlog.pushes >= 2, "pushes never queued: {backlog:?}");
+    assert_eq!(backlog.connections, 1, "{backlog:?}");
+    // (the first may be the unwritten rest of a push the socket took part of)
+    assert!(
+        backlog.bytes > (backlog.pushes - 1) * body.len(),
+        "{backlog:?}"
+    );
+    drop(slow);
+    eventually("the closed client's queue gone", || {
+        let hub = hub.clone();
+        async move { hub.refresh_backlog().connections == 0 }
+    })
+    .await;
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn shutdown_drains_clients_over_the_window_with_1012() {
     let mut cfg = test_config();

@@ -510,11 +510,17 @@ pub async fn wait_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) {
 
 /// The value of `herald_limit_hits_total{limit="<limit>"}` in this process.
 pub fn limit_hits(limit: &str) -> u64 {
+    metric(&format!("herald_limit_hits_total{{limit=\"{limit}\"}}")) as u64
+}
+
+/// The value of one sample (`name{labels}`, as rendered) in this process's
+/// metrics; 0 when it has not been recorded.
+pub fn metric(sample: &str) -> f64 {
     let text = herald::observe::metrics_handle().render();
-    let prefix = format!("herald_limit_hits_total{{limit=\"{limit}\"}} ");
+    let prefix = format!("{sample} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |v| v.trim().parse().unwrap())
+        .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {

@@ -312,6 +312,20 @@ fn metadata(ctx: &ConnContext) -> BTreeMap<String, String> {
             ctx.hub.connection_count().to_string(),
         ),
         ("ip_count".to_string(), ctx.hub.ip_count().to_string()),
+        // herald's additions (goim's logic ignores them): running totals since
+        // the comet started, for operators (logic's dashboard).
+        (
+            "frames_delivered".to_string(),
+            ctx.hub.metrics.frames_delivered.total().to_string(),
+        ),
+        (
+            "frames_dropped".to_string(),
+            ctx.hub.metrics.dropped.total().to_string(),
+        ),
+        (
+            "slow_consumers".to_string(),
+            ctx.hub.metrics.slow_consumers.total().to_string(),
+        ),
     ])
 }
 

@@ -1,7 +1,38 @@
 //! comet's Prometheus metrics. Handles are resolved once, so the fast path only
 //! touches atomics. Names are documented in `docs/operations.md`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+
+/// A counter whose running total the comet can read too: the totals an operator
+/// sees per comet in the registry (and on logic's dashboard).
+#[derive(Clone)]
+pub struct Tally {
+    counter: Counter,
+    total: Arc<AtomicU64>,
+}
+
+impl Tally {
+    fn new(counter: Counter) -> Tally {
+        Tally {
+            counter,
+            total: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Adds `n` to the counter and to the total.
+    pub fn increment(&self, n: u64) {
+        self.counter.increment(n);
+        self.total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// What was added since the comet started.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
 
 /// Metric handles shared by the hub and every connection task.
 #[derive(Clone)]
@@ -27,13 +58,13 @@ pub struct CometMetrics {
     /// Broadcasts handled.
     pub push_broadcast: Counter,
     /// Push frames written to clients (a room batch counts each frame).
-    pub frames_delivered: Counter,
+    pub frames_delivered: Tally,
     /// Socket writes (each one a vectored write of a whole drain).
     pub writes: Counter,
     /// Times a connection's outbound queue was full.
-    pub slow_consumers: Counter,
+    pub slow_consumers: Tally,
     /// Push frames dropped for a full queue (a room batch counts each frame).
-    pub dropped: Counter,
+    pub dropped: Tally,
     /// Connections closed by the slow-consumer policy.
     pub slow_disconnects: Counter,
     /// Connections closed because a write blocked longer than `write_timeout`.
@@ -93,10 +124,13 @@ impl CometMetrics {
             push_keys: counter!("herald_comet_pushes_total", "kind" => "keys"),
             push_room: counter!("herald_comet_pushes_total", "kind" => "room"),
             push_broadcast: counter!("herald_comet_pushes_total", "kind" => "broadcast"),
-            frames_delivered: counter!("herald_frames_delivered_total"),
+            frames_delivered: Tally::new(counter!("herald_frames_delivered_total")),
             writes: counter!("herald_socket_writes_total"),
-            slow_consumers: counter!("herald_slow_consumers_total"),
-            dropped: counter!("herald_dropped_frames_total", "reason" => "slow_consumer"),
+            slow_consumers: Tally::new(counter!("herald_slow_consumers_total")),
+            dropped: Tally::new(counter!(
+                "herald_dropped_frames_total",
+                "reason" => "slow_consumer"
+            )),
             slow_disconnects: counter!("herald_slow_consumer_disconnects_total"),
             write_timeouts: counter!("herald_write_timeout_closes_total"),
             credential_expiries: counter!("herald_credential_expiry_closes_total"),

@@ -1,6 +1,6 @@
 //! The HTTP API port of `herald logic` and `herald standalone`: goim's API and the
-//! JSON pushes behind their scopes, the demo page, `/metrics` behind the `admin`
-//! scope, and any extra routes the caller adds — served by the
+//! JSON pushes behind their scopes, the demo page, `/metrics` and the dashboard's
+//! data behind the `admin` scope, and any extra routes the caller adds — served by the
 //! [`http_server`](crate::http_server) listener, over HTTPS when `logic.tls` is on.
 
 use std::sync::Arc;
@@ -30,6 +30,8 @@ pub struct ApiParts {
     /// More routes (health checks, …), public unless wrapped with
     /// [`ApiKeys::protect`].
     pub extra: Router,
+    /// The live dashboard: its page (public) and its data (behind `admin`).
+    pub dashboard: crate::dashboard::Routes,
 }
 
 /// The plain-HTTP listener options of `cfg`: `[limits.http]` and the trusted
@@ -63,8 +65,9 @@ pub async fn serve(
     }))
     .merge(keys.protect(
         Scope::Admin,
-        observe::router(parts.metrics, parts.before_scrape),
+        observe::router(parts.metrics, parts.before_scrape).merge(parts.dashboard.data),
     ))
+    .merge(parts.dashboard.page)
     .merge(parts.extra);
     let bind = cfg.http_bind();
     let mut opts = listener_options(cfg);

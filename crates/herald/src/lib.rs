@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod cluster_rpc;
 pub mod config;
+pub mod dashboard;
 pub mod edge;
 pub mod engines;
 pub mod health;

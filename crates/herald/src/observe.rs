@@ -16,10 +16,11 @@ use crate::periodic::Periodic;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Upper bounds (seconds) of every latency histogram's buckets: from half a
-/// millisecond (a push on an idle loopback) to 10 s (a queue that fell behind).
+/// Upper bounds (seconds) of every latency histogram's buckets: from 100 µs (a
+/// stage of a push on an idle host) to 10 s (a queue that fell behind).
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// How often recorded latencies are folded into the histograms when nothing

@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::health::Readiness;
 use crate::http_server::HttpServer;
 use crate::web::ClientEndpoint;
-use crate::{cluster_rpc, edge, engines, observe};
+use crate::{cluster_rpc, dashboard, edge, engines, observe};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 fn instance(cfg: &Config, appid: &str, server_id: &str, rpc_port: u16) -> Instance {
@@ -339,14 +339,30 @@ impl LogicRole {
                 }
             })
         };
+        let before_scrape = depth_gauge(queue);
+        let dashboard = dashboard::start(
+            dashboard::Sources {
+                metrics: metrics.clone(),
+                before_scrape: before_scrape.clone(),
+                logic: logic.clone(),
+                registry: registry.clone(),
+                role: "logic",
+                server_id: server_id.clone(),
+                request_timeout: cfg.limits.http.request_timeout,
+            },
+            stop.child_token(),
+            &tasks,
+        )
+        .await?;
         let http = api::serve(
             &cfg,
             logic.clone(),
             ApiParts {
                 metrics,
-                before_scrape: depth_gauge(queue),
+                before_scrape,
                 endpoints,
                 extra: ready.router(),
+                dashboard,
             },
             &reloader,
         )

@@ -177,18 +177,33 @@ impl Standalone {
         let ws_port = comet.ws_addrs.first().map(|a| a.port());
         let wss_port = comet.wss_addrs.first().map(|a| a.port());
         let ws_path = cfg.comet.ws_path.clone();
+        let before_scrape: Arc<dyn Fn() + Send + Sync> = {
+            let (depth, hub) = (depth_gauge(queue.clone()), comet.hub().clone());
+            Arc::new(move || {
+                depth();
+                hub.refresh_backlog();
+            })
+        };
+        let dashboard = crate::dashboard::start(
+            crate::dashboard::Sources {
+                metrics: metrics.clone(),
+                before_scrape: before_scrape.clone(),
+                logic: logic.clone(),
+                registry: registry.clone(),
+                role: "standalone",
+                server_id: server_id.clone(),
+                request_timeout: cfg.limits.http.request_timeout,
+            },
+            stop.child_token(),
+            &tasks,
+        )
+        .await?;
         let http = api::serve(
             &cfg,
             logic.clone(),
             ApiParts {
                 metrics,
-                before_scrape: {
-                    let (depth, hub) = (depth_gauge(queue.clone()), comet.hub().clone());
-                    Arc::new(move || {
-                        depth();
-                        hub.refresh_backlog();
-                    })
-                },
+                before_scrape,
                 // The comet is in this process: its clients use the page's host.
                 endpoints: Arc::new(move || ClientEndpoint {
                     ws_host: None,
@@ -197,6 +212,7 @@ impl Standalone {
                     ws_path: ws_path.clone(),
                 }),
                 extra: ready.router(),
+                dashboard,
             },
             &reloader,
         )

@@ -59,28 +59,30 @@ const SDK: &[(&str, &str, &[u8])] = &[
 ];
 
 fn asset(name: &str) -> Response {
-    match ASSETS.iter().find(|(n, _, _)| *n == name) {
-        Some((_, ctype, body)) => (
-            [
-                (header::CONTENT_TYPE, *ctype),
-                (header::CACHE_CONTROL, "no-cache"),
-            ],
-            *body,
-        )
-            .into_response(),
-        None => (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
-    }
+    embedded(ASSETS, name)
 }
 
 /// An SDK file. Any origin may load it: applications import the client from
 /// the server they connect to (module scripts are fetched with CORS).
 fn sdk_asset(name: &str) -> Response {
-    match SDK.iter().find(|(n, _, _)| *n == name) {
+    let mut res = embedded(SDK, name);
+    if res.status().is_success() {
+        res.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            header::HeaderValue::from_static("*"),
+        );
+    }
+    res
+}
+
+/// File `name` of `assets` ((file name, content type, bytes) each) with its
+/// content type, revalidated by browsers on each use; 404 when there is none.
+pub(crate) fn embedded(assets: &[(&str, &'static str, &'static [u8])], name: &str) -> Response {
+    match assets.iter().find(|(n, _, _)| *n == name) {
         Some((_, ctype, body)) => (
             [
                 (header::CONTENT_TYPE, *ctype),
                 (header::CACHE_CONTROL, "no-cache"),
-                (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
             ],
             *body,
         )

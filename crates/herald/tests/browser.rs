@@ -979,3 +979,155 @@ async fn poll_api(s: &herald::Standalone, path: &str, want: impl Fn(&Value) -> b
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The live dashboard: behind an admin key, it shows the connections, the
+/// pushes and deliveries per second while pushes run, latency percentiles per
+/// stage, the top rooms (names shown as text, never as HTML) and the node.
+#[tokio::test]
+async fn dashboard_shows_live_figures() {
+    use herald_logic::api_keys::{hash_key, ApiKeyConfig, Scope};
+    const KEY: &str = "hk_browser_dashboard_0123456789";
+    let mut cfg = test_config();
+    cfg.api.keys = vec![ApiKeyConfig {
+        name: "ops".into(),
+        hash: hash_key(KEY),
+        scopes: vec![Scope::Admin],
+        rate: 0,
+        burst: 0,
+    }];
+    let s = start_with(cfg).await;
+    // The data is the admin's: without the key, 401 in the API's envelope.
+    let r = http(s.http_addr, "GET", "/_/dashboard/events", b"").await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(r.json()["message"].is_string(), "{}", r.text());
+
+    const ROOM: &str = "live://<b id=\"injected\">lobby</b>";
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let mut c = Client::ws(s.ws_addrs[0]).await;
+        c.auth(500 + i, &format!("dash-{i}"), ROOM, &[1000]).await;
+        clients.push(c);
+    }
+    let browser = Browser::start().await;
+    let page = Page::new(&browser);
+    page.goto(&format!("http://{}/_/dashboard", s.http_addr))
+        .await;
+    page.until_js(
+        "the key form",
+        "const f = document.getElementById('keyform'); return f && !f.hidden ? true : null",
+    )
+    .await;
+    page.set_value("#key", KEY).await;
+    page.click("#keyform button[type=submit]").await;
+    page.until_js(
+        "the stream live",
+        "return document.getElementById('status').dataset.state === 'live' || null",
+    )
+    .await;
+    page.until_js(
+        "three connections",
+        "return document.getElementById('t-connections').textContent === '3' || null",
+    )
+    .await;
+
+    // Pushes to the room, five a second, until the figures show them.
+    let pushing = tokio::spawn({
+        let http_addr = s.http_addr;
+        async move {
+            let room = "/goim/push/room?operation=1000&type=live&room=%3Cb%20id%3D%22injected%22%3Elobby%3C%2Fb%3E";
+            loop {
+                let auth = format!("Bearer {KEY}");
+                let r = http_with(
+                    http_addr,
+                    "POST",
+                    room,
+                    &[("Authorization", &auth)],
+                    b"tick",
+                )
+                .await;
+                assert_eq!(r.status, 200, "{}", r.text());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let positive = |id: &str| {
+        format!(
+            "const t = document.getElementById('{id}').textContent; \
+             const v = parseFloat(t.replace(/,/g, '')); return v > 0 ? t : null"
+        )
+    };
+    page.until_js("pushes per second", &positive("t-pushes"))
+        .await;
+    page.until_js("deliveries per second", &positive("t-deliveries"))
+        .await;
+    let latency = page
+        .until_js(
+            "room latency rows",
+            "const rows = [...document.querySelectorAll('#latency tbody tr')].map(r => [...r.cells].map(c => c.textContent)); \
+             const stages = new Set(rows.filter(r => r[1] === 'room').map(r => r[0])); \
+             return ['publish', 'queue', 'dispatch', 'fan-out'].every(s => stages.has(s)) ? rows : null",
+        )
+        .await;
+    for row in latency.as_array().unwrap() {
+        let p99: f64 = row[3]
+            .as_str()
+            .unwrap()
+            .replace(',', "")
+            .parse()
+            .unwrap_or(-1.0);
+        assert!(p99 >= 0.0, "p99 is a number of ms: {row}");
+    }
+    // The room's name is shown as text.
+    let rooms = page
+        .until_js(
+            "the room in the top rooms",
+            "const r = [...document.querySelectorAll('#rooms tbody tr')].map(r => [...r.cells].map(c => c.textContent)); \
+             return r.length && r[0].length === 2 ? r : null",
+        )
+        .await;
+    assert_eq!(rooms[0], json!([ROOM, "3"]), "{rooms}");
+    assert_eq!(
+        page.js("return document.getElementById('injected') === null")
+            .await,
+        json!(true),
+        "a room name became HTML"
+    );
+    let node = page
+        .until_js(
+            "the comet in the nodes table",
+            "const r = [...document.querySelectorAll('#nodes tbody tr')].map(r => [...r.cells].map(c => c.textContent)); \
+             return r.find(c => c[0] === 'comet') || null",
+        )
+        .await;
+    assert_eq!(node[2], "up", "{node}");
+    assert_eq!(node[3], "3", "{node}");
+    // The charts were drawn (pixels on the canvas).
+    let drawn = page
+        .js("const c = document.getElementById('c-rates'); \
+             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; \
+             let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n")
+        .await;
+    assert!(
+        drawn.as_u64().unwrap() > 1000,
+        "the rates chart is empty: {drawn}"
+    );
+    // Let the charts gather a few more points for the picture.
+    let drawn_so_far: u64 = page
+        .js("return Number(document.body.dataset.snapshots)")
+        .await
+        .as_u64()
+        .unwrap();
+    page.until_js(
+        "five more snapshots",
+        &format!(
+            "return Number(document.body.dataset.snapshots) >= {} || null",
+            drawn_so_far + 5
+        ),
+    )
+    .await;
+    page.screenshot("dashboard").await;
+    pushing.abort();
+    let _ = pushing.await;
+    browser.quit().await;
+    s.shutdown().await;
+}

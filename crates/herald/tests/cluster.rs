@@ -551,6 +551,24 @@ async fn all_push_kinds_reach_both_comets(c: &mut Cluster) {
         ok
     })
     .await;
+    // Each logic's dashboard shows the cluster's nodes from the registry: both
+    // comets with their connections and the deliveries they reported (each
+    // delivered four pushes to its client), both logics, and the jobs.
+    support::eventually("both comets' deliveries on both dashboards", || async {
+        let mut ok = true;
+        for l in [l0, l1] {
+            let d = get(l, "/_/dashboard/snapshot").await.json();
+            ok &= d["role"] == "logic" && d["connections"] == 2;
+            let nodes = d["nodes"].as_array().cloned().unwrap_or_default();
+            let of = |k: &str| nodes.iter().filter(|n| n["kind"] == k).count();
+            ok &= of("comet") == 2 && of("logic") == 2 && of("job") == 2;
+            ok &= nodes.iter().filter(|n| n["kind"] == "comet").all(|n| {
+                n["health"] == "up" && n["connections"] == 1 && n["delivered"].as_f64() >= Some(4.0)
+            });
+        }
+        ok
+    })
+    .await;
     a.heartbeat_until(2).await;
     b.heartbeat_until(2).await;
 }

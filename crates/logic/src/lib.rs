@@ -562,10 +562,21 @@ impl Logic {
     /// The busiest rooms of a type: `(room id, count)`, largest first.
     pub fn online_top(&self, typ: &str, limit: usize) -> Vec<(String, i32)> {
         let prefix = format!("{typ}://");
+        self.busiest(limit, |k| k.strip_prefix(&prefix).map(str::to_string))
+    }
+
+    /// The busiest rooms of every type: `(room key, count)`, largest first.
+    pub fn top_rooms(&self, limit: usize) -> Vec<(String, i32)> {
+        self.busiest(limit, |k| Some(k.to_string()))
+    }
+
+    /// The `limit` largest cluster-wide room counts, under the names `name`
+    /// gives the room keys it keeps.
+    fn busiest(&self, limit: usize, name: impl Fn(&str) -> Option<String>) -> Vec<(String, i32)> {
         let mut rooms: Vec<(String, i32)> = self
             .rooms()
             .iter()
-            .filter_map(|(k, n)| k.strip_prefix(&prefix).map(|id| (id.to_string(), *n)))
+            .filter_map(|(k, n)| name(k).map(|id| (id, *n)))
             .collect();
         rooms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         rooms.truncate(limit);

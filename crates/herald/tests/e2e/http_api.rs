@@ -315,6 +315,98 @@ async fn every_push_stage_is_timed() {
     s.shutdown().await;
 }
 
+/// The dashboard's snapshot: what a standalone server runs, its node, its
+/// connections and rooms, and pushes counted as they happen.
+#[tokio::test]
+async fn dashboard_snapshot_shows_this_server() {
+    let s = start().await;
+    let h = s.http_addr;
+    let mut c = Client::ws(s.ws_addrs[0]).await;
+    c.auth(62, "dash-62", "live://dash-snapshot", &[1000]).await;
+    eventually("the connection and its room in the snapshot", || async {
+        let d = get(h, "/_/dashboard/snapshot").await.json();
+        let comet = d["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["kind"] == "comet").cloned());
+        d["role"] == "standalone"
+            && d["window_seconds"].as_f64() > Some(0.0)
+            && comet.is_some_and(|c| c["connections"] == 1 && c["health"] == "up")
+            && d["top_rooms"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|r| r == &json!({"room": "live://dash-snapshot", "online": 1}))
+            })
+    })
+    .await;
+    let before = get(h, "/_/dashboard/snapshot").await.json()["totals"]["pushes"]
+        .as_f64()
+        .unwrap();
+    let r = post(
+        h,
+        "/goim/push/room?operation=1000&type=live&room=dash-snapshot",
+        b"x",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    c.recv_push().await;
+    eventually("the push counted, and timed", || async {
+        let d = get(h, "/_/dashboard/snapshot").await.json();
+        d["totals"]["pushes"].as_f64() > Some(before)
+            && d["latency"]["publish"]["room"]["p99"].as_f64().is_some()
+            && d["rates"]["pushes"].as_f64() > Some(0.0)
+    })
+    .await;
+    // The page is public (it holds nothing); its assets are embedded.
+    let page = get(h, "/_/dashboard").await;
+    assert_eq!(page.status, 200);
+    for asset in ["dashboard.js", "dashboard.css"] {
+        assert!(page.text().contains(asset), "the page loads {asset}");
+        assert_eq!(get(h, &format!("/_/dashboard/{asset}")).await.status, 200);
+    }
+    assert_eq!(get(h, "/_/dashboard/nothing.js").await.status, 404);
+    s.shutdown().await;
+}
+
+/// The Grafana dashboard in `deploy/grafana/` queries only metrics herald
+/// exports and documents.
+#[test]
+fn grafana_dashboard_queries_documented_metrics() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/herald.json")).unwrap(),
+    )
+    .expect("deploy/grafana/herald.json is JSON");
+    let docs = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let mut exprs = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(exprs.len() > 20, "{} queries", exprs.len());
+    let mut names = std::collections::BTreeSet::new();
+    for e in &exprs {
+        let mut rest = e.as_str();
+        while let Some(i) = rest.find("herald_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            names.insert(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+    }
+    for name in &names {
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            docs.contains(&format!("`{base}`")),
+            "the Grafana dashboard queries {name}, which docs/operations.md does not document"
+        );
+    }
+}
+
 #[tokio::test]
 async fn metrics_and_demo_page() {
     let s = start().await;

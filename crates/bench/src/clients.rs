@@ -47,9 +47,11 @@ pub struct ClientArgs {
     /// Server kind.
     #[arg(long, value_enum, default_value = "herald-ws")]
     pub target: Target,
-    /// Server address.
-    #[arg(long, default_value = "127.0.0.1:3102")]
-    pub addr: SocketAddr,
+    /// Server address; several (comma-separated) spread the clients over them
+    /// by member id (client `mid` connects to address `mid % count`), e.g. one
+    /// per comet of a cluster.
+    #[arg(long, default_value = "127.0.0.1:3102", value_delimiter = ',', num_args = 1..)]
+    pub addr: Vec<SocketAddr>,
     /// Number of connections.
     #[arg(long, short = 'n', default_value_t = 1000)]
     pub connections: usize,
@@ -608,26 +610,35 @@ fn auth_body(args: &ClientArgs, mid: u64, track: &Track) -> String {
     body.to_string()
 }
 
+/// The server member `mid` connects to: the addresses take turns.
+fn server_of(addrs: &[SocketAddr], mid: u64) -> anyhow::Result<SocketAddr> {
+    if addrs.is_empty() {
+        bail!("no server address (--addr)");
+    }
+    Ok(addrs[(mid % addrs.len() as u64) as usize])
+}
+
 async fn connect(
     i: usize,
     args: &ClientArgs,
     dialer: &Dialer,
     track: &Track,
 ) -> anyhow::Result<Conn> {
+    let mid = args.first_mid + i as u64;
+    let addr = server_of(&args.addr, mid)?;
     let socket = TcpSocket::new_v4()?;
     socket
         .bind(SocketAddr::new(source(i, args.sources), 0))
         .context("bind source address")?;
-    let stream = socket.connect(args.addr).await.context("connect")?;
+    let stream = socket.connect(addr).await.context("connect")?;
     stream.set_nodelay(true)?;
     let mut stream = match &dialer.tls {
         Some(tls) => Link::tls(stream, tls).await.context("TLS handshake")?,
         None => Link::Plain(stream),
     };
-    let mid = args.first_mid + i as u64;
     let auth = auth_body(args, mid, track);
     let mut buf = Vec::new();
-    let host = args.addr.to_string();
+    let host = addr.to_string();
     if args.target != Target::HeraldTcp {
         let path = if args.target == Target::NatsWs {
             "/"
@@ -869,5 +880,22 @@ impl Conn {
             self.pending = Vec::new();
         }
         Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_take_turns_over_the_servers() {
+        let a: Vec<SocketAddr> = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let picks: Vec<u16> = (1..=6).map(|m| server_of(&a, m).unwrap().port()).collect();
+        assert_eq!(picks, [2, 3, 1, 2, 3, 1]);
+        assert_eq!(server_of(&a[..1], 42).unwrap(), a[0]);
+        assert!(server_of(&[], 1).is_err());
     }
 }

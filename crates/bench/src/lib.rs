@@ -96,6 +96,10 @@ pub enum Cmd {
         /// answer before its next push).
         #[arg(long, default_value_t = 8)]
         connections: u64,
+        /// `speed` of `--kind all` pushes: connections per second over the
+        /// cluster (0 = no limit).
+        #[arg(long, default_value_t = 0)]
+        speed: u32,
     },
     /// Run a benchmark scenario and write its report.
     Run(Box<scenario::RunArgs>),
@@ -134,15 +138,23 @@ pub fn run(command: Cmd, how: Invocation) -> anyhow::Result<()> {
                 rate,
                 count,
                 connections,
+                speed,
             } => {
                 let (first, n) = mids
                     .split_once(',')
                     .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
                     .ok_or_else(|| anyhow::anyhow!("--mids is FIRST,COUNT"))?;
                 let start = Instant::now();
-                let (ok, failed) =
-                    push::herald_at_rate(http, kind, &room, (first, n), connections, rate, count)
-                        .await;
+                let (ok, failed) = push::herald_at_rate(
+                    |part, parts| {
+                        push::Publisher::herald_part(http, kind, &room, (first, n), part, parts)
+                            .with_speed(speed)
+                    },
+                    connections,
+                    rate,
+                    count,
+                )
+                .await;
                 println!(
                     "{ok} pushes accepted, {failed} failed in {:.2}s ({:.1}/s)",
                     start.elapsed().as_secs_f64(),

@@ -140,6 +140,8 @@ pub enum Publisher {
         next: u64,
         /// How far `next` moves per push (one of several parallel publishers).
         stride: u64,
+        /// `speed` of `push/all` (connections per second; 0: no limit).
+        speed: u32,
     },
     /// nats-server (plain TCP client protocol).
     Nats { stream: TcpStream, subject: String },
@@ -171,7 +173,16 @@ impl Publisher {
             mids,
             next: part,
             stride: parts.max(1),
+            speed: 0,
         }
+    }
+
+    /// Sets the `speed` of `push/all` (connections per second; 0: no limit).
+    pub fn with_speed(mut self, to: u32) -> Publisher {
+        if let Publisher::Herald { speed, .. } = &mut self {
+            *speed = to;
+        }
+        self
     }
 
     /// A NATS publisher on `subject`.
@@ -217,6 +228,7 @@ impl Publisher {
                 mids,
                 next,
                 stride,
+                speed,
             } => {
                 let (typ, id) = room.split_once("://").unwrap_or(("bench", room.as_str()));
                 let mid = mids.0 + (*next % mids.1.max(1));
@@ -227,6 +239,9 @@ impl Publisher {
                     }
                     PushKind::Keys => format!("/goim/push/keys?operation=1000&keys=bench-{mid}"),
                     PushKind::Mids => format!("/goim/push/mids?operation=1000&mids={mid}"),
+                    PushKind::All if *speed > 0 => {
+                        format!("/goim/push/all?operation=1000&speed={speed}")
+                    }
                     PushKind::All => "/goim/push/all?operation=1000".to_string(),
                 };
                 let (status, body) = http.request("POST", &path, payload.as_bytes()).await?;
@@ -260,13 +275,10 @@ pub async fn publish_sized(p: &mut Publisher, rate: f64, count: u64, size: usize
 
 /// Publishes `count` herald pushes at `rate` per second over `connections`
 /// keep-alive connections in parallel (one request at a time on each, so the
-/// rate holds while each push waits for the queue's acknowledgement).
-/// Returns (accepted, failed).
+/// rate holds while each push waits for the queue's acknowledgement), publisher
+/// `part_of(part, parts)` on each. Returns (accepted, failed).
 pub async fn herald_at_rate(
-    addr: SocketAddr,
-    kind: PushKind,
-    room: &str,
-    mids: (u64, u64),
+    part_of: impl Fn(u64, u64) -> Publisher,
     connections: u64,
     rate: f64,
     count: u64,
@@ -274,7 +286,7 @@ pub async fn herald_at_rate(
     let parts = connections.clamp(1, count.max(1));
     let mut tasks = Vec::new();
     for part in 0..parts {
-        let mut p = Publisher::herald_part(addr, kind, room, mids, part, parts);
+        let mut p = part_of(part, parts);
         let share = rate / parts as f64;
         tasks.push(tokio::spawn(async move {
             // Start the connections a tick apart, so their pushes interleave.

@@ -166,7 +166,7 @@ impl Server {
     pub fn client_args(&self, n: usize, sources: u8, concurrency: usize) -> ClientArgs {
         ClientArgs {
             target: self.target,
-            addr: self.client_addr,
+            addr: vec![self.client_addr],
             connections: n,
             first_mid: 1,
             room: ROOM.into(),

@@ -142,7 +142,7 @@ async fn leave_miss_and_recover(target: Target) {
     let addr = stand_in(top.clone(), target == Target::HeraldWs).await;
     let args = ClientArgs {
         target,
-        addr,
+        addr: vec![addr],
         connections: 6,
         first_mid: 1,
         room: ROOM.into(),

@@ -45,7 +45,7 @@ async fn until(what: &str, ok: impl Fn() -> bool) {
 fn tls_args(addr: SocketAddr, ca: std::path::PathBuf, n: usize) -> ClientArgs {
     ClientArgs {
         target: Target::FloorWs,
-        addr,
+        addr: vec![addr],
         connections: n,
         first_mid: 1,
         room: "bench://1".into(),

@@ -18,14 +18,17 @@
 # CLUSTER_* names of this script's own settings.)
 #
 # NAME is an engine (etcd, redis, nats, kafka) or a process (comet1, comet2,
-# logic1, logic2, job1, job2). Engines are installed when missing (Debian packages;
+# logic1, logic2, job1, job2; with CLUSTER_COMETS=N, N comets: comet1 to cometN,
+# N up to 9, the third and later configured as comet1 or comet2 with their own
+# ports and zone). Engines are installed when missing (Debian packages;
 # tansu, the Kafka-compatible broker, from crates.io). The herald binary is
 # $CLUSTER_BIN, or target/release/herald (built when missing). State, logs and
 # engine data live in $CLUSTER_DIR (default: ${TMPDIR:-/tmp}/herald-local, or
 # herald-local-<base> with another CLUSTER_BASE_PORT).
 #
 # Ports, with the default CLUSTER_BASE_PORT=3100: comets TCP 3101/3201, WebSocket
-# 3102/3202 (path /sub), gRPC 3109/3209, metrics 3129/3229; logics HTTP 3111/3211,
+# 3102/3202 (path /sub), gRPC 3109/3209, metrics 3129/3229 (comet K: 3K01, 3K02,
+# 3K09, 3K29); logics HTTP 3111/3211,
 # gRPC 3119/3219; jobs metrics 3139/3239; etcd 23790 (peers 23800), Redis 26379
 # (store db 0, queue db 1), NATS 24222, Kafka 29092. These are standalone's ports
 # too (TCP 3101, WebSocket 3102, HTTP 3111): CLUSTER_BASE_PORT=4100 moves every
@@ -58,7 +61,13 @@ if [ "$base" = 3100 ]; then
 else
   state="${CLUSTER_DIR:-${TMPDIR:-/tmp}/herald-local-$base}"
 fi
-processes=(comet1 comet2 logic1 logic2 job1 job2)
+# The number of comets: CLUSTER_COMETS, else what the running cluster was
+# started with, else 2.
+comets="${CLUSTER_COMETS:-$(cat "$state/comets" 2>/dev/null || echo 2)}"
+[[ "$comets" =~ ^[1-9]$ ]] || die "CLUSTER_COMETS must be 1 to 9, not '$comets'"
+processes=()
+for ((k = 1; k <= comets; k++)); do processes+=("comet$k"); done
+processes+=(logic1 logic2 job1 job2)
 
 pid_of() { cat "$state/$1.pid" 2>/dev/null || true; }
 
@@ -75,7 +84,7 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 port_of() {
   case "$1" in
     etcd) port 23790 ;; redis) port 26379 ;; nats) port 24222 ;; kafka) port 29092 ;;
-    comet1) port 3109 ;; comet2) port 3209 ;; logic1) port 3111 ;; logic2) port 3211 ;;
+    comet[1-9]) port $((3009 + ${1#comet} * 100)) ;; logic1) port 3111 ;; logic2) port 3211 ;;
     job1) port 3139 ;; job2) port 3239 ;;
     *) die "unknown name: $1 (engines: etcd redis nats kafka; processes: ${processes[*]})" ;;
   esac
@@ -109,6 +118,8 @@ role_env() {
       echo "HERALD_RPC__COMET_BIND=127.0.0.1:$(port $((3109 + d)))"
       echo "HERALD_METRICS__BIND=127.0.0.1:$(port $((3129 + d)))"
       echo "HERALD_QUEUE__BACKEND=$(queue)"
+      # Comets after the second take comet1's or comet2's file and zone.
+      echo "HERALD_SERVER__ZONE=z$(( (${name: -1} - 1) % 2 + 1 ))"
       return
       ;;
     logic*)
@@ -162,7 +173,7 @@ wait_up() {
 }
 
 start_one() {
-  local name="$1" bin role overrides
+  local name="$1" bin role file overrides
   same_base
   mkdir -p "$state"
   if ! running "$name" && port_open "$(port_of "$name")"; then
@@ -197,10 +208,12 @@ start_one() {
       launch kafka "$bin" broker --listener-url "tcp://127.0.0.1:$(port 29092)" \
         --advertised-listener-url "tcp://127.0.0.1:$(port 29092)" --storage-engine memory://tansu/
       ;;
-    comet1 | comet2 | logic1 | logic2 | job1 | job2)
-      role="${name%[12]}"
+    comet[1-9] | logic1 | logic2 | job1 | job2)
+      role="${name%[1-9]}"
+      file="$name"
+      [ "$role" != comet ] || file="comet$(( (${name: -1} - 1) % 2 + 1 ))"
       mapfile -t overrides < <(role_env "$name")
-      launch "$name" env "${overrides[@]}" "$(herald_bin)" "$role" --config "$here/$name.toml"
+      launch "$name" env "${overrides[@]}" "$(herald_bin)" "$role" --config "$here/$file.toml"
       ;;
     *) port_of "$name" >/dev/null ;;
   esac
@@ -238,6 +251,7 @@ case "$cmd" in
     mkdir -p "$state"
     echo "$q" >"$state/queue"
     echo "$base" >"$state/base_port"
+    echo "$comets" >"$state/comets"
     ensure_engines etcd redis "$q"
     herald_bin >/dev/null
     for e in $(engines); do start_one "$e"; done
@@ -248,7 +262,9 @@ case "$cmd" in
     echo "Logs and data: $state"
     ;;
   down | clean)
-    for p in "${processes[@]}"; do stop_one "$p"; done
+    # Every comet that may run, whatever CLUSTER_COMETS says now.
+    for p in comet{1..9} logic1 logic2 job1 job2; do stop_one "$p"; done
+    rm -f "$state/comets"
     for e in kafka nats redis etcd; do stop_one "$e"; done
     rm -f "$state/base_port"
     if [ "$cmd" = clean ]; then rm -rf "$state"; echo "removed $state"; fi
@@ -295,6 +311,9 @@ case "$cmd" in
     echo "Now (CLUSTER_BASE_PORT=$base; state: $state):"
     echo "  comet1 TCP $(port 3101), WebSocket $(port 3102), gRPC $(port 3109), metrics $(port 3129)"
     echo "  comet2 TCP $(port 3201), WebSocket $(port 3202), gRPC $(port 3209), metrics $(port 3229)"
+    for ((k = 3; k <= comets; k++)); do
+      echo "  comet$k TCP $(port $((3001 + k * 100))), WebSocket $(port $((3002 + k * 100))), gRPC $(port $((3009 + k * 100))), metrics $(port $((3029 + k * 100)))"
+    done
     echo "  logic1 HTTP $(port 3111), gRPC $(port 3119); logic2 HTTP $(port 3211), gRPC $(port 3219)"
     echo "  job1 metrics $(port 3139); job2 metrics $(port 3239)"
     echo "  etcd $(port 23790) (peers $(port 23800)), Redis $(port 26379), NATS $(port 24222), Kafka $(port 29092)"

@@ -32,6 +32,7 @@ pub mod pki;
 pub mod procfs;
 pub mod push;
 pub mod report;
+pub mod scale;
 pub mod scenario;
 pub mod servers;
 pub mod targets;
@@ -103,6 +104,9 @@ pub enum Cmd {
     },
     /// Run a benchmark scenario and write its report.
     Run(Box<scenario::RunArgs>),
+    /// Many clients against a running deployment: memory and heartbeat CPU per
+    /// connection, pushes to all of them (scripts/bench-scale.sh).
+    Scale(Box<scale::ScaleArgs>),
     /// Run the floor server.
     Floor(floor::FloorArgs),
     /// (internal) A client worker process driven by `run` or `clients`.
@@ -163,6 +167,7 @@ pub fn run(command: Cmd, how: Invocation) -> anyhow::Result<()> {
                 Ok(())
             }
             Cmd::Clients { args, duration } => run_clients(args, duration).await,
+            Cmd::Scale(args) => scale::run(*args).await.map(|_| ()),
         }
     })
 }

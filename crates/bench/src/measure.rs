@@ -247,7 +247,9 @@ async fn measure_pushes<F: Future>(
         alongside
     );
     let expected = ok * receivers_per_push;
-    let t_done = wait_delivered(workers, expected).await;
+    let t_done = workers
+        .wait_received(expected, Duration::from_secs(3))
+        .await;
     let cpu1 = procfs::cpu_ns(server.pid)?;
     let elapsed = t_done.duration_since(t0).as_secs_f64();
     stop_sampler.store(true, Ordering::Relaxed);
@@ -272,26 +274,6 @@ async fn measure_pushes<F: Future>(
         m.deliveries_per_sec = Some(snap.received as f64 / elapsed.max(1e-3));
     }
     Ok((hist, beside))
-}
-
-/// Waits until `workers` received `expected` messages, or until 3 s pass with
-/// none arriving; returns when the last one arrived.
-async fn wait_delivered(workers: &Workers, expected: u64) -> Instant {
-    let mut last = (workers.status().received, Instant::now());
-    let mut t_done = Instant::now();
-    loop {
-        let r = workers.status().received;
-        if r >= expected {
-            return Instant::now();
-        }
-        if r != last.0 {
-            last = (r, Instant::now());
-            t_done = last.1;
-        } else if last.1.elapsed() > Duration::from_secs(3) {
-            return t_done;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// loaded: probe clients of each kind.
@@ -342,7 +324,9 @@ impl ProbeGroup {
         pushes: (u64, u64),
         receivers: u64,
     ) -> anyhow::Result<ProbeFigures> {
-        wait_delivered(&self.workers, pushes.0 * receivers).await;
+        self.workers
+            .wait_received(pushes.0 * receivers, Duration::from_secs(3))
+            .await;
         let snap = self.workers.report().await?;
         Ok(ProbeFigures::new(
             pushes,

@@ -233,6 +233,26 @@ impl Workers {
         }
     }
 
+    /// Waits until the clients received `expected` messages in all, or until
+    /// `quiet` passes with none arriving; returns when the last one arrived.
+    pub async fn wait_received(&self, expected: u64, quiet: Duration) -> std::time::Instant {
+        let mut last = (self.status().received, std::time::Instant::now());
+        let mut t_done = std::time::Instant::now();
+        loop {
+            let r = self.status().received;
+            if r >= expected {
+                return std::time::Instant::now();
+            }
+            if r != last.0 {
+                last = (r, std::time::Instant::now());
+                t_done = last.1;
+            } else if last.1.elapsed() > quiet {
+                return t_done;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops every worker (their connections close).
     pub async fn stop(mut self) {
         self.stop_all().await;

@@ -2,7 +2,8 @@
 // events, read with fetch so the API key can go in a header) and draws them.
 // Everything shown is set as text: no figure or name is ever parsed as HTML.
 
-const KEY_STORE = 'herald.apiKey'; // shared with the demo page
+import { apiKey, storeApiKey } from '/_/apikey.js'; // shared with the demo page
+
 const HISTORY = 300; // points kept per series: 5 minutes at one a second
 const $ = (id) => document.getElementById(id);
 
@@ -19,17 +20,6 @@ const series = {
   dispatch: [],
   fanout: [],
 };
-
-function apiKey() {
-  try { return window.sessionStorage.getItem(KEY_STORE) || ''; } catch (_) { return ''; }
-}
-
-function storeApiKey(key) {
-  try {
-    if (key) window.sessionStorage.setItem(KEY_STORE, key);
-    else window.sessionStorage.removeItem(KEY_STORE);
-  } catch (_) { /* storage disabled: the key lives until the page reloads */ }
-}
 
 function setStatus(state, text) {
   const s = $('status');

@@ -1,5 +1,6 @@
 /* herald push demo — page logic, on the client SDK (sdk/herald.js). */
 import { HeraldClient } from './sdk/herald.js';
+import { apiKey, storeApiKey } from './apikey.js';
 
 {
 
@@ -16,22 +17,10 @@ import { HeraldClient } from './sdk/herald.js';
 
   // ---------------------------------------------------------------- API key
 
-  const KEY_STORE = 'herald.apiKey';
   let keyRequired = false;
   // After a 401 the page stops polling until a new key is entered, rather than
   // sending the refused key every few seconds.
   let keyRefused = false;
-
-  function apiKey() {
-    try { return window.sessionStorage.getItem(KEY_STORE) || ''; } catch (_) { return ''; }
-  }
-
-  function storeApiKey(key) {
-    try {
-      if (key) window.sessionStorage.setItem(KEY_STORE, key);
-      else window.sessionStorage.removeItem(KEY_STORE);
-    } catch (_) { /* storage disabled: the key lives until the page reloads */ }
-  }
 
   /** Request headers with the key, when the server wants one and we have it. */
   function withKey(headers) {

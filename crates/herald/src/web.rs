@@ -32,6 +32,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         "text/css; charset=utf-8",
         include_bytes!("../../../web/demo/style.css"),
     ),
+    (
+        "apikey.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../../web/demo/apikey.js"),
+    ),
 ];
 
 /// The client SDK (`web/sdk`), served under `/_/sdk/`.

@@ -90,6 +90,19 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// A loopback address whose port is free on every address, even for a server
+/// that does not reuse addresses and listens on all of them whatever it is told
+/// (mosquitto's WebSocket listener): the kernel picks the port for a socket
+/// bound to 0.0.0.0 without `SO_REUSEADDR` (the standard library's listeners
+/// set it, and may get a port that closed connections of the load generator's
+/// other loopback addresses still hold in TIME_WAIT).
+pub fn strictly_free_addr() -> anyhow::Result<SocketAddr> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("0.0.0.0:0".parse()?)?;
+    let port = socket.local_addr()?.port();
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
 async fn wait_port(addr: SocketAddr, child: &mut Child, what: &str) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
@@ -416,7 +429,12 @@ pub async fn start_nats(explicit: Option<&Path>) -> anyhow::Result<Server> {
 /// the open-file limit allows.
 pub async fn start_mosquitto(explicit: Option<&Path>) -> anyhow::Result<Server> {
     let bin = peer_binary(MOSQUITTO, explicit)?;
-    let (client, ws) = (free_addr()?, free_addr()?);
+    // mosquitto's listeners do not reuse addresses: their ports must be free
+    // of connections in TIME_WAIT too, on every address.
+    mosquitto_on(&bin, strictly_free_addr()?, strictly_free_addr()?).await
+}
+
+async fn mosquitto_on(bin: &Path, client: SocketAddr, ws: SocketAddr) -> anyhow::Result<Server> {
     let dir = std::env::temp_dir().join(format!(
         "herald-bench-mosquitto-{}-{}",
         std::process::id(),
@@ -427,7 +445,8 @@ pub async fn start_mosquitto(explicit: Option<&Path>) -> anyhow::Result<Server> 
     std::fs::write(
         &conf,
         format!(
-            "persistence false\nlog_dest none\nper_listener_settings false\n\
+            "persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n\
+             per_listener_settings false\n\
              allow_anonymous true\nmax_connections -1\n\
              listener {} {}\n\
              listener {} {}\nprotocol websockets\n",
@@ -437,15 +456,21 @@ pub async fn start_mosquitto(explicit: Option<&Path>) -> anyhow::Result<Server> 
             ws.ip()
         ),
     )?;
-    let mut child = Command::new(&bin)
+    // Its errors go to a log next to its configuration, quoted if it fails.
+    let log = dir.join("mosquitto.log");
+    let mut child = Command::new(bin)
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
-    wait_port(ws, &mut child, "mosquitto").await?;
+    if let Err(e) = wait_port(ws, &mut child, "mosquitto").await {
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        bail!("{e:#}; it said: {}", said.trim());
+    }
     let pid = child.id().context("mosquitto pid")?;
     Ok(Server {
         name: "mosquitto".into(),

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the benchmark scenarios side by side with nats-server and the floor and
+# Runs the benchmark scenarios side by side with nats-server, mosquitto and the
+# floor and
 # writes JSON reports, Markdown summaries and SVG charts to bench-results/.
 #
 #   scripts/bench.sh                 # every plain scenario at 15,000 connections
@@ -47,10 +48,12 @@ apt_install() {
     sudo apt-get update -qq && sudo apt-get install -y -qq "$@" >/dev/null
   fi
 }
-if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
-  echo "installing nats-server (Debian package) for the side-by-side runs"
-  apt_install nats-server
-fi
+for peer in nats-server mosquitto; do
+  if ! command -v "$peer" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$peer" ]; then
+    echo "installing $peer (Debian package) for the side-by-side runs"
+    apt_install "$peer"
+  fi
+done
 
 # Loopback clients need many ephemeral ports; widen the range when allowed.
 if [ -w /proc/sys/net/ipv4/ip_local_port_range ]; then

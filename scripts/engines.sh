@@ -2,7 +2,8 @@
 # Finding and installing the engines herald runs on (sourced by scripts/test.sh
 # and deploy/local/cluster.sh). Debian packages for redis-server, nats-server and
 # etcd; tansu (a Kafka-compatible broker) from crates.io; Chromium and
-# chromedriver for the browser tests.
+# chromedriver for the browser tests; mosquitto, the MQTT peer of the benchmarks
+# (its clients are tested against it).
 
 # engine_bin NAME: prints the path of NAME (PATH, sbin directories, cargo's bin).
 engine_bin() {
@@ -15,7 +16,7 @@ engine_bin() {
 }
 
 # ensure_engines WHAT...: installs what is missing. WHAT is any of redis, nats,
-# etcd (with etcdctl), kafka (tansu), tls-proxy (socat: the TLS terminator the
+# etcd (with etcdctl), kafka (tansu), mqtt (mosquitto), tls-proxy (socat: the TLS terminator the
 # Kafka TLS tests put in front of tansu), build (make, a C compiler, pkg-config
 # and OpenSSL's headers, for librdkafka with TLS and SASL) and browser (headless
 # Chromium and its WebDriver, chromedriver, for the SDK's browser tests).
@@ -30,6 +31,7 @@ ensure_engines() {
         engine_bin etcdctl >/dev/null || pkgs+=(etcd-client)
         ;;
       tls-proxy) engine_bin socat >/dev/null || pkgs+=(socat) ;;
+      mqtt) engine_bin mosquitto >/dev/null || pkgs+=(mosquitto) ;;
       browser)
         engine_bin chromium >/dev/null || pkgs+=(chromium)
         engine_bin chromedriver >/dev/null || pkgs+=(chromium-driver)

@@ -21,7 +21,7 @@ fi
 . scripts/engines.sh
 export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
 step "engines and build tools"
-ensure_engines redis nats etcd kafka tls-proxy build browser
+ensure_engines redis nats etcd kafka mqtt tls-proxy build browser
 
 step "format (cargo fmt --check)"
 cargo fmt --all --check

@@ -39,6 +39,9 @@ pub enum Target {
     FloorWs,
     /// nats-server's WebSocket listener, one subscription per client.
     NatsWs,
+    /// An MQTT 3.1.1 broker's WebSocket listener (mosquitto): one QoS-0
+    /// subscription per client to `--subject` as the topic.
+    MqttWs,
 }
 
 /// Client settings (shared by the `clients` command and the scenario runner).
@@ -61,7 +64,7 @@ pub struct ClientArgs {
     /// Room every client joins.
     #[arg(long, default_value = "bench://1")]
     pub room: String,
-    /// NATS subject for `nats-ws`.
+    /// NATS subject for `nats-ws`, MQTT topic for `mqtt-ws`.
     #[arg(long, default_value = "bench.room")]
     pub subject: String,
     /// Loopback source addresses to spread connections over (each gives ~28k ports).
@@ -123,7 +126,7 @@ impl Dialer {
     /// Checks `args` and loads what the clients share (the CA for `--tls`).
     pub fn new(args: &ClientArgs) -> anyhow::Result<Dialer> {
         let tls = if args.tls {
-            if matches!(args.target, Target::NatsWs) {
+            if matches!(args.target, Target::NatsWs | Target::MqttWs) {
                 bail!("--tls works with herald-ws, herald-tcp and floor-ws");
             }
             let ca = args
@@ -583,8 +586,9 @@ struct Conn {
     target: Target,
     /// Unparsed bytes (an incomplete frame).
     pending: Vec<u8>,
-    /// NATS text stream reassembled from WebSocket payloads.
-    nats: Vec<u8>,
+    /// A peer's byte stream (NATS text, MQTT packets) reassembled from
+    /// WebSocket payloads.
+    stream: Vec<u8>,
     seq: i32,
 }
 
@@ -640,13 +644,13 @@ async fn connect(
     let mut buf = Vec::new();
     let host = addr.to_string();
     if args.target != Target::HeraldTcp {
-        let path = if args.target == Target::NatsWs {
-            "/"
-        } else {
-            "/sub"
+        let (path, protocol) = match args.target {
+            Target::NatsWs => ("/", None),
+            Target::MqttWs => ("/mqtt", Some("mqtt")),
+            _ => ("/sub", None),
         };
         stream
-            .write_all(wire::upgrade_request(&host, path).as_bytes())
+            .write_all(wire::upgrade_request_for(&host, path, protocol).as_bytes())
             .await?;
         let head = loop {
             if let Some(n) = wire::http_head_len(&buf) {
@@ -663,7 +667,7 @@ async fn connect(
         link: stream,
         target: args.target,
         pending: buf,
-        nats: Vec::new(),
+        stream: Vec::new(),
         seq: 1,
     };
     match args.target {
@@ -686,6 +690,16 @@ async fn connect(
                 .write_all(&wire::ws_message(cmd.as_bytes(), false))
                 .await?;
         }
+        Target::MqttWs => {
+            // The broker drops a client silent for 1.5 keep-alives; it pings
+            // every heartbeat.
+            let keep_alive = u16::try_from(args.heartbeat_secs.max(1) * 2).unwrap_or(u16::MAX);
+            let mut hello = wire::mqtt_connect(&format!("bench-{mid}"), keep_alive);
+            hello.extend_from_slice(&wire::mqtt_subscribe(1, &args.subject));
+            conn.link
+                .write_all(&wire::ws_message(&hello, false))
+                .await?;
+        }
     }
     // Wait for the auth reply (op 8) or, for NATS, the PONG after SUB.
     loop {
@@ -702,6 +716,24 @@ async fn connect(
 }
 
 impl Conn {
+    /// Moves the payloads of the complete WebSocket messages in `pending` to
+    /// `stream` (a peer's protocol is a byte stream split over messages).
+    fn reassemble(&mut self) -> anyhow::Result<()> {
+        let mut pos = 0;
+        while let Some((op, start, end)) =
+            wire::server_ws_frame(&self.pending[pos..]).map_err(anyhow::Error::msg)?
+        {
+            if op == 8 {
+                bail!("close frame from server");
+            }
+            self.stream
+                .extend_from_slice(&self.pending[pos + start..pos + end]);
+            pos += end;
+        }
+        self.pending.drain(..pos);
+        Ok(())
+    }
+
     /// Scans handshake replies; `done(true)` once authenticated/subscribed. What
     /// follows the auth reply (op 8) stays in `pending` for [`Conn::serve`]: a
     /// recovering client's replays and stream states may come with it.
@@ -742,15 +774,26 @@ impl Conn {
                 self.pending.drain(..end);
             },
             Target::NatsWs => {
-                while let Some((_, start, end)) =
-                    wire::server_ws_frame(&self.pending).map_err(anyhow::Error::msg)?
-                {
-                    self.nats.extend_from_slice(&self.pending[start..end]);
-                    self.pending.drain(..end);
-                }
-                if let Some(p) = self.nats.windows(6).position(|w| w == b"PONG\r\n") {
-                    self.nats.drain(..p + 6);
+                self.reassemble()?;
+                if let Some(p) = self.stream.windows(6).position(|w| w == b"PONG\r\n") {
+                    self.stream.drain(..p + 6);
                     ok = true;
+                }
+            }
+            Target::MqttWs => {
+                self.reassemble()?;
+                let mut refused = None;
+                let used = wire::mqtt_packets(&self.stream, &mut |p| match p {
+                    wire::MqttIn::ConnAck(0) => {}
+                    wire::MqttIn::ConnAck(code) => refused = Some(format!("CONNACK {code}")),
+                    wire::MqttIn::SubAck(0x80) => refused = Some("SUBACK refused".into()),
+                    wire::MqttIn::SubAck(_) => ok = true,
+                    _ => {}
+                })
+                .map_err(anyhow::Error::msg)?;
+                self.stream.drain(..used);
+                if let Some(why) = refused {
+                    bail!("the broker refused: {why}");
                 }
             }
         }
@@ -802,6 +845,7 @@ impl Conn {
                         Target::HeraldTcp => wire::goim(2, self.seq, b""),
                         Target::HeraldWs | Target::FloorWs => wire::ws_message(&wire::goim(2, self.seq, b""), false),
                         Target::NatsWs => wire::ws_message(b"PING\r\n", false),
+                        Target::MqttWs => wire::ws_message(&wire::MQTT_PINGREQ, false),
                     };
                     self.link.write_all(&frame).await?;
                 }
@@ -849,22 +893,24 @@ impl Conn {
                 self.pending.drain(..pos);
             }
             Target::NatsWs => {
-                let mut pos = 0;
-                while let Some((_, start, end)) =
-                    wire::server_ws_frame(&self.pending[pos..]).map_err(anyhow::Error::msg)?
-                {
-                    self.nats
-                        .extend_from_slice(&self.pending[pos + start..pos + end]);
-                    pos += end;
-                }
-                self.pending.drain(..pos);
+                self.reassemble()?;
                 let mut pings = 0;
-                let used = wire::nats_ops(&self.nats, &mut |m| tally.push(m), &mut || pings += 1)
+                let used = wire::nats_ops(&self.stream, &mut |m| tally.push(m), &mut || pings += 1)
                     .map_err(anyhow::Error::msg)?;
-                self.nats.drain(..used);
+                self.stream.drain(..used);
                 if pings > 0 {
                     reply = Some(wire::ws_message(&b"PONG\r\n".repeat(pings), false));
                 }
+            }
+            Target::MqttWs => {
+                self.reassemble()?;
+                let used = wire::mqtt_packets(&self.stream, &mut |p| {
+                    if let wire::MqttIn::Publish(m) = p {
+                        tally.push(m);
+                    }
+                })
+                .map_err(anyhow::Error::msg)?;
+                self.stream.drain(..used);
             }
         }
         let received = tally.received;

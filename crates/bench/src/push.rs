@@ -145,6 +145,8 @@ pub enum Publisher {
     },
     /// nats-server (plain TCP client protocol).
     Nats { stream: TcpStream, subject: String },
+    /// An MQTT broker (plain TCP, QoS 0).
+    Mqtt { stream: TcpStream, topic: String },
     /// The floor's control connection.
     Floor { stream: TcpStream },
 }
@@ -209,6 +211,41 @@ impl Publisher {
         })
     }
 
+    /// An MQTT publisher on `topic`: connected (CONNACK received), then QoS-0
+    /// PUBLISHes, which the broker does not acknowledge.
+    pub async fn mqtt(addr: SocketAddr, topic: &str) -> anyhow::Result<Publisher> {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .context("connect to the MQTT broker")?;
+        stream.set_nodelay(true)?;
+        stream
+            .write_all(&wire::mqtt_connect("herald-bench-publisher", 0))
+            .await?;
+        let mut buf = Vec::new();
+        let mut code = None;
+        while code.is_none() {
+            let mut chunk = [0u8; 256];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                bail!("the MQTT broker closed the connection");
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            wire::mqtt_packets(&buf, &mut |p| {
+                if let wire::MqttIn::ConnAck(c) = p {
+                    code = Some(c);
+                }
+            })
+            .map_err(anyhow::Error::msg)?;
+        }
+        if code != Some(0) {
+            bail!("the MQTT broker refused the publisher: CONNACK {code:?}");
+        }
+        Ok(Publisher::Mqtt {
+            stream,
+            topic: topic.to_string(),
+        })
+    }
+
     /// A floor publisher.
     pub async fn floor(addr: SocketAddr) -> anyhow::Result<Publisher> {
         let stream = TcpStream::connect(addr)
@@ -253,6 +290,12 @@ impl Publisher {
             Publisher::Nats { stream, subject } => {
                 let msg = format!("PUB {subject} {}\r\n{payload}\r\n", payload.len());
                 stream.write_all(msg.as_bytes()).await?;
+                Ok(())
+            }
+            Publisher::Mqtt { stream, topic } => {
+                stream
+                    .write_all(&wire::mqtt_publish(topic, payload.as_bytes()))
+                    .await?;
                 Ok(())
             }
             Publisher::Floor { stream } => {

@@ -132,9 +132,10 @@ pub struct RunArgs {
     /// idle figures; 0 leaves them out).
     #[arg(long, default_value_t = 5.0)]
     pub idle: f64,
-    /// Peers measured in the same run: comma list of `nats`, `floor`, or `none`.
-    /// With `--secure`, `floor` measures `floor-secure` (wss) too.
-    #[arg(long, default_value = "nats,floor")]
+    /// Peers measured in the same run: comma list of `nats`, `mosquitto`,
+    /// `floor`, or `none`. With `--secure`, `floor` measures `floor-secure` (wss)
+    /// too.
+    #[arg(long, default_value = "nats,mosquitto,floor")]
     pub peers: String,
     /// herald client transport: `ws` or `tcp` (with `--secure`: wss or TLS over TCP).
     #[arg(long, default_value = "ws")]
@@ -160,6 +161,9 @@ pub struct RunArgs {
     /// nats-server binary (default: from PATH, or /usr/sbin/nats-server).
     #[arg(long)]
     pub nats_server: Option<PathBuf>,
+    /// mosquitto binary (default: from PATH, or /usr/sbin/mosquitto).
+    #[arg(long)]
+    pub mosquitto: Option<PathBuf>,
     /// Loopback source addresses for the clients.
     #[arg(long, default_value_t = 8)]
     pub sources: u8,
@@ -353,7 +357,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     // A peer that cannot start is known before any measurement: say so now.
     let herald_only = args.scenario.herald_only();
     if !herald_only && peers.iter().any(|p| p == "nats" || p == "nats-server") {
-        servers::nats_binary(args.nats_server.as_deref())?;
+        servers::peer_binary(servers::NATS, args.nats_server.as_deref())?;
+    }
+    if !herald_only && peers.iter().any(|p| p == "mosquitto") {
+        servers::peer_binary(servers::MOSQUITTO, args.mosquitto.as_deref())?;
     }
     let scenario = args.scenario.name();
     let started_unix = wire::now_ns() / 1_000_000_000;
@@ -468,8 +475,11 @@ async fn run_all(
     for (peer, tls) in queue {
         let started = match peer {
             "nats" | "nats-server" => servers::start_nats(args.nats_server.as_deref()).await,
+            "mosquitto" => servers::start_mosquitto(args.mosquitto.as_deref()).await,
             "floor" => servers::start_floor(floor, tls).await,
-            other => Err(anyhow::anyhow!("unknown peer {other:?} (nats, floor)")),
+            other => Err(anyhow::anyhow!(
+                "unknown peer {other:?} (nats, mosquitto, floor)"
+            )),
         };
         let server = match started {
             Ok(s) => s,
@@ -490,7 +500,7 @@ async fn run_all(
 }
 
 /// What a herald-only scenario says when peers were asked for (`--peers`
-/// defaults to `nats,floor`).
+/// defaults to `nats,mosquitto,floor`).
 fn peers_skipped(scenario: Scenario, peers: &[String]) -> String {
     format!(
         "the {} scenario measures herald builds only (compare builds with --variant NAME=PATH); \

@@ -90,6 +90,19 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// A loopback address whose port is free on every address, even for a server
+/// that does not reuse addresses and listens on all of them whatever it is told
+/// (mosquitto's WebSocket listener): the kernel picks the port for a socket
+/// bound to 0.0.0.0 without `SO_REUSEADDR` (the standard library's listeners
+/// set it, and may get a port that closed connections of the load generator's
+/// other loopback addresses still hold in TIME_WAIT).
+pub fn strictly_free_addr() -> anyhow::Result<SocketAddr> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("0.0.0.0:0".parse()?)?;
+    let port = socket.local_addr()?.port();
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
 async fn wait_port(addr: SocketAddr, child: &mut Child, what: &str) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
@@ -109,6 +122,7 @@ async fn wait_port(addr: SocketAddr, child: &mut Child, what: &str) -> anyhow::R
 pub enum Kind {
     Herald,
     Nats,
+    Mosquitto,
     Floor,
 }
 
@@ -158,6 +172,7 @@ impl Server {
         match self.kind {
             Kind::Herald => Ok(Publisher::herald(self.push_addr, kind, room, mids)),
             Kind::Nats => Publisher::nats(self.push_addr, "bench.room").await,
+            Kind::Mosquitto => Publisher::mqtt(self.push_addr, "bench.room").await,
             Kind::Floor => Publisher::floor(self.push_addr).await,
         }
     }
@@ -303,38 +318,77 @@ pub async fn supports_jwt(bin: &Path, secret: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The nats-server to run: `explicit` (`--nats-server`), else the first in
+/// A peer server's program: `name`, and how to get it when it is missing.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerProgram {
+    /// The executable's name.
+    pub name: &'static str,
+    /// The option that names it explicitly.
+    pub option: &'static str,
+    /// The peer's name in `--peers`.
+    pub peer: &'static str,
+    /// Debian's package.
+    pub package: &'static str,
+}
+
+/// nats-server.
+pub const NATS: PeerProgram = PeerProgram {
+    name: "nats-server",
+    option: "--nats-server",
+    peer: "nats",
+    package: "nats-server",
+};
+
+/// mosquitto.
+pub const MOSQUITTO: PeerProgram = PeerProgram {
+    name: "mosquitto",
+    option: "--mosquitto",
+    peer: "mosquitto",
+    package: "mosquitto",
+};
+
+/// The program to run for a peer: `explicit` (its option), else the first in
 /// `PATH`, `/usr/sbin` or `/usr/local/bin`. This program never installs it: a
 /// missing one is an error saying how to get it.
-pub fn nats_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub fn peer_binary(program: PeerProgram, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let dirs = std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/bin")]);
-    nats_binary_in(explicit, dirs)
+    peer_binary_in(program, explicit, dirs)
 }
 
-fn nats_binary_in(
+fn peer_binary_in(
+    program: PeerProgram,
     explicit: Option<&Path>,
     dirs: impl Iterator<Item = PathBuf>,
 ) -> anyhow::Result<PathBuf> {
+    let PeerProgram {
+        name,
+        option,
+        peer,
+        package,
+    } = program;
     if let Some(p) = explicit {
         if p.is_file() {
             return Ok(p.to_path_buf());
         }
-        bail!("--nats-server {}: no such file", p.display());
+        bail!("{option} {}: no such file", p.display());
     }
-    dirs.map(|d| d.join("nats-server"))
+    dirs.map(|d| d.join(name))
         .find(|p| p.is_file())
-        .context(
-            "nats-server not found (in PATH, /usr/sbin or /usr/local/bin), and the nats peer \
-             needs it: scripts/bench.sh installs it (Debian's package: `apt-get install \
-             nats-server`); or pass --nats-server PATH, or --peers floor to measure without it",
-        )
+        .with_context(|| {
+            format!(
+                "{name} not found (in PATH, /usr/sbin or /usr/local/bin), and the {peer} peer \
+                 needs it: scripts/bench.sh installs it (Debian's package: `apt-get install \
+                 {package}`); or pass {option} PATH, or --peers without {peer} to measure \
+                 without it"
+            )
+        })
 }
 
 /// Starts nats-server with a WebSocket listener.
 pub async fn start_nats(explicit: Option<&Path>) -> anyhow::Result<Server> {
-    let bin = nats_binary(explicit)?;
+    let bin = peer_binary(NATS, explicit)?;
     let (client, ws) = (free_addr()?, free_addr()?);
     let dir = std::env::temp_dir().join(format!(
         "herald-bench-nats-{}-{}",
@@ -364,6 +418,67 @@ pub async fn start_nats(explicit: Option<&Path>) -> anyhow::Result<Server> {
         pid,
         client_addr: ws,
         target: Target::NatsWs,
+        security: None,
+        push_addr: client,
+        dir: Some(dir),
+    })
+}
+
+/// Starts mosquitto with a plain MQTT listener (the publisher's) and a
+/// WebSocket one (the clients'), anonymous, no persistence, as many clients as
+/// the open-file limit allows.
+pub async fn start_mosquitto(explicit: Option<&Path>) -> anyhow::Result<Server> {
+    let bin = peer_binary(MOSQUITTO, explicit)?;
+    // mosquitto's listeners do not reuse addresses: their ports must be free
+    // of connections in TIME_WAIT too, on every address.
+    mosquitto_on(&bin, strictly_free_addr()?, strictly_free_addr()?).await
+}
+
+async fn mosquitto_on(bin: &Path, client: SocketAddr, ws: SocketAddr) -> anyhow::Result<Server> {
+    let dir = std::env::temp_dir().join(format!(
+        "herald-bench-mosquitto-{}-{}",
+        std::process::id(),
+        client.port()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n\
+             per_listener_settings false\n\
+             allow_anonymous true\nmax_connections -1\n\
+             listener {} {}\n\
+             listener {} {}\nprotocol websockets\n",
+            client.port(),
+            client.ip(),
+            ws.port(),
+            ws.ip()
+        ),
+    )?;
+    // Its errors go to a log next to its configuration, quoted if it fails.
+    let log = dir.join("mosquitto.log");
+    let mut child = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    if let Err(e) = wait_port(ws, &mut child, "mosquitto").await {
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        bail!("{e:#}; it said: {}", said.trim());
+    }
+    let pid = child.id().context("mosquitto pid")?;
+    Ok(Server {
+        name: "mosquitto".into(),
+        kind: Kind::Mosquitto,
+        child,
+        pid,
+        client_addr: ws,
+        target: Target::MqttWs,
         security: None,
         push_addr: client,
         dir: Some(dir),
@@ -437,25 +552,37 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_nats_server_is_an_error_saying_how_to_get_it() {
-        let dir = std::env::temp_dir().join(format!("herald-bench-no-nats-{}", std::process::id()));
+    fn a_missing_peer_program_is_an_error_saying_how_to_get_it() {
+        let dir = std::env::temp_dir().join(format!("herald-bench-no-peer-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let err = format!(
-            "{:#}",
-            nats_binary_in(None, [dir.clone()].into_iter()).unwrap_err()
-        );
-        assert!(err.contains("nats-server not found"), "{err}");
-        assert!(err.contains("scripts/bench.sh installs it"), "{err}");
-        let missing = dir.join("nats-server");
-        let err = format!(
-            "{:#}",
-            nats_binary_in(Some(&missing), std::iter::empty()).unwrap_err()
-        );
-        assert!(err.contains("no such file"), "{err}");
+        for program in [NATS, MOSQUITTO] {
+            let err = format!(
+                "{:#}",
+                peer_binary_in(program, None, [dir.clone()].into_iter()).unwrap_err()
+            );
+            assert!(
+                err.contains(&format!("{} not found", program.name)),
+                "{err}"
+            );
+            assert!(err.contains("scripts/bench.sh installs it"), "{err}");
+            assert!(
+                err.contains(&format!("apt-get install {}", program.package)),
+                "{err}"
+            );
+            let missing = dir.join(program.name);
+            let err = format!(
+                "{:#}",
+                peer_binary_in(program, Some(&missing), std::iter::empty()).unwrap_err()
+            );
+            assert!(
+                err.contains("no such file") && err.contains(program.option),
+                "{err}"
+            );
 
-        std::fs::write(&missing, b"").unwrap();
-        let found = nats_binary_in(None, [dir.clone()].into_iter());
+            std::fs::write(&missing, b"").unwrap();
+            let found = peer_binary_in(program, None, [dir.clone()].into_iter());
+            assert_eq!(found.ok(), Some(missing));
+        }
         let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(found.ok(), Some(missing));
     }
 }

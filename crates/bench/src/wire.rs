@@ -61,8 +61,17 @@ pub fn ws_message(payload: &[u8], text: bool) -> Vec<u8> {
 
 /// An HTTP upgrade request.
 pub fn upgrade_request(host: &str, path: &str) -> String {
+    upgrade_request_for(host, path, None)
+}
+
+/// [`upgrade_request`] asking for a WebSocket subprotocol (MQTT brokers want
+/// `mqtt`).
+pub fn upgrade_request_for(host: &str, path: &str, protocol: Option<&str>) -> String {
+    let protocol = protocol
+        .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+        .unwrap_or_default();
     format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: aGVyYWxkLWJlbmNoLWtleQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: aGVyYWxkLWJlbmNoLWtleQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n"
     )
 }
 
@@ -197,9 +206,170 @@ pub fn nats_ops(
     }
 }
 
+// MQTT 3.1.1, just enough for a subscriber and a publisher at QoS 0: CONNECT,
+// SUBSCRIBE, PUBLISH, PINGREQ, and reading CONNACK, SUBACK, PUBLISH, PINGRESP.
+
+/// MQTT's PINGREQ.
+pub const MQTT_PINGREQ: [u8; 2] = [0xc0, 0x00];
+
+/// An MQTT packet: fixed header byte, remaining length, body.
+fn mqtt_packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut n = body.len();
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+fn mqtt_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// CONNECT (MQTT 3.1.1, clean session) as `client_id`, with a keep-alive in
+/// seconds (0: none).
+pub fn mqtt_connect(client_id: &str, keep_alive: u16) -> Vec<u8> {
+    let mut body = Vec::new();
+    mqtt_str(&mut body, "MQTT");
+    body.push(4); // protocol level 3.1.1
+    body.push(0x02); // clean session
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    mqtt_str(&mut body, client_id);
+    mqtt_packet(0x10, &body)
+}
+
+/// SUBSCRIBE to `topic` at QoS 0.
+pub fn mqtt_subscribe(packet_id: u16, topic: &str) -> Vec<u8> {
+    let mut body = packet_id.to_be_bytes().to_vec();
+    mqtt_str(&mut body, topic);
+    body.push(0);
+    mqtt_packet(0x82, &body)
+}
+
+/// PUBLISH `payload` to `topic` at QoS 0.
+pub fn mqtt_publish(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(2 + topic.len() + payload.len());
+    mqtt_str(&mut body, topic);
+    body.extend_from_slice(payload);
+    mqtt_packet(0x30, &body)
+}
+
+/// What an MQTT broker sent a client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MqttIn<'a> {
+    /// CONNACK with its return code (0: accepted).
+    ConnAck(u8),
+    /// SUBACK with the granted QoS (0x80: refused).
+    SubAck(u8),
+    /// PUBLISH's payload.
+    Publish(&'a [u8]),
+    /// PINGRESP or another packet this client ignores.
+    Other(u8),
+}
+
+/// Reads the complete MQTT packets at the start of `buf`, calling `on` for each.
+/// Returns the bytes consumed.
+pub fn mqtt_packets(buf: &[u8], on: &mut impl FnMut(MqttIn<'_>)) -> Result<usize, String> {
+    let mut pos = 0;
+    loop {
+        let rest = &buf[pos..];
+        if rest.len() < 2 {
+            return Ok(pos);
+        }
+        let (mut len, mut mult, mut i) = (0usize, 1usize, 1);
+        loop {
+            let Some(&b) = rest.get(i) else {
+                return Ok(pos);
+            };
+            len += (b & 0x7f) as usize * mult;
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+            mult *= 128;
+            if i > 4 {
+                return Err("MQTT remaining length over 4 bytes".into());
+            }
+        }
+        if rest.len() < i + len {
+            return Ok(pos);
+        }
+        let body = &rest[i..i + len];
+        let kind = rest[0] >> 4;
+        match kind {
+            2 if len >= 2 => on(MqttIn::ConnAck(body[1])),
+            9 if len >= 3 => on(MqttIn::SubAck(body[2])),
+            3 => {
+                if body.len() < 2 {
+                    return Err("short MQTT PUBLISH".into());
+                }
+                let topic = u16::from_be_bytes([body[0], body[1]]) as usize;
+                // QoS 1 and 2 carry a packet id after the topic.
+                let id = if (rest[0] >> 1) & 3 > 0 { 2 } else { 0 };
+                let start = 2 + topic + id;
+                if start > body.len() {
+                    return Err("MQTT PUBLISH topic past its end".into());
+                }
+                on(MqttIn::Publish(&body[start..]));
+            }
+            k => on(MqttIn::Other(k)),
+        }
+        pos += i + len;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mqtt_packets_roundtrip() {
+        let c = mqtt_connect("bench-1", 60);
+        assert_eq!(
+            c,
+            [
+                &[0x10, 19, 0, 4][..],
+                b"MQTT",
+                &[4, 2, 0, 60, 0, 7],
+                b"bench-1"
+            ]
+            .concat()
+        );
+        assert_eq!(
+            mqtt_subscribe(1, "a/b"),
+            [0x82, 8, 0, 1, 0, 3, b'a', b'/', b'b', 0]
+        );
+        // A 200-byte publish needs two length bytes.
+        let big = mqtt_publish("t", &[7; 200]);
+        assert_eq!(&big[..3], &[0x30, 203 % 128 + 128, 1]);
+        let mut stream = vec![0x20, 2, 0, 0, 0x90, 3, 0, 1, 0];
+        stream.extend_from_slice(&big);
+        stream.extend_from_slice(&[0xd0, 0]);
+        stream.extend_from_slice(&mqtt_publish("t", b"partial")[..5]);
+        let mut seen = Vec::new();
+        let used = mqtt_packets(&stream, &mut |p| {
+            seen.push(match p {
+                MqttIn::ConnAck(c) => format!("connack {c}"),
+                MqttIn::SubAck(q) => format!("suback {q}"),
+                MqttIn::Publish(b) => format!("publish {}", b.len()),
+                MqttIn::Other(k) => format!("other {k}"),
+            })
+        })
+        .unwrap();
+        assert_eq!(seen, ["connack 0", "suback 0", "publish 200", "other 13"]);
+        assert_eq!(used, stream.len() - 5, "the partial packet waits");
+        assert!(mqtt_packets(&[0x30, 0xff, 0xff, 0xff, 0xff, 1], &mut |_| {}).is_err());
+    }
 
     #[test]
     fn timestamps_roundtrip() {

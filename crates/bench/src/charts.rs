@@ -203,3 +203,83 @@ pub fn rss_svg(systems: &[&Measurement]) -> String {
         &names,
     )
 }
+
+/// Horizontal bars, one per system, labelled with `value` in `unit`: a figure
+/// (memory per connection, CPU per delivery) against the peers.
+pub fn bars_svg(title: &str, unit: &str, bars: &[(&str, f64)]) -> String {
+    let max = bars.iter().map(|b| b.1).fold(0.0_f64, f64::max).max(1e-9);
+    let row = 34.0;
+    let height = 60.0 + row * bars.len() as f64;
+    let (left, right) = (130.0, 110.0);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n",
+        W / 2.0,
+        escape(title)
+    );
+    for (i, (name, value)) in bars.iter().enumerate() {
+        let y = 40.0 + row * i as f64;
+        let w = (W - left - right) * value / max;
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n<rect x=\"{left}\" y=\"{y}\" width=\"{w:.1}\" height=\"{}\" fill=\"{}\"/>\n<text x=\"{}\" y=\"{}\">{} {}</text>",
+            left - 8.0,
+            y + 16.0,
+            escape(name),
+            row - 10.0,
+            COLORS[i % COLORS.len()],
+            left + w + 6.0,
+            y + 16.0,
+            format_value(*value),
+            escape(unit)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// A figure with thousands separated and no more than 3 significant decimals.
+fn format_value(v: f64) -> String {
+    if v >= 100.0 {
+        let n = v.round() as u64;
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// Text for SVG: `&`, `<` and `>` escaped.
+fn escape(t: &str) -> String {
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod bar_tests {
+    use super::*;
+
+    #[test]
+    fn bars_scale_to_the_largest_and_label_each_value() {
+        let svg = bars_svg(
+            "RSS <per> connection",
+            "B",
+            &[("herald", 2679.0), ("nats-server", 24461.0), ("x", 0.5)],
+        );
+        assert!(svg.contains("RSS &lt;per&gt; connection"));
+        assert!(
+            svg.contains(">2,679 B<") && svg.contains(">24,461 B<") && svg.contains(">0.50 B<"),
+            "{svg}"
+        );
+        // The largest fills the plot width (720 - 130 - 110).
+        assert!(svg.contains("width=\"480.0\""), "{svg}");
+        assert_eq!(svg.matches("<rect x=\"130\"").count(), 3);
+    }
+}

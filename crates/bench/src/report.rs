@@ -798,6 +798,34 @@ impl Report {
             )?;
             let _ = writeln!(md, "![{title}]({name})\n");
         }
+        // Per-connection and per-delivery figures against the peers.
+        let bars = |f: fn(&Measurement) -> Option<f64>| -> Vec<(&str, f64)> {
+            self.systems()
+                .into_iter()
+                .filter_map(|m| Some((m.system.as_str(), f(m)?)))
+                .collect()
+        };
+        let figures = [
+            (
+                "memory",
+                "Server memory (RSS) per idle connection",
+                "B",
+                bars(|m| m.rss_per_conn_bytes),
+            ),
+            (
+                "cpu",
+                "Server CPU per delivery",
+                "ns",
+                bars(|m| m.server_cpu_ns_per_delivery),
+            ),
+        ];
+        for (suffix, title, unit, values) in figures {
+            if values.len() > 1 {
+                let name = format!("{stem}-{suffix}.svg");
+                std::fs::write(dir.join(&name), charts::bars_svg(title, unit, &values))?;
+                let _ = writeln!(md, "![{title}]({name})\n");
+            }
+        }
         let with_rss: Vec<&Measurement> = self
             .systems()
             .into_iter()
@@ -955,6 +983,31 @@ mod tests {
         };
         r.compute_ratios();
         r
+    }
+
+    #[test]
+    fn the_markdown_embeds_memory_against_the_peers() {
+        let idle = |system: &str, rss: f64| Measurement {
+            system: system.into(),
+            rss_per_conn_bytes: Some(rss),
+            ..Default::default()
+        };
+        let mut r = report(idle("herald", 2679.0), Vec::new());
+        r.scenario = "idle".into();
+        r.peers
+            .insert("nats-server".into(), idle("nats-server", 24461.0));
+        let dir = std::env::temp_dir().join(format!("herald-bench-md-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let md = dir.join("idle.md");
+        r.write_markdown(&md).unwrap();
+        let text = std::fs::read_to_string(&md).unwrap();
+        let svg = std::fs::read_to_string(dir.join("idle-memory.svg"));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(text.contains("](idle-memory.svg)"), "{text}");
+        let svg = svg.expect("the chart is written next to the report");
+        assert!(svg.contains("2,679 B") && svg.contains("24,461 B"), "{svg}");
+        // No CPU figures in an idle run: no CPU chart.
+        assert!(!text.contains("idle-cpu.svg"), "{text}");
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub struct PushPhase {
     pub comets_cpu_secs: f64,
     /// The other processes' CPU during the phase, seconds.
     pub others_cpu_secs: f64,
+    /// The latencies, for the chart.
+    #[serde(skip)]
+    pub hist: Histogram,
 }
 
 /// The run's figures.
@@ -220,7 +223,27 @@ pub async fn run(a: ScaleArgs) -> anyhow::Result<ScaleReport> {
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     std::fs::write(a.out.join("scale.json"), serde_json::to_string_pretty(&r)?)?;
-    std::fs::write(a.out.join("scale.md"), markdown(&r))?;
+    let series: Vec<(&str, &Histogram)> = r
+        .phases
+        .iter()
+        .filter(|p| p.hist.count() > 0)
+        .map(|p| (p.name.as_str(), &p.hist))
+        .collect();
+    let mut md = markdown(&r);
+    if !series.is_empty() {
+        let title = "Push to everybody: request to each client's receipt (cumulative)";
+        std::fs::write(
+            a.out.join("scale-latency.svg"),
+            crate::charts::latency_series_svg(
+                &series,
+                title,
+                "latency, ms (log scale)",
+                "share of clients",
+            ),
+        )?;
+        md.push_str(&format!("\n![{title}](scale-latency.svg)\n"));
+    }
+    std::fs::write(a.out.join("scale.md"), md)?;
     eprintln!("report: {}", a.out.join("scale.md").display());
     Ok(r)
 }
@@ -264,7 +287,8 @@ async fn push_phase(
     phase.expected = phase.pushes * n;
     phase.received = snap.received;
     phase.lost = phase.expected as i64 - phase.received as i64;
-    phase.latency = Latency::from_hist(&snap.hist.unwrap_or_else(Histogram::default));
+    phase.hist = snap.hist.unwrap_or_default();
+    phase.latency = Latency::from_hist(&phase.hist);
     phase.slowest_ms = slowest.as_secs_f64() * 1e3;
     phase.comets_cpu_secs = (cpu_of(&a.comet_pid)? - c0) as f64 / 1e9;
     phase.others_cpu_secs = (cpu_of(&a.other_pid)? - o0) as f64 / 1e9;

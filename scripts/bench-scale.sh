@@ -43,6 +43,21 @@ if (( per_comet + 1000 > files )); then
   die "$per_comet clients per comet do not fit in $files open files: raise COMETS (at least $(( (N + files - 1001) / (files - 1000) )))"
 fi
 
+# The cluster listens on fixed ports (base+1 to base+25992). Keep the kernel's
+# ephemeral ports above them, so that no outgoing connection (a client, a gRPC or
+# engine connection) holds one of them when its process starts. (scripts/bench.sh
+# widens the range down to 1024.)
+read -r lo hi < /proc/sys/net/ipv4/ip_local_port_range
+top=$((base + 25992))
+if (( lo <= top )); then
+  if [ -w /proc/sys/net/ipv4/ip_local_port_range ]; then
+    echo "$((top + 1)) $(( hi > top + 1000 ? hi : 65000 ))" > /proc/sys/net/ipv4/ip_local_port_range
+    echo "ephemeral ports now $(cat /proc/sys/net/ipv4/ip_local_port_range) (above the cluster's)"
+  else
+    die "the ephemeral port range ($lo-$hi) overlaps the cluster's ports ($((base + 1))-$top): set net.ipv4.ip_local_port_range to start above $top, or CLUSTER_BASE_PORT lower"
+  fi
+fi
+
 cargo build --release -p herald
 bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/herald"
 export CLUSTER_BIN="$bin" CLUSTER_COMETS="$COMETS" CLUSTER_BASE_PORT="$base"

@@ -192,6 +192,15 @@ async fn snapshot(State(s): State<Shared>) -> Response {
     let has_rates = |v: &Value| v["window_seconds"].as_f64().is_some_and(|w| w > 0.0);
     let _ = tokio::time::timeout(PERIOD * 3, rx.wait_for(|v| has_rates(v))).await;
     let now = rx.borrow().clone();
+    if now.is_null() {
+        // Shutting down (the sampler stopped), or no reading within 3 s.
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CACHE_CONTROL, "no-store")],
+            Json(json!({"code": -503, "message": "no dashboard figures now; try again"})),
+        )
+            .into_response();
+    }
     ([(header::CACHE_CONTROL, "no-store")], Json((*now).clone())).into_response()
 }
 

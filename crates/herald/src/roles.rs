@@ -272,6 +272,8 @@ pub struct LogicRole {
     reloader: Arc<Reloader>,
     grpc: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
+    /// Stops the dashboard first at shutdown (its event streams end at once).
+    dashboard_stop: CancellationToken,
     tasks: TaskTracker,
     /// Set when shutdown starts (`/readyz` answers 503 from then on).
     draining: Arc<AtomicBool>,
@@ -340,6 +342,7 @@ impl LogicRole {
             })
         };
         let before_scrape = depth_gauge(queue);
+        let dashboard_stop = stop.child_token();
         let dashboard = dashboard::start(
             dashboard::Sources {
                 metrics: metrics.clone(),
@@ -350,7 +353,7 @@ impl LogicRole {
                 server_id: server_id.clone(),
                 request_timeout: cfg.limits.http.request_timeout,
             },
-            stop.child_token(),
+            dashboard_stop.clone(),
             &tasks,
         )
         .await?;
@@ -385,6 +388,7 @@ impl LogicRole {
             reloader,
             grpc,
             stop,
+            dashboard_stop,
             tasks,
             draining,
         })
@@ -399,6 +403,7 @@ impl LogicRole {
     /// serving RPC.
     pub async fn shutdown(self) {
         self.draining.store(true, Ordering::Release);
+        self.dashboard_stop.cancel();
         if let Err(e) = self.registration.deregister().await {
             warn!(error = %e, "deregistration failed");
         }

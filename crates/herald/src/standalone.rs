@@ -61,6 +61,9 @@ pub struct Standalone {
     /// The certificates this process serves, reloaded together on SIGHUP.
     reloader: Arc<Reloader>,
     stop: CancellationToken,
+    /// Stops the dashboard first at shutdown: its event streams end at once
+    /// instead of holding the HTTP server's grace period.
+    dashboard_stop: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
     drain: Duration,
@@ -184,6 +187,7 @@ impl Standalone {
                 hub.refresh_backlog();
             })
         };
+        let dashboard_stop = stop.child_token();
         let dashboard = crate::dashboard::start(
             crate::dashboard::Sources {
                 metrics: metrics.clone(),
@@ -194,7 +198,7 @@ impl Standalone {
                 server_id: server_id.clone(),
                 request_timeout: cfg.limits.http.request_timeout,
             },
-            stop.child_token(),
+            dashboard_stop.clone(),
             &tasks,
         )
         .await?;
@@ -231,6 +235,7 @@ impl Standalone {
             http,
             reloader,
             stop,
+            dashboard_stop,
             tasks,
             grace: cfg.shutdown.grace,
             drain: cfg.shutdown.drain,
@@ -256,6 +261,7 @@ impl Standalone {
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + self.grace;
         self.draining.store(true, Ordering::Release);
+        self.dashboard_stop.cancel();
         self.http.shutdown(self.grace).await;
         while self.queue.depth().is_some_and(|d| d > 0) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -407,6 +407,51 @@ fn grafana_dashboard_queries_documented_metrics() {
     }
 }
 
+/// An open dashboard does not hold a shutdown up: its event stream ends when
+/// shutdown starts, not at the end of the grace period.
+#[tokio::test]
+async fn dashboard_streams_end_at_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cfg = test_config();
+    cfg.shutdown.grace = std::time::Duration::from_secs(120);
+    let s = start_with(cfg).await;
+    let mut stream = tokio::net::TcpStream::connect(s.http_addr).await.unwrap();
+    stream
+        .write_all(b"GET /_/dashboard/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    while !String::from_utf8_lossy(&got).contains("event: snapshot") {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("a snapshot event")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before a snapshot: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    // With a 120 s grace, a shutdown that waited for the stream would time out here.
+    tokio::time::timeout(WAIT, s.shutdown())
+        .await
+        .expect("shutdown did not wait for the dashboard's stream");
+    loop {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("the stream ends")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
 #[tokio::test]
 async fn metrics_and_demo_page() {
     let s = start().await;

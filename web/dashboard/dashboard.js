@@ -40,8 +40,10 @@ async function connect() {
   const ctl = new AbortController();
   reading = ctl;
   const headers = { Accept: 'text/event-stream' };
+  // Sent whenever one is stored: if /_/config.json could not be read, the
+  // server's 401 is how the page learns it needs one.
   const key = apiKey();
-  if (keyRequired && key) headers.Authorization = 'Bearer ' + key;
+  if (key) headers.Authorization = 'Bearer ' + key;
   let res;
   try {
     res = await fetch('/_/dashboard/events', { headers, signal: ctl.signal, cache: 'no-store' });
@@ -57,17 +59,30 @@ async function connect() {
     return;
   }
   if (!res.ok || !res.body) return retry('HTTP ' + res.status);
-  retryMs = 1000;
   setStatus('live', 'live');
+  const opened = Date.now();
   try {
     await readEvents(res.body, (name, data) => {
-      if (name === 'snapshot') show(JSON.parse(data));
+      if (name !== 'snapshot') return;
+      try {
+        show(JSON.parse(data));
+      } catch (e) {
+        // A figure the page cannot draw is not a broken stream.
+        console.error('dashboard: cannot show a snapshot', e);
+      }
     });
   } catch (e) {
     if (ctl.signal.aborted) return;
   }
-  // The server ends each stream before its request timeout: open the next.
-  if (!ctl.signal.aborted) connect();
+  if (ctl.signal.aborted) return;
+  // The server ends each stream before its request timeout: open the next at
+  // once. A stream that ended early (the server stopping) is retried with backoff.
+  if (Date.now() - opened >= 5000) {
+    retryMs = 1000;
+    connect();
+  } else {
+    retry('the stream ended');
+  }
 }
 
 function retry(why) {

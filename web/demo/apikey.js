@@ -3,13 +3,17 @@
 
 const KEY_STORE = 'herald.apiKey';
 
-/** The stored key, or '' (none, or storage disabled). */
+// The key of this page load, for when session storage is disabled.
+let inMemory = '';
+
+/** The stored key, or '' (none). */
 export function apiKey() {
-  try { return window.sessionStorage.getItem(KEY_STORE) || ''; } catch (_) { return ''; }
+  try { return window.sessionStorage.getItem(KEY_STORE) || inMemory; } catch (_) { return inMemory; }
 }
 
 /** Stores `key` (an empty one removes it). */
 export function storeApiKey(key) {
+  inMemory = key || '';
   try {
     if (key) window.sessionStorage.setItem(KEY_STORE, key);
     else window.sessionStorage.removeItem(KEY_STORE);

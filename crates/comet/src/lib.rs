@@ -326,6 +326,15 @@ fn metadata(ctx: &ConnContext) -> BTreeMap<String, String> {
             "slow_consumers".to_string(),
             ctx.hub.metrics.slow_consumers.total().to_string(),
         ),
+        // When these totals were taken (Unix ms, this comet's clock): rates are
+        // computed between two reports.
+        (
+            "reported_at_ms".to_string(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+                .to_string(),
+        ),
     ])
 }
 

@@ -190,9 +190,12 @@ async fn snapshot(State(s): State<Shared>) -> Response {
     // quiet period the first snapshot has no rates yet (one reading); the
     // second, a period later, has.
     let has_rates = |v: &Value| v["window_seconds"].as_f64().is_some_and(|w| w > 0.0);
-    let _ = tokio::time::timeout(PERIOD * 3, rx.wait_for(|v| has_rates(v))).await;
+    let stopped = matches!(
+        tokio::time::timeout(PERIOD * 3, rx.wait_for(|v| has_rates(v))).await,
+        Ok(Err(_))
+    );
     let now = rx.borrow().clone();
-    if now.is_null() {
+    if now.is_null() || stopped {
         // Shutting down (the sampler stopped), or no reading within 3 s.
         return (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -204,7 +207,16 @@ async fn snapshot(State(s): State<Shared>) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], Json((*now).clone())).into_response()
 }
 
-async fn events(State(s): State<Shared>) -> impl IntoResponse {
+async fn events(State(s): State<Shared>) -> Response {
+    if s.snapshots.has_changed().is_err() {
+        // The sampler stopped: the server is shutting down.
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CACHE_CONTROL, "no-store")],
+            Json(json!({"code": -503, "message": "the server is shutting down"})),
+        )
+            .into_response();
+    }
     let viewing = Viewing::new(&s.viewers);
     let mut rx = s.snapshots.clone();
     rx.mark_changed();
@@ -229,6 +241,7 @@ async fn events(State(s): State<Shared>) -> impl IntoResponse {
         [(header::CACHE_CONTROL, "no-store")],
         Sse::new(events).keep_alive(KeepAlive::default()),
     )
+        .into_response()
 }
 
 struct NodeWatch {
@@ -243,14 +256,38 @@ struct Sample {
     metrics: Metrics,
 }
 
-/// A comet's last two reported totals, for its rates.
-#[derive(Default, Clone)]
+/// One report of a comet's running totals (its registry metadata).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Report {
+    /// When the comet made it, Unix ms by its clock.
+    at: i64,
+    delivered: i64,
+    dropped: i64,
+}
+
+/// A comet's last two reports, for its rates.
+#[derive(Debug, Default, Clone)]
 struct CometTotals {
-    /// (when it was seen to change, delivered, dropped)
-    last: Option<(Instant, f64, f64)>,
-    /// Per second over its last report interval.
-    delivered_rate: Option<f64>,
-    dropped_rate: Option<f64>,
+    previous: Option<Report>,
+    last: Option<Report>,
+}
+
+impl CometTotals {
+    /// (delivered, dropped) per second between the last two reports; none before
+    /// two were seen, or when the last is more than three report intervals old
+    /// at `now_ms`.
+    fn rates(&self, now_ms: i64) -> Option<(f64, f64)> {
+        let (p, l) = (self.previous?, self.last?);
+        let interval = l.at - p.at;
+        if interval <= 0 || now_ms - l.at > 3 * interval {
+            return None;
+        }
+        let per_sec = |a: i64, b: i64| (b - a).max(0) as f64 * 1000.0 / interval as f64;
+        Some((
+            per_sec(p.delivered, l.delivered),
+            per_sec(p.dropped, l.dropped),
+        ))
+    }
 }
 
 /// Takes a snapshot every [`PERIOD`] while someone watches.
@@ -276,12 +313,16 @@ impl Sampler {
                 last_viewed = Instant::now();
             } else if last_viewed.elapsed() >= LINGER {
                 // Nobody watches: forget the readings (the next viewer must not
-                // see rates over the gap) and wait for someone.
+                // see rates over the gap) and wait for someone. (A wake-up left
+                // from a viewer that came and went meanwhile is not one.)
                 self.samples.clear();
+                self.comet_rates.clear();
                 tx.send_replace(Arc::new(json!(null)));
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = viewers.arrived.notified() => {}
+                while viewers.count.load(Ordering::Acquire) == 0 {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = viewers.arrived.notified() => {}
+                    }
                 }
                 tick.reset_immediately();
                 last_viewed = Instant::now();
@@ -290,7 +331,17 @@ impl Sampler {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let snap = self.take();
+            // A reading walks every connection (the write queues) and renders
+            // every metric: off the runtime's worker threads.
+            let taken = tokio::task::spawn_blocking(move || {
+                let snap = self.take();
+                (self, snap)
+            })
+            .await;
+            let Ok((sampler, snap)) = taken else {
+                return;
+            };
+            self = sampler;
             tx.send_replace(Arc::new(snap));
         }
     }
@@ -337,13 +388,18 @@ impl Sampler {
         let has_job = newest.metrics.has("herald_job_messages_total");
 
         let comets = self.nodes.comets.borrow().clone();
-        let comet_rows = comet_rows(&mut self.comet_rates, &comets, now);
-        let registry_delivered: Option<f64> = comet_rows
-            .iter()
-            .map(|r| r["delivered_per_s"].as_f64())
-            .sum();
-        let registry_dropped: Option<f64> =
-            comet_rows.iter().map(|r| r["dropped_per_s"].as_f64()).sum();
+        let comet_rows = comet_rows(&mut self.comet_rates, &comets, unix_ms() as i64);
+        // The comets that have a rate (a comet that has not reported twice yet,
+        // or a goim comet, which reports no totals, has none).
+        let known = |field: &str| -> Option<f64> {
+            let rates: Vec<f64> = comet_rows
+                .iter()
+                .filter_map(|r| r[field].as_f64())
+                .collect();
+            (!rates.is_empty()).then(|| rates.iter().sum())
+        };
+        let registry_delivered = known("delivered_per_s");
+        let registry_dropped = known("dropped_per_s");
         let (delivered, dropped, source) = if has_comet {
             (
                 rate("herald_frames_delivered_total", &[]),
@@ -433,31 +489,39 @@ impl Sampler {
     }
 }
 
-/// The comets, with the rates of the totals they report.
+/// The comets, with the rates of the totals they report: between a comet's
+/// last two reports, by its own clock (`reported_at_ms`), so a rate is never
+/// older than its report, and none is shown for a comet whose last report is
+/// more than three report intervals old (stopped, or hung).
 fn comet_rows(
     rates: &mut HashMap<String, CometTotals>,
     comets: &[Instance],
-    now: Instant,
+    now_ms: i64,
 ) -> Vec<Value> {
     rates.retain(|id, _| comets.iter().any(|c| &c.hostname == id));
     comets
         .iter()
         .map(|c| {
-            let delivered = c.meta_i64("frames_delivered").map(|v| v as f64);
-            let dropped = c.meta_i64("frames_dropped").map(|v| v as f64);
+            let delivered = c.meta_i64("frames_delivered");
+            let dropped = c.meta_i64("frames_dropped");
+            let reported = c.meta_i64("reported_at_ms");
             let t = rates.entry(c.hostname.clone()).or_default();
-            if let (Some(d), Some(x)) = (delivered, dropped) {
+            if let (Some(at), Some(d), Some(x)) = (reported, delivered, dropped) {
+                let report = Report {
+                    at,
+                    delivered: d,
+                    dropped: x,
+                };
                 match t.last {
-                    Some((at, d0, x0)) if d != d0 || x != x0 => {
-                        let dt = now.duration_since(at).as_secs_f64().max(0.001);
-                        t.delivered_rate = Some(((d - d0) / dt).max(0.0));
-                        t.dropped_rate = Some(((x - x0) / dt).max(0.0));
-                        t.last = Some((now, d, x));
+                    Some(last) if report.at > last.at => {
+                        t.previous = Some(last);
+                        t.last = Some(report);
                     }
                     Some(_) => {}
-                    None => t.last = Some((now, d, x)),
+                    None => t.last = Some(report),
                 }
             }
+            let (delivered_rate, dropped_rate) = t.rates(now_ms).unzip();
             json!({
                 "kind": "comet",
                 "id": c.hostname,
@@ -467,8 +531,8 @@ fn comet_rows(
                 "delivered": delivered,
                 "dropped": dropped,
                 "slow_consumers": c.meta_i64("slow_consumers"),
-                "delivered_per_s": t.delivered_rate,
-                "dropped_per_s": t.dropped_rate,
+                "delivered_per_s": delivered_rate,
+                "dropped_per_s": dropped_rate,
                 "addrs": c.addrs,
                 "zone": c.zone,
             })
@@ -732,6 +796,29 @@ herald_push_publish_seconds_count{kind="room"} 100
         let m =
             Metrics::parse("herald_a 1\nno_value\nherald_b{x=\"1\" 2\nherald_c{x=\"1\"} nan-ish\n");
         assert_eq!(m.samples.len(), 1);
+    }
+
+    #[test]
+    fn comet_rates_are_between_its_last_two_reports_and_go_stale() {
+        let r = |at, delivered, dropped| Report {
+            at,
+            delivered,
+            dropped,
+        };
+        let mut t = CometTotals::default();
+        assert_eq!(t.rates(0), None, "no report yet");
+        t.last = Some(r(10_000, 100, 0));
+        assert_eq!(t.rates(10_000), None, "one report is no rate");
+        t.previous = t.last;
+        t.last = Some(r(20_000, 50_100, 20));
+        assert_eq!(t.rates(25_000), Some((5_000.0, 2.0)));
+        // Three intervals after the last report with no newer one: no rate.
+        assert_eq!(t.rates(50_000), Some((5_000.0, 2.0)));
+        assert_eq!(t.rates(50_001), None);
+        // A restarted comet's totals start again from 0: no negative rate.
+        t.previous = t.last;
+        t.last = Some(r(30_000, 10, 0));
+        assert_eq!(t.rates(30_000), Some((0.0, 0.0)));
     }
 
     #[test]

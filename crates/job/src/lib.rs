@@ -51,8 +51,11 @@ pub(crate) struct JobMetrics {
     pub queued: [Histogram; 3],
     /// Taken by job → every comet call it caused returned, per message type.
     pub dispatched: [Histogram; 3],
-    /// How long the newest message taken had been in the queue.
+    /// The longest time a message taken in the last second had been in the
+    /// queue (0 when none was taken), set each second by [`lag_loop`].
     pub lag: Gauge,
+    /// That longest wait so far this second, µs.
+    pub lag_max_us: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The message types, in the order of [`JobMetrics::queued`] and
@@ -75,6 +78,7 @@ impl JobMetrics {
             queued: TYPES.map(|t| histogram!("herald_job_queue_seconds", "type" => t)),
             dispatched: TYPES.map(|t| histogram!("herald_job_dispatch_seconds", "type" => t)),
             lag: gauge!("herald_job_consumer_lag_seconds"),
+            lag_max_us: Arc::default(),
         }
     }
 }
@@ -125,6 +129,7 @@ impl Job {
             (&background, &stop_background),
         )
         .await?;
+        background.spawn(lag_loop(metrics.clone(), stop_background.clone()));
         let batcher = Arc::new(RoomBatcher::new(
             cfg.clone(),
             directory.clone(),
@@ -313,6 +318,24 @@ async fn consume(mut consumer: Box<dyn Consumer>, workers: Workers, stop: Cancel
     }
 }
 
+/// Sets `herald_job_consumer_lag_seconds` each second to the longest time a
+/// message taken during that second had waited in the queue: 0 when none was
+/// taken, so a burst long gone does not keep an alert firing.
+async fn lag_loop(metrics: JobMetrics, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let us = metrics
+            .lag_max_us
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
+        metrics.lag.set(us as f64 / 1e6);
+    }
+}
+
 /// Now in microseconds since the Unix epoch.
 fn unix_micros() -> i64 {
     std::time::SystemTime::now()
@@ -349,9 +372,11 @@ async fn dispatch(mut delivery: InFlight, workers: &Workers) {
         if msg.queued_us > 0 {
             // The clocks of two hosts may disagree: a message from the future
             // waited for nothing.
-            let waited = (unix_micros() - msg.queued_us).max(0) as f64 / 1e6;
-            metrics.queued[t].record(waited);
-            metrics.lag.set(waited);
+            let waited_us = (unix_micros() - msg.queued_us).max(0) as u64;
+            metrics.queued[t].record(waited_us as f64 / 1e6);
+            metrics
+                .lag_max_us
+                .fetch_max(waited_us, std::sync::atomic::Ordering::Relaxed);
         }
     }
     match PushType::try_from(msg.r#type) {

@@ -359,14 +359,15 @@ impl Logic {
 
     /// One PUSH message per comet holding some of `routes` (key, server), all
     /// with `position` (the stream they belong to, if it keeps history). When
-    /// one fails, the position is retracted and the rest are not sent.
+    /// one fails, the position is retracted and the rest are not sent. Returns
+    /// the messages queued.
     async fn publish_grouped(
         &self,
         op: i32,
         routes: Vec<(String, String)>,
         msg: Bytes,
         position: Option<herald_rpc::Position>,
-    ) -> Result<(), PushError> {
+    ) -> Result<usize, PushError> {
         let mut order: Vec<String> = Vec::new();
         let mut groups: HashMap<String, Vec<String>> = HashMap::new();
         for (key, server) in routes {
@@ -378,6 +379,7 @@ impl Logic {
                 g.push(key);
             }
         }
+        let queued = order.len();
         for server in order {
             let keys = groups.remove(&server).unwrap_or_default();
             self.publish_positioned(PushMsg {
@@ -391,7 +393,7 @@ impl Logic {
             })
             .await?;
         }
-        Ok(())
+        Ok(queued)
     }
 
     fn store_failure(&self, e: StoreError) -> PushError {
@@ -412,14 +414,19 @@ impl Logic {
         .await
     }
 
-    async fn push_keys_now(&self, op: i32, keys: &[String], msg: Bytes) -> Result<(), PushError> {
+    async fn push_keys_now(
+        &self,
+        op: i32,
+        keys: &[String],
+        msg: Bytes,
+    ) -> Result<usize, PushError> {
         let keys: Cow<'_, [String]> = if keys.iter().any(String::is_empty) {
             Cow::Owned(keys.iter().filter(|k| !k.is_empty()).cloned().collect())
         } else {
             Cow::Borrowed(keys)
         };
         if keys.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let servers = self
             .sessions
@@ -433,19 +440,21 @@ impl Logic {
         if keeps_history {
             // Each key is its own stream: a position, then a message, per key
             // (a key without a route is still recorded, for when it comes back).
+            let mut queued = 0;
             for (key, server) in keys.iter().zip(servers) {
                 let position = self
                     .position(|| recovery::key_stream(key), op, &msg)
                     .await?;
                 match server {
                     Some(s) if !s.is_empty() => {
-                        self.publish_grouped(op, vec![(key.clone(), s)], msg.clone(), position)
+                        queued += self
+                            .publish_grouped(op, vec![(key.clone(), s)], msg.clone(), position)
                             .await?
                     }
                     _ => self.metrics.unroutable.increment(1),
                 }
             }
-            return Ok(());
+            return Ok(queued);
         }
         let mut routes = Vec::new();
         for (key, server) in keys.iter().zip(servers) {
@@ -468,9 +477,9 @@ impl Logic {
         .await
     }
 
-    async fn push_mids_now(&self, op: i32, mids: &[i64], msg: Bytes) -> Result<(), PushError> {
+    async fn push_mids_now(&self, op: i32, mids: &[i64], msg: Bytes) -> Result<usize, PushError> {
         if mids.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let keeps_history = self
             .history
@@ -486,12 +495,11 @@ impl Logic {
             use futures_util::stream::{self, StreamExt, TryStreamExt};
             let mut seen = std::collections::HashSet::new();
             let unique: Vec<i64> = mids.iter().copied().filter(|m| seen.insert(*m)).collect();
-            stream::iter(unique)
+            return stream::iter(unique)
                 .map(|mid| self.push_member_stream(op, mid, msg.clone()))
                 .buffer_unordered(MID_STREAMS_AT_ONCE)
-                .try_collect::<()>()
-                .await?;
-            return Ok(());
+                .try_fold(0, |all, one| async move { Ok(all + one) })
+                .await;
         }
         let routes = self
             .sessions
@@ -503,7 +511,7 @@ impl Logic {
 
     /// One member's push when members keep history: its position, then one
     /// message per comet holding its connections (none when it has none).
-    async fn push_member_stream(&self, op: i32, mid: i64, msg: Bytes) -> Result<(), PushError> {
+    async fn push_member_stream(&self, op: i32, mid: i64, msg: Bytes) -> Result<usize, PushError> {
         let position = self
             .position(|| recovery::mid_stream(mid), op, &msg)
             .await?;
@@ -540,6 +548,7 @@ impl Logic {
                 ..PushMsg::default()
             })
             .await
+            .map(|()| 1)
         })
         .await
     }
@@ -556,7 +565,10 @@ impl Logic {
             msg,
             ..PushMsg::default()
         };
-        timed(&self.metrics.publish_all, self.publish(msg)).await
+        timed(&self.metrics.publish_all, async {
+            self.publish(msg).await.map(|()| 1)
+        })
+        .await
     }
 
     /// The busiest rooms of a type: `(room id, count)`, largest first.
@@ -676,17 +688,19 @@ impl Logic {
     }
 }
 
-/// Runs a push and, when it succeeds, records how long it took in `h`.
+/// Runs a push and, when it succeeded and queued something (it returns how
+/// many messages), records how long it took in `h`: a push to nobody queues
+/// nothing and is not a publish.
 async fn timed(
     h: &Histogram,
-    push: impl std::future::Future<Output = Result<(), PushError>>,
+    push: impl std::future::Future<Output = Result<usize, PushError>>,
 ) -> Result<(), PushError> {
     let started = Instant::now();
-    let r = push.await;
-    if r.is_ok() {
+    let queued = push.await?;
+    if queued > 0 {
         h.record(started.elapsed());
     }
-    r
+    Ok(())
 }
 
 /// Members whose history appends and publishes run at once for one

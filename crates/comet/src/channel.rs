@@ -546,14 +546,18 @@ impl Channel {
     /// Closes the connection if its heartbeat deadline or its credentials' expiry
     /// passed; returns which, if any.
     pub(crate) fn expire(&self, now_ms: u64) -> Option<Expired> {
-        if self.is_closed() {
+        let credentials = self.expires_ms.load(Ordering::Relaxed) <= now_ms;
+        let heartbeat = self.deadline_ms.load(Ordering::Relaxed) <= now_ms;
+        // The sweeper asks every connection four times a second and almost none
+        // is due: only those take the outbox lock.
+        if !(credentials || heartbeat) || self.is_closed() {
             return None;
         }
-        if self.expires_ms.load(Ordering::Relaxed) <= now_ms {
+        if credentials {
             self.close_with(CloseReason::CredentialsExpired);
             return Some(Expired::Credentials);
         }
-        if self.deadline_ms.load(Ordering::Relaxed) <= now_ms {
+        if heartbeat {
             self.timed_out.store(true, Ordering::Relaxed);
             self.close();
             return Some(Expired::Heartbeat);

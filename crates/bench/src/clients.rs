@@ -115,6 +115,34 @@ fn default_server_name() -> String {
     "localhost".into()
 }
 
+impl ClientArgs {
+    /// `connections` plain clients of `target` at `addr` with the command
+    /// line's defaults (members from 1, room `bench://1`, subject `bench.room`,
+    /// 8 source addresses, a heartbeat a minute, 1,000 connects in flight,
+    /// worker processes as the open-file limit requires, no TLS, trusted
+    /// identities, reading, not recovering).
+    pub fn new(target: Target, addr: Vec<SocketAddr>, connections: usize) -> ClientArgs {
+        ClientArgs {
+            target,
+            addr,
+            connections,
+            first_mid: 1,
+            room: "bench://1".into(),
+            subject: "bench.room".into(),
+            sources: 8,
+            heartbeat_secs: 60,
+            concurrency: 1000,
+            procs: 0,
+            tls: false,
+            ca: None,
+            server_name: default_server_name(),
+            jwt_secret: None,
+            no_read: false,
+            recover: false,
+        }
+    }
+}
+
 /// What every client of one process shares, checked before any connects.
 #[derive(Clone)]
 pub struct Dialer {
@@ -932,6 +960,22 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_args_are_the_command_lines_defaults() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ClientArgs,
+        }
+        let parsed = Cli::parse_from(["clients", "--addr", "127.0.0.1:1", "-n", "7"]).args;
+        let made = ClientArgs::new(Target::HeraldWs, vec!["127.0.0.1:1".parse().unwrap()], 7);
+        assert_eq!(
+            serde_json::to_value(&parsed).unwrap(),
+            serde_json::to_value(&made).unwrap()
+        );
+    }
 
     #[test]
     fn members_take_turns_over_the_servers() {

@@ -150,22 +150,11 @@ pub async fn run(a: ScaleArgs) -> anyhow::Result<ScaleReport> {
     r.memory.tcp_before = procfs::tcp_mem_bytes()?;
 
     let args = ClientArgs {
-        target: Target::HeraldWs,
-        addr: a.addr.clone(),
-        connections: a.connections,
-        first_mid: 1,
         room: ROOM.into(),
-        subject: String::new(),
         sources: a.sources,
         heartbeat_secs: a.heartbeat_secs,
         concurrency: a.concurrency,
-        procs: 0,
-        tls: false,
-        ca: None,
-        server_name: "localhost".into(),
-        jwt_secret: None,
-        no_read: false,
-        recover: false,
+        ..ClientArgs::new(Target::HeraldWs, a.addr.clone(), a.connections)
     };
     let mut workers = Workers::spawn(&args).await?;
     let took = workers.wait_connected(n, Duration::from_secs(600)).await;

@@ -180,22 +180,14 @@ impl Server {
     /// Settings for `n` clients of this server.
     pub fn client_args(&self, n: usize, sources: u8, concurrency: usize) -> ClientArgs {
         ClientArgs {
-            target: self.target,
-            addr: vec![self.client_addr],
-            connections: n,
-            first_mid: 1,
             room: ROOM.into(),
-            subject: "bench.room".into(),
             sources,
             heartbeat_secs: 120,
             concurrency,
-            procs: 0,
             tls: self.security.is_some(),
             ca: self.security.as_ref().map(|s| s.ca.clone()),
-            server_name: "localhost".into(),
             jwt_secret: self.security.as_ref().and_then(|s| s.jwt_secret.clone()),
-            no_read: false,
-            recover: false,
+            ..ClientArgs::new(self.target, vec![self.client_addr], n)
         }
     }
 }

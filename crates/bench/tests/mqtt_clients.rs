@@ -8,25 +8,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use herald_bench::clients::{self, ClientArgs, Dialer, Stats, Target};
 use herald_bench::servers;
 use herald_bench::wire;
-
-/// Waits until `ok()` holds, failing the test after 20 s.
-async fn until(what: &str, ok: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use support::until;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_subscribers_receive_every_publish() {
@@ -35,23 +26,13 @@ async fn mqtt_subscribers_receive_every_publish() {
         .expect("mosquitto (Debian package `mosquitto`) is needed");
     let n = 30;
     let args = ClientArgs {
-        target: Target::MqttWs,
-        addr: vec![broker.client_addr],
-        connections: n,
-        first_mid: 1,
         room: String::new(),
-        subject: "bench.room".into(),
         sources: 2,
         // Short, so the broker's keep-alive check meets the PINGREQs.
         heartbeat_secs: 1,
         concurrency: 0,
         procs: 1,
-        tls: false,
-        ca: None,
-        server_name: "localhost".into(),
-        jwt_secret: None,
-        no_read: false,
-        recover: false,
+        ..ClientArgs::new(Target::MqttWs, vec![broker.client_addr], n)
     };
     let dialer = Dialer::new(&args).unwrap();
     let stats = Arc::new(Stats::default());

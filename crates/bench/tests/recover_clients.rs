@@ -6,33 +6,23 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use herald_bench::clients::{self, ClientArgs, Dialer, Stats, Target};
 use herald_bench::wire;
 use herald_proto::recovery::{push_positioned, StreamKind};
 use herald_proto::{ws, Frame, Header, Op, HEADER_LEN};
+use support::until;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const ROOM: &str = "bench://1";
 const EPOCH: &str = "e1";
-
-/// Waits until `ok()` holds, failing the test after 20 s.
-async fn until(what: &str, ok: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Reads until `buf` holds one complete client message: a goim frame on TCP, a
 /// WebSocket message (unmasked) around one on WebSocket. Returns the goim frame.
@@ -141,22 +131,13 @@ async fn leave_miss_and_recover(target: Target) {
     let top = Arc::new(AtomicU64::new(4));
     let addr = stand_in(top.clone(), target == Target::HeraldWs).await;
     let args = ClientArgs {
-        target,
-        addr: vec![addr],
-        connections: 6,
-        first_mid: 1,
         room: ROOM.into(),
         subject: String::new(),
         sources: 2,
-        heartbeat_secs: 60,
         concurrency: 0,
         procs: 1,
-        tls: false,
-        ca: None,
-        server_name: "localhost".into(),
-        jwt_secret: None,
-        no_read: false,
         recover: true,
+        ..ClientArgs::new(target, vec![addr], 6)
     };
     let dialer = Dialer::new(&args).unwrap();
     let stats = Arc::new(Stats::default());

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use herald_bench::floor::{self, FloorArgs};
 use herald_bench::pki::Credentials;
 use herald_bench::push::Publisher;
 use herald_bench::wire;
+use support::until;
 
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -30,36 +33,14 @@ fn scratch(tag: &str) -> std::path::PathBuf {
     ))
 }
 
-/// Waits until `ok()` holds, failing the test after 20 s.
-async fn until(what: &str, ok: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn tls_args(addr: SocketAddr, ca: std::path::PathBuf, n: usize) -> ClientArgs {
     ClientArgs {
-        target: Target::FloorWs,
-        addr: vec![addr],
-        connections: n,
-        first_mid: 1,
-        room: "bench://1".into(),
-        subject: "bench.room".into(),
         sources: 2,
-        heartbeat_secs: 60,
         concurrency: 0,
         procs: 1,
         tls: true,
         ca: Some(ca),
-        server_name: "localhost".into(),
-        jwt_secret: None,
-        no_read: false,
-        recover: false,
+        ..ClientArgs::new(Target::FloorWs, vec![addr], n)
     }
 }
 

@@ -48,6 +48,10 @@ const RATE_SPAN: usize = 3;
 /// How long the sampler goes on after the last viewer left (a script polling
 /// the snapshot every few seconds keeps its rates).
 const LINGER: Duration = Duration::from_secs(30);
+/// Event streams and snapshot requests served at once; more are answered 503
+/// at once, so that open dashboards never take the HTTP connections (and a
+/// client address's share of them) the push API needs.
+const MAX_VIEWERS: usize = 32;
 /// Rooms listed.
 const TOP_ROOMS: usize = 10;
 
@@ -170,11 +174,36 @@ struct Viewers {
 struct Viewing(Arc<Viewers>);
 
 impl Viewing {
-    fn new(viewers: &Arc<Viewers>) -> Viewing {
-        viewers.count.fetch_add(1, Ordering::AcqRel);
+    /// A new viewer, or `None` when [`MAX_VIEWERS`] are watching.
+    fn new(viewers: &Arc<Viewers>) -> Option<Viewing> {
+        let taken = viewers
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_VIEWERS).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return None;
+        }
         viewers.arrived.notify_one();
-        Viewing(viewers.clone())
+        Some(Viewing(viewers.clone()))
     }
+}
+
+/// The answer to a viewer over [`MAX_VIEWERS`].
+fn too_many_viewers() -> Response {
+    unavailable(&format!(
+        "{MAX_VIEWERS} dashboards are open on this server; try again later"
+    ))
+}
+
+/// 503 in the API's envelope.
+fn unavailable(message: &str) -> Response {
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({"code": -503, "message": message})),
+    )
+        .into_response()
 }
 
 impl Drop for Viewing {
@@ -184,7 +213,9 @@ impl Drop for Viewing {
 }
 
 async fn snapshot(State(s): State<Shared>) -> Response {
-    let _viewing = Viewing::new(&s.viewers);
+    let Some(_viewing) = Viewing::new(&s.viewers) else {
+        return too_many_viewers();
+    };
     let mut rx = s.snapshots.clone();
     // The sampler runs while someone watches: this request is someone. After a
     // quiet period the first snapshot has no rates yet (one reading); the
@@ -197,12 +228,7 @@ async fn snapshot(State(s): State<Shared>) -> Response {
     let now = rx.borrow().clone();
     if now.is_null() || stopped {
         // Shutting down (the sampler stopped), or no reading within 3 s.
-        return (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            [(header::CACHE_CONTROL, "no-store")],
-            Json(json!({"code": -503, "message": "no dashboard figures now; try again"})),
-        )
-            .into_response();
+        return unavailable("no dashboard figures now; try again");
     }
     ([(header::CACHE_CONTROL, "no-store")], Json((*now).clone())).into_response()
 }
@@ -210,14 +236,11 @@ async fn snapshot(State(s): State<Shared>) -> Response {
 async fn events(State(s): State<Shared>) -> Response {
     if s.snapshots.has_changed().is_err() {
         // The sampler stopped: the server is shutting down.
-        return (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            [(header::CACHE_CONTROL, "no-store")],
-            Json(json!({"code": -503, "message": "the server is shutting down"})),
-        )
-            .into_response();
+        return unavailable("the server is shutting down");
     }
-    let viewing = Viewing::new(&s.viewers);
+    let Some(viewing) = Viewing::new(&s.viewers) else {
+        return too_many_viewers();
+    };
     let mut rx = s.snapshots.clone();
     rx.mark_changed();
     let end = tokio::time::Instant::now() + s.stream_for;

@@ -407,6 +407,60 @@ fn grafana_dashboard_queries_documented_metrics() {
     }
 }
 
+/// Open dashboards are bounded: past 32 streams the next viewer gets a 503 at
+/// once, pushes still go through, and a stream that closes frees its place.
+#[tokio::test]
+async fn dashboard_viewers_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn open_stream(addr: std::net::SocketAddr) -> (tokio::net::TcpStream, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /_/dashboard/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert!(n > 0, "closed without an answer");
+            got.extend_from_slice(&buf[..n]);
+        }
+        (stream, String::from_utf8_lossy(&got).to_string())
+    }
+    let s = start().await;
+    let mut c = Client::ws(s.ws_addrs[0]).await;
+    c.auth(63, "bounded-63", "live://bounded", &[1000]).await;
+    let mut open = Vec::new();
+    for _ in 0..32 {
+        let (stream, head) = open_stream(s.http_addr).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        open.push(stream);
+    }
+    let (_, head) = open_stream(s.http_addr).await;
+    assert!(head.starts_with("HTTP/1.1 503"), "the 33rd viewer: {head}");
+    let r = get(s.http_addr, "/_/dashboard/snapshot").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["code"], -503);
+    let r = post(
+        s.http_addr,
+        "/goim/push/room?operation=1000&type=live&room=bounded",
+        b"still",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(c.recv_push().await.body.as_ref(), b"still");
+    drop(open.pop());
+    eventually("a place freed by a closed stream", || async {
+        get(s.http_addr, "/_/dashboard/snapshot").await.status == 200
+    })
+    .await;
+    drop(open);
+    s.shutdown().await;
+}
+
 /// An open dashboard does not hold a shutdown up: its event stream ends when
 /// shutdown starts, not at the end of the grace period.
 #[tokio::test]

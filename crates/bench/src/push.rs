@@ -189,22 +189,11 @@ impl Publisher {
 
     /// A NATS publisher on `subject`.
     pub async fn nats(addr: SocketAddr, subject: &str) -> anyhow::Result<Publisher> {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .context("connect to nats-server")?;
-        stream.set_nodelay(true)?;
-        stream
-            .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1}\r\nPING\r\n")
-            .await?;
-        let mut buf = Vec::new();
-        while !buf.windows(6).any(|w| w == b"PONG\r\n") {
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                bail!("nats-server closed the connection");
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
+        let hello = b"CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1}\r\nPING\r\n";
+        let stream = greet(addr, "nats-server", hello, |got| {
+            Ok(got.windows(6).any(|w| w == b"PONG\r\n"))
+        })
+        .await?;
         Ok(Publisher::Nats {
             stream,
             subject: subject.to_string(),
@@ -214,32 +203,22 @@ impl Publisher {
     /// An MQTT publisher on `topic`: connected (CONNACK received), then QoS-0
     /// PUBLISHes, which the broker does not acknowledge.
     pub async fn mqtt(addr: SocketAddr, topic: &str) -> anyhow::Result<Publisher> {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .context("connect to the MQTT broker")?;
-        stream.set_nodelay(true)?;
-        stream
-            .write_all(&wire::mqtt_connect("herald-bench-publisher", 0))
-            .await?;
-        let mut buf = Vec::new();
-        let mut code = None;
-        while code.is_none() {
-            let mut chunk = [0u8; 256];
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                bail!("the MQTT broker closed the connection");
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            wire::mqtt_packets(&buf, &mut |p| {
+        let hello = wire::mqtt_connect("herald-bench-publisher", 0);
+        let stream = greet(addr, "the MQTT broker", &hello, |got| {
+            let mut code = None;
+            wire::mqtt_packets(got, &mut |p| {
                 if let wire::MqttIn::ConnAck(c) = p {
                     code = Some(c);
                 }
             })
             .map_err(anyhow::Error::msg)?;
-        }
-        if code != Some(0) {
-            bail!("the MQTT broker refused the publisher: CONNACK {code:?}");
-        }
+            match code {
+                None => Ok(false),
+                Some(0) => Ok(true),
+                Some(c) => bail!("the MQTT broker refused the publisher: CONNACK {c}"),
+            }
+        })
+        .await?;
         Ok(Publisher::Mqtt {
             stream,
             topic: topic.to_string(),
@@ -304,6 +283,31 @@ impl Publisher {
             }
         }
     }
+}
+
+/// Connects to `what` at `addr`, sends `hello` and reads until `done(all read
+/// so far)` says the server accepted it.
+async fn greet(
+    addr: SocketAddr,
+    what: &str,
+    hello: &[u8],
+    mut done: impl FnMut(&[u8]) -> anyhow::Result<bool>,
+) -> anyhow::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect to {what}"))?;
+    stream.set_nodelay(true)?;
+    stream.write_all(hello).await?;
+    let mut got = Vec::new();
+    while !done(&got)? {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("{what} closed the connection");
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+    Ok(stream)
 }
 
 /// Publishes `count` payloads at `rate` per second. Returns (accepted, failed).

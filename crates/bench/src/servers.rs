@@ -321,6 +321,10 @@ pub struct PeerProgram {
     pub peer: &'static str,
     /// Debian's package.
     pub package: &'static str,
+    /// What answers the publisher.
+    pub kind: Kind,
+    /// How its clients speak.
+    pub target: Target,
 }
 
 /// nats-server.
@@ -329,6 +333,8 @@ pub const NATS: PeerProgram = PeerProgram {
     option: "--nats-server",
     peer: "nats",
     package: "nats-server",
+    kind: Kind::Nats,
+    target: Target::NatsWs,
 };
 
 /// mosquitto.
@@ -337,6 +343,8 @@ pub const MOSQUITTO: PeerProgram = PeerProgram {
     option: "--mosquitto",
     peer: "mosquitto",
     package: "mosquitto",
+    kind: Kind::Mosquitto,
+    target: Target::MqttWs,
 };
 
 /// The program to run for a peer: `explicit` (its option), else the first in
@@ -359,6 +367,7 @@ fn peer_binary_in(
         option,
         peer,
         package,
+        ..
     } = program;
     if let Some(p) = explicit {
         if p.is_file() {
@@ -382,38 +391,9 @@ fn peer_binary_in(
 pub async fn start_nats(explicit: Option<&Path>) -> anyhow::Result<Server> {
     let bin = peer_binary(NATS, explicit)?;
     let (client, ws) = (free_addr()?, free_addr()?);
-    let dir = std::env::temp_dir().join(format!(
-        "herald-bench-nats-{}-{}",
-        std::process::id(),
-        client.port()
-    ));
-    std::fs::create_dir_all(&dir)?;
-    let conf = dir.join("nats.conf");
-    std::fs::write(
-        &conf,
-        format!("listen: \"{client}\"\nwebsocket {{\n  listen: \"{ws}\"\n  no_tls: true\n}}\n"),
-    )?;
-    let mut child = Command::new(&bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    wait_port(ws, &mut child, "nats-server").await?;
-    let pid = child.id().context("nats pid")?;
-    Ok(Server {
-        name: "nats-server".into(),
-        kind: Kind::Nats,
-        child,
-        pid,
-        client_addr: ws,
-        target: Target::NatsWs,
-        security: None,
-        push_addr: client,
-        dir: Some(dir),
-    })
+    let conf =
+        format!("listen: \"{client}\"\nwebsocket {{\n  listen: \"{ws}\"\n  no_tls: true\n}}\n");
+    start_peer(NATS, &bin, (client, ws), &conf).await
 }
 
 /// Starts mosquitto with a plain MQTT listener (the publisher's) and a
@@ -423,54 +403,61 @@ pub async fn start_mosquitto(explicit: Option<&Path>) -> anyhow::Result<Server> 
     let bin = peer_binary(MOSQUITTO, explicit)?;
     // mosquitto's listeners do not reuse addresses: their ports must be free
     // of connections in TIME_WAIT too, on every address.
-    mosquitto_on(&bin, strictly_free_addr()?, strictly_free_addr()?).await
+    let (client, ws) = (strictly_free_addr()?, strictly_free_addr()?);
+    let conf = format!(
+        "persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n\
+         per_listener_settings false\n\
+         allow_anonymous true\nmax_connections -1\n\
+         listener {} {}\n\
+         listener {} {}\nprotocol websockets\n",
+        client.port(),
+        client.ip(),
+        ws.port(),
+        ws.ip()
+    );
+    start_peer(MOSQUITTO, &bin, (client, ws), &conf).await
 }
 
-async fn mosquitto_on(bin: &Path, client: SocketAddr, ws: SocketAddr) -> anyhow::Result<Server> {
+/// Runs peer `program` (`bin -c <conf>`) with `conf` written to a scratch
+/// directory, the publisher's listener at `client` and the clients' WebSocket
+/// one at `ws`; its standard error goes to a log there, quoted if it fails.
+async fn start_peer(
+    program: PeerProgram,
+    bin: &Path,
+    (client, ws): (SocketAddr, SocketAddr),
+    conf: &str,
+) -> anyhow::Result<Server> {
+    let name = program.name;
     let dir = std::env::temp_dir().join(format!(
-        "herald-bench-mosquitto-{}-{}",
+        "herald-bench-{name}-{}-{}",
         std::process::id(),
         client.port()
     ));
     std::fs::create_dir_all(&dir)?;
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n\
-             per_listener_settings false\n\
-             allow_anonymous true\nmax_connections -1\n\
-             listener {} {}\n\
-             listener {} {}\nprotocol websockets\n",
-            client.port(),
-            client.ip(),
-            ws.port(),
-            ws.ip()
-        ),
-    )?;
-    // Its errors go to a log next to its configuration, quoted if it fails.
-    let log = dir.join("mosquitto.log");
+    let conf_path = dir.join(format!("{name}.conf"));
+    std::fs::write(&conf_path, conf)?;
+    let log = dir.join(format!("{name}.log"));
     let mut child = Command::new(bin)
         .arg("-c")
-        .arg(&conf)
+        .arg(&conf_path)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
-    if let Err(e) = wait_port(ws, &mut child, "mosquitto").await {
+    if let Err(e) = wait_port(ws, &mut child, name).await {
         let said = std::fs::read_to_string(&log).unwrap_or_default();
         let _ = std::fs::remove_dir_all(&dir);
         bail!("{e:#}; it said: {}", said.trim());
     }
-    let pid = child.id().context("mosquitto pid")?;
+    let pid = child.id().with_context(|| format!("{name} pid"))?;
     Ok(Server {
-        name: "mosquitto".into(),
-        kind: Kind::Mosquitto,
+        name: name.into(),
+        kind: program.kind,
         child,
         pid,
         client_addr: ws,
-        target: Target::MqttWs,
+        target: program.target,
         security: None,
         push_addr: client,
         dir: Some(dir),

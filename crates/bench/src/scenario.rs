@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use clap::ValueEnum;
 use serde_json::json;
 
+use crate::floor::Writer;
 use crate::measure::run_one;
 use crate::pki::Credentials;
 use crate::report::{Machine, Measurement, Report};
@@ -133,7 +134,9 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 5.0)]
     pub idle: f64,
     /// Peers measured in the same run: comma list of `nats`, `mosquitto`,
-    /// `floor`, or `none`. With `--secure`, `floor` measures `floor-secure` (wss)
+    /// `floor`, `floor-direct`, `floor-uring` (the floor writing every socket from
+    /// the task that got the push, one write each or a ring of sends per io_uring
+    /// call), or `none`. With `--secure`, `floor` measures `floor-secure` (wss)
     /// too.
     #[arg(long, default_value = "nats,mosquitto,floor")]
     pub peers: String,
@@ -476,9 +479,11 @@ async fn run_all(
         let started = match peer {
             "nats" | "nats-server" => servers::start_nats(args.nats_server.as_deref()).await,
             "mosquitto" => servers::start_mosquitto(args.mosquitto.as_deref()).await,
-            "floor" => servers::start_floor(floor, tls).await,
+            "floor" => servers::start_floor(floor, tls, Writer::Tasks).await,
+            "floor-direct" => servers::start_floor(floor, tls, Writer::Direct).await,
+            "floor-uring" => servers::start_floor(floor, tls, Writer::Uring).await,
             other => Err(anyhow::anyhow!(
-                "unknown peer {other:?} (nats, mosquitto, floor)"
+                "unknown peer {other:?} (nats, mosquitto, floor, floor-direct, floor-uring)"
             )),
         };
         let server = match started {

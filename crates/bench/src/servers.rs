@@ -464,8 +464,13 @@ async fn start_peer(
     })
 }
 
-/// Starts the floor (a `floor` process of this program), serving wss with `tls`.
-pub async fn start_floor(b: Batching, tls: Option<&Credentials>) -> anyhow::Result<Server> {
+/// Starts the floor (a `floor` process of this program) writing with `writer`,
+/// serving wss with `tls`.
+pub async fn start_floor(
+    b: Batching,
+    tls: Option<&Credentials>,
+    writer: crate::floor::Writer,
+) -> anyhow::Result<Server> {
     let (ws, control) = (free_addr()?, free_addr()?);
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(crate::invocation().self_prefix)
@@ -481,6 +486,8 @@ pub async fn start_floor(b: Batching, tls: Option<&Credentials>) -> anyhow::Resu
             &b.batch.to_string(),
             "--window-ms",
             &b.window_ms.to_string(),
+            "--writer",
+            writer.arg(),
         ]);
     if let Some(c) = tls {
         cmd.arg("--cert").arg(&c.cert).arg("--key").arg(&c.key);
@@ -494,9 +501,9 @@ pub async fn start_floor(b: Batching, tls: Option<&Credentials>) -> anyhow::Resu
     let pid = child.id().context("floor pid")?;
     Ok(Server {
         name: if tls.is_some() {
-            "floor-secure".into()
+            format!("{}-secure", writer.peer_name())
         } else {
-            "floor".into()
+            writer.peer_name().into()
         },
         kind: Kind::Floor,
         child,

@@ -6,24 +6,16 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use herald_bench::clients::{self, ClientArgs, Dialer, Stats, Target};
-use herald_bench::floor::{self, FloorArgs};
+use herald_bench::floor;
 use herald_bench::pki::Credentials;
 use herald_bench::push::Publisher;
 use herald_bench::wire;
-use support::until;
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+use support::{free_addr, start_floor, until};
 
 fn scratch(tag: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!(
@@ -46,27 +38,8 @@ fn tls_args(addr: SocketAddr, ca: std::path::PathBuf, n: usize) -> ClientArgs {
 
 /// Starts a wss floor; returns its client and control addresses.
 async fn wss_floor(creds: &Credentials) -> (SocketAddr, SocketAddr, tokio::task::JoinHandle<()>) {
-    let (ws, control) = (free_addr(), free_addr());
-    let args = FloorArgs {
-        ws,
-        control,
-        batch: 1,
-        window_ms: 0,
-        cert: Some(creds.cert.clone()),
-        key: Some(creds.key.clone()),
-    };
-    let task = tokio::spawn(async move {
-        floor::run(args).await.unwrap();
-    });
-    let start = Instant::now();
-    while tokio::net::TcpStream::connect(control).await.is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "floor did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (ws, control, task)
+    let tls = Some((creds.cert.clone(), creds.key.clone()));
+    start_floor(floor::Writer::Tasks, tls).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,16 +3,18 @@
 //! drains.
 
 use std::collections::VecDeque;
+use std::io;
 use std::net::IpAddr;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use herald_proto::Frame;
 use herald_rpc::Grant;
 
-use crate::sink::Pending;
+use crate::sink::{Pending, Written};
 
 /// Something waiting to be written to a client.
 #[derive(Debug, Clone)]
@@ -68,6 +70,33 @@ impl Outbound {
             Pending::Parts(parts) => Outbound::Unwritten { parts, frames },
             Pending::Sealed => Outbound::Flush { frames },
         }
+    }
+}
+
+/// A connection whose outbox lock is held while a push is written to its socket
+/// together with other connections' (one system call for many sockets). Holding
+/// the lock keeps the connection task and other pushes from writing in between,
+/// as for a direct write in [`Channel::offer`]. Claims are only ever taken with
+/// `try_lock`, so a batch holding many never waits for one and cannot deadlock.
+pub(crate) struct Claim<'a> {
+    ch: &'a Channel,
+    /// WebSocket framing (else raw goim frames).
+    pub(crate) ws: bool,
+    /// The socket (in the clear).
+    pub(crate) fd: RawFd,
+    st: MutexGuard<'a, OutboxState>,
+}
+
+impl<'a> Claim<'a> {
+    /// The connection.
+    pub(crate) fn channel(&self) -> &'a Channel {
+        self.ch
+    }
+
+    /// Records the write's result and releases the connection (see
+    /// [`Channel::offer`] for what each outcome means).
+    pub(crate) fn settle(self, written: io::Result<Written>) -> Offer {
+        self.ch.settle(self.st, written)
     }
 }
 
@@ -382,28 +411,8 @@ impl Channel {
             return Offer::Closed;
         }
         if let (Some(sink), true, false) = (&self.sink, st.queue.is_empty(), st.writing) {
-            match sink.write_now(std::iter::once(item)) {
-                Ok(w) => match w.rest {
-                    None => return Offer::Written(w.frames),
-                    Some(rest) => {
-                        // The socket is full: the task finishes this write.
-                        let item = Outbound::pending(rest, w.frames);
-                        st.bytes += item.len();
-                        st.queue.push_back(item);
-                        st.pushes += 1;
-                    }
-                },
-                Err(_) => {
-                    st.closed = true;
-                    st.queue.clear();
-                    drop(st);
-                    self.signal();
-                    return Offer::Closed;
-                }
-            }
-            drop(st);
-            self.signal();
-            return Offer::Queued;
+            let written = sink.write_now(std::iter::once(item));
+            return self.settle(st, written);
         }
         let len = item.len();
         if st.pushes >= limits.pushes || (st.pushes > 0 && st.bytes + len > limits.bytes) {
@@ -415,6 +424,57 @@ impl Channel {
         drop(st);
         self.signal();
         Offer::Queued
+    }
+
+    /// Records the result of a direct write made under the outbox lock `st`: the
+    /// rest of a partial write is queued first for the connection task; an error
+    /// closes the connection.
+    fn settle(&self, mut st: MutexGuard<'_, OutboxState>, written: io::Result<Written>) -> Offer {
+        match written {
+            Ok(w) => match w.rest {
+                None => return Offer::Written(w.frames),
+                Some(rest) => {
+                    // The socket is full: the task finishes this write.
+                    let item = Outbound::pending(rest, w.frames);
+                    st.bytes += item.len();
+                    st.queue.push_back(item);
+                    st.pushes += 1;
+                }
+            },
+            Err(_) => {
+                st.closed = true;
+                st.queue.clear();
+                drop(st);
+                self.signal();
+                return Offer::Closed;
+            }
+        }
+        drop(st);
+        self.signal();
+        Offer::Queued
+    }
+
+    /// Claims the connection for a direct write made together with others' (see
+    /// [`Claim`]): only when the outbox lock is free right now, nothing is queued
+    /// or being written, and the socket is in the clear. Otherwise the caller
+    /// offers the push the usual way ([`Channel::offer`]).
+    pub(crate) fn try_claim(&self) -> Option<Claim<'_>> {
+        let st = match self.outbox.try_lock() {
+            Ok(st) => st,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        let sink = self.sink.as_ref()?;
+        let fd = sink.plain_fd()?;
+        if st.closed || st.writing || !st.queue.is_empty() {
+            return None;
+        }
+        Some(Claim {
+            ch: self,
+            ws: sink.ws,
+            fd,
+            st,
+        })
     }
 
     /// Pushes and bytes waiting in the outbox for the connection task (the write

@@ -43,6 +43,10 @@ pub struct CometConfig {
     pub outbound_queue: usize,
     /// What to do when a connection's outbound queue is full.
     pub slow_consumer: SlowConsumerPolicy,
+    /// Write each slice of a room broadcast or `push/all` (64 sockets) with one
+    /// io_uring system call instead of one `writev` per socket. Without effect
+    /// where the kernel refuses io_uring (logged once; writes go one by one).
+    pub io_uring: bool,
     /// Longest time one socket write may block before the connection is closed.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
@@ -88,6 +92,7 @@ impl Default for CometConfig {
             max_body: herald_proto::MAX_BODY,
             outbound_queue: 256,
             slow_consumer: SlowConsumerPolicy::Drop,
+            io_uring: true,
             write_timeout: Duration::from_secs(10),
             buckets: 32,
             online_report_interval: Duration::from_secs(10),

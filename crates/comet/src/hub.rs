@@ -6,6 +6,7 @@
 //! and offers the same shared buffer to each member (no copy, no await).
 
 use std::collections::HashMap;
+use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -17,6 +18,7 @@ use crate::channel::{Channel, CloseReason, Expired, Offer, Outbound, OutboxLimit
 use crate::config::SlowConsumerPolicy;
 use crate::metrics::CometMetrics;
 use crate::recovery::Positioned;
+use crate::sink::Prepared;
 use herald_proto::recovery::StreamKind;
 use herald_rpc::Position;
 
@@ -135,6 +137,9 @@ pub struct Hub {
     /// that authenticated concurrently detect that its route may have been removed.
     route_removals: AtomicU64,
     policy: SlowConsumerPolicy,
+    /// Broadcasts write a slice of sockets per system call (io_uring) where the
+    /// kernel allows it.
+    batched_sends: bool,
     /// How much each connection's outbox may hold.
     outbox: OutboxLimits,
     /// Origin of the millisecond clock used for heartbeat deadlines.
@@ -182,11 +187,19 @@ impl Hub {
             next_id: AtomicU64::new(1),
             route_removals: AtomicU64::new(0),
             policy,
+            batched_sends: true,
             outbox,
             epoch: tokio::time::Instant::now(),
             changed: tokio::sync::Notify::new(),
             metrics,
         }
+    }
+
+    /// Turns batched broadcast writes (io_uring) on or off; on by default, and
+    /// without effect where the kernel refuses io_uring.
+    pub fn with_batched_sends(mut self, on: bool) -> Hub {
+        self.batched_sends = on;
+        self
     }
 
     fn bucket(&self, key: &str) -> &RwLock<BucketInner> {
@@ -323,8 +336,99 @@ impl Hub {
             body: body.clone(),
             frames,
         };
+        self.tally(ch, ch.offer(item, self.outbox), frames, out);
+    }
+
+    /// Offers a shared OpRaw body to each of `chs`: with one system call for those
+    /// that are idle and in the clear (see [`crate::batch`]), one by one for the
+    /// others (and for all where io_uring is unavailable or turned off).
+    fn offer_many(&self, chs: &[&Arc<Channel>], body: &Bytes, frames: u32, out: &mut Fanout) {
+        let others = match (self.batched_sends, chs.len()) {
+            (true, 2..) => {
+                crate::batch::with_ring(|ring| self.write_batch(ring, chs, body, frames, out))
+            }
+            _ => None,
+        };
+        for ch in others.as_deref().unwrap_or(chs) {
+            self.offer(ch, body, frames, out);
+        }
+    }
+
+    /// Writes `body` to every connection of `chs` that can be claimed, in one
+    /// batch; returns the others.
+    fn write_batch<'a>(
+        &self,
+        ring: &mut herald_uring::SendBatch,
+        chs: &[&'a Arc<Channel>],
+        body: &Bytes,
+        frames: u32,
+        out: &mut Fanout,
+    ) -> Vec<&'a Arc<Channel>> {
+        let mut claims = Vec::with_capacity(chs.len());
+        let mut others = Vec::new();
+        for ch in chs {
+            match ch.try_claim() {
+                Some(c) => claims.push(c),
+                None => others.push(*ch),
+            }
+        }
+        if claims.is_empty() {
+            return others;
+        }
+        // Every member gets the same bytes: encoded once per transport.
+        let encode = |ws| {
+            Prepared::new(
+                ws,
+                std::iter::once(Outbound::Raw {
+                    body: body.clone(),
+                    frames,
+                }),
+            )
+        };
+        let (ws, tcp) = (encode(true), encode(false));
+        let (ws_bufs, tcp_bufs) = (ws.slices(), tcp.slices());
+        let sends: Vec<herald_uring::Send<'_>> = claims
+            .iter()
+            .map(|c| herald_uring::Send {
+                fd: c.fd,
+                bufs: if c.ws { &ws_bufs } else { &tcp_bufs },
+            })
+            .collect();
+        let mut results = Vec::with_capacity(sends.len());
+        ring.send(&sends, &mut results);
+        drop(sends);
+        let taken = results
+            .iter()
+            .filter(|r| matches!(r, Ok(n) if *n > 0))
+            .count();
+        self.metrics.batched_writes.increment(taken as u64);
+        for (claim, result) in claims.into_iter().zip(results) {
+            let prepared = if claim.ws { &ws } else { &tcp };
+            // As a non-blocking `writev`: no room is nothing taken (the
+            // connection task writes it when the socket drains).
+            let written = match result {
+                Ok(0) if prepared.len() > 0 => Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => Ok(prepared.written(n, true)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    Ok(prepared.written(0, true))
+                }
+                Err(e) => Err(e),
+            };
+            let ch = claim.channel();
+            self.tally(ch, claim.settle(written), frames, out);
+        }
+        others
+    }
+
+    /// Counts what offering a push of `frames` frames to `ch` did.
+    fn tally(&self, ch: &Channel, offer: Offer, frames: u32, out: &mut Fanout) {
         let frames = frames as u64;
-        match ch.offer(item, self.outbox) {
+        match offer {
             Offer::Queued => out.queued += 1,
             Offer::Written(n) => {
                 out.queued += 1;
@@ -428,7 +532,9 @@ impl Hub {
             let Some(members) = read(b).rooms.get(room).cloned() else {
                 continue;
             };
+            let mut plain: Vec<&Arc<Channel>> = Vec::with_capacity(SLICE.min(members.len()));
             for slice in members.chunks(SLICE) {
+                plain.clear();
                 for ch in slice {
                     if let (Some(rec), Some((epoch, offsets))) = (ch.recovery(), positions) {
                         let batch = positioned.get_or_insert_with(|| {
@@ -440,8 +546,9 @@ impl Hub {
                             }
                         }
                     }
-                    self.offer(ch, &body, frames, &mut out);
+                    plain.push(ch);
                 }
+                self.offer_many(&plain, &body, frames, &mut out);
                 slicer.served(slice.len()).await;
             }
         }
@@ -459,11 +566,9 @@ impl Hub {
         for b in self.buckets.iter() {
             let all: Vec<Arc<Channel>> = read(b).channels.values().cloned().collect();
             for slice in all.chunks(SLICE) {
-                for ch in slice {
-                    if ch.accepts(op) {
-                        self.offer(ch, &body, frames, &mut out);
-                    }
-                }
+                let accepting: Vec<&Arc<Channel>> =
+                    slice.iter().filter(|ch| ch.accepts(op)).collect();
+                self.offer_many(&accepting, &body, frames, &mut out);
                 slicer.served(slice.len()).await;
             }
             if speed > 0 && !all.is_empty() {
@@ -596,6 +701,7 @@ pub fn count_frames(body: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_proto::{ws, Header, Op, HEADER_LEN, PROTO_VERSION};
     use std::collections::VecDeque;
 
     fn hub() -> Hub {
@@ -781,5 +887,136 @@ mod tests {
         b.push(1, b"bc");
         assert_eq!(count_frames(&b.finish()), 2);
         assert_eq!(count_frames(b"short"), 0);
+    }
+
+    /// A member's socket pair: the server side wrapped in a sink, the client side.
+    async fn member(
+        h: &Hub,
+        l: &tokio::net::TcpListener,
+        key: &str,
+        ws: bool,
+    ) -> (Arc<Channel>, tokio::net::TcpStream) {
+        let client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        let sink = crate::sink::Sink::new(Arc::new(server), ws);
+        let c = Arc::new(
+            Channel::new(
+                h.next_id(),
+                key.into(),
+                1,
+                IpAddr::from([10, 0, 0, 1]),
+                vec![],
+                16,
+            )
+            .with_sink(sink),
+        );
+        h.register(&c, "live://batch");
+        (c, client)
+    }
+
+    /// A room broadcast writes every idle member in the clear directly (in
+    /// io_uring batches of a slice each, or one by one when turned off), and the
+    /// bytes each client receives are exactly its transport's encoding of the
+    /// push. A member with something queued gets the push after it; a member
+    /// whose socket is full keeps the whole push queued for its task; a member
+    /// whose peer is gone is closed; none of them holds up the others.
+    #[tokio::test]
+    async fn a_room_broadcast_batches_idle_members_and_queues_the_rest_in_order() {
+        use tokio::io::AsyncReadExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        for batched in [true, false] {
+            let h = Hub::new(
+                4,
+                SlowConsumerPolicy::Drop,
+                OutboxLimits::pushes(4),
+                CometMetrics::new(),
+            )
+            .with_batched_sends(batched);
+            // 150 members: slices of 64, 64 and 22 over the buckets.
+            let mut members = Vec::new();
+            for i in 0..150 {
+                members.push(member(&h, &l, &format!("m{i}"), i % 2 == 0).await);
+            }
+            let (busy, _busy_client) = member(&h, &l, "busy", true).await;
+            busy.reply(Outbound::Frame(herald_proto::Frame {
+                ver: PROTO_VERSION,
+                op: 3,
+                seq: 7,
+                body: Bytes::new(),
+            }));
+            let (full, _full_client) = member(&h, &l, "full", false).await;
+            let filled = {
+                let sink = full.sink().unwrap();
+                let chunk = vec![0u8; 1 << 16];
+                let mut n = 0;
+                while let Ok(w) = sink.stream.try_write(&chunk) {
+                    n += w;
+                }
+                n
+            };
+            assert!(filled > 0);
+            let (gone, gone_client) = member(&h, &l, "gone", true).await;
+            socket2::SockRef::from(&gone_client)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(gone_client);
+            // The reset has arrived once the server side reads it.
+            {
+                let s = &gone.sink().unwrap().stream;
+                loop {
+                    s.readable().await.unwrap();
+                    match s.try_read(&mut [0u8; 16]) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        _ => break,
+                    }
+                }
+            }
+
+            let mut body = bytes::BytesMut::new();
+            herald_proto::Frame {
+                ver: PROTO_VERSION,
+                op: 9,
+                seq: 0,
+                body: Bytes::from_static(b"room push"),
+            }
+            .encode_into(&mut body);
+            let body = body.freeze();
+            let out = h.broadcast_room("live://batch", body.clone()).await;
+
+            assert_eq!(out.written, 150, "batched = {batched}");
+            assert_eq!(out.frames, 150);
+            assert_eq!(out.queued, 152, "the busy and full members queue it");
+            assert_eq!(out.full, 0);
+            assert!(gone.is_closed(), "a reset socket closes its connection");
+            assert_eq!(
+                h.metrics.batched_writes.total(),
+                if batched { 150 } else { 0 },
+                "batched = {batched}"
+            );
+            let ws_bytes = {
+                let (hd, hl) = ws::server_header(ws::opcode::BINARY, HEADER_LEN + body.len());
+                let mut v = hd[..hl].to_vec();
+                v.extend_from_slice(&Header::encode(PROTO_VERSION, Op::RAW, 0, body.len()));
+                v.extend_from_slice(&body);
+                v
+            };
+            for (i, (_, client)) in members.iter_mut().enumerate() {
+                let want: &[u8] = if i % 2 == 0 { &ws_bytes } else { &body };
+                let mut got = vec![0u8; want.len()];
+                client.read_exact(&mut got).await.unwrap();
+                assert_eq!(got, want, "member {i}, batched = {batched}");
+            }
+            // The busy member: its reply first, then the push, for its task.
+            let mut q = VecDeque::new();
+            busy.drain(&mut q);
+            assert!(matches!(q[0], Outbound::Frame(ref f) if f.seq == 7));
+            assert!(matches!(&q[1], Outbound::Raw { body: b, .. } if *b == body));
+            assert_eq!(q.len(), 2);
+            busy.finish_write();
+            // The full member: the whole push waits for its task, unwritten.
+            assert_eq!(full.backlog(), (1, body.len()));
+        }
     }
 }

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+mod batch;
 pub mod channel;
 pub mod config;
 mod conn;
@@ -117,15 +118,18 @@ impl Comet {
             (Some(server), false) => Some(server.config.clone()),
             (None, false) => return Err(StartError::NoCertificate),
         };
-        let hub = Arc::new(Hub::new(
-            cfg.buckets,
-            cfg.slow_consumer,
-            OutboxLimits {
-                pushes: cfg.outbound_queue.max(1),
-                bytes: edge.limits.outbound_bytes.max(1),
-            },
-            CometMetrics::new(),
-        ));
+        let hub = Arc::new(
+            Hub::new(
+                cfg.buckets,
+                cfg.slow_consumer,
+                OutboxLimits {
+                    pushes: cfg.outbound_queue.max(1),
+                    bytes: edge.limits.outbound_bytes.max(1),
+                },
+                CometMetrics::new(),
+            )
+            .with_batched_sends(cfg.io_uring),
+        );
         let ctx = Arc::new(ConnContext {
             hub,
             logic,

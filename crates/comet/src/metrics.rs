@@ -61,6 +61,8 @@ pub struct CometMetrics {
     pub frames_delivered: Tally,
     /// Socket writes (each one a vectored write of a whole drain).
     pub writes: Counter,
+    /// Of those, writes made in io_uring batches (many sockets per system call).
+    pub batched_writes: Tally,
     /// Times a connection's outbound queue was full.
     pub slow_consumers: Tally,
     /// Push frames dropped for a full queue (a room batch counts each frame).
@@ -126,6 +128,7 @@ impl CometMetrics {
             push_broadcast: counter!("herald_comet_pushes_total", "kind" => "broadcast"),
             frames_delivered: Tally::new(counter!("herald_frames_delivered_total")),
             writes: counter!("herald_socket_writes_total"),
+            batched_writes: Tally::new(counter!("herald_socket_writes_batched_total")),
             slow_consumers: Tally::new(counter!("herald_slow_consumers_total")),
             dropped: Tally::new(counter!(
                 "herald_dropped_frames_total",

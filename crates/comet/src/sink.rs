@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -81,16 +82,93 @@ enum Part {
     Body(Bytes),
 }
 
-/// Items encoded for this connection: header bytes built for it and the shared
-/// bodies, in order.
-struct Encoded {
+/// Items encoded for a transport: the header bytes built for them and the shared
+/// bodies, in order. The same encoding serves every connection of that transport
+/// (a room batch is encoded once per slice of a broadcast, not once per member).
+pub(crate) struct Prepared {
     heads: Vec<u8>,
     parts: Vec<Part>,
     frames: u64,
+    total: usize,
 }
 
-impl Encoded {
-    fn slices(&self) -> Vec<IoSlice<'_>> {
+impl Prepared {
+    pub(crate) fn new(ws: bool, items: impl IntoIterator<Item = Outbound>) -> Prepared {
+        let mut enc = Prepared {
+            heads: Vec::new(),
+            parts: Vec::new(),
+            frames: 0,
+            total: 0,
+        };
+        let head = |enc: &mut Prepared, bytes: &[u8]| {
+            let start = enc.heads.len();
+            enc.heads.extend_from_slice(bytes);
+            let end = enc.heads.len();
+            match enc.parts.last_mut() {
+                Some(Part::Head(_, e)) if *e == start => *e = end,
+                _ => enc.parts.push(Part::Head(start, end)),
+            }
+        };
+        for item in items {
+            match item {
+                Outbound::Raw { body, frames: n } => {
+                    enc.frames += n as u64;
+                    if ws {
+                        let (h, hl) =
+                            ws::server_header(ws::opcode::BINARY, HEADER_LEN + body.len());
+                        head(&mut enc, &h[..hl]);
+                        head(
+                            &mut enc,
+                            &Header::encode(PROTO_VERSION, Op::RAW, 0, body.len()),
+                        );
+                    }
+                    enc.parts.push(Part::Body(body));
+                }
+                Outbound::Frame(f) => {
+                    if ws {
+                        let (h, hl) = ws::server_header(ws::opcode::BINARY, f.encoded_len());
+                        head(&mut enc, &h[..hl]);
+                    }
+                    head(&mut enc, &Header::encode(f.ver, f.op, f.seq, f.body.len()));
+                    if !f.body.is_empty() {
+                        enc.parts.push(Part::Body(f.body));
+                    }
+                }
+                Outbound::Pong(payload) => {
+                    if ws {
+                        let (h, hl) = ws::server_header(ws::opcode::PONG, payload.len());
+                        head(&mut enc, &h[..hl]);
+                        if !payload.is_empty() {
+                            enc.parts.push(Part::Body(payload));
+                        }
+                    }
+                }
+                Outbound::Unwritten { parts, frames: n } => {
+                    enc.frames += n;
+                    enc.parts.extend(parts.into_iter().map(Part::Body));
+                }
+                Outbound::Flush { frames: n } => enc.frames += n,
+            }
+        }
+        enc.total = enc.heads.len()
+            + enc
+                .parts
+                .iter()
+                .map(|p| match p {
+                    Part::Body(b) => b.len(),
+                    Part::Head(..) => 0,
+                })
+                .sum::<usize>();
+        enc
+    }
+
+    /// Bytes in all.
+    pub(crate) fn len(&self) -> usize {
+        self.total
+    }
+
+    /// The bytes, in order, for a vectored write.
+    pub(crate) fn slices(&self) -> Vec<IoSlice<'_>> {
         self.parts
             .iter()
             .map(|p| match p {
@@ -101,15 +179,31 @@ impl Encoded {
             .collect()
     }
 
+    /// What a write that took the first `taken` bytes (and, with TLS, left sealed
+    /// bytes in the session unless `flushed`) leaves to do.
+    pub(crate) fn written(&self, taken: usize, flushed: bool) -> Written {
+        let rest = if taken < self.total {
+            Some(Pending::Parts(self.rest(taken)))
+        } else if !flushed {
+            Some(Pending::Sealed)
+        } else {
+            None
+        };
+        Written {
+            frames: self.frames,
+            rest,
+        }
+    }
+
     /// Everything after the first `written` bytes, as shared slices (the header
-    /// buffer becomes one `Bytes` without a copy).
-    fn rest(self, mut written: usize) -> VecDeque<Bytes> {
-        let heads = Bytes::from(self.heads);
+    /// bytes become one `Bytes`, the only copy; bodies are shared).
+    fn rest(&self, mut written: usize) -> VecDeque<Bytes> {
+        let heads = Bytes::copy_from_slice(&self.heads);
         let mut out = VecDeque::new();
-        for p in self.parts {
+        for p in &self.parts {
             let b = match p {
-                Part::Head(s, e) => heads.slice(s..e),
-                Part::Body(b) => b,
+                Part::Head(s, e) => heads.slice(*s..*e),
+                Part::Body(b) => b.clone(),
             };
             if written >= b.len() {
                 written -= b.len();
@@ -137,95 +231,33 @@ impl Sink {
         Sink { stream, ws, tls }
     }
 
-    fn encode(&self, items: impl IntoIterator<Item = Outbound>) -> Encoded {
-        let mut enc = Encoded {
-            heads: Vec::new(),
-            parts: Vec::new(),
-            frames: 0,
-        };
-        let head = |enc: &mut Encoded, bytes: &[u8]| {
-            let start = enc.heads.len();
-            enc.heads.extend_from_slice(bytes);
-            let end = enc.heads.len();
-            match enc.parts.last_mut() {
-                Some(Part::Head(_, e)) if *e == start => *e = end,
-                _ => enc.parts.push(Part::Head(start, end)),
-            }
-        };
-        for item in items {
-            match item {
-                Outbound::Raw { body, frames: n } => {
-                    enc.frames += n as u64;
-                    if self.ws {
-                        let (h, hl) =
-                            ws::server_header(ws::opcode::BINARY, HEADER_LEN + body.len());
-                        head(&mut enc, &h[..hl]);
-                        head(
-                            &mut enc,
-                            &Header::encode(PROTO_VERSION, Op::RAW, 0, body.len()),
-                        );
-                    }
-                    enc.parts.push(Part::Body(body));
-                }
-                Outbound::Frame(f) => {
-                    if self.ws {
-                        let (h, hl) = ws::server_header(ws::opcode::BINARY, f.encoded_len());
-                        head(&mut enc, &h[..hl]);
-                    }
-                    head(&mut enc, &Header::encode(f.ver, f.op, f.seq, f.body.len()));
-                    if !f.body.is_empty() {
-                        enc.parts.push(Part::Body(f.body));
-                    }
-                }
-                Outbound::Pong(payload) => {
-                    if self.ws {
-                        let (h, hl) = ws::server_header(ws::opcode::PONG, payload.len());
-                        head(&mut enc, &h[..hl]);
-                        if !payload.is_empty() {
-                            enc.parts.push(Part::Body(payload));
-                        }
-                    }
-                }
-                Outbound::Unwritten { parts, frames: n } => {
-                    enc.frames += n;
-                    enc.parts.extend(parts.into_iter().map(Part::Body));
-                }
-                Outbound::Flush { frames: n } => enc.frames += n,
-            }
+    /// Encodes `items` for this socket's transport.
+    pub(crate) fn prepare(&self, items: impl IntoIterator<Item = Outbound>) -> Prepared {
+        Prepared::new(self.ws, items)
+    }
+
+    /// The socket's descriptor, for a batched write: only in the clear (a TLS
+    /// session must seal what is written).
+    pub(crate) fn plain_fd(&self) -> Option<RawFd> {
+        match self.tls {
+            Some(_) => None,
+            None => Some(self.stream.as_raw_fd()),
         }
-        enc
     }
 
     /// Encodes `items` and writes them with one vectored write (more only if the
     /// kernel takes them in pieces), without waiting. Shared push buffers are not
     /// copied (TLS seals them, which is its copy); only small headers are built.
     pub fn write_now(&self, items: impl IntoIterator<Item = Outbound>) -> io::Result<Written> {
-        let enc = self.encode(items);
-        let frames = enc.frames;
-        let total: usize = enc.heads.len()
-            + enc
-                .parts
-                .iter()
-                .map(|p| match p {
-                    Part::Body(b) => b.len(),
-                    Part::Head(..) => 0,
-                })
-                .sum::<usize>();
+        let prepared = self.prepare(items);
         let (taken, flushed) = match &self.tls {
-            Some(tls) => tls.write(&self.stream, &enc.slices())?,
+            Some(tls) => tls.write(&self.stream, &prepared.slices())?,
             None => {
-                let mut slices = enc.slices();
+                let mut slices = prepared.slices();
                 (self.try_write(&mut slices)?, true)
             }
         };
-        let rest = if taken < total {
-            Some(Pending::Parts(enc.rest(taken)))
-        } else if !flushed {
-            Some(Pending::Sealed)
-        } else {
-            None
-        };
-        Ok(Written { frames, rest })
+        Ok(prepared.written(taken, flushed))
     }
 
     /// Writes what the socket takes now; returns the number of bytes written.

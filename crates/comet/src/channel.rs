@@ -87,12 +87,7 @@ pub(crate) struct Claim<'a> {
     st: MutexGuard<'a, OutboxState>,
 }
 
-impl<'a> Claim<'a> {
-    /// The connection.
-    pub(crate) fn channel(&self) -> &'a Channel {
-        self.ch
-    }
-
+impl Claim<'_> {
     /// Records the write's result and releases the connection (see
     /// [`Channel::offer`] for what each outcome means).
     pub(crate) fn settle(self, written: io::Result<Written>) -> Offer {

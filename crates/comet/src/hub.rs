@@ -368,7 +368,7 @@ impl Hub {
         let mut others = Vec::new();
         for ch in chs {
             match ch.try_claim() {
-                Some(c) => claims.push(c),
+                Some(c) => claims.push((c, *ch)),
                 None => others.push(*ch),
             }
         }
@@ -389,7 +389,7 @@ impl Hub {
         let (ws_bufs, tcp_bufs) = (ws.slices(), tcp.slices());
         let sends: Vec<herald_uring::Send<'_>> = claims
             .iter()
-            .map(|c| herald_uring::Send {
+            .map(|(c, _)| herald_uring::Send {
                 fd: c.fd,
                 bufs: if c.ws { &ws_bufs } else { &tcp_bufs },
             })
@@ -397,12 +397,8 @@ impl Hub {
         let mut results = Vec::with_capacity(sends.len());
         ring.send(&sends, &mut results);
         drop(sends);
-        let taken = results
-            .iter()
-            .filter(|r| matches!(r, Ok(n) if *n > 0))
-            .count();
-        self.metrics.batched_writes.increment(taken as u64);
-        for (claim, result) in claims.into_iter().zip(results) {
+        let mut batched = 0;
+        for ((claim, ch), result) in claims.into_iter().zip(results) {
             let prepared = if claim.ws { &ws } else { &tcp };
             // As a non-blocking `writev`: no room is nothing taken (the
             // connection task writes it when the socket drains).
@@ -417,11 +413,20 @@ impl Hub {
                 {
                     Ok(prepared.written(0, true))
                 }
-                Err(e) => Err(e),
+                // Nothing was sent. Whether the socket or the ring refused it,
+                // the usual write decides (and closes the connection only if
+                // its socket is the one failing).
+                Err(_) => {
+                    drop(claim);
+                    others.push(ch);
+                    continue;
+                }
             };
-            let ch = claim.channel();
-            self.tally(ch, claim.settle(written), frames, out);
+            let offer = claim.settle(written);
+            batched += u64::from(matches!(offer, Offer::Written(_)));
+            self.tally(ch, offer, frames, out);
         }
+        self.metrics.batched_writes.increment(batched);
         others
     }
 

@@ -61,7 +61,8 @@ pub struct CometMetrics {
     pub frames_delivered: Tally,
     /// Socket writes (each one a vectored write of a whole drain).
     pub writes: Counter,
-    /// Of those, writes made in io_uring batches (many sockets per system call).
+    /// Of those, complete writes made in io_uring batches (many sockets per
+    /// system call).
     pub batched_writes: Tally,
     /// Times a connection's outbound queue was full.
     pub slow_consumers: Tally,

@@ -38,6 +38,17 @@ impl SendBatch {
             // (Not IORING_SETUP_SINGLE_ISSUER: an async task that owns the ring
             // may submit from any of the runtime's threads.)
             let ring = io_uring::IoUring::new(entries.max(1))?;
+            // Rings exist from Linux 5.1, SENDMSG from 5.3: a kernel that cannot
+            // say it supports the operation (the probe is 5.6) is refused here,
+            // rather than failing every send later.
+            let mut probe = io_uring::Probe::new();
+            ring.submitter().register_probe(&mut probe)?;
+            if !probe.is_supported(io_uring::opcode::SendMsg::CODE) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "this kernel's io_uring has no SENDMSG",
+                ));
+            }
             let entries = ring.params().sq_entries() as usize;
             Ok(SendBatch { ring, entries })
         }
@@ -120,16 +131,22 @@ impl SendBatch {
         while done < expected {
             match self.ring.submit_and_wait(expected - done) {
                 Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY)
-                    ) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                // The kernel is short of memory for requests, or of room for
+                // completions: let others run, then go on.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY)) => {
+                    std::thread::yield_now()
+                }
                 Err(e) => {
                     // The kernel refused the ring itself (it accepted it at
                     // creation): entries it may still hold point into this frame,
-                    // which must not be left. Nothing sound remains to be done.
-                    eprintln!("io_uring_enter failed with sends in flight: {e}");
+                    // which must not be left, not even by a panic. Nothing sound
+                    // remains to be done.
+                    use std::io::Write;
+                    let _ = writeln!(
+                        io::stderr(),
+                        "io_uring_enter failed with sends in flight: {e}"
+                    );
                     std::process::abort();
                 }
             }

@@ -16,7 +16,8 @@ engine_bin() {
 }
 
 # ensure_engines WHAT...: installs what is missing. WHAT is any of redis, nats,
-# etcd (with etcdctl), kafka (tansu), mqtt (mosquitto), tls-proxy (socat: the TLS terminator the
+# etcd (with etcdctl), kafka (tansu), mqtt (mosquitto), postgres (PostgreSQL's
+# server binaries; the tests run their own instance as the postgres user), tls-proxy (socat: the TLS terminator the
 # Kafka TLS tests put in front of tansu), build (make, a C compiler, pkg-config
 # and OpenSSL's headers, for librdkafka with TLS and SASL) and browser (headless
 # Chromium and its WebDriver, chromedriver, for the SDK's browser tests).
@@ -32,6 +33,8 @@ ensure_engines() {
         ;;
       tls-proxy) engine_bin socat >/dev/null || pkgs+=(socat) ;;
       mqtt) engine_bin mosquitto >/dev/null || pkgs+=(mosquitto) ;;
+      # Debian keeps initdb and postgres under /usr/lib/postgresql/<version>/bin.
+      postgres) compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || pkgs+=(postgresql) ;;
       browser)
         engine_bin chromium >/dev/null || pkgs+=(chromium)
         engine_bin chromedriver >/dev/null || pkgs+=(chromium-driver)

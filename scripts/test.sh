@@ -15,13 +15,13 @@ fi
 # missing (Debian packages; tansu, the Kafka-compatible broker, from crates.io once,
 # about 9 minutes). Tests that need one fail loudly without it. make, a C
 # compiler, pkg-config and libssl-dev build librdkafka for the Kafka backend;
-# socat is the TLS terminator of the Kafka TLS tests; Chromium and chromedriver
-# run the JavaScript SDK's browser tests.
+# socat is the TLS terminator of the Kafka TLS tests; PostgreSQL backs the chat
+# store's tests; Chromium and chromedriver run the JavaScript SDK's browser tests.
 # shellcheck source=scripts/engines.sh
 . scripts/engines.sh
 export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
 step "engines and build tools"
-ensure_engines redis nats etcd kafka mqtt tls-proxy build browser
+ensure_engines redis nats etcd kafka mqtt postgres tls-proxy build browser
 
 step "format (cargo fmt --check)"
 cargo fmt --all --check

@@ -108,6 +108,14 @@ impl Engine {
         let _ = self.child.wait();
     }
 
+    /// Sends `SIGQUIT` and waits for the process: for PostgreSQL an immediate
+    /// shutdown, which ends every session at once (killing only the postmaster
+    /// would leave its sessions serving).
+    pub fn quit(&mut self) {
+        self.signal("QUIT");
+        let _ = self.child.wait();
+    }
+
     /// Freezes the process (`SIGSTOP`): its connections stay open but nothing
     /// answers, as with a hung or partitioned server. Its data is kept.
     pub fn pause(&self) {
@@ -330,5 +338,146 @@ impl Engine {
     /// `127.0.0.1:<port>`, the bootstrap brokers of a Kafka engine.
     pub fn kafka_brokers(&self) -> String {
         self.addr.to_string()
+    }
+}
+
+// PostgreSQL -------------------------------------------------------------------
+
+/// The directory holding `initdb`, `postgres` and `pg_isready` (Debian keeps them
+/// under `/usr/lib/postgresql/<version>/bin`, outside `PATH`).
+fn postgres_bin_dir() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|d| d.join("initdb").is_file())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .or_else(|| find_binary("initdb").and_then(|p| p.parent().map(PathBuf::from)))
+        .unwrap_or_else(|| {
+            panic!(
+                "PostgreSQL is not installed; this test needs the real engine. \
+                 Run scripts/test.sh (it installs it) or `apt-get install postgresql`."
+            )
+        })
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// `program` from PostgreSQL's bin directory, run as the `postgres` user when
+/// this process is root (`initdb` and `postgres` refuse to run as root).
+/// `setpriv` execs in place, so the child's PID is the program's own.
+fn postgres_command(bin: &std::path::Path, program: &str) -> Command {
+    if running_as_root() {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--reset-env",
+        ])
+        .arg(bin.join(program));
+        cmd
+    } else {
+        Command::new(bin.join(program))
+    }
+}
+
+/// A private PostgreSQL server on a free loopback port: a fresh cluster made by
+/// `initdb` in a scratch directory (trust authentication for the `postgres`
+/// user on loopback, no fsync), stopped and removed on drop.
+pub fn postgres() -> Engine {
+    let bin = postgres_bin_dir();
+    let port = free_port();
+    let dir = scratch("postgres", port);
+    let data = dir.join("data");
+    if running_as_root() {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot give {} to the postgres user", dir.display());
+    }
+    let out = postgres_command(&bin, "initdb")
+        .arg("-D")
+        .arg(&data)
+        .args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run initdb: {e}"));
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cmd = postgres_command(&bin, "postgres");
+    cmd.arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-k"])
+        .arg(&dir)
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_connections=200",
+        ]);
+    let mut engine = spawn_engine(&mut cmd, "postgres", port, dir, false);
+    // The port opens before the server accepts sessions.
+    let start = Instant::now();
+    loop {
+        let ready = Command::new(bin.join("pg_isready"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ready {
+            break;
+        }
+        if let Ok(Some(status)) = engine.child.try_wait() {
+            panic!("postgres exited during startup: {status}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "postgres on port {port} was not ready within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    engine
+}
+
+impl Engine {
+    /// Creates database `name` on a PostgreSQL engine and returns its URL
+    /// (`postgres://postgres@127.0.0.1:<port>/<name>`).
+    pub fn postgres_database(&self, name: &str) -> String {
+        let bin = postgres_bin_dir();
+        let out = Command::new(bin.join("createdb"))
+            .args(["-h", "127.0.0.1", "-p", &self.addr.port().to_string()])
+            .args(["-U", "postgres", name])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run createdb: {e}"));
+        assert!(
+            out.status.success(),
+            "createdb {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        format!("postgres://postgres@{}/{name}", self.addr)
     }
 }

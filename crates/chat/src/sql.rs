@@ -1,0 +1,894 @@
+//! [`ChatStore`] over SQL, on SQLite or PostgreSQL through sqlx's `Any` driver:
+//! one set of statements (numbered parameters, written `$N` and given to SQLite
+//! as `?N`), one schema per engine, embedded and applied when the store opens.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::{
+    Canned, ChatStore, Conversation, ConversationKind, Id, Message, Millis, NewAgent, NewMessage,
+    Page, Purged, Role, Shop, StoreError, Summary, User, VisitorQuery,
+};
+
+/// The two engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// Each engine's migrations, in order: (version, statements).
+fn migrations(engine: Engine) -> &'static [(i64, &'static str)] {
+    match engine {
+        Engine::Sqlite => &[(1, include_str!("../migrations/sqlite/0001_init.sql"))],
+        Engine::Postgres => &[(1, include_str!("../migrations/postgres/0001_init.sql"))],
+    }
+}
+
+/// The chat store on a SQL database.
+#[derive(Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    engine: Engine,
+}
+
+impl std::fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e)
+}
+
+/// Maps a unique violation to [`StoreError::Conflict`] naming `what`.
+fn conflict(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |e| match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(what),
+        _ => StoreError::Unavailable(e),
+    }
+}
+
+fn corrupt(e: sqlx::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+const USER_COLUMNS: &str = "id, shop_id, role, username, nickname, ip, created_at, last_seen_at";
+const CONVERSATION_COLUMNS: &str = "c.id, c.shop_id, c.kind, c.visitor_id, c.user_a, c.user_b, \
+     c.assignee_id, c.last_message_id, c.created_at, c.updated_at";
+const MESSAGE_COLUMNS: &str = "conversation_id, id, sender_id, kind, body, client_id, created_at";
+
+fn user_from(r: &AnyRow) -> Result<User, StoreError> {
+    Ok(User {
+        id: r.try_get("id").map_err(corrupt)?,
+        shop_id: r.try_get("shop_id").map_err(corrupt)?,
+        role: Role::parse(&r.try_get::<String, _>("role").map_err(corrupt)?)?,
+        username: r.try_get("username").map_err(corrupt)?,
+        nickname: r.try_get("nickname").map_err(corrupt)?,
+        ip: r.try_get("ip").map_err(corrupt)?,
+        created_at: r.try_get("created_at").map_err(corrupt)?,
+        last_seen_at: r.try_get("last_seen_at").map_err(corrupt)?,
+    })
+}
+
+fn conversation_from(r: &AnyRow) -> Result<Conversation, StoreError> {
+    let a: Option<Id> = r.try_get("user_a").map_err(corrupt)?;
+    let b: Option<Id> = r.try_get("user_b").map_err(corrupt)?;
+    Ok(Conversation {
+        id: r.try_get("id").map_err(corrupt)?,
+        shop_id: r.try_get("shop_id").map_err(corrupt)?,
+        kind: ConversationKind::parse(&r.try_get::<String, _>("kind").map_err(corrupt)?)?,
+        visitor_id: r.try_get("visitor_id").map_err(corrupt)?,
+        pair: a.zip(b),
+        assignee_id: r.try_get("assignee_id").map_err(corrupt)?,
+        last_message_id: r.try_get("last_message_id").map_err(corrupt)?,
+        created_at: r.try_get("created_at").map_err(corrupt)?,
+        updated_at: r.try_get("updated_at").map_err(corrupt)?,
+    })
+}
+
+/// A message from columns named with `prefix` (`""`, or `"m_"` in a join).
+fn message_from(r: &AnyRow, prefix: &str) -> Result<Message, StoreError> {
+    let col = |c: &str| format!("{prefix}{c}");
+    Ok(Message {
+        conversation_id: r
+            .try_get(col("conversation_id").as_str())
+            .map_err(corrupt)?,
+        id: r.try_get(col("id").as_str()).map_err(corrupt)?,
+        sender_id: r.try_get(col("sender_id").as_str()).map_err(corrupt)?,
+        kind: r.try_get(col("kind").as_str()).map_err(corrupt)?,
+        body: r.try_get(col("body").as_str()).map_err(corrupt)?,
+        client_id: r.try_get(col("client_id").as_str()).map_err(corrupt)?,
+        created_at: r.try_get(col("created_at").as_str()).map_err(corrupt)?,
+    })
+}
+
+/// `%text%` for LIKE with `\` escaping the wildcards in `text`, lower-cased.
+fn contains_pattern(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+impl SqlStore {
+    /// Opens the database at `url` (`sqlite://PATH?mode=rwc`, or
+    /// `postgres://USER@HOST:PORT/DB`), with at most `max_connections`, and
+    /// applies the migrations it has not seen.
+    pub async fn open(url: &str, max_connections: u32) -> Result<SqlStore, StoreError> {
+        SqlStore::open_with(url, max_connections, Duration::from_secs(5)).await
+    }
+
+    /// [`SqlStore::open`], waiting at most `timeout` for a connection (at
+    /// opening and for each call) before a call fails as unavailable.
+    pub async fn open_with(
+        url: &str,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> Result<SqlStore, StoreError> {
+        let engine = if url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Engine::Postgres
+        } else {
+            return Err(StoreError::Invalid(
+                "the chat database URL must start with sqlite: or postgres:",
+            ));
+        };
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(timeout)
+            .connect(url)
+            .await
+            .map_err(unavailable)?;
+        let store = SqlStore { pool, engine };
+        if engine == Engine::Sqlite {
+            // Readers do not wait for the writer (persistent in the file).
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&store.pool)
+                .await
+                .map_err(unavailable)?;
+        }
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens (creating it if needed) the SQLite file at `path`.
+    pub async fn sqlite(path: &Path, max_connections: u32) -> Result<SqlStore, StoreError> {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        SqlStore::open(&url, max_connections).await
+    }
+
+    /// Whether this store is on PostgreSQL (else SQLite).
+    pub fn is_postgres(&self) -> bool {
+        self.engine == Engine::Postgres
+    }
+
+    /// Closes the pool, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The statement for this engine: SQLite is given `?N` for `$N`.
+    fn sql<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        match self.engine {
+            Engine::Postgres => Cow::Borrowed(s),
+            Engine::Sqlite => Cow::Owned(s.replace('$', "?")),
+        }
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        if self.engine == Engine::Postgres {
+            // Two logic processes starting together migrate one after the other.
+            sqlx::query("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(7240523)) AS l")
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS chat_migrations \
+             (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let done: Vec<i64> = sqlx::query("SELECT version FROM chat_migrations")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|r| r.try_get::<i64, _>("version"))
+            .collect::<Result<_, _>>()
+            .map_err(corrupt)?;
+        for (version, statements) in migrations(self.engine) {
+            if done.contains(version) {
+                continue;
+            }
+            sqlx::raw_sql(statements)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            sqlx::query(
+                &self.sql("INSERT INTO chat_migrations (version, applied_at) VALUES ($1, $2)"),
+            )
+            .bind(*version)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn insert_agent(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        shop_id: Id,
+        agent: &NewAgent<'_>,
+        at: Millis,
+    ) -> Result<User, StoreError> {
+        let row = sqlx::query(&self.sql(&format!(
+            "INSERT INTO chat_users (shop_id, role, username, nickname, password_hash, created_at, last_seen_at) \
+             VALUES ($1, 'agent', $2, $3, $4, $5, $5) RETURNING {USER_COLUMNS}"
+        )))
+        .bind(shop_id)
+        .bind(agent.username)
+        .bind(agent.nickname)
+        .bind(agent.password_hash)
+        .bind(at)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(conflict("user name"))?;
+        user_from(&row)
+    }
+
+    async fn conversation_where(
+        &self,
+        clause: &str,
+        binds: &[Id],
+    ) -> Result<Option<Conversation>, StoreError> {
+        let sql = format!("SELECT {CONVERSATION_COLUMNS} FROM chat_conversations c WHERE {clause}");
+        let sql = self.sql(&sql);
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = q.bind(*b);
+        }
+        q.fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .map(|r| conversation_from(&r))
+            .transpose()
+    }
+}
+
+/// The wall clock in milliseconds since the Unix epoch.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl ChatStore for SqlStore {
+    async fn create_shop(
+        &self,
+        name: &str,
+        agent: &NewAgent<'_>,
+        at: Millis,
+    ) -> Result<(Shop, User), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let row = sqlx::query(&self.sql(
+            "INSERT INTO chat_shops (name, created_at) VALUES ($1, $2) RETURNING id, name, created_at",
+        ))
+        .bind(name)
+        .bind(at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(conflict("shop"))?;
+        let shop = Shop {
+            id: row.try_get("id").map_err(corrupt)?,
+            name: row.try_get("name").map_err(corrupt)?,
+            created_at: row.try_get("created_at").map_err(corrupt)?,
+        };
+        let user = self.insert_agent(&mut tx, shop.id, agent, at).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok((shop, user))
+    }
+
+    async fn shop(&self, id: Id) -> Result<Option<Shop>, StoreError> {
+        let row =
+            sqlx::query(&self.sql("SELECT id, name, created_at FROM chat_shops WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        row.map(|r| {
+            Ok(Shop {
+                id: r.try_get("id").map_err(corrupt)?,
+                name: r.try_get("name").map_err(corrupt)?,
+                created_at: r.try_get("created_at").map_err(corrupt)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn shop_by_name(&self, name: &str) -> Result<Option<Shop>, StoreError> {
+        let row =
+            sqlx::query(&self.sql("SELECT id, name, created_at FROM chat_shops WHERE name = $1"))
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        row.map(|r| {
+            Ok(Shop {
+                id: r.try_get("id").map_err(corrupt)?,
+                name: r.try_get("name").map_err(corrupt)?,
+                created_at: r.try_get("created_at").map_err(corrupt)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn create_agent(
+        &self,
+        shop_id: Id,
+        agent: &NewAgent<'_>,
+        at: Millis,
+    ) -> Result<User, StoreError> {
+        if self.shop(shop_id).await?.is_none() {
+            return Err(StoreError::NotFound("shop"));
+        }
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let user = self.insert_agent(&mut tx, shop_id, agent, at).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(user)
+    }
+
+    async fn agent_login(&self, username: &str) -> Result<Option<(User, String)>, StoreError> {
+        let row = sqlx::query(&self.sql(&format!(
+            "SELECT {USER_COLUMNS}, password_hash FROM chat_users \
+             WHERE username = $1 AND role = 'agent'"
+        )))
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.map(|r| {
+            let hash: Option<String> = r.try_get("password_hash").map_err(corrupt)?;
+            let hash =
+                hash.ok_or_else(|| StoreError::Corrupt("an agent without a password".into()))?;
+            Ok((user_from(&r)?, hash))
+        })
+        .transpose()
+    }
+
+    async fn set_password(&self, user_id: Id, password_hash: &str) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            &self.sql("UPDATE chat_users SET password_hash = $2 WHERE id = $1 AND role = 'agent'"),
+        )
+        .bind(user_id)
+        .bind(password_hash)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("agent"));
+        }
+        Ok(())
+    }
+
+    async fn agents(&self, shop_id: Id) -> Result<Vec<User>, StoreError> {
+        sqlx::query(&self.sql(&format!(
+            "SELECT {USER_COLUMNS} FROM chat_users WHERE shop_id = $1 AND role = 'agent' ORDER BY id"
+        )))
+        .bind(shop_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(user_from)
+        .collect()
+    }
+
+    async fn create_visitor(
+        &self,
+        shop_id: Id,
+        nickname: &str,
+        ip: Option<&str>,
+        at: Millis,
+    ) -> Result<User, StoreError> {
+        let row = sqlx::query(&self.sql(&format!(
+            "INSERT INTO chat_users (shop_id, role, nickname, ip, created_at, last_seen_at) \
+             SELECT id, 'visitor', $2, $3, $4, $4 FROM chat_shops WHERE id = $1 \
+             RETURNING {USER_COLUMNS}"
+        )))
+        .bind(shop_id)
+        .bind(nickname)
+        .bind(ip)
+        .bind(at)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        match row {
+            Some(r) => user_from(&r),
+            None => Err(StoreError::NotFound("shop")),
+        }
+    }
+
+    async fn user(&self, id: Id) -> Result<Option<User>, StoreError> {
+        sqlx::query(&self.sql(&format!(
+            "SELECT {USER_COLUMNS} FROM chat_users WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .map(|r| user_from(&r))
+        .transpose()
+    }
+
+    async fn touch(&self, user_id: Id, at: Millis) -> Result<(), StoreError> {
+        sqlx::query(
+            &self
+                .sql("UPDATE chat_users SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2"),
+        )
+        .bind(user_id)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn visitors(&self, shop_id: Id, q: &VisitorQuery) -> Result<Vec<User>, StoreError> {
+        let pattern = q.search.as_deref().map(contains_pattern);
+        sqlx::query(&self.sql(&format!(
+            "SELECT {USER_COLUMNS} FROM chat_users \
+             WHERE shop_id = $1 AND role = 'visitor' \
+             AND ($2 IS NULL OR last_seen_at >= $2) \
+             AND ($3 IS NULL OR LOWER(nickname) LIKE $3 ESCAPE '\\' \
+                  OR LOWER(COALESCE(ip, '')) LIKE $3 ESCAPE '\\') \
+             ORDER BY last_seen_at DESC, id DESC LIMIT $4 OFFSET $5"
+        )))
+        .bind(shop_id)
+        .bind(q.seen_since)
+        .bind(pattern)
+        .bind(i64::from(q.limit))
+        .bind(i64::from(q.offset))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(user_from)
+        .collect()
+    }
+
+    async fn kefu_conversation(
+        &self,
+        visitor: &User,
+        at: Millis,
+    ) -> Result<Conversation, StoreError> {
+        if visitor.role != Role::Visitor {
+            return Err(StoreError::Invalid(
+                "only a visitor has a kefu conversation",
+            ));
+        }
+        sqlx::query(&self.sql(
+            "INSERT INTO chat_conversations (shop_id, kind, visitor_id, created_at, updated_at) \
+             SELECT shop_id, 'kefu', id, $2, $2 FROM chat_users WHERE id = $1 AND role = 'visitor' \
+             ON CONFLICT (visitor_id) DO NOTHING",
+        ))
+        .bind(visitor.id)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        self.conversation_where("c.visitor_id = $1", &[visitor.id])
+            .await?
+            .ok_or(StoreError::NotFound("visitor"))
+    }
+
+    async fn direct_conversation(
+        &self,
+        a: &User,
+        b: &User,
+        at: Millis,
+    ) -> Result<Conversation, StoreError> {
+        if a.shop_id != b.shop_id {
+            return Err(StoreError::Invalid("both users must belong to one shop"));
+        }
+        if a.id == b.id {
+            return Err(StoreError::Invalid("a conversation needs two users"));
+        }
+        let (lo, hi) = if a.id < b.id {
+            (a.id, b.id)
+        } else {
+            (b.id, a.id)
+        };
+        sqlx::query(&self.sql(
+            "INSERT INTO chat_conversations (shop_id, kind, user_a, user_b, created_at, updated_at) \
+             SELECT $1, 'direct', $2, $3, $4, $4 \
+             WHERE (SELECT COUNT(*) FROM chat_users WHERE id IN ($2, $3) AND shop_id = $1) = 2 \
+             ON CONFLICT (user_a, user_b) DO NOTHING",
+        ))
+        .bind(a.shop_id)
+        .bind(lo)
+        .bind(hi)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        self.conversation_where("c.user_a = $1 AND c.user_b = $2", &[lo, hi])
+            .await?
+            .ok_or(StoreError::NotFound("user"))
+    }
+
+    async fn conversation(&self, id: Id) -> Result<Option<Conversation>, StoreError> {
+        self.conversation_where("c.id = $1", &[id]).await
+    }
+
+    async fn assign(&self, conversation_id: Id, agent_id: Option<Id>) -> Result<(), StoreError> {
+        let done = sqlx::query(&self.sql(
+            "UPDATE chat_conversations SET assignee_id = $2 \
+             WHERE id = $1 AND kind = 'kefu' AND ($2 IS NULL OR EXISTS (\
+                 SELECT 1 FROM chat_users u WHERE u.id = $2 AND u.role = 'agent' \
+                 AND u.shop_id = chat_conversations.shop_id))",
+        ))
+        .bind(conversation_id)
+        .bind(agent_id)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(
+                "kefu conversation or agent of its shop",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn append(&self, m: &NewMessage) -> Result<(Message, bool), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // A write first: it takes SQLite's write lock at once, and on PostgreSQL
+        // the row lock orders concurrent sends to one conversation.
+        let next: Option<Id> = sqlx::query(&self.sql(
+            "UPDATE chat_conversations SET last_message_id = last_message_id + 1, \
+             updated_at = CASE WHEN updated_at > $2 THEN updated_at ELSE $2 END \
+             WHERE id = $1 RETURNING last_message_id",
+        ))
+        .bind(m.conversation_id)
+        .bind(m.at)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .map(|r| r.try_get("last_message_id"))
+        .transpose()
+        .map_err(corrupt)?;
+        let Some(next) = next else {
+            return Err(StoreError::NotFound("conversation"));
+        };
+        if let Some(client_id) = &m.client_id {
+            let existing = sqlx::query(&self.sql(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM chat_messages \
+                 WHERE conversation_id = $1 AND sender_id = $2 AND client_id = $3"
+            )))
+            .bind(m.conversation_id)
+            .bind(m.sender_id)
+            .bind(client_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            if let Some(row) = existing {
+                // Undo the increment: the retried send adds nothing.
+                tx.rollback().await.map_err(unavailable)?;
+                return Ok((message_from(&row, "")?, false));
+            }
+        }
+        let row = sqlx::query(&self.sql(&format!(
+            "INSERT INTO chat_messages ({MESSAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             RETURNING {MESSAGE_COLUMNS}"
+        )))
+        .bind(m.conversation_id)
+        .bind(next)
+        .bind(m.sender_id)
+        .bind(m.kind.as_str())
+        .bind(m.body.as_str())
+        .bind(m.client_id.as_deref())
+        .bind(m.at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let message = message_from(&row, "")?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok((message, true))
+    }
+
+    async fn messages(&self, conversation_id: Id, page: Page) -> Result<Vec<Message>, StoreError> {
+        let (clause, order, bound, limit) = match page {
+            Page::Newest { limit } => ("id <= $2", "DESC", Id::MAX, limit),
+            Page::Before { id, limit } => ("id < $2", "DESC", id, limit),
+            Page::After { id, limit } => ("id > $2", "ASC", id, limit),
+        };
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE conversation_id = $1 AND {clause} \
+             ORDER BY id {order} LIMIT $3"
+        );
+        let sql = self.sql(&sql);
+        let q = sqlx::query(&sql)
+            .bind(conversation_id)
+            .bind(bound)
+            .bind(i64::from(limit));
+        let mut out: Vec<Message> = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|r| message_from(r, ""))
+            .collect::<Result<_, _>>()?;
+        if order == "DESC" {
+            out.reverse();
+        }
+        Ok(out)
+    }
+
+    async fn mark_read(
+        &self,
+        conversation_id: Id,
+        user_id: Id,
+        position: Id,
+    ) -> Result<Id, StoreError> {
+        let row = sqlx::query(&self.sql(
+            "INSERT INTO chat_reads (conversation_id, user_id, position) \
+             SELECT id, $2, CASE WHEN $3 < last_message_id THEN $3 ELSE last_message_id END \
+             FROM chat_conversations WHERE id = $1 \
+             ON CONFLICT (conversation_id, user_id) DO UPDATE SET position = \
+             CASE WHEN excluded.position > chat_reads.position \
+                  THEN excluded.position ELSE chat_reads.position END \
+             RETURNING position",
+        ))
+        .bind(conversation_id)
+        .bind(user_id)
+        .bind(position.max(0))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+                StoreError::NotFound("user")
+            }
+            _ => StoreError::Unavailable(e),
+        })?;
+        match row {
+            Some(r) => r.try_get("position").map_err(corrupt),
+            None => Err(StoreError::NotFound("conversation")),
+        }
+    }
+
+    async fn read_position(&self, conversation_id: Id, user_id: Id) -> Result<Id, StoreError> {
+        let row = sqlx::query(
+            &self
+                .sql("SELECT position FROM chat_reads WHERE conversation_id = $1 AND user_id = $2"),
+        )
+        .bind(conversation_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.map(|r| r.try_get("position"))
+            .transpose()
+            .map(|p| p.unwrap_or(0))
+            .map_err(corrupt)
+    }
+
+    async fn unread(&self, conversation_id: Id, user_id: Id) -> Result<i64, StoreError> {
+        let row = sqlx::query(&self.sql(
+            "SELECT COUNT(*) AS unread FROM chat_messages m \
+             WHERE m.conversation_id = $1 AND m.sender_id <> $2 AND m.id > COALESCE(\
+                 (SELECT r.position FROM chat_reads r \
+                  WHERE r.conversation_id = $1 AND r.user_id = $2), 0)",
+        ))
+        .bind(conversation_id)
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.try_get("unread").map_err(corrupt)
+    }
+
+    async fn summaries(
+        &self,
+        user: &User,
+        offset: u32,
+        limit: u32,
+    ) -> Result<Vec<Summary>, StoreError> {
+        let sql = format!(
+            "SELECT {CONVERSATION_COLUMNS}, \
+                m.conversation_id AS m_conversation_id, m.id AS m_id, m.sender_id AS m_sender_id, \
+                m.kind AS m_kind, m.body AS m_body, m.client_id AS m_client_id, \
+                m.created_at AS m_created_at, \
+                (SELECT COUNT(*) FROM chat_messages u \
+                 WHERE u.conversation_id = c.id AND u.sender_id <> $3 AND u.id > COALESCE(\
+                    (SELECT r.position FROM chat_reads r \
+                     WHERE r.conversation_id = c.id AND r.user_id = $3), 0)) AS unread \
+             FROM chat_conversations c \
+             LEFT JOIN chat_messages m ON m.conversation_id = c.id AND m.id = c.last_message_id \
+             WHERE c.shop_id = $1 AND ( \
+                (c.kind = 'kefu' AND ($2 = 'agent' OR c.visitor_id = $3)) \
+                OR (c.kind = 'direct' AND (c.user_a = $3 OR c.user_b = $3))) \
+             ORDER BY c.updated_at DESC, c.id DESC LIMIT $4 OFFSET $5"
+        );
+        sqlx::query(&self.sql(&sql))
+            .bind(user.shop_id)
+            .bind(user.role.as_str())
+            .bind(user.id)
+            .bind(i64::from(limit))
+            .bind(i64::from(offset))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|r| {
+                let has_last: Option<Id> = r.try_get("m_id").map_err(corrupt)?;
+                Ok(Summary {
+                    conversation: conversation_from(r)?,
+                    last: match has_last {
+                        Some(_) => Some(message_from(r, "m_")?),
+                        None => None,
+                    },
+                    unread: r.try_get("unread").map_err(corrupt)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn blacklist_add(&self, shop_id: Id, ip: &str, at: Millis) -> Result<(), StoreError> {
+        sqlx::query(&self.sql(
+            "INSERT INTO chat_blacklist (shop_id, ip, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (shop_id, ip) DO NOTHING",
+        ))
+        .bind(shop_id)
+        .bind(ip)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+                StoreError::NotFound("shop")
+            }
+            _ => StoreError::Unavailable(e),
+        })?;
+        Ok(())
+    }
+
+    async fn blacklist_remove(&self, shop_id: Id, ip: &str) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query(&self.sql("DELETE FROM chat_blacklist WHERE shop_id = $1 AND ip = $2"))
+                .bind(shop_id)
+                .bind(ip)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn blacklist(&self, shop_id: Id) -> Result<Vec<String>, StoreError> {
+        sqlx::query(&self.sql("SELECT ip FROM chat_blacklist WHERE shop_id = $1 ORDER BY ip"))
+            .bind(shop_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|r| r.try_get("ip").map_err(corrupt))
+            .collect()
+    }
+
+    async fn is_blacklisted(&self, shop_id: Id, ip: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            &self.sql("SELECT COUNT(*) AS n FROM chat_blacklist WHERE shop_id = $1 AND ip = $2"),
+        )
+        .bind(shop_id)
+        .bind(ip)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(row.try_get::<i64, _>("n").map_err(corrupt)? > 0)
+    }
+
+    async fn canned_add(
+        &self,
+        shop_id: Id,
+        title: &str,
+        body: &str,
+        at: Millis,
+    ) -> Result<Canned, StoreError> {
+        let row = sqlx::query(&self.sql(
+            "INSERT INTO chat_canned (shop_id, title, body, created_at) \
+             SELECT id, $2, $3, $4 FROM chat_shops WHERE id = $1 \
+             RETURNING id, shop_id, title, body, created_at",
+        ))
+        .bind(shop_id)
+        .bind(title)
+        .bind(body)
+        .bind(at)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .ok_or(StoreError::NotFound("shop"))?;
+        canned_from(&row)
+    }
+
+    async fn canned(&self, shop_id: Id) -> Result<Vec<Canned>, StoreError> {
+        sqlx::query(&self.sql(
+            "SELECT id, shop_id, title, body, created_at FROM chat_canned \
+             WHERE shop_id = $1 ORDER BY id",
+        ))
+        .bind(shop_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(canned_from)
+        .collect()
+    }
+
+    async fn canned_remove(&self, shop_id: Id, id: Id) -> Result<bool, StoreError> {
+        let done = sqlx::query(&self.sql("DELETE FROM chat_canned WHERE shop_id = $1 AND id = $2"))
+            .bind(shop_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn purge(&self, before: Millis) -> Result<Purged, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let visitors = sqlx::query(
+            &self.sql("DELETE FROM chat_users WHERE role = 'visitor' AND last_seen_at < $1"),
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        let conversations = sqlx::query(
+            &self.sql("DELETE FROM chat_conversations WHERE kind = 'direct' AND updated_at < $1"),
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Purged {
+            visitors,
+            conversations,
+        })
+    }
+}
+
+fn canned_from(r: &AnyRow) -> Result<Canned, StoreError> {
+    Ok(Canned {
+        id: r.try_get("id").map_err(corrupt)?,
+        shop_id: r.try_get("shop_id").map_err(corrupt)?,
+        title: r.try_get("title").map_err(corrupt)?,
+        body: r.try_get("body").map_err(corrupt)?,
+        created_at: r.try_get("created_at").map_err(corrupt)?,
+    })
+}

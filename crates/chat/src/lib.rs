@@ -8,12 +8,13 @@
 //! default) and PostgreSQL (shared by a cluster's logic processes). Migrations
 //! are embedded and run when the store opens.
 
+pub mod auth;
 mod sql;
 
 pub use sql::SqlStore;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A row id.
 pub type Id = i64;
@@ -31,7 +32,7 @@ pub struct Shop {
 }
 
 /// What a user is to its shop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Logs in with a user name and a password; answers visitors.

@@ -9,9 +9,11 @@
 //! are embedded and run when the store opens.
 
 pub mod auth;
+pub mod service;
 mod sql;
 
-pub use sql::SqlStore;
+pub use service::{Caller, Chat, ChatError, Publisher};
+pub use sql::{now_ms, SqlStore};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -22,11 +22,18 @@ enum Engine {
     Postgres,
 }
 
-/// Each engine's migrations, in order: (version, statements).
-fn migrations(engine: Engine) -> &'static [(i64, &'static str)] {
+/// The migrations, in order: (version, statements). They are written for
+/// SQLite and given to PostgreSQL with its own form of a generated key (the
+/// only difference the schema needs).
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+
+fn migration_for(engine: Engine, statements: &str) -> Cow<'_, str> {
     match engine {
-        Engine::Sqlite => &[(1, include_str!("../migrations/sqlite/0001_init.sql"))],
-        Engine::Postgres => &[(1, include_str!("../migrations/postgres/0001_init.sql"))],
+        Engine::Sqlite => Cow::Borrowed(statements),
+        Engine::Postgres => Cow::Owned(statements.replace(
+            "id INTEGER PRIMARY KEY",
+            "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        )),
     }
 }
 
@@ -65,6 +72,14 @@ const USER_COLUMNS: &str = "id, shop_id, role, username, nickname, ip, created_a
 const CONVERSATION_COLUMNS: &str = "c.id, c.shop_id, c.kind, c.visitor_id, c.user_a, c.user_b, \
      c.assignee_id, c.last_message_id, c.created_at, c.updated_at";
 const MESSAGE_COLUMNS: &str = "conversation_id, id, sender_id, kind, body, client_id, created_at";
+
+fn shop_from(r: &AnyRow) -> Result<Shop, StoreError> {
+    Ok(Shop {
+        id: r.try_get("id").map_err(corrupt)?,
+        name: r.try_get("name").map_err(corrupt)?,
+        created_at: r.try_get("created_at").map_err(corrupt)?,
+    })
+}
 
 fn user_from(r: &AnyRow) -> Result<User, StoreError> {
     Ok(User {
@@ -158,11 +173,19 @@ impl SqlStore {
             .map_err(unavailable)?;
         let store = SqlStore { pool, engine };
         if engine == Engine::Sqlite {
-            // Readers do not wait for the writer (persistent in the file).
-            sqlx::query("PRAGMA journal_mode = WAL")
-                .execute(&store.pool)
+            // Readers do not wait for the writer. The mode is kept in the file,
+            // so only a new file is switched (the switch needs the file alone).
+            let mode: String = sqlx::query("PRAGMA journal_mode")
+                .fetch_one(&store.pool)
                 .await
+                .and_then(|r| r.try_get(0))
                 .map_err(unavailable)?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                sqlx::query("PRAGMA journal_mode = WAL")
+                    .execute(&store.pool)
+                    .await
+                    .map_err(unavailable)?;
+            }
         }
         store.migrate().await?;
         Ok(store)
@@ -216,11 +239,11 @@ impl SqlStore {
             .map(|r| r.try_get::<i64, _>("version"))
             .collect::<Result<_, _>>()
             .map_err(corrupt)?;
-        for (version, statements) in migrations(self.engine) {
+        for (version, statements) in MIGRATIONS {
             if done.contains(version) {
                 continue;
             }
-            sqlx::raw_sql(statements)
+            sqlx::raw_sql(&migration_for(self.engine, statements))
                 .execute(&mut *tx)
                 .await
                 .map_err(unavailable)?;
@@ -302,48 +325,32 @@ impl ChatStore for SqlStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(conflict("shop"))?;
-        let shop = Shop {
-            id: row.try_get("id").map_err(corrupt)?,
-            name: row.try_get("name").map_err(corrupt)?,
-            created_at: row.try_get("created_at").map_err(corrupt)?,
-        };
+        let shop = shop_from(&row)?;
         let user = self.insert_agent(&mut tx, shop.id, agent, at).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok((shop, user))
     }
 
     async fn shop(&self, id: Id) -> Result<Option<Shop>, StoreError> {
-        let row =
-            sqlx::query(&self.sql("SELECT id, name, created_at FROM chat_shops WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(unavailable)?;
-        row.map(|r| {
-            Ok(Shop {
-                id: r.try_get("id").map_err(corrupt)?,
-                name: r.try_get("name").map_err(corrupt)?,
-                created_at: r.try_get("created_at").map_err(corrupt)?,
-            })
-        })
-        .transpose()
+        let sql = self.sql("SELECT id, name, created_at FROM chat_shops WHERE id = $1");
+        sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .map(|r| shop_from(&r))
+            .transpose()
     }
 
     async fn shop_by_name(&self, name: &str) -> Result<Option<Shop>, StoreError> {
-        let row =
-            sqlx::query(&self.sql("SELECT id, name, created_at FROM chat_shops WHERE name = $1"))
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(unavailable)?;
-        row.map(|r| {
-            Ok(Shop {
-                id: r.try_get("id").map_err(corrupt)?,
-                name: r.try_get("name").map_err(corrupt)?,
-                created_at: r.try_get("created_at").map_err(corrupt)?,
-            })
-        })
-        .transpose()
+        let sql = self.sql("SELECT id, name, created_at FROM chat_shops WHERE name = $1");
+        sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .map(|r| shop_from(&r))
+            .transpose()
     }
 
     async fn create_agent(

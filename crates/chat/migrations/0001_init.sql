@@ -1,11 +1,14 @@
+-- The chat schema, written for SQLite; PostgreSQL gets "id BIGINT GENERATED
+-- ALWAYS AS IDENTITY PRIMARY KEY" for each "id INTEGER PRIMARY KEY" (src/sql.rs).
+
 CREATE TABLE chat_shops (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
     created_at BIGINT NOT NULL
 );
 
 CREATE TABLE chat_users (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id INTEGER PRIMARY KEY,
     shop_id BIGINT NOT NULL REFERENCES chat_shops(id) ON DELETE CASCADE,
     role TEXT NOT NULL CHECK (role IN ('agent', 'visitor')),
     username TEXT UNIQUE,
@@ -18,7 +21,7 @@ CREATE TABLE chat_users (
 CREATE INDEX chat_users_shop ON chat_users (shop_id, role, last_seen_at);
 
 CREATE TABLE chat_conversations (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id INTEGER PRIMARY KEY,
     shop_id BIGINT NOT NULL REFERENCES chat_shops(id) ON DELETE CASCADE,
     kind TEXT NOT NULL CHECK (kind IN ('kefu', 'direct')),
     visitor_id BIGINT UNIQUE REFERENCES chat_users(id) ON DELETE CASCADE,
@@ -59,7 +62,7 @@ CREATE TABLE chat_blacklist (
 );
 
 CREATE TABLE chat_canned (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id INTEGER PRIMARY KEY,
     shop_id BIGINT NOT NULL REFERENCES chat_shops(id) ON DELETE CASCADE,
     title TEXT NOT NULL,
     body TEXT NOT NULL,

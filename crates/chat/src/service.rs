@@ -1,0 +1,663 @@
+//! The chat's rules over the store: who may do what, what input is accepted,
+//! and what is pushed to whom. The HTTP API and the socket ops are thin layers
+//! over [`Chat`]; every call that names a shop, a conversation or a user checks
+//! that the caller's session may touch it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::auth::{self, AuthError, Session, Tokens};
+use crate::{
+    Canned, ChatStore, Conversation, Id, Message, Millis, NewAgent, NewMessage, Page, Role, Shop,
+    StoreError, Summary, User, VisitorQuery,
+};
+
+/// The op chat events are pushed with (a goim push op, as golang-im's
+/// downstream messages).
+pub const EVENT_OP: i32 = 5;
+
+/// Delivers an event to every connection of some members (logic's `push/mids`).
+#[async_trait]
+pub trait Publisher: Send + Sync {
+    /// Pushes `body` with op `op` to the connections of `mids`.
+    async fn push_mids(&self, op: i32, mids: &[Id], body: Vec<u8>) -> Result<(), String>;
+}
+
+/// Bounds on what callers send.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// How long a session token lasts.
+    pub token_ttl: Duration,
+    /// Longest message body, bytes.
+    pub max_message: usize,
+    /// Most messages or conversations per page.
+    pub max_page: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            token_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_message: 4000,
+            max_page: 100,
+        }
+    }
+}
+
+/// Why a chat call failed; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// Malformed or out-of-bounds input (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No valid session (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The session may not touch what the call names (403).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// What the call names does not exist (404).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A unique name is taken (409).
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    /// The database is unreachable (503); nothing was done.
+    #[error("the chat store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ChatError {
+    /// The HTTP status code.
+    pub fn status(&self) -> u16 {
+        match self {
+            ChatError::BadRequest(_) => 400,
+            ChatError::Unauthorized(_) => 401,
+            ChatError::Forbidden(_) => 403,
+            ChatError::NotFound(_) => 404,
+            ChatError::Conflict(_) => 409,
+            ChatError::Unavailable(_) => 503,
+        }
+    }
+}
+
+impl From<StoreError> for ChatError {
+    fn from(e: StoreError) -> ChatError {
+        match e {
+            StoreError::Conflict(what) => ChatError::Conflict(what),
+            StoreError::NotFound(what) => ChatError::NotFound(what),
+            StoreError::Invalid(why) => ChatError::BadRequest(why.into()),
+            StoreError::Corrupt(why) => ChatError::Unavailable(why),
+            StoreError::Unavailable(e) => ChatError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<AuthError> for ChatError {
+    fn from(e: AuthError) -> ChatError {
+        ChatError::Unauthorized(e.to_string())
+    }
+}
+
+/// A verified caller: the session and the user it names, as stored now.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub session: Session,
+    pub user: User,
+}
+
+/// A session handed out: the token and who it is for.
+#[derive(Debug, Clone, Serialize)]
+pub struct Issued {
+    pub token: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub user: User,
+    pub shop: Shop,
+}
+
+/// What a send did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sent {
+    pub message: Message,
+    /// False when the same client id had been stored before (nothing added).
+    pub created: bool,
+    /// Whether the event reached logic's push path (when false, the message is
+    /// stored and arrives with the next sync).
+    pub pushed: bool,
+}
+
+/// An event pushed to a conversation's members.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event<'a> {
+    /// A new message.
+    Message { message: &'a Message },
+    /// A member's read position moved.
+    Read {
+        conversation_id: Id,
+        user_id: Id,
+        position: Id,
+    },
+}
+
+/// The chat application.
+pub struct Chat {
+    store: Arc<dyn ChatStore>,
+    tokens: Tokens,
+    publisher: Arc<dyn Publisher>,
+    limits: Limits,
+}
+
+fn check_len(what: &str, s: &str, min: usize, max: usize) -> Result<(), ChatError> {
+    let n = s.chars().count();
+    if n < min || n > max {
+        return Err(ChatError::BadRequest(format!(
+            "{what} must be {min} to {max} characters long"
+        )));
+    }
+    Ok(())
+}
+
+fn check_name(what: &str, s: &str) -> Result<(), ChatError> {
+    check_len(what, s, 2, 64)?;
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+    {
+        return Err(ChatError::BadRequest(format!(
+            "{what} may hold letters, digits and - _ . @ only"
+        )));
+    }
+    Ok(())
+}
+
+fn check_nickname(s: &str) -> Result<(), ChatError> {
+    check_len("the nickname", s, 1, 64)?;
+    if s.chars().any(char::is_control) {
+        return Err(ChatError::BadRequest(
+            "the nickname may not hold control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Chat {
+    /// The chat over `store`, signing sessions with `secret`, pushing events
+    /// through `publisher`.
+    pub fn new(
+        store: Arc<dyn ChatStore>,
+        secret: &[u8],
+        publisher: Arc<dyn Publisher>,
+        limits: Limits,
+    ) -> Result<Chat, AuthError> {
+        Ok(Chat {
+            store,
+            tokens: Tokens::new(secret)?,
+            publisher,
+            limits,
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn ChatStore> {
+        &self.store
+    }
+
+    fn issue(&self, user: User, shop: Shop, now: Millis) -> Issued {
+        let iat = now / 1000;
+        let exp = iat + self.limits.token_ttl.as_secs() as i64;
+        let token = self.tokens.issue(&Session {
+            sub: user.id.to_string(),
+            shop: shop.id,
+            role: user.role,
+            iat,
+            exp,
+            jti: auth::new_jti(),
+        });
+        Issued {
+            token,
+            expires_at: exp,
+            user,
+            shop,
+        }
+    }
+
+    /// Creates a shop with its first agent and logs the agent in.
+    pub async fn register(
+        &self,
+        shop: &str,
+        username: &str,
+        password: &str,
+        nickname: &str,
+        now: Millis,
+    ) -> Result<Issued, ChatError> {
+        check_name("the shop name", shop)?;
+        check_name("the user name", username)?;
+        check_len("the password", password, 8, 256)?;
+        check_nickname(nickname)?;
+        let hash =
+            auth::hash_password(password).map_err(|e| ChatError::Unavailable(e.to_string()))?;
+        let (shop, user) = self
+            .store
+            .create_shop(
+                shop,
+                &NewAgent {
+                    username,
+                    nickname,
+                    password_hash: &hash,
+                },
+                now,
+            )
+            .await?;
+        Ok(self.issue(user, shop, now))
+    }
+
+    /// Adds an agent to the caller's shop (agents only).
+    pub async fn add_agent(
+        &self,
+        caller: &Caller,
+        username: &str,
+        password: &str,
+        nickname: &str,
+        now: Millis,
+    ) -> Result<User, ChatError> {
+        self.agent_only(caller)?;
+        check_name("the user name", username)?;
+        check_len("the password", password, 8, 256)?;
+        check_nickname(nickname)?;
+        let hash =
+            auth::hash_password(password).map_err(|e| ChatError::Unavailable(e.to_string()))?;
+        Ok(self
+            .store
+            .create_agent(
+                caller.user.shop_id,
+                &NewAgent {
+                    username,
+                    nickname,
+                    password_hash: &hash,
+                },
+                now,
+            )
+            .await?)
+    }
+
+    /// Logs an agent in. A wrong name and a wrong password get the same answer.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        now: Millis,
+    ) -> Result<Issued, ChatError> {
+        let wrong = || ChatError::Unauthorized("wrong user name or password".into());
+        let Some((user, hash)) = self.store.agent_login(username).await? else {
+            // Spend the time a check takes, so a missing name is not faster.
+            let _ = auth::verify_password(password, dummy_hash());
+            return Err(wrong());
+        };
+        if !auth::verify_password(password, &hash) {
+            return Err(wrong());
+        }
+        let shop = self
+            .store
+            .shop(user.shop_id)
+            .await?
+            .ok_or(ChatError::NotFound("shop"))?;
+        self.store.touch(user.id, now).await?;
+        Ok(self.issue(user, shop, now))
+    }
+
+    /// Changes the caller's password after checking the current one.
+    pub async fn change_password(
+        &self,
+        caller: &Caller,
+        current: &str,
+        new: &str,
+    ) -> Result<(), ChatError> {
+        self.agent_only(caller)?;
+        check_len("the new password", new, 8, 256)?;
+        let username = caller.user.username.as_deref().unwrap_or_default();
+        let Some((_, hash)) = self.store.agent_login(username).await? else {
+            return Err(ChatError::NotFound("agent"));
+        };
+        if !auth::verify_password(current, &hash) {
+            return Err(ChatError::Forbidden("the current password is wrong"));
+        }
+        let hash = auth::hash_password(new).map_err(|e| ChatError::Unavailable(e.to_string()))?;
+        Ok(self.store.set_password(caller.user.id, &hash).await?)
+    }
+
+    /// Creates a visitor of the shop named `shop` and its kefu conversation,
+    /// unless the visitor's address is on the shop's blacklist.
+    pub async fn create_visitor(
+        &self,
+        shop: &str,
+        nickname: Option<&str>,
+        ip: Option<&str>,
+        now: Millis,
+    ) -> Result<(Issued, Conversation), ChatError> {
+        let shop = self
+            .store
+            .shop_by_name(shop)
+            .await?
+            .ok_or(ChatError::NotFound("shop"))?;
+        if let Some(ip) = ip {
+            if self.store.is_blacklisted(shop.id, ip).await? {
+                return Err(ChatError::Forbidden("this address is blocked by the shop"));
+            }
+        }
+        let nickname = match nickname {
+            Some(n) => {
+                check_nickname(n)?;
+                n.to_string()
+            }
+            None => format!("visitor-{}", &auth::new_jti()[..6]),
+        };
+        let user = self
+            .store
+            .create_visitor(shop.id, &nickname, ip, now)
+            .await?;
+        let conversation = self.store.kefu_conversation(&user, now).await?;
+        Ok((self.issue(user, shop, now), conversation))
+    }
+
+    /// The caller of a request carrying `token` from address `ip`: the session
+    /// must verify, its user must still exist in the shop and role the token
+    /// names, and a visitor's address must not be on its shop's blacklist.
+    pub async fn caller(
+        &self,
+        token: &str,
+        ip: Option<&str>,
+        now: Millis,
+    ) -> Result<Caller, ChatError> {
+        let session = self.tokens.verify(token, now / 1000)?;
+        let user =
+            self.store.user(session.user_id()?).await?.ok_or_else(|| {
+                ChatError::Unauthorized("the session's user no longer exists".into())
+            })?;
+        if user.shop_id != session.shop || user.role != session.role {
+            return Err(ChatError::Unauthorized(
+                "the session does not match its user".into(),
+            ));
+        }
+        if let (Role::Visitor, Some(ip)) = (user.role, ip) {
+            if self.store.is_blacklisted(user.shop_id, ip).await? {
+                return Err(ChatError::Forbidden("this address is blocked by the shop"));
+            }
+        }
+        Ok(Caller { session, user })
+    }
+
+    fn agent_only(&self, caller: &Caller) -> Result<(), ChatError> {
+        match caller.user.role {
+            Role::Agent => Ok(()),
+            Role::Visitor => Err(ChatError::Forbidden("only agents may do this")),
+        }
+    }
+
+    /// A conversation the caller takes part in.
+    pub async fn conversation(&self, caller: &Caller, id: Id) -> Result<Conversation, ChatError> {
+        let c = self
+            .store
+            .conversation(id)
+            .await?
+            .ok_or(ChatError::NotFound("conversation"))?;
+        if !c.admits(&caller.user) {
+            // Not told apart from a missing one: ids of other shops stay unknown.
+            return Err(ChatError::NotFound("conversation"));
+        }
+        Ok(c)
+    }
+
+    /// The caller's conversations with the last message and unread counts.
+    pub async fn conversations(
+        &self,
+        caller: &Caller,
+        offset: u32,
+        limit: u32,
+    ) -> Result<Vec<Summary>, ChatError> {
+        let limit = self.page(limit)?;
+        Ok(self.store.summaries(&caller.user, offset, limit).await?)
+    }
+
+    fn page(&self, limit: u32) -> Result<u32, ChatError> {
+        if limit == 0 || limit > self.limits.max_page {
+            return Err(ChatError::BadRequest(format!(
+                "limit must be 1 to {}",
+                self.limits.max_page
+            )));
+        }
+        Ok(limit)
+    }
+
+    /// The direct conversation of the caller and another user of its shop.
+    pub async fn direct(
+        &self,
+        caller: &Caller,
+        other: Id,
+        now: Millis,
+    ) -> Result<Conversation, ChatError> {
+        let other = self
+            .store
+            .user(other)
+            .await?
+            .filter(|u| u.shop_id == caller.user.shop_id)
+            .ok_or(ChatError::NotFound("user"))?;
+        Ok(self
+            .store
+            .direct_conversation(&caller.user, &other, now)
+            .await?)
+    }
+
+    /// A page of a conversation's history, oldest first.
+    pub async fn history(
+        &self,
+        caller: &Caller,
+        conversation: Id,
+        page: Page,
+    ) -> Result<Vec<Message>, ChatError> {
+        let c = self.conversation(caller, conversation).await?;
+        let limit = match page {
+            Page::Newest { limit } | Page::Before { limit, .. } | Page::After { limit, .. } => {
+                limit
+            }
+        };
+        self.page(limit)?;
+        Ok(self.store.messages(c.id, page).await?)
+    }
+
+    /// The members an event of conversation `c` goes to: the visitor and the
+    /// shop's agents, or the two users.
+    async fn members(&self, c: &Conversation) -> Result<Vec<Id>, ChatError> {
+        Ok(match (c.visitor_id, c.pair) {
+            (Some(v), _) => {
+                let mut m: Vec<Id> = self
+                    .store
+                    .agents(c.shop_id)
+                    .await?
+                    .iter()
+                    .map(|a| a.id)
+                    .collect();
+                m.push(v);
+                m
+            }
+            (None, Some((a, b))) => vec![a, b],
+            (None, None) => Vec::new(),
+        })
+    }
+
+    async fn publish(&self, c: &Conversation, event: &Event<'_>) -> bool {
+        let Ok(members) = self.members(c).await else {
+            return false;
+        };
+        let Ok(body) = serde_json::to_vec(event) else {
+            return false;
+        };
+        self.publisher
+            .push_mids(EVENT_OP, &members, body)
+            .await
+            .is_ok()
+    }
+
+    /// Stores a message, then pushes it to the conversation's members. A retry
+    /// with the same client id returns the stored message (and pushes it again,
+    /// in case the first push was lost).
+    pub async fn send(
+        &self,
+        caller: &Caller,
+        conversation: Id,
+        kind: &str,
+        body: &str,
+        client_id: Option<&str>,
+        now: Millis,
+    ) -> Result<Sent, ChatError> {
+        if !matches!(kind, "text" | "image" | "emoji") {
+            return Err(ChatError::BadRequest(
+                "kind must be text, image or emoji".into(),
+            ));
+        }
+        if body.trim().is_empty() || body.len() > self.limits.max_message {
+            return Err(ChatError::BadRequest(format!(
+                "the body must hold 1 to {} bytes",
+                self.limits.max_message
+            )));
+        }
+        if let Some(id) = client_id {
+            check_len("client_id", id, 1, 64)?;
+        }
+        let c = self.conversation(caller, conversation).await?;
+        let (message, created) = self
+            .store
+            .append(&NewMessage {
+                conversation_id: c.id,
+                sender_id: caller.user.id,
+                kind: kind.into(),
+                body: body.into(),
+                client_id: client_id.map(String::from),
+                at: now,
+            })
+            .await?;
+        self.store.touch(caller.user.id, now).await?;
+        let pushed = self
+            .publish(&c, &Event::Message { message: &message })
+            .await;
+        Ok(Sent {
+            message,
+            created,
+            pushed,
+        })
+    }
+
+    /// Moves the caller's read position and tells the other members.
+    pub async fn mark_read(
+        &self,
+        caller: &Caller,
+        conversation: Id,
+        position: Id,
+    ) -> Result<Id, ChatError> {
+        let c = self.conversation(caller, conversation).await?;
+        let position = self.store.mark_read(c.id, caller.user.id, position).await?;
+        self.publish(
+            &c,
+            &Event::Read {
+                conversation_id: c.id,
+                user_id: caller.user.id,
+                position,
+            },
+        )
+        .await;
+        Ok(position)
+    }
+
+    /// The caller's unread count in a conversation.
+    pub async fn unread(&self, caller: &Caller, conversation: Id) -> Result<i64, ChatError> {
+        let c = self.conversation(caller, conversation).await?;
+        Ok(self.store.unread(c.id, caller.user.id).await?)
+    }
+
+    /// Assigns one of the caller's shop's kefu conversations (agents only).
+    pub async fn assign(
+        &self,
+        caller: &Caller,
+        conversation: Id,
+        agent: Option<Id>,
+    ) -> Result<(), ChatError> {
+        self.agent_only(caller)?;
+        let c = self.conversation(caller, conversation).await?;
+        Ok(self.store.assign(c.id, agent).await?)
+    }
+
+    /// The caller's shop's visitors (agents only).
+    pub async fn visitors(
+        &self,
+        caller: &Caller,
+        q: &VisitorQuery,
+    ) -> Result<Vec<User>, ChatError> {
+        self.agent_only(caller)?;
+        self.page(q.limit)?;
+        Ok(self.store.visitors(caller.user.shop_id, q).await?)
+    }
+
+    /// Blocks an address for the caller's shop (agents only).
+    pub async fn block(&self, caller: &Caller, ip: &str, now: Millis) -> Result<(), ChatError> {
+        self.agent_only(caller)?;
+        let ip: std::net::IpAddr = ip
+            .parse()
+            .map_err(|_| ChatError::BadRequest("ip must be an IPv4 or IPv6 address".into()))?;
+        Ok(self
+            .store
+            .blacklist_add(caller.user.shop_id, &ip.to_string(), now)
+            .await?)
+    }
+
+    /// Unblocks an address; returns whether it was blocked (agents only).
+    pub async fn unblock(&self, caller: &Caller, ip: &str) -> Result<bool, ChatError> {
+        self.agent_only(caller)?;
+        Ok(self.store.blacklist_remove(caller.user.shop_id, ip).await?)
+    }
+
+    /// The caller's shop's blocked addresses (agents only).
+    pub async fn blocked(&self, caller: &Caller) -> Result<Vec<String>, ChatError> {
+        self.agent_only(caller)?;
+        Ok(self.store.blacklist(caller.user.shop_id).await?)
+    }
+
+    /// Adds a canned reply (agents only).
+    pub async fn add_canned(
+        &self,
+        caller: &Caller,
+        title: &str,
+        body: &str,
+        now: Millis,
+    ) -> Result<Canned, ChatError> {
+        self.agent_only(caller)?;
+        check_len("the title", title, 1, 100)?;
+        check_len("the body", body, 1, self.limits.max_message)?;
+        Ok(self
+            .store
+            .canned_add(caller.user.shop_id, title, body, now)
+            .await?)
+    }
+
+    /// The caller's shop's canned replies (agents only).
+    pub async fn canned(&self, caller: &Caller) -> Result<Vec<Canned>, ChatError> {
+        self.agent_only(caller)?;
+        Ok(self.store.canned(caller.user.shop_id).await?)
+    }
+
+    /// Removes a canned reply; returns whether it was there (agents only).
+    pub async fn remove_canned(&self, caller: &Caller, id: Id) -> Result<bool, ChatError> {
+        self.agent_only(caller)?;
+        Ok(self.store.canned_remove(caller.user.shop_id, id).await?)
+    }
+}
+
+/// An argon2id hash of a password nobody has, checked when a login names no
+/// agent so that it takes as long as a real check.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| auth::hash_password(&auth::new_jti()).unwrap_or_default())
+}

@@ -241,6 +241,8 @@ pub async fn start_herald(spec: &HeraldSpec, b: Batching, tcp: bool) -> anyhow::
         .env("HERALD_JOB__ROOM_WINDOW", format!("{}ms", b.window_ms))
         .env("HERALD_JOB__ROOM_BATCH", b.batch.to_string())
         .env("HERALD_LOG__LEVEL", "warn")
+        // The push benchmarks measure no chat (and leave no database behind).
+        .env("HERALD_CHAT__ENABLED", "false")
         // herald keeps descriptors for its HTTP API's connection cap (4,096 by
         // default) out of the client connections' share of the open-file limit; the
         // bench pushes over a handful, so the clients may have the rest.

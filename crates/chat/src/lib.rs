@@ -9,9 +9,12 @@
 //! are embedded and run when the store opens.
 
 pub mod auth;
+pub mod config;
+pub mod http;
 pub mod service;
 mod sql;
 
+pub use config::ChatConfig;
 pub use service::{Caller, Chat, ChatError, Publisher};
 pub use sql::{now_ms, SqlStore};
 

@@ -64,6 +64,14 @@ fn conflict(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
     }
 }
 
+/// SQLite's "database is locked" or "busy".
+fn is_locked(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => matches!(d.code().as_deref(), Some("5") | Some("6")),
+        _ => false,
+    }
+}
+
 fn corrupt(e: sqlx::Error) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
@@ -172,7 +180,26 @@ impl SqlStore {
             .await
             .map_err(unavailable)?;
         let store = SqlStore { pool, engine };
-        if engine == Engine::Sqlite {
+        // Processes opening one new SQLite file at once can find it locked while
+        // another switches its journal or migrates it: they wait their turn.
+        let mut tries = 0;
+        loop {
+            match store.prepare().await {
+                Err(StoreError::Unavailable(e))
+                    if engine == Engine::Sqlite && is_locked(&e) && tries < 100 =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other.map(|()| store),
+            }
+        }
+    }
+
+    /// Puts a new SQLite file in WAL mode and applies the migrations.
+    async fn prepare(&self) -> Result<(), StoreError> {
+        let store = self;
+        if store.engine == Engine::Sqlite {
             // Readers do not wait for the writer. The mode is kept in the file,
             // so only a new file is switched (the switch needs the file alone).
             let mode: String = sqlx::query("PRAGMA journal_mode")
@@ -187,8 +214,7 @@ impl SqlStore {
                     .map_err(unavailable)?;
             }
         }
-        store.migrate().await?;
-        Ok(store)
+        store.migrate().await
     }
 
     /// Opens (creating it if needed) the SQLite file at `path`.

@@ -564,6 +564,8 @@ pub struct Config {
     pub api: herald_logic::api_keys::ApiConfig,
     /// Which streams keep history (recovery after a reconnect); off by default.
     pub history: herald_logic::HistoryConfig,
+    /// The customer-service chat served on the HTTP API port.
+    pub chat: herald_chat::ChatConfig,
 }
 
 impl Config {

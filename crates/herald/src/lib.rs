@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod chat;
 pub mod cluster_rpc;
 pub mod config;
 pub mod dashboard;

@@ -342,6 +342,7 @@ impl LogicRole {
             })
         };
         let before_scrape = depth_gauge(queue);
+        let chat = crate::chat::routes(&cfg, &logic, true).await?;
         let dashboard_stop = stop.child_token();
         let dashboard = dashboard::start(
             dashboard::Sources {
@@ -364,7 +365,7 @@ impl LogicRole {
                 metrics,
                 before_scrape,
                 endpoints,
-                extra: ready.router(),
+                extra: ready.router().merge(chat),
                 dashboard,
             },
             &reloader,

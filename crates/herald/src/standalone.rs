@@ -187,6 +187,7 @@ impl Standalone {
                 hub.refresh_backlog();
             })
         };
+        let chat = crate::chat::routes(&cfg, &logic, false).await?;
         let dashboard_stop = stop.child_token();
         let dashboard = crate::dashboard::start(
             crate::dashboard::Sources {
@@ -215,7 +216,7 @@ impl Standalone {
                     wss_port,
                     ws_path: ws_path.clone(),
                 }),
-                extra: ready.router(),
+                extra: ready.router().merge(chat),
                 dashboard,
             },
             &reloader,

@@ -90,6 +90,11 @@ impl Server {
         let child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["standalone", "--config"])
             .arg(&config)
+            // The chat's database and secret in a scratch directory.
+            .env(
+                "HERALD_CHAT__DATA_DIR",
+                std::env::temp_dir().join(format!("herald-attacks-chat-{http}")),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -1397,6 +1397,7 @@ ttl = "10m"
         .arg("standalone")
         .arg("--config")
         .arg(&cfg)
+        .env("HERALD_CHAT__DATA_DIR", dir.join("chat"))
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)

@@ -15,6 +15,10 @@ async fn binary_serves_and_stops_on_sigterm() {
     let (tcp, ws, http_port) = (free_port(), free_port(), free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
         .arg("standalone")
+        .env(
+            "HERALD_CHAT__DATA_DIR",
+            std::env::temp_dir().join(format!("herald-binary-chat-{http_port}")),
+        )
         .env("HERALD_COMET__TCP_BIND", format!("[\"127.0.0.1:{tcp}\"]"))
         .env("HERALD_COMET__WS_BIND", format!("[\"127.0.0.1:{ws}\"]"))
         .env("HERALD_LOGIC__HTTP_BIND", format!("127.0.0.1:{http_port}"))
@@ -91,6 +95,10 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
     let (tcp, ws, http_port) = (free_port(), free_port(), free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
         .arg("standalone")
+        .env(
+            "HERALD_CHAT__DATA_DIR",
+            std::env::temp_dir().join(format!("herald-binary-chat-{http_port}")),
+        )
         .env("HERALD_COMET__TCP_BIND", format!("[\"127.0.0.1:{tcp}\"]"))
         .env("HERALD_COMET__WS_BIND", format!("[\"127.0.0.1:{ws}\"]"))
         .env("HERALD_LOGIC__HTTP_BIND", format!("127.0.0.1:{http_port}"))

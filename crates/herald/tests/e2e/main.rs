@@ -7,6 +7,7 @@ mod api_security;
 mod auth;
 mod bad_input;
 mod binary;
+mod chat;
 mod grants;
 mod http_api;
 mod http_limits;

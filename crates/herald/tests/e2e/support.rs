@@ -28,6 +28,13 @@ pub fn test_config() -> Config {
     cfg.comet.handshake_timeout = Duration::from_secs(3);
     cfg.server.id = "test-comet:3109".into();
     cfg.shutdown.grace = Duration::from_secs(3);
+    // Each server its own chat database and secret.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    cfg.chat.data_dir = std::env::temp_dir().join(format!(
+        "herald-e2e-chat-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     cfg
 }
 

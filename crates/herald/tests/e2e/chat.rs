@@ -1,0 +1,392 @@
+//! The chat API of `herald standalone` (SQLite in its data directory): an agent
+//! registers, a visitor opens a conversation, both exchange messages over HTTP
+//! and receive them as pushes on their sockets, read receipts and unread counts,
+//! and every kind of bad request answered as a JSON error.
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+async fn call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Response {
+    let auth = token.map(bearer);
+    let mut headers: Vec<(&str, &str)> = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a));
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    http_with(addr, method, path, &headers, body.as_bytes()).await
+}
+
+/// The next chat event a socket receives (op 5, a JSON body).
+async fn event(c: &mut Client) -> Value {
+    let f = c.recv_push().await;
+    assert_eq!(f.op, 5, "chat events are pushed as op 5");
+    serde_json::from_slice(&f.body).unwrap()
+}
+
+#[tokio::test]
+async fn an_agent_and_a_visitor_chat_over_http_and_receive_pushes() {
+    let s = start().await;
+    let h = s.http_addr;
+
+    let r = call(
+        h,
+        "POST",
+        "/chat/api/register",
+        None,
+        Some(json!({"shop": "acme", "username": "alice", "password": "correct horse"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let agent = r.json();
+    let agent_token = agent["token"].as_str().unwrap().to_string();
+    let agent_id = agent["user"]["id"].as_i64().unwrap();
+
+    let r = call(
+        h,
+        "POST",
+        "/chat/api/visitors",
+        None,
+        Some(json!({"shop": "acme"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let visitor = r.json();
+    let visitor_token = visitor["token"].as_str().unwrap().to_string();
+    let visitor_id = visitor["user"]["id"].as_i64().unwrap();
+    let conv = visitor["conversation"]["id"].as_i64().unwrap();
+
+    // Both on sockets, as their user ids, accepting the chat's op.
+    let mut a = Client::ws(s.ws_addrs[0]).await;
+    a.auth(agent_id, "agent-1", "", &[5]).await;
+    let mut v = Client::ws(s.ws_addrs[0]).await;
+    v.auth(visitor_id, "visitor-1", "", &[5]).await;
+
+    // The visitor sends; both sockets get the stored message.
+    let path = format!("/chat/api/conversations/{conv}/messages");
+    let r = call(
+        h,
+        "POST",
+        &path,
+        Some(&visitor_token),
+        Some(json!({"body": "hello?", "client_id": "v-1"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let sent = r.json();
+    assert_eq!(sent["message"]["id"], 1);
+    assert_eq!(sent["pushed"], true);
+    for c in [&mut a, &mut v] {
+        let e = event(c).await;
+        assert_eq!(e["type"], "message");
+        assert_eq!(e["message"]["body"], "hello?");
+        assert_eq!(e["message"]["sender_id"], visitor_id);
+    }
+    // The same client id again: 200, the stored message, nothing new.
+    let r = call(
+        h,
+        "POST",
+        &path,
+        Some(&visitor_token),
+        Some(json!({"body": "hello? (again)", "client_id": "v-1"})),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["message"]["body"], "hello?");
+    assert_eq!(r.json()["created"], false);
+    for c in [&mut a, &mut v] {
+        event(c).await;
+    }
+
+    // The agent's list shows it unread; the reply and the read receipt arrive.
+    let r = call(
+        h,
+        "GET",
+        "/chat/api/conversations",
+        Some(&agent_token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list = r.json();
+    assert_eq!(list["conversations"][0]["unread"], 1);
+    assert_eq!(list["conversations"][0]["last"]["body"], "hello?");
+    let r = call(
+        h,
+        "POST",
+        &path,
+        Some(&agent_token),
+        Some(json!({"body": "Hi! How can I help?"})),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(
+        event(&mut v).await["message"]["body"],
+        "Hi! How can I help?"
+    );
+    event(&mut a).await;
+    let r = call(
+        h,
+        "POST",
+        &format!("/chat/api/conversations/{conv}/read"),
+        Some(&agent_token),
+        Some(json!({"position": 2})),
+    )
+    .await;
+    assert_eq!((r.status, r.json()), (200, json!({"position": 2})));
+    let receipt = event(&mut v).await;
+    assert_eq!(
+        (
+            receipt["type"].clone(),
+            receipt["user_id"].clone(),
+            receipt["position"].clone()
+        ),
+        (json!("read"), json!(agent_id), json!(2))
+    );
+    let r = call(
+        h,
+        "GET",
+        &format!("/chat/api/conversations/{conv}/unread"),
+        Some(&visitor_token),
+        None,
+    )
+    .await;
+    assert_eq!(r.json(), json!({"unread": 1}));
+
+    // History, newest page and before an id, oldest first.
+    let r = call(
+        h,
+        "GET",
+        &format!("{path}?limit=10"),
+        Some(&visitor_token),
+        None,
+    )
+    .await;
+    let bodies: Vec<String> = r.json()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(bodies, vec!["hello?", "Hi! How can I help?"]);
+    let r = call(
+        h,
+        "GET",
+        &format!("{path}?before=2&limit=10"),
+        Some(&visitor_token),
+        None,
+    )
+    .await;
+    assert_eq!(r.json()["messages"].as_array().unwrap().len(), 1);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_chat_requests_get_json_errors_and_tenants_stay_apart() {
+    let s = start().await;
+    let h = s.http_addr;
+    let reg = |shop: &'static str, user: &'static str| async move {
+        let r = call(
+            h,
+            "POST",
+            "/chat/api/register",
+            None,
+            Some(json!({"shop": shop, "username": user, "password": "correct horse"})),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["token"].as_str().unwrap().to_string()
+    };
+    let acme = reg("acme", "alice").await;
+    let globex = reg("globex", "mallory").await;
+    let r = call(
+        h,
+        "POST",
+        "/chat/api/visitors",
+        None,
+        Some(json!({"shop": "acme"})),
+    )
+    .await;
+    let visitor = r.json();
+    let vt = visitor["token"].as_str().unwrap().to_string();
+    let conv = visitor["conversation"]["id"].as_i64().unwrap();
+    let msgs = format!("/chat/api/conversations/{conv}/messages");
+
+    let check = |r: &Response, status: u16, code: &str| {
+        assert_eq!(r.status, status, "{}", r.text());
+        let body = r.json();
+        assert_eq!(body["code"], code, "{body}");
+        assert!(!body["message"].as_str().unwrap().is_empty());
+    };
+    // Malformed or unexpected bodies.
+    let raw = |body: &'static [u8], ct: &'static str| async move {
+        http_with(h, "POST", "/chat/api/login", &[("Content-Type", ct)], body).await
+    };
+    check(
+        &raw(b"{not json", "application/json").await,
+        400,
+        "bad_request",
+    );
+    check(
+        &raw(
+            br#"{"username":"a","password":"b","admin":true}"#,
+            "application/json",
+        )
+        .await,
+        400,
+        "bad_request",
+    );
+    check(
+        &raw(b"username=a", "application/x-www-form-urlencoded").await,
+        415,
+        "unsupported_media_type",
+    );
+    let big = format!(r#"{{"username":"{}","password":"x"}}"#, "a".repeat(70_000));
+    let r = http_with(
+        h,
+        "POST",
+        "/chat/api/login",
+        &[("Content-Type", "application/json")],
+        big.as_bytes(),
+    )
+    .await;
+    check(&r, 413, "payload_too_large");
+    check(
+        &call(h, "GET", "/chat/api/nope", None, None).await,
+        404,
+        "not_found",
+    );
+    check(
+        &call(h, "DELETE", "/chat/api/login", None, None).await,
+        405,
+        "method_not_allowed",
+    );
+    // Sessions: missing, forged, another shop's.
+    check(
+        &call(h, "GET", "/chat/api/conversations", None, None).await,
+        401,
+        "unauthorized",
+    );
+    let mut forged = acme.clone();
+    forged.replace_range(forged.len() - 2.., "xx");
+    check(
+        &call(h, "GET", "/chat/api/conversations", Some(&forged), None).await,
+        401,
+        "unauthorized",
+    );
+    check(
+        &call(h, "GET", &msgs, Some(&globex), None).await,
+        404,
+        "not_found",
+    );
+    check(
+        &call(h, "POST", &msgs, Some(&globex), Some(json!({"body": "hi"}))).await,
+        404,
+        "not_found",
+    );
+    check(
+        &call(
+            h,
+            "GET",
+            "/chat/api/conversations/abc/messages",
+            Some(&vt),
+            None,
+        )
+        .await,
+        400,
+        "bad_request",
+    );
+    check(
+        &call(h, "GET", &format!("{msgs}?limit=-1"), Some(&vt), None).await,
+        400,
+        "bad_request",
+    );
+    check(
+        &call(
+            h,
+            "POST",
+            &msgs,
+            Some(&vt),
+            Some(json!({"kind": "video", "body": "x"})),
+        )
+        .await,
+        400,
+        "bad_request",
+    );
+    check(
+        &call(h, "GET", "/chat/api/blacklist", Some(&vt), None).await,
+        403,
+        "forbidden",
+    );
+    check(
+        &call(
+            h,
+            "POST",
+            "/chat/api/visitors",
+            None,
+            Some(json!({"shop": "nope"})),
+        )
+        .await,
+        404,
+        "not_found",
+    );
+
+    // The shop blocks the visitors' address (loopback here): refused at once.
+    let r = call(
+        h,
+        "POST",
+        "/chat/api/blacklist",
+        Some(&acme),
+        Some(json!({"ip": "127.0.0.1"})),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    check(
+        &call(h, "GET", &msgs, Some(&vt), None).await,
+        403,
+        "forbidden",
+    );
+    check(
+        &call(
+            h,
+            "POST",
+            "/chat/api/visitors",
+            None,
+            Some(json!({"shop": "acme"})),
+        )
+        .await,
+        403,
+        "forbidden",
+    );
+    // Another shop's visitors from the same address are not affected.
+    let r = call(
+        h,
+        "POST",
+        "/chat/api/visitors",
+        None,
+        Some(json!({"shop": "globex"})),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let r = call(
+        h,
+        "DELETE",
+        "/chat/api/blacklist/127.0.0.1",
+        Some(&acme),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(call(h, "GET", &msgs, Some(&vt), None).await.status, 200);
+    s.shutdown().await;
+}

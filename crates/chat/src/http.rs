@@ -29,6 +29,7 @@ pub fn router(chat: Arc<Chat>) -> Router {
     let api = Router::new()
         .route("/register", post(register))
         .route("/login", post(login))
+        .route("/logout", post(logout))
         .route("/password", post(password))
         .route("/agents", post(add_agent))
         .route("/visitors", post(create_visitor).get(visitors))
@@ -235,7 +236,14 @@ struct Password {
 async fn password(State(chat): Ctx, addr: Addr, headers: HeaderMap, b: Bytes) -> Answer {
     let who = caller(&chat, &headers, &addr).await?;
     let p: Password = body(&headers, &b)?;
-    chat.change_password(&who, &p.current, &p.new).await?;
+    Ok(ok(chat
+        .change_password(&who, &p.current, &p.new, now_ms())
+        .await?))
+}
+
+async fn logout(State(chat): Ctx, addr: Addr, headers: HeaderMap) -> Answer {
+    let who = caller(&chat, &headers, &addr).await?;
+    chat.logout(&who).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -77,6 +77,10 @@ pub struct User {
     pub ip: Option<String>,
     pub created_at: Millis,
     pub last_seen_at: Millis,
+    /// Sessions issued before this time (Unix seconds) have ended (a password
+    /// change ends them all).
+    #[serde(skip)]
+    pub sessions_after: i64,
 }
 
 /// The two kinds of conversation.
@@ -343,8 +347,17 @@ pub trait ChatStore: Send + Sync {
     /// Removes a shop's canned reply; returns whether it was there.
     async fn canned_remove(&self, shop_id: Id, id: Id) -> Result<bool, StoreError>;
 
-    /// Removes visitors not seen since `before` (with their conversations) and
-    /// direct conversations with no activity since then.
+    /// Ends one session: the token with this id is refused until it expires
+    /// (`expires_at`, Unix seconds).
+    async fn revoke(&self, jti: &str, expires_at: i64) -> Result<(), StoreError>;
+    /// Whether the token with this id was ended.
+    async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError>;
+    /// Ends every session of the user issued before `before` (Unix seconds).
+    async fn end_sessions(&self, user_id: Id, before: i64) -> Result<(), StoreError>;
+
+    /// Removes visitors not seen since `before` (with their conversations),
+    /// direct conversations with no activity since then, and the records of
+    /// ended sessions whose tokens have expired by then.
     async fn purge(&self, before: Millis) -> Result<Purged, StoreError>;
 }
 

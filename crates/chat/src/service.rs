@@ -310,13 +310,23 @@ impl Chat {
         Ok(self.issue(user, shop, now))
     }
 
-    /// Changes the caller's password after checking the current one.
+    /// Ends the caller's session: its token is refused from now on.
+    pub async fn logout(&self, caller: &Caller) -> Result<(), ChatError> {
+        Ok(self
+            .store
+            .revoke(&caller.session.jti, caller.session.exp)
+            .await?)
+    }
+
+    /// Changes the caller's password after checking the current one. Every
+    /// session of the agent ends; the answer is a new one.
     pub async fn change_password(
         &self,
         caller: &Caller,
         current: &str,
         new: &str,
-    ) -> Result<(), ChatError> {
+        now: Millis,
+    ) -> Result<Issued, ChatError> {
         self.agent_only(caller)?;
         check_len("the new password", new, 8, 256)?;
         let username = caller.user.username.as_deref().unwrap_or_default();
@@ -327,7 +337,17 @@ impl Chat {
             return Err(ChatError::Forbidden("the current password is wrong"));
         }
         let hash = auth::hash_password(new).map_err(|e| ChatError::Unavailable(e.to_string()))?;
-        Ok(self.store.set_password(caller.user.id, &hash).await?)
+        self.store.set_password(caller.user.id, &hash).await?;
+        // Sessions count in whole seconds: every token issued up to now ends,
+        // and the new one is dated the next second.
+        let after = now / 1000 + 1;
+        self.store.end_sessions(caller.user.id, after).await?;
+        let shop = self
+            .store
+            .shop(caller.user.shop_id)
+            .await?
+            .ok_or(ChatError::NotFound("shop"))?;
+        Ok(self.issue(caller.user.clone(), shop, after * 1000))
     }
 
     /// Creates a visitor of the shop named `shop` and its kefu conversation,
@@ -382,6 +402,9 @@ impl Chat {
             return Err(ChatError::Unauthorized(
                 "the session does not match its user".into(),
             ));
+        }
+        if session.iat < user.sessions_after || self.store.is_revoked(&session.jti).await? {
+            return Err(ChatError::Unauthorized("the session has ended".into()));
         }
         if let (Role::Visitor, Some(ip)) = (user.role, ip) {
             if self.store.is_blacklisted(user.shop_id, ip).await? {

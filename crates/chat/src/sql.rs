@@ -25,7 +25,10 @@ enum Engine {
 /// The migrations, in order: (version, statements). They are written for
 /// SQLite and given to PostgreSQL with its own form of a generated key (the
 /// only difference the schema needs).
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_sessions.sql")),
+];
 
 fn migration_for(engine: Engine, statements: &str) -> Cow<'_, str> {
     match engine {
@@ -76,7 +79,8 @@ fn corrupt(e: sqlx::Error) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
-const USER_COLUMNS: &str = "id, shop_id, role, username, nickname, ip, created_at, last_seen_at";
+const USER_COLUMNS: &str =
+    "id, shop_id, role, username, nickname, ip, created_at, last_seen_at, sessions_after";
 const CONVERSATION_COLUMNS: &str = "c.id, c.shop_id, c.kind, c.visitor_id, c.user_a, c.user_b, \
      c.assignee_id, c.last_message_id, c.created_at, c.updated_at";
 const MESSAGE_COLUMNS: &str = "conversation_id, id, sender_id, kind, body, client_id, created_at";
@@ -99,6 +103,7 @@ fn user_from(r: &AnyRow) -> Result<User, StoreError> {
         ip: r.try_get("ip").map_err(corrupt)?,
         created_at: r.try_get("created_at").map_err(corrupt)?,
         last_seen_at: r.try_get("last_seen_at").map_err(corrupt)?,
+        sessions_after: r.try_get("sessions_after").map_err(corrupt)?,
     })
 }
 
@@ -890,6 +895,42 @@ impl ChatStore for SqlStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn revoke(&self, jti: &str, expires_at: i64) -> Result<(), StoreError> {
+        sqlx::query(&self.sql(
+            "INSERT INTO chat_revoked (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+        ))
+        .bind(jti)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(&self.sql("SELECT COUNT(*) AS n FROM chat_revoked WHERE jti = $1"))
+            .bind(jti)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(row.try_get::<i64, _>("n").map_err(corrupt)? > 0)
+    }
+
+    async fn end_sessions(&self, user_id: Id, before: i64) -> Result<(), StoreError> {
+        let done = sqlx::query(&self.sql(
+            "UPDATE chat_users SET sessions_after = $2 WHERE id = $1 AND sessions_after < $2",
+        ))
+        .bind(user_id)
+        .bind(before)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        if done.rows_affected() == 0 && self.user(user_id).await?.is_none() {
+            return Err(StoreError::NotFound("user"));
+        }
+        Ok(())
+    }
+
     async fn purge(&self, before: Millis) -> Result<Purged, StoreError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let visitors = sqlx::query(
@@ -908,6 +949,12 @@ impl ChatStore for SqlStore {
         .await
         .map_err(unavailable)?
         .rows_affected();
+        // Revocations of tokens that have expired anyway (seconds).
+        sqlx::query(&self.sql("DELETE FROM chat_revoked WHERE expires_at < $1"))
+            .bind(before / 1000)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
         Ok(Purged {
             visitors,

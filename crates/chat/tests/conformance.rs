@@ -424,6 +424,27 @@ async fn conformance(store: Arc<dyn ChatStore>) {
     assert!(store.canned_remove(shop.id, c.id).await.unwrap());
     assert!(store.canned(shop.id).await.unwrap().is_empty());
 
+    // Ended sessions: one token, or every token of a user before a time.
+    assert!(!store.is_revoked("jti-1").await.unwrap());
+    store.revoke("jti-1", 20).await.unwrap();
+    store.revoke("jti-1", 20).await.unwrap();
+    assert!(store.is_revoked("jti-1").await.unwrap());
+    store.revoke("jti-2", 5).await.unwrap();
+    assert_eq!(
+        store.user(alice.id).await.unwrap().unwrap().sessions_after,
+        0
+    );
+    store.end_sessions(alice.id, 9).await.unwrap();
+    store.end_sessions(alice.id, 8).await.unwrap(); // never back
+    assert_eq!(
+        store.user(alice.id).await.unwrap().unwrap().sessions_after,
+        9
+    );
+    assert!(matches!(
+        store.end_sessions(999_999, 9).await,
+        Err(StoreError::NotFound("user"))
+    ));
+
     // Retention: visitors not seen since the cut-off go, with their conversations.
     let purged = store.purge(6_500).await.unwrap();
     assert_eq!(
@@ -440,6 +461,9 @@ async fn conformance(store: Arc<dyn ChatStore>) {
     );
     let purged = store.purge(10_000).await.unwrap();
     assert_eq!((purged.visitors, purged.conversations), (1, 0));
+    // Revocations of tokens expired by then went too (10 s > jti-2's 5 s).
+    assert!(!store.is_revoked("jti-2").await.unwrap());
+    assert!(store.is_revoked("jti-1").await.unwrap());
     assert!(store
         .messages(kefu.id, Page::Newest { limit: 5 })
         .await

@@ -383,16 +383,43 @@ async fn the_blacklist_is_enforced_and_bad_input_refused() {
 
     // Passwords change only with the current one.
     assert_eq!(
-        chat.change_password(&alice, "wrong", "new password")
+        chat.change_password(&alice, "wrong", "new password", NOW)
             .await
             .unwrap_err()
             .status(),
         403
     );
-    chat.change_password(&alice, "correct horse", "new password")
+    let other_session = chat.login("alice", "correct horse", NOW).await.unwrap();
+    let renewed = chat
+        .change_password(&alice, "correct horse", "new password", NOW + 5)
         .await
         .unwrap();
     assert!(chat.login("alice", "correct horse", NOW).await.is_err());
-    chat.login("alice", "new password", NOW).await.unwrap();
+    chat.login("alice", "new password", NOW + 10_000)
+        .await
+        .unwrap();
+    // Every earlier session has ended; the answer's session works.
+    for old in [&acme.token, &other_session.token] {
+        assert_eq!(
+            chat.caller(old, None, NOW + 10).await.unwrap_err().status(),
+            401
+        );
+    }
+    let alice = chat.caller(&renewed.token, None, NOW + 10).await.unwrap();
+
+    // Logout ends that session only.
+    let second = chat
+        .login("alice", "new password", NOW + 2_000)
+        .await
+        .unwrap();
+    chat.logout(&alice).await.unwrap();
+    assert_eq!(
+        chat.caller(&renewed.token, None, NOW + 3_000)
+            .await
+            .unwrap_err()
+            .status(),
+        401
+    );
+    chat.caller(&second.token, None, NOW + 3_000).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

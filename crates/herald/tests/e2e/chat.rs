@@ -388,5 +388,31 @@ async fn bad_chat_requests_get_json_errors_and_tenants_stay_apart() {
     .await;
     assert_eq!(r.status, 204);
     assert_eq!(call(h, "GET", &msgs, Some(&vt), None).await.status, 200);
+
+    // Logout ends that session; a password change ends every earlier one.
+    let r = call(h, "POST", "/chat/api/logout", Some(&vt), None).await;
+    assert_eq!(r.status, 204);
+    check(
+        &call(h, "GET", &msgs, Some(&vt), None).await,
+        401,
+        "unauthorized",
+    );
+    let r = call(
+        h,
+        "POST",
+        "/chat/api/password",
+        Some(&acme),
+        Some(json!({"current": "correct horse", "new": "battery staple"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let renewed = r.json()["token"].as_str().unwrap().to_string();
+    check(
+        &call(h, "GET", "/chat/api/me", Some(&acme), None).await,
+        401,
+        "unauthorized",
+    );
+    let r = call(h, "GET", "/chat/api/me", Some(&renewed), None).await;
+    assert_eq!(r.json()["user"]["username"], "alice");
     s.shutdown().await;
 }

@@ -32,6 +32,14 @@ pub struct ChatConfig {
     pub max_connections: u32,
     /// Longest message body, bytes.
     pub max_message: usize,
+    /// Visitors not seen for this long are removed with their conversations,
+    /// and direct conversations idle this long too, checked every
+    /// `purge_interval`. `0s`: kept forever.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often the retention purge runs.
+    #[serde(with = "humantime_serde")]
+    pub purge_interval: Duration,
 }
 
 impl Default for ChatConfig {
@@ -44,6 +52,8 @@ impl Default for ChatConfig {
             token_ttl: Duration::from_secs(7 * 24 * 3600),
             max_connections: 8,
             max_message: 4000,
+            retention: Duration::from_secs(30 * 24 * 3600),
+            purge_interval: Duration::from_secs(3600),
         }
     }
 }

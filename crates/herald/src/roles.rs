@@ -342,7 +342,7 @@ impl LogicRole {
             })
         };
         let before_scrape = depth_gauge(queue);
-        let chat = crate::chat::routes(&cfg, &logic, true).await?;
+        let chat = crate::chat::routes(&cfg, &logic, true, &stop, &tasks).await?;
         let dashboard_stop = stop.child_token();
         let dashboard = dashboard::start(
             dashboard::Sources {

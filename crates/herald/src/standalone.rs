@@ -187,7 +187,7 @@ impl Standalone {
                 hub.refresh_backlog();
             })
         };
-        let chat = crate::chat::routes(&cfg, &logic, false).await?;
+        let chat = crate::chat::routes(&cfg, &logic, false, &stop, &tasks).await?;
         let dashboard_stop = stop.child_token();
         let dashboard = crate::dashboard::start(
             crate::dashboard::Sources {

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod service;
+pub mod socket;
 mod sql;
 
 pub use config::ChatConfig;

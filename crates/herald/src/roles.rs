@@ -296,7 +296,11 @@ impl LogicRole {
         let queue = engines::queue(&cfg, &server_id, &stop).await?;
 
         let tasks = TaskTracker::new();
-        let authenticator = crate::auth::authenticator(&cfg, None, stop.clone(), &tasks).await?;
+        let chat = crate::chat::prepare(&cfg, true).await?;
+        let authenticator = crate::chat::authenticator(
+            chat.as_ref(),
+            crate::auth::authenticator(&cfg, None, stop.clone(), &tasks).await?,
+        );
         let draining = Arc::new(AtomicBool::new(false));
         let ready = logic_checks(
             Readiness::new().draining(draining.clone()),
@@ -342,7 +346,7 @@ impl LogicRole {
             })
         };
         let before_scrape = depth_gauge(queue);
-        let chat = crate::chat::routes(&cfg, &logic, true, &stop, &tasks).await?;
+        let chat = crate::chat::routes(&cfg, chat, &logic, &stop, &tasks);
         let dashboard_stop = stop.child_token();
         let dashboard = dashboard::start(
             dashboard::Sources {

@@ -104,8 +104,11 @@ impl Standalone {
             .chain(&cfg.comet.tls_tcp_bind)
             .copied()
             .collect();
-        let authenticator =
-            crate::auth::authenticator(&cfg, Some(&listeners), stop.clone(), &tasks).await?;
+        let chat = crate::chat::prepare(&cfg, false).await?;
+        let authenticator = crate::chat::authenticator(
+            chat.as_ref(),
+            crate::auth::authenticator(&cfg, Some(&listeners), stop.clone(), &tasks).await?,
+        );
         let logic = Logic::new(
             cfg.logic.clone(),
             authenticator,
@@ -187,7 +190,7 @@ impl Standalone {
                 hub.refresh_backlog();
             })
         };
-        let chat = crate::chat::routes(&cfg, &logic, false, &stop, &tasks).await?;
+        let chat = crate::chat::routes(&cfg, chat, &logic, &stop, &tasks);
         let dashboard_stop = stop.child_token();
         let dashboard = crate::dashboard::start(
             crate::dashboard::Sources {

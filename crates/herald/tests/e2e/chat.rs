@@ -27,6 +27,16 @@ async fn call(
     http_with(addr, method, path, &headers, body.as_bytes()).await
 }
 
+/// A WebSocket connected as the chat user of `token`.
+async fn chat_socket(addr: std::net::SocketAddr, token: &str) -> Client {
+    let mut c = Client::ws(addr).await;
+    let body = json!({ "chat": token }).to_string();
+    let seq = c.send(herald_proto::Op::AUTH, body.as_bytes()).await;
+    let f = c.recv().await.expect("auth reply");
+    assert_eq!((f.op, f.seq), (herald_proto::Op::AUTH_REPLY, seq));
+    c
+}
+
 /// The next chat event a socket receives (op 5, a JSON body).
 async fn event(c: &mut Client) -> Value {
     let f = c.recv_push().await;
@@ -66,11 +76,10 @@ async fn an_agent_and_a_visitor_chat_over_http_and_receive_pushes() {
     let visitor_id = visitor["user"]["id"].as_i64().unwrap();
     let conv = visitor["conversation"]["id"].as_i64().unwrap();
 
-    // Both on sockets, as their user ids, accepting the chat's op.
-    let mut a = Client::ws(s.ws_addrs[0]).await;
-    a.auth(agent_id, "agent-1", "", &[5]).await;
-    let mut v = Client::ws(s.ws_addrs[0]).await;
-    v.auth(visitor_id, "visitor-1", "", &[5]).await;
+    // Both on sockets with their session tokens (the server runs in trust mode
+    // for goim's clients; chat clients are checked all the same).
+    let mut a = chat_socket(s.ws_addrs[0], &agent_token).await;
+    let mut v = chat_socket(s.ws_addrs[0], &visitor_token).await;
 
     // The visitor sends; both sockets get the stored message.
     let path = format!("/chat/api/conversations/{conv}/messages");
@@ -389,6 +398,26 @@ async fn bad_chat_requests_get_json_errors_and_tenants_stay_apart() {
     assert_eq!(r.status, 204);
     assert_eq!(call(h, "GET", &msgs, Some(&vt), None).await.status, 200);
 
+    // A socket with a forged chat token is refused; a chat socket may not join
+    // a room (its grant holds none: the reply names the room it still holds,
+    // none).
+    let mut bad = Client::ws(s.ws_addrs[0]).await;
+    bad.send(
+        herald_proto::Op::AUTH,
+        json!({ "chat": forged }).to_string().as_bytes(),
+    )
+    .await;
+    bad.expect_closed().await;
+    let mut ok_socket = chat_socket(s.ws_addrs[0], &vt).await;
+    ok_socket
+        .send(herald_proto::Op::CHANGE_ROOM, b"live://1")
+        .await;
+    let f = ok_socket.recv().await.unwrap();
+    assert_eq!(
+        (f.op, f.body.len()),
+        (herald_proto::Op::CHANGE_ROOM_REPLY, 0)
+    );
+
     // Logout ends that session; a password change ends every earlier one.
     let r = call(h, "POST", "/chat/api/logout", Some(&vt), None).await;
     assert_eq!(r.status, 204);
@@ -397,6 +426,14 @@ async fn bad_chat_requests_get_json_errors_and_tenants_stay_apart() {
         401,
         "unauthorized",
     );
+    let mut ended = Client::ws(s.ws_addrs[0]).await;
+    ended
+        .send(
+            herald_proto::Op::AUTH,
+            json!({ "chat": vt }).to_string().as_bytes(),
+        )
+        .await;
+    ended.expect_closed().await;
     let r = call(
         h,
         "POST",

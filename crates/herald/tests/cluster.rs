@@ -1419,3 +1419,134 @@ ttl = "10m"
     p.terminate(Duration::from_secs(10)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The session secret the chat's logics share.
+const CHAT_SECRET: &str = "cluster-chat-secret-of-32-bytes-at-least";
+
+/// The chat on the cluster: both logics serve it from one PostgreSQL database;
+/// an agent on comet 0 and a visitor on comet 1 (each connected with its session
+/// token) chat through different logics, and history and unread counts read the
+/// same through either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_on_two_logics_and_one_postgresql() {
+    use serde_json::json;
+    use support::{chat_call, chat_event, chat_socket};
+
+    let pg = herald_testkit::postgres();
+    let database = pg.postgres_database("chat");
+    let queue = herald_testkit::redis();
+    let toml = redis_queue_toml(&queue.redis_url(), Duration::from_secs(2));
+    let etcd = herald_testkit::etcd();
+    let redis = herald_testkit::redis();
+    let (etcd_url, redis_url) = (etcd.etcd_endpoint(), redis.redis_url());
+    let chat = format!("[chat]\ndatabase = \"{database}\"\nsecret = \"{CHAT_SECRET}\"\n");
+    let mut c = Cluster::start_with(
+        "chat",
+        toml,
+        vec![queue, pg],
+        etcd,
+        redis,
+        &etcd_url,
+        &redis_url,
+        &chat,
+        None,
+    );
+    c.ready().await;
+    let (l0, l1) = (c.logics[0], c.logics[1]);
+
+    // The agent registers through logic 0; the visitor arrives through logic 1.
+    let r = chat_call(
+        l0,
+        "POST",
+        "/chat/api/register",
+        None,
+        Some(json!({"shop": "acme", "username": "alice", "password": "correct horse"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let agent = r.json()["token"].as_str().unwrap().to_string();
+    let r = chat_call(
+        l1,
+        "POST",
+        "/chat/api/visitors",
+        None,
+        Some(json!({"shop": "acme"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let visitor = r.json()["token"].as_str().unwrap().to_string();
+    let conv = r.json()["conversation"]["id"].as_i64().unwrap();
+    let msgs = format!("/chat/api/conversations/{conv}/messages");
+
+    let mut a = chat_socket(c.comets[0].1, &agent).await;
+    let mut v = chat_socket(c.comets[1].1, &visitor).await;
+
+    // Visitor → agent through logic 1, agent → visitor through logic 0.
+    let r = chat_call(
+        l1,
+        "POST",
+        &msgs,
+        Some(&visitor),
+        Some(json!({"body": "hello from z2"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    for s in [&mut a, &mut v] {
+        assert_eq!(chat_event(s).await["message"]["body"], "hello from z2");
+    }
+    let r = chat_call(
+        l0,
+        "POST",
+        &msgs,
+        Some(&agent),
+        Some(json!({"body": "hi from z1"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    for s in [&mut a, &mut v] {
+        assert_eq!(chat_event(s).await["message"]["body"], "hi from z1");
+    }
+
+    // The same history and unread counts through either logic.
+    for l in [l0, l1] {
+        let r = chat_call(l, "GET", &msgs, Some(&visitor), None).await;
+        let bodies: Vec<String> = r.json()["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["body"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(bodies, vec!["hello from z2", "hi from z1"]);
+        let unread = format!("/chat/api/conversations/{conv}/unread");
+        assert_eq!(
+            chat_call(l, "GET", &unread, Some(&agent), None)
+                .await
+                .json(),
+            json!({"unread": 1})
+        );
+        assert_eq!(
+            chat_call(l, "GET", &unread, Some(&visitor), None)
+                .await
+                .json(),
+            json!({"unread": 1})
+        );
+    }
+    // A read through logic 1 is seen through logic 0, and its receipt reaches
+    // the visitor on the other comet.
+    let r = chat_call(
+        l1,
+        "POST",
+        &format!("/chat/api/conversations/{conv}/read"),
+        Some(&agent),
+        Some(json!({"position": 2})),
+    )
+    .await;
+    assert_eq!(r.json(), json!({"position": 2}));
+    let receipt = chat_event(&mut v).await;
+    assert_eq!(
+        (receipt["type"].clone(), receipt["position"].clone()),
+        (json!("read"), json!(2))
+    );
+    let r = chat_call(l0, "GET", "/chat/api/conversations", Some(&agent), None).await;
+    assert_eq!(r.json()["conversations"][0]["unread"], 0);
+}

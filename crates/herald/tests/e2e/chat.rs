@@ -3,46 +3,11 @@
 //! and receive them as pushes on their sockets, read receipts and unread counts,
 //! and every kind of bad request answered as a JSON error.
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::support::*;
 
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
-async fn call(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> Response {
-    let auth = token.map(bearer);
-    let mut headers: Vec<(&str, &str)> = vec![("Content-Type", "application/json")];
-    if let Some(a) = &auth {
-        headers.push(("Authorization", a));
-    }
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    http_with(addr, method, path, &headers, body.as_bytes()).await
-}
-
-/// A WebSocket connected as the chat user of `token`.
-async fn chat_socket(addr: std::net::SocketAddr, token: &str) -> Client {
-    let mut c = Client::ws(addr).await;
-    let body = json!({ "chat": token }).to_string();
-    let seq = c.send(herald_proto::Op::AUTH, body.as_bytes()).await;
-    let f = c.recv().await.expect("auth reply");
-    assert_eq!((f.op, f.seq), (herald_proto::Op::AUTH_REPLY, seq));
-    c
-}
-
-/// The next chat event a socket receives (op 5, a JSON body).
-async fn event(c: &mut Client) -> Value {
-    let f = c.recv_push().await;
-    assert_eq!(f.op, 5, "chat events are pushed as op 5");
-    serde_json::from_slice(&f.body).unwrap()
-}
+use chat_call as call;
 
 #[tokio::test]
 async fn an_agent_and_a_visitor_chat_over_http_and_receive_pushes() {
@@ -96,7 +61,7 @@ async fn an_agent_and_a_visitor_chat_over_http_and_receive_pushes() {
     assert_eq!(sent["message"]["id"], 1);
     assert_eq!(sent["pushed"], true);
     for c in [&mut a, &mut v] {
-        let e = event(c).await;
+        let e = chat_event(c).await;
         assert_eq!(e["type"], "message");
         assert_eq!(e["message"]["body"], "hello?");
         assert_eq!(e["message"]["sender_id"], visitor_id);
@@ -114,7 +79,7 @@ async fn an_agent_and_a_visitor_chat_over_http_and_receive_pushes() {
     assert_eq!(r.json()["message"]["body"], "hello?");
     assert_eq!(r.json()["created"], false);
     for c in [&mut a, &mut v] {
-        event(c).await;
+        chat_event(c).await;
     }
 
     // The agent's list shows it unread; the reply and the read receipt arrive.
@@ -140,10 +105,10 @@ async fn an_agent_and_a_visitor_chat_over_http_and_receive_pushes() {
     .await;
     assert_eq!(r.status, 201);
     assert_eq!(
-        event(&mut v).await["message"]["body"],
+        chat_event(&mut v).await["message"]["body"],
         "Hi! How can I help?"
     );
-    event(&mut a).await;
+    chat_event(&mut a).await;
     let r = call(
         h,
         "POST",
@@ -153,7 +118,7 @@ async fn an_agent_and_a_visitor_chat_over_http_and_receive_pushes() {
     )
     .await;
     assert_eq!((r.status, r.json()), (200, json!({"position": 2})));
-    let receipt = event(&mut v).await;
+    let receipt = chat_event(&mut v).await;
     assert_eq!(
         (
             receipt["type"].clone(),

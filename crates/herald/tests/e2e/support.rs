@@ -569,3 +569,37 @@ where
     }
     panic!("timed out waiting for {what}");
 }
+
+/// A chat API call: JSON body, the session token as a bearer token.
+pub async fn chat_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Response {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &str)> = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a));
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    http_with(addr, method, path, &headers, body.as_bytes()).await
+}
+
+/// A WebSocket connected as the chat user of `token`.
+pub async fn chat_socket(addr: SocketAddr, token: &str) -> Client {
+    let mut c = Client::ws(addr).await;
+    let body = serde_json::json!({ "chat": token }).to_string();
+    let seq = c.send(Op::AUTH, body.as_bytes()).await;
+    let f = c.recv().await.expect("auth reply");
+    assert_eq!((f.op, f.seq), (Op::AUTH_REPLY, seq));
+    c
+}
+
+/// The next chat event a socket receives (op 5, a JSON body).
+pub async fn chat_event(c: &mut Client) -> Value {
+    let f = c.recv_push().await;
+    assert_eq!(f.op, 5, "chat events are pushed as op 5");
+    serde_json::from_slice(&f.body).unwrap()
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::blobs::{BlobStore, DirBlobs};
 use crate::service::{Chat, Limits, Publisher};
 use crate::{auth, SqlStore};
 
@@ -32,6 +33,8 @@ pub struct ChatConfig {
     pub max_connections: u32,
     /// Longest message body, bytes.
     pub max_message: usize,
+    /// Largest image upload, bytes.
+    pub max_upload: usize,
     /// Visitors not seen for this long are removed with their conversations,
     /// and direct conversations idle this long too, checked every
     /// `purge_interval`. `0s`: kept forever.
@@ -52,6 +55,7 @@ impl Default for ChatConfig {
             token_ttl: Duration::from_secs(7 * 24 * 3600),
             max_connections: 8,
             max_message: 4000,
+            max_upload: 5 * 1024 * 1024,
             retention: Duration::from_secs(30 * 24 * 3600),
             purge_interval: Duration::from_secs(3600),
         }
@@ -113,23 +117,29 @@ impl ChatConfig {
                 auth::MIN_SECRET
             )));
         }
-        let store = if self.database.is_empty() {
-            std::fs::create_dir_all(&self.data_dir).map_err(|e| {
+        let (store, blobs): (SqlStore, Arc<dyn BlobStore>) = if self.database.is_empty() {
+            let uploads = self.data_dir.join("uploads");
+            let blobs = DirBlobs::new(uploads.clone()).map_err(|e| {
                 StartError::Config(format!(
-                    "cannot make the chat data directory {}: {e}",
-                    self.data_dir.display()
+                    "cannot make the chat's upload directory {}: {e}",
+                    uploads.display()
                 ))
             })?;
-            SqlStore::sqlite(&self.data_dir.join("chat.db"), self.max_connections).await?
+            let store =
+                SqlStore::sqlite(&self.data_dir.join("chat.db"), self.max_connections).await?;
+            (store, Arc::new(blobs))
         } else {
-            SqlStore::open(&self.database, self.max_connections).await?
+            // A cluster keeps the bytes in the database too: no shared disk.
+            let store = SqlStore::open(&self.database, self.max_connections).await?;
+            (store.clone(), Arc::new(store))
         };
         let limits = Limits {
             token_ttl: self.token_ttl,
             max_message: self.max_message,
+            max_upload: self.max_upload,
             ..Limits::default()
         };
-        Chat::new(Arc::new(store), &secret, publisher, limits)
+        Chat::new(Arc::new(store), blobs, &secret, publisher, limits)
             .map_err(|e| StartError::Config(e.to_string()))
     }
 }

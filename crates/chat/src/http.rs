@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::extract::multipart::{MultipartError, MultipartRejection};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -26,7 +27,14 @@ type Addr = Option<Extension<ClientAddr>>;
 
 /// The API's routes, to be merged into the HTTP API port.
 pub fn router(chat: Arc<Chat>) -> Router {
+    // An upload's body: the file and the multipart framing around it.
+    let upload_limit = chat.limits().max_upload + 16 * 1024;
     let api = Router::new()
+        .route(
+            "/conversations/{id}/uploads",
+            post(upload).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/uploads/{id}", get(download))
         .route("/register", post(register))
         .route("/login", post(login))
         .route("/logout", post(logout))
@@ -101,6 +109,10 @@ impl From<ChatError> for ApiError {
             ChatError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ChatError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ChatError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ChatError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ChatError::Unsupported(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ChatError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         };
         ApiError::new(status, code, e.to_string())
@@ -165,10 +177,22 @@ fn ip(addr: &Addr) -> Option<String> {
 
 /// The caller named by the `Authorization: Bearer` header.
 async fn caller(chat: &Chat, headers: &HeaderMap, addr: &Addr) -> Result<Caller, ApiError> {
+    caller_or(chat, headers, addr, None).await
+}
+
+/// The caller named by the `Authorization: Bearer` header, or by `token` when
+/// there is none.
+async fn caller_or(
+    chat: &Chat,
+    headers: &HeaderMap,
+    addr: &Addr,
+    token: Option<&str>,
+) -> Result<Caller, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
+        .or(token)
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -408,6 +432,83 @@ async fn send(
         StatusCode::OK
     };
     Ok((status, Json(sent)).into_response())
+}
+
+async fn upload(
+    State(chat): Ctx,
+    addr: Addr,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Answer {
+    let who = caller(&chat, &headers, &addr).await?;
+    let id = path_id(&id)?;
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::bad_request(format!(
+            "send the file as multipart/form-data: {}",
+            e.body_text()
+        ))
+    })?;
+    let mut file = None;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(&e))?
+    {
+        if field.name() == Some("file") {
+            let data = field.bytes().await.map_err(|e| multipart_error(&e))?;
+            file = Some(data);
+            break;
+        }
+    }
+    let data = file.ok_or_else(|| ApiError::bad_request("the form has no \"file\" field"))?;
+    Ok(created(chat.upload(&who, id, &data, now_ms()).await?))
+}
+
+fn multipart_error(e: &MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            e.body_text(),
+        );
+    }
+    ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn download(
+    State(chat): Ctx,
+    addr: Addr,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Answer {
+    let t: TokenQuery = query(q)?;
+    let who = caller_or(&chat, &headers, &addr, t.token.as_deref()).await?;
+    let (upload, data) = chat.download(&who, &id).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, upload.content_type),
+            // The bytes under an id never change; only members may see them.
+            (
+                header::CACHE_CONTROL,
+                "private, max-age=31536000, immutable".to_string(),
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; sandbox".to_string(),
+            ),
+        ],
+        data,
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]

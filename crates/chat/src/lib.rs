@@ -9,6 +9,7 @@
 //! are embedded and run when the store opens.
 
 pub mod auth;
+pub mod blobs;
 pub mod config;
 pub mod http;
 pub mod service;
@@ -216,14 +217,30 @@ pub struct Canned {
     pub created_at: Millis,
 }
 
+/// A file uploaded into a conversation (its bytes are in a
+/// [`blobs::BlobStore`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Upload {
+    pub id: String,
+    pub conversation_id: Id,
+    pub uploader_id: Id,
+    /// As sniffed from the bytes.
+    pub content_type: String,
+    pub size: i64,
+    pub created_at: Millis,
+}
+
 /// What a retention purge removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Purged {
     /// Visitors not seen since the cut-off (their conversations, messages and
     /// read positions went with them).
     pub visitors: u64,
     /// Direct conversations with no activity since the cut-off.
     pub conversations: u64,
+    /// The uploads of the conversations removed (their bytes are the caller's
+    /// to remove from the blob store).
+    pub uploads: Vec<String>,
 }
 
 /// Why a store call failed.
@@ -347,6 +364,11 @@ pub trait ChatStore: Send + Sync {
     async fn canned(&self, shop_id: Id) -> Result<Vec<Canned>, StoreError>;
     /// Removes a shop's canned reply; returns whether it was there.
     async fn canned_remove(&self, shop_id: Id, id: Id) -> Result<bool, StoreError>;
+
+    /// Records an upload into a conversation.
+    async fn add_upload(&self, upload: &Upload) -> Result<(), StoreError>;
+    /// An upload's record.
+    async fn upload(&self, id: &str) -> Result<Option<Upload>, StoreError>;
 
     /// Ends one session: the token with this id is refused until it expires
     /// (`expires_at`, Unix seconds).

@@ -10,9 +10,10 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::auth::{self, AuthError, Session, Tokens};
+use crate::blobs::{sniff_image, BlobStore};
 use crate::{
-    Canned, ChatStore, Conversation, Id, Message, Millis, NewAgent, NewMessage, Page, Role, Shop,
-    StoreError, Summary, User, VisitorQuery,
+    Canned, ChatStore, Conversation, Id, Message, Millis, NewAgent, NewMessage, Page, Purged, Role,
+    Shop, StoreError, Summary, Upload, User, VisitorQuery,
 };
 
 /// The op chat events are pushed with (a goim push op, as golang-im's
@@ -35,6 +36,8 @@ pub struct Limits {
     pub max_message: usize,
     /// Most messages or conversations per page.
     pub max_page: u32,
+    /// Largest upload, bytes.
+    pub max_upload: usize,
 }
 
 impl Default for Limits {
@@ -43,6 +46,7 @@ impl Default for Limits {
             token_ttl: Duration::from_secs(7 * 24 * 3600),
             max_message: 4000,
             max_page: 100,
+            max_upload: 5 * 1024 * 1024,
         }
     }
 }
@@ -65,6 +69,12 @@ pub enum ChatError {
     /// A unique name is taken (409).
     #[error("{0} already exists")]
     Conflict(&'static str),
+    /// The upload is over the size limit (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The upload is not an accepted kind of file (415).
+    #[error("{0}")]
+    Unsupported(String),
     /// The database is unreachable (503); nothing was done.
     #[error("the chat store is unavailable: {0}")]
     Unavailable(String),
@@ -79,6 +89,8 @@ impl ChatError {
             ChatError::Forbidden(_) => 403,
             ChatError::NotFound(_) => 404,
             ChatError::Conflict(_) => 409,
+            ChatError::TooLarge(_) => 413,
+            ChatError::Unsupported(_) => 415,
             ChatError::Unavailable(_) => 503,
         }
     }
@@ -147,6 +159,7 @@ pub enum Event<'a> {
 /// The chat application.
 pub struct Chat {
     store: Arc<dyn ChatStore>,
+    blobs: Arc<dyn BlobStore>,
     tokens: Tokens,
     publisher: Arc<dyn Publisher>,
     limits: Limits,
@@ -190,12 +203,14 @@ impl Chat {
     /// through `publisher`.
     pub fn new(
         store: Arc<dyn ChatStore>,
+        blobs: Arc<dyn BlobStore>,
         secret: &[u8],
         publisher: Arc<dyn Publisher>,
         limits: Limits,
     ) -> Result<Chat, AuthError> {
         Ok(Chat {
             store,
+            blobs,
             tokens: Tokens::new(secret)?,
             publisher,
             limits,
@@ -205,6 +220,11 @@ impl Chat {
     /// The store.
     pub fn store(&self) -> &Arc<dyn ChatStore> {
         &self.store
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     fn issue(&self, user: User, shop: Shop, now: Millis) -> Issued {
@@ -552,6 +572,14 @@ impl Chat {
             check_len("client_id", id, 1, 64)?;
         }
         let c = self.conversation(caller, conversation).await?;
+        if kind == "image" {
+            let upload = self.store.upload(body).await?;
+            if upload.is_none_or(|u| u.conversation_id != c.id) {
+                return Err(ChatError::BadRequest(
+                    "an image message's body is the id of an upload into its conversation".into(),
+                ));
+            }
+        }
         let (message, created) = self
             .store
             .append(&NewMessage {
@@ -572,6 +600,78 @@ impl Chat {
             created,
             pushed,
         })
+    }
+
+    /// Keeps an image uploaded into a conversation; its id is what an image
+    /// message carries. The type is read from the bytes (PNG, JPEG, GIF, WebP),
+    /// never from a name or a declared type.
+    pub async fn upload(
+        &self,
+        caller: &Caller,
+        conversation: Id,
+        data: &[u8],
+        now: Millis,
+    ) -> Result<Upload, ChatError> {
+        let c = self.conversation(caller, conversation).await?;
+        if data.is_empty() {
+            return Err(ChatError::BadRequest("the file is empty".into()));
+        }
+        if data.len() > self.limits.max_upload {
+            return Err(ChatError::TooLarge(format!(
+                "uploads are at most {} bytes",
+                self.limits.max_upload
+            )));
+        }
+        let content_type = sniff_image(data).ok_or_else(|| {
+            ChatError::Unsupported("only PNG, JPEG, GIF and WebP images are accepted".into())
+        })?;
+        let upload = Upload {
+            id: format!("u{}", auth::new_jti().replace(['-', '_'], "")),
+            conversation_id: c.id,
+            uploader_id: caller.user.id,
+            content_type: content_type.into(),
+            size: data.len() as i64,
+            created_at: now,
+        };
+        // The bytes first: a record never names bytes that are not there.
+        self.blobs.put(&upload.id, data).await?;
+        if let Err(e) = self.store.add_upload(&upload).await {
+            let _ = self.blobs.remove(&upload.id).await;
+            return Err(e.into());
+        }
+        Ok(upload)
+    }
+
+    /// An upload and its bytes, for a member of its conversation.
+    pub async fn download(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<(Upload, Vec<u8>), ChatError> {
+        let upload = self
+            .store
+            .upload(id)
+            .await?
+            .ok_or(ChatError::NotFound("upload"))?;
+        self.conversation(caller, upload.conversation_id)
+            .await
+            .map_err(|_| ChatError::NotFound("upload"))?;
+        let data = self
+            .blobs
+            .get(id)
+            .await?
+            .ok_or(ChatError::NotFound("upload"))?;
+        Ok((upload, data))
+    }
+
+    /// The retention purge: the store's, then the bytes of the uploads it
+    /// removed.
+    pub async fn purge(&self, before: Millis) -> Result<Purged, ChatError> {
+        let purged = self.store.purge(before).await?;
+        for id in &purged.uploads {
+            self.blobs.remove(id).await?;
+        }
+        Ok(purged)
     }
 
     /// Moves the caller's read position and tells the other members.

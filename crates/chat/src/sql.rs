@@ -10,9 +10,10 @@ use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+use crate::blobs::BlobStore;
 use crate::{
     Canned, ChatStore, Conversation, ConversationKind, Id, Message, Millis, NewAgent, NewMessage,
-    Page, Purged, Role, Shop, StoreError, Summary, User, VisitorQuery,
+    Page, Purged, Role, Shop, StoreError, Summary, Upload, User, VisitorQuery,
 };
 
 /// The two engines.
@@ -28,6 +29,7 @@ enum Engine {
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_sessions.sql")),
+    (3, include_str!("../migrations/0003_uploads.sql")),
 ];
 
 fn migration_for(engine: Engine, statements: &str) -> Cow<'_, str> {
@@ -895,6 +897,50 @@ impl ChatStore for SqlStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn add_upload(&self, u: &Upload) -> Result<(), StoreError> {
+        sqlx::query(&self.sql(
+            "INSERT INTO chat_uploads (id, conversation_id, uploader_id, content_type, size, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        ))
+        .bind(u.id.as_str())
+        .bind(u.conversation_id)
+        .bind(u.uploader_id)
+        .bind(u.content_type.as_str())
+        .bind(u.size)
+        .bind(u.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+                StoreError::NotFound("conversation")
+            }
+            _ => conflict("upload")(e),
+        })?;
+        Ok(())
+    }
+
+    async fn upload(&self, id: &str) -> Result<Option<Upload>, StoreError> {
+        sqlx::query(&self.sql(
+            "SELECT id, conversation_id, uploader_id, content_type, size, created_at \
+             FROM chat_uploads WHERE id = $1",
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .map(|r| {
+            Ok(Upload {
+                id: r.try_get("id").map_err(corrupt)?,
+                conversation_id: r.try_get("conversation_id").map_err(corrupt)?,
+                uploader_id: r.try_get("uploader_id").map_err(corrupt)?,
+                content_type: r.try_get("content_type").map_err(corrupt)?,
+                size: r.try_get("size").map_err(corrupt)?,
+                created_at: r.try_get("created_at").map_err(corrupt)?,
+            })
+        })
+        .transpose()
+    }
+
     async fn revoke(&self, jti: &str, expires_at: i64) -> Result<(), StoreError> {
         sqlx::query(&self.sql(
             "INSERT INTO chat_revoked (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
@@ -933,6 +979,26 @@ impl ChatStore for SqlStore {
 
     async fn purge(&self, before: Millis) -> Result<Purged, StoreError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // The uploads of the conversations about to go (their rows go with
+        // them; their bytes in chat_blobs here, elsewhere by the caller).
+        const DOOMED: &str = "SELECT u.id FROM chat_uploads u \
+             JOIN chat_conversations c ON c.id = u.conversation_id \
+             LEFT JOIN chat_users v ON v.id = c.visitor_id \
+             WHERE (c.kind = 'kefu' AND v.last_seen_at < $1) \
+                OR (c.kind = 'direct' AND c.updated_at < $1)";
+        let uploads: Vec<String> = sqlx::query(&self.sql(DOOMED))
+            .bind(before)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|r| r.try_get("id").map_err(corrupt))
+            .collect::<Result<_, _>>()?;
+        sqlx::query(&self.sql(&format!("DELETE FROM chat_blobs WHERE id IN ({DOOMED})")))
+            .bind(before)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
         let visitors = sqlx::query(
             &self.sql("DELETE FROM chat_users WHERE role = 'visitor' AND last_seen_at < $1"),
         )
@@ -959,6 +1025,7 @@ impl ChatStore for SqlStore {
         Ok(Purged {
             visitors,
             conversations,
+            uploads,
         })
     }
 }
@@ -971,4 +1038,38 @@ fn canned_from(r: &AnyRow) -> Result<Canned, StoreError> {
         body: r.try_get("body").map_err(corrupt)?,
         created_at: r.try_get("created_at").map_err(corrupt)?,
     })
+}
+
+/// Blobs in the chat's own database (`chat_blobs`): what a cluster uses, so
+/// logic hosts need no shared disk.
+#[async_trait]
+impl BlobStore for SqlStore {
+    async fn put(&self, id: &str, data: &[u8]) -> Result<(), StoreError> {
+        sqlx::query(&self.sql("INSERT INTO chat_blobs (id, data) VALUES ($1, $2)"))
+            .bind(id)
+            .bind(data.to_vec())
+            .execute(&self.pool)
+            .await
+            .map_err(conflict("blob"))?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        sqlx::query(&self.sql("SELECT data FROM chat_blobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .map(|r| r.try_get("data").map_err(corrupt))
+            .transpose()
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query(&self.sql("DELETE FROM chat_blobs WHERE id = $1"))
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
 }

@@ -424,6 +424,33 @@ async fn conformance(store: Arc<dyn ChatStore>) {
     assert!(store.canned_remove(shop.id, c.id).await.unwrap());
     assert!(store.canned(shop.id).await.unwrap().is_empty());
 
+    // Uploads: a record per file, and the store as a blob store (the cluster's).
+    let up = herald_chat::Upload {
+        id: "u-one".into(),
+        conversation_id: kefu.id,
+        uploader_id: v1.id,
+        content_type: "image/png".into(),
+        size: 4,
+        created_at: 7_000,
+    };
+    store.add_upload(&up).await.unwrap();
+    assert_eq!(store.upload("u-one").await.unwrap(), Some(up.clone()));
+    assert_eq!(store.upload("u-two").await.unwrap(), None);
+    assert!(matches!(
+        store.add_upload(&up).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .add_upload(&herald_chat::Upload {
+                id: "u-three".into(),
+                conversation_id: 999_999,
+                ..up.clone()
+            })
+            .await,
+        Err(StoreError::NotFound("conversation"))
+    ));
+
     // Ended sessions: one token, or every token of a user before a time.
     assert!(!store.is_revoked("jti-1").await.unwrap());
     store.revoke("jti-1", 20).await.unwrap();
@@ -461,6 +488,8 @@ async fn conformance(store: Arc<dyn ChatStore>) {
     );
     let purged = store.purge(10_000).await.unwrap();
     assert_eq!((purged.visitors, purged.conversations), (1, 0));
+    assert_eq!(purged.uploads, vec!["u-one".to_string()]);
+    assert_eq!(store.upload("u-one").await.unwrap(), None);
     // Revocations of tokens expired by then went too (10 s > jti-2's 5 s).
     assert!(!store.is_revoked("jti-2").await.unwrap());
     assert!(store.is_revoked("jti-1").await.unwrap());
@@ -511,6 +540,21 @@ async fn concurrent_sends(store: Arc<dyn ChatStore>) {
     assert_eq!(all.len(), 20);
 }
 
+/// The store keeps blobs itself (what a cluster uses for uploads).
+async fn blobs_in_the_database(store: &SqlStore) {
+    use herald_chat::blobs::BlobStore;
+    let data: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    store.put("u-blob", &data).await.unwrap();
+    assert_eq!(store.get("u-blob").await.unwrap().unwrap(), data);
+    assert_eq!(store.get("u-none").await.unwrap(), None);
+    assert!(
+        store.put("u-blob", b"again").await.is_err(),
+        "never overwritten"
+    );
+    store.remove("u-blob").await.unwrap();
+    assert_eq!(store.get("u-blob").await.unwrap(), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_store_conforms() {
     let dir = scratch("sqlite");
@@ -518,6 +562,7 @@ async fn sqlite_store_conforms() {
     assert!(!store.is_postgres());
     conformance(Arc::new(store.clone())).await;
     concurrent_sends(Arc::new(store.clone())).await;
+    blobs_in_the_database(&store).await;
     store.close().await;
     // Reopened: the data and the applied migrations are kept.
     let again = SqlStore::sqlite(&dir.join("chat.db"), 1).await.unwrap();
@@ -537,6 +582,7 @@ async fn postgres_store_conforms() {
     b.close().await;
     conformance(Arc::new(a.clone())).await;
     concurrent_sends(Arc::new(a.clone())).await;
+    blobs_in_the_database(&a).await;
     a.close().await;
 }
 

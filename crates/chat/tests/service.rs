@@ -8,6 +8,7 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use herald_chat::blobs::DirBlobs;
 use herald_chat::service::{Limits, EVENT_OP};
 use herald_chat::{Chat, ChatError, Page, Publisher, SqlStore, VisitorQuery};
 use serde_json::Value;
@@ -51,8 +52,10 @@ async fn chat() -> (Chat, Arc<Recorder>, std::path::PathBuf) {
     std::fs::create_dir_all(&dir).unwrap();
     let store = SqlStore::sqlite(&dir.join("chat.db"), 4).await.unwrap();
     let recorder = Arc::new(Recorder::default());
+    let blobs = DirBlobs::new(dir.join("uploads")).unwrap();
     let chat = Chat::new(
         Arc::new(store),
+        Arc::new(blobs),
         &[9u8; 32],
         recorder.clone(),
         Limits::default(),
@@ -421,5 +424,97 @@ async fn the_blacklist_is_enforced_and_bad_input_refused() {
         401
     );
     chat.caller(&second.token, None, NOW + 3_000).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR";
+
+#[tokio::test]
+async fn images_are_uploaded_sniffed_and_served_to_members_only() {
+    let (chat, _events, dir) = chat().await;
+    let acme = chat
+        .register("acme", "alice", "correct horse", "Alice", NOW)
+        .await
+        .unwrap();
+    let alice = chat.caller(&acme.token, None, NOW).await.unwrap();
+    let (vis, conv) = chat.create_visitor("acme", None, None, NOW).await.unwrap();
+    let visitor = chat.caller(&vis.token, None, NOW).await.unwrap();
+    let (other, other_conv) = chat.create_visitor("acme", None, None, NOW).await.unwrap();
+    let other = chat.caller(&other.token, None, NOW).await.unwrap();
+
+    let up = chat.upload(&visitor, conv.id, PNG, NOW).await.unwrap();
+    assert_eq!(
+        (up.content_type.as_str(), up.size),
+        ("image/png", PNG.len() as i64)
+    );
+    // Members get the bytes; another visitor is told it does not exist.
+    let (meta, bytes) = chat.download(&alice, &up.id).await.unwrap();
+    assert_eq!((meta, bytes.as_slice()), (up.clone(), PNG));
+    assert_eq!(
+        chat.download(&other, &up.id).await.unwrap_err().status(),
+        404
+    );
+    assert_eq!(
+        chat.download(&alice, "u-nope").await.unwrap_err().status(),
+        404
+    );
+
+    // The type comes from the bytes, whatever the file was called.
+    let svg = b"<svg xmlns='http://www.w3.org/2000/svg' onload='alert(1)'/>";
+    assert_eq!(
+        chat.upload(&visitor, conv.id, svg, NOW)
+            .await
+            .unwrap_err()
+            .status(),
+        415
+    );
+    assert_eq!(
+        chat.upload(&visitor, conv.id, b"", NOW)
+            .await
+            .unwrap_err()
+            .status(),
+        400
+    );
+    let big = vec![0x89u8; Limits::default().max_upload + 1];
+    assert_eq!(
+        chat.upload(&visitor, conv.id, &big, NOW)
+            .await
+            .unwrap_err()
+            .status(),
+        413
+    );
+    assert_eq!(
+        chat.upload(&other, conv.id, PNG, NOW)
+            .await
+            .unwrap_err()
+            .status(),
+        404,
+        "not into another's conversation"
+    );
+
+    // An image message names an upload of its own conversation.
+    let sent = chat
+        .send(&visitor, conv.id, "image", &up.id, None, NOW)
+        .await
+        .unwrap();
+    assert_eq!(sent.message.kind, "image");
+    let theirs = chat.upload(&other, other_conv.id, PNG, NOW).await.unwrap();
+    for body in [theirs.id.as_str(), "u-nope"] {
+        assert_eq!(
+            chat.send(&visitor, conv.id, "image", body, None, NOW)
+                .await
+                .unwrap_err()
+                .status(),
+            400
+        );
+    }
+
+    // The retention purge takes the bytes with the conversation.
+    let blob = dir.join("uploads").join(&up.id);
+    assert!(blob.is_file());
+    let purged = chat.purge(NOW + 1).await.unwrap();
+    assert_eq!(purged.visitors, 2);
+    assert_eq!(purged.uploads.len(), 2);
+    assert!(!blob.exists(), "the upload's file is gone");
     let _ = std::fs::remove_dir_all(&dir);
 }

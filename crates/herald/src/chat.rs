@@ -98,7 +98,7 @@ async fn purge(
             _ = tick.tick() => {}
         }
         let before = herald_chat::now_ms() - retention.as_millis() as i64;
-        match chat.store().purge(before).await {
+        match chat.purge(before).await {
             Ok(p) if p.visitors + p.conversations > 0 => info!(
                 visitors = p.visitors,
                 conversations = p.conversations,

@@ -9,21 +9,44 @@ use crate::support::*;
 
 use chat_call as call;
 
-#[tokio::test]
-async fn an_agent_and_a_visitor_chat_over_http_and_receive_pushes() {
-    let s = start().await;
-    let h = s.http_addr;
+/// A new visitor of `shop`: its token and conversation id.
+async fn visitor(h: std::net::SocketAddr, shop: &str) -> (String, i64) {
+    let r = call(
+        h,
+        "POST",
+        "/chat/api/visitors",
+        None,
+        Some(json!({ "shop": shop })),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let v = r.json();
+    (
+        v["token"].as_str().unwrap().to_string(),
+        v["conversation"]["id"].as_i64().unwrap(),
+    )
+}
 
+/// Registers shop `shop` with agent `user` (password "correct horse"); the answer.
+async fn register(h: std::net::SocketAddr, shop: &str, user: &str) -> serde_json::Value {
     let r = call(
         h,
         "POST",
         "/chat/api/register",
         None,
-        Some(json!({"shop": "acme", "username": "alice", "password": "correct horse"})),
+        Some(json!({"shop": shop, "username": user, "password": "correct horse"})),
     )
     .await;
     assert_eq!(r.status, 201, "{}", r.text());
-    let agent = r.json();
+    r.json()
+}
+
+#[tokio::test]
+async fn an_agent_and_a_visitor_chat_over_http_and_receive_pushes() {
+    let s = start().await;
+    let h = s.http_addr;
+
+    let agent = register(h, "acme", "alice").await;
     let agent_token = agent["token"].as_str().unwrap().to_string();
     let agent_id = agent["user"]["id"].as_i64().unwrap();
 
@@ -170,30 +193,14 @@ async fn bad_chat_requests_get_json_errors_and_tenants_stay_apart() {
     let s = start().await;
     let h = s.http_addr;
     let reg = |shop: &'static str, user: &'static str| async move {
-        let r = call(
-            h,
-            "POST",
-            "/chat/api/register",
-            None,
-            Some(json!({"shop": shop, "username": user, "password": "correct horse"})),
-        )
-        .await;
-        assert_eq!(r.status, 201, "{}", r.text());
-        r.json()["token"].as_str().unwrap().to_string()
+        register(h, shop, user).await["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     let acme = reg("acme", "alice").await;
     let globex = reg("globex", "mallory").await;
-    let r = call(
-        h,
-        "POST",
-        "/chat/api/visitors",
-        None,
-        Some(json!({"shop": "acme"})),
-    )
-    .await;
-    let visitor = r.json();
-    let vt = visitor["token"].as_str().unwrap().to_string();
-    let conv = visitor["conversation"]["id"].as_i64().unwrap();
+    let (vt, conv) = visitor(h, "acme").await;
     let msgs = format!("/chat/api/conversations/{conv}/messages");
 
     let check = |r: &Response, status: u16, code: &str| {
@@ -416,5 +423,123 @@ async fn bad_chat_requests_get_json_errors_and_tenants_stay_apart() {
     );
     let r = call(h, "GET", "/chat/api/me", Some(&renewed), None).await;
     assert_eq!(r.json()["user"]["username"], "alice");
+    s.shutdown().await;
+}
+
+/// A multipart/form-data body with one file field.
+fn form(name: &str, filename: &str, declared: &str, data: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "herald-test-boundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: {declared}\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[tokio::test]
+async fn images_upload_as_multipart_and_are_served_to_members_only() {
+    let s = start().await;
+    let h = s.http_addr;
+    let agent = register(h, "acme", "alice").await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (vt, conv) = visitor(h, "acme").await;
+    let (other, _) = visitor(h, "acme").await;
+    let uploads = format!("/chat/api/conversations/{conv}/uploads");
+    let send_form = |token: String, ct: String, body: Vec<u8>| {
+        let uploads = uploads.clone();
+        async move {
+            let auth = format!("Bearer {token}");
+            http_with(
+                h,
+                "POST",
+                &uploads,
+                &[("Content-Type", &ct), ("Authorization", &auth)],
+                &body,
+            )
+            .await
+        }
+    };
+
+    // A PNG called cat.txt and declared as text: stored as what it is.
+    let png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01".to_vec();
+    let (ct, body) = form("file", "cat.txt", "text/plain", &png);
+    let r = send_form(vt.clone(), ct, body).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let up = r.json();
+    assert_eq!(up["content_type"], "image/png");
+    let id = up["id"].as_str().unwrap().to_string();
+
+    // Served to members (the token in the query, as an <img src> sends it)...
+    let r = http(
+        h,
+        "GET",
+        &format!("/chat/api/uploads/{id}?token={agent}"),
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, png);
+    assert_eq!(r.header("content-type").as_deref(), Some("image/png"));
+    assert_eq!(
+        r.header("x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+    assert!(r.header("cache-control").unwrap().contains("private"));
+    // ... and to nobody else.
+    let r = http(
+        h,
+        "GET",
+        &format!("/chat/api/uploads/{id}?token={other}"),
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (404, json!("not_found"))
+    );
+    let r = http(h, "GET", &format!("/chat/api/uploads/{id}"), b"").await;
+    assert_eq!(r.status, 401);
+
+    // An image message names it.
+    let r = call(
+        h,
+        "POST",
+        &format!("/chat/api/conversations/{conv}/messages"),
+        Some(&vt),
+        Some(json!({"kind": "image", "body": id})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // Refused: an SVG named .png, a file over the limit, no file, no form.
+    let (ct, body) = form("file", "x.png", "image/png", b"<svg onload='alert(1)'/>");
+    let r = send_form(vt.clone(), ct, body).await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (415, json!("unsupported_media_type"))
+    );
+    let mut huge = png.clone();
+    huge.resize(5 * 1024 * 1024 + 1, 0);
+    let (ct, body) = form("file", "big.png", "image/png", &huge);
+    let r = send_form(vt.clone(), ct, body).await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (413, json!("payload_too_large"))
+    );
+    let (ct, body) = form("picture", "a.png", "image/png", &png);
+    let r = send_form(vt.clone(), ct, body).await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (400, json!("bad_request"))
+    );
+    let r = send_form(vt.clone(), "application/json".into(), b"{}".to_vec()).await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (400, json!("bad_request"))
+    );
     s.shutdown().await;
 }

@@ -45,6 +45,7 @@ pub fn router(chat: Arc<Chat>) -> Router {
         .route("/conversations", get(conversations).post(open_direct))
         .route("/conversations/{id}/messages", get(history).post(send))
         .route("/conversations/{id}/read", post(read))
+        .route("/conversations/{id}/typing", post(typing))
         .route("/conversations/{id}/unread", get(unread))
         .route("/conversations/{id}/assignee", put(assign))
         .route("/blacklist", get(blocked).post(block))
@@ -331,6 +332,8 @@ struct Paging {
     since: Option<String>,
     #[serde(default)]
     q: Option<String>,
+    #[serde(default)]
+    online: Option<String>,
 }
 
 fn number<T: std::str::FromStr>(name: &str, v: &Option<String>, default: T) -> Result<T, ApiError> {
@@ -531,6 +534,18 @@ async fn read(
     Ok(ok(json!({ "position": position })))
 }
 
+async fn typing(
+    State(chat): Ctx,
+    addr: Addr,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer {
+    let who = caller(&chat, &headers, &addr).await?;
+    let id = path_id(&id)?;
+    chat.typing(&who, id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn unread(
     State(chat): Ctx,
     addr: Addr,
@@ -581,6 +596,11 @@ async fn visitors(
                 search: p.q.filter(|s| !s.is_empty()),
                 offset: number("offset", &p.offset, 0u32)?,
                 limit: number("limit", &p.limit, 20u32)?,
+            },
+            match p.online.as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(_) => return Err(ApiError::bad_request("online must be true or false")),
             },
         )
         .await?;
@@ -667,5 +687,9 @@ impl crate::Publisher for herald_logic::Logic {
         herald_logic::Logic::push_mids(self, op, mids, bytes::Bytes::from(body))
             .await
             .map_err(|e| e.to_string())
+    }
+
+    async fn online(&self, mids: &[Id]) -> Result<Vec<Id>, String> {
+        self.online_mids(mids).await.map_err(|e| e.to_string())
     }
 }

@@ -25,6 +25,9 @@ pub const EVENT_OP: i32 = 5;
 pub trait Publisher: Send + Sync {
     /// Pushes `body` with op `op` to the connections of `mids`.
     async fn push_mids(&self, op: i32, mids: &[Id], body: Vec<u8>) -> Result<(), String>;
+
+    /// Which of `mids` have a connection now.
+    async fn online(&self, mids: &[Id]) -> Result<Vec<Id>, String>;
 }
 
 /// Bounds on what callers send.
@@ -154,12 +157,27 @@ pub enum Event<'a> {
         user_id: Id,
         position: Id,
     },
+    /// A member is typing.
+    Typing { conversation_id: Id, user_id: Id },
 }
+
+/// A user of a visitor list, with whether it is connected now.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    #[serde(flatten)]
+    pub user: User,
+    pub online: bool,
+}
+
+/// How often one member's typing is told to the others, at most.
+const TYPING_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The chat application.
 pub struct Chat {
     store: Arc<dyn ChatStore>,
     blobs: Arc<dyn BlobStore>,
+    /// When each (member, conversation) last had its typing told.
+    typing: std::sync::Mutex<std::collections::HashMap<(Id, Id), std::time::Instant>>,
     tokens: Tokens,
     publisher: Arc<dyn Publisher>,
     limits: Limits,
@@ -211,6 +229,7 @@ impl Chat {
         Ok(Chat {
             store,
             blobs,
+            typing: Default::default(),
             tokens: Tokens::new(secret)?,
             publisher,
             limits,
@@ -713,15 +732,60 @@ impl Chat {
         Ok(self.store.assign(c.id, agent).await?)
     }
 
-    /// The caller's shop's visitors (agents only).
+    /// The caller's shop's visitors, each with whether it is connected now
+    /// (agents only). With `online_only`, the page's connected ones.
     pub async fn visitors(
         &self,
         caller: &Caller,
         q: &VisitorQuery,
-    ) -> Result<Vec<User>, ChatError> {
+        online_only: bool,
+    ) -> Result<Vec<Listed>, ChatError> {
         self.agent_only(caller)?;
         self.page(q.limit)?;
-        Ok(self.store.visitors(caller.user.shop_id, q).await?)
+        let users = self.store.visitors(caller.user.shop_id, q).await?;
+        let ids: Vec<Id> = users.iter().map(|u| u.id).collect();
+        let online = self
+            .publisher
+            .online(&ids)
+            .await
+            .map_err(ChatError::Unavailable)?;
+        Ok(users
+            .into_iter()
+            .map(|user| Listed {
+                online: online.contains(&user.id),
+                user,
+            })
+            .filter(|l| l.online || !online_only)
+            .collect())
+    }
+
+    /// Tells the conversation's members that the caller is typing (at most once
+    /// every two seconds per member and conversation; more often is dropped).
+    /// Returns whether it was told.
+    pub async fn typing(&self, caller: &Caller, conversation: Id) -> Result<bool, ChatError> {
+        let c = self.conversation(caller, conversation).await?;
+        let now = std::time::Instant::now();
+        {
+            let mut seen = self.typing.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.len() > 10_000 {
+                seen.retain(|_, t| now.duration_since(*t) < TYPING_EVERY);
+            }
+            match seen.get(&(caller.user.id, c.id)) {
+                Some(t) if now.duration_since(*t) < TYPING_EVERY => return Ok(false),
+                _ => {
+                    seen.insert((caller.user.id, c.id), now);
+                }
+            }
+        }
+        Ok(self
+            .publish(
+                &c,
+                &Event::Typing {
+                    conversation_id: c.id,
+                    user_id: caller.user.id,
+                },
+            )
+            .await)
     }
 
     /// Blocks an address for the caller's shop (agents only).

@@ -55,6 +55,8 @@ impl Authenticator for ChatAuthenticator {
                 ChatError::Unavailable(m) => RpcError::unavailable(m),
                 other => RpcError::new(ErrorKind::Unauthenticated, other.to_string()),
             })?;
+        // Seen now: the visitor lists sort by it. (Not a reason to refuse.)
+        let _ = self.chat.store().touch(caller.user.id, now_ms()).await;
         Ok(Identity {
             mid: caller.user.id,
             key: String::new(),
@@ -94,6 +96,13 @@ impl Publisher for LatePublisher {
         match self.0.get() {
             Some(p) => p.push_mids(op, mids, body).await,
             None => Err("the push path is not running yet".into()),
+        }
+    }
+
+    async fn online(&self, mids: &[Id]) -> Result<Vec<Id>, String> {
+        match self.0.get() {
+            Some(p) => p.online(mids).await,
+            None => Err("the route store is not running yet".into()),
         }
     }
 }

@@ -17,6 +17,8 @@ use serde_json::Value;
 struct Recorder {
     events: Mutex<Vec<(i32, Vec<i64>, Value)>>,
     down: Mutex<bool>,
+    /// The members with a connection.
+    connected: Mutex<Vec<i64>>,
 }
 
 #[async_trait]
@@ -32,6 +34,15 @@ impl Publisher for Recorder {
             .unwrap()
             .push((op, mids, serde_json::from_slice(&body).unwrap()));
         Ok(())
+    }
+
+    async fn online(&self, mids: &[i64]) -> Result<Vec<i64>, String> {
+        let connected = self.connected.lock().unwrap();
+        Ok(mids
+            .iter()
+            .copied()
+            .filter(|m| connected.contains(m))
+            .collect())
     }
 }
 
@@ -254,7 +265,8 @@ async fn sessions_are_checked_and_tenants_kept_apart() {
             &VisitorQuery {
                 limit: 10,
                 ..Default::default()
-            }
+            },
+            false,
         )
         .await
         .unwrap_err()
@@ -516,5 +528,46 @@ async fn images_are_uploaded_sniffed_and_served_to_members_only() {
     assert_eq!(purged.visitors, 2);
     assert_eq!(purged.uploads.len(), 2);
     assert!(!blob.exists(), "the upload's file is gone");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn visitor_lists_say_who_is_connected_and_typing_is_told_sparingly() {
+    let (chat, events, dir) = chat().await;
+    let acme = chat
+        .register("acme", "alice", "correct horse", "Alice", NOW)
+        .await
+        .unwrap();
+    let alice = chat.caller(&acme.token, None, NOW).await.unwrap();
+    let (a, conv) = chat
+        .create_visitor("acme", Some("Ann"), None, NOW)
+        .await
+        .unwrap();
+    let (b, _) = chat
+        .create_visitor("acme", Some("Ben"), None, NOW + 1)
+        .await
+        .unwrap();
+    events.connected.lock().unwrap().push(a.user.id);
+    let q = VisitorQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    let all = chat.visitors(&alice, &q, false).await.unwrap();
+    let flags: Vec<(i64, bool)> = all.iter().map(|l| (l.user.id, l.online)).collect();
+    assert_eq!(flags, vec![(b.user.id, false), (a.user.id, true)]);
+    let online = chat.visitors(&alice, &q, true).await.unwrap();
+    assert_eq!(online.len(), 1);
+    assert_eq!(online[0].user.nickname, "Ann");
+
+    // Typing: told to the members once, then not again within two seconds.
+    let ann = chat.caller(&a.token, None, NOW).await.unwrap();
+    assert!(chat.typing(&ann, conv.id).await.unwrap());
+    assert!(!chat.typing(&ann, conv.id).await.unwrap());
+    let told = events.take();
+    assert_eq!(told.len(), 1);
+    assert_eq!(told[0].2["type"], "typing");
+    assert_eq!(told[0].2["user_id"], ann.user.id);
+    // Another member is told separately.
+    assert!(chat.typing(&alice, conv.id).await.unwrap());
     let _ = std::fs::remove_dir_all(&dir);
 }

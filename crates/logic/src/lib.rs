@@ -571,6 +571,21 @@ impl Logic {
         .await
     }
 
+    /// Which of `mids` have a connection now (a route in the store), in the
+    /// order given.
+    pub async fn online_mids(&self, mids: &[i64]) -> Result<Vec<i64>, StoreError> {
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
+        stream::iter(mids.iter().copied())
+            .map(|mid| async move {
+                let routes = self.sessions.keys_by_mids(&[mid]).await?;
+                Ok::<_, StoreError>((!routes.is_empty()).then_some(mid))
+            })
+            .buffered(MID_STREAMS_AT_ONCE)
+            .try_filter_map(|m| async move { Ok(m) })
+            .try_collect()
+            .await
+    }
+
     /// The busiest rooms of a type: `(room id, count)`, largest first.
     pub fn online_top(&self, typ: &str, limit: usize) -> Vec<(String, i32)> {
         let prefix = format!("{typ}://");

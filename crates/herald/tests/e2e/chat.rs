@@ -185,6 +185,39 @@ async fn an_agent_and_a_visitor_chat_over_http_and_receive_pushes() {
     )
     .await;
     assert_eq!(r.json()["messages"].as_array().unwrap().len(), 1);
+
+    // The agent's visitor list says the visitor is connected; typing is told.
+    let r = call(
+        h,
+        "GET",
+        "/chat/api/visitors?online=true",
+        Some(&agent_token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let listed = r.json()["visitors"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0]["id"].as_i64(), listed[0]["online"].as_bool()),
+        (Some(visitor_id), Some(true))
+    );
+    let r = call(
+        h,
+        "POST",
+        &format!("/chat/api/conversations/{conv}/typing"),
+        Some(&visitor_token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    // (The agent's own read receipt came first: every member gets it.)
+    assert_eq!(chat_event(&mut a).await["type"], "read");
+    let typing = chat_event(&mut a).await;
+    assert_eq!(
+        (typing["type"].clone(), typing["user_id"].clone()),
+        (json!("typing"), json!(visitor_id))
+    );
     s.shutdown().await;
 }
 

@@ -1,14 +1,16 @@
 -- The chat schema, written for SQLite; PostgreSQL gets "id BIGINT GENERATED
--- ALWAYS AS IDENTITY PRIMARY KEY" for each "id INTEGER PRIMARY KEY" (src/sql.rs).
+-- ALWAYS AS IDENTITY PRIMARY KEY" for each "id INTEGER PRIMARY KEY AUTOINCREMENT"
+-- (src/sql.rs). AUTOINCREMENT: an id is never given twice, even after its row
+-- is purged (a purged visitor's token must not name a later one).
 
 CREATE TABLE chat_shops (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
     created_at BIGINT NOT NULL
 );
 
 CREATE TABLE chat_users (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     shop_id BIGINT NOT NULL REFERENCES chat_shops(id) ON DELETE CASCADE,
     role TEXT NOT NULL CHECK (role IN ('agent', 'visitor')),
     username TEXT UNIQUE,
@@ -21,7 +23,7 @@ CREATE TABLE chat_users (
 CREATE INDEX chat_users_shop ON chat_users (shop_id, role, last_seen_at);
 
 CREATE TABLE chat_conversations (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     shop_id BIGINT NOT NULL REFERENCES chat_shops(id) ON DELETE CASCADE,
     kind TEXT NOT NULL CHECK (kind IN ('kefu', 'direct')),
     visitor_id BIGINT UNIQUE REFERENCES chat_users(id) ON DELETE CASCADE,
@@ -34,6 +36,8 @@ CREATE TABLE chat_conversations (
     UNIQUE (user_a, user_b)
 );
 CREATE INDEX chat_conversations_shop ON chat_conversations (shop_id, updated_at);
+CREATE INDEX chat_conversations_b ON chat_conversations (user_b);
+CREATE INDEX chat_conversations_assignee ON chat_conversations (assignee_id);
 
 CREATE TABLE chat_messages (
     conversation_id BIGINT NOT NULL REFERENCES chat_conversations(id) ON DELETE CASCADE,
@@ -53,6 +57,7 @@ CREATE TABLE chat_reads (
     position BIGINT NOT NULL,
     PRIMARY KEY (conversation_id, user_id)
 );
+CREATE INDEX chat_reads_user ON chat_reads (user_id);
 
 CREATE TABLE chat_blacklist (
     shop_id BIGINT NOT NULL REFERENCES chat_shops(id) ON DELETE CASCADE,
@@ -62,7 +67,7 @@ CREATE TABLE chat_blacklist (
 );
 
 CREATE TABLE chat_canned (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     shop_id BIGINT NOT NULL REFERENCES chat_shops(id) ON DELETE CASCADE,
     title TEXT NOT NULL,
     body TEXT NOT NULL,

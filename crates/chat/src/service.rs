@@ -16,6 +16,18 @@ use crate::{
     Shop, StoreError, Summary, Upload, User, VisitorQuery,
 };
 
+/// Where chat users' member ids start on the goim side: 2^52 (every id stays a
+/// safe integer for JavaScript, below 2^53).
+pub const CHAT_MID_BASE: i64 = 1 << 52;
+
+/// The member id a chat user's connections have on the goim side: its user id
+/// above [`CHAT_MID_BASE`]. Member ids from there up belong to the chat while it
+/// runs (its authenticator refuses them to every other client), so no goim
+/// client can claim a chat user's id and receive its events.
+pub fn chat_mid(user: Id) -> i64 {
+    CHAT_MID_BASE + user
+}
+
 /// The op chat events are pushed with (a goim push op, as golang-im's
 /// downstream messages).
 pub const EVENT_OP: i32 = 5;
@@ -176,6 +188,9 @@ const TYPING_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 pub struct Chat {
     store: Arc<dyn ChatStore>,
     blobs: Arc<dyn BlobStore>,
+    /// Password hashing at a time (argon2 takes memory and CPU; at most as many
+    /// as there are cores, off the async threads).
+    hashing: Arc<tokio::sync::Semaphore>,
     /// When each (member, conversation) last had its typing told.
     typing: std::sync::Mutex<std::collections::HashMap<(Id, Id), std::time::Instant>>,
     tokens: Tokens,
@@ -230,6 +245,9 @@ impl Chat {
             store,
             blobs,
             typing: Default::default(),
+            hashing: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
             tokens: Tokens::new(secret)?,
             publisher,
             limits,
@@ -244,6 +262,35 @@ impl Chat {
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The argon2id hash of `password`, computed on a blocking thread.
+    async fn hash(&self, password: &str) -> Result<String, ChatError> {
+        let _turn = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| ChatError::Unavailable(e.to_string()))?;
+        let password = password.to_string();
+        tokio::task::spawn_blocking(move || auth::hash_password(&password))
+            .await
+            .map_err(|e| ChatError::Unavailable(e.to_string()))?
+            .map_err(|e| ChatError::Unavailable(e.to_string()))
+    }
+
+    /// Whether `password` matches `hash` (`None`: a hash nobody's password
+    /// matches, checked for the time it takes), on a blocking thread.
+    async fn verify(&self, password: &str, hash: Option<String>) -> bool {
+        let Ok(_turn) = self.hashing.acquire().await else {
+            return false;
+        };
+        let password = password.to_string();
+        tokio::task::spawn_blocking(move || {
+            let hash = hash.as_deref().unwrap_or_else(|| dummy_hash());
+            auth::verify_password(&password, hash)
+        })
+        .await
+        .unwrap_or(false)
     }
 
     fn issue(&self, user: User, shop: Shop, now: Millis) -> Issued {
@@ -278,8 +325,7 @@ impl Chat {
         check_name("the user name", username)?;
         check_len("the password", password, 8, 256)?;
         check_nickname(nickname)?;
-        let hash =
-            auth::hash_password(password).map_err(|e| ChatError::Unavailable(e.to_string()))?;
+        let hash = self.hash(password).await?;
         let (shop, user) = self
             .store
             .create_shop(
@@ -308,8 +354,7 @@ impl Chat {
         check_name("the user name", username)?;
         check_len("the password", password, 8, 256)?;
         check_nickname(nickname)?;
-        let hash =
-            auth::hash_password(password).map_err(|e| ChatError::Unavailable(e.to_string()))?;
+        let hash = self.hash(password).await?;
         Ok(self
             .store
             .create_agent(
@@ -334,10 +379,10 @@ impl Chat {
         let wrong = || ChatError::Unauthorized("wrong user name or password".into());
         let Some((user, hash)) = self.store.agent_login(username).await? else {
             // Spend the time a check takes, so a missing name is not faster.
-            let _ = auth::verify_password(password, dummy_hash());
+            let _ = self.verify(password, None).await;
             return Err(wrong());
         };
-        if !auth::verify_password(password, &hash) {
+        if !self.verify(password, Some(hash)).await {
             return Err(wrong());
         }
         let shop = self
@@ -372,10 +417,10 @@ impl Chat {
         let Some((_, hash)) = self.store.agent_login(username).await? else {
             return Err(ChatError::NotFound("agent"));
         };
-        if !auth::verify_password(current, &hash) {
+        if !self.verify(current, Some(hash)).await {
             return Err(ChatError::Forbidden("the current password is wrong"));
         }
-        let hash = auth::hash_password(new).map_err(|e| ChatError::Unavailable(e.to_string()))?;
+        let hash = self.hash(new).await?;
         self.store.set_password(caller.user.id, &hash).await?;
         // Sessions count in whole seconds: every token issued up to now ends,
         // and the new one is dated the next second.
@@ -508,6 +553,11 @@ impl Chat {
             .await?
             .filter(|u| u.shop_id == caller.user.shop_id)
             .ok_or(ChatError::NotFound("user"))?;
+        if caller.user.role == Role::Visitor && other.role == Role::Visitor {
+            return Err(ChatError::Forbidden(
+                "a visitor talks 1:1 with the shop's agents only",
+            ));
+        }
         Ok(self
             .store
             .direct_conversation(&caller.user, &other, now)
@@ -559,7 +609,11 @@ impl Chat {
             return false;
         };
         self.publisher
-            .push_mids(EVENT_OP, &members, body)
+            .push_mids(
+                EVENT_OP,
+                &members.iter().map(|m| chat_mid(*m)).collect::<Vec<_>>(),
+                body,
+            )
             .await
             .is_ok()
     }
@@ -599,6 +653,8 @@ impl Chat {
                 ));
             }
         }
+        // Seen first: a failure here stores nothing.
+        self.store.touch(caller.user.id, now).await?;
         let (message, created) = self
             .store
             .append(&NewMessage {
@@ -610,7 +666,6 @@ impl Chat {
                 at: now,
             })
             .await?;
-        self.store.touch(caller.user.id, now).await?;
         let pushed = self
             .publish(&c, &Event::Message { message: &message })
             .await;
@@ -743,7 +798,7 @@ impl Chat {
         self.agent_only(caller)?;
         self.page(q.limit)?;
         let users = self.store.visitors(caller.user.shop_id, q).await?;
-        let ids: Vec<Id> = users.iter().map(|u| u.id).collect();
+        let ids: Vec<Id> = users.iter().map(|u| chat_mid(u.id)).collect();
         let online = self
             .publisher
             .online(&ids)
@@ -752,7 +807,7 @@ impl Chat {
         Ok(users
             .into_iter()
             .map(|user| Listed {
-                online: online.contains(&user.id),
+                online: online.contains(&chat_mid(user.id)),
                 user,
             })
             .filter(|l| l.online || !online_only)
@@ -796,14 +851,22 @@ impl Chat {
             .map_err(|_| ChatError::BadRequest("ip must be an IPv4 or IPv6 address".into()))?;
         Ok(self
             .store
-            .blacklist_add(caller.user.shop_id, &ip.to_string(), now)
+            .blacklist_add(caller.user.shop_id, &ip.to_canonical().to_string(), now)
             .await?)
     }
 
     /// Unblocks an address; returns whether it was blocked (agents only).
     pub async fn unblock(&self, caller: &Caller, ip: &str) -> Result<bool, ChatError> {
         self.agent_only(caller)?;
-        Ok(self.store.blacklist_remove(caller.user.shop_id, ip).await?)
+        // As stored: the address in its canonical form.
+        let ip = ip
+            .parse::<std::net::IpAddr>()
+            .map(|a| a.to_canonical().to_string())
+            .map_err(|_| ChatError::BadRequest("ip must be an IPv4 or IPv6 address".into()))?;
+        Ok(self
+            .store
+            .blacklist_remove(caller.user.shop_id, &ip)
+            .await?)
     }
 
     /// The caller's shop's blocked addresses (agents only).

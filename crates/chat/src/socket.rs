@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use herald_logic::{Authenticator, Identity};
 use herald_rpc::{ConnectReq, ErrorKind, Grant, RpcError, RpcResult};
 
-use crate::service::{Chat, ChatError, Publisher, EVENT_OP};
+use crate::service::{chat_mid, Chat, ChatError, Publisher, CHAT_MID_BASE, EVENT_OP};
 use crate::{now_ms, Id};
 
 /// The process's authenticator with chat connections recognised first.
@@ -44,7 +44,15 @@ fn host(addr: &str) -> Option<String> {
 impl Authenticator for ChatAuthenticator {
     async fn authenticate(&self, req: &ConnectReq) -> RpcResult<Identity> {
         let Some(token) = chat_token(&req.token) else {
-            return self.inner.authenticate(req).await;
+            let identity = self.inner.authenticate(req).await?;
+            if identity.mid >= CHAT_MID_BASE {
+                // A chat user's id on the goim side: only its token gives it.
+                return Err(RpcError::new(
+                    ErrorKind::Unauthenticated,
+                    "member ids from 2^52 up belong to the chat's users",
+                ));
+            }
+            return Ok(identity);
         };
         let ip = host(&req.client_addr);
         let caller = self
@@ -58,7 +66,7 @@ impl Authenticator for ChatAuthenticator {
         // Seen now: the visitor lists sort by it. (Not a reason to refuse.)
         let _ = self.chat.store().touch(caller.user.id, now_ms()).await;
         Ok(Identity {
-            mid: caller.user.id,
+            mid: chat_mid(caller.user.id),
             key: String::new(),
             room_id: String::new(),
             accepts: vec![EVENT_OP],

@@ -36,7 +36,7 @@ fn migration_for(engine: Engine, statements: &str) -> Cow<'_, str> {
     match engine {
         Engine::Sqlite => Cow::Borrowed(statements),
         Engine::Postgres => Cow::Owned(statements.replace(
-            "id INTEGER PRIMARY KEY",
+            "id INTEGER PRIMARY KEY AUTOINCREMENT",
             "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
         )),
     }
@@ -985,7 +985,10 @@ impl ChatStore for SqlStore {
              JOIN chat_conversations c ON c.id = u.conversation_id \
              LEFT JOIN chat_users v ON v.id = c.visitor_id \
              WHERE (c.kind = 'kefu' AND v.last_seen_at < $1) \
-                OR (c.kind = 'direct' AND c.updated_at < $1)";
+                OR (c.kind = 'direct' AND c.updated_at < $1) \
+                OR (c.kind = 'direct' AND EXISTS (SELECT 1 FROM chat_users p \
+                    WHERE p.id IN (c.user_a, c.user_b) AND p.role = 'visitor' \
+                    AND p.last_seen_at < $1))";
         let uploads: Vec<String> = sqlx::query(&self.sql(DOOMED))
             .bind(before)
             .fetch_all(&mut *tx)

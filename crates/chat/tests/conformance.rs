@@ -281,6 +281,24 @@ async fn conformance(store: Arc<dyn ChatStore>) {
 
     // Summaries: most recently active first, with the last message and unread.
     let kefu2 = store.kefu_conversation(&v2, 5_500).await.unwrap();
+    // v2 also talks 1:1 with bob, recently, and sent an image there: it goes
+    // with v2 (below), and so does the record of the image.
+    let v2_direct = store.direct_conversation(&v2, &bob, 5_600).await.unwrap();
+    store
+        .add_upload(&herald_chat::Upload {
+            id: "u-v2".into(),
+            conversation_id: v2_direct.id,
+            uploader_id: v2.id,
+            content_type: "image/png".into(),
+            size: 4,
+            created_at: 9_000,
+        })
+        .await
+        .unwrap();
+    store
+        .append(&text(v2_direct.id, &v2, "hello bob", None, 9_000))
+        .await
+        .unwrap();
     let list = store.summaries(&alice, 0, 10).await.unwrap();
     let order: Vec<i64> = list.iter().map(|s| s.conversation.id).collect();
     assert_eq!(order, vec![direct.id, kefu2.id, kefu.id]);
@@ -481,6 +499,9 @@ async fn conformance(store: Arc<dyn ChatStore>) {
     );
     assert!(store.user(v2.id).await.unwrap().is_none());
     assert!(store.conversation(kefu2.id).await.unwrap().is_none());
+    assert!(store.conversation(v2_direct.id).await.unwrap().is_none());
+    assert_eq!(purged.uploads, vec!["u-v2".to_string()]);
+    assert_eq!(store.upload("u-v2").await.unwrap(), None);
     assert!(store.conversation(direct.id).await.unwrap().is_none());
     assert!(
         store.conversation(kefu.id).await.unwrap().is_some(),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use herald_chat::blobs::DirBlobs;
-use herald_chat::service::{Limits, EVENT_OP};
+use herald_chat::service::{chat_mid, Limits, EVENT_OP};
 use herald_chat::{Chat, ChatError, Page, Publisher, SqlStore, VisitorQuery};
 use serde_json::Value;
 
@@ -130,7 +130,11 @@ async fn a_visitor_and_an_agent_chat_with_sessions_events_and_read_receipts() {
     // Each push went to both agents and the visitor, as a message event.
     let pushed = events.take();
     assert_eq!(pushed.len(), 2, "the retry is pushed again");
-    let mut members = vec![alice.user.id, bob.user.id, visitor.user.id];
+    // (On the goim side chat users have their own member ids: see chat_mid.)
+    let mut members: Vec<i64> = [alice.user.id, bob.user.id, visitor.user.id]
+        .iter()
+        .map(|id| chat_mid(*id))
+        .collect();
     members.sort_unstable();
     for (op, mids, body) in &pushed {
         assert_eq!(*op, EVENT_OP);
@@ -547,7 +551,7 @@ async fn visitor_lists_say_who_is_connected_and_typing_is_told_sparingly() {
         .create_visitor("acme", Some("Ben"), None, NOW + 1)
         .await
         .unwrap();
-    events.connected.lock().unwrap().push(a.user.id);
+    events.connected.lock().unwrap().push(chat_mid(a.user.id));
     let q = VisitorQuery {
         limit: 10,
         ..Default::default()
@@ -569,5 +573,15 @@ async fn visitor_lists_say_who_is_connected_and_typing_is_told_sparingly() {
     assert_eq!(told[0].2["user_id"], ann.user.id);
     // Another member is told separately.
     assert!(chat.typing(&alice, conv.id).await.unwrap());
+
+    // A visitor talks 1:1 with agents only.
+    assert_eq!(
+        chat.direct(&ann, b.user.id, NOW)
+            .await
+            .unwrap_err()
+            .status(),
+        403
+    );
+    chat.direct(&ann, alice.user.id, NOW).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -413,6 +413,15 @@ async fn bad_chat_requests_get_json_errors_and_tenants_stay_apart() {
     )
     .await;
     bad.expect_closed().await;
+    // goim's clients (trust mode here) cannot claim a chat user's member id.
+    let mut impostor = Client::ws(s.ws_addrs[0]).await;
+    impostor
+        .send(
+            herald_proto::Op::AUTH,
+            &auth_body((1 << 52) + 1, "impostor", "", &[5]),
+        )
+        .await;
+    impostor.expect_closed().await;
     let mut ok_socket = chat_socket(s.ws_addrs[0], &vt).await;
     ok_socket
         .send(herald_proto::Op::CHANGE_ROOM, b"live://1")

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::service::{Caller, Chat, ChatError};
+use crate::service::{Attempt, Caller, Chat, ChatError};
 use crate::{now_ms, Id, Page, VisitorQuery};
 
 /// Largest request body the API reads.
@@ -111,6 +111,7 @@ impl From<ChatError> for ApiError {
             ChatError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ChatError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ChatError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ChatError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ChatError::Unsupported(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -230,8 +231,9 @@ struct Register {
     nickname: Option<String>,
 }
 
-async fn register(State(chat): Ctx, headers: HeaderMap, b: Bytes) -> Answer {
+async fn register(State(chat): Ctx, addr: Addr, headers: HeaderMap, b: Bytes) -> Answer {
     let r: Register = body(&headers, &b)?;
+    chat.admit(Attempt::Login, ip(&addr).as_deref())?;
     let nickname = r.nickname.unwrap_or_else(|| r.username.clone());
     let issued = chat
         .register(&r.shop, &r.username, &r.password, &nickname, now_ms())
@@ -246,8 +248,9 @@ struct Login {
     password: String,
 }
 
-async fn login(State(chat): Ctx, headers: HeaderMap, b: Bytes) -> Answer {
+async fn login(State(chat): Ctx, addr: Addr, headers: HeaderMap, b: Bytes) -> Answer {
     let l: Login = body(&headers, &b)?;
+    chat.admit(Attempt::Login, ip(&addr).as_deref())?;
     Ok(ok(chat.login(&l.username, &l.password, now_ms()).await?))
 }
 
@@ -290,6 +293,7 @@ struct NewVisitor {
 
 async fn create_visitor(State(chat): Ctx, addr: Addr, headers: HeaderMap, b: Bytes) -> Answer {
     let v: NewVisitor = body(&headers, &b)?;
+    chat.admit(Attempt::Visitor, ip(&addr).as_deref())?;
     let (issued, conversation) = chat
         .create_visitor(
             &v.shop,

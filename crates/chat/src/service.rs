@@ -15,6 +15,7 @@ use crate::{
     Canned, ChatStore, Conversation, Id, Message, Millis, NewAgent, NewMessage, Page, Purged, Role,
     Shop, StoreError, Summary, Upload, User, VisitorQuery,
 };
+use herald_limits::TokenBucket;
 
 /// Where chat users' member ids start on the goim side: 2^52 (every id stays a
 /// safe integer for JavaScript, below 2^53).
@@ -90,6 +91,9 @@ pub enum ChatError {
     /// The upload is not an accepted kind of file (415).
     #[error("{0}")]
     Unsupported(String),
+    /// Too many attempts from one address (429).
+    #[error("{0}")]
+    TooMany(String),
     /// The database is unreachable (503); nothing was done.
     #[error("the chat store is unavailable: {0}")]
     Unavailable(String),
@@ -106,6 +110,7 @@ impl ChatError {
             ChatError::Conflict(_) => 409,
             ChatError::TooLarge(_) => 413,
             ChatError::Unsupported(_) => 415,
+            ChatError::TooMany(_) => 429,
             ChatError::Unavailable(_) => 503,
         }
     }
@@ -181,6 +186,25 @@ pub struct Listed {
     pub online: bool,
 }
 
+/// What an address is limited in, without a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Attempt {
+    /// A login or a registration (password guessing): 10 at once, then one
+    /// every 6 s.
+    Login,
+    /// A new visitor: 20 at once, then one a second.
+    Visitor,
+}
+
+impl Attempt {
+    fn bucket(self, now: std::time::Instant) -> TokenBucket {
+        match self {
+            Attempt::Login => TokenBucket::new(1.0 / 6.0, 10, now),
+            Attempt::Visitor => TokenBucket::new(1.0, 20, now),
+        }
+    }
+}
+
 /// How often one member's typing is told to the others, at most.
 const TYPING_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -191,6 +215,8 @@ pub struct Chat {
     /// Password hashing at a time (argon2 takes memory and CPU; at most as many
     /// as there are cores, off the async threads).
     hashing: Arc<tokio::sync::Semaphore>,
+    /// Logins, registrations and new visitors per client address.
+    attempts: std::sync::Mutex<std::collections::HashMap<(Attempt, String), TokenBucket>>,
     /// When each (member, conversation) last had its typing told.
     typing: std::sync::Mutex<std::collections::HashMap<(Id, Id), std::time::Instant>>,
     tokens: Tokens,
@@ -245,6 +271,7 @@ impl Chat {
             store,
             blobs,
             typing: Default::default(),
+            attempts: Default::default(),
             hashing: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
@@ -309,6 +336,31 @@ impl Chat {
             expires_at: exp,
             user,
             shop,
+        }
+    }
+
+    /// Whether address `ip` may make another attempt of this kind now (no
+    /// address: the call came some other way than the HTTP listener, allowed).
+    pub fn admit(&self, kind: Attempt, ip: Option<&str>) -> Result<(), ChatError> {
+        let Some(ip) = ip else {
+            return Ok(());
+        };
+        let now = std::time::Instant::now();
+        let mut all = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+        if all.len() > 100_000 {
+            // Bounded memory: a flood of addresses forgets the quiet ones' history.
+            all.clear();
+        }
+        let bucket = all
+            .entry((kind, ip.to_string()))
+            .or_insert_with(|| kind.bucket(now));
+        if bucket.try_take(now) {
+            Ok(())
+        } else {
+            Err(ChatError::TooMany(format!(
+                "too many attempts from {ip}; try again in {} s",
+                bucket.wait_time().as_secs().max(1)
+            )))
         }
     }
 

@@ -585,3 +585,28 @@ async fn visitor_lists_say_who_is_connected_and_typing_is_told_sparingly() {
     chat.direct(&ann, alice.user.id, NOW).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn logins_and_new_visitors_are_limited_per_address() {
+    use herald_chat::service::Attempt;
+    let (chat, _events, dir) = chat().await;
+    for _ in 0..10 {
+        chat.admit(Attempt::Login, Some("192.0.2.1")).unwrap();
+    }
+    let e = chat.admit(Attempt::Login, Some("192.0.2.1")).unwrap_err();
+    assert_eq!(e.status(), 429, "{e}");
+    // Another address, another kind, and calls from no address are not affected.
+    chat.admit(Attempt::Login, Some("192.0.2.2")).unwrap();
+    chat.admit(Attempt::Visitor, Some("192.0.2.1")).unwrap();
+    chat.admit(Attempt::Login, None).unwrap();
+    for _ in 0..19 {
+        chat.admit(Attempt::Visitor, Some("192.0.2.1")).unwrap();
+    }
+    assert_eq!(
+        chat.admit(Attempt::Visitor, Some("192.0.2.1"))
+            .unwrap_err()
+            .status(),
+        429
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

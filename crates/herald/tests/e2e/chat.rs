@@ -585,3 +585,24 @@ async fn images_upload_as_multipart_and_are_served_to_members_only() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn new_visitors_from_one_address_are_limited() {
+    let s = start().await;
+    let h = s.http_addr;
+    register(h, "acme", "alice").await;
+    for _ in 0..20 {
+        visitor(h, "acme").await;
+    }
+    let r = call(
+        h,
+        "POST",
+        "/chat/api/visitors",
+        None,
+        Some(json!({"shop": "acme"})),
+    )
+    .await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["code"], "too_many_requests");
+    s.shutdown().await;
+}

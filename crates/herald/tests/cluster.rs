@@ -1430,7 +1430,7 @@ const CHAT_SECRET: &str = "cluster-chat-secret-of-32-bytes-at-least";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_on_two_logics_and_one_postgresql() {
     use serde_json::json;
-    use support::{chat_call, chat_event, chat_socket};
+    use support::{chat_call, chat_event, chat_register, chat_socket, chat_visitor};
 
     let pg = herald_testkit::postgres();
     let database = pg.postgres_database("chat");
@@ -1455,27 +1455,11 @@ async fn chat_on_two_logics_and_one_postgresql() {
     let (l0, l1) = (c.logics[0], c.logics[1]);
 
     // The agent registers through logic 0; the visitor arrives through logic 1.
-    let r = chat_call(
-        l0,
-        "POST",
-        "/chat/api/register",
-        None,
-        Some(json!({"shop": "acme", "username": "alice", "password": "correct horse"})),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let agent = r.json()["token"].as_str().unwrap().to_string();
-    let r = chat_call(
-        l1,
-        "POST",
-        "/chat/api/visitors",
-        None,
-        Some(json!({"shop": "acme"})),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let visitor = r.json()["token"].as_str().unwrap().to_string();
-    let conv = r.json()["conversation"]["id"].as_i64().unwrap();
+    let agent = chat_register(l0, "acme", "alice").await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (visitor, conv) = chat_visitor(l1, "acme").await;
     let msgs = format!("/chat/api/conversations/{conv}/messages");
 
     let mut a = chat_socket(c.comets[0].1, &agent).await;

@@ -8,38 +8,8 @@ use serde_json::json;
 use crate::support::*;
 
 use chat_call as call;
-
-/// A new visitor of `shop`: its token and conversation id.
-async fn visitor(h: std::net::SocketAddr, shop: &str) -> (String, i64) {
-    let r = call(
-        h,
-        "POST",
-        "/chat/api/visitors",
-        None,
-        Some(json!({ "shop": shop })),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let v = r.json();
-    (
-        v["token"].as_str().unwrap().to_string(),
-        v["conversation"]["id"].as_i64().unwrap(),
-    )
-}
-
-/// Registers shop `shop` with agent `user` (password "correct horse"); the answer.
-async fn register(h: std::net::SocketAddr, shop: &str, user: &str) -> serde_json::Value {
-    let r = call(
-        h,
-        "POST",
-        "/chat/api/register",
-        None,
-        Some(json!({"shop": shop, "username": user, "password": "correct horse"})),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    r.json()
-}
+use chat_register as register;
+use chat_visitor as visitor;
 
 #[tokio::test]
 async fn an_agent_and_a_visitor_chat_over_http_and_receive_pushes() {
@@ -383,15 +353,7 @@ async fn bad_chat_requests_get_json_errors_and_tenants_stay_apart() {
         "forbidden",
     );
     // Another shop's visitors from the same address are not affected.
-    let r = call(
-        h,
-        "POST",
-        "/chat/api/visitors",
-        None,
-        Some(json!({"shop": "globex"})),
-    )
-    .await;
-    assert_eq!(r.status, 201);
+    visitor(h, "globex").await;
     let r = call(
         h,
         "DELETE",

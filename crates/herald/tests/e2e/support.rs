@@ -603,3 +603,25 @@ pub async fn chat_event(c: &mut Client) -> Value {
     assert_eq!(f.op, 5, "chat events are pushed as op 5");
     serde_json::from_slice(&f.body).unwrap()
 }
+
+/// Registers shop `shop` with agent `user` (password "correct horse") through
+/// the chat API at `addr`; the answer (`token`, `user`, `shop`).
+pub async fn chat_register(addr: SocketAddr, shop: &str, user: &str) -> Value {
+    let body = serde_json::json!({"shop": shop, "username": user, "password": "correct horse"});
+    let r = chat_call(addr, "POST", "/chat/api/register", None, Some(body)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()
+}
+
+/// A new visitor of `shop` through the chat API at `addr`: its token and
+/// conversation id.
+pub async fn chat_visitor(addr: SocketAddr, shop: &str) -> (String, i64) {
+    let body = serde_json::json!({ "shop": shop });
+    let r = chat_call(addr, "POST", "/chat/api/visitors", None, Some(body)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let v = r.json();
+    (
+        v["token"].as_str().unwrap().to_string(),
+        v["conversation"]["id"].as_i64().unwrap(),
+    )
+}

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::service::{Attempt, Caller, Chat, ChatError};
-use crate::{now_ms, Id, Page, VisitorQuery};
+use crate::{now_ms, Id, Page, VisitorQuery, DEFAULT_PAGE};
 
 /// Largest request body the API reads.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -104,20 +104,8 @@ impl ApiError {
 
 impl From<ChatError> for ApiError {
     fn from(e: ChatError) -> ApiError {
-        let (status, code) = match &e {
-            ChatError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ChatError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ChatError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ChatError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ChatError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ChatError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ChatError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
-            ChatError::Unsupported(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
-            ChatError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-        };
-        ApiError::new(status, code, e.to_string())
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError::new(status, e.code(), e.to_string())
     }
 }
 
@@ -389,22 +377,14 @@ async fn history(
     let who = caller(&chat, &headers, &addr).await?;
     let id = path_id(&id)?;
     let p: Paging = query(q)?;
-    let limit = number("limit", &p.limit, 50u32)?;
-    let page = match (&p.before, &p.after) {
-        (Some(_), Some(_)) => return Err(ApiError::bad_request("give before or after, not both")),
-        (Some(_), None) => Page::Before {
-            id: number("before", &p.before, 0)?,
-            limit,
-        },
-        (None, Some(_)) => Page::After {
-            id: number("after", &p.after, 0)?,
-            limit,
-        },
-        (None, None) => Page::Newest { limit },
-    };
-    Ok(ok(
-        json!({ "messages": chat.history(&who, id, page).await? }),
-    ))
+    let bound = |name, v: &Option<String>| v.as_ref().map(|_| number(name, v, 0)).transpose();
+    let page = Page::of(
+        bound("before", &p.before)?,
+        bound("after", &p.after)?,
+        number("limit", &p.limit, DEFAULT_PAGE)?,
+    )
+    .map_err(ApiError::bad_request)?;
+    Ok(ok(chat.history(&who, id, page).await?))
 }
 
 #[derive(Deserialize)]

@@ -186,6 +186,21 @@ pub enum Page {
     After { id: Id, limit: u32 },
 }
 
+/// The page size of a history read that names none.
+pub const DEFAULT_PAGE: u32 = 50;
+
+impl Page {
+    /// The page just before or just after a message, or the newest one.
+    pub fn of(before: Option<Id>, after: Option<Id>, limit: u32) -> Result<Page, &'static str> {
+        match (before, after) {
+            (Some(_), Some(_)) => Err("give before or after, not both"),
+            (Some(id), None) => Ok(Page::Before { id, limit }),
+            (None, Some(id)) => Ok(Page::After { id, limit }),
+            (None, None) => Ok(Page::Newest { limit }),
+        }
+    }
+}
+
 /// A conversation in a user's list: with its newest message and the user's
 /// unread count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -334,8 +349,9 @@ pub trait ChatStore: Send + Sync {
         user_id: Id,
         position: Id,
     ) -> Result<Id, StoreError>;
-    /// The user's read position (0 when never read).
-    async fn read_position(&self, conversation_id: Id, user_id: Id) -> Result<Id, StoreError>;
+    /// Every stored read position of a conversation, `(user id, position)` by
+    /// user id (a member that never read has none: its position is 0).
+    async fn read_positions(&self, conversation_id: Id) -> Result<Vec<(Id, Id)>, StoreError>;
     /// Messages after the user's read position that the user did not send.
     async fn unread(&self, conversation_id: Id, user_id: Id) -> Result<i64, StoreError>;
     /// The conversations `user` takes part in, most recently active first, with

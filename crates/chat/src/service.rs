@@ -114,6 +114,22 @@ impl ChatError {
             ChatError::Unavailable(_) => 503,
         }
     }
+
+    /// The error's name in answers (`code` of the HTTP API's errors and of the
+    /// socket ops' error replies).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ChatError::BadRequest(_) => "bad_request",
+            ChatError::Unauthorized(_) => "unauthorized",
+            ChatError::Forbidden(_) => "forbidden",
+            ChatError::NotFound(_) => "not_found",
+            ChatError::Conflict(_) => "conflict",
+            ChatError::TooLarge(_) => "payload_too_large",
+            ChatError::Unsupported(_) => "unsupported_media_type",
+            ChatError::TooMany(_) => "too_many_requests",
+            ChatError::Unavailable(_) => "unavailable",
+        }
+    }
 }
 
 impl From<StoreError> for ChatError {
@@ -176,6 +192,31 @@ pub enum Event<'a> {
     },
     /// A member is typing.
     Typing { conversation_id: Id, user_id: Id },
+}
+
+/// A member's read position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReadPosition {
+    pub user_id: Id,
+    pub position: Id,
+}
+
+/// A page of a conversation's history with its read state: what the HTTP
+/// history and a socket sync (op 18) answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Synced {
+    pub conversation_id: Id,
+    /// Oldest first.
+    pub messages: Vec<Message>,
+    /// The conversation's newest message id (0: none yet).
+    pub last_message_id: Id,
+    /// The caller's read position (0: never read).
+    pub position: Id,
+    /// Messages after the caller's position that others sent.
+    pub unread: i64,
+    /// Every member's stored read position, for read receipts (a member that
+    /// never read is not listed).
+    pub reads: Vec<ReadPosition>,
 }
 
 /// A user of a visitor list, with whether it is connected now.
@@ -530,6 +571,14 @@ impl Chat {
         now: Millis,
     ) -> Result<Caller, ChatError> {
         let session = self.tokens.verify(token, now / 1000)?;
+        self.confirm(session, ip).await
+    }
+
+    /// The caller of a session read from a token or from a chat connection's
+    /// key: its user must still exist in the shop and role the session names,
+    /// the session must not have ended, and a visitor's address (when known)
+    /// must not be on its shop's blacklist.
+    pub async fn confirm(&self, session: Session, ip: Option<&str>) -> Result<Caller, ChatError> {
         let user =
             self.store.user(session.user_id()?).await?.ok_or_else(|| {
                 ChatError::Unauthorized("the session's user no longer exists".into())
@@ -616,21 +665,62 @@ impl Chat {
             .await?)
     }
 
-    /// A page of a conversation's history, oldest first.
+    /// A page of a conversation's history (oldest first) with the caller's
+    /// unread count and the members' read positions. Paging after the last id a
+    /// client holds returns every message stored since, pushed or not.
     pub async fn history(
         &self,
         caller: &Caller,
         conversation: Id,
         page: Page,
-    ) -> Result<Vec<Message>, ChatError> {
-        let c = self.conversation(caller, conversation).await?;
+    ) -> Result<Synced, ChatError> {
         let limit = match page {
             Page::Newest { limit } | Page::Before { limit, .. } | Page::After { limit, .. } => {
                 limit
             }
         };
         self.page(limit)?;
-        Ok(self.store.messages(c.id, page).await?)
+        let c = self.conversation(caller, conversation).await?;
+        let me = caller.user.id;
+        let (messages, reads, unread) = tokio::try_join!(
+            self.store.messages(c.id, page),
+            self.store.read_positions(c.id),
+            self.store.unread(c.id, me),
+        )?;
+        let position = reads
+            .iter()
+            .find(|(user, _)| *user == me)
+            .map_or(0, |(_, p)| *p);
+        // (A message stored after the conversation was read is in the page.)
+        let last_message_id = messages
+            .last()
+            .map_or(c.last_message_id, |m| m.id.max(c.last_message_id));
+        Ok(Synced {
+            conversation_id: c.id,
+            messages,
+            last_message_id,
+            position,
+            unread,
+            reads: reads
+                .into_iter()
+                .map(|(user_id, position)| ReadPosition { user_id, position })
+                .collect(),
+        })
+    }
+
+    /// The conversation a socket op names, or, when it names none, a visitor's
+    /// own conversation with the shop (an agent must name one).
+    pub async fn conversation_or_own(
+        &self,
+        caller: &Caller,
+        id: Option<Id>,
+        now: Millis,
+    ) -> Result<Id, ChatError> {
+        match (id, caller.user.role) {
+            (Some(id), _) => Ok(id),
+            (None, Role::Visitor) => Ok(self.store.kefu_conversation(&caller.user, now).await?.id),
+            (None, Role::Agent) => Err(ChatError::BadRequest("conversation_id is required".into())),
+        }
     }
 
     /// The members an event of conversation `c` goes to: the visitor and the

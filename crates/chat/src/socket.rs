@@ -2,15 +2,36 @@
 //! `{"chat": "<session token>"}` connects as its chat user, whatever the
 //! process's `[auth]` mode says for other clients, and may receive the chat's
 //! events (op 5) only: no room, no other op, until its session expires.
+//!
+//! Its frames of ops 4 (send), 18 (sync) and 20 (read) are the chat's: logic
+//! answers each with op 5, 19 or 21 and the request's seq (see `docs/chat.md`).
+//! A goim client's frames of those ops get goim's behaviour, unchanged.
 
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use herald_logic::{Authenticator, Identity};
-use herald_rpc::{ConnectReq, ErrorKind, Grant, RpcError, RpcResult};
+use herald_rpc::{ConnectReq, ErrorKind, Grant, Proto, ReceiveReq, RpcError, RpcResult};
+use serde::{Deserialize, Serialize};
 
-use crate::service::{chat_mid, Chat, ChatError, Publisher, CHAT_MID_BASE, EVENT_OP};
-use crate::{now_ms, Id};
+use crate::auth::Session;
+use crate::service::{
+    chat_mid, Caller, Chat, ChatError, Publisher, Sent, Synced, CHAT_MID_BASE, EVENT_OP,
+};
+use crate::{now_ms, Id, Page, Role, DEFAULT_PAGE};
+
+/// A chat connection's send (body: [`SendFrame`]); answered with op 5.
+pub const SEND_OP: i32 = 4;
+/// The reply to a send, and every event (the same op: replies carry the
+/// request's seq and `"type": "sent"` or `"error"`).
+pub const SEND_REPLY_OP: i32 = 5;
+/// A sync (body: [`SyncFrame`]); answered with op 19.
+pub const SYNC_OP: i32 = 18;
+pub const SYNC_REPLY_OP: i32 = 19;
+/// A read acknowledgement (body: [`ReadFrame`]); answered with op 21.
+pub const READ_OP: i32 = 20;
+pub const READ_REPLY_OP: i32 = 21;
 
 /// The process's authenticator with chat connections recognised first.
 pub struct ChatAuthenticator {
@@ -67,7 +88,8 @@ impl Authenticator for ChatAuthenticator {
         let _ = self.chat.store().touch(caller.user.id, now_ms()).await;
         Ok(Identity {
             mid: chat_mid(caller.user.id),
-            key: String::new(),
+            key: ConnKey::of(&caller.session, ip.as_deref()).encode(),
+            answered: true,
             room_id: String::new(),
             accepts: vec![EVENT_OP],
             grant: Some(Grant {
@@ -80,9 +102,231 @@ impl Authenticator for ChatAuthenticator {
         })
     }
 
+    async fn answer(&self, req: &ReceiveReq) -> RpcResult<Option<Proto>> {
+        if req.mid < CHAT_MID_BASE {
+            return self.inner.answer(req).await;
+        }
+        let Some(p) = &req.proto else {
+            return Ok(None);
+        };
+        let reply_op = match p.op {
+            SEND_OP => SEND_REPLY_OP,
+            SYNC_OP => SYNC_REPLY_OP,
+            READ_OP => READ_REPLY_OP,
+            _ => return Ok(None),
+        };
+        let reply = match self.op(req, p).await {
+            Ok(r) => r,
+            Err(e) => Reply::Error {
+                status: e.status(),
+                code: e.code(),
+                message: e.to_string(),
+            },
+        };
+        // (Serializing these cannot fail: strings, integers and messages.)
+        let body = serde_json::to_vec(&reply).unwrap_or_default();
+        Ok(Some(Proto {
+            ver: p.ver,
+            op: reply_op,
+            seq: p.seq,
+            body: Bytes::from(body),
+        }))
+    }
+
     fn mode(&self) -> &'static str {
         self.inner.mode()
     }
+}
+
+impl ChatAuthenticator {
+    /// Does what a chat connection's frame asks, as its session's user.
+    async fn op(&self, req: &ReceiveReq, p: &Proto) -> Result<Reply, ChatError> {
+        let caller = self.connection_caller(req).await?;
+        let chat = &self.chat;
+        let now = now_ms();
+        match p.op {
+            SEND_OP => {
+                let f: SendFrame = frame(&p.body)?;
+                let c = chat
+                    .conversation_or_own(&caller, f.conversation_id, now)
+                    .await?;
+                let kind = f.kind.as_deref().unwrap_or("text");
+                let sent = chat
+                    .send(&caller, c, kind, &f.body, f.client_id.as_deref(), now)
+                    .await?;
+                Ok(Reply::Sent(sent))
+            }
+            SYNC_OP => {
+                let f: SyncFrame = frame(&p.body)?;
+                let c = chat
+                    .conversation_or_own(&caller, f.conversation_id, now)
+                    .await?;
+                let page = Page::of(f.before, f.after, f.limit.unwrap_or(DEFAULT_PAGE))
+                    .map_err(|e| ChatError::BadRequest(e.into()))?;
+                Ok(Reply::Sync(chat.history(&caller, c, page).await?))
+            }
+            _ => {
+                let f: ReadFrame = frame(&p.body)?;
+                let c = chat
+                    .conversation_or_own(&caller, f.conversation_id, now)
+                    .await?;
+                let position = chat.mark_read(&caller, c, f.position).await?;
+                let unread = chat.unread(&caller, c).await?;
+                Ok(Reply::Read {
+                    conversation_id: c,
+                    position,
+                    unread,
+                })
+            }
+        }
+    }
+
+    /// The caller behind a chat connection's frame: its session, as written
+    /// into the connection's key at connect, checked again (the user still
+    /// there, the session neither ended nor expired, a visitor's address not
+    /// blocked since).
+    async fn connection_caller(&self, req: &ReceiveReq) -> Result<Caller, ChatError> {
+        let user = req.mid - CHAT_MID_BASE;
+        let key = ConnKey::decode(&req.key)
+            .ok_or_else(|| ChatError::Unauthorized("not a chat connection's key".into()))?;
+        if key.exp <= now_ms() / 1000 {
+            return Err(ChatError::Unauthorized("the session has expired".into()));
+        }
+        let session = Session {
+            sub: user.to_string(),
+            shop: key.shop,
+            role: key.role,
+            iat: key.iat,
+            exp: key.exp,
+            jti: key.jti.to_string(),
+        };
+        self.chat.confirm(session, key.ip).await
+    }
+}
+
+/// A chat connection's key: its session (written by the authenticator, so a
+/// frame is checked against the session that opened the connection), its
+/// address, and a random part that tells apart connections of one session.
+/// `chat~SHOP~ROLE~IAT~EXP~JTI~IP~RANDOM` (a JTI is base64url, an address has
+/// no `~`).
+struct ConnKey<'a> {
+    shop: Id,
+    role: Role,
+    iat: i64,
+    exp: i64,
+    jti: &'a str,
+    ip: Option<&'a str>,
+}
+
+impl<'a> ConnKey<'a> {
+    fn of(session: &'a Session, ip: Option<&'a str>) -> ConnKey<'a> {
+        ConnKey {
+            shop: session.shop,
+            role: session.role,
+            iat: session.iat,
+            exp: session.exp,
+            jti: &session.jti,
+            ip,
+        }
+    }
+
+    fn encode(&self) -> String {
+        format!(
+            "chat~{}~{}~{}~{}~{}~{}~{}",
+            self.shop,
+            self.role.as_str(),
+            self.iat,
+            self.exp,
+            self.jti,
+            self.ip.unwrap_or(""),
+            crate::auth::new_jti()
+        )
+    }
+
+    fn decode(key: &'a str) -> Option<ConnKey<'a>> {
+        let mut parts = key.split('~');
+        if parts.next()? != "chat" {
+            return None;
+        }
+        let shop = parts.next()?.parse().ok()?;
+        let role = match parts.next()? {
+            "agent" => Role::Agent,
+            "visitor" => Role::Visitor,
+            _ => return None,
+        };
+        let iat = parts.next()?.parse().ok()?;
+        let exp = parts.next()?.parse().ok()?;
+        let jti = parts.next()?;
+        let ip = Some(parts.next()?).filter(|ip| !ip.is_empty());
+        let _random = parts.next()?;
+        parts.next().is_none().then_some(ConnKey {
+            shop,
+            role,
+            iat,
+            exp,
+            jti,
+            ip,
+        })
+    }
+}
+
+/// An op-4 body: a message to store and push. Without `conversation_id`, a
+/// visitor's conversation with the shop.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendFrame {
+    pub conversation_id: Option<Id>,
+    /// `text` (the default), `image` or `emoji`.
+    pub kind: Option<String>,
+    pub body: String,
+    /// Makes a retried send idempotent.
+    pub client_id: Option<String>,
+}
+
+/// An op-18 body: which page of history (the newest, or just before or after a
+/// message id) and how long (default 50).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncFrame {
+    pub conversation_id: Option<Id>,
+    pub before: Option<Id>,
+    pub after: Option<Id>,
+    pub limit: Option<u32>,
+}
+
+/// An op-20 body: the caller has read up to `position`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadFrame {
+    pub conversation_id: Option<Id>,
+    pub position: Id,
+}
+
+/// What a chat op answers.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Reply {
+    /// Op 5: the stored message.
+    Sent(Sent),
+    /// Op 19: a page of history and the read state.
+    Sync(Synced),
+    /// Op 21: the stored position and what is left unread.
+    Read {
+        conversation_id: Id,
+        position: Id,
+        unread: i64,
+    },
+    /// Any of the three: what went wrong (`status` as the HTTP API's).
+    Error {
+        status: u16,
+        code: &'static str,
+        message: String,
+    },
+}
+
+/// A frame's JSON body.
+fn frame<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ChatError> {
+    serde_json::from_slice(body).map_err(|e| ChatError::BadRequest(format!("bad frame body: {e}")))
 }
 
 /// A [`Publisher`] given its target once that exists: the chat is built before

@@ -720,19 +720,17 @@ impl ChatStore for SqlStore {
         }
     }
 
-    async fn read_position(&self, conversation_id: Id, user_id: Id) -> Result<Id, StoreError> {
-        let row = sqlx::query(
-            &self
-                .sql("SELECT position FROM chat_reads WHERE conversation_id = $1 AND user_id = $2"),
-        )
+    async fn read_positions(&self, conversation_id: Id) -> Result<Vec<(Id, Id)>, StoreError> {
+        let rows = sqlx::query(&self.sql(
+            "SELECT user_id, position FROM chat_reads WHERE conversation_id = $1 ORDER BY user_id",
+        ))
         .bind(conversation_id)
-        .bind(user_id)
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        row.map(|r| r.try_get("position"))
-            .transpose()
-            .map(|p| p.unwrap_or(0))
+        rows.iter()
+            .map(|r| Ok((r.try_get("user_id")?, r.try_get("position")?)))
+            .collect::<Result<_, sqlx::Error>>()
             .map_err(corrupt)
     }
 

@@ -211,7 +211,7 @@ async fn conformance(store: Arc<dyn ChatStore>) {
     );
 
     // Read positions and unread: others' messages after the position.
-    assert_eq!(store.read_position(kefu.id, alice.id).await.unwrap(), 0);
+    assert!(store.read_positions(kefu.id).await.unwrap().is_empty());
     assert_eq!(
         store.unread(kefu.id, alice.id).await.unwrap(),
         9,
@@ -224,6 +224,10 @@ async fn conformance(store: Arc<dyn ChatStore>) {
     );
     assert_eq!(store.mark_read(kefu.id, alice.id, 5).await.unwrap(), 5);
     assert_eq!(store.unread(kefu.id, alice.id).await.unwrap(), 5);
+    assert_eq!(
+        store.read_positions(kefu.id).await.unwrap(),
+        vec![(alice.id, 5)]
+    );
     assert_eq!(
         store.mark_read(kefu.id, alice.id, 3).await.unwrap(),
         5,
@@ -519,7 +523,7 @@ async fn conformance(store: Arc<dyn ChatStore>) {
         .await
         .unwrap()
         .is_empty());
-    assert_eq!(store.read_position(kefu.id, alice.id).await.unwrap(), 0);
+    assert!(store.read_positions(kefu.id).await.unwrap().is_empty());
     assert!(store.user(alice.id).await.unwrap().is_some(), "agents stay");
 }
 

@@ -174,8 +174,24 @@ async fn a_visitor_and_an_agent_chat_with_sessions_events_and_read_receipts() {
         .await
         .unwrap();
     assert_eq!(
-        page.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        page.messages
+            .iter()
+            .map(|m| m.body.as_str())
+            .collect::<Vec<_>>(),
         vec!["hello?", "Hi! How can I help?"]
+    );
+    // With the read state: the visitor has not read the agent's reply; the
+    // agent has read both (a read receipt for the visitor's message).
+    assert_eq!(
+        (page.position, page.unread, page.last_message_id),
+        (0, 1, 2)
+    );
+    assert_eq!(
+        page.reads,
+        vec![herald_chat::service::ReadPosition {
+            user_id: alice.user.id,
+            position: 2
+        }]
     );
 
     let _ = std::fs::remove_dir_all(&dir);
@@ -382,6 +398,7 @@ async fn the_blacklist_is_enforced_and_bad_input_refused() {
         .history(&visitor, conv.id, Page::Newest { limit: 10 })
         .await
         .unwrap()
+        .messages
         .is_empty());
 
     // A push that cannot be handed on: stored, reported as not pushed.

@@ -242,6 +242,9 @@ pub struct Channel {
     /// Set when the outbox changed or the connection must close; cleared by the
     /// connection task when it looks.
     signalled: AtomicBool,
+    /// logic answers this connection's upstream frames (an application's
+    /// connection): no empty echo before forwarding them.
+    answered: bool,
     /// The connection task's waker (cheaper per connection than a `Notify` and a
     /// stored `notified()` future).
     waker: AtomicWaker,
@@ -303,6 +306,7 @@ impl Channel {
             expires_ms: AtomicU64::new(u64::MAX),
             timed_out: AtomicBool::new(false),
             signalled: AtomicBool::new(false),
+            answered: false,
             waker: AtomicWaker::new(),
         }
     }
@@ -483,6 +487,18 @@ impl Channel {
     pub fn with_recovery(mut self, recovery: crate::recovery::Recovery) -> Channel {
         self.recovery = Some(Box::new(recovery));
         self
+    }
+
+    /// Marks the connection as one whose upstream frames logic answers
+    /// (`ConnectReply::answered`).
+    pub fn answered_by_logic(mut self, answered: bool) -> Channel {
+        self.answered = answered;
+        self
+    }
+
+    /// Whether logic answers this connection's upstream frames.
+    pub fn is_answered(&self) -> bool {
+        self.answered
     }
 
     /// The recovery state, for a connection that asked for recovery.

@@ -1430,7 +1430,9 @@ const CHAT_SECRET: &str = "cluster-chat-secret-of-32-bytes-at-least";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_on_two_logics_and_one_postgresql() {
     use serde_json::json;
-    use support::{chat_call, chat_event, chat_register, chat_socket, chat_visitor};
+    use support::{
+        chat_call, chat_event, chat_event_of, chat_op, chat_register, chat_socket, chat_visitor,
+    };
 
     let pg = herald_testkit::postgres();
     let database = pg.postgres_database("chat");
@@ -1533,4 +1535,34 @@ async fn chat_on_two_logics_and_one_postgresql() {
     );
     let r = chat_call(l0, "GET", "/chat/api/conversations", Some(&agent), None).await;
     assert_eq!(r.json()["conversations"][0]["unread"], 0);
+
+    // Over the sockets (ops 4, 18, 20, answered by a logic over gRPC): the
+    // visitor sends on comet 1, the agent syncs and reads on comet 0.
+    let (sent, _) = chat_op(&mut v, 4, &json!({"body": "and over the socket"})).await;
+    assert_eq!(
+        (sent["type"].clone(), sent["message"]["id"].clone()),
+        (json!("sent"), json!(3)),
+        "{sent}"
+    );
+    let e = chat_event_of(&mut a, "message").await;
+    assert_eq!(e["message"]["body"], "and over the socket", "{e}");
+    let (sync, _) = chat_op(&mut a, 18, &json!({"conversation_id": conv, "after": 1})).await;
+    let ids: Vec<i64> = sync["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        (ids, sync["unread"].clone()),
+        (vec![2, 3], json!(1)),
+        "{sync}"
+    );
+    let (read, _) = chat_op(&mut a, 20, &json!({"conversation_id": conv, "position": 3})).await;
+    assert_eq!(
+        (read["position"].clone(), read["unread"].clone()),
+        (json!(3), json!(0))
+    );
+    let receipt = chat_event_of(&mut v, "read").await;
+    assert_eq!(receipt["position"], 3);
 }

@@ -19,8 +19,8 @@ use herald_proto::{recovery, AuthToken};
 use herald_queue::{Queue, QueueError};
 use herald_rpc::{
     Backoff, ConnectReply, ConnectReq, DisconnectReply, DisconnectReq, Grant, HeartbeatReq,
-    HistoryReply, HistoryReq, LogicService, NodesReply, NodesReq, OnlineReply, OnlineReq, PushMsg,
-    PushType, ReceiveReq, RpcError, RpcResult,
+    HistoryReply, HistoryReq, LogicService, NodesReply, NodesReq, OnlineReply, OnlineReq, Proto,
+    PushMsg, PushType, ReceiveReply, ReceiveReq, RpcError, RpcResult,
 };
 use herald_store::{OnlineStore, ServerOnline, SessionStore, StoreError};
 use metrics::{counter, histogram, Counter, Histogram};
@@ -53,6 +53,10 @@ pub struct Identity {
     /// What the connection may do later and until when; `None` = anything, for
     /// ever (goim's behaviour, trust mode).
     pub grant: Option<Grant>,
+    /// The authenticator answers this connection's upstream frames
+    /// ([`Authenticator::answer`]) instead of goim's empty echo: an
+    /// application's connection (the chat's).
+    pub answered: bool,
 }
 
 /// Decides who a connecting client is. [`TrustingAuthenticator`] is goim's
@@ -63,6 +67,15 @@ pub trait Authenticator: Send + Sync + 'static {
     /// `Unauthenticated`, or `Unavailable` when the decision could not be made) to
     /// refuse it. Never lets a client in on failure.
     async fn authenticate(&self, req: &ConnectReq) -> RpcResult<Identity>;
+
+    /// The reply to an upstream frame of a connection whose identity was
+    /// `answered` (comet sends it with the request's seq); `None`: goim's empty
+    /// echo. Errors are the application's to put in the reply: an `Err` here
+    /// means it could not be asked, and the client gets the empty echo.
+    async fn answer(&self, req: &ReceiveReq) -> RpcResult<Option<Proto>> {
+        let _ = req;
+        Ok(None)
+    }
 
     /// The mode's name, for logs and metrics.
     fn mode(&self) -> &'static str;
@@ -81,6 +94,7 @@ impl Authenticator for TrustingAuthenticator {
             room_id: t.room_id,
             accepts: t.accepts,
             grant: None,
+            answered: false,
         })
     }
 
@@ -695,6 +709,7 @@ impl Logic {
             accepts: id.accepts,
             heartbeat: self.heartbeat_deadline().as_nanos() as i64,
             grant: id.grant,
+            answered: id.answered,
         })
     }
 
@@ -792,7 +807,7 @@ impl LogicService for Logic {
         })
     }
 
-    async fn receive(&self, req: ReceiveReq) -> RpcResult<()> {
+    async fn receive(&self, req: ReceiveReq) -> RpcResult<ReceiveReply> {
         self.metrics.upstream.increment(1);
         if let Some(p) = &req.proto {
             debug!(
@@ -802,7 +817,9 @@ impl LogicService for Logic {
                 "upstream message"
             );
         }
-        Ok(())
+        Ok(ReceiveReply {
+            proto: self.auth.answer(&req).await?,
+        })
     }
 
     async fn nodes(&self, req: NodesReq) -> RpcResult<NodesReply> {

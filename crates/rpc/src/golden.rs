@@ -279,6 +279,7 @@ fn logic_connect() {
             any_op: false,
             expires_at: 1_700_000_000,
         }),
+        answered: false,
     };
     // mid=1 (VARINT 42), key=2, roomID=3 (LEN), accepts=4 (packed LEN: e8 07 e9 07),
     // heartbeat=5 (VARINT 30e9 = 80 d8 8e e1 6f), herald's grant=16 (LEN, key 82 01):
@@ -376,6 +377,7 @@ fn logic_receive() {
             seq: 2,
             body: Bytes::from_static(b"up"),
         }),
+        ..Default::default()
     };
     // mid=1 (VARINT), proto=2 (LEN, 10 bytes).
     golden(
@@ -384,7 +386,15 @@ fn logic_receive() {
             0x08, 42, 0x12, 10, 0x08, 1, 0x10, 4, 0x18, 2, 0x22, 2, b'u', b'p',
         ],
     );
-    golden(&ReceiveReply {}, &[]);
+    golden(&ReceiveReply::default(), &[]);
+    // herald's reply frame: proto=16 (LEN, key 82 01) { op=2 (VARINT 5) }.
+    let answered = ReceiveReply {
+        proto: Some(Proto {
+            op: 5,
+            ..Default::default()
+        }),
+    };
+    golden(&answered, &[0x82, 0x01, 2, 0x10, 5]);
 }
 
 #[test]

@@ -287,8 +287,7 @@ impl Logic for LogicGrpc {
     }
 
     async fn receive(&self, r: Request<ReceiveReq>) -> Result<Response<ReceiveReply>, Status> {
-        self.0.receive(r.into_inner()).await?;
-        Ok(Response::new(ReceiveReply {}))
+        Ok(Response::new(self.0.receive(r.into_inner()).await?))
     }
 
     async fn nodes(&self, r: Request<NodesReq>) -> Result<Response<NodesReply>, Status> {
@@ -382,12 +381,13 @@ impl LogicService for RemoteLogic {
         Ok(r.into_inner())
     }
 
-    async fn receive(&self, req: ReceiveReq) -> RpcResult<()> {
+    async fn receive(&self, req: ReceiveReq) -> RpcResult<ReceiveReply> {
         let mut c = self.client.clone();
-        c.receive(self.dialer.request(req))
+        let r = c
+            .receive(self.dialer.request(req))
             .await
             .map_err(|s| status_error(&self.addr, s))?;
-        Ok(())
+        Ok(r.into_inner())
     }
 
     async fn nodes(&self, req: NodesReq) -> RpcResult<NodesReply> {
@@ -541,7 +541,7 @@ impl LogicService for LogicPool {
         .await
     }
 
-    async fn receive(&self, req: ReceiveReq) -> RpcResult<()> {
+    async fn receive(&self, req: ReceiveReq) -> RpcResult<ReceiveReply> {
         self.call(false, |c| {
             let req = req.clone();
             async move { c.receive(req).await }

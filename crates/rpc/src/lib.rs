@@ -50,7 +50,7 @@ pub use comet::{BroadcastReq, BroadcastRoomReq, CometService, PushMsgReq, RoomsR
 pub use logic::{
     Backoff, ConnectReply, ConnectReq, DisconnectReply, DisconnectReq, Grant, HeartbeatReq,
     HistoryEntry, HistoryReply, HistoryReq, LogicService, NodesReply, NodesReq, OnlineReply,
-    OnlineReq, PushMsg, PushType, ReceiveReq,
+    OnlineReq, PushMsg, PushType, ReceiveReply, ReceiveReq,
 };
 pub use protocol::{Position, Proto};
 

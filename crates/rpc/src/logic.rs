@@ -60,8 +60,9 @@ pub trait LogicService: Send + Sync + 'static {
     async fn heartbeat(&self, req: HeartbeatReq) -> RpcResult<()>;
     /// Records a comet's room counts and returns the cluster's.
     async fn renew_online(&self, req: OnlineReq) -> RpcResult<OnlineReply>;
-    /// Accepts an upstream client message.
-    async fn receive(&self, req: ReceiveReq) -> RpcResult<()>;
+    /// Accepts an upstream client message; for an answered connection
+    /// (`ConnectReply::answered`), the reply names the frame to send back.
+    async fn receive(&self, req: ReceiveReq) -> RpcResult<ReceiveReply>;
     /// Picks comets for a client.
     async fn nodes(&self, req: NodesReq) -> RpcResult<NodesReply>;
     /// Checks fresh credentials of an authenticated connection (token refresh) and

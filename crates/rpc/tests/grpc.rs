@@ -47,6 +47,7 @@ impl LogicService for Recorder {
             accepts: vec![1000, 1001],
             heartbeat: 480_000_000_000,
             grant: None,
+            answered: false,
         })
     }
     async fn refresh(&self, req: ConnectReq) -> RpcResult<ConnectReply> {
@@ -83,13 +84,13 @@ impl LogicService for Recorder {
             all_room_count: req.room_count,
         })
     }
-    async fn receive(&self, req: ReceiveReq) -> RpcResult<()> {
+    async fn receive(&self, req: ReceiveReq) -> RpcResult<ReceiveReply> {
         self.log(format!(
             "receive {} {:?}",
             req.mid,
             req.proto.map(|p| p.body)
         ));
-        Ok(())
+        Ok(ReceiveReply::default())
     }
     async fn nodes(&self, req: NodesReq) -> RpcResult<NodesReply> {
         if req.platform == "slow" {
@@ -209,6 +210,7 @@ async fn logic_calls_carry_every_field() {
             seq: 9,
             body: Bytes::from_static(b"up"),
         }),
+        ..Default::default()
     })
     .await
     .unwrap();

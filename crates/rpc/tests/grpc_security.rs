@@ -36,8 +36,8 @@ impl LogicService for Fixed {
     async fn renew_online(&self, _: OnlineReq) -> RpcResult<OnlineReply> {
         Ok(OnlineReply::default())
     }
-    async fn receive(&self, _: ReceiveReq) -> RpcResult<()> {
-        Ok(())
+    async fn receive(&self, _: ReceiveReq) -> RpcResult<ReceiveReply> {
+        Ok(ReceiveReply::default())
     }
     async fn refresh(&self, _: ConnectReq) -> RpcResult<ConnectReply> {
         Ok(ConnectReply::default())

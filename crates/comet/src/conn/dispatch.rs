@@ -19,6 +19,9 @@ pub(super) enum Action {
     Done,
     /// Forward an upstream message to logic.
     Forward(ReceiveReq),
+    /// Forward an upstream message of an answered connection to logic and send
+    /// its reply to the frame (header only: the body travels in the request).
+    Ask(ReceiveReq, Frame),
     /// Check fresh credentials with logic (op 22).
     Refresh(Frame),
     /// Close the connection.
@@ -197,10 +200,10 @@ fn refresh_refused(ctx: &ConnContext, f: &Frame) -> Frame {
 }
 
 /// Any other op: acknowledged with an empty reply of the same op, and forwarded
-/// to logic.
+/// to logic. An answered connection's frame gets logic's reply instead.
 fn forward(ch: &Channel, f: Frame) -> Action {
-    ch.reply(Outbound::Frame(Frame::reply_to(&f, f.op, Bytes::new())));
-    Action::Forward(ReceiveReq {
+    let asked = Frame::reply_to(&f, f.op, Bytes::new());
+    let req = ReceiveReq {
         mid: ch.mid,
         proto: Some(Proto {
             ver: f.ver as i32,
@@ -208,7 +211,24 @@ fn forward(ch: &Channel, f: Frame) -> Action {
             seq: f.seq,
             body: f.body,
         }),
-    })
+        key: ch.key.to_string(),
+    };
+    if ch.is_answered() {
+        return Action::Ask(req, asked);
+    }
+    ch.reply(Outbound::Frame(asked));
+    Action::Forward(req)
+}
+
+/// Queues logic's reply to an answered connection's frame (`asked`: the
+/// request's header); without one (logic unreachable, or nothing to say), goim's
+/// empty echo.
+pub(super) fn answer(ch: &Channel, asked: &Frame, reply: Option<Proto>) {
+    let frame = match reply {
+        Some(p) => Frame::reply_to(asked, p.op, p.body),
+        None => Frame::reply_to(asked, asked.op, Bytes::new()),
+    };
+    ch.reply(Outbound::Frame(frame));
 }
 
 /// Checks the credentials in an op-22 frame with logic and, when they name the

@@ -210,6 +210,7 @@ fn register(
         accepts,
         heartbeat,
         grant,
+        answered,
     } = reply;
     let hb = heartbeat_interval(ctx, heartbeat);
     let expires_at = grant.as_ref().map_or(0, |g| g.expires_at);
@@ -229,7 +230,8 @@ fn register(
         accepts,
         ctx.limits.max_accepts,
     )
-    .with_sink(conn.sink());
+    .with_sink(conn.sink())
+    .answered_by_logic(answered);
     if let Some(r) = recovery {
         ch = ch.with_recovery(r);
     }
@@ -340,6 +342,10 @@ async fn session(
                 Action::Done => {}
                 Action::Forward(req) => {
                     call(ctx, "receive", ctx.logic.receive(req)).await;
+                }
+                Action::Ask(req, asked) => {
+                    let reply = call(ctx, "receive", ctx.logic.receive(req)).await;
+                    dispatch::answer(ch, &asked, reply.and_then(|r| r.proto));
                 }
                 Action::Refresh(f) => {
                     let addr = SocketAddr::new(conn.client, conn.peer.port());
@@ -696,8 +702,8 @@ mod tests {
         ) -> RpcResult<herald_rpc::OnlineReply> {
             Ok(Default::default())
         }
-        async fn receive(&self, _: herald_rpc::ReceiveReq) -> RpcResult<()> {
-            Ok(())
+        async fn receive(&self, _: herald_rpc::ReceiveReq) -> RpcResult<herald_rpc::ReceiveReply> {
+            Ok(Default::default())
         }
         async fn nodes(&self, _: herald_rpc::NodesReq) -> RpcResult<herald_rpc::NodesReply> {
             Ok(Default::default())

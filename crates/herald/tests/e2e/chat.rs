@@ -192,6 +192,204 @@ async fn an_agent_and_a_visitor_chat_over_http_and_receive_pushes() {
 }
 
 #[tokio::test]
+async fn chat_sockets_send_sync_and_read_with_ops_4_18_20() {
+    let s = start().await;
+    let h = s.http_addr;
+    let agent = register(h, "acme", "alice").await;
+    let agent_token = agent["token"].as_str().unwrap().to_string();
+    let agent_id = agent["user"]["id"].as_i64().unwrap();
+    let (visitor_token, conv) = visitor(h, "acme").await;
+    let mut a = chat_socket(s.ws_addrs[0], &agent_token).await;
+    let mut v = chat_socket(s.ws_addrs[0], &visitor_token).await;
+
+    // Op 4 without a conversation: the visitor's own. The reply (op 5, the
+    // request's seq) carries the stored message; the agent gets the event.
+    let send = json!({"body": "hello over the socket", "client_id": "s-1"});
+    let (sent, mut v_events) = chat_op(&mut v, 4, &send).await;
+    assert_eq!(sent["type"], "sent", "{sent}");
+    assert_eq!(
+        (
+            sent["message"]["id"].clone(),
+            sent["message"]["conversation_id"].clone(),
+            sent["created"].clone(),
+            sent["pushed"].clone()
+        ),
+        (json!(1), json!(conv), json!(true), json!(true))
+    );
+    let e = chat_event(&mut a).await;
+    assert_eq!(
+        (e["type"].clone(), e["message"]["body"].clone()),
+        (json!("message"), json!("hello over the socket"))
+    );
+    // A retried send (same client id): the stored message, nothing new.
+    let (again, events) = chat_op(&mut v, 4, &send).await;
+    v_events.extend(events);
+    assert_eq!(
+        (again["message"]["id"].clone(), again["created"].clone()),
+        (json!(1), json!(false))
+    );
+
+    // The agent answers on its socket (an agent names the conversation).
+    let (sent, _) = chat_op(
+        &mut a,
+        4,
+        &json!({"conversation_id": conv, "body": "hi, over the socket too"}),
+    )
+    .await;
+    assert_eq!(sent["message"]["id"], 2, "{sent}");
+
+    // Op 18: the newest page with the read state, then pages around an id.
+    let (sync, events) = chat_op(&mut v, 18, &json!({})).await;
+    v_events.extend(events);
+    assert_eq!(sync["type"], "sync", "{sync}");
+    let ids = |v: &serde_json::Value| {
+        v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_i64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&sync), vec![1, 2]);
+    assert_eq!(
+        (
+            sync["conversation_id"].clone(),
+            sync["last_message_id"].clone(),
+            sync["position"].clone(),
+            sync["unread"].clone()
+        ),
+        (json!(conv), json!(2), json!(0), json!(1)),
+        "{sync}"
+    );
+    // The events of the sends (a retry pushes again) come before the
+    // replies or after them.
+    while v_events.len() < 3 {
+        v_events.push(chat_event(&mut v).await);
+    }
+    assert!(
+        v_events.iter().all(|e| e["type"] == "message"),
+        "{v_events:?}"
+    );
+    for (body, want) in [
+        (json!({"after": 1}), vec![2]),
+        (json!({"before": 2}), vec![1]),
+        (json!({"limit": 1}), vec![2]),
+        (json!({"after": 2}), vec![]),
+    ] {
+        let (page, _) = chat_op(&mut v, 18, &body).await;
+        assert_eq!(ids(&page), want, "{body}");
+    }
+
+    // Op 20: the visitor has read both; the agent gets the receipt, and the
+    // agent's history shows the visitor's position.
+    let (read, _) = chat_op(&mut v, 20, &json!({"position": 2})).await;
+    assert_eq!(
+        read,
+        json!({"type": "read", "conversation_id": conv, "position": 2, "unread": 0})
+    );
+    // (The agent's socket holds the events of the sends before it.)
+    let receipt = chat_event_of(&mut a, "read").await;
+    assert_eq!(receipt["type"], "read", "{receipt}");
+    assert_eq!(receipt["position"], 2);
+    let r = call(
+        h,
+        "GET",
+        &format!("/chat/api/conversations/{conv}/messages"),
+        Some(&agent_token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let reads = r.json()["reads"].clone();
+    assert!(
+        reads
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["position"] == 2 && p["user_id"] != agent_id),
+        "{reads}"
+    );
+
+    // Bad frames get error replies; the connection stays.
+    for (op, body, status) in [
+        (4, json!({"body": ""}), 400),
+        (4, json!({"body": "x", "extra": 1}), 400),
+        (4, json!({"conversation_id": conv + 1000, "body": "x"}), 404),
+        (18, json!({"before": 1, "after": 1}), 400),
+        (20, json!({}), 400),
+    ] {
+        let (e, _) = chat_op(&mut v, op, &body).await;
+        assert_eq!(
+            (e["type"].clone(), e["status"].clone()),
+            (json!("error"), json!(status)),
+            "op {op} {body}: {e}"
+        );
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let seq = v.send(4, b"not json").await;
+    let f = v.recv_push().await;
+    assert_eq!((f.op, f.seq), (5, seq));
+    let e: serde_json::Value = serde_json::from_slice(&f.body).unwrap();
+    assert_eq!(
+        (e["code"].clone(), e["status"].clone()),
+        (json!("bad_request"), json!(400))
+    );
+    // An agent names the conversation.
+    let (e, _) = chat_op(&mut a, 18, &json!({})).await;
+    assert_eq!(e["code"], "bad_request", "{e}");
+    // Another shop's agent cannot read or write this conversation.
+    let other = register(h, "globex", "bob").await;
+    let mut o = chat_socket(s.ws_addrs[0], other["token"].as_str().unwrap()).await;
+    for op in [4, 18, 20] {
+        let body = match op {
+            4 => json!({"conversation_id": conv, "body": "x"}),
+            18 => json!({"conversation_id": conv}),
+            _ => json!({"conversation_id": conv, "position": 1}),
+        };
+        let (e, _) = chat_op(&mut o, op, &body).await;
+        assert_eq!(e["status"], 404, "op {op}: {e}");
+    }
+
+    // A goim client's ops 4 and 18 keep goim's meaning: an empty echo, nothing
+    // stored.
+    let mut g = Client::ws(s.ws_addrs[0]).await;
+    g.auth(7, "goim-7", "", &[]).await;
+    for op in [4, 18, 20] {
+        let seq = g.send(op, b"{\"body\": \"x\"}").await;
+        let f = g.recv_push().await;
+        assert_eq!((f.op, f.seq, f.body.len()), (op, seq, 0));
+    }
+    let (sync, _) = chat_op(&mut v, 18, &json!({})).await;
+    assert_eq!(ids(&sync), vec![1, 2]);
+
+    // A session ended over HTTP is refused on its open socket too.
+    let r = call(h, "POST", "/chat/api/logout", Some(&agent_token), None).await;
+    assert_eq!(r.status, 204);
+    let (e, _) = chat_op(&mut a, 18, &json!({"conversation_id": conv})).await;
+    assert_eq!(
+        (e["type"].clone(), e["status"].clone()),
+        (json!("error"), json!(401)),
+        "{e}"
+    );
+
+    // So is a visitor whose address the shop blocked since it connected.
+    let login = json!({"username": "alice", "password": "correct horse"});
+    let r = call(h, "POST", "/chat/api/login", None, Some(login)).await;
+    let token = r.json()["token"].as_str().unwrap().to_string();
+    let r = call(
+        h,
+        "POST",
+        "/chat/api/blacklist",
+        Some(&token),
+        Some(json!({"ip": "127.0.0.1"})),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let (e, _) = chat_op(&mut v, 4, &json!({"body": "still here?"})).await;
+    assert_eq!(e["status"], 403, "{e}");
+}
+
+#[tokio::test]
 async fn bad_chat_requests_get_json_errors_and_tenants_stay_apart() {
     let s = start().await;
     let h = s.http_addr;

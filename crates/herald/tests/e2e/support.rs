@@ -604,6 +604,34 @@ pub async fn chat_event(c: &mut Client) -> Value {
     serde_json::from_slice(&f.body).unwrap()
 }
 
+/// The next chat event of type `kind` (those of other types before it are
+/// skipped).
+pub async fn chat_event_of(c: &mut Client, kind: &str) -> Value {
+    loop {
+        let e = chat_event(c).await;
+        if e["type"] == kind {
+            return e;
+        }
+    }
+}
+
+/// Sends a chat op (4, 18 or 20) on a chat socket; returns its reply (op 5, 19
+/// or 21 with the request's seq, a JSON body) and the events that came first.
+pub async fn chat_op(c: &mut Client, op: i32, body: &Value) -> (Value, Vec<Value>) {
+    let seq = c.send(op, body.to_string().as_bytes()).await;
+    let mut events = Vec::new();
+    loop {
+        let f = c.recv_push().await;
+        let v: Value = serde_json::from_slice(&f.body).expect("a JSON body");
+        if f.seq == seq {
+            assert_eq!(f.op, op + 1, "the reply to op {op}: {v}");
+            return (v, events);
+        }
+        assert_eq!(f.op, 5, "an event: {v}");
+        events.push(v);
+    }
+}
+
 /// Registers shop `shop` with agent `user` (password "correct horse") through
 /// the chat API at `addr`; the answer (`token`, `user`, `shop`).
 pub async fn chat_register(addr: SocketAddr, shop: &str, user: &str) -> Value {

@@ -132,6 +132,7 @@ pub fn resolve(body: AuthBody, granted: Granted) -> RpcResult<Identity> {
         room_id,
         accepts,
         grant: Some(grant),
+        answered: false,
     })
 }
 

@@ -26,6 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".goim.logic.PushMsg.msg")
         .bytes(".goim.logic.ConnectReq.token")
         .bytes(".goim.logic.HistoryEntry.frame")
+        .bytes(".goim.logic.Grant.context")
+        .bytes(".goim.logic.ReceiveReq.context")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -796,6 +796,7 @@ impl Chat {
             }
         }
         // Seen first: a failure here stores nothing.
+        let writes = std::time::Instant::now();
         self.store.touch(caller.user.id, now).await?;
         let (message, created) = self
             .store
@@ -808,6 +809,7 @@ impl Chat {
                 at: now,
             })
             .await?;
+        metrics::histogram!("herald_chat_store_seconds", "op" => "send").record(writes.elapsed());
         let pushed = self
             .publish(&c, &Event::Message { message: &message })
             .await;

@@ -15,11 +15,10 @@ use herald_logic::{Authenticator, Identity};
 use herald_rpc::{ConnectReq, ErrorKind, Grant, Proto, ReceiveReq, RpcError, RpcResult};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Session;
 use crate::service::{
     chat_mid, Caller, Chat, ChatError, Publisher, Sent, Synced, CHAT_MID_BASE, EVENT_OP,
 };
-use crate::{now_ms, Id, Page, Role, DEFAULT_PAGE};
+use crate::{now_ms, Id, Page, DEFAULT_PAGE};
 
 /// A chat connection's send (body: [`SendFrame`]); answered with op 5.
 pub const SEND_OP: i32 = 4;
@@ -88,7 +87,7 @@ impl Authenticator for ChatAuthenticator {
         let _ = self.chat.store().touch(caller.user.id, now_ms()).await;
         Ok(Identity {
             mid: chat_mid(caller.user.id),
-            key: ConnKey::of(&caller.session, ip.as_deref()).encode(),
+            key: String::new(),
             answered: true,
             room_id: String::new(),
             accepts: vec![EVENT_OP],
@@ -98,6 +97,7 @@ impl Authenticator for ChatAuthenticator {
                 ops: vec![EVENT_OP],
                 any_op: false,
                 expires_at: caller.session.exp,
+                context: context(&token, ip.as_deref()),
             }),
         })
     }
@@ -181,93 +181,31 @@ impl ChatAuthenticator {
         }
     }
 
-    /// The caller behind a chat connection's frame: its session, as written
-    /// into the connection's key at connect, checked again (the user still
-    /// there, the session neither ended nor expired, a visitor's address not
+    /// The caller behind a chat connection's frame: its session token and
+    /// address, from the context of the connection's grant (set at connect,
+    /// replaced by a refresh), checked as on every HTTP call (signature, expiry,
+    /// the user still there, the session not ended, a visitor's address not
     /// blocked since).
     async fn connection_caller(&self, req: &ReceiveReq) -> Result<Caller, ChatError> {
-        let user = req.mid - CHAT_MID_BASE;
-        let key = ConnKey::decode(&req.key)
-            .ok_or_else(|| ChatError::Unauthorized("not a chat connection's key".into()))?;
-        if key.exp <= now_ms() / 1000 {
-            return Err(ChatError::Unauthorized("the session has expired".into()));
+        let (ip, token) = std::str::from_utf8(&req.context)
+            .ok()
+            .and_then(|c| c.split_once(' '))
+            .ok_or_else(|| ChatError::Unauthorized("not a chat connection".into()))?;
+        let ip = Some(ip).filter(|ip| !ip.is_empty());
+        let caller = self.chat.caller(token, ip, now_ms()).await?;
+        if chat_mid(caller.user.id) != req.mid {
+            return Err(ChatError::Unauthorized(
+                "the session is another user's".into(),
+            ));
         }
-        let session = Session {
-            sub: user.to_string(),
-            shop: key.shop,
-            role: key.role,
-            iat: key.iat,
-            exp: key.exp,
-            jti: key.jti.to_string(),
-        };
-        self.chat.confirm(session, key.ip).await
+        Ok(caller)
     }
 }
 
-/// A chat connection's key: its session (written by the authenticator, so a
-/// frame is checked against the session that opened the connection), its
-/// address, and a random part that tells apart connections of one session.
-/// `chat~SHOP~ROLE~IAT~EXP~JTI~IP~RANDOM` (a JTI is base64url, an address has
-/// no `~`).
-struct ConnKey<'a> {
-    shop: Id,
-    role: Role,
-    iat: i64,
-    exp: i64,
-    jti: &'a str,
-    ip: Option<&'a str>,
-}
-
-impl<'a> ConnKey<'a> {
-    fn of(session: &'a Session, ip: Option<&'a str>) -> ConnKey<'a> {
-        ConnKey {
-            shop: session.shop,
-            role: session.role,
-            iat: session.iat,
-            exp: session.exp,
-            jti: &session.jti,
-            ip,
-        }
-    }
-
-    fn encode(&self) -> String {
-        format!(
-            "chat~{}~{}~{}~{}~{}~{}~{}",
-            self.shop,
-            self.role.as_str(),
-            self.iat,
-            self.exp,
-            self.jti,
-            self.ip.unwrap_or(""),
-            crate::auth::new_jti()
-        )
-    }
-
-    fn decode(key: &'a str) -> Option<ConnKey<'a>> {
-        let mut parts = key.split('~');
-        if parts.next()? != "chat" {
-            return None;
-        }
-        let shop = parts.next()?.parse().ok()?;
-        let role = match parts.next()? {
-            "agent" => Role::Agent,
-            "visitor" => Role::Visitor,
-            _ => return None,
-        };
-        let iat = parts.next()?.parse().ok()?;
-        let exp = parts.next()?.parse().ok()?;
-        let jti = parts.next()?;
-        let ip = Some(parts.next()?).filter(|ip| !ip.is_empty());
-        let _random = parts.next()?;
-        parts.next().is_none().then_some(ConnKey {
-            shop,
-            role,
-            iat,
-            exp,
-            jti,
-            ip,
-        })
-    }
+/// A chat connection's grant context: its address and session token
+/// (`IP TOKEN`; a token has no space, the address may be empty).
+fn context(token: &str, ip: Option<&str>) -> Bytes {
+    Bytes::from(format!("{} {token}", ip.unwrap_or("")))
 }
 
 /// An op-4 body: a message to store and push. Without `conversation_id`, a

@@ -530,6 +530,14 @@ impl ChatStore for SqlStore {
                 "only a visitor has a kefu conversation",
             ));
         }
+        // Read first: the insert below would take a key from PostgreSQL's
+        // sequence on every call, made or not.
+        if let Some(c) = self
+            .conversation_where("c.visitor_id = $1", &[visitor.id])
+            .await?
+        {
+            return Ok(c);
+        }
         sqlx::query(&self.sql(
             "INSERT INTO chat_conversations (shop_id, kind, visitor_id, created_at, updated_at) \
              SELECT shop_id, 'kefu', id, $2, $2 FROM chat_users WHERE id = $1 AND role = 'visitor' \

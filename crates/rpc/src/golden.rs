@@ -278,6 +278,7 @@ fn logic_connect() {
             ops: vec![1000],
             any_op: false,
             expires_at: 1_700_000_000,
+            context: Default::default(),
         }),
         answered: false,
     };

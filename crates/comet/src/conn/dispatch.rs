@@ -200,10 +200,11 @@ fn refresh_refused(ctx: &ConnContext, f: &Frame) -> Frame {
 }
 
 /// Any other op: acknowledged with an empty reply of the same op, and forwarded
-/// to logic. An answered connection's frame gets logic's reply instead.
+/// to logic. An answered connection's frame (with its grant's context) gets
+/// logic's reply instead.
 fn forward(ch: &Channel, f: Frame) -> Action {
     let asked = Frame::reply_to(&f, f.op, Bytes::new());
-    let req = ReceiveReq {
+    let mut req = ReceiveReq {
         mid: ch.mid,
         proto: Some(Proto {
             ver: f.ver as i32,
@@ -211,9 +212,12 @@ fn forward(ch: &Channel, f: Frame) -> Action {
             seq: f.seq,
             body: f.body,
         }),
-        key: ch.key.to_string(),
+        context: Bytes::new(),
     };
     if ch.is_answered() {
+        if let Some(g) = ch.grant() {
+            req.context = g.context.clone();
+        }
         return Action::Ask(req, asked);
     }
     ch.reply(Outbound::Frame(asked));

@@ -346,6 +346,19 @@ async fn session(
                 Action::Ask(req, asked) => {
                     let reply = call(ctx, "receive", ctx.logic.receive(req)).await;
                     dispatch::answer(ch, &asked, reply.and_then(|r| r.proto));
+                    // Written before the next frame is handled: a client that
+                    // asks for large replies in a batch has one at a time in
+                    // memory, and waits for its own socket.
+                    let closing = ch.drain(&mut out);
+                    if !out.is_empty() {
+                        if let Some(end) = Box::pin(write_drained(ctx, ch, &mut out, closing)).await
+                        {
+                            return end;
+                        }
+                    }
+                    if closing {
+                        return closed_by_server(ch);
+                    }
                 }
                 Action::Refresh(f) => {
                     let addr = SocketAddr::new(conn.client, conn.peer.port());

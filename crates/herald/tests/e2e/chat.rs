@@ -362,8 +362,41 @@ async fn chat_sockets_send_sync_and_read_with_ops_4_18_20() {
     let (sync, _) = chat_op(&mut v, 18, &json!({})).await;
     assert_eq!(ids(&sync), vec![1, 2]);
 
-    // A session ended over HTTP is refused on its open socket too.
+    // Over TCP too; an op the chat does not know gets goim's empty echo.
+    let mut t = chat_auth(Client::tcp(s.tcp_addrs[0]).await, &visitor_token).await;
+    let (sync, _) = chat_op(&mut t, 18, &json!({"limit": 1})).await;
+    assert_eq!(ids(&sync), vec![2]);
+    let seq = t.send(1000, b"{}").await;
+    let f = t.recv_push().await;
+    assert_eq!((f.op, f.seq, f.body.len()), (1000, seq, 0));
+
+    // A refresh (op 22) with a newer token moves the socket to that session:
+    // ending the first one leaves it working, ending the newer one refuses it.
+    let login = json!({"username": "alice", "password": "correct horse"});
+    let r = call(h, "POST", "/chat/api/login", None, Some(login.clone())).await;
+    let newer = r.json()["token"].as_str().unwrap().to_string();
+    let seq = a
+        .send(22, json!({ "chat": newer }).to_string().as_bytes())
+        .await;
+    let f = loop {
+        let f = a.recv_push().await;
+        if f.seq == seq {
+            break f;
+        }
+    };
+    let refreshed: serde_json::Value = serde_json::from_slice(&f.body).unwrap();
+    assert_eq!(
+        (f.op, refreshed["code"].clone()),
+        (23, json!(0)),
+        "{refreshed}"
+    );
     let r = call(h, "POST", "/chat/api/logout", Some(&agent_token), None).await;
+    assert_eq!(r.status, 204);
+    let (ok, _) = chat_op(&mut a, 18, &json!({"conversation_id": conv})).await;
+    assert_eq!(ok["type"], "sync", "{ok}");
+
+    // A session ended over HTTP is refused on its open socket too.
+    let r = call(h, "POST", "/chat/api/logout", Some(&newer), None).await;
     assert_eq!(r.status, 204);
     let (e, _) = chat_op(&mut a, 18, &json!({"conversation_id": conv})).await;
     assert_eq!(
@@ -373,7 +406,6 @@ async fn chat_sockets_send_sync_and_read_with_ops_4_18_20() {
     );
 
     // So is a visitor whose address the shop blocked since it connected.
-    let login = json!({"username": "alice", "password": "correct horse"});
     let r = call(h, "POST", "/chat/api/login", None, Some(login)).await;
     let token = r.json()["token"].as_str().unwrap().to_string();
     let r = call(

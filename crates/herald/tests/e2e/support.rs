@@ -589,7 +589,11 @@ pub async fn chat_call(
 
 /// A WebSocket connected as the chat user of `token`.
 pub async fn chat_socket(addr: SocketAddr, token: &str) -> Client {
-    let mut c = Client::ws(addr).await;
+    chat_auth(Client::ws(addr).await, token).await
+}
+
+/// `c` authenticated as the chat user of `token`.
+pub async fn chat_auth(mut c: Client, token: &str) -> Client {
     let body = serde_json::json!({ "chat": token }).to_string();
     let seq = c.send(Op::AUTH, body.as_bytes()).await;
     let f = c.recv().await.expect("auth reply");

@@ -110,6 +110,7 @@ pub fn resolve(body: AuthBody, granted: Granted) -> RpcResult<Identity> {
         any_op: granted.ops.is_none(),
         ops: granted.ops.clone().unwrap_or_default(),
         expires_at: granted.expires_at,
+        context: Default::default(),
     };
     let room_id = match body.room_id {
         Some(r) if !grant.allows_room(&r) => {

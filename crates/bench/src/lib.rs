@@ -10,6 +10,8 @@
 //!   and `jwt` auth; `--history`: history kept for the bench room; `--variant`:
 //!   other builds), nats-server and the floor; writes a JSON report and a Markdown
 //!   summary.
+//! - `chat`: the chat under load (visitors and agents sending, acknowledged and
+//!   synced over their sockets) on SQLite or PostgreSQL.
 //! - `floor`: the minimal tokio fan-out server used as the baseline.
 
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use std::sync::OnceLock;
 use clap::Subcommand;
 
 pub mod charts;
+pub mod chat;
 pub mod clients;
 pub mod floor;
 pub mod hist;
@@ -104,6 +107,9 @@ pub enum Cmd {
     },
     /// Run a benchmark scenario and write its report.
     Run(Box<scenario::RunArgs>),
+    /// The chat under load: visitors and agents chatting over their sockets
+    /// (send, acknowledgement, sync) on SQLite or PostgreSQL; writes a report.
+    Chat(Box<chat::ChatArgs>),
     /// Many clients against a running deployment: memory and heartbeat CPU per
     /// connection, pushes to all of them (scripts/bench-scale.sh).
     Scale(Box<scale::ScaleArgs>),
@@ -127,6 +133,13 @@ pub fn run(command: Cmd, how: Invocation) -> anyhow::Result<()> {
         match command {
             Cmd::Worker { spec } => workers::worker_main(&spec).await,
             Cmd::Floor(args) => floor::run(args).await,
+            Cmd::Chat(args) => {
+                let report = chat::run(*args).await?;
+                if report.target_met == Some(false) {
+                    eprintln!("the target was not met (see the report)");
+                }
+                Ok(())
+            }
             Cmd::Run(args) => {
                 let report = scenario::run(*args).await?;
                 if report.targets.iter().any(|t| !t.met) {

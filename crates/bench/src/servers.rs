@@ -103,7 +103,11 @@ pub fn strictly_free_addr() -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
-async fn wait_port(addr: SocketAddr, child: &mut Child, what: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_port(
+    addr: SocketAddr,
+    child: &mut Child,
+    what: &str,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {

@@ -246,6 +246,9 @@ impl Attempt {
     }
 }
 
+/// How often a user's last-seen time is written, at most.
+const SEEN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How often one member's typing is told to the others, at most.
 const TYPING_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -260,6 +263,8 @@ pub struct Chat {
     attempts: std::sync::Mutex<std::collections::HashMap<(Attempt, String), TokenBucket>>,
     /// When each (member, conversation) last had its typing told.
     typing: std::sync::Mutex<std::collections::HashMap<(Id, Id), std::time::Instant>>,
+    /// When this process last wrote each user's last-seen time.
+    seen: std::sync::Mutex<std::collections::HashMap<Id, std::time::Instant>>,
     tokens: Tokens,
     publisher: Arc<dyn Publisher>,
     limits: Limits,
@@ -312,6 +317,7 @@ impl Chat {
             store,
             blobs,
             typing: Default::default(),
+            seen: Default::default(),
             attempts: Default::default(),
             hashing: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -320,6 +326,31 @@ impl Chat {
             publisher,
             limits,
         })
+    }
+
+    /// Records that a user was seen now: written at most once every
+    /// [`SEEN_EVERY`] per user (a chatting user would otherwise cost a write per
+    /// message; the visitor lists need no finer time).
+    pub async fn seen(&self, user: Id, now: Millis) -> Result<(), ChatError> {
+        let at = std::time::Instant::now();
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen
+                .get(&user)
+                .is_some_and(|t| at.duration_since(*t) < SEEN_EVERY)
+            {
+                return Ok(());
+            }
+            if seen.len() > 100_000 {
+                seen.retain(|_, t| at.duration_since(*t) < SEEN_EVERY);
+            }
+        }
+        self.store.touch(user, now).await?;
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(user, at);
+        Ok(())
     }
 
     /// The store.
@@ -797,7 +828,7 @@ impl Chat {
         }
         // Seen first: a failure here stores nothing.
         let writes = std::time::Instant::now();
-        self.store.touch(caller.user.id, now).await?;
+        self.seen(caller.user.id, now).await?;
         let (message, created) = self
             .store
             .append(&NewMessage {

@@ -84,7 +84,7 @@ impl Authenticator for ChatAuthenticator {
                 other => RpcError::new(ErrorKind::Unauthenticated, other.to_string()),
             })?;
         // Seen now: the visitor lists sort by it. (Not a reason to refuse.)
-        let _ = self.chat.store().touch(caller.user.id, now_ms()).await;
+        let _ = self.chat.seen(caller.user.id, now_ms()).await;
         Ok(Identity {
             mid: chat_mid(caller.user.id),
             key: String::new(),

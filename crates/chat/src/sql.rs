@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -45,8 +46,16 @@ fn migration_for(engine: Engine, statements: &str) -> Cow<'_, str> {
 /// The chat store on a SQL database.
 #[derive(Clone)]
 pub struct SqlStore {
+    /// Reads (and PostgreSQL's writes).
     pool: AnyPool,
+    /// Writes: on SQLite, which takes one writer at a time, a pool of one
+    /// connection, so writers queue here in order instead of retrying on
+    /// "database is locked" with sleeps; on PostgreSQL, `pool` itself.
+    writer: AnyPool,
     engine: Engine,
+    /// SQLite's sends go to one task that stores those waiting together
+    /// ([`append_batches`]); PostgreSQL's are stored one transaction each.
+    appender: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Append>>>>,
 }
 
 impl std::fmt::Debug for SqlStore {
@@ -54,6 +63,14 @@ impl std::fmt::Debug for SqlStore {
         f.debug_struct("SqlStore")
             .field("engine", &self.engine)
             .finish_non_exhaustive()
+    }
+}
+
+/// The statement for `engine`: SQLite is given `?N` for `$N`.
+fn sql_for(engine: Engine, s: &str) -> Cow<'_, str> {
+    match engine {
+        Engine::Postgres => Cow::Borrowed(s),
+        Engine::Sqlite => Cow::Owned(s.replace('$', "?")),
     }
 }
 
@@ -186,7 +203,12 @@ impl SqlStore {
             .connect(url)
             .await
             .map_err(unavailable)?;
-        let store = SqlStore { pool, engine };
+        let mut store = SqlStore {
+            writer: pool.clone(),
+            pool,
+            engine,
+            appender: Default::default(),
+        };
         // Processes opening one new SQLite file at once can find it locked while
         // another switches its journal or migrates it: they wait their turn.
         let mut tries = 0;
@@ -198,9 +220,23 @@ impl SqlStore {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                other => return other.map(|()| store),
+                Err(e) => return Err(e),
+                Ok(()) => break,
             }
         }
+        if engine == Engine::Sqlite {
+            // Opened after the file is in WAL mode (the switch wants it alone).
+            store.writer = AnyPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(timeout)
+                .connect(url)
+                .await
+                .map_err(unavailable)?;
+            let (appender, waiting) = tokio::sync::mpsc::channel(4 * APPEND_BATCH);
+            tokio::spawn(append_batches(store.writer.clone(), waiting));
+            store.appender = Arc::new(std::sync::Mutex::new(Some(appender)));
+        }
+        Ok(store)
     }
 
     /// Puts a new SQLite file in WAL mode and applies the migrations.
@@ -237,19 +273,22 @@ impl SqlStore {
 
     /// Closes the pool, waiting for connections in use to come back.
     pub async fn close(&self) {
+        // The appender ends once its last waiting sends are answered.
+        self.appender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         self.pool.close().await;
+        self.writer.close().await;
     }
 
     /// The statement for this engine: SQLite is given `?N` for `$N`.
     fn sql<'a>(&self, s: &'a str) -> Cow<'a, str> {
-        match self.engine {
-            Engine::Postgres => Cow::Borrowed(s),
-            Engine::Sqlite => Cow::Owned(s.replace('$', "?")),
-        }
+        sql_for(self.engine, s)
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.writer.begin().await.map_err(unavailable)?;
         if self.engine == Engine::Postgres {
             // Two logic processes starting together migrate one after the other.
             sqlx::query("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(7240523)) AS l")
@@ -349,7 +388,7 @@ impl ChatStore for SqlStore {
         agent: &NewAgent<'_>,
         at: Millis,
     ) -> Result<(Shop, User), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.writer.begin().await.map_err(unavailable)?;
         let row = sqlx::query(&self.sql(
             "INSERT INTO chat_shops (name, created_at) VALUES ($1, $2) RETURNING id, name, created_at",
         ))
@@ -395,7 +434,7 @@ impl ChatStore for SqlStore {
         if self.shop(shop_id).await?.is_none() {
             return Err(StoreError::NotFound("shop"));
         }
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.writer.begin().await.map_err(unavailable)?;
         let user = self.insert_agent(&mut tx, shop_id, agent, at).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(user)
@@ -425,7 +464,7 @@ impl ChatStore for SqlStore {
         )
         .bind(user_id)
         .bind(password_hash)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(unavailable)?;
         if done.rows_affected() == 0 {
@@ -463,7 +502,7 @@ impl ChatStore for SqlStore {
         .bind(nickname)
         .bind(ip)
         .bind(at)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await
         .map_err(unavailable)?;
         match row {
@@ -491,7 +530,7 @@ impl ChatStore for SqlStore {
         )
         .bind(user_id)
         .bind(at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(unavailable)?;
         Ok(())
@@ -545,7 +584,7 @@ impl ChatStore for SqlStore {
         ))
         .bind(visitor.id)
         .bind(at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(unavailable)?;
         self.conversation_where("c.visitor_id = $1", &[visitor.id])
@@ -580,7 +619,7 @@ impl ChatStore for SqlStore {
         .bind(lo)
         .bind(hi)
         .bind(at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(unavailable)?;
         self.conversation_where("c.user_a = $1 AND c.user_b = $2", &[lo, hi])
@@ -601,7 +640,7 @@ impl ChatStore for SqlStore {
         ))
         .bind(conversation_id)
         .bind(agent_id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(unavailable)?;
         if done.rows_affected() == 0 {
@@ -613,59 +652,24 @@ impl ChatStore for SqlStore {
     }
 
     async fn append(&self, m: &NewMessage) -> Result<(Message, bool), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        // A write first: it takes SQLite's write lock at once, and on PostgreSQL
-        // the row lock orders concurrent sends to one conversation.
-        let next: Option<Id> = sqlx::query(&self.sql(
-            "UPDATE chat_conversations SET last_message_id = last_message_id + 1, \
-             updated_at = CASE WHEN updated_at > $2 THEN updated_at ELSE $2 END \
-             WHERE id = $1 RETURNING last_message_id",
-        ))
-        .bind(m.conversation_id)
-        .bind(m.at)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        .map(|r| r.try_get("last_message_id"))
-        .transpose()
-        .map_err(corrupt)?;
-        let Some(next) = next else {
-            return Err(StoreError::NotFound("conversation"));
-        };
-        if let Some(client_id) = &m.client_id {
-            let existing = sqlx::query(&self.sql(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM chat_messages \
-                 WHERE conversation_id = $1 AND sender_id = $2 AND client_id = $3"
-            )))
-            .bind(m.conversation_id)
-            .bind(m.sender_id)
-            .bind(client_id.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            if let Some(row) = existing {
-                // Undo the increment: the retried send adds nothing.
-                tx.rollback().await.map_err(unavailable)?;
-                return Ok((message_from(&row, "")?, false));
+        let appender = self
+            .appender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(appender) = appender {
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            if appender.send((m.clone(), answer)).await.is_ok() {
+                if let Ok(r) = answered.await {
+                    return r;
+                }
             }
+            return Err(StoreError::Unavailable(sqlx::Error::PoolClosed));
         }
-        let row = sqlx::query(&self.sql(&format!(
-            "INSERT INTO chat_messages ({MESSAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             RETURNING {MESSAGE_COLUMNS}"
-        )))
-        .bind(m.conversation_id)
-        .bind(next)
-        .bind(m.sender_id)
-        .bind(m.kind.as_str())
-        .bind(m.body.as_str())
-        .bind(m.client_id.as_deref())
-        .bind(m.at)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let message = message_from(&row, "")?;
+        let mut tx = self.writer.begin().await.map_err(unavailable)?;
+        let r = append_in(&mut tx, self.engine, m).await?;
         tx.commit().await.map_err(unavailable)?;
-        Ok((message, true))
+        Ok(r)
     }
 
     async fn messages(&self, conversation_id: Id, page: Page) -> Result<Vec<Message>, StoreError> {
@@ -714,7 +718,7 @@ impl ChatStore for SqlStore {
         .bind(conversation_id)
         .bind(user_id)
         .bind(position.max(0))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await
         .map_err(|e| match &e {
             sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
@@ -811,7 +815,7 @@ impl ChatStore for SqlStore {
         .bind(shop_id)
         .bind(ip)
         .bind(at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| match &e {
             sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
@@ -827,7 +831,7 @@ impl ChatStore for SqlStore {
             sqlx::query(&self.sql("DELETE FROM chat_blacklist WHERE shop_id = $1 AND ip = $2"))
                 .bind(shop_id)
                 .bind(ip)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(unavailable)?;
         Ok(done.rows_affected() > 0)
@@ -872,7 +876,7 @@ impl ChatStore for SqlStore {
         .bind(title)
         .bind(body)
         .bind(at)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await
         .map_err(unavailable)?
         .ok_or(StoreError::NotFound("shop"))?;
@@ -897,7 +901,7 @@ impl ChatStore for SqlStore {
         let done = sqlx::query(&self.sql("DELETE FROM chat_canned WHERE shop_id = $1 AND id = $2"))
             .bind(shop_id)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(unavailable)?;
         Ok(done.rows_affected() > 0)
@@ -914,7 +918,7 @@ impl ChatStore for SqlStore {
         .bind(u.content_type.as_str())
         .bind(u.size)
         .bind(u.created_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| match &e {
             sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
@@ -953,7 +957,7 @@ impl ChatStore for SqlStore {
         ))
         .bind(jti)
         .bind(expires_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(unavailable)?;
         Ok(())
@@ -974,7 +978,7 @@ impl ChatStore for SqlStore {
         ))
         .bind(user_id)
         .bind(before)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(unavailable)?;
         if done.rows_affected() == 0 && self.user(user_id).await?.is_none() {
@@ -984,7 +988,7 @@ impl ChatStore for SqlStore {
     }
 
     async fn purge(&self, before: Millis) -> Result<Purged, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.writer.begin().await.map_err(unavailable)?;
         // The uploads of the conversations about to go (their rows go with
         // them; their bytes in chat_blobs here, elsewhere by the caller).
         const DOOMED: &str = "SELECT u.id FROM chat_uploads u \
@@ -1057,7 +1061,7 @@ impl BlobStore for SqlStore {
         sqlx::query(&self.sql("INSERT INTO chat_blobs (id, data) VALUES ($1, $2)"))
             .bind(id)
             .bind(data.to_vec())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(conflict("blob"))?;
         Ok(())
@@ -1076,9 +1080,129 @@ impl BlobStore for SqlStore {
     async fn remove(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query(&self.sql("DELETE FROM chat_blobs WHERE id = $1"))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+}
+
+/// Stores one message in an open transaction (see [`ChatStore::append`]).
+async fn append_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    engine: Engine,
+    m: &NewMessage,
+) -> Result<(Message, bool), StoreError> {
+    // A write first: it takes SQLite's write lock at once, and on PostgreSQL
+    // the row lock orders concurrent sends to one conversation.
+    let next: Option<Id> = sqlx::query(&sql_for(
+        engine,
+        "UPDATE chat_conversations SET last_message_id = last_message_id + 1, \
+         updated_at = CASE WHEN updated_at > $2 THEN updated_at ELSE $2 END \
+         WHERE id = $1 RETURNING last_message_id",
+    ))
+    .bind(m.conversation_id)
+    .bind(m.at)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(unavailable)?
+    .map(|r| r.try_get("last_message_id"))
+    .transpose()
+    .map_err(corrupt)?;
+    let Some(next) = next else {
+        return Err(StoreError::NotFound("conversation"));
+    };
+    if let Some(client_id) = &m.client_id {
+        let existing = sqlx::query(&sql_for(
+            engine,
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM chat_messages \
+             WHERE conversation_id = $1 AND sender_id = $2 AND client_id = $3"
+            ),
+        ))
+        .bind(m.conversation_id)
+        .bind(m.sender_id)
+        .bind(client_id.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(unavailable)?;
+        if let Some(row) = existing {
+            // Undo the increment (in this transaction, which may hold other
+            // messages too): the retried send adds nothing.
+            sqlx::query(&sql_for(
+                engine,
+                "UPDATE chat_conversations SET last_message_id = last_message_id - 1 \
+                 WHERE id = $1",
+            ))
+            .bind(m.conversation_id)
+            .execute(&mut **tx)
+            .await
+            .map_err(unavailable)?;
+            return Ok((message_from(&row, "")?, false));
+        }
+    }
+    let row = sqlx::query(&sql_for(
+        engine,
+        &format!(
+            "INSERT INTO chat_messages ({MESSAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         RETURNING {MESSAGE_COLUMNS}"
+        ),
+    ))
+    .bind(m.conversation_id)
+    .bind(next)
+    .bind(m.sender_id)
+    .bind(m.kind.as_str())
+    .bind(m.body.as_str())
+    .bind(m.client_id.as_deref())
+    .bind(m.at)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(unavailable)?;
+    Ok((message_from(&row, "")?, true))
+}
+
+/// A send waiting for the appender, and where its outcome goes.
+type Append = (
+    NewMessage,
+    tokio::sync::oneshot::Sender<Result<(Message, bool), StoreError>>,
+);
+
+/// Most messages one appender transaction stores.
+const APPEND_BATCH: usize = 256;
+
+/// SQLite's appender: stores the sends waiting for it in one transaction (one
+/// commit, one sync of the log for all of them), then the next waiting ones,
+/// until every sender is gone (the store dropped or closed). A failed
+/// transaction fails every send in it: none is stored.
+async fn append_batches(writer: AnyPool, mut waiting: tokio::sync::mpsc::Receiver<Append>) {
+    let mut batch = Vec::with_capacity(APPEND_BATCH);
+    while waiting.recv_many(&mut batch, APPEND_BATCH).await > 0 {
+        let mut stored = Vec::with_capacity(batch.len());
+        let outcome: Result<(), StoreError> = async {
+            let mut tx = writer.begin().await.map_err(unavailable)?;
+            for (m, _) in &batch {
+                match append_in(&mut tx, Engine::Sqlite, m).await {
+                    Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
+                    r => stored.push(r),
+                }
+            }
+            tx.commit().await.map_err(unavailable)
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                for ((_, answer), r) in batch.drain(..).zip(stored) {
+                    let _ = answer.send(r);
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for (_, answer) in batch.drain(..) {
+                    let _ = answer.send(Err(StoreError::Unavailable(sqlx::Error::Protocol(
+                        why.clone(),
+                    ))));
+                }
+            }
+        }
     }
 }

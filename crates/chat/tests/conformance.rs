@@ -528,7 +528,8 @@ async fn conformance(store: Arc<dyn ChatStore>) {
 }
 
 /// Concurrent sends to one conversation get distinct, gap-free ids, and
-/// concurrent retries of one client id store it once.
+/// concurrent retries of one client id store it once; a send to a conversation
+/// that does not exist, among them, fails alone.
 async fn concurrent_sends(store: Arc<dyn ChatStore>) {
     let (shop, _) = store
         .create_shop("busy", &agent("busy-agent"), 1)
@@ -549,7 +550,19 @@ async fn concurrent_sends(store: Arc<dyn ChatStore>) {
                 .unwrap()
         }));
     }
+    let lost = {
+        let (store, v) = (store.clone(), v.clone());
+        tokio::spawn(async move {
+            store
+                .append(&text(conv.id + 1000, &v, "nowhere", None, 2))
+                .await
+        })
+    };
     let mut stored = Vec::new();
+    assert!(matches!(
+        lost.await.unwrap(),
+        Err(herald_chat::StoreError::NotFound(_))
+    ));
     for t in tasks {
         let (m, new) = t.await.unwrap();
         if new {

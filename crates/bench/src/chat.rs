@@ -571,52 +571,31 @@ async fn drive(
     let tally = Arc::new(Tally::default());
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    // Every socket first; the chatting starts once all are in.
-    let mut agent_socks = Vec::with_capacity(shops);
-    for (token, id) in &agents {
-        let (r, w) = connect(tcp, token).await?;
-        agent_socks.push((r, w, *id));
-    }
-    let mut visitor_socks = Vec::with_capacity(args.conversations);
-    for (token, id, conv) in &visitors {
-        let (r, w) = connect(tcp, token).await?;
-        visitor_socks.push((r, w, *id, *conv));
-    }
-    let start = tokio::time::Instant::now() + Duration::from_secs(1);
-    let until = start + Duration::from_secs_f64(args.duration);
     // Each side sends every 2/rate s into each of its conversations.
     let every = Duration::from_secs_f64(2.0 / args.rate);
-    let mut run = JoinSet::new();
-    let mut readers = JoinSet::new();
-    for (i, (r, w, id)) in agent_socks.into_iter().enumerate() {
-        let pending = Pending::default();
-        readers.spawn(read_loop(
-            r,
-            id,
-            pending.clone(),
-            tally.clone(),
-            measuring.clone(),
-        ));
-        let convs: Vec<i64> = visitors
-            [i * args.per_shop..((i + 1) * args.per_shop).min(visitors.len())]
+    // Every socket first; the chatting starts once all are in.
+    let mut sides = Vec::with_capacity(shops + args.conversations);
+    for (i, (token, id)) in agents.iter().enumerate() {
+        let convs = visitors[i * args.per_shop..((i + 1) * args.per_shop).min(visitors.len())]
             .iter()
             .map(|v| v.2)
             .collect();
         // The agent's turn comes half a period after its visitors'.
-        run.spawn(send_loop(
-            w,
-            pending,
-            tally.clone(),
-            format!("a{i}"),
-            convs,
-            every,
-            None,
-            start + every / 2,
-            until,
-            stop.clone(),
-        ));
+        let socket = connect(tcp, token).await?;
+        sides.push((socket, *id, format!("a{i}"), convs, None, every / 2));
     }
-    for (j, (r, w, id, conv)) in visitor_socks.into_iter().enumerate() {
+    for (j, (token, id, conv)) in visitors.iter().enumerate() {
+        // Visitors' sends spread over the period.
+        let offset = every.mul_f64(j as f64 / args.conversations as f64);
+        let sync = Some(Duration::from_secs_f64(args.sync_every));
+        let socket = connect(tcp, token).await?;
+        sides.push((socket, *id, format!("v{j}"), vec![*conv], sync, offset));
+    }
+    let start = tokio::time::Instant::now() + Duration::from_secs(1);
+    let until = start + Duration::from_secs_f64(args.duration);
+    let mut run = JoinSet::new();
+    let mut readers = JoinSet::new();
+    for ((r, w), id, name, convs, sync, offset) in sides {
         let pending = Pending::default();
         readers.spawn(read_loop(
             r,
@@ -625,17 +604,14 @@ async fn drive(
             tally.clone(),
             measuring.clone(),
         ));
-        // Visitors' sends spread over the period.
-        let offset = every.mul_f64(j as f64 / args.conversations as f64);
-        let sync = Duration::from_secs_f64(args.sync_every);
         run.spawn(send_loop(
             w,
             pending,
             tally.clone(),
-            format!("v{j}"),
-            vec![conv],
+            name,
+            convs,
             every,
-            Some(sync),
+            sync,
             start + offset,
             until,
             stop.clone(),

@@ -106,16 +106,21 @@ pub struct ChatReport {
     pub duration_s: f64,
     /// Sends made during the run.
     pub sent: u64,
-    /// Sends acknowledged as stored (`"type": "sent"`).
+    /// Sends acknowledged as stored (`"type": "sent"`), by the end of the drain.
     pub stored: u64,
+    /// Of those, acknowledged with `"pushed": false` (in history, no event).
+    pub unpushed: u64,
     /// Sends answered with an error, by code.
     pub errors: HashMap<String, u64>,
-    /// Stored messages per second.
+    /// Messages acknowledged as stored during the run, per second.
     pub messages_per_s: f64,
+    /// Seconds after the run until every send was answered and every pushed
+    /// message's event had arrived (at most 60).
+    pub drain_s: f64,
     /// Events of the other side's messages received.
     pub received: u64,
-    /// Stored messages whose event the other side never received (after a
-    /// drain of 5 s).
+    /// Stored and pushed messages whose event the other side had not received
+    /// by the end of the drain.
     pub lost: u64,
     pub ack: Latency,
     pub send_to_receive: Latency,
@@ -140,6 +145,7 @@ struct Tally {
     sent: AtomicU64,
     stored: AtomicU64,
     received: AtomicU64,
+    unpushed: AtomicU64,
     errors: Mutex<HashMap<String, u64>>,
 }
 
@@ -264,6 +270,9 @@ async fn read_loop(
                 }
                 if what == SEND {
                     tally.stored.fetch_add(1, Ordering::Relaxed);
+                    if v["pushed"] == false {
+                        tally.unpushed.fetch_add(1, Ordering::Relaxed);
+                    }
                     tally
                         .ack
                         .lock()
@@ -351,7 +360,8 @@ async fn send_loop(
     let mut next = start;
     let mut next_sync = sync_every.map(|s| start + s);
     let mut next_beat = start + Duration::from_secs(30);
-    while tokio::time::Instant::now() < until {
+    // (No send is due at or after `until`: the drain counts on that.)
+    while next < until {
         tokio::time::sleep_until(next).await;
         let c = conversations[(k as usize) % conversations.len()];
         let body = json!({
@@ -628,9 +638,29 @@ async fn drive(
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu1 = crate::procfs::cpu_ns(pid)?;
     let (sum1, count1, buckets1) = store_histogram(http_addr).await?;
+    let stored_in_run = tally.stored.load(Ordering::Relaxed);
+    // Replies and events still on their way (all of them, when the server
+    // fell behind): until every send is answered and every pushed message's
+    // event is in, at most a minute.
+    let drain = Instant::now();
+    while drain.elapsed() < Duration::from_secs(60) {
+        let t = &tally;
+        let answered = t.stored.load(Ordering::Relaxed)
+            + t.errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .sum::<u64>();
+        let expected = t.stored.load(Ordering::Relaxed) - t.unpushed.load(Ordering::Relaxed);
+        if answered >= t.sent.load(Ordering::Relaxed)
+            && t.received.load(Ordering::Relaxed) >= expected
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drain_s = drain.elapsed().as_secs_f64();
     measuring.store(false, Ordering::Relaxed);
-    // Replies and events still on their way.
-    tokio::time::sleep(Duration::from_secs(5)).await;
     stop.store(true, Ordering::Relaxed);
     while run.join_next().await.is_some() {}
     readers.abort_all();
@@ -638,6 +668,7 @@ async fn drive(
     let sent = tally.sent.load(Ordering::Relaxed);
     let stored = tally.stored.load(Ordering::Relaxed);
     let received = tally.received.load(Ordering::Relaxed);
+    let unpushed = tally.unpushed.load(Ordering::Relaxed);
     let db_count = count1 - count0;
     let db_mean_ms = if db_count > 0.0 {
         (sum1 - sum0) / db_count * 1000.0
@@ -674,9 +705,11 @@ async fn drive(
         sent,
         stored,
         errors,
-        messages_per_s: stored as f64 / elapsed,
+        messages_per_s: stored_in_run as f64 / elapsed,
         received,
-        lost: stored.saturating_sub(received),
+        lost: stored.saturating_sub(unpushed).saturating_sub(received),
+        unpushed,
+        drain_s,
         ack,
         target_met: sqlite.then_some(send_to_receive.p99_ms <= TARGET_P99_MS && stored > 0),
         send_to_receive,
@@ -713,8 +746,10 @@ fn markdown(r: &ChatReport) -> String {
          {conv} conversations in {shops} shops, {rate} messages/s each (visitor and agent in turn, over their sockets), {dur:.1} s.\n\n\
          | figure | value |\n|---|---|\n\
          | sends | {sent} |\n| stored (acknowledged) | {stored} |\n| errors | {errors} |\n\
-         | stored messages/s | {mps:.0} |\n| events received by the other side | {received} |\n\
-         | stored but not received after 5 s | {lost} |\n\
+         | stored messages/s during the run | {mps:.0} |\n| stored, not pushed (in history) | {unpushed} |\n\
+         | events received by the other side | {received} |\n\
+         | drain: every send answered, every event in | {drain:.1} s |\n\
+         | stored and pushed, never received | {lost} |\n\
          | database time of a send, mean | {dbm:.2} ms |\n| database time of a send, p99 ≤ | {dbp:.1} ms |\n\
          | server CPU | {cpu:.2} cores |\n| target | {target} |\n\n\
          | latency | count | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|\n{ack}{s2r}{sync}",
@@ -728,6 +763,8 @@ fn markdown(r: &ChatReport) -> String {
         mps = r.messages_per_s,
         received = r.received,
         lost = r.lost,
+        unpushed = r.unpushed,
+        drain = r.drain_s,
         dbm = r.db_mean_ms,
         dbp = r.db_p99_le_ms,
         cpu = r.server_cpu_cores,

@@ -386,6 +386,15 @@ pub trait ChatStore: Send + Sync {
     /// An upload's record.
     async fn upload(&self, id: &str) -> Result<Option<Upload>, StoreError>;
 
+    /// A user, whether the session `jti` was ended, and whether `ip` is on the
+    /// blacklist of the user's shop: what every call checks, in one read.
+    async fn session_user(
+        &self,
+        user_id: Id,
+        jti: &str,
+        ip: Option<&str>,
+    ) -> Result<Option<(User, bool, bool)>, StoreError>;
+
     /// Ends one session: the token with this id is refused until it expires
     /// (`expires_at`, Unix seconds).
     async fn revoke(&self, jti: &str, expires_at: i64) -> Result<(), StoreError>;

@@ -610,22 +610,21 @@ impl Chat {
     /// the session must not have ended, and a visitor's address (when known)
     /// must not be on its shop's blacklist.
     pub async fn confirm(&self, session: Session, ip: Option<&str>) -> Result<Caller, ChatError> {
-        let user =
-            self.store.user(session.user_id()?).await?.ok_or_else(|| {
-                ChatError::Unauthorized("the session's user no longer exists".into())
-            })?;
+        let (user, revoked, blocked) = self
+            .store
+            .session_user(session.user_id()?, &session.jti, ip)
+            .await?
+            .ok_or_else(|| ChatError::Unauthorized("the session's user no longer exists".into()))?;
         if user.shop_id != session.shop || user.role != session.role {
             return Err(ChatError::Unauthorized(
                 "the session does not match its user".into(),
             ));
         }
-        if session.iat < user.sessions_after || self.store.is_revoked(&session.jti).await? {
+        if session.iat < user.sessions_after || revoked {
             return Err(ChatError::Unauthorized("the session has ended".into()));
         }
-        if let (Role::Visitor, Some(ip)) = (user.role, ip) {
-            if self.store.is_blacklisted(user.shop_id, ip).await? {
-                return Err(ChatError::Forbidden("this address is blocked by the shop"));
-            }
+        if user.role == Role::Visitor && blocked {
+            return Err(ChatError::Forbidden("this address is blocked by the shop"));
         }
         Ok(Caller { session, user })
     }

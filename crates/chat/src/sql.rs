@@ -963,6 +963,36 @@ impl ChatStore for SqlStore {
         Ok(())
     }
 
+    async fn session_user(
+        &self,
+        user_id: Id,
+        jti: &str,
+        ip: Option<&str>,
+    ) -> Result<Option<(User, bool, bool)>, StoreError> {
+        let row = sqlx::query(&self.sql(&format!(
+            "SELECT {USER_COLUMNS}, \
+             (SELECT COUNT(*) FROM chat_revoked r WHERE r.jti = $2) AS revoked, \
+             (SELECT COUNT(*) FROM chat_blacklist b \
+              WHERE b.shop_id = chat_users.shop_id AND b.ip = $3) AS blocked \
+             FROM chat_users WHERE id = $1"
+        )))
+        .bind(user_id)
+        .bind(jti)
+        .bind(ip)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        let count = |name: &str| r.try_get::<i64, _>(name).map_err(corrupt);
+        Ok(Some((
+            user_from(&r)?,
+            count("revoked")? > 0,
+            count("blocked")? > 0,
+        )))
+    }
+
     async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
         let row = sqlx::query(&self.sql("SELECT COUNT(*) AS n FROM chat_revoked WHERE jti = $1"))
             .bind(jti)

@@ -420,6 +420,19 @@ async fn conformance(store: Arc<dyn ChatStore>) {
         .await
         .unwrap();
     assert!(store.is_blacklisted(shop.id, "10.9.9.9").await.unwrap());
+    // What every call checks, in one read.
+    for (ip, blocked) in [
+        (Some("10.9.9.9"), true),
+        (Some("10.9.9.8"), false),
+        (None, false),
+    ] {
+        let (u, revoked, b) = store
+            .session_user(v1.id, "jti-0", ip)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((u.id, revoked, b), (v1.id, false, blocked), "{ip:?}");
+    }
     assert!(!store
         .is_blacklisted(other_shop.id, "10.9.9.9")
         .await
@@ -478,6 +491,17 @@ async fn conformance(store: Arc<dyn ChatStore>) {
     store.revoke("jti-1", 20).await.unwrap();
     store.revoke("jti-1", 20).await.unwrap();
     assert!(store.is_revoked("jti-1").await.unwrap());
+    let (_, revoked, _) = store
+        .session_user(alice.id, "jti-1", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(revoked);
+    assert!(store
+        .session_user(999_999, "jti-1", None)
+        .await
+        .unwrap()
+        .is_none());
     store.revoke("jti-2", 5).await.unwrap();
     assert_eq!(
         store.user(alice.id).await.unwrap().unwrap().sessions_after,

@@ -593,8 +593,9 @@ impl Chat {
     }
 
     /// The caller of a request carrying `token` from address `ip`: the session
-    /// must verify, its user must still exist in the shop and role the token
-    /// names, and a visitor's address must not be on its shop's blacklist.
+    /// must verify and not have ended, its user must still exist in the shop
+    /// and role the token names, and a visitor's address must not be on its
+    /// shop's blacklist (one read of the store).
     pub async fn caller(
         &self,
         token: &str,
@@ -602,14 +603,6 @@ impl Chat {
         now: Millis,
     ) -> Result<Caller, ChatError> {
         let session = self.tokens.verify(token, now / 1000)?;
-        self.confirm(session, ip).await
-    }
-
-    /// The caller of a session read from a token or from a chat connection's
-    /// key: its user must still exist in the shop and role the session names,
-    /// the session must not have ended, and a visitor's address (when known)
-    /// must not be on its shop's blacklist.
-    pub async fn confirm(&self, session: Session, ip: Option<&str>) -> Result<Caller, ChatError> {
         let (user, revoked, blocked) = self
             .store
             .session_user(session.user_id()?, &session.jti, ip)

@@ -1,5 +1,5 @@
 /* herald push demo — page logic, on the client SDK (sdk/herald.js). */
-import { HeraldClient } from './sdk/herald.js';
+import { HeraldClient, endpointUrl } from './sdk/herald.js';
 import { apiKey, storeApiKey } from './apikey.js';
 
 {
@@ -8,7 +8,6 @@ import { apiKey, storeApiKey } from './apikey.js';
   const ONLINE_REFRESH_MS = 3000;
 
   const $ = (id) => document.getElementById(id);
-  const host = window.location.hostname || '127.0.0.1';
   const origin = window.location.origin && window.location.origin !== 'null'
     ? window.location.origin
     : 'http://127.0.0.1:3111';
@@ -135,17 +134,6 @@ import { apiKey, storeApiKey } from './apikey.js';
 
   function parseOps(text) {
     return String(text).split(',').map((s) => s.trim()).filter(Boolean).map(Number).filter((n) => Number.isInteger(n));
-  }
-
-  /** The WebSocket URL from the server's /_/config.json (wss on an https page when offered). */
-  function wsUrl(cfg) {
-    let h = cfg.ws_host || host;
-    if (h.indexOf(':') >= 0 && h[0] !== '[') h = '[' + h + ']';
-    const path = cfg.ws_path || '/sub';
-    const secure = window.location.protocol === 'https:';
-    if (cfg.wss_port && (secure || !cfg.ws_port)) return 'wss://' + h + ':' + cfg.wss_port + path;
-    if (cfg.ws_port) return 'ws://' + h + ':' + cfg.ws_port + path;
-    return '';
   }
 
   // ------------------------------------------------------------ streams card
@@ -498,7 +486,7 @@ import { apiKey, storeApiKey } from './apikey.js';
     keyRequired = !!cfg.key_required;
     $('key-card').hidden = !keyRequired;
     if (keyRequired) showKeyState(apiKey() ? 'set' : 'needed', '');
-    const url = wsUrl(cfg);
+    const url = endpointUrl(cfg);
     $('c-url').value = url;
     if (!url) log('error', 'config', 'no WebSocket port from the server; enter a URL');
   }

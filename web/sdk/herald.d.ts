@@ -183,6 +183,18 @@ export interface EventMap {
   error: HeraldEvent & { error: unknown; where: string };
 }
 
+/** A reply to request(). */
+export interface ReplyFrame {
+  op: number;
+  seq: number;
+  ver: number;
+  body: Uint8Array;
+  /** The body as UTF-8 text. */
+  text: string;
+  /** The body parsed as JSON. */
+  json<T = unknown>(): T;
+}
+
 export declare class HeraldClient extends EventTarget {
   constructor(options: HeraldOptions);
   readonly options: Required<Omit<HeraldOptions, 'heartbeat' | 'backoff'>> & {
@@ -213,6 +225,9 @@ export declare class HeraldClient extends EventTarget {
   unsub(ops: number | number[]): Promise<number[]>;
   /** Sends an upstream message; resolves on the server's echo. */
   send(op: number, body?: string | Uint8Array | ArrayBuffer | object): Promise<void>;
+  /** Sends a request and resolves with the reply frame that carries its seq,
+   *  whatever its op (a chat connection's op 4 → op 5, op 18 → op 19, op 20 → op 21). */
+  request(op: number, body?: string | Uint8Array | ArrayBuffer | object): Promise<ReplyFrame>;
   /** Sends fresh credentials (op 22). */
   refresh(body: AuthBody | string): Promise<{ code: 0; expires_at: number }>;
   /** Where each stream stands, by stream name. */
@@ -220,6 +235,13 @@ export declare class HeraldClient extends EventTarget {
   /** Forgets every position (memory and storage). */
   resetPositions(): void;
 }
+
+/** The WebSocket URL a page connects to, from the server's `/_/config.json`
+ *  (wss on an https page when offered; `''` without a WebSocket port). */
+export declare function endpointUrl(
+  cfg: { ws_host?: string | null; ws_port?: number | null; wss_port?: number | null; ws_path?: string },
+  where?: { hostname: string; protocol: string },
+): string;
 
 /** Encodes one frame. */
 export declare function encodeFrame(op: number, seq: number, body: Uint8Array): Uint8Array;

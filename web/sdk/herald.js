@@ -73,6 +73,26 @@ const DEFAULTS = Object.freeze({
   storageKey: 'herald.positions',
 });
 
+/**
+ * The WebSocket URL a page should connect to, from the server's
+ * `/_/config.json` (`{ws_host, ws_port, wss_port, ws_path}`): `wss` on an https
+ * page when the server offers it, the page's own host when the server names
+ * none. `''` when the server has no WebSocket port.
+ * @param {{ws_host?:string|null, ws_port?:number|null, wss_port?:number|null, ws_path?:string}} cfg
+ * @param {{hostname:string, protocol:string}} [where] default: the page's location
+ * @returns {string}
+ */
+export function endpointUrl(cfg, where) {
+  const loc = where || globalThis.location || { hostname: '127.0.0.1', protocol: 'http:' };
+  let h = cfg.ws_host || loc.hostname || '127.0.0.1';
+  if (h.indexOf(':') >= 0 && h[0] !== '[') h = '[' + h + ']';
+  const path = cfg.ws_path || '/sub';
+  const secure = loc.protocol === 'https:';
+  if (cfg.wss_port && (secure || !cfg.ws_port)) return 'wss://' + h + ':' + cfg.wss_port + path;
+  if (cfg.ws_port) return 'ws://' + h + ':' + cfg.ws_port + path;
+  return '';
+}
+
 /** Ops with a meaning of their own; send() refuses them. */
 const RESERVED_OPS = new Set([Op.HEARTBEAT, Op.AUTH, Op.CHANGE_ROOM, Op.SUB, Op.UNSUB, Op.REFRESH]);
 const KINDS = new Set(['room', 'mid', 'key']);
@@ -951,6 +971,33 @@ export class HeraldClient extends EventTarget {
       return Promise.reject(new TypeError('send: op ' + op + ' has its own method (heartbeat, auth, changeRoom, sub, unsub, refresh)'));
     }
     return this._request(op, body).then(() => undefined);
+  }
+
+  /**
+   * Sends a request frame and resolves with the server's reply, whatever its op
+   * (the frame that carries the request's seq): e.g. a chat connection's op 4
+   * answered with op 5, op 18 with op 19. Rejects like send() when no reply
+   * comes in time or the connection drops first.
+   * @param {number} op
+   * @param {string|Uint8Array|ArrayBuffer|object} body objects are sent as JSON
+   * @returns {Promise<{op:number, seq:number, ver:number, body:Uint8Array, text:string, json:function():any}>}
+   */
+  request(op, body) {
+    if (!Number.isInteger(op)) return Promise.reject(new TypeError('request: op must be an integer'));
+    if (RESERVED_OPS.has(op)) {
+      return Promise.reject(new TypeError('request: op ' + op + ' has its own method (heartbeat, auth, changeRoom, sub, unsub, refresh)'));
+    }
+    return this._request(op, body).then((f) => {
+      const text = decoder.decode(f.body);
+      return {
+        op: f.op,
+        seq: f.seq,
+        ver: f.ver,
+        body: f.body,
+        text,
+        json: () => JSON.parse(text),
+      };
+    });
   }
 
   /**

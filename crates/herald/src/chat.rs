@@ -80,7 +80,7 @@ pub fn routes(
             stop.clone(),
         ));
     }
-    herald_chat::http::router(setup.chat)
+    herald_chat::http::router(setup.chat).merge(crate::web::chat_router())
 }
 
 /// Removes what is older than `retention`, every `every`, until `stop`. (Every

@@ -1,7 +1,9 @@
 //! Browser assets embedded in the binary, served under `/_/`: the demo page, the
 //! JavaScript client SDK under `/_/sdk/` (importable from any origin), and
 //! `/_/config.json`, which tells the demo page where clients connect and whether
-//! the API wants a key.
+//! the API wants a key; and, where the chat runs, its pages (`/chat/` the agent
+//! console, `/chat/visitor` the visitor window) under a strict
+//! Content-Security-Policy.
 //!
 //! The assets and the configuration are public: they hold nothing secret, and the
 //! page asks for a key before it calls the API.
@@ -62,6 +64,109 @@ const SDK: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../../web/sdk/README.md"),
     ),
 ];
+
+/// The chat's pages (`web/chat`): the agent console, the visitor window, and
+/// the modules and style they share, served under `/chat/assets/`.
+const CHAT: &[(&str, &str, &[u8])] = &[
+    (
+        "console.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../../../web/chat/console.html"),
+    ),
+    (
+        "visitor.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../../../web/chat/visitor.html"),
+    ),
+    (
+        "chat.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../../web/chat/chat.css"),
+    ),
+    (
+        "client.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../../web/chat/client.js"),
+    ),
+    (
+        "ui.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../../web/chat/ui.js"),
+    ),
+    (
+        "conversation.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../../web/chat/conversation.js"),
+    ),
+    (
+        "console.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../../web/chat/console.js"),
+    ),
+    (
+        "visitor.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../../web/chat/visitor.js"),
+    ),
+];
+
+/// What a chat page may load: its own scripts, styles and images (and the
+/// previews of images being sent), the WebSocket on any port of any host the
+/// server names. Nothing inline: a message that got markup in could not run it.
+const CHAT_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    img-src 'self' blob:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'";
+
+/// A chat page with its security headers; the console may not be framed (the
+/// visitor window may: shops embed it).
+fn chat_page(name: &str, framed: bool) -> Response {
+    let mut res = embedded(CHAT, name);
+    let h = res.headers_mut();
+    let csp = if framed {
+        CHAT_CSP.to_string()
+    } else {
+        format!("{CHAT_CSP}; frame-ancestors 'none'")
+    };
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_str(&csp).expect("an ASCII policy"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    res
+}
+
+/// The chat's pages: the agent console on `/chat/`, the visitor window on
+/// `/chat/visitor?shop=NAME`, their files under `/chat/assets/`.
+pub fn chat_router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route("/chat", get(|| async { Redirect::permanent("/chat/") }))
+        .route("/chat/", get(|| async { chat_page("console.html", false) }))
+        .route(
+            "/chat/visitor",
+            get(|| async { chat_page("visitor.html", true) }),
+        )
+        .route(
+            "/chat/assets/{file}",
+            get(|Path(file): Path<String>| async move {
+                // The pages only on their own routes, with their policy.
+                if file.ends_with(".html") {
+                    return embedded(&[], &file);
+                }
+                let mut res = embedded(CHAT, &file);
+                res.headers_mut().insert(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    header::HeaderValue::from_static("nosniff"),
+                );
+                res
+            }),
+        )
+}
 
 fn asset(name: &str) -> Response {
     embedded(ASSETS, name)

@@ -1,4 +1,5 @@
-//! The JavaScript client SDK (`web/sdk/herald.js`) and the demo page, in a real
+//! The JavaScript client SDK (`web/sdk/herald.js`), the demo page and the chat's
+//! pages (`browser/chat.rs`), in a real
 //! headless Chromium driven over WebDriver (chromedriver), against standalone
 //! servers on ephemeral loopback ports.
 //!
@@ -15,6 +16,9 @@ mod support;
 
 #[path = "browser/harness.rs"]
 mod harness;
+
+#[path = "browser/chat.rs"]
+mod chat;
 
 use std::time::Duration;
 

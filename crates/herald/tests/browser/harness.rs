@@ -142,6 +142,12 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium. Panics (the test fails) when
     /// either is missing.
     pub async fn start() -> Browser {
+        Browser::start_with(&[]).await
+    }
+
+    /// [`Browser::start`] with more Chromium switches (e.g. `--force-dark-mode`:
+    /// pages see `prefers-color-scheme: dark`).
+    pub async fn start_with(switches: &[&str]) -> Browser {
         let chromium = find_executable(&["/usr/bin/chromium", "chromium", "chromium-browser"])
             .expect(
                 "chromium is not installed: the browser tests need Debian's chromium and \
@@ -161,23 +167,25 @@ impl Browser {
         // ephemeral listener may well get here (the local range starts at 1024).
         let allowed = UNSAFE_PORTS.map(|p| p.to_string()).join(",");
         let driver = Driver::spawn(&chromedriver);
+        let mut args: Vec<String> = vec![
+            "--headless".to_string(),
+            "--no-sandbox".to_string(),
+            "--disable-gpu".to_string(),
+            "--disable-dev-shm-usage".to_string(),
+            "--window-size=1280,1700".to_string(),
+            "--hide-scrollbars".to_string(),
+            "--no-first-run".to_string(),
+            "--no-default-browser-check".to_string(),
+            format!("--explicitly-allowed-ports={allowed}"),
+        ];
+        args.extend(switches.iter().map(|s| s.to_string()));
         let mut caps = serde_json::Map::new();
         caps.insert("browserName".into(), json!("chrome"));
         caps.insert(
             "goog:chromeOptions".into(),
             json!({
                 "binary": chromium,
-                "args": [
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-dev-shm-usage",
-                    "--window-size=1280,1700",
-                    "--hide-scrollbars",
-                    "--no-first-run",
-                    "--no-default-browser-check",
-                    format!("--explicitly-allowed-ports={allowed}"),
-                ],
+                "args": args,
             }),
         );
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -255,14 +263,45 @@ impl Page {
         }
     }
 
+    /// Clicks the element `css` finds. A page that redraws the element
+    /// between the find and the click (a live list) is clicked again on the
+    /// new one, until [`DEADLINE`].
     pub async fn click(&self, css: &str) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let e = self
+                .wd
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("no element {css}: {e}"));
+            match e.click().await {
+                Ok(()) => return,
+                Err(fantoccini::error::CmdError::Standard(w))
+                    if w.error == fantoccini::error::ErrorStatus::StaleElementReference
+                        && tokio::time::Instant::now() < deadline => {}
+                Err(e) => panic!("cannot click {css}: {e}"),
+            }
+        }
+    }
+
+    /// Types `keys` into the element (WebDriver keys: `fantoccini::key::Key`
+    /// characters press Enter, hold Shift, …).
+    pub async fn type_keys(&self, css: &str, keys: &str) {
         self.wd
             .find(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("no element {css}: {e}"))
-            .click()
+            .send_keys(keys)
             .await
-            .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot type into {css}: {e}"));
+    }
+
+    /// Resizes the browser window (CSS pixels).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.wd
+            .set_window_size(width, height)
+            .await
+            .unwrap_or_else(|e| panic!("cannot resize the window: {e}"));
     }
 
     /// Sets a form field's value as typing would (an `input` event follows).

@@ -798,3 +798,69 @@ async fn new_visitors_from_one_address_are_limited() {
     assert_eq!(r.json()["code"], "too_many_requests");
     s.shutdown().await;
 }
+
+/// The chat's pages are served by the API port, embedded, with headers that
+/// keep what users type from running: a policy without inline script, no
+/// sniffing, no referrer; the console may not be framed, the visitor window may.
+#[tokio::test]
+async fn chat_pages_are_served_with_a_strict_policy() {
+    let s = start().await;
+    let h = s.http_addr;
+    for (path, framed) in [("/chat/", false), ("/chat/visitor?shop=acme", true)] {
+        let page = get(h, path).await;
+        assert_eq!(page.status, 200, "{path}");
+        assert_eq!(
+            page.header("content-type").as_deref(),
+            Some("text/html; charset=utf-8")
+        );
+        let csp = page.header("content-security-policy").unwrap_or_default();
+        assert!(
+            csp.contains("script-src 'self';") && !csp.contains("unsafe-inline"),
+            "{path}: {csp}"
+        );
+        assert_eq!(
+            csp.contains("frame-ancestors 'none'"),
+            !framed,
+            "{path}: {csp}"
+        );
+        assert_eq!(
+            page.header("x-content-type-options").as_deref(),
+            Some("nosniff")
+        );
+        assert_eq!(
+            page.header("referrer-policy").as_deref(),
+            Some("no-referrer")
+        );
+        let html = page.text();
+        assert!(!html.contains("<script>"), "{path}: inline script");
+        assert!(!html.contains("https://"), "{path}: a remote asset");
+    }
+    for (file, ctype) in [
+        ("console.js", "text/javascript; charset=utf-8"),
+        ("visitor.js", "text/javascript; charset=utf-8"),
+        ("client.js", "text/javascript; charset=utf-8"),
+        ("conversation.js", "text/javascript; charset=utf-8"),
+        ("ui.js", "text/javascript; charset=utf-8"),
+        ("chat.css", "text/css; charset=utf-8"),
+    ] {
+        let a = get(h, &format!("/chat/assets/{file}")).await;
+        assert_eq!(a.status, 200, "{file}");
+        assert_eq!(a.header("content-type").as_deref(), Some(ctype), "{file}");
+    }
+    // The pages import the client the demo uses.
+    assert!(get(h, "/chat/assets/client.js")
+        .await
+        .text()
+        .contains("from '/_/sdk/herald.js'"));
+    assert_eq!(
+        get(h, "/chat/assets/console.html").await.status,
+        404,
+        "a page only with its policy"
+    );
+    assert_eq!(get(h, "/chat/assets/nope.js").await.status, 404);
+    assert_eq!(get(h, "/chat/assets/..%2Fchat.rs").await.status, 404);
+    let r = get(h, "/chat").await;
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location").as_deref(), Some("/chat/"));
+    s.shutdown().await;
+}

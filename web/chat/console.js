@@ -152,16 +152,32 @@ function renderList() {
 async function loadPeople() {
   try {
     const r = await api.call('GET', '/visitors?limit=100');
-    for (const v of r.visitors) people.set(v.id, v);
+    for (const v of r.visitors) people.set(v.id, Object.assign({}, people.get(v.id), v));
   } catch (err) {
     if (err.status === 401) return signOut(false);
   }
 }
 
+/** Conversations listed (most recently active first); "Show more" adds a page. */
+let listLimit = 50;
+const LIST_PAGE = 50;
+
 async function loadConversations() {
-  const r = await api.call('GET', '/conversations?limit=100');
+  const got = [];
+  for (let offset = 0; offset < listLimit;) {
+    const limit = Math.min(100, listLimit - offset);
+    const r = await api.call('GET', '/conversations?offset=' + offset + '&limit=' + limit);
+    got.push(...r.conversations);
+    offset += r.conversations.length;
+    if (r.conversations.length < limit) break;
+  }
   convs.clear();
-  for (const item of r.conversations) convs.set(item.conversation.id, item);
+  for (const item of got) {
+    convs.set(item.conversation.id, item);
+    // Who each is with (the online state comes from the visitors' list).
+    if (item.peer) people.set(item.peer.id, Object.assign({}, people.get(item.peer.id), item.peer));
+  }
+  $('more').hidden = got.length < listLimit;
   renderList();
 }
 
@@ -288,6 +304,10 @@ function wireConsole() {
   $('tab-chats').addEventListener('click', () => showSideTab('chats'));
   $('tab-blacklist').addEventListener('click', () => showSideTab('blacklist'));
   $('search').addEventListener('input', renderList);
+  $('more').addEventListener('click', () => {
+    listLimit += LIST_PAGE;
+    loadConversations().catch((err) => notice(explain(err)));
+  });
   $('back').addEventListener('click', closePane);
   $('logout').addEventListener('click', () => signOut(true));
   $('block-form').addEventListener('submit', async (e) => {

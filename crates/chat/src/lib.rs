@@ -201,14 +201,28 @@ impl Page {
     }
 }
 
-/// A conversation in a user's list: with its newest message and the user's
-/// unread count.
+/// A conversation in a user's list: with its newest message, the user's
+/// unread count and who is on the other side.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Summary {
     pub conversation: Conversation,
     pub last: Option<Message>,
     /// Messages after the user's read position that others sent.
     pub unread: i64,
+    /// The other side: the visitor of a visitor's conversation (listed for an
+    /// agent), the other user of a direct one; none for a visitor's own.
+    pub peer: Option<Peer>,
+}
+
+/// Who a listed conversation is with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Peer {
+    pub id: Id,
+    pub role: Role,
+    pub nickname: String,
+    /// A visitor's address.
+    pub ip: Option<String>,
+    pub last_seen_at: Millis,
 }
 
 /// Which visitors of a shop to list.

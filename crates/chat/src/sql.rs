@@ -14,7 +14,7 @@ use sqlx::{AnyPool, Row};
 use crate::blobs::BlobStore;
 use crate::{
     Canned, ChatStore, Conversation, ConversationKind, Id, Message, Millis, NewAgent, NewMessage,
-    Page, Purged, Role, Shop, StoreError, Summary, Upload, User, VisitorQuery,
+    Page, Peer, Purged, Role, Shop, StoreError, Summary, Upload, User, VisitorQuery,
 };
 
 /// The two engines.
@@ -124,6 +124,20 @@ fn user_from(r: &AnyRow) -> Result<User, StoreError> {
         last_seen_at: r.try_get("last_seen_at").map_err(corrupt)?,
         sessions_after: r.try_get("sessions_after").map_err(corrupt)?,
     })
+}
+
+/// The `p_` columns of a listed conversation's other side, if it has one.
+fn peer_from(r: &AnyRow) -> Result<Option<Peer>, StoreError> {
+    let Some(id) = r.try_get::<Option<Id>, _>("p_id").map_err(corrupt)? else {
+        return Ok(None);
+    };
+    Ok(Some(Peer {
+        id,
+        role: Role::parse(&r.try_get::<String, _>("p_role").map_err(corrupt)?)?,
+        nickname: r.try_get("p_nickname").map_err(corrupt)?,
+        ip: r.try_get("p_ip").map_err(corrupt)?,
+        last_seen_at: r.try_get("p_last_seen_at").map_err(corrupt)?,
+    }))
 }
 
 fn conversation_from(r: &AnyRow) -> Result<Conversation, StoreError> {
@@ -775,9 +789,15 @@ impl ChatStore for SqlStore {
                 (SELECT COUNT(*) FROM chat_messages u \
                  WHERE u.conversation_id = c.id AND u.sender_id <> $3 AND u.id > COALESCE(\
                     (SELECT r.position FROM chat_reads r \
-                     WHERE r.conversation_id = c.id AND r.user_id = $3), 0)) AS unread \
+                     WHERE r.conversation_id = c.id AND r.user_id = $3), 0)) AS unread, \
+                p.id AS p_id, p.role AS p_role, p.nickname AS p_nickname, p.ip AS p_ip, \
+                p.last_seen_at AS p_last_seen_at \
              FROM chat_conversations c \
              LEFT JOIN chat_messages m ON m.conversation_id = c.id AND m.id = c.last_message_id \
+             LEFT JOIN chat_users p ON p.id = (CASE \
+                WHEN c.kind = 'kefu' AND $2 = 'agent' THEN c.visitor_id \
+                WHEN c.kind = 'direct' AND c.user_a = $3 THEN c.user_b \
+                WHEN c.kind = 'direct' THEN c.user_a END) \
              WHERE c.shop_id = $1 AND ( \
                 (c.kind = 'kefu' AND ($2 = 'agent' OR c.visitor_id = $3)) \
                 OR (c.kind = 'direct' AND (c.user_a = $3 OR c.user_b = $3))) \
@@ -802,6 +822,7 @@ impl ChatStore for SqlStore {
                         None => None,
                     },
                     unread: r.try_get("unread").map_err(corrupt)?,
+                    peer: peer_from(r)?,
                 })
             })
             .collect()

@@ -312,6 +312,30 @@ async fn conformance(store: Arc<dyn ChatStore>) {
     assert_eq!(list[1].unread, 0);
     assert_eq!(list[2].last.as_ref().unwrap().id, 10);
     assert_eq!(list[2].unread, 0);
+    // Each with who is on the other side: the other user of a direct one, the
+    // visitor of a visitor's conversation.
+    let peers: Vec<Option<(i64, String, Option<String>)>> = list
+        .iter()
+        .map(|s| {
+            s.peer
+                .as_ref()
+                .map(|p| (p.id, p.nickname.clone(), p.ip.clone()))
+        })
+        .collect();
+    assert_eq!(
+        peers,
+        vec![
+            Some((bob.id, bob.nickname.clone(), None)),
+            Some((v2.id, v2.nickname.clone(), v2.ip.clone())),
+            Some((v1.id, v1.nickname.clone(), v1.ip.clone())),
+        ]
+    );
+    let bob_list = store.summaries(&bob, 0, 10).await.unwrap();
+    let bob_direct = bob_list
+        .iter()
+        .find(|s| s.conversation.id == direct.id)
+        .unwrap();
+    assert_eq!(bob_direct.peer.as_ref().map(|p| p.id), Some(alice.id));
     let visitor_list = store.summaries(&v1, 0, 10).await.unwrap();
     assert_eq!(
         visitor_list.len(),
@@ -319,6 +343,7 @@ async fn conformance(store: Arc<dyn ChatStore>) {
         "a visitor sees its own conversation only"
     );
     assert_eq!(visitor_list[0].unread, 1);
+    assert_eq!(visitor_list[0].peer, None, "a visitor's own: the shop");
     assert!(store.summaries(&mallory, 0, 10).await.unwrap().is_empty());
     assert_eq!(
         store.summaries(&alice, 1, 1).await.unwrap()[0]

@@ -235,7 +235,7 @@ async fn agent_console_and_visitor_window_chat_in_the_browser() {
         .await;
 
     // The agent types (the visitor sees it), then replies on two lines
-    // (Shift+Enter) and with an image.
+    // (Shift+Enter) and with an image it pastes.
     agent.type_keys("#input", "Thanks!").await;
     visitor
         .until_js(
@@ -255,8 +255,16 @@ async fn agent_console_and_visitor_window_chat_in_the_browser() {
             ),
         )
         .await;
+    // The agent's image is pasted into the text box.
     agent
-        .type_keys("#composer .file", image_file().to_str().unwrap())
+        .js_args(
+            "const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0)); \
+             const dt = new DataTransfer(); \
+             dt.items.add(new File([bytes], 'pasted.png', {type: 'image/png'})); \
+             document.getElementById('input').dispatchEvent(new ClipboardEvent('paste', \
+               {clipboardData: dt, bubbles: true, cancelable: true})); return true",
+            vec![json!(PNG_BASE64)],
+        )
         .await;
     visitor
         .until_js(
@@ -406,6 +414,25 @@ async fn agent_console_and_visitor_window_chat_in_the_browser() {
             .await,
         0
     );
+
+    // On a phone the console shows the list or the open conversation.
+    agent.resize(360, 740).await;
+    let layout = "const shown = (id) => document.getElementById(id).checkVisibility(); \
+         return {list: shown('sidebar'), chat: shown('pane'), back: shown('back'), \
+           wide: [...document.querySelectorAll('#sidebar *, #pane *')] \
+             .every(e => e.getBoundingClientRect().right <= window.innerWidth + 0.5)}";
+    assert_eq!(
+        agent.js(layout).await,
+        json!({"list": false, "chat": true, "back": true, "wide": true})
+    );
+    agent.screenshot("chat-console-phone").await;
+    agent.click("#back").await;
+    assert_eq!(
+        agent.js(layout).await,
+        json!({"list": true, "chat": false, "back": false, "wide": true})
+    );
+    agent.click("#tab-chats").await;
+    agent.screenshot("chat-console-phone-list").await;
 
     agent_browser.quit().await;
     visitor_browser.quit().await;

@@ -54,7 +54,13 @@ function showAuth() {
 async function signedIn(issued) {
   api.token = issued.token;
   localStorage.setItem(storeKey, JSON.stringify({ token: issued.token }));
-  await start({ user: issued.user, shop: issued.shop });
+  try {
+    await start({ user: issued.user, shop: issued.shop });
+  } catch (err) {
+    stop();
+    showAuth();
+    authError(explain(err));
+  }
 }
 
 function wireAuth() {
@@ -133,7 +139,12 @@ function renderList() {
       tabIndex: 0,
       role: 'button',
       onclick: () => select(c.id),
-      onkeydown: (e) => { if (e.key === 'Enter') select(c.id); },
+      onkeydown: (e) => {
+        if (e.key === 'Enter' || e.key === ' ') {
+          e.preventDefault();
+          select(c.id);
+        }
+      },
     },
     el('span', { class: 'avatar', dataset: { online: String(!!(peer && peer.online)) } }, (name.trim()[0] || '?').toUpperCase()),
     el('div', { class: 'line' },
@@ -207,15 +218,19 @@ async function select(id) {
   notice('');
   showPeer();
   renderList();
+  const peer = peerOf(convs.get(id).conversation);
   view = new ConversationView(session, id, {
     scroller: $('scroller'),
     typing: $('typing'),
+    live: $('live'),
     nameOf,
+    // "Read" is the visitor's (or the other user's) read, not another agent's.
+    isReader: (uid) => uid === peer,
     onError: (err) => notice(explain(err)),
-    onRead: () => {
+    onRead: (position, unread) => {
       const item = convs.get(id);
-      if (item && item.unread) {
-        item.unread = 0;
+      if (item && item.unread !== unread) {
+        item.unread = unread;
         renderList();
       }
     },
@@ -240,9 +255,20 @@ function closePane() {
   renderList();
 }
 
+let noticeTimer = null;
+
+/** Shows `text` over the page for a few seconds. */
 function notice(text) {
   $('notice').textContent = text;
   $('notice').hidden = !text;
+  clearTimeout(noticeTimer);
+  if (text) noticeTimer = setTimeout(() => notice(''), 8000);
+}
+
+/** Is the agent looking at the end of conversation `id` (where a new message
+ *  shows, and is marked read at once)? Checked before the message is added. */
+function looking(id) {
+  return id === openId && document.visibilityState === 'visible' && !!view && view.list.atEnd();
 }
 
 function onMessage(m) {
@@ -254,13 +280,10 @@ function onMessage(m) {
     // Already in the list as read from the server (the event raced the read).
     if (item.last && m.id <= item.last.id) return;
     item.last = m;
-    const looking = m.conversation_id === openId && document.visibilityState === 'visible' && document.hasFocus();
-    if (m.sender_id !== me.user.id && !looking) item.unread += 1;
+    if (m.sender_id !== me.user.id && !looking(m.conversation_id)) item.unread += 1;
     renderList();
   }
-  if (m.sender_id !== me.user.id && (m.conversation_id !== openId || document.visibilityState !== 'visible' || !document.hasFocus())) {
-    attention.ping();
-  }
+  if (m.sender_id !== me.user.id && !looking(m.conversation_id)) attention.ping();
 }
 
 // ---------------------------------------------------------------- blacklist
@@ -375,9 +398,8 @@ async function start(who) {
   }, 30000));
 }
 
-async function signOut(tellServer) {
-  if (tellServer) await api.call('POST', '/logout').catch(() => {});
-  localStorage.removeItem(storeKey);
+/** Ends the console's socket, timers and state (the stored session stays). */
+function stop() {
   timers.forEach(clearInterval);
   timers = [];
   if (session) session.close();
@@ -385,8 +407,14 @@ async function signOut(tellServer) {
   closePane();
   convs.clear();
   people.clear();
-  api.token = null;
   document.body.dataset.ready = 'false';
+}
+
+async function signOut(tellServer) {
+  if (tellServer) await api.call('POST', '/logout').catch(() => {});
+  localStorage.removeItem(storeKey);
+  stop();
+  api.token = null;
   showAuth();
 }
 
@@ -405,8 +433,14 @@ async function main() {
         await start(who);
         return;
       }
-    } catch (_) {
-      /* ended or expired: sign in again */
+    } catch (err) {
+      if (err.status !== 401 && err.status !== 403 && err.status !== 404) {
+        // The server is away or failing: the session may well be fine.
+        stop();
+        showAuth();
+        authError(explain(err) + ' Reload the page to try again.');
+        return;
+      }
     }
     api.token = null;
     localStorage.removeItem(storeKey);

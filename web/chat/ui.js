@@ -77,14 +77,16 @@ function timeEl(ms) {
   return el('time', { dataset: { ms: String(ms) }, title: fullTime(ms), dateTime: new Date(ms).toISOString() }, relativeTime(ms));
 }
 
-const STATE_TEXT = { sending: 'Sending…', sent: 'Sent', read: 'Read', failed: 'Not sent — tap to retry' };
+const STATE_TEXT = { sending: 'Sending…', sent: 'Sent', read: 'Read', failed: 'Not sent', rejected: 'Not sent' };
 
 /**
  * The messages of one conversation in `root` (a scrollable element), oldest
  * first.
  *
- * options: `me` (the user id), `imageUrl(uploadId)`, `nameOf(userId)`,
- * `onOlder()` (asked when the top is reached; returns a promise), `onRetry(clientId)`.
+ * options: `me` (the user id), `isReader(userId)` (whose read positions make
+ * one's own messages "read"), `imageUrl(uploadId)`, `nameOf(userId)`,
+ * `onOlder(beforeId)` (asked when the top is reached; resolves with
+ * `{messages, pageSize}`), `onRetry(clientId)`, `onDismiss(clientId)`.
  */
 export class MessageList {
   constructor(root, options) {
@@ -92,28 +94,40 @@ export class MessageList {
     this.o = options;
     this.rows = new Map(); // message id → row
     this.pending = new Map(); // client_id → row (not yet stored)
-    this.readBy = 0; // the others' highest read position
+    this.readBy = 0; // the readers' highest position
     this.oldest = null;
     this.newest = 0;
+    // Every id from `oldest` to `upTo` is shown: what was synced, without a
+    // gap (null until a page of history came in; 0 when there was none).
+    this.upTo = null;
     this.complete = false; // the first message is shown
     this.loadingOlder = false;
-    this.list = el('ol', { class: 'messages', 'aria-live': 'polite' });
+    this.list = el('ol', { class: 'messages' });
     this.top = el('li', { class: 'history-top' });
     this.list.append(this.top);
     root.replaceChildren(this.list);
-    root.addEventListener('scroll', () => this._maybeOlder(), { passive: true });
+    this._onScroll = () => this._maybeOlder();
+    root.addEventListener('scroll', this._onScroll, { passive: true });
   }
 
-  /** Shows a page of history (`{messages, reads, position}`) in place of
-   *  everything, with the unread divider after `position`. */
+  /** Stops listening to the scroller (another conversation takes it). */
+  destroy() {
+    this.root.removeEventListener('scroll', this._onScroll);
+    this.destroyed = true;
+  }
+
+  /** Shows a page of history (`{messages, reads, position}`) in place of the
+   *  stored messages shown, with the unread divider after `position`; sends in
+   *  progress stay. */
   reset(page, { pageSize }) {
     this.rows.clear();
-    this.pending.clear();
-    this.list.replaceChildren(this.top);
+    this.list.replaceChildren(this.top, ...this.pending.values());
     this.oldest = null;
     this.newest = 0;
     this.complete = page.messages.length < pageSize;
-    this._insert(page.messages, 'end');
+    this._insert(page.messages);
+    this.upTo = page.messages.length ? page.messages[page.messages.length - 1].id : 0;
+    this._advance();
     this.setReads(page.reads || []);
     this.divider(page.position || 0);
     this._topLabel();
@@ -124,8 +138,15 @@ export class MessageList {
   merge(page, { pageSize }) {
     if (page.messages.length < pageSize) this.complete = true;
     this.add(page.messages);
+    if (this.upTo == null) this.upTo = page.messages.length ? page.messages[page.messages.length - 1].id : 0;
+    this._advance();
     this.setReads(page.reads || []);
     this._topLabel();
+  }
+
+  /** Would `id` leave a gap after what is shown without one? */
+  gapBefore(id) {
+    return this.upTo != null && id > this.upTo + 1;
   }
 
   /** Puts "New messages" before the first message after `position` that
@@ -144,10 +165,17 @@ export class MessageList {
     for (const d of this.list.querySelectorAll('.unread-divider')) d.remove();
   }
 
-  /** Adds stored messages (a newer page, an event); ignores ones shown. */
+  /** Adds stored messages (a newer page, an event); ignores ones shown. One
+   *  of our own sends still pending is confirmed by its stored copy. */
   add(messages) {
     const stick = this.atEnd();
-    this._insert(messages, 'end');
+    const stored = [];
+    for (const m of messages) {
+      if (m.sender_id === this.o.me && m.client_id && this.pending.has(m.client_id)) this.confirm(m);
+      else stored.push(m);
+    }
+    this._insert(stored);
+    this._advance();
     if (stick) this.scrollToEnd();
   }
 
@@ -165,25 +193,20 @@ export class MessageList {
   confirm(message) {
     const row = this.pending.get(message.client_id);
     this.pending.delete(message.client_id);
-    if (this.rows.has(message.id)) {
-      if (row) row.remove();
-      return;
-    }
-    if (row) {
-      const stored = this._row(message, this._state(message));
-      row.replaceWith(stored);
-      this.rows.set(message.id, stored);
-      this.newest = Math.max(this.newest, message.id);
-      this._order(stored);
-      this._group();
-    } else {
-      this.add([message]);
-    }
+    if (row) row.remove();
+    this._insert([message]);
+    this._advance();
   }
 
-  fail(clientId) {
+  /** A send that failed: `permanent` when sending it again cannot help (the
+   *  server refused it), with the reason shown. */
+  fail(clientId, reason, permanent) {
     const row = this.pending.get(clientId);
-    if (row) this._setState(row, 'failed');
+    if (!row) return;
+    this._setState(row, permanent ? 'rejected' : 'failed');
+    const why = row.querySelector('.why');
+    why.textContent = reason || '';
+    why.hidden = !reason;
   }
 
   retrying(clientId) {
@@ -191,15 +214,24 @@ export class MessageList {
     if (row) this._setState(row, 'sending');
   }
 
-  /** The members' read positions: own messages up to the highest of the
-   *  others' are shown as read. */
-  setReads(reads) {
-    for (const r of reads) if (r.user_id !== this.o.me) this.readBy = Math.max(this.readBy, r.position);
-    this._refreshStates();
+  /** Takes a pending send off the list (dismissed). */
+  remove(clientId) {
+    const row = this.pending.get(clientId);
+    this.pending.delete(clientId);
+    if (row) row.remove();
+    this._group();
+    this._topLabel();
   }
 
-  markReadBy(position) {
-    this.readBy = Math.max(this.readBy, position);
+  /** Read positions `[{user_id, position}]`: own messages up to the highest
+   *  of the readers' (options.isReader) are shown as read. */
+  setReads(reads) {
+    for (const r of reads) this.markReadBy(r.user_id, r.position);
+  }
+
+  markReadBy(userId, position) {
+    if (userId === this.o.me || !this.o.isReader(userId) || position <= this.readBy) return;
+    this.readBy = position;
     this._refreshStates();
   }
 
@@ -218,17 +250,17 @@ export class MessageList {
     this.top.textContent = 'Loading earlier messages…';
     try {
       const older = await this.o.onOlder(this.oldest);
-      if (older.messages.length === 0) this.complete = true;
+      if (this.destroyed) return;
       // Keep what the reader looks at in place: the rows above push it down.
       const before = this.root.scrollHeight - this.root.scrollTop;
-      this._insert(older.messages, 'start');
+      this._insert(older.messages);
       this.root.scrollTop = this.root.scrollHeight - before;
       if (older.messages.length < older.pageSize) this.complete = true;
     } catch (_) {
       /* the next scroll tries again */
     } finally {
       this.loadingOlder = false;
-      this._topLabel();
+      if (!this.destroyed) this._topLabel();
     }
   }
 
@@ -242,28 +274,43 @@ export class MessageList {
     this.top.textContent = this.complete ? (this.rows.size || this.pending.size ? 'Start of the conversation' : 'No messages yet') : '';
   }
 
-  _insert(messages, where) {
+  /** Puts stored messages in their places by id (sends in progress stay last). */
+  _insert(messages) {
     const fresh = messages.filter((m) => !this.rows.has(m.id));
     if (!fresh.length) return;
-    const rows = fresh.map((m) => {
+    for (const m of fresh.sort((a, b) => a.id - b.id)) {
       const row = this._row(m, this._state(m));
       this.rows.set(m.id, row);
-      return row;
-    });
-    if (where === 'start') this.top.after(...rows);
-    else {
-      // A message stored while one of ours is pending goes before it.
-      const firstPending = this.pending.size ? this.pending.values().next().value : null;
-      if (firstPending) firstPending.before(...rows);
-      else this.list.append(...rows);
-    }
-    for (const m of fresh) {
+      this._place(row, m.id);
       this.oldest = this.oldest == null ? m.id : Math.min(this.oldest, m.id);
       this.newest = Math.max(this.newest, m.id);
     }
-    for (const r of rows) this._order(r);
     if (this.complete) this._topLabel();
     this._group();
+  }
+
+  /** Before the first stored row with a higher id (and before the divider
+   *  that heads it), else before the sends in progress, else last. */
+  _place(row, id) {
+    let next = null;
+    for (const r of this.list.children) {
+      if (r.dataset.id && Number(r.dataset.id) > id) {
+        next = r;
+        break;
+      }
+      if (!next && r.dataset.clientId && !r.dataset.id) next = r; // first pending
+    }
+    if (next && next.dataset.id && next.previousElementSibling && next.previousElementSibling.classList.contains('unread-divider')) {
+      next = next.previousElementSibling;
+    }
+    if (next) next.before(row);
+    else this.list.append(row);
+  }
+
+  /** Moves `upTo` over the ids now shown after it. */
+  _advance() {
+    if (this.upTo == null) return;
+    while (this.rows.has(this.upTo + 1)) this.upTo += 1;
   }
 
   /** Consecutive messages of one sender form a group: the name shows once. */
@@ -277,14 +324,6 @@ export class MessageList {
       row.classList.toggle('cont', !!prev && prev.dataset.sender === row.dataset.sender);
       prev = row;
     }
-  }
-
-  /** Moves a stored row after the stored row with the next lower id. */
-  _order(row) {
-    const id = Number(row.dataset.id);
-    let prev = row.previousElementSibling;
-    while (prev && prev.dataset.id && Number(prev.dataset.id) > id) prev = prev.previousElementSibling;
-    if (prev && prev !== row.previousElementSibling) prev.after(row);
   }
 
   _state(m) {
@@ -309,20 +348,18 @@ export class MessageList {
     const mine = m.sender_id === this.o.me;
     let content;
     if (m.kind === 'image') {
-      // A pending image shows its local copy until it is stored.
+      // A pending image shows its local copy until it is stored. A click
+      // enlarges it in the page (its address carries the session: it is not
+      // opened as a page of its own).
       const src = m.preview || this.o.imageUrl(m.body);
-      content = el('a', { class: 'image', href: src, target: '_blank', rel: 'noopener' },
-        el('img', { src, alt: 'image', decoding: 'async', onload: (e) => this._imageLoaded(e.target) }));
+      content = el('button', { type: 'button', class: 'image', title: 'Enlarge', onclick: (e) => zoom(e.currentTarget.querySelector('img')) },
+        el('img', { src, alt: 'Image', decoding: 'async', onload: (e) => this._imageLoaded(e.target) }));
     } else if (m.kind === 'emoji') {
       content = el('span', { class: 'emoji-only' }, m.body);
     } else {
       content = el('span', { class: 'text' }, linkified(m.body));
     }
     const meta = el('div', { class: 'meta' }, timeEl(m.created_at));
-    if (mine) {
-      const s = el('span', { class: 'state' }, STATE_TEXT[state] || '');
-      meta.append(s);
-    }
     const bubble = el('div', { class: 'bubble' });
     if (!mine && this.o.nameOf) bubble.append(el('div', { class: 'who' }, this.o.nameOf(m.sender_id)));
     bubble.append(content, meta);
@@ -332,13 +369,35 @@ export class MessageList {
     }, bubble);
     if (m.id) row.dataset.id = String(m.id);
     if (m.client_id) row.dataset.clientId = m.client_id;
-    if (mine && this.o.onRetry) {
-      row.addEventListener('click', () => {
-        if (row.dataset.state === 'failed') this.o.onRetry(m.client_id);
-      });
+    if (mine) {
+      meta.append(el('span', { class: 'state' }, STATE_TEXT[state] || ''));
+      if (!m.id) {
+        // What a failed send says and offers (shown by the row's state).
+        bubble.append(el('div', { class: 'why', hidden: true }), el('div', { class: 'actions' },
+          el('button', { type: 'button', class: 'retry', onclick: () => this.o.onRetry(m.client_id) }, 'Retry'),
+          el('button', { type: 'button', class: 'dismiss', onclick: () => this.o.onDismiss(m.client_id) }, 'Remove')));
+      }
     }
     return row;
   }
+}
+
+/** Shows an image over the page until a click or Escape. */
+function zoom(img) {
+  if (!img) return;
+  const shade = el('div', { class: 'zoom', role: 'dialog', 'aria-label': 'Image', tabIndex: -1 },
+    el('img', { src: img.src, alt: img.alt }));
+  const close = () => {
+    shade.remove();
+    window.removeEventListener('keydown', onKey);
+  };
+  const onKey = (e) => {
+    if (e.key === 'Escape') close();
+  };
+  shade.addEventListener('click', close);
+  window.addEventListener('keydown', onKey);
+  document.body.append(shade);
+  shade.focus();
 }
 
 const EMOJI = ['😀', '😂', '😊', '😍', '🤔', '😢', '😮', '😡', '👍', '👎', '🙏', '👏', '🎉', '❤️', '🔥', '✅', '❌', '👋', '🙂', '😉', '😅', '🤝', '📦', '💳'];

@@ -23,13 +23,21 @@ function notice(text) {
   n.hidden = !text;
 }
 
-/** What an error means to a visitor. */
-function explain(err) {
+/** A notice that goes away by itself (unless another replaced it). */
+function briefly(text) {
+  notice(text);
+  setTimeout(() => {
+    if ($('notice').textContent === text) notice('');
+  }, 6000);
+}
+
+/** What an error means to a visitor (`opening`: of the visitor's creation). */
+function explain(err, opening) {
   if (!(err instanceof ChatError)) return 'Something went wrong: ' + err.message;
   switch (err.status) {
     case 0: return 'The chat cannot be reached. Check your connection.';
     case 403: return 'This chat is not available to you.';
-    case 404: return 'There is no shop named “' + shop + '”.';
+    case 404: return opening ? 'There is no shop named “' + shop + '”.' : 'This conversation no longer exists. Reload the page to start a new one.';
     case 413: return 'That file is too large.';
     case 415: return 'Only PNG, JPEG, GIF and WebP images can be sent.';
     case 429: return 'Too many chats from your address. Please try again in a minute.';
@@ -84,7 +92,7 @@ async function main() {
   try {
     signed = await signIn();
   } catch (err) {
-    notice(explain(err));
+    notice(explain(err, true));
     document.body.dataset.refused = String(err.status || 0);
     return;
   }
@@ -100,7 +108,7 @@ async function main() {
   session.addEventListener('message', (e) => {
     const m = e.detail.message;
     if (m.sender_id === me.user.id) return;
-    if (document.visibilityState !== 'visible' || !document.hasFocus()) {
+    if (document.visibilityState !== 'visible') {
       unseen += 1;
       attention.badge(unseen);
       attention.ping();
@@ -118,11 +126,9 @@ async function main() {
   view = new ConversationView(session, conversation.id, {
     scroller: $('scroller'),
     typing: $('typing'),
+    live: $('live'),
     nameOf: (id) => (id === me.user.id ? 'You' : 'Agent'),
-    onError: (err) => {
-      notice(explain(err));
-      setTimeout(() => notice(''), 6000);
-    },
+    onError: (err) => briefly(explain(err)),
   });
   // The window shows history even before the socket is up (over HTTP).
   try {

@@ -60,6 +60,18 @@ async fn assert_no_injection(page: &Page, who: &str) {
     );
 }
 
+/// Waits until a chat page has started and its socket is connected (the
+/// reconnecting bar hidden).
+async fn until_connected(page: &Page, what: &str) {
+    page.until_js(
+        what,
+        "return document.body.dataset.ready === 'true' && \
+         document.getElementById('dot').dataset.state === 'open' && \
+         document.getElementById('banner').hidden",
+    )
+    .await;
+}
+
 /// The session token a page keeps in its storage.
 async fn stored_token(page: &Page, key: &str) -> String {
     page.js_args(
@@ -94,13 +106,7 @@ async fn agent_console_and_visitor_window_chat_in_the_browser() {
     agent.set_value("#register-nickname", AGENT_NICK).await;
     agent.set_value("#register-password", "correct horse").await;
     agent.click("#register-submit").await;
-    agent
-        .until_js(
-            "the console after registering",
-            "return document.body.dataset.ready === 'true' && \
-             document.getElementById('dot').dataset.state === 'open'",
-        )
-        .await;
+    until_connected(&agent, "the console after registering").await;
     assert_eq!(
         agent
             .js("return [document.getElementById('shop-name').textContent, document.getElementById('agent-name').textContent]")
@@ -120,13 +126,7 @@ async fn agent_console_and_visitor_window_chat_in_the_browser() {
             .collect::<String>()
     );
     visitor.goto(&visitor_url).await;
-    visitor
-        .until_js(
-            "the visitor window connected",
-            "return document.body.dataset.ready === 'true' && \
-             document.getElementById('dot').dataset.state === 'open'",
-        )
-        .await;
+    until_connected(&visitor, "the visitor window connected").await;
 
     assert_eq!(
         visitor
@@ -457,14 +457,7 @@ async fn visitor_window_rides_out_a_server_restart() {
     visitor
         .goto(&format!("{base}/chat/visitor?shop=bakery"))
         .await;
-    visitor
-        .until_js(
-            "the visitor window connected",
-            "return document.body.dataset.ready === 'true' && \
-             document.getElementById('dot').dataset.state === 'open' && \
-             document.getElementById('banner').hidden",
-        )
-        .await;
+    until_connected(&visitor, "the visitor window connected").await;
 
     let (ws, http) = (s.ws_addrs[0], s.http_addr);
     s.shutdown().await;
@@ -486,10 +479,11 @@ async fn visitor_window_rides_out_a_server_restart() {
         .until_js(
             "the send offered again",
             "const r = document.querySelector('#scroller .msg.mine'); \
-             return r && r.dataset.state === 'failed' ? r.querySelector('.state').textContent : null",
+             return r && r.dataset.state === 'failed' ? \
+               [r.querySelector('.state').textContent, r.querySelector('.retry').checkVisibility()] : null",
         )
         .await;
-    assert_eq!(failed, "Not sent — tap to retry");
+    assert_eq!(failed, json!(["Not sent", true]));
     visitor.screenshot("chat-visitor-reconnecting").await;
 
     let mut again = cfg;
@@ -528,9 +522,9 @@ async fn visitor_window_rides_out_a_server_restart() {
         )
         .await;
 
-    // Tapping the failed send stores it, once.
+    // Retrying the failed send stores it, once.
     visitor
-        .click("#scroller .msg.mine[data-state=failed]")
+        .click("#scroller .msg.mine[data-state=failed] .retry")
         .await;
     visitor
         .until_js(
@@ -555,6 +549,38 @@ async fn visitor_window_rides_out_a_server_restart() {
         .collect();
     assert_eq!(bodies, ["we are back", "sent while away"]);
     assert_eq!(shown(&visitor).await.len(), 2, "each message shown once");
+
+    // A send the server refuses (over 4,000 bytes: 1,400 three-byte
+    // characters) says why, offers no retry, and can be removed.
+    visitor
+        .type_keys(
+            "#input",
+            &format!("{}{}", "€".repeat(1400), char::from(Key::Enter)),
+        )
+        .await;
+    let refused = visitor
+        .until_js(
+            "the refused send",
+            "const r = document.querySelector('#scroller .msg.mine[data-state=rejected]'); \
+             return r ? {why: r.querySelector('.why').textContent, \
+               retry: r.querySelector('.retry').checkVisibility(), \
+               remove: r.querySelector('.dismiss').checkVisibility()} : null",
+        )
+        .await;
+    assert_eq!(
+        refused,
+        json!({"why": "the body must hold 1 to 4000 bytes", "retry": false, "remove": true})
+    );
+    visitor
+        .click("#scroller .msg.mine[data-state=rejected] .dismiss")
+        .await;
+    visitor
+        .until_js(
+            "the refused send removed",
+            "return !document.querySelector('#scroller .msg.mine[data-state=rejected]')",
+        )
+        .await;
+    assert_eq!(shown(&visitor).await.len(), 2);
 
     browser.quit().await;
     s.shutdown().await;

@@ -257,10 +257,11 @@ function closePane() {
 
 let noticeTimer = null;
 
-/** Shows `text` over the page for a few seconds. */
-function notice(text) {
+/** Shows `text` over the page for a few seconds (`ok`: good news, not an error). */
+function notice(text, ok) {
   $('notice').textContent = text;
   $('notice').hidden = !text;
+  $('notice').dataset.kind = ok ? 'ok' : 'error';
   clearTimeout(noticeTimer);
   if (text) noticeTimer = setTimeout(() => notice(''), 8000);
 }
@@ -314,18 +315,110 @@ async function unblock(ip) {
   await loadBlacklist();
 }
 
+const SIDE_TABS = ['chats', 'blacklist', 'settings'];
+
 function showSideTab(which) {
-  const chats = which === 'chats';
-  $('tab-chats').setAttribute('aria-selected', String(chats));
-  $('tab-blacklist').setAttribute('aria-selected', String(!chats));
-  $('chats-pane').hidden = !chats;
-  $('blacklist-pane').hidden = chats;
-  if (!chats) loadBlacklist();
+  for (const t of SIDE_TABS) {
+    $('tab-' + t).setAttribute('aria-selected', String(t === which));
+    $(t + '-pane').hidden = t !== which;
+  }
+  if (which === 'blacklist') loadBlacklist();
+  if (which === 'settings') loadCanned();
+}
+
+// ------------------------------------------------------------------ settings
+
+let canned = [];
+
+async function loadCanned() {
+  try {
+    canned = (await api.call('GET', '/canned')).canned;
+  } catch (err) {
+    notice(explain(err));
+    return;
+  }
+  $('canned-list').replaceChildren(...canned.map((c) => el('li', {},
+    el('div', { class: 'line' }, el('strong', {}, c.title), el('span', { class: 'sub' }, c.body)),
+    el('button', { type: 'button', class: 'ghost', onclick: () => removeCanned(c.id) }, 'Delete'))));
+  renderCannedPanel();
+}
+
+async function removeCanned(id) {
+  try {
+    await api.call('DELETE', '/canned/' + id);
+  } catch (err) {
+    if (err.status !== 404) notice(explain(err));
+  }
+  await loadCanned();
+}
+
+/** The ⚡ panel: a click puts the reply in the message box. */
+function renderCannedPanel() {
+  const panel = $('canned-panel');
+  if (!canned.length) {
+    panel.replaceChildren(el('p', { class: 'hint' }, 'No canned replies yet: add them under Settings.'));
+    return;
+  }
+  panel.replaceChildren(...canned.map((c) => el('button', {
+    type: 'button',
+    class: 'canned',
+    title: c.body,
+    onclick: () => {
+      const input = $('input');
+      input.value = input.value ? input.value.replace(/\s*$/, ' ') + c.body : c.body;
+      input.dispatchEvent(new Event('input'));
+      panel.hidden = true;
+      input.focus();
+    },
+  }, c.title)));
+}
+
+function wireSettings() {
+  $('canned-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      await api.call('POST', '/canned', { title: $('canned-title').value.trim(), body: $('canned-body').value });
+      $('canned-title').value = '';
+      $('canned-body').value = '';
+      await loadCanned();
+    } catch (err) {
+      notice(explain(err));
+    }
+  });
+  $('agent-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      const agent = await api.call('POST', '/agents', { username: $('agent-username').value.trim(), password: $('agent-password').value });
+      $('agent-username').value = '';
+      $('agent-password').value = '';
+      notice(agent.username + ' can sign in now.', true);
+    } catch (err) {
+      notice(err.status === 409 ? 'That user name is taken.' : explain(err));
+    }
+  });
+  $('password-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      const issued = await api.call('POST', '/password', { current: $('password-current').value, new: $('password-new').value });
+      // Every earlier session ended, this page's socket's too: start again
+      // with the new one.
+      localStorage.setItem(storeKey, JSON.stringify({ token: issued.token }));
+      window.location.reload();
+    } catch (err) {
+      notice(err.status === 403 ? 'The current password is wrong.' : explain(err));
+    }
+  });
+  $('canned-button').addEventListener('click', () => {
+    const panel = $('canned-panel');
+    panel.hidden = !panel.hidden;
+    if (!panel.hidden) loadCanned();
+  });
 }
 
 function wireConsole() {
   $('tab-chats').addEventListener('click', () => showSideTab('chats'));
   $('tab-blacklist').addEventListener('click', () => showSideTab('blacklist'));
+  $('tab-settings').addEventListener('click', () => showSideTab('settings'));
   $('search').addEventListener('input', renderList);
   $('more').addEventListener('click', () => {
     listLimit += LIST_PAGE;
@@ -349,7 +442,7 @@ function wireConsole() {
     if (!window.confirm('Block ' + peer.ip + '? Visitors from this address can no longer chat.')) return;
     try {
       await block(peer.ip);
-      notice(peer.ip + ' is blocked.');
+      notice(peer.ip + ' is blocked.', true);
     } catch (err) {
       notice(explain(err));
     }
@@ -421,6 +514,7 @@ async function signOut(tellServer) {
 async function main() {
   wireAuth();
   wireConsole();
+  wireSettings();
   let saved = null;
   try {
     saved = JSON.parse(localStorage.getItem(storeKey) || 'null');

@@ -585,3 +585,131 @@ async fn visitor_window_rides_out_a_server_restart() {
     browser.quit().await;
     s.shutdown().await;
 }
+
+/// The console's settings: a canned reply added there and sent from the ⚡
+/// panel, a colleague added who can sign in, a password change that ends the
+/// old session and keeps the console signed in with the new one.
+#[tokio::test]
+async fn console_settings_canned_replies_agents_and_password() {
+    let s = start().await;
+    let h = s.http_addr;
+    let agent = chat_register(h, "deli", "dee").await;
+    let old_token = agent["token"].as_str().unwrap().to_string();
+    let (visitor_token, conv) = chat_visitor(h, "deli").await;
+    let r = chat_call(
+        h,
+        "POST",
+        &format!("/chat/api/conversations/{conv}/messages"),
+        Some(&visitor_token),
+        Some(json!({"body": "when do you open?"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    let browser = Browser::start().await;
+    let page = Page::new(&browser);
+    page.resize(1280, 800).await;
+    // Signed in as a stored session (as after an earlier sign-in).
+    page.goto(&format!("http://{h}/chat/")).await;
+    page.js_args(
+        "localStorage.setItem('herald.chat.agent', JSON.stringify({token: arguments[0]})); return true",
+        vec![json!(old_token)],
+    )
+    .await;
+    page.goto(&format!("http://{h}/chat/")).await;
+    until_connected(&page, "the console signed in").await;
+
+    page.click("#tab-settings").await;
+    page.set_value("#canned-title", "Opening hours").await;
+    page.set_value(
+        "#canned-body",
+        "We are open 9:00–18:00, Monday to Saturday.",
+    )
+    .await;
+    page.click("#canned-form button[type=submit]").await;
+    page.until_js(
+        "the canned reply listed",
+        "return [...document.querySelectorAll('#canned-list strong')].some(e => e.textContent === 'Opening hours')",
+    )
+    .await;
+
+    page.click("#tab-chats").await;
+    page.click("#conversations .conversation").await;
+    page.until_js(
+        "the visitor's question",
+        "return document.querySelectorAll('#scroller .msg.theirs').length === 1",
+    )
+    .await;
+    page.click("#canned-button").await;
+    page.until_js(
+        "the canned replies panel",
+        "const b = document.querySelector('#canned-panel .canned'); return b && b.checkVisibility()",
+    )
+    .await;
+    page.click("#canned-panel .canned").await;
+    assert_eq!(
+        page.js("return document.getElementById('input').value")
+            .await,
+        "We are open 9:00–18:00, Monday to Saturday."
+    );
+    page.type_keys("#input", &char::from(Key::Enter).to_string())
+        .await;
+    page.until_js(
+        "the canned reply sent",
+        "const r = document.querySelector('#scroller .msg.mine'); return r && r.dataset.id",
+    )
+    .await;
+    let history = chat_call(
+        h,
+        "GET",
+        &format!("/chat/api/conversations/{conv}/messages"),
+        Some(&visitor_token),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(
+        history["messages"][1]["body"],
+        "We are open 9:00–18:00, Monday to Saturday."
+    );
+
+    // A colleague.
+    page.click("#tab-settings").await;
+    page.set_value("#agent-username", "cy").await;
+    page.set_value("#agent-password", "another horse").await;
+    page.click("#agent-form button[type=submit]").await;
+    page.until_js(
+        "the colleague added",
+        "const n = document.getElementById('notice'); return !n.hidden && n.textContent === 'cy can sign in now.'",
+    )
+    .await;
+    let login = chat_call(
+        h,
+        "POST",
+        "/chat/api/login",
+        None,
+        Some(json!({"username": "cy", "password": "another horse"})),
+    )
+    .await;
+    assert_eq!(login.status, 200, "{}", login.text());
+    page.screenshot("chat-console-settings").await;
+
+    // A new password: the page starts again on the new session.
+    page.set_value("#password-current", "correct horse").await;
+    page.set_value("#password-new", "a newer horse").await;
+    page.click("#password-form button[type=submit]").await;
+    page.until_js(
+        "the console on the new session",
+        "const t = JSON.parse(localStorage.getItem('herald.chat.agent') || 'null'); \
+         return t && t.token !== arguments[0] && document.body.dataset.ready === 'true' && \
+           document.getElementById('dot').dataset.state === 'open'"
+            .replace("arguments[0]", &format!("'{old_token}'"))
+            .as_str(),
+    )
+    .await;
+    let me = chat_call(h, "GET", "/chat/api/me", Some(&old_token), None).await;
+    assert_eq!(me.status, 401, "the old session ended");
+
+    browser.quit().await;
+    s.shutdown().await;
+}

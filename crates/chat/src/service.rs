@@ -265,9 +265,79 @@ pub struct Chat {
     typing: std::sync::Mutex<std::collections::HashMap<(Id, Id), std::time::Instant>>,
     /// When this process last wrote each user's last-seen time.
     seen: std::sync::Mutex<std::collections::HashMap<Id, std::time::Instant>>,
+    /// What sends need to know of the conversations they go to, by id, and the
+    /// visitors' own conversations, as first read: who is in a conversation
+    /// never changes (one purged is refused by the store when written to).
+    members: Members,
     tokens: Tokens,
     publisher: Arc<dyn Publisher>,
     limits: Limits,
+}
+
+/// `m` locked, even after a panic elsewhere (the maps stay consistent: each
+/// change is one insert or removal).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How long a shop's list of agents is used before it is read again (an agent
+/// added through another process gets events after at most this long).
+const AGENTS_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+/// Conversations kept in [`Members`] before it starts over.
+const MEMBERS_KEPT: usize = 100_000;
+
+/// What sends read of their conversations, kept in memory: each conversation
+/// as first read (who is in it never changes), each visitor's own
+/// conversation, each shop's agents for [`AGENTS_FOR`].
+#[derive(Default)]
+struct Members {
+    conversations: std::sync::Mutex<std::collections::HashMap<Id, Conversation>>,
+    own: std::sync::Mutex<std::collections::HashMap<Id, Id>>,
+    /// By shop: when they were read, and the agents.
+    agents: std::sync::Mutex<std::collections::HashMap<Id, Read<Arc<[Id]>>>>,
+}
+
+/// Something read from the store, and when.
+type Read<T> = (std::time::Instant, T);
+
+impl Members {
+    fn conversation(&self, id: Id) -> Option<Conversation> {
+        lock(&self.conversations).get(&id).cloned()
+    }
+
+    fn own(&self, visitor: Id) -> Option<Id> {
+        lock(&self.own).get(&visitor).copied()
+    }
+
+    fn keep(&self, c: &Conversation) {
+        let mut all = lock(&self.conversations);
+        if all.len() >= MEMBERS_KEPT {
+            all.clear();
+            lock(&self.own).clear();
+        }
+        all.insert(c.id, c.clone());
+        if let Some(v) = c.visitor_id {
+            lock(&self.own).insert(v, c.id);
+        }
+    }
+
+    fn agents(&self, shop: Id) -> Option<Arc<[Id]>> {
+        let all = lock(&self.agents);
+        let (at, agents) = all.get(&shop)?;
+        (at.elapsed() < AGENTS_FOR).then(|| agents.clone())
+    }
+
+    fn keep_agents(&self, shop: Id, agents: Arc<[Id]>) {
+        let mut all = lock(&self.agents);
+        if all.len() >= MEMBERS_KEPT {
+            all.clear();
+        }
+        all.insert(shop, (std::time::Instant::now(), agents));
+    }
+
+    fn forget_agents(&self, shop: Id) {
+        lock(&self.agents).remove(&shop);
+    }
 }
 
 fn check_len(what: &str, s: &str, min: usize, max: usize) -> Result<(), ChatError> {
@@ -318,6 +388,7 @@ impl Chat {
             blobs,
             typing: Default::default(),
             seen: Default::default(),
+            members: Members::default(),
             attempts: Default::default(),
             hashing: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -334,7 +405,7 @@ impl Chat {
     pub async fn seen(&self, user: Id, now: Millis) -> Result<(), ChatError> {
         let at = std::time::Instant::now();
         {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            let mut seen = lock(&self.seen);
             if seen
                 .get(&user)
                 .is_some_and(|t| at.duration_since(*t) < SEEN_EVERY)
@@ -346,10 +417,7 @@ impl Chat {
             }
         }
         self.store.touch(user, now).await?;
-        self.seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(user, at);
+        lock(&self.seen).insert(user, at);
         Ok(())
     }
 
@@ -418,7 +486,7 @@ impl Chat {
             return Ok(());
         };
         let now = std::time::Instant::now();
-        let mut all = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = lock(&self.attempts);
         if all.len() > 100_000 {
             // Bounded memory: a flood of addresses forgets the quiet ones' history.
             all.clear();
@@ -479,7 +547,7 @@ impl Chat {
         check_len("the password", password, 8, 256)?;
         check_nickname(nickname)?;
         let hash = self.hash(password).await?;
-        Ok(self
+        let agent = self
             .store
             .create_agent(
                 caller.user.shop_id,
@@ -490,7 +558,11 @@ impl Chat {
                 },
                 now,
             )
-            .await?)
+            .await?;
+        // The shop's events reach the new agent at once from this process
+        // (from the others within AGENTS_FOR).
+        self.members.forget_agents(caller.user.shop_id);
+        Ok(agent)
     }
 
     /// Logs an agent in. A wrong name and a wrong password get the same answer.
@@ -643,6 +715,27 @@ impl Chat {
         Ok(c)
     }
 
+    /// [`Chat::conversation`] as a send needs it: who is in it (kept after the
+    /// first read; its other fields may be out of date).
+    async fn member_of(&self, caller: &Caller, id: Id) -> Result<Conversation, ChatError> {
+        let c = match self.members.conversation(id) {
+            Some(c) => c,
+            None => {
+                let c = self
+                    .store
+                    .conversation(id)
+                    .await?
+                    .ok_or(ChatError::NotFound("conversation"))?;
+                self.members.keep(&c);
+                c
+            }
+        };
+        if !c.admits(&caller.user) {
+            return Err(ChatError::NotFound("conversation"));
+        }
+        Ok(c)
+    }
+
     /// The caller's conversations with the last message and unread counts.
     pub async fn conversations(
         &self,
@@ -741,7 +834,14 @@ impl Chat {
     ) -> Result<Id, ChatError> {
         match (id, caller.user.role) {
             (Some(id), _) => Ok(id),
-            (None, Role::Visitor) => Ok(self.store.kefu_conversation(&caller.user, now).await?.id),
+            (None, Role::Visitor) => {
+                if let Some(id) = self.members.own(caller.user.id) {
+                    return Ok(id);
+                }
+                let c = self.store.kefu_conversation(&caller.user, now).await?;
+                self.members.keep(&c);
+                Ok(c.id)
+            }
             (None, Role::Agent) => Err(ChatError::BadRequest("conversation_id is required".into())),
         }
     }
@@ -751,13 +851,21 @@ impl Chat {
     async fn members(&self, c: &Conversation) -> Result<Vec<Id>, ChatError> {
         Ok(match (c.visitor_id, c.pair) {
             (Some(v), _) => {
-                let mut m: Vec<Id> = self
-                    .store
-                    .agents(c.shop_id)
-                    .await?
-                    .iter()
-                    .map(|a| a.id)
-                    .collect();
+                let agents = match self.members.agents(c.shop_id) {
+                    Some(a) => a,
+                    None => {
+                        let a: Arc<[Id]> = self
+                            .store
+                            .agents(c.shop_id)
+                            .await?
+                            .iter()
+                            .map(|a| a.id)
+                            .collect();
+                        self.members.keep_agents(c.shop_id, a.clone());
+                        a
+                    }
+                };
+                let mut m = agents.to_vec();
                 m.push(v);
                 m
             }
@@ -809,7 +917,7 @@ impl Chat {
         if let Some(id) = client_id {
             check_len("client_id", id, 1, 64)?;
         }
-        let c = self.conversation(caller, conversation).await?;
+        let c = self.member_of(caller, conversation).await?;
         if kind == "image" {
             let upload = self.store.upload(body).await?;
             if upload.is_none_or(|u| u.conversation_id != c.id) {
@@ -988,7 +1096,7 @@ impl Chat {
         let c = self.conversation(caller, conversation).await?;
         let now = std::time::Instant::now();
         {
-            let mut seen = self.typing.lock().unwrap_or_else(|e| e.into_inner());
+            let mut seen = lock(&self.typing);
             if seen.len() > 10_000 {
                 seen.retain(|_, t| now.duration_since(*t) < TYPING_EVERY);
             }

@@ -864,3 +864,62 @@ async fn chat_pages_are_served_with_a_strict_policy() {
     assert_eq!(r.header("location").as_deref(), Some("/chat/"));
     s.shutdown().await;
 }
+
+/// A shop's events reach an agent added after they started (the shop's agents
+/// are kept in memory for sends, and an added agent is in them at once).
+#[tokio::test]
+async fn an_added_agent_gets_the_shops_events_at_once() {
+    let s = start().await;
+    let h = s.http_addr;
+    let ws = s.ws_addrs[0];
+    let first = register(h, "kiosk", "kim").await;
+    let first_token = first["token"].as_str().unwrap().to_string();
+    let (visitor_token, conv) = visitor(h, "kiosk").await;
+    let mut first_socket = chat_socket(ws, &first_token).await;
+    let mut visitor_socket = chat_socket(ws, &visitor_token).await;
+    // A send, so that the shop's agents are known to the sending path.
+    let (sent, _) = chat_op(&mut visitor_socket, 4, &json!({"body": "one"})).await;
+    assert_eq!(sent["type"], "sent", "{sent}");
+    assert_eq!(
+        chat_event_of(&mut first_socket, "message").await["message"]["body"],
+        "one"
+    );
+
+    let r = call(
+        h,
+        "POST",
+        "/chat/api/agents",
+        Some(&first_token),
+        Some(json!({"username": "kai", "password": "correct horse"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let login = call(
+        h,
+        "POST",
+        "/chat/api/login",
+        None,
+        Some(json!({"username": "kai", "password": "correct horse"})),
+    )
+    .await;
+    assert_eq!(login.status, 200, "{}", login.text());
+    let second_token = login.json()["token"].as_str().unwrap().to_string();
+    let mut second_socket = chat_socket(ws, &second_token).await;
+
+    let (sent, _) = chat_op(
+        &mut visitor_socket,
+        4,
+        &json!({"conversation_id": conv, "body": "two"}),
+    )
+    .await;
+    assert_eq!(sent["type"], "sent", "{sent}");
+    assert_eq!(
+        chat_event_of(&mut second_socket, "message").await["message"]["body"],
+        "two"
+    );
+    assert_eq!(
+        chat_event_of(&mut first_socket, "message").await["message"]["body"],
+        "two"
+    );
+    s.shutdown().await;
+}

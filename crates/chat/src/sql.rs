@@ -1163,40 +1163,14 @@ async fn append_in(
     let Some(next) = next else {
         return Err(StoreError::NotFound("conversation"));
     };
-    if let Some(client_id) = &m.client_id {
-        let existing = sqlx::query(&sql_for(
-            engine,
-            &format!(
-                "SELECT {MESSAGE_COLUMNS} FROM chat_messages \
-             WHERE conversation_id = $1 AND sender_id = $2 AND client_id = $3"
-            ),
-        ))
-        .bind(m.conversation_id)
-        .bind(m.sender_id)
-        .bind(client_id.as_str())
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(unavailable)?;
-        if let Some(row) = existing {
-            // Undo the increment (in this transaction, which may hold other
-            // messages too): the retried send adds nothing.
-            sqlx::query(&sql_for(
-                engine,
-                "UPDATE chat_conversations SET last_message_id = last_message_id - 1 \
-                 WHERE id = $1",
-            ))
-            .bind(m.conversation_id)
-            .execute(&mut **tx)
-            .await
-            .map_err(unavailable)?;
-            return Ok((message_from(&row, "")?, false));
-        }
-    }
+    // One statement for a new message: a retried client id inserts nothing
+    // (and returns no row), and only then is the stored one read.
     let row = sqlx::query(&sql_for(
         engine,
         &format!(
             "INSERT INTO chat_messages ({MESSAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         RETURNING {MESSAGE_COLUMNS}"
+             ON CONFLICT (conversation_id, sender_id, client_id) DO NOTHING \
+             RETURNING {MESSAGE_COLUMNS}"
         ),
     ))
     .bind(m.conversation_id)
@@ -1206,10 +1180,36 @@ async fn append_in(
     .bind(m.body.as_str())
     .bind(m.client_id.as_deref())
     .bind(m.at)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(unavailable)?;
+    if let Some(row) = row {
+        return Ok((message_from(&row, "")?, true));
+    }
+    // This sender already sent this client id: undo the increment (in this
+    // transaction, which may hold other messages too) and answer the stored one.
+    let existing = sqlx::query(&sql_for(
+        engine,
+        &format!(
+            "SELECT {MESSAGE_COLUMNS} FROM chat_messages \
+             WHERE conversation_id = $1 AND sender_id = $2 AND client_id = $3"
+        ),
+    ))
+    .bind(m.conversation_id)
+    .bind(m.sender_id)
+    .bind(m.client_id.as_deref())
     .fetch_one(&mut **tx)
     .await
     .map_err(unavailable)?;
-    Ok((message_from(&row, "")?, true))
+    sqlx::query(&sql_for(
+        engine,
+        "UPDATE chat_conversations SET last_message_id = last_message_id - 1 WHERE id = $1",
+    ))
+    .bind(m.conversation_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(unavailable)?;
+    Ok((message_from(&existing, "")?, false))
 }
 
 /// A send waiting for the appender, and where its outcome goes.

@@ -710,6 +710,33 @@ async fn console_settings_canned_replies_agents_and_password() {
     let me = chat_call(h, "GET", "/chat/api/me", Some(&old_token), None).await;
     assert_eq!(me.status, 401, "the old session ended");
 
+    // Sign out, then in again through the form: a wrong password is refused
+    // with a sentence, the right one opens the console.
+    page.click("#logout").await;
+    page.until_js(
+        "the sign-in form after signing out",
+        "return !document.getElementById('auth').hidden && !localStorage.getItem('herald.chat.agent')",
+    )
+    .await;
+    page.set_value("#login-username", "dee").await;
+    page.set_value("#login-password", "correct horse").await;
+    page.click("#login-submit").await;
+    let refused = page
+        .until_js(
+            "the refusal",
+            "const e = document.getElementById('auth-error'); return !e.hidden && e.textContent",
+        )
+        .await;
+    assert_eq!(refused, "Wrong user name or password.");
+    page.set_value("#login-password", "a newer horse").await;
+    page.click("#login-submit").await;
+    until_connected(&page, "the console after signing in").await;
+    assert_eq!(
+        page.js("return document.querySelectorAll('#conversations .conversation').length")
+            .await,
+        1
+    );
+
     browser.quit().await;
     s.shutdown().await;
 }

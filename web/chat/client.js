@@ -157,49 +157,40 @@ export class ChatSession extends EventTarget {
   /** Sends a message; resolves with `{message, created, pushed}`. The socket
    *  when it is up, else HTTP; the same `client_id` makes a retry harmless. */
   async send(conversationId, { kind = 'text', body, client_id }) {
-    const frame = { conversation_id: conversationId, kind, body, client_id };
-    if (this.socketOpen && new TextEncoder().encode(JSON.stringify(frame)).length <= this.client.options.maxBody) {
-      try {
-        return await this._ask(ChatOp.SEND, frame);
-      } catch (err) {
-        if (err instanceof ChatError) throw err;
-        // The socket went away mid-send: HTTP below (same client_id).
-      }
-    }
-    return this.api.call('POST', '/conversations/' + conversationId + '/messages', { kind, body, client_id });
+    const fields = { kind, body, client_id };
+    return this._either(ChatOp.SEND, conversationId, fields, () =>
+      this.api.call('POST', '/conversations/' + conversationId + '/messages', fields));
   }
 
   /** A page of history `{messages, last_message_id, position, unread, reads}`:
    *  the newest, or the one before or after a message id. */
   async sync(conversationId, { before, after, limit } = {}) {
-    if (this.socketOpen) {
-      const frame = { conversation_id: conversationId };
-      if (before != null) frame.before = before;
-      if (after != null) frame.after = after;
-      if (limit != null) frame.limit = limit;
-      try {
-        return await this._ask(ChatOp.SYNC, frame);
-      } catch (err) {
-        if (err instanceof ChatError) throw err;
-      }
-    }
-    const q = new URLSearchParams();
-    if (before != null) q.set('before', before);
-    if (after != null) q.set('after', after);
-    if (limit != null) q.set('limit', limit);
-    return this.api.call('GET', '/conversations/' + conversationId + '/messages?' + q);
+    const fields = {};
+    for (const [k, v] of Object.entries({ before, after, limit })) if (v != null) fields[k] = v;
+    return this._either(ChatOp.SYNC, conversationId, fields, () =>
+      this.api.call('GET', '/conversations/' + conversationId + '/messages?' + new URLSearchParams(fields)));
   }
 
   /** Marks read up to `position`; resolves with `{position, unread?}`. */
   async read(conversationId, position) {
-    if (this.socketOpen) {
+    return this._either(ChatOp.READ, conversationId, { position }, () =>
+      this.api.call('POST', '/conversations/' + conversationId + '/read', { position }));
+  }
+
+  /** Op `op` with `fields` on the socket while it is up (and the frame fits),
+   *  else — or when the socket goes away before the answer — `overHttp()`,
+   *  which does the same (a send keeps its client_id: no double). The server's
+   *  refusals are thrown either way. */
+  async _either(op, conversationId, fields, overHttp) {
+    const frame = Object.assign({ conversation_id: conversationId }, fields);
+    if (this.socketOpen && new TextEncoder().encode(JSON.stringify(frame)).length <= this.client.options.maxBody) {
       try {
-        return await this._ask(ChatOp.READ, { conversation_id: conversationId, position });
+        return await this._ask(op, frame);
       } catch (err) {
         if (err instanceof ChatError) throw err;
       }
     }
-    return this.api.call('POST', '/conversations/' + conversationId + '/read', { position });
+    return overHttp();
   }
 
   /** Tells the other members this user is typing (the server drops repeats). */

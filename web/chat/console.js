@@ -452,10 +452,6 @@ function wireConsole() {
     onImage: (file) => view && view.sendImage(file),
     onTyping: () => view && view.typed(),
   });
-  const seen = () => {
-    if (document.visibilityState === 'visible' && view) view.markRead();
-  };
-  window.addEventListener('focus', seen);
 }
 
 async function start(who) {

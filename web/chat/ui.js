@@ -152,7 +152,7 @@ export class MessageList {
   /** Puts "New messages" before the first message after `position` that
    *  someone else sent (none when there is none). */
   divider(position) {
-    for (const d of this.list.querySelectorAll('.unread-divider')) d.remove();
+    this.clearDivider();
     for (const [id, row] of [...this.rows].sort((a, b) => a[0] - b[0])) {
       if (id > position && row.dataset.mine !== 'true') {
         row.before(el('li', { class: 'unread-divider', role: 'separator' }, el('span', {}, 'New messages')));

@@ -274,6 +274,16 @@ pub struct Chat {
     limits: Limits,
 }
 
+/// `c` if the caller takes part in it; else not found, as a missing one (ids
+/// of other shops stay unknown).
+fn admitted(caller: &Caller, c: Conversation) -> Result<Conversation, ChatError> {
+    if c.admits(&caller.user) {
+        Ok(c)
+    } else {
+        Err(ChatError::NotFound("conversation"))
+    }
+}
+
 /// `m` locked, even after a panic elsewhere (the maps stay consistent: each
 /// change is one insert or removal).
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -708,31 +718,17 @@ impl Chat {
             .conversation(id)
             .await?
             .ok_or(ChatError::NotFound("conversation"))?;
-        if !c.admits(&caller.user) {
-            // Not told apart from a missing one: ids of other shops stay unknown.
-            return Err(ChatError::NotFound("conversation"));
-        }
-        Ok(c)
+        admitted(caller, c)
     }
 
     /// [`Chat::conversation`] as a send needs it: who is in it (kept after the
     /// first read; its other fields may be out of date).
     async fn member_of(&self, caller: &Caller, id: Id) -> Result<Conversation, ChatError> {
-        let c = match self.members.conversation(id) {
-            Some(c) => c,
-            None => {
-                let c = self
-                    .store
-                    .conversation(id)
-                    .await?
-                    .ok_or(ChatError::NotFound("conversation"))?;
-                self.members.keep(&c);
-                c
-            }
-        };
-        if !c.admits(&caller.user) {
-            return Err(ChatError::NotFound("conversation"));
+        if let Some(c) = self.members.conversation(id) {
+            return admitted(caller, c);
         }
+        let c = self.conversation(caller, id).await?;
+        self.members.keep(&c);
         Ok(c)
     }
 

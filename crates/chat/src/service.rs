@@ -471,7 +471,10 @@ impl Chat {
     }
 
     fn issue(&self, user: User, shop: Shop, now: Millis) -> Issued {
-        let iat = now / 1000;
+        // Never dated before the user's sessions were last ended (a password
+        // change ends every token up to its second and the next): a login in
+        // that second must not make a token that is already over.
+        let iat = (now / 1000).max(user.sessions_after);
         let exp = iat + self.limits.token_ttl.as_secs() as i64;
         let token = self.tokens.issue(&Session {
             sub: user.id.to_string(),

@@ -657,6 +657,25 @@ async fn bad_chat_requests_get_json_errors_and_tenants_stay_apart() {
     );
     let r = call(h, "GET", "/chat/api/me", Some(&renewed), None).await;
     assert_eq!(r.json()["user"]["username"], "alice");
+    // A login right after the change (within the same second) makes a session
+    // that works.
+    let r = call(
+        h,
+        "POST",
+        "/chat/api/login",
+        None,
+        Some(json!({"username": "alice", "password": "battery staple"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let again = r.json()["token"].as_str().unwrap().to_string();
+    let r = call(h, "GET", "/chat/api/me", Some(&again), None).await;
+    assert_eq!(
+        r.status,
+        200,
+        "a login just after a password change: {}",
+        r.text()
+    );
     s.shutdown().await;
 }
 

@@ -161,11 +161,13 @@ function renderList() {
 }
 
 async function loadPeople() {
+  const asked = session;
   try {
     const r = await api.call('GET', '/visitors?limit=100');
     for (const v of r.visitors) people.set(v.id, Object.assign({}, people.get(v.id), v));
   } catch (err) {
-    if (err.status === 401) return signOut(false);
+    // (An answer to a session signed out since is no news.)
+    if (err.status === 401 && asked === session) return signOut(false);
   }
 }
 
@@ -469,7 +471,10 @@ async function start(who) {
   session.addEventListener('state', (e) => showConnection($('banner'), $('dot'), e.detail.state));
   session.addEventListener('message', (e) => onMessage(e.detail.message));
   session.addEventListener('ready', () => loadPeople().then(loadConversations).then(showPeer).catch((err) => notice(explain(err))));
-  session.addEventListener('refused', () => signOut(false));
+  const current = session;
+  session.addEventListener('refused', () => {
+    if (current === session) signOut(false);
+  });
   await loadPeople();
   await loadConversations();
   await session.connect();

@@ -116,14 +116,25 @@ mod tests {
     #[test]
     fn stats_count_what_is_in_use() {
         let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(before) = stats() else {
+        if stats().is_none() {
             assert!(!trim());
             return;
-        };
-        let big: Vec<u8> = vec![1; 8 << 20];
-        let during = stats().expect("stats");
-        assert!(during.in_use_bytes >= before.in_use_bytes + (8 << 20) - 4096);
-        assert!(during.heap_bytes >= during.in_use_bytes);
-        drop(big);
+        }
+        // The counts are the whole process's: another thread of the test
+        // harness freeing memory between the two readings hides part of the
+        // 8 MiB, so one clean reading out of a few is what is asked.
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let before = stats().expect("stats");
+            let big: Vec<u8> = vec![1; 8 << 20];
+            let during = stats().expect("stats");
+            assert!(during.heap_bytes >= during.in_use_bytes);
+            drop(big);
+            if during.in_use_bytes >= before.in_use_bytes + (8 << 20) - 4096 {
+                return;
+            }
+            seen.push((before, during));
+        }
+        panic!("an 8 MiB allocation never showed in use: {seen:?}");
     }
 }

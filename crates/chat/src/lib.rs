@@ -164,6 +164,17 @@ pub struct Message {
     pub created_at: Millis,
 }
 
+/// A conversation's read state as one reader sees it ([`ChatStore::read_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadState {
+    pub last_message_id: Id,
+    /// Every stored read position, `(user id, position)` by user id (a member
+    /// that never read has none: its position is 0).
+    pub positions: Vec<(Id, Id)>,
+    /// Messages after the reader's position that the reader did not send.
+    pub unread: i64,
+}
+
 /// A message to store.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -363,9 +374,14 @@ pub trait ChatStore: Send + Sync {
         user_id: Id,
         position: Id,
     ) -> Result<Id, StoreError>;
-    /// Every stored read position of a conversation, `(user id, position)` by
-    /// user id (a member that never read has none: its position is 0).
-    async fn read_positions(&self, conversation_id: Id) -> Result<Vec<(Id, Id)>, StoreError>;
+    /// What a reader is told with a page of a conversation, in one read: its
+    /// newest id, every stored read position and the reader's unread count.
+    /// `None` when the conversation does not exist.
+    async fn read_state(
+        &self,
+        conversation_id: Id,
+        user_id: Id,
+    ) -> Result<Option<ReadState>, StoreError>;
     /// Messages after the user's read position that the user did not send.
     async fn unread(&self, conversation_id: Id, user_id: Id) -> Result<i64, StoreError>;
     /// The conversations `user` takes part in, most recently active first, with

@@ -249,6 +249,16 @@ impl Attempt {
 /// How often a user's last-seen time is written, at most.
 const SEEN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a session's check (its user, whether it ended, whether its address
+/// is blocked) is used before the store is read again. A logout, a password
+/// change or a blocking through this process takes effect at once; through
+/// another logic process of the cluster, within this long.
+const SESSION_CHECK_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+/// A session check's key: the token's id and the client's address.
+type SessionKey = (String, Option<String>);
+/// Session checks kept before the stale ones are dropped.
+const SESSION_CHECKS_KEPT: usize = 100_000;
+
 /// How often one member's typing is told to the others, at most.
 const TYPING_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -265,6 +275,9 @@ pub struct Chat {
     typing: std::sync::Mutex<std::collections::HashMap<(Id, Id), std::time::Instant>>,
     /// When this process last wrote each user's last-seen time.
     seen: std::sync::Mutex<std::collections::HashMap<Id, std::time::Instant>>,
+    /// Sessions found valid, by (token id, client address), and their users,
+    /// for [`SESSION_CHECK_FOR`]: a chatting client costs no read per frame.
+    checked: std::sync::Mutex<std::collections::HashMap<SessionKey, Read<User>>>,
     /// What sends need to know of the conversations they go to, by id, and the
     /// visitors' own conversations, as first read: who is in a conversation
     /// never changes (one purged is refused by the store when written to).
@@ -398,6 +411,7 @@ impl Chat {
             blobs,
             typing: Default::default(),
             seen: Default::default(),
+            checked: Default::default(),
             members: Members::default(),
             attempts: Default::default(),
             hashing: Arc::new(tokio::sync::Semaphore::new(
@@ -605,10 +619,11 @@ impl Chat {
 
     /// Ends the caller's session: its token is refused from now on.
     pub async fn logout(&self, caller: &Caller) -> Result<(), ChatError> {
-        Ok(self
-            .store
+        self.store
             .revoke(&caller.session.jti, caller.session.exp)
-            .await?)
+            .await?;
+        self.forget_sessions();
+        Ok(())
     }
 
     /// Changes the caller's password after checking the current one. Every
@@ -635,6 +650,7 @@ impl Chat {
         // and the new one is dated the next second.
         let after = now / 1000 + 1;
         self.store.end_sessions(caller.user.id, after).await?;
+        self.forget_sessions();
         let shop = self
             .store
             .shop(caller.user.shop_id)
@@ -688,6 +704,16 @@ impl Chat {
         now: Millis,
     ) -> Result<Caller, ChatError> {
         let session = self.tokens.verify(token, now / 1000)?;
+        let key = (session.jti.clone(), ip.map(String::from));
+        let at = std::time::Instant::now();
+        if let Some((_, user)) = lock(&self.checked).get(&key).filter(|(t, u)| {
+            at.duration_since(*t) < SESSION_CHECK_FOR && session.user_id().ok() == Some(u.id)
+        }) {
+            return Ok(Caller {
+                session,
+                user: user.clone(),
+            });
+        }
         let (user, revoked, blocked) = self
             .store
             .session_user(session.user_id()?, &session.jti, ip)
@@ -704,7 +730,20 @@ impl Chat {
         if user.role == Role::Visitor && blocked {
             return Err(ChatError::Forbidden("this address is blocked by the shop"));
         }
+        {
+            let mut checked = lock(&self.checked);
+            if checked.len() >= SESSION_CHECKS_KEPT {
+                checked.retain(|_, (t, _)| at.duration_since(*t) < SESSION_CHECK_FOR);
+            }
+            checked.insert(key, (at, user.clone()));
+        }
         Ok(Caller { session, user })
+    }
+
+    /// Drops every kept session check: the next call of each session reads the
+    /// store (after a logout, a password change, a blocking or a purge).
+    fn forget_sessions(&self) {
+        lock(&self.checked).clear();
     }
 
     fn agent_only(&self, caller: &Caller) -> Result<(), ChatError> {
@@ -795,28 +834,32 @@ impl Chat {
             }
         };
         self.page(limit)?;
-        let c = self.conversation(caller, conversation).await?;
+        // Two reads at once: the page, and the newest id with the read state
+        // (who is in the conversation is known after its first read).
+        let c = self.member_of(caller, conversation).await?;
         let me = caller.user.id;
-        let (messages, reads, unread) = tokio::try_join!(
+        let (messages, state) = tokio::try_join!(
             self.store.messages(c.id, page),
-            self.store.read_positions(c.id),
-            self.store.unread(c.id, me),
+            self.store.read_state(c.id, me),
         )?;
-        let position = reads
+        let state = state.ok_or(ChatError::NotFound("conversation"))?;
+        let position = state
+            .positions
             .iter()
             .find(|(user, _)| *user == me)
             .map_or(0, |(_, p)| *p);
-        // (A message stored after the conversation was read is in the page.)
+        // (A message stored after the state was read is in the page.)
         let last_message_id = messages
             .last()
-            .map_or(c.last_message_id, |m| m.id.max(c.last_message_id));
+            .map_or(state.last_message_id, |m| m.id.max(state.last_message_id));
         Ok(Synced {
             conversation_id: c.id,
             messages,
             last_message_id,
             position,
-            unread,
-            reads: reads
+            unread: state.unread,
+            reads: state
+                .positions
                 .into_iter()
                 .map(|(user_id, position)| ReadPosition { user_id, position })
                 .collect(),
@@ -1016,6 +1059,7 @@ impl Chat {
     /// removed.
     pub async fn purge(&self, before: Millis) -> Result<Purged, ChatError> {
         let purged = self.store.purge(before).await?;
+        self.forget_sessions();
         for id in &purged.uploads {
             self.blobs.remove(id).await?;
         }
@@ -1126,7 +1170,8 @@ impl Chat {
         Ok(self
             .store
             .blacklist_add(caller.user.shop_id, &ip.to_canonical().to_string(), now)
-            .await?)
+            .await
+            .map(|()| self.forget_sessions())?)
     }
 
     /// Unblocks an address; returns whether it was blocked (agents only).

@@ -14,7 +14,7 @@ use sqlx::{AnyPool, Row};
 use crate::blobs::BlobStore;
 use crate::{
     Canned, ChatStore, Conversation, ConversationKind, Id, Message, Millis, NewAgent, NewMessage,
-    Page, Peer, Purged, Role, Shop, StoreError, Summary, Upload, User, VisitorQuery,
+    Page, Peer, Purged, ReadState, Role, Shop, StoreError, Summary, Upload, User, VisitorQuery,
 };
 
 /// The two engines.
@@ -103,6 +103,15 @@ const USER_COLUMNS: &str =
 const CONVERSATION_COLUMNS: &str = "c.id, c.shop_id, c.kind, c.visitor_id, c.user_a, c.user_b, \
      c.assignee_id, c.last_message_id, c.created_at, c.updated_at";
 const MESSAGE_COLUMNS: &str = "conversation_id, id, sender_id, kind, body, client_id, created_at";
+/// A user's last-seen time moved forward (`$1` the user, `$2` the time).
+const TOUCH: &str = "UPDATE chat_users SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2";
+
+/// The unread count of user `$2` in conversation `$1`: the messages after its
+/// read position (0 without one) that it did not send.
+const UNREAD: &str = "(SELECT COUNT(*) FROM chat_messages m \
+     WHERE m.conversation_id = $1 AND m.sender_id <> $2 AND m.id > COALESCE(\
+         (SELECT r.position FROM chat_reads r \
+          WHERE r.conversation_id = $1 AND r.user_id = $2), 0))";
 
 fn shop_from(r: &AnyRow) -> Result<Shop, StoreError> {
     Ok(Shop {
@@ -214,6 +223,9 @@ impl SqlStore {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(timeout)
+            // A connection to a local file has nothing to test (the test is a
+            // round trip to its thread per call); PostgreSQL's are tested.
+            .test_before_acquire(engine == Engine::Postgres)
             .connect(url)
             .await
             .map_err(unavailable)?;
@@ -243,6 +255,21 @@ impl SqlStore {
             store.writer = AnyPoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(timeout)
+                .test_before_acquire(false)
+                // The one writer keeps more of the file in memory than a
+                // reader (32 MiB: the indexes its inserts go through), and
+                // its statements' undo journals in memory, not in files.
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::query("PRAGMA cache_size = -32768")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA temp_store = MEMORY")
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok(())
+                    })
+                })
                 .connect(url)
                 .await
                 .map_err(unavailable)?;
@@ -294,6 +321,14 @@ impl SqlStore {
             .take();
         self.pool.close().await;
         self.writer.close().await;
+    }
+
+    /// SQLite's appender, while the store is open.
+    fn appender(&self) -> Option<tokio::sync::mpsc::Sender<Append>> {
+        self.appender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The statement for this engine: SQLite is given `?N` for `$N`.
@@ -538,15 +573,26 @@ impl ChatStore for SqlStore {
     }
 
     async fn touch(&self, user_id: Id, at: Millis) -> Result<(), StoreError> {
-        sqlx::query(
-            &self
-                .sql("UPDATE chat_users SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2"),
-        )
-        .bind(user_id)
-        .bind(at)
-        .execute(&self.writer)
-        .await
-        .map_err(unavailable)?;
+        if let Some(appender) = self.appender() {
+            // With the sends waiting: no commit of its own.
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            if appender
+                .send(Append::Seen(user_id, at, answer))
+                .await
+                .is_ok()
+            {
+                if let Ok(r) = answered.await {
+                    return r;
+                }
+            }
+            return Err(StoreError::Unavailable(sqlx::Error::PoolClosed));
+        }
+        sqlx::query(&self.sql(TOUCH))
+            .bind(user_id)
+            .bind(at)
+            .execute(&self.writer)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -666,14 +712,13 @@ impl ChatStore for SqlStore {
     }
 
     async fn append(&self, m: &NewMessage) -> Result<(Message, bool), StoreError> {
-        let appender = self
-            .appender
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(appender) = appender {
+        if let Some(appender) = self.appender() {
             let (answer, answered) = tokio::sync::oneshot::channel();
-            if appender.send((m.clone(), answer)).await.is_ok() {
+            if appender
+                .send(Append::Message(m.clone(), answer))
+                .await
+                .is_ok()
+            {
                 if let Ok(r) = answered.await {
                     return r;
                 }
@@ -746,32 +791,48 @@ impl ChatStore for SqlStore {
         }
     }
 
-    async fn read_positions(&self, conversation_id: Id) -> Result<Vec<(Id, Id)>, StoreError> {
-        let rows = sqlx::query(&self.sql(
-            "SELECT user_id, position FROM chat_reads WHERE conversation_id = $1 ORDER BY user_id",
-        ))
+    async fn read_state(
+        &self,
+        conversation_id: Id,
+        user_id: Id,
+    ) -> Result<Option<ReadState>, StoreError> {
+        // A row per stored position (one with no reader when there is none),
+        // each with the conversation's newest id and the reader's unread count.
+        let rows = sqlx::query(&self.sql(&format!(
+            "SELECT c.last_message_id AS last, r.user_id AS user_id, r.position AS position, \
+             {UNREAD} AS unread \
+             FROM chat_conversations c LEFT JOIN chat_reads r ON r.conversation_id = c.id \
+             WHERE c.id = $1 ORDER BY r.user_id"
+        )))
         .bind(conversation_id)
+        .bind(user_id)
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("user_id")?, r.try_get("position")?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(corrupt)
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let mut positions = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let user: Option<Id> = r.try_get("user_id").map_err(corrupt)?;
+            if let Some(user) = user {
+                positions.push((user, r.try_get("position").map_err(corrupt)?));
+            }
+        }
+        Ok(Some(ReadState {
+            last_message_id: first.try_get("last").map_err(corrupt)?,
+            positions,
+            unread: first.try_get("unread").map_err(corrupt)?,
+        }))
     }
 
     async fn unread(&self, conversation_id: Id, user_id: Id) -> Result<i64, StoreError> {
-        let row = sqlx::query(&self.sql(
-            "SELECT COUNT(*) AS unread FROM chat_messages m \
-             WHERE m.conversation_id = $1 AND m.sender_id <> $2 AND m.id > COALESCE(\
-                 (SELECT r.position FROM chat_reads r \
-                  WHERE r.conversation_id = $1 AND r.user_id = $2), 0)",
-        ))
-        .bind(conversation_id)
-        .bind(user_id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(unavailable)?;
+        let row = sqlx::query(&self.sql(&format!("SELECT {UNREAD} AS unread")))
+            .bind(conversation_id)
+            .bind(user_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
         row.try_get("unread").map_err(corrupt)
     }
 
@@ -1212,48 +1273,216 @@ async fn append_in(
     Ok((message_from(&existing, "")?, false))
 }
 
-/// A send waiting for the appender, and where its outcome goes.
-type Append = (
-    NewMessage,
-    tokio::sync::oneshot::Sender<Result<(Message, bool), StoreError>>,
-);
+/// A write waiting for SQLite's appender, and where its outcome goes.
+enum Append {
+    /// A send.
+    Message(
+        NewMessage,
+        tokio::sync::oneshot::Sender<Result<(Message, bool), StoreError>>,
+    ),
+    /// A user's last-seen time ([`ChatStore::touch`]).
+    Seen(
+        Id,
+        Millis,
+        tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    ),
+}
 
-/// Most messages one appender transaction stores.
-const APPEND_BATCH: usize = 256;
+/// Most writes one appender transaction stores.
+const APPEND_BATCH: usize = 1024;
 
-/// SQLite's appender: stores the sends waiting for it in one transaction (one
-/// commit, one sync of the log for all of them), then the next waiting ones,
-/// until every sender is gone (the store dropped or closed). A failed
-/// transaction fails every send in it: none is stored.
+/// SQLite's appender: stores the sends (and last-seen times) waiting for it in
+/// one transaction (one commit, one sync of the log for all of them), then the
+/// next waiting ones, until every sender is gone (the store dropped or closed).
+/// A failed transaction fails every write in it: none is stored.
 async fn append_batches(writer: AnyPool, mut waiting: tokio::sync::mpsc::Receiver<Append>) {
     let mut batch = Vec::with_capacity(APPEND_BATCH);
     while waiting.recv_many(&mut batch, APPEND_BATCH).await > 0 {
-        let mut stored = Vec::with_capacity(batch.len());
-        let outcome: Result<(), StoreError> = async {
-            let mut tx = writer.begin().await.map_err(unavailable)?;
-            for (m, _) in &batch {
-                match append_in(&mut tx, Engine::Sqlite, m).await {
-                    Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
-                    r => stored.push(r),
-                }
+        let mut messages = Vec::with_capacity(batch.len());
+        let mut seen: Vec<(Id, Millis)> = Vec::new();
+        for w in &batch {
+            match w {
+                Append::Message(m, _) => messages.push(m),
+                Append::Seen(user, at, _) => seen.push((*user, *at)),
             }
-            tx.commit().await.map_err(unavailable)
         }
-        .await;
-        match outcome {
-            Ok(()) => {
-                for ((_, answer), r) in batch.drain(..).zip(stored) {
+        let outcome = append_batch(&writer, &messages, &seen).await;
+        let mut stored = match outcome {
+            Ok(stored) => Ok(stored.into_iter()),
+            Err(e) => Err(e.to_string()),
+        };
+        for w in batch.drain(..) {
+            let failed = |why: &String| StoreError::Unavailable(sqlx::Error::Protocol(why.clone()));
+            match (w, &mut stored) {
+                (Append::Message(_, answer), Ok(stored)) => {
+                    let r = stored
+                        .next()
+                        .unwrap_or(Err(StoreError::Corrupt("a send without an outcome".into())));
                     let _ = answer.send(r);
                 }
-            }
-            Err(e) => {
-                let why = e.to_string();
-                for (_, answer) in batch.drain(..) {
-                    let _ = answer.send(Err(StoreError::Unavailable(sqlx::Error::Protocol(
-                        why.clone(),
-                    ))));
+                (Append::Seen(.., answer), Ok(_)) => {
+                    let _ = answer.send(Ok(()));
+                }
+                (Append::Message(_, answer), Err(why)) => {
+                    let _ = answer.send(Err(failed(why)));
+                }
+                (Append::Seen(.., answer), Err(why)) => {
+                    let _ = answer.send(Err(failed(why)));
                 }
             }
         }
     }
+}
+
+/// Stores `messages` and `seen` times in one transaction: in one call to the
+/// database when every message is new ([`append_together`]), else (a retried
+/// client id among them) one message at a time. The outcome of each message,
+/// in order.
+async fn append_batch(
+    writer: &AnyPool,
+    messages: &[&NewMessage],
+    seen: &[(Id, Millis)],
+) -> Result<Vec<Result<(Message, bool), StoreError>>, StoreError> {
+    if let Some(stored) = append_together(writer, messages, seen).await? {
+        return Ok(stored);
+    }
+    let mut tx = writer.begin().await.map_err(unavailable)?;
+    for (user, at) in seen {
+        sqlx::query(&sql_for(Engine::Sqlite, TOUCH))
+            .bind(*user)
+            .bind(*at)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    let mut stored = Vec::with_capacity(messages.len());
+    for m in messages {
+        match append_in(&mut tx, Engine::Sqlite, m).await {
+            Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
+            r => stored.push(r),
+        }
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(stored)
+}
+
+/// Stores every message of a batch and its last-seen times in one transaction
+/// sent as one call (one wake-up of the connection's thread, whatever the
+/// batch's size): the messages are inserted with ids counted from their
+/// conversations' newest, then those counters move by the number of messages
+/// each got. `None` when a message's client id was already stored: the unique
+/// index then rolls the whole transaction back (a message skipped would leave
+/// a gap in the ids).
+async fn append_together(
+    writer: &AnyPool,
+    messages: &[&NewMessage],
+    seen: &[(Id, Millis)],
+) -> Result<Option<Vec<Result<(Message, bool), StoreError>>>, StoreError> {
+    // Each conversation once: (id, its messages in the batch, the latest time),
+    // and each message's place among its conversation's (from 1).
+    let mut counts: Vec<(Id, i64, Millis)> = Vec::new();
+    let mut index = std::collections::HashMap::with_capacity(messages.len());
+    let mut places = Vec::with_capacity(messages.len());
+    for m in messages {
+        let i = *index.entry(m.conversation_id).or_insert_with(|| {
+            counts.push((m.conversation_id, 0, m.at));
+            counts.len() - 1
+        });
+        let c = &mut counts[i];
+        c.1 += 1;
+        c.2 = c.2.max(m.at);
+        places.push(c.1);
+    }
+    let mut sql = String::from("BEGIN IMMEDIATE; ");
+    if !seen.is_empty() {
+        sql.push_str(&format!(
+            "UPDATE chat_users SET last_seen_at = b.column2 FROM (VALUES {}) AS b \
+             WHERE chat_users.id = b.column1 AND chat_users.last_seen_at < b.column2; ",
+            placeholders(seen.len(), 2)
+        ));
+    }
+    if !messages.is_empty() {
+        sql.push_str(&format!(
+            "INSERT OR ROLLBACK INTO chat_messages ({MESSAGE_COLUMNS}) \
+             SELECT b.column1, c.last_message_id + b.column2, b.column3, b.column4, b.column5, \
+             b.column6, b.column7 FROM (VALUES {}) AS b \
+             JOIN chat_conversations c ON c.id = b.column1; \
+             UPDATE chat_conversations SET last_message_id = last_message_id + b.column2, \
+             updated_at = CASE WHEN updated_at > b.column3 THEN updated_at ELSE b.column3 END \
+             FROM (VALUES {}) AS b WHERE chat_conversations.id = b.column1 \
+             RETURNING chat_conversations.id AS id, chat_conversations.last_message_id AS last; ",
+            placeholders(messages.len(), 7),
+            placeholders(counts.len(), 3)
+        ));
+    }
+    sql.push_str("COMMIT");
+    // (Not kept prepared: each batch size is a statement of its own.)
+    let mut q = sqlx::query(&sql).persistent(false);
+    for (user, at) in seen {
+        q = q.bind(*user).bind(*at);
+    }
+    for (m, place) in messages.iter().zip(&places) {
+        q = q
+            .bind(m.conversation_id)
+            .bind(*place)
+            .bind(m.sender_id)
+            .bind(m.kind.as_str())
+            .bind(m.body.as_str())
+            .bind(m.client_id.as_deref())
+            .bind(m.at);
+    }
+    for (id, n, at) in &counts {
+        q = q.bind(*id).bind(*n).bind(*at);
+    }
+    let mut conn = writer.acquire().await.map_err(unavailable)?;
+    let rows = match q.fetch_all(&mut *conn).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            // Whatever failed, the connection leaves no transaction open (this
+            // fails harmlessly when the unique index already rolled it back).
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            return match &e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => Ok(None),
+                _ => Err(unavailable(e)),
+            };
+        }
+    };
+    // The newest id of each conversation found, less its messages in the batch.
+    let mut before = std::collections::HashMap::with_capacity(rows.len());
+    for r in rows {
+        let id: Id = r.try_get("id").map_err(corrupt)?;
+        let last: Id = r.try_get("last").map_err(corrupt)?;
+        let n = index.get(&id).map_or(0, |&i| counts[i].1);
+        before.insert(id, last - n);
+    }
+    Ok(Some(
+        messages
+            .iter()
+            .zip(places)
+            .map(|(m, place)| match before.get(&m.conversation_id) {
+                Some(base) => Ok((
+                    Message {
+                        conversation_id: m.conversation_id,
+                        id: base + place,
+                        sender_id: m.sender_id,
+                        kind: m.kind.clone(),
+                        body: m.body.clone(),
+                        client_id: m.client_id.clone(),
+                        created_at: m.at,
+                    },
+                    true,
+                )),
+                None => Err(StoreError::NotFound("conversation")),
+            })
+            .collect(),
+    ))
+}
+
+/// `(?, ?, …), (…)`: `rows` rows of `columns` parameters, bound in order.
+/// (Unnumbered: SQLite finds a numbered parameter's name by a walk of all the
+/// statement's names, which made binding a large batch take as long as
+/// storing it.)
+fn placeholders(rows: usize, columns: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    vec![row; rows].join(", ")
 }

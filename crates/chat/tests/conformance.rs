@@ -34,6 +34,16 @@ fn agent<'a>(username: &'a str) -> NewAgent<'a> {
     }
 }
 
+/// The stored read positions of a conversation.
+async fn positions(store: &dyn ChatStore, conversation_id: i64, reader: i64) -> Vec<(i64, i64)> {
+    store
+        .read_state(conversation_id, reader)
+        .await
+        .unwrap()
+        .map(|s| s.positions)
+        .unwrap_or_default()
+}
+
 fn text(
     conversation_id: i64,
     sender: &User,
@@ -211,7 +221,7 @@ async fn conformance(store: Arc<dyn ChatStore>) {
     );
 
     // Read positions and unread: others' messages after the position.
-    assert!(store.read_positions(kefu.id).await.unwrap().is_empty());
+    assert!(positions(&*store, kefu.id, alice.id).await.is_empty());
     assert_eq!(
         store.unread(kefu.id, alice.id).await.unwrap(),
         9,
@@ -225,8 +235,17 @@ async fn conformance(store: Arc<dyn ChatStore>) {
     assert_eq!(store.mark_read(kefu.id, alice.id, 5).await.unwrap(), 5);
     assert_eq!(store.unread(kefu.id, alice.id).await.unwrap(), 5);
     assert_eq!(
-        store.read_positions(kefu.id).await.unwrap(),
-        vec![(alice.id, 5)]
+        store.read_state(kefu.id, alice.id).await.unwrap(),
+        Some(herald_chat::ReadState {
+            last_message_id: 10,
+            positions: vec![(alice.id, 5)],
+            unread: 5
+        })
+    );
+    assert_eq!(
+        store.read_state(kefu.id + 1000, alice.id).await.unwrap(),
+        None,
+        "no such conversation"
     );
     assert_eq!(
         store.mark_read(kefu.id, alice.id, 3).await.unwrap(),
@@ -572,7 +591,7 @@ async fn conformance(store: Arc<dyn ChatStore>) {
         .await
         .unwrap()
         .is_empty());
-    assert!(store.read_positions(kefu.id).await.unwrap().is_empty());
+    assert!(positions(&*store, kefu.id, alice.id).await.is_empty());
     assert!(store.user(alice.id).await.unwrap().is_some(), "agents stay");
 }
 
@@ -625,6 +644,67 @@ async fn concurrent_sends(store: Arc<dyn ChatStore>) {
         .await
         .unwrap();
     assert_eq!(all.len(), 20);
+
+    // New messages to several conversations at once (stored together when the
+    // store batches them): each gets the id it was answered with, without gaps.
+    let mut convs = Vec::new();
+    for i in 0..3 {
+        let v = store
+            .create_visitor(shop.id, &format!("w{i}"), None, 1)
+            .await
+            .unwrap();
+        let c = store.kefu_conversation(&v, 1).await.unwrap();
+        convs.push((v, c));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..90 {
+        let store = store.clone();
+        let (v, c) = convs[i % 3].clone();
+        tasks.push(tokio::spawn(async move {
+            let client = format!("n-{i}");
+            store
+                .append(&text(c.id, &v, &format!("n{i}"), Some(&client), 3))
+                .await
+                .unwrap()
+        }));
+    }
+    // Last-seen times written meanwhile (SQLite stores them with the sends).
+    let touches: Vec<_> = convs
+        .iter()
+        .map(|(v, _)| {
+            let (store, id) = (store.clone(), v.id);
+            tokio::spawn(async move { store.touch(id, 5_000).await.unwrap() })
+        })
+        .collect();
+    for t in touches {
+        t.await.unwrap();
+    }
+    let mut answered = vec![Vec::new(); 3];
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (m, new) = t.await.unwrap();
+        assert!(new);
+        assert_eq!(m.conversation_id, convs[i % 3].1.id);
+        answered[i % 3].push((m.id, m.body));
+    }
+    for (k, (_, c)) in convs.iter().enumerate() {
+        answered[k].sort();
+        let stored: Vec<(i64, String)> = store
+            .messages(c.id, Page::Newest { limit: 100 })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.id, m.body))
+            .collect();
+        assert_eq!(stored, answered[k]);
+        assert_eq!(
+            stored.iter().map(|m| m.0).collect::<Vec<_>>(),
+            (1..=30).collect::<Vec<_>>()
+        );
+        let c = store.conversation(c.id).await.unwrap().unwrap();
+        assert_eq!(c.last_message_id, 30);
+        let v = store.user(convs[k].0.id).await.unwrap().unwrap();
+        assert_eq!(v.last_seen_at, 5_000);
+    }
 }
 
 /// The store keeps blobs itself (what a cluster uses for uploads).

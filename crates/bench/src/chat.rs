@@ -339,7 +339,7 @@ async fn send_frame(
 }
 
 /// One side's sending: a message every `every` into each of `conversations` in
-/// turn (spread over the period), a sync every `sync_every` when given, until
+/// turn (spread over the period), a sync every `sync.1` from `sync.0` when given, until
 /// `until`; then heartbeats only, until `stop`.
 #[allow(clippy::too_many_arguments)]
 async fn send_loop(
@@ -349,7 +349,7 @@ async fn send_loop(
     name: String,
     conversations: Vec<i64>,
     every: Duration,
-    sync_every: Option<Duration>,
+    sync: Option<(Duration, Duration)>,
     start: tokio::time::Instant,
     until: tokio::time::Instant,
     stop: Arc<AtomicBool>,
@@ -358,7 +358,7 @@ async fn send_loop(
     let mut k: u64 = 0;
     let step = every / conversations.len().max(1) as u32;
     let mut next = start;
-    let mut next_sync = sync_every.map(|s| start + s);
+    let mut next_sync = sync.map(|(first, _)| start + first);
     let mut next_beat = start + Duration::from_secs(30);
     // (No send is due at or after `until`: the drain counts on that.)
     while next < until {
@@ -378,7 +378,7 @@ async fn send_loop(
         tally.sent.fetch_add(1, Ordering::Relaxed);
         k += 1;
         next += step;
-        if let (Some(at), Some(every)) = (next_sync, sync_every) {
+        if let (Some(at), Some((_, every))) = (next_sync, sync) {
             if tokio::time::Instant::now() >= at {
                 let body = json!({"conversation_id": c, "limit": 20});
                 if send_frame(&mut w, &pending, &mut seq, 18, SYNC, &body)
@@ -597,7 +597,10 @@ async fn drive(
     for (j, (token, id, conv)) in visitors.iter().enumerate() {
         // Visitors' sends spread over the period.
         let offset = every.mul_f64(j as f64 / args.conversations as f64);
-        let sync = Some(Duration::from_secs_f64(args.sync_every));
+        // And their syncs over theirs (not all in one burst every period).
+        let sync_every = Duration::from_secs_f64(args.sync_every);
+        let first = sync_every.mul_f64(1.0 + j as f64 / args.conversations as f64);
+        let sync = Some((first, sync_every));
         let socket = connect(tcp, token).await?;
         sides.push((socket, *id, format!("v{j}"), vec![*conv], sync, offset));
     }

@@ -968,20 +968,27 @@ impl Chat {
                 ));
             }
         }
-        // Seen first: a failure here stores nothing.
+        // The sender's last-seen time is written with the message (on SQLite in
+        // the same batch), not before it: a send waits for one commit. The
+        // outcome is the message's; a last-seen time that could not be written
+        // is counted and tried again on the next call.
         let writes = std::time::Instant::now();
-        self.seen(caller.user.id, now).await?;
-        let (message, created) = self
-            .store
-            .append(&NewMessage {
-                conversation_id: c.id,
-                sender_id: caller.user.id,
-                kind: kind.into(),
-                body: body.into(),
-                client_id: client_id.map(String::from),
-                at: now,
-            })
-            .await?;
+        let message = NewMessage {
+            conversation_id: c.id,
+            sender_id: caller.user.id,
+            kind: kind.into(),
+            body: body.into(),
+            client_id: client_id.map(String::from),
+            at: now,
+        };
+        let (seen, stored) = tokio::join!(
+            self.seen(caller.user.id, now),
+            self.store.append(&message)
+        );
+        let (message, created) = stored?;
+        if seen.is_err() {
+            metrics::counter!("herald_chat_seen_failures_total").increment(1);
+        }
         metrics::histogram!("herald_chat_store_seconds", "op" => "send").record(writes.elapsed());
         let pushed = self
             .publish(&c, &Event::Message { message: &message })

@@ -256,7 +256,16 @@ const SEEN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 const SESSION_CHECK_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 /// A session check's key: the token's id and the client's address.
 type SessionKey = (String, Option<String>);
-/// Session checks kept before the stale ones are dropped.
+
+/// The session checks kept ([`SESSION_CHECK_FOR`]), and how many times they were
+/// forgotten: a check that read the store before a forgetting is not kept
+/// after it (it may have read what the logout or blocking just changed).
+#[derive(Default)]
+struct SessionChecks {
+    kept: std::collections::HashMap<SessionKey, Read<User>>,
+    forgotten: u64,
+}
+/// Session checks kept before all are dropped (each is read again once).
 const SESSION_CHECKS_KEPT: usize = 100_000;
 
 /// How often one member's typing is told to the others, at most.
@@ -277,7 +286,7 @@ pub struct Chat {
     seen: std::sync::Mutex<std::collections::HashMap<Id, std::time::Instant>>,
     /// Sessions found valid, by (token id, client address), and their users,
     /// for [`SESSION_CHECK_FOR`]: a chatting client costs no read per frame.
-    checked: std::sync::Mutex<std::collections::HashMap<SessionKey, Read<User>>>,
+    checked: std::sync::Mutex<SessionChecks>,
     /// What sends need to know of the conversations they go to, by id, and the
     /// visitors' own conversations, as first read: who is in a conversation
     /// never changes (one purged is refused by the store when written to).
@@ -706,14 +715,18 @@ impl Chat {
         let session = self.tokens.verify(token, now / 1000)?;
         let key = (session.jti.clone(), ip.map(String::from));
         let at = std::time::Instant::now();
-        if let Some((_, user)) = lock(&self.checked).get(&key).filter(|(t, u)| {
-            at.duration_since(*t) < SESSION_CHECK_FOR && session.user_id().ok() == Some(u.id)
-        }) {
-            return Ok(Caller {
-                session,
-                user: user.clone(),
-            });
-        }
+        let forgotten = {
+            let checked = lock(&self.checked);
+            if let Some((_, user)) = checked.kept.get(&key).filter(|(t, u)| {
+                at.duration_since(*t) < SESSION_CHECK_FOR && session.user_id().ok() == Some(u.id)
+            }) {
+                return Ok(Caller {
+                    session,
+                    user: user.clone(),
+                });
+            }
+            checked.forgotten
+        };
         let (user, revoked, blocked) = self
             .store
             .session_user(session.user_id()?, &session.jti, ip)
@@ -732,10 +745,12 @@ impl Chat {
         }
         {
             let mut checked = lock(&self.checked);
-            if checked.len() >= SESSION_CHECKS_KEPT {
-                checked.retain(|_, (t, _)| at.duration_since(*t) < SESSION_CHECK_FOR);
+            if checked.forgotten == forgotten {
+                if checked.kept.len() >= SESSION_CHECKS_KEPT {
+                    checked.kept.clear();
+                }
+                checked.kept.insert(key, (at, user.clone()));
             }
-            checked.insert(key, (at, user.clone()));
         }
         Ok(Caller { session, user })
     }
@@ -743,7 +758,9 @@ impl Chat {
     /// Drops every kept session check: the next call of each session reads the
     /// store (after a logout, a password change, a blocking or a purge).
     fn forget_sessions(&self) {
-        lock(&self.checked).clear();
+        let mut checked = lock(&self.checked);
+        checked.kept.clear();
+        checked.forgotten += 1;
     }
 
     fn agent_only(&self, caller: &Caller) -> Result<(), ChatError> {
@@ -968,8 +985,9 @@ impl Chat {
                 ));
             }
         }
-        // The sender's last-seen time is written with the message (on SQLite in
-        // the same batch), not before it: a send waits for one commit. The
+        // The sender's last-seen time is written with the message (on SQLite
+        // usually in the same batch), not before it: a send waits for one
+        // commit, not one for each. The
         // outcome is the message's; a last-seen time that could not be written
         // is counted and tried again on the next call.
         let writes = std::time::Instant::now();
@@ -981,10 +999,8 @@ impl Chat {
             client_id: client_id.map(String::from),
             at: now,
         };
-        let (seen, stored) = tokio::join!(
-            self.seen(caller.user.id, now),
-            self.store.append(&message)
-        );
+        let (seen, stored) =
+            tokio::join!(self.seen(caller.user.id, now), self.store.append(&message));
         let (message, created) = stored?;
         if seen.is_err() {
             metrics::counter!("herald_chat_seen_failures_total").increment(1);

@@ -223,8 +223,9 @@ impl SqlStore {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(timeout)
-            // A connection to a local file has nothing to test (the test is a
-            // round trip to its thread per call); PostgreSQL's are tested.
+            // A connection to a local file is not tested before each use (a
+            // round trip to its thread; sqlx still tests it when it is given
+            // back, off the caller's path); PostgreSQL's are.
             .test_before_acquire(engine == Engine::Postgres)
             .connect(url)
             .await
@@ -1393,6 +1394,16 @@ async fn append_together(
         c.2 = c.2.max(m.at);
         places.push(c.1);
     }
+    // Each user once, with its latest time (with two rows for one user, which
+    // one `UPDATE … FROM` applies is not defined).
+    let mut latest: Vec<(Id, Millis)> = Vec::with_capacity(seen.len());
+    for &(user, at) in seen {
+        match latest.iter_mut().find(|s| s.0 == user) {
+            Some(s) => s.1 = s.1.max(at),
+            None => latest.push((user, at)),
+        }
+    }
+    let seen = latest;
     let mut sql = String::from("BEGIN IMMEDIATE; ");
     if !seen.is_empty() {
         sql.push_str(&format!(
@@ -1418,7 +1429,7 @@ async fn append_together(
     sql.push_str("COMMIT");
     // (Not kept prepared: each batch size is a statement of its own.)
     let mut q = sqlx::query(&sql).persistent(false);
-    for (user, at) in seen {
+    for (user, at) in &seen {
         q = q.bind(*user).bind(*at);
     }
     for (m, place) in messages.iter().zip(&places) {
@@ -1450,8 +1461,21 @@ async fn append_together(
     // The newest id of each conversation found, less its messages in the batch.
     let mut before = std::collections::HashMap::with_capacity(rows.len());
     for r in rows {
-        let id: Id = r.try_get("id").map_err(corrupt)?;
-        let last: Id = r.try_get("last").map_err(corrupt)?;
+        let (Ok(id), Ok(last)) = (r.try_get::<Id, _>("id"), r.try_get::<Id, _>("last")) else {
+            // Committed, but the ids cannot be read back: each send is answered
+            // as the store's fault (its last-seen writes did happen), not as a
+            // failed transaction.
+            return Ok(Some(
+                messages
+                    .iter()
+                    .map(|_| {
+                        Err(StoreError::Corrupt(
+                            "a stored batch's ids could not be read back".into(),
+                        ))
+                    })
+                    .collect(),
+            ));
+        };
         let n = index.get(&id).map_or(0, |&i| counts[i].1);
         before.insert(id, last - n);
     }
@@ -1485,4 +1509,42 @@ async fn append_together(
 fn placeholders(rows: usize, columns: usize) -> String {
     let row = format!("({})", vec!["?"; columns].join(", "));
     vec![row; rows].join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Several last-seen times of one user in one batch: the latest is kept,
+    /// whatever their order.
+    #[tokio::test]
+    async fn a_batch_keeps_a_users_latest_seen_time() {
+        let path = std::env::temp_dir().join(format!(
+            "herald-chat-seen-{}-{}.db",
+            std::process::id(),
+            now_ms()
+        ));
+        let store = SqlStore::sqlite(&path, 2).await.unwrap();
+        let agent = NewAgent {
+            username: "seen-agent",
+            nickname: "a",
+            password_hash: "x",
+        };
+        let (shop, _) = store.create_shop("seen", &agent, 1).await.unwrap();
+        let v = store.create_visitor(shop.id, "v", None, 1).await.unwrap();
+        let stored = append_together(
+            &store.writer,
+            &[],
+            &[(v.id, 8_000), (v.id, 9_000), (v.id, 7_000)],
+        )
+        .await
+        .unwrap();
+        assert!(stored.is_some_and(|s| s.is_empty()));
+        let v = store.user(v.id).await.unwrap().unwrap();
+        assert_eq!(v.last_seen_at, 9_000);
+        store.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
 }

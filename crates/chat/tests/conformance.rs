@@ -705,6 +705,19 @@ async fn concurrent_sends(store: Arc<dyn ChatStore>) {
         let v = store.user(convs[k].0.id).await.unwrap().unwrap();
         assert_eq!(v.last_seen_at, 5_000);
     }
+    // Times of one user written at once: the latest stays, whatever their order.
+    let user = convs[0].0.id;
+    let touches: Vec<_> = [8_000, 9_000, 6_000, 7_000]
+        .into_iter()
+        .map(|at| {
+            let store = store.clone();
+            tokio::spawn(async move { store.touch(user, at).await.unwrap() })
+        })
+        .collect();
+    for t in touches {
+        t.await.unwrap();
+    }
+    assert_eq!(store.user(user).await.unwrap().unwrap().last_seen_at, 9_000);
 }
 
 /// The store keeps blobs itself (what a cluster uses for uploads).

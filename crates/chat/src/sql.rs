@@ -274,10 +274,10 @@ impl SqlStore {
                 .connect(url)
                 .await
                 .map_err(unavailable)?;
-            let (appender, waiting) = tokio::sync::mpsc::channel(4 * APPEND_BATCH);
-            tokio::spawn(append_batches(store.writer.clone(), waiting));
-            store.appender = Arc::new(std::sync::Mutex::new(Some(appender)));
         }
+        let (appender, waiting) = tokio::sync::mpsc::channel(4 * APPEND_BATCH);
+        tokio::spawn(append_batches(store.writer.clone(), engine, waiting));
+        store.appender = Arc::new(std::sync::Mutex::new(Some(appender)));
         Ok(store)
     }
 
@@ -574,7 +574,9 @@ impl ChatStore for SqlStore {
     }
 
     async fn touch(&self, user_id: Id, at: Millis) -> Result<(), StoreError> {
-        if let Some(appender) = self.appender() {
+        // (PostgreSQL's go on their own: a batch locking many users' rows could
+        // deadlock with another logic's.)
+        if let Some(appender) = self.appender().filter(|_| self.engine == Engine::Sqlite) {
             // With the sends waiting: no commit of its own.
             let (answer, answered) = tokio::sync::oneshot::channel();
             if appender
@@ -1296,7 +1298,11 @@ const APPEND_BATCH: usize = 1024;
 /// one transaction (one commit, one sync of the log for all of them), then the
 /// next waiting ones, until every sender is gone (the store dropped or closed).
 /// A failed transaction fails every write in it: none is stored.
-async fn append_batches(writer: AnyPool, mut waiting: tokio::sync::mpsc::Receiver<Append>) {
+async fn append_batches(
+    writer: AnyPool,
+    engine: Engine,
+    mut waiting: tokio::sync::mpsc::Receiver<Append>,
+) {
     let mut batch = Vec::with_capacity(APPEND_BATCH);
     while waiting.recv_many(&mut batch, APPEND_BATCH).await > 0 {
         let mut messages = Vec::with_capacity(batch.len());
@@ -1307,7 +1313,7 @@ async fn append_batches(writer: AnyPool, mut waiting: tokio::sync::mpsc::Receive
                 Append::Seen(user, at, _) => seen.push((*user, *at)),
             }
         }
-        let outcome = append_batch(&writer, &messages, &seen).await;
+        let outcome = append_batch(&writer, engine, &messages, &seen).await;
         let mut stored = match outcome {
             Ok(stored) => Ok(stored.into_iter()),
             Err(e) => Err(e.to_string()),
@@ -1341,15 +1347,22 @@ async fn append_batches(writer: AnyPool, mut waiting: tokio::sync::mpsc::Receive
 /// in order.
 async fn append_batch(
     writer: &AnyPool,
+    engine: Engine,
     messages: &[&NewMessage],
     seen: &[(Id, Millis)],
 ) -> Result<Vec<Result<(Message, bool), StoreError>>, StoreError> {
-    if let Some(stored) = append_together(writer, messages, seen).await? {
+    if let Some(stored) = append_together(writer, engine, messages, seen).await? {
         return Ok(stored);
     }
     let mut tx = writer.begin().await.map_err(unavailable)?;
+    if engine == Engine::Postgres {
+        let mut ids: Vec<Id> = messages.iter().map(|m| m.conversation_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        lock_conversations(&mut tx, &ids).await?;
+    }
     for (user, at) in seen {
-        sqlx::query(&sql_for(Engine::Sqlite, TOUCH))
+        sqlx::query(&sql_for(engine, TOUCH))
             .bind(*user)
             .bind(*at)
             .execute(&mut *tx)
@@ -1358,7 +1371,7 @@ async fn append_batch(
     }
     let mut stored = Vec::with_capacity(messages.len());
     for m in messages {
-        match append_in(&mut tx, Engine::Sqlite, m).await {
+        match append_in(&mut tx, engine, m).await {
             Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
             r => stored.push(r),
         }
@@ -1367,15 +1380,74 @@ async fn append_batch(
     Ok(stored)
 }
 
-/// Stores every message of a batch and its last-seen times in one transaction
-/// sent as one call (one wake-up of the connection's thread, whatever the
-/// batch's size): the messages are inserted with ids counted from their
+type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// `q` given last-seen times' parameters: `(user, time)` each.
+fn bind_seen<'q>(mut q: Query<'q>, seen: &[(Id, Millis)]) -> Query<'q> {
+    for (user, at) in seen {
+        q = q.bind(*user).bind(*at);
+    }
+    q
+}
+
+/// `q` given messages' parameters: the columns of the batch's `VALUES`, with
+/// each message's place among its conversation's in the batch.
+fn bind_messages<'q>(mut q: Query<'q>, messages: &[&'q NewMessage], places: &[i64]) -> Query<'q> {
+    for (m, place) in messages.iter().zip(places) {
+        q = q
+            .bind(m.conversation_id)
+            .bind(*place)
+            .bind(m.sender_id)
+            .bind(m.kind.as_str())
+            .bind(m.body.as_str())
+            .bind(m.client_id.as_deref())
+            .bind(m.at);
+    }
+    q
+}
+
+/// `q` given conversations' parameters: `(id, messages, latest time)` each.
+fn bind_counts<'q>(mut q: Query<'q>, counts: &[(Id, i64, Millis)]) -> Query<'q> {
+    for (id, n, at) in counts {
+        q = q.bind(*id).bind(*n).bind(*at);
+    }
+    q
+}
+
+/// Locks conversations' rows in id order (PostgreSQL), so that two logics'
+/// batches over some of the same conversations wait for each other instead of
+/// deadlocking.
+async fn lock_conversations(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    ids: &[Id],
+) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT id FROM chat_conversations WHERE id IN ({}) ORDER BY id FOR UPDATE",
+        list(Engine::Postgres, ids.len())
+    );
+    let mut q = sqlx::query(&sql);
+    for id in ids {
+        q = q.bind(*id);
+    }
+    q.fetch_all(&mut **tx).await.map_err(unavailable)?;
+    Ok(())
+}
+
+/// Stores every message of a batch and its last-seen times in one
+/// transaction: the messages are inserted with ids counted from their
 /// conversations' newest, then those counters move by the number of messages
-/// each got. `None` when a message's client id was already stored: the unique
-/// index then rolls the whole transaction back (a message skipped would leave
-/// a gap in the ids).
+/// each got. On SQLite the transaction is sent as one call (one wake-up of the
+/// connection's thread, whatever the batch's size); on PostgreSQL it is five
+/// statements, the conversations locked first in id order. `None` when a
+/// message's client id was already stored: the unique index then fails the
+/// whole transaction, which is rolled back (a message skipped would leave a
+/// gap in the ids).
 async fn append_together(
     writer: &AnyPool,
+    engine: Engine,
     messages: &[&NewMessage],
     seen: &[(Id, Millis)],
 ) -> Result<Option<Vec<Result<(Message, bool), StoreError>>>, StoreError> {
@@ -1404,59 +1476,99 @@ async fn append_together(
         }
     }
     let seen = latest;
-    let mut sql = String::from("BEGIN IMMEDIATE; ");
-    if !seen.is_empty() {
-        sql.push_str(&format!(
+
+    let seen_sql = (!seen.is_empty()).then(|| {
+        format!(
             "UPDATE chat_users SET last_seen_at = b.column2 FROM (VALUES {}) AS b \
-             WHERE chat_users.id = b.column1 AND chat_users.last_seen_at < b.column2; ",
-            placeholders(seen.len(), 2)
-        ));
-    }
-    if !messages.is_empty() {
-        sql.push_str(&format!(
-            "INSERT OR ROLLBACK INTO chat_messages ({MESSAGE_COLUMNS}) \
-             SELECT b.column1, c.last_message_id + b.column2, b.column3, b.column4, b.column5, \
-             b.column6, b.column7 FROM (VALUES {}) AS b \
-             JOIN chat_conversations c ON c.id = b.column1; \
-             UPDATE chat_conversations SET last_message_id = last_message_id + b.column2, \
-             updated_at = CASE WHEN updated_at > b.column3 THEN updated_at ELSE b.column3 END \
-             FROM (VALUES {}) AS b WHERE chat_conversations.id = b.column1 \
-             RETURNING chat_conversations.id AS id, chat_conversations.last_message_id AS last; ",
-            placeholders(messages.len(), 7),
-            placeholders(counts.len(), 3)
-        ));
-    }
-    sql.push_str("COMMIT");
-    // (Not kept prepared: each batch size is a statement of its own.)
-    let mut q = sqlx::query(&sql).persistent(false);
-    for (user, at) in &seen {
-        q = q.bind(*user).bind(*at);
-    }
-    for (m, place) in messages.iter().zip(&places) {
-        q = q
-            .bind(m.conversation_id)
-            .bind(*place)
-            .bind(m.sender_id)
-            .bind(m.kind.as_str())
-            .bind(m.body.as_str())
-            .bind(m.client_id.as_deref())
-            .bind(m.at);
-    }
-    for (id, n, at) in &counts {
-        q = q.bind(*id).bind(*n).bind(*at);
-    }
-    let mut conn = writer.acquire().await.map_err(unavailable)?;
-    let rows = match q.fetch_all(&mut *conn).await {
-        Ok(rows) => rows,
-        Err(e) => {
-            // Whatever failed, the connection leaves no transaction open (this
-            // fails harmlessly when the unique index already rolled it back).
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            return match &e {
-                sqlx::Error::Database(d) if d.is_unique_violation() => Ok(None),
-                _ => Err(unavailable(e)),
+             WHERE chat_users.id = b.column1 AND chat_users.last_seen_at < b.column2",
+            placeholders(engine, seen.len(), 2)
+        )
+    });
+    let (insert_sql, update_sql) = if messages.is_empty() {
+        (None, None)
+    } else {
+        (
+            Some(format!(
+                "INSERT {}INTO chat_messages ({MESSAGE_COLUMNS}) \
+                 SELECT b.column1, c.last_message_id + b.column2, b.column3, b.column4, \
+                 b.column5, b.column6, b.column7 FROM (VALUES {}) AS b \
+                 JOIN chat_conversations c ON c.id = b.column1",
+                // (PostgreSQL fails the transaction on any error.)
+                if engine == Engine::Sqlite {
+                    "OR ROLLBACK "
+                } else {
+                    ""
+                },
+                placeholders(engine, messages.len(), 7)
+            )),
+            Some(format!(
+                "UPDATE chat_conversations SET last_message_id = last_message_id + b.column2, \
+                 updated_at = CASE WHEN updated_at > b.column3 THEN updated_at ELSE b.column3 END \
+                 FROM (VALUES {}) AS b WHERE chat_conversations.id = b.column1 \
+                 RETURNING chat_conversations.id AS id, chat_conversations.last_message_id AS last",
+                placeholders(engine, counts.len(), 3)
+            )),
+        )
+    };
+    let failed = |e: sqlx::Error| match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => Ok(None),
+        _ => Err(unavailable(e)),
+    };
+
+    let rows = if engine == Engine::Sqlite {
+        let sql = ["BEGIN IMMEDIATE"]
+            .into_iter()
+            .chain(seen_sql.as_deref())
+            .chain(insert_sql.as_deref())
+            .chain(update_sql.as_deref())
+            .chain(["COMMIT"])
+            .collect::<Vec<_>>()
+            .join("; ");
+        // (Not kept prepared: each batch size is a statement of its own.)
+        let q = sqlx::query(&sql).persistent(false);
+        let q = bind_counts(
+            bind_messages(bind_seen(q, &seen), messages, &places),
+            &counts,
+        );
+        let mut conn = writer.acquire().await.map_err(unavailable)?;
+        match q.fetch_all(&mut *conn).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Whatever failed, the connection leaves no transaction open
+                // (this fails harmlessly when the unique index already rolled
+                // it back).
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                return failed(e);
+            }
+        }
+    } else {
+        let mut tx = writer.begin().await.map_err(unavailable)?;
+        let mut ids: Vec<Id> = counts.iter().map(|c| c.0).collect();
+        ids.sort_unstable();
+        lock_conversations(&mut tx, &ids).await?;
+        if let Some(sql) = &seen_sql {
+            if let Err(e) = bind_seen(sqlx::query(sql), &seen).execute(&mut *tx).await {
+                return failed(e);
+            }
+        }
+        let mut rows = Vec::new();
+        if let (Some(insert), Some(update)) = (&insert_sql, &update_sql) {
+            if let Err(e) = bind_messages(sqlx::query(insert), messages, &places)
+                .execute(&mut *tx)
+                .await
+            {
+                return failed(e);
+            }
+            rows = match bind_counts(sqlx::query(update), &counts)
+                .fetch_all(&mut *tx)
+                .await
+            {
+                Ok(rows) => rows,
+                Err(e) => return failed(e),
             };
         }
+        tx.commit().await.map_err(unavailable)?;
+        rows
     };
     // The newest id of each conversation found, less its messages in the batch.
     let mut before = std::collections::HashMap::with_capacity(rows.len());
@@ -1502,13 +1614,35 @@ async fn append_together(
     ))
 }
 
-/// `(?, ?, …), (…)`: `rows` rows of `columns` parameters, bound in order.
-/// (Unnumbered: SQLite finds a numbered parameter's name by a walk of all the
-/// statement's names, which made binding a large batch take as long as
-/// storing it.)
-fn placeholders(rows: usize, columns: usize) -> String {
-    let row = format!("({})", vec!["?"; columns].join(", "));
-    vec![row; rows].join(", ")
+/// `(?, ?, …), (…)`: `rows` rows of `columns` parameters, bound in order:
+/// unnumbered on SQLite (which finds a numbered parameter's name by a walk of
+/// all the statement's names: binding a large batch took as long as storing
+/// it), `$1…` on PostgreSQL.
+fn placeholders(engine: Engine, rows: usize, columns: usize) -> String {
+    let mut s = String::with_capacity(rows * columns * 4);
+    for r in 0..rows {
+        s.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            match engine {
+                Engine::Sqlite => s.push('?'),
+                Engine::Postgres => {
+                    s.push('$');
+                    s.push_str(&(r * columns + c + 1).to_string());
+                }
+            }
+        }
+        s.push(')');
+    }
+    s
+}
+
+/// `$1, $2, …`: `n` parameters for an `IN` list (`?, ?, …` on SQLite).
+fn list(engine: Engine, n: usize) -> String {
+    let row = placeholders(engine, 1, n);
+    row[1..row.len() - 1].to_string()
 }
 
 #[cfg(test)]
@@ -1534,6 +1668,7 @@ mod tests {
         let v = store.create_visitor(shop.id, "v", None, 1).await.unwrap();
         let stored = append_together(
             &store.writer,
+            Engine::Sqlite,
             &[],
             &[(v.id, 8_000), (v.id, 9_000), (v.id, 7_000)],
         )

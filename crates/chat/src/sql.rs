@@ -53,8 +53,8 @@ pub struct SqlStore {
     /// "database is locked" with sleeps; on PostgreSQL, `pool` itself.
     writer: AnyPool,
     engine: Engine,
-    /// SQLite's sends go to one task that stores those waiting together
-    /// ([`append_batches`]); PostgreSQL's are stored one transaction each.
+    /// Sends (and SQLite's last-seen times) go to one task that stores those
+    /// waiting together ([`append_batches`]); taken at close.
     appender: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Append>>>>,
 }
 
@@ -1294,7 +1294,7 @@ enum Append {
 /// Most writes one appender transaction stores.
 const APPEND_BATCH: usize = 1024;
 
-/// SQLite's appender: stores the sends (and last-seen times) waiting for it in
+/// The appender: stores the sends (and SQLite's last-seen times) waiting for it in
 /// one transaction (one commit, one sync of the log for all of them), then the
 /// next waiting ones, until every sender is gone (the store dropped or closed).
 /// A failed transaction fails every write in it: none is stored.

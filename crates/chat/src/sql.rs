@@ -1104,17 +1104,33 @@ impl ChatStore for SqlStore {
 
     async fn purge(&self, before: Millis) -> Result<Purged, StoreError> {
         let mut tx = self.writer.begin().await.map_err(unavailable)?;
-        // The uploads of the conversations about to go (their rows go with
-        // them; their bytes in chat_blobs here, elsewhere by the caller).
-        const DOOMED: &str = "SELECT u.id FROM chat_uploads u \
-             JOIN chat_conversations c ON c.id = u.conversation_id \
-             LEFT JOIN chat_users v ON v.id = c.visitor_id \
-             WHERE (c.kind = 'kefu' AND v.last_seen_at < $1) \
+        // The conversations about to go (`c`, its visitor `v`).
+        const GOING: &str = "(c.kind = 'kefu' AND v.last_seen_at < $1) \
                 OR (c.kind = 'direct' AND c.updated_at < $1) \
                 OR (c.kind = 'direct' AND EXISTS (SELECT 1 FROM chat_users p \
                     WHERE p.id IN (c.user_a, c.user_b) AND p.role = 'visitor' \
                     AND p.last_seen_at < $1))";
-        let uploads: Vec<String> = sqlx::query(&self.sql(DOOMED))
+        if self.engine == Engine::Postgres {
+            // Locked first, in id order, as the appender's batches lock theirs:
+            // the deletes below then take no conversation's lock out of order.
+            sqlx::query(&format!(
+                "SELECT c.id FROM chat_conversations c \
+                 LEFT JOIN chat_users v ON v.id = c.visitor_id WHERE {GOING} \
+                 ORDER BY c.id FOR UPDATE OF c"
+            ))
+            .bind(before)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        // The uploads of the conversations about to go (their rows go with
+        // them; their bytes in chat_blobs here, elsewhere by the caller).
+        let doomed = format!(
+            "SELECT u.id FROM chat_uploads u \
+             JOIN chat_conversations c ON c.id = u.conversation_id \
+             LEFT JOIN chat_users v ON v.id = c.visitor_id WHERE {GOING}"
+        );
+        let uploads: Vec<String> = sqlx::query(&self.sql(&doomed))
             .bind(before)
             .fetch_all(&mut *tx)
             .await
@@ -1122,7 +1138,7 @@ impl ChatStore for SqlStore {
             .iter()
             .map(|r| r.try_get("id").map_err(corrupt))
             .collect::<Result<_, _>>()?;
-        sqlx::query(&self.sql(&format!("DELETE FROM chat_blobs WHERE id IN ({DOOMED})")))
+        sqlx::query(&self.sql(&format!("DELETE FROM chat_blobs WHERE id IN ({doomed})")))
             .bind(before)
             .execute(&mut *tx)
             .await
@@ -1351,6 +1367,33 @@ async fn append_batch(
     messages: &[&NewMessage],
     seen: &[(Id, Millis)],
 ) -> Result<Vec<Result<(Message, bool), StoreError>>, StoreError> {
+    // PostgreSQL may end a transaction to break a deadlock (with a writer that
+    // locks conversations in another order) or a serialization failure: the
+    // batch is tried again, twice at most, before its sends fail.
+    let mut tries = 0;
+    loop {
+        match append_batch_once(writer, engine, messages, seen).await {
+            Err(StoreError::Unavailable(e)) if tries < 2 && is_retryable(&e) => tries += 1,
+            outcome => return outcome,
+        }
+    }
+}
+
+/// PostgreSQL's deadlock (40P01) and serialization failure (40001).
+fn is_retryable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => matches!(d.code().as_deref(), Some("40P01") | Some("40001")),
+        _ => false,
+    }
+}
+
+/// [`append_batch`], once.
+async fn append_batch_once(
+    writer: &AnyPool,
+    engine: Engine,
+    messages: &[&NewMessage],
+    seen: &[(Id, Millis)],
+) -> Result<Vec<Result<(Message, bool), StoreError>>, StoreError> {
     if let Some(stored) = append_together(writer, engine, messages, seen).await? {
         return Ok(stored);
     }
@@ -1425,10 +1468,13 @@ async fn lock_conversations(
         return Ok(());
     }
     let sql = format!(
-        "SELECT id FROM chat_conversations WHERE id IN ({}) ORDER BY id FOR UPDATE",
+        "SELECT id FROM chat_conversations WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE",
         list(Engine::Postgres, ids.len())
     );
-    let mut q = sqlx::query(&sql);
+    // (As strong as the counter's update: foreign-key checks of read
+    // positions and uploads into these conversations do not wait for it. Not
+    // kept prepared: each batch size is a statement of its own.)
+    let mut q = sqlx::query(&sql).persistent(false);
     for id in ids {
         q = q.bind(*id);
     }
@@ -1547,19 +1593,20 @@ async fn append_together(
         ids.sort_unstable();
         lock_conversations(&mut tx, &ids).await?;
         if let Some(sql) = &seen_sql {
-            if let Err(e) = bind_seen(sqlx::query(sql), &seen).execute(&mut *tx).await {
+            let q = sqlx::query(sql).persistent(false);
+            if let Err(e) = bind_seen(q, &seen).execute(&mut *tx).await {
                 return failed(e);
             }
         }
         let mut rows = Vec::new();
         if let (Some(insert), Some(update)) = (&insert_sql, &update_sql) {
-            if let Err(e) = bind_messages(sqlx::query(insert), messages, &places)
+            if let Err(e) = bind_messages(sqlx::query(insert).persistent(false), messages, &places)
                 .execute(&mut *tx)
                 .await
             {
                 return failed(e);
             }
-            rows = match bind_counts(sqlx::query(update), &counts)
+            rows = match bind_counts(sqlx::query(update).persistent(false), &counts)
                 .fetch_all(&mut *tx)
                 .await
             {

@@ -124,6 +124,8 @@ pub struct ChatReport {
     pub lost: u64,
     pub ack: Latency,
     pub send_to_receive: Latency,
+    /// Of agents' messages only.
+    pub send_to_receive_agents: Latency,
     pub sync: Latency,
     /// Database time of a send (server side): mean, and the bucket bound under
     /// which 99% fell.
@@ -141,6 +143,9 @@ pub struct ChatReport {
 struct Tally {
     ack: Mutex<Histogram>,
     receive: Mutex<Histogram>,
+    /// The same, of agents' messages only (an agent sends into all its
+    /// conversations from one socket).
+    receive_agents: Mutex<Histogram>,
     sync: Mutex<Histogram>,
     sent: AtomicU64,
     stored: AtomicU64,
@@ -295,10 +300,10 @@ async fn read_loop(
             if v["type"] != "message" || m["sender_id"].as_i64() == Some(me) {
                 return;
             }
-            let sent_ns: Option<u64> = m["body"]
-                .as_str()
-                .and_then(|b| b.split(' ').next())
-                .and_then(|t| t.parse().ok());
+            // The body: "SENT_NS SENDER K" (SENDER: `aI` an agent, `vJ` a visitor).
+            let mut words = m["body"].as_str().unwrap_or_default().split(' ');
+            let sent_ns: Option<u64> = words.next().and_then(|t| t.parse().ok());
+            let by_agent = words.next().is_some_and(|n| n.starts_with('a'));
             if let Some(t) = sent_ns {
                 tally.received.fetch_add(1, Ordering::Relaxed);
                 if measuring.load(Ordering::Relaxed) {
@@ -308,6 +313,13 @@ async fn read_loop(
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .record(us);
+                    if by_agent {
+                        tally
+                            .receive_agents
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .record(us);
+                    }
                 }
             }
         });
@@ -691,6 +703,12 @@ async fn drive(
         .find(|(_, c)| *c >= 0.99 * db_count)
         .map_or(0.0, |(le, _)| le * 1000.0);
     let send_to_receive = Latency::of(&tally.receive.lock().unwrap_or_else(|e| e.into_inner()));
+    let send_to_receive_agents = Latency::of(
+        &tally
+            .receive_agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
     let sqlite = args.database == "sqlite";
     let errors = tally
         .errors
@@ -716,6 +734,7 @@ async fn drive(
         ack,
         target_met: sqlite.then_some(send_to_receive.p99_ms <= TARGET_P99_MS && stored > 0),
         send_to_receive,
+        send_to_receive_agents,
         sync,
         db_mean_ms,
         db_p99_le_ms,
@@ -755,7 +774,7 @@ fn markdown(r: &ChatReport) -> String {
          | stored and pushed, never received | {lost} |\n\
          | database time of a send, mean | {dbm:.2} ms |\n| database time of a send, p99 ≤ | {dbp:.1} ms |\n\
          | server CPU | {cpu:.2} cores |\n| target | {target} |\n\n\
-         | latency | count | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|\n{ack}{s2r}{sync}",
+         | latency | count | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|\n{ack}{s2r}{s2ra}{sync}",
         db = r.database,
         conv = r.conversations,
         shops = r.shops,
@@ -773,6 +792,7 @@ fn markdown(r: &ChatReport) -> String {
         cpu = r.server_cpu_cores,
         ack = lat("send → acknowledgement (op 5)", &r.ack),
         s2r = lat("send → the other side's event", &r.send_to_receive),
+        s2ra = lat("… of agents' messages", &r.send_to_receive_agents),
         sync = lat("sync (op 18 → op 19)", &r.sync),
     )
 }

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::service::{Attempt, Caller, Chat, ChatError};
+use crate::service::{Attempt, Caller, Chat, ChatError, Draft};
 use crate::{now_ms, Id, Page, VisitorQuery, DEFAULT_PAGE};
 
 /// Largest request body the API reads.
@@ -411,7 +411,16 @@ async fn send(
     let id = path_id(&id)?;
     let s: Send = body(&headers, &b)?;
     let sent = chat
-        .send(&who, id, &s.kind, &s.body, s.client_id.as_deref(), now_ms())
+        .send(
+            &who,
+            Draft {
+                conversation: id,
+                kind: &s.kind,
+                body: &s.body,
+                client_id: s.client_id.as_deref(),
+            },
+            now_ms(),
+        )
         .await?;
     let status = if sent.created {
         StatusCode::CREATED

@@ -363,7 +363,16 @@ pub trait ChatStore: Send + Sync {
     /// Stores a message under the conversation's next id. A message with the
     /// same sender and client id already stored is returned instead (`false`),
     /// and nothing is added.
-    async fn append(&self, m: &NewMessage) -> Result<(Message, bool), StoreError>;
+    async fn append(&self, m: &NewMessage) -> Result<(Message, bool), StoreError> {
+        self.append_all(std::slice::from_ref(m))
+            .await
+            .pop()
+            .unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolClosed)))
+    }
+    /// Stores messages as [`append`](ChatStore::append) does each, in the order
+    /// given (of two messages into one conversation, the first gets the lower
+    /// id); one outcome per message, in that order.
+    async fn append_all(&self, ms: &[NewMessage]) -> Vec<Result<(Message, bool), StoreError>>;
     async fn messages(&self, conversation_id: Id, page: Page) -> Result<Vec<Message>, StoreError>;
 
     /// Moves the user's read position forward to `position` (never back, never

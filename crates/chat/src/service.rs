@@ -68,7 +68,7 @@ impl Default for Limits {
 }
 
 /// Why a chat call failed; each maps to one HTTP status.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ChatError {
     /// Malformed or out-of-bounds input (400).
     #[error("{0}")]
@@ -176,6 +176,24 @@ pub struct Sent {
     /// Whether the event reached logic's push path (when false, the message is
     /// stored and arrives with the next sync).
     pub pushed: bool,
+}
+
+/// A message as its sender gives it.
+#[derive(Debug, Clone, Copy)]
+pub struct Draft<'a> {
+    pub conversation: Id,
+    /// `text`, `image` (the body: an upload's id) or `emoji`.
+    pub kind: &'a str,
+    pub body: &'a str,
+    /// Makes a retried send idempotent.
+    pub client_id: Option<&'a str>,
+}
+
+/// A message checked by [`Chat::outgoing`], for [`Chat::send_all`].
+#[derive(Debug)]
+pub struct Outgoing {
+    conversation: Conversation,
+    message: NewMessage,
 }
 
 /// An event pushed to a conversation's members.
@@ -956,12 +974,30 @@ impl Chat {
     pub async fn send(
         &self,
         caller: &Caller,
-        conversation: Id,
-        kind: &str,
-        body: &str,
-        client_id: Option<&str>,
+        draft: Draft<'_>,
         now: Millis,
     ) -> Result<Sent, ChatError> {
+        let message = self.outgoing(caller, draft, now).await?;
+        self.send_all(caller, vec![message], now)
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(ChatError::Unavailable("a send without an outcome".into())))
+    }
+
+    /// A message the caller may send, checked (its kind and size, the caller's
+    /// membership, an image's upload) and ready for [`send_all`](Chat::send_all).
+    pub async fn outgoing(
+        &self,
+        caller: &Caller,
+        draft: Draft<'_>,
+        now: Millis,
+    ) -> Result<Outgoing, ChatError> {
+        let Draft {
+            conversation,
+            kind,
+            body,
+            client_id,
+        } = draft;
         if !matches!(kind, "text" | "image" | "emoji") {
             return Err(ChatError::BadRequest(
                 "kind must be text, image or emoji".into(),
@@ -985,12 +1021,6 @@ impl Chat {
                 ));
             }
         }
-        // The sender's last-seen time is written with the message (on SQLite
-        // usually in the same batch), not before it: a send waits for one
-        // commit, not one for each. The
-        // outcome is the message's; a last-seen time that could not be written
-        // is counted and tried again on the next call.
-        let writes = std::time::Instant::now();
         let message = NewMessage {
             conversation_id: c.id,
             sender_id: caller.user.id,
@@ -999,21 +1029,56 @@ impl Chat {
             client_id: client_id.map(String::from),
             at: now,
         };
+        Ok(Outgoing {
+            conversation: c,
+            message,
+        })
+    }
+
+    /// Stores the caller's messages in the order given (one batch of the store
+    /// when they come together, so a client's several sends wait for one
+    /// commit), then pushes each in that order. One outcome per message.
+    pub async fn send_all(
+        &self,
+        caller: &Caller,
+        messages: Vec<Outgoing>,
+        now: Millis,
+    ) -> Vec<Result<Sent, ChatError>> {
+        if messages.is_empty() {
+            return Vec::new();
+        }
+        // The sender's last-seen time is written with the messages (on SQLite
+        // usually in the same batch), not before them: a send waits for one
+        // commit, not one for each. The outcome is the messages'; a last-seen
+        // time that could not be written is counted and tried again on the
+        // next call.
+        let writes = std::time::Instant::now();
+        let (conversations, rows): (Vec<Conversation>, Vec<NewMessage>) = messages
+            .into_iter()
+            .map(|o| (o.conversation, o.message))
+            .unzip();
         let (seen, stored) =
-            tokio::join!(self.seen(caller.user.id, now), self.store.append(&message));
-        let (message, created) = stored?;
+            tokio::join!(self.seen(caller.user.id, now), self.store.append_all(&rows));
         if seen.is_err() {
             metrics::counter!("herald_chat_seen_failures_total").increment(1);
         }
-        metrics::histogram!("herald_chat_store_seconds", "op" => "send").record(writes.elapsed());
-        let pushed = self
-            .publish(&c, &Event::Message { message: &message })
-            .await;
-        Ok(Sent {
-            message,
-            created,
-            pushed,
-        })
+        let took = writes.elapsed();
+        let mut out = Vec::with_capacity(stored.len());
+        for (c, stored) in conversations.iter().zip(stored) {
+            metrics::histogram!("herald_chat_store_seconds", "op" => "send").record(took);
+            out.push(match stored {
+                Ok((message, created)) => {
+                    let pushed = self.publish(c, &Event::Message { message: &message }).await;
+                    Ok(Sent {
+                        message,
+                        created,
+                        pushed,
+                    })
+                }
+                Err(e) => Err(e.into()),
+            });
+        }
+        out
     }
 
     /// Keeps an image uploaded into a conversation; its id is what an image

@@ -16,7 +16,7 @@ use herald_rpc::{ConnectReq, ErrorKind, Grant, Proto, ReceiveReq, RpcError, RpcR
 use serde::{Deserialize, Serialize};
 
 use crate::service::{
-    chat_mid, Caller, Chat, ChatError, Publisher, Sent, Synced, CHAT_MID_BASE, EVENT_OP,
+    chat_mid, Caller, Chat, ChatError, Draft, Publisher, Sent, Synced, CHAT_MID_BASE, EVENT_OP,
 };
 use crate::{now_ms, Id, Page, DEFAULT_PAGE};
 
@@ -106,31 +106,39 @@ impl Authenticator for ChatAuthenticator {
         if req.mid < CHAT_MID_BASE {
             return self.inner.answer(req).await;
         }
-        let Some(p) = &req.proto else {
-            return Ok(None);
-        };
-        let reply_op = match p.op {
-            SEND_OP => SEND_REPLY_OP,
-            SYNC_OP => SYNC_REPLY_OP,
-            READ_OP => READ_REPLY_OP,
-            _ => return Ok(None),
-        };
-        let reply = match self.op(req, p).await {
-            Ok(r) => r,
-            Err(e) => Reply::Error {
-                status: e.status(),
-                code: e.code(),
-                message: e.to_string(),
-            },
-        };
-        // (Serializing these cannot fail: strings, integers and messages.)
-        let body = serde_json::to_vec(&reply).unwrap_or_default();
-        Ok(Some(Proto {
-            ver: p.ver,
-            op: reply_op,
-            seq: p.seq,
-            body: Bytes::from(body),
-        }))
+        Ok(self.answer_all(req).await?.into_iter().next().flatten())
+    }
+
+    async fn answer_all(&self, req: &ReceiveReq) -> RpcResult<Vec<Option<Proto>>> {
+        if req.mid < CHAT_MID_BASE {
+            return self.inner.answer_all(req).await;
+        }
+        let frames: Vec<&Proto> = req.proto.iter().chain(&req.more).collect();
+        // One check of the session for the frames read together.
+        let caller = self.connection_caller(req).await;
+        let mut replies = Vec::with_capacity(frames.len());
+        let mut rest = &frames[..];
+        while let Some(first) = rest.first() {
+            // Sends in a row are stored together, in their order.
+            let n = match first.op {
+                SEND_OP => rest.iter().take_while(|p| p.op == SEND_OP).count(),
+                _ => 1,
+            };
+            let (these, later) = rest.split_at(n);
+            let outcomes = match &caller {
+                // Not a chat op: goim's empty echo.
+                _ if reply_op(first.op).is_none() => vec![],
+                Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+                Ok(caller) if first.op == SEND_OP => self.sends(caller, these).await,
+                Ok(caller) => vec![self.op(caller, first).await],
+            };
+            let mut outcomes = outcomes.into_iter();
+            for p in these {
+                replies.push(outcomes.next().and_then(|o| reply_to(p, o)));
+            }
+            rest = later;
+        }
+        Ok(replies)
     }
 
     fn mode(&self) -> &'static str {
@@ -139,39 +147,73 @@ impl Authenticator for ChatAuthenticator {
 }
 
 impl ChatAuthenticator {
-    /// Does what a chat connection's frame asks, as its session's user.
-    async fn op(&self, req: &ReceiveReq, p: &Proto) -> Result<Reply, ChatError> {
-        let caller = self.connection_caller(req).await?;
+    /// Sends (op 4) read together: each checked, then all stored in their
+    /// order and pushed. One outcome per frame.
+    async fn sends(&self, caller: &Caller, frames: &[&Proto]) -> Vec<Result<Reply, ChatError>> {
+        let chat = &self.chat;
+        let now = now_ms();
+        let mut outcomes = Vec::with_capacity(frames.len());
+        let mut ready = Vec::with_capacity(frames.len());
+        for p in frames {
+            let checked = async {
+                let f: SendFrame = frame(&p.body)?;
+                let c = chat
+                    .conversation_or_own(caller, f.conversation_id, now)
+                    .await?;
+                let kind = f.kind.as_deref().unwrap_or("text");
+                let draft = Draft {
+                    conversation: c,
+                    kind,
+                    body: &f.body,
+                    client_id: f.client_id.as_deref(),
+                };
+                chat.outgoing(caller, draft, now).await
+            };
+            match checked.await {
+                Ok(m) => {
+                    ready.push(m);
+                    outcomes.push(None);
+                }
+                Err(e) => outcomes.push(Some(Err(e))),
+            }
+        }
+        let mut sent = chat.send_all(caller, ready, now).await.into_iter();
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    sent.next()
+                        .unwrap_or_else(|| {
+                            Err(ChatError::Unavailable("a send without an outcome".into()))
+                        })
+                        .map(Reply::Sent)
+                })
+            })
+            .collect()
+    }
+
+    /// Does what a chat connection's sync (op 18) or read (op 20) asks, as
+    /// its session's user.
+    async fn op(&self, caller: &Caller, p: &Proto) -> Result<Reply, ChatError> {
         let chat = &self.chat;
         let now = now_ms();
         match p.op {
-            SEND_OP => {
-                let f: SendFrame = frame(&p.body)?;
-                let c = chat
-                    .conversation_or_own(&caller, f.conversation_id, now)
-                    .await?;
-                let kind = f.kind.as_deref().unwrap_or("text");
-                let sent = chat
-                    .send(&caller, c, kind, &f.body, f.client_id.as_deref(), now)
-                    .await?;
-                Ok(Reply::Sent(sent))
-            }
             SYNC_OP => {
                 let f: SyncFrame = frame(&p.body)?;
                 let c = chat
-                    .conversation_or_own(&caller, f.conversation_id, now)
+                    .conversation_or_own(caller, f.conversation_id, now)
                     .await?;
                 let page = Page::of(f.before, f.after, f.limit.unwrap_or(DEFAULT_PAGE))
                     .map_err(|e| ChatError::BadRequest(e.into()))?;
-                Ok(Reply::Sync(chat.history(&caller, c, page).await?))
+                Ok(Reply::Sync(chat.history(caller, c, page).await?))
             }
             _ => {
                 let f: ReadFrame = frame(&p.body)?;
                 let c = chat
-                    .conversation_or_own(&caller, f.conversation_id, now)
+                    .conversation_or_own(caller, f.conversation_id, now)
                     .await?;
-                let position = chat.mark_read(&caller, c, f.position).await?;
-                let unread = chat.unread(&caller, c).await?;
+                let position = chat.mark_read(caller, c, f.position).await?;
+                let unread = chat.unread(caller, c).await?;
                 Ok(Reply::Read {
                     conversation_id: c,
                     position,
@@ -200,6 +242,33 @@ impl ChatAuthenticator {
         }
         Ok(caller)
     }
+}
+
+/// The op that answers a chat op, if `op` is one.
+fn reply_op(op: i32) -> Option<i32> {
+    match op {
+        SEND_OP => Some(SEND_REPLY_OP),
+        SYNC_OP => Some(SYNC_REPLY_OP),
+        READ_OP => Some(READ_REPLY_OP),
+        _ => None,
+    }
+}
+
+/// The frame answering chat frame `p`: what it did, or what went wrong.
+fn reply_to(p: &Proto, outcome: Result<Reply, ChatError>) -> Option<Proto> {
+    let reply = outcome.unwrap_or_else(|e| Reply::Error {
+        status: e.status(),
+        code: e.code(),
+        message: e.to_string(),
+    });
+    // (Serializing these cannot fail: strings, integers and messages.)
+    let body = serde_json::to_vec(&reply).unwrap_or_default();
+    Some(Proto {
+        ver: p.ver,
+        op: reply_op(p.op)?,
+        seq: p.seq,
+        body: Bytes::from(body),
+    })
 }
 
 /// A chat connection's grant context: its address and session token

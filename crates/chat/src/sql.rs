@@ -332,6 +332,14 @@ impl SqlStore {
             .clone()
     }
 
+    /// One message in a transaction of its own (the store being closed).
+    async fn append_alone(&self, m: &NewMessage) -> Result<(Message, bool), StoreError> {
+        let mut tx = self.writer.begin().await.map_err(unavailable)?;
+        let r = append_in(&mut tx, self.engine, m).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(r)
+    }
+
     /// The statement for this engine: SQLite is given `?N` for `$N`.
     fn sql<'a>(&self, s: &'a str) -> Cow<'a, str> {
         sql_for(self.engine, s)
@@ -578,17 +586,8 @@ impl ChatStore for SqlStore {
         // deadlock with another logic's.)
         if let Some(appender) = self.appender().filter(|_| self.engine == Engine::Sqlite) {
             // With the sends waiting: no commit of its own.
-            let (answer, answered) = tokio::sync::oneshot::channel();
-            if appender
-                .send(Append::Seen(user_id, at, answer))
-                .await
-                .is_ok()
-            {
-                if let Ok(r) = answered.await {
-                    return r;
-                }
-            }
-            return Err(StoreError::Unavailable(sqlx::Error::PoolClosed));
+            let answered = hand_over(&appender, |answer| Append::Seen(user_id, at, answer)).await;
+            return outcome(answered).await;
         }
         sqlx::query(&self.sql(TOUCH))
             .bind(user_id)
@@ -714,24 +713,25 @@ impl ChatStore for SqlStore {
         Ok(())
     }
 
-    async fn append(&self, m: &NewMessage) -> Result<(Message, bool), StoreError> {
+    async fn append_all(&self, ms: &[NewMessage]) -> Vec<Result<(Message, bool), StoreError>> {
+        let mut out = Vec::with_capacity(ms.len());
         if let Some(appender) = self.appender() {
-            let (answer, answered) = tokio::sync::oneshot::channel();
-            if appender
-                .send(Append::Message(m.clone(), answer))
-                .await
-                .is_ok()
-            {
-                if let Ok(r) = answered.await {
-                    return r;
-                }
+            // All handed over first, in order, then waited for: they are stored
+            // in that order, in one batch or in consecutive ones.
+            let mut answers = Vec::with_capacity(ms.len());
+            for m in ms {
+                answers
+                    .push(hand_over(&appender, |answer| Append::Message(m.clone(), answer)).await);
             }
-            return Err(StoreError::Unavailable(sqlx::Error::PoolClosed));
+            for answered in answers {
+                out.push(outcome(answered).await);
+            }
+            return out;
         }
-        let mut tx = self.writer.begin().await.map_err(unavailable)?;
-        let r = append_in(&mut tx, self.engine, m).await?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(r)
+        for m in ms {
+            out.push(self.append_alone(m).await);
+        }
+        out
     }
 
     async fn messages(&self, conversation_id: Id, page: Page) -> Result<Vec<Message>, StoreError> {
@@ -1305,6 +1305,29 @@ enum Append {
         Millis,
         tokio::sync::oneshot::Sender<Result<(), StoreError>>,
     ),
+}
+
+/// Gives a write to the appender: where its outcome will come, or `None` when
+/// the appender has ended (the store closed).
+async fn hand_over<T>(
+    appender: &tokio::sync::mpsc::Sender<Append>,
+    write: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, StoreError>>) -> Append,
+) -> Option<tokio::sync::oneshot::Receiver<Result<T, StoreError>>> {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    appender.send(write(answer)).await.ok()?;
+    Some(answered)
+}
+
+/// A write's outcome from the appender; unavailable when it ended first.
+async fn outcome<T>(
+    answered: Option<tokio::sync::oneshot::Receiver<Result<T, StoreError>>>,
+) -> Result<T, StoreError> {
+    match answered {
+        Some(answered) => answered
+            .await
+            .unwrap_or(Err(StoreError::Unavailable(sqlx::Error::PoolClosed))),
+        None => Err(StoreError::Unavailable(sqlx::Error::PoolClosed)),
+    }
 }
 
 /// Most writes one appender transaction stores.

@@ -718,6 +718,40 @@ async fn concurrent_sends(store: Arc<dyn ChatStore>) {
         t.await.unwrap();
     }
     assert_eq!(store.user(user).await.unwrap().unwrap().last_seen_at, 9_000);
+
+    // One client's messages handed over together: stored in the order given,
+    // into two conversations; a retried client id answers the stored message
+    // and one into a missing conversation fails, without disturbing the rest.
+    let (w, c) = convs[0].clone();
+    let (x, d) = convs[1].clone();
+    let ms = vec![
+        text(c.id, &w, "o1", Some("o-1"), 6),
+        text(d.id, &x, "p1", Some("p-1"), 6),
+        text(c.id, &w, "o2", Some("o-2"), 6),
+        text(c.id, &w, "o1 again", Some("o-1"), 6),
+        text(c.id + 1000, &w, "nowhere", None, 6),
+        text(c.id, &w, "o3", None, 6),
+        text(d.id, &x, "p2", None, 6),
+    ];
+    let outcomes = store.append_all(&ms).await;
+    assert_eq!(outcomes.len(), ms.len());
+    let brief: Vec<Option<(i64, String, bool)>> = outcomes
+        .into_iter()
+        .map(|o| o.ok().map(|(m, new)| (m.id, m.body, new)))
+        .collect();
+    assert_eq!(
+        brief,
+        vec![
+            Some((31, "o1".into(), true)),
+            Some((31, "p1".into(), true)),
+            Some((32, "o2".into(), true)),
+            Some((31, "o1".into(), false)),
+            None,
+            Some((33, "o3".into(), true)),
+            Some((32, "p2".into(), true)),
+        ]
+    );
+    assert!(store.append_all(&[]).await.is_empty());
 }
 
 /// The store keeps blobs itself (what a cluster uses for uploads).

@@ -9,9 +9,25 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use herald_chat::blobs::DirBlobs;
+use herald_chat::service::Draft;
 use herald_chat::service::{chat_mid, Limits, EVENT_OP};
 use herald_chat::{Chat, ChatError, Page, Publisher, SqlStore, VisitorQuery};
 use serde_json::Value;
+
+/// A message for `Chat::send`.
+fn draft<'a>(
+    conversation: i64,
+    kind: &'a str,
+    body: &'a str,
+    client_id: Option<&'a str>,
+) -> Draft<'a> {
+    Draft {
+        conversation,
+        kind,
+        body,
+        client_id,
+    }
+}
 
 #[derive(Default)]
 struct Recorder {
@@ -116,13 +132,21 @@ async fn a_visitor_and_an_agent_chat_with_sessions_events_and_read_receipts() {
 
     // The visitor sends; a retry with the same client id stores nothing new.
     let sent = chat
-        .send(&visitor, conv.id, "text", "hello?", Some("v-1"), NOW + 1)
+        .send(
+            &visitor,
+            draft(conv.id, "text", "hello?", Some("v-1")),
+            NOW + 1,
+        )
         .await
         .unwrap();
     assert!(sent.created && sent.pushed);
     assert_eq!(sent.message.id, 1);
     let retry = chat
-        .send(&visitor, conv.id, "text", "hello?", Some("v-1"), NOW + 2)
+        .send(
+            &visitor,
+            draft(conv.id, "text", "hello?", Some("v-1")),
+            NOW + 2,
+        )
         .await
         .unwrap();
     assert!(!retry.created);
@@ -151,10 +175,7 @@ async fn a_visitor_and_an_agent_chat_with_sessions_events_and_read_receipts() {
     assert_eq!(list[0].last.as_ref().unwrap().body, "hello?");
     chat.send(
         &alice,
-        conv.id,
-        "text",
-        "Hi! How can I help?",
-        None,
+        draft(conv.id, "text", "Hi! How can I help?", None),
         NOW + 3,
     )
     .await
@@ -259,7 +280,7 @@ async fn sessions_are_checked_and_tenants_kept_apart() {
     // Another shop's agent and another visitor see nothing of the conversation.
     for (who, c) in [(&mallory, conv.id), (&visitor, other_conv.id)] {
         let e = chat
-            .send(who, c, "text", "hi", None, NOW)
+            .send(who, draft(c, "text", "hi", None), NOW)
             .await
             .unwrap_err();
         assert_eq!(e.status(), 404, "{e}");
@@ -358,13 +379,17 @@ async fn the_blacklist_is_enforced_and_bad_input_refused() {
     let long = "x".repeat(4001);
     for (kind, body) in [("video", "hi"), ("text", "   "), ("text", long.as_str())] {
         let e = chat
-            .send(&visitor, conv.id, kind, body, None, NOW)
+            .send(&visitor, draft(conv.id, kind, body, None), NOW)
             .await
             .unwrap_err();
         assert!(matches!(e, ChatError::BadRequest(_)), "{e}");
     }
     let e = chat
-        .send(&visitor, conv.id, "text", "hi", Some(&"c".repeat(65)), NOW)
+        .send(
+            &visitor,
+            draft(conv.id, "text", "hi", Some(&"c".repeat(65))),
+            NOW,
+        )
         .await
         .unwrap_err();
     assert_eq!(e.status(), 400);
@@ -404,7 +429,7 @@ async fn the_blacklist_is_enforced_and_bad_input_refused() {
     // A push that cannot be handed on: stored, reported as not pushed.
     *events.down.lock().unwrap() = true;
     let sent = chat
-        .send(&visitor, conv.id, "text", "anyone?", None, NOW)
+        .send(&visitor, draft(conv.id, "text", "anyone?", None), NOW)
         .await
         .unwrap();
     assert!(sent.created && !sent.pushed);
@@ -527,14 +552,14 @@ async fn images_are_uploaded_sniffed_and_served_to_members_only() {
 
     // An image message names an upload of its own conversation.
     let sent = chat
-        .send(&visitor, conv.id, "image", &up.id, None, NOW)
+        .send(&visitor, draft(conv.id, "image", &up.id, None), NOW)
         .await
         .unwrap();
     assert_eq!(sent.message.kind, "image");
     let theirs = chat.upload(&other, other_conv.id, PNG, NOW).await.unwrap();
     for body in [theirs.id.as_str(), "u-nope"] {
         assert_eq!(
-            chat.send(&visitor, conv.id, "image", body, None, NOW)
+            chat.send(&visitor, draft(conv.id, "image", body, None), NOW)
                 .await
                 .unwrap_err()
                 .status(),

@@ -1547,12 +1547,7 @@ async fn chat_on_two_logics_and_one_postgresql() {
     let e = chat_event_of(&mut a, "message").await;
     assert_eq!(e["message"]["body"], "and over the socket", "{e}");
     let (sync, _) = chat_op(&mut a, 18, &json!({"conversation_id": conv, "after": 1})).await;
-    let ids: Vec<i64> = sync["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_i64().unwrap())
-        .collect();
+    let ids = support::message_ids(&sync);
     assert_eq!(
         (ids, sync["unread"].clone()),
         (vec![2, 3], json!(1)),

@@ -77,6 +77,33 @@ pub trait Authenticator: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The replies to frames of an answered connection that comet read
+    /// together: `req.proto`, then each of `req.more`, one per frame in that
+    /// order (`None`: goim's empty echo). By default each is [`answer`]ed in
+    /// turn, as if it had come in a request of its own; a frame that could not
+    /// be asked about gets the empty echo and the rest are still answered.
+    ///
+    /// [`answer`]: Authenticator::answer
+    async fn answer_all(&self, req: &ReceiveReq) -> RpcResult<Vec<Option<Proto>>> {
+        let mut replies = Vec::with_capacity(1 + req.more.len());
+        for p in req.proto.iter().chain(&req.more) {
+            let one = ReceiveReq {
+                mid: req.mid,
+                proto: Some(p.clone()),
+                context: req.context.clone(),
+                more: Vec::new(),
+            };
+            replies.push(match self.answer(&one).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    warn!(mid = req.mid, op = p.op, error = %e, "a frame could not be answered");
+                    None
+                }
+            });
+        }
+        Ok(replies)
+    }
+
     /// The mode's name, for logs and metrics.
     fn mode(&self) -> &'static str;
 }
@@ -808,8 +835,10 @@ impl LogicService for Logic {
     }
 
     async fn receive(&self, req: ReceiveReq) -> RpcResult<ReceiveReply> {
-        self.metrics.upstream.increment(1);
-        if let Some(p) = &req.proto {
+        self.metrics
+            .upstream
+            .increment(req.proto.iter().len() as u64 + req.more.len() as u64);
+        for p in req.proto.iter().chain(&req.more) {
             debug!(
                 mid = req.mid,
                 op = p.op,
@@ -817,8 +846,22 @@ impl LogicService for Logic {
                 "upstream message"
             );
         }
+        if req.more.is_empty() {
+            return Ok(ReceiveReply {
+                proto: self.auth.answer(&req).await?,
+                more: Vec::new(),
+            });
+        }
+        // Frames read together (an answered connection's): one reply each.
+        let mut replies = self.auth.answer_all(&req).await?.into_iter();
+        let proto = if req.proto.is_some() {
+            replies.next().flatten()
+        } else {
+            None
+        };
         Ok(ReceiveReply {
-            proto: self.auth.answer(&req).await?,
+            proto,
+            more: replies.map(Option::unwrap_or_default).collect(),
         })
     }
 

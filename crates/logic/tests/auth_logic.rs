@@ -18,6 +18,24 @@ use herald_store::{MemoryStore, SessionStore};
 use serde_json::json;
 use support::*;
 
+/// A logic with `auth`, routes in `store`, an in-memory queue.
+async fn logic_with(
+    auth: Arc<dyn herald_logic::Authenticator>,
+    store: &Arc<MemoryStore>,
+) -> Arc<Logic> {
+    Logic::new(
+        LogicConfig::default(),
+        auth,
+        store.clone(),
+        store.clone(),
+        Arc::new(MemoryQueue::new(16, Duration::from_secs(1))),
+        Arc::new(LocalRegistry::new()),
+        None,
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn connect_writes_routes_and_refresh_does_not() {
     let started = start(AuthConfig {
@@ -30,17 +48,7 @@ async fn connect_writes_routes_and_refresh_does_not() {
     })
     .await;
     let store = Arc::new(MemoryStore::new(Duration::from_secs(60)));
-    let logic = Logic::new(
-        LogicConfig::default(),
-        started.auth.clone(),
-        store.clone(),
-        store.clone(),
-        Arc::new(MemoryQueue::new(16, Duration::from_secs(1))),
-        Arc::new(LocalRegistry::new()),
-        None,
-    )
-    .await
-    .unwrap();
+    let logic = logic_with(started.auth.clone(), &store).await;
     let signer = Signer::hmac(SECRET);
     let exp = now() + 600;
 
@@ -93,4 +101,76 @@ async fn connect_writes_routes_and_refresh_does_not() {
         vec![None]
     );
     started.shutdown().await;
+}
+
+/// Answers an answered connection's frames: op N with op N + 1 and the body
+/// upper-cased; op 99 cannot be asked about.
+struct Shouting;
+
+#[async_trait::async_trait]
+impl herald_logic::Authenticator for Shouting {
+    async fn authenticate(
+        &self,
+        _: &herald_rpc::ConnectReq,
+    ) -> herald_rpc::RpcResult<herald_logic::Identity> {
+        Err(herald_rpc::RpcError::new(ErrorKind::Unauthenticated, "no"))
+    }
+
+    async fn answer(
+        &self,
+        req: &herald_rpc::ReceiveReq,
+    ) -> herald_rpc::RpcResult<Option<herald_rpc::Proto>> {
+        let p = req.proto.clone().unwrap();
+        if p.op == 99 {
+            return Err(herald_rpc::RpcError::unavailable("down"));
+        }
+        Ok(Some(herald_rpc::Proto {
+            op: p.op + 1,
+            body: p.body.to_ascii_uppercase().into(),
+            ..p
+        }))
+    }
+
+    fn mode(&self) -> &'static str {
+        "shouting"
+    }
+}
+
+#[tokio::test]
+async fn frames_read_together_are_answered_one_by_one_in_order() {
+    let store = Arc::new(MemoryStore::new(Duration::from_secs(60)));
+    let logic = logic_with(Arc::new(Shouting), &store).await;
+    let frame = |op: i32, seq: i32, body: &'static str| herald_rpc::Proto {
+        ver: 1,
+        op,
+        seq,
+        body: bytes::Bytes::from_static(body.as_bytes()),
+    };
+    // One frame: its reply.
+    let reply = logic
+        .receive(herald_rpc::ReceiveReq {
+            mid: 7,
+            proto: Some(frame(4, 1, "one")),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.proto, Some(frame(5, 1, "ONE")));
+    assert!(reply.more.is_empty());
+    // Frames read together: a reply each, in order; the one that could not be
+    // asked about gets op 0 (the empty echo) and the next is still answered.
+    let reply = logic
+        .receive(herald_rpc::ReceiveReq {
+            mid: 7,
+            proto: Some(frame(4, 2, "two")),
+            more: vec![frame(99, 3, "three"), frame(18, 4, "four")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.proto, Some(frame(5, 2, "TWO")));
+    assert_eq!(
+        reply.more,
+        vec![herald_rpc::Proto::default(), frame(19, 4, "FOUR")]
+    );
 }

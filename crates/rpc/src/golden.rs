@@ -394,8 +394,27 @@ fn logic_receive() {
             op: 5,
             ..Default::default()
         }),
+        ..Default::default()
     };
     golden(&answered, &[0x82, 0x01, 2, 0x10, 5]);
+    // herald's frames read together: more=17 (LEN, key 8a 01), one per frame.
+    let req = ReceiveReq {
+        mid: 42,
+        more: vec![Proto {
+            op: 4,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    golden(&req, &[0x08, 42, 0x8a, 0x01, 2, 0x10, 4]);
+    let replies = ReceiveReply {
+        proto: None,
+        more: vec![Proto {
+            op: 5,
+            ..Default::default()
+        }],
+    };
+    golden(&replies, &[0x8a, 0x01, 2, 0x10, 5]);
 }
 
 #[test]

@@ -84,6 +84,9 @@ pub(super) fn handle_frame(
     limits: &mut Limiters,
     f: Frame,
 ) -> Action {
+    if !comets_own(ch, f.op) {
+        return forward(ch, f);
+    }
     let reply = match f.op {
         Op::HEARTBEAT => heartbeat_reply(ctx, ch, &f),
         Op::CHANGE_ROOM => match change_room(ctx, ch, limits, &f) {
@@ -95,16 +98,29 @@ pub(super) fn handle_frame(
             Err(reason) => return Action::Close(reason),
         },
         Op::UNSUB => unwatch_ops(ch, &f),
-        Op::REFRESH if ch.grant().is_some() => {
+        // Op::REFRESH, of a connection with a grant.
+        _ => {
             if limits.refresh(ctx) {
                 return Action::Refresh(f);
             }
             refresh_refused(ctx, &f)
         }
-        _ => return forward(ch, f),
     };
     ch.reply(Outbound::Frame(reply));
     Action::Done
+}
+
+/// Whether comet handles frames of `op` itself on this connection (else they
+/// go to logic).
+fn comets_own(ch: &Channel, op: i32) -> bool {
+    matches!(op, Op::HEARTBEAT | Op::CHANGE_ROOM | Op::SUB | Op::UNSUB)
+        || (op == Op::REFRESH && ch.grant().is_some())
+}
+
+/// Whether `f` is a frame [`handle_frame`] turns into [`Action::Ask`]: an
+/// answered connection's frame for logic.
+pub(super) fn is_ask(ch: &Channel, f: &Frame) -> bool {
+    ch.is_answered() && !comets_own(ch, f.op)
 }
 
 /// Op 2: the reply carries the online count of the connection's room.
@@ -213,6 +229,7 @@ fn forward(ch: &Channel, f: Frame) -> Action {
             body: f.body,
         }),
         context: Bytes::new(),
+        more: Vec::new(),
     };
     if ch.is_answered() {
         if let Some(g) = ch.grant() {

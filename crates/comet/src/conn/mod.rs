@@ -321,7 +321,8 @@ async fn session(
     let mut out = VecDeque::new();
     let mut inbound = leftover;
     loop {
-        for item in inbound.drain(..) {
+        let mut items = inbound.drain(..).peekable();
+        while let Some(item) = items.next() {
             if ch.is_closed() {
                 // Replaced, timed out or shut down while handling a batch.
                 break;
@@ -344,20 +345,33 @@ async fn session(
                     call(ctx, "receive", ctx.logic.receive(req)).await;
                 }
                 Action::Ask(req, asked) => {
-                    let reply = call(ctx, "receive", ctx.logic.receive(req)).await;
-                    dispatch::answer(ch, &asked, reply.and_then(|r| r.proto));
-                    // Written before the next frame is handled: a client that
-                    // asks for large replies in a batch has one at a time in
-                    // memory, and waits for its own socket.
-                    let closing = ch.drain(&mut out);
-                    if !out.is_empty() {
-                        if let Some(end) = Box::pin(write_drained(ctx, ch, &mut out, closing)).await
+                    // The frames read with this one that go to logic as well
+                    // go with it, in one request (logic answers them in their
+                    // order; the chat stores a client's sends together).
+                    let mut asks = vec![(req, asked)];
+                    let mut over_rate = false;
+                    while asks.len() < ASKED_TOGETHER
+                        && !ch.is_closed()
+                        && matches!(items.peek(), Some(Inbound::Frame(f)) if dispatch::is_ask(ch, f))
+                    {
+                        let Some(item) = items.next() else { break };
+                        let Admitted::Frame(f) = admit(ctx, ch, &mut limits, item) else {
+                            // Over the frame rate: the connection is closing.
+                            over_rate = true;
+                            break;
+                        };
+                        // (Always an ask: `is_ask` said so.)
+                        if let Action::Ask(req, asked) =
+                            dispatch::handle_frame(ctx, ch, &mut limits, f)
                         {
-                            return end;
+                            asks.push((req, asked));
                         }
                     }
-                    if closing {
-                        return closed_by_server(ch);
+                    if let Some(end) = Box::pin(ask(ctx, ch, &mut out, asks)).await {
+                        return end;
+                    }
+                    if over_rate {
+                        break;
                     }
                 }
                 Action::Refresh(f) => {
@@ -370,6 +384,8 @@ async fn session(
                 }
             }
         }
+        // (What is left of a batch after a break is dropped.)
+        drop(items);
         if let Some(rec) = ch.recovery() {
             if rec.fill_due() && !ch.is_closed() {
                 Box::pin(fill(ctx, ch, rec)).await;
@@ -396,6 +412,45 @@ async fn session(
             },
         }
     }
+}
+
+/// Most frames of an answered connection asked about in one request: the
+/// replies of that many are in memory at once.
+const ASKED_TOGETHER: usize = 16;
+
+/// Asks logic about an answered connection's frames read together (one
+/// request) and writes the replies before the next frame is handled: a client
+/// that asks for large replies has at most [`ASKED_TOGETHER`] in memory at
+/// once, and waits for its own socket.
+async fn ask(
+    ctx: &ConnContext,
+    ch: &Channel,
+    out: &mut VecDeque<Outbound>,
+    asks: Vec<(herald_rpc::ReceiveReq, Frame)>,
+) -> Option<End> {
+    let mut asks = asks.into_iter();
+    let (mut req, first) = asks.next()?;
+    let mut asked = vec![first];
+    for (r, a) in asks {
+        req.more.extend(r.proto);
+        asked.push(a);
+    }
+    let (first, more) = match call(ctx, "receive", ctx.logic.receive(req)).await {
+        Some(reply) => (reply.proto, reply.more),
+        None => (None, Vec::new()),
+    };
+    let mut replies =
+        std::iter::once(first).chain(more.into_iter().map(|p| Some(p).filter(|p| p.op != 0)));
+    for a in &asked {
+        dispatch::answer(ch, a, replies.next().flatten());
+    }
+    let closing = ch.drain(out);
+    if !out.is_empty() {
+        if let Some(end) = write_drained(ctx, ch, out, closing).await {
+            return Some(end);
+        }
+    }
+    closing.then(|| closed_by_server(ch))
 }
 
 /// Runs the recovery fills that are due: history through logic, bounded by

@@ -242,14 +242,7 @@ async fn chat_sockets_send_sync_and_read_with_ops_4_18_20() {
     let (sync, events) = chat_op(&mut v, 18, &json!({})).await;
     v_events.extend(events);
     assert_eq!(sync["type"], "sync", "{sync}");
-    let ids = |v: &serde_json::Value| {
-        v["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["id"].as_i64().unwrap())
-            .collect::<Vec<_>>()
-    };
+    let ids = message_ids;
     assert_eq!(ids(&sync), vec![1, 2]);
     assert_eq!(
         (
@@ -419,6 +412,117 @@ async fn chat_sockets_send_sync_and_read_with_ops_4_18_20() {
     assert_eq!(r.status, 204, "{}", r.text());
     let (e, _) = chat_op(&mut v, 4, &json!({"body": "still here?"})).await;
     assert_eq!(e["status"], 403, "{e}");
+}
+
+#[tokio::test]
+async fn frames_written_together_are_answered_and_stored_in_their_order() {
+    use herald_proto::{ws, Frame};
+    let s = start().await;
+    let h = s.http_addr;
+    let agent = register(h, "acme", "alice").await;
+    let mut a = chat_socket(s.ws_addrs[0], agent["token"].as_str().unwrap()).await;
+    let mut expected_bodies = Vec::new();
+    for (round, ws_client) in [(0, false), (1, true)] {
+        let (token, _) = visitor(h, "acme").await;
+        let mut v = if ws_client {
+            chat_socket(s.ws_addrs[0], &token).await
+        } else {
+            chat_auth(Client::tcp(s.tcp_addrs[0]).await, &token).await
+        };
+        // Forty frames in one write (comet reads them together, more than it
+        // asks logic about at once): sends, a bad send, a sync, a heartbeat
+        // (comet's own) and a read among them.
+        let frames: Vec<(i32, Vec<u8>)> = (0..40)
+            .map(|i| match i {
+                10 => (4, json!({"body": ""}).to_string().into_bytes()),
+                20 => (18, json!({"limit": 100}).to_string().into_bytes()),
+                25 => (2, Vec::new()),
+                30 => (20, json!({"position": 3}).to_string().into_bytes()),
+                _ => (
+                    4,
+                    json!({"body": format!("r{round} m{i}"), "client_id": format!("c{i}")})
+                        .to_string()
+                        .into_bytes(),
+                ),
+            })
+            .collect();
+        let mut wire = Vec::new();
+        for (i, (op, body)) in frames.iter().enumerate() {
+            let f = Frame::new(1, *op, 1000 + i as i32, body.clone()).to_bytes();
+            if ws_client {
+                wire.extend(ws::client_frame(ws::opcode::BINARY, &f, [1, 2, 3, 4]));
+            } else {
+                wire.extend_from_slice(&f);
+            }
+        }
+        v.send_socket(&wire).await;
+        // Every frame answered, in the order written (events in between).
+        let mut replies = Vec::new();
+        while replies.len() < frames.len() {
+            let f = v.recv().await.expect("a reply");
+            if f.seq != 0 {
+                replies.push(f);
+            }
+        }
+        let seqs: Vec<i32> = replies.iter().map(|f| f.seq).collect();
+        assert_eq!(seqs, (1000..1040).collect::<Vec<_>>(), "round {round}");
+        let body = |f: &Frame| serde_json::from_slice::<serde_json::Value>(&f.body).unwrap();
+        // The sends' ids follow the frames' order, with no gap.
+        let mut next_id = 1;
+        let mut sent_before_sync = Vec::new();
+        for (i, f) in replies.iter().enumerate() {
+            match i {
+                10 => {
+                    let e = body(f);
+                    assert_eq!((f.op, e["status"].clone()), (5, json!(400)), "{e}");
+                }
+                20 => {
+                    let sync = body(f);
+                    assert_eq!(f.op, 19, "{sync}");
+                    assert_eq!(
+                        message_ids(&sync),
+                        sent_before_sync,
+                        "the sync sees the sends before it"
+                    );
+                }
+                25 => assert_eq!(f.op, 3, "the heartbeat's reply"),
+                30 => {
+                    let read = body(f);
+                    assert_eq!((f.op, read["position"].clone()), (21, json!(3)), "{read}");
+                }
+                _ => {
+                    let sent = body(f);
+                    assert_eq!(f.op, 5, "{sent}");
+                    assert_eq!(
+                        (sent["type"].clone(), sent["message"]["id"].clone()),
+                        (json!("sent"), json!(next_id)),
+                        "frame {i}: {sent}"
+                    );
+                    assert_eq!(sent["message"]["body"], format!("r{round} m{i}"));
+                    if i < 20 {
+                        sent_before_sync.push(next_id);
+                    }
+                    next_id += 1;
+                    expected_bodies.push(format!("r{round} m{i}"));
+                }
+            }
+        }
+    }
+    // The agent's events of each conversation come in the same order.
+    let mut bodies = Vec::new();
+    while bodies.len() < expected_bodies.len() {
+        let e = chat_event_of(&mut a, "message").await;
+        bodies.push(e["message"]["body"].as_str().unwrap().to_string());
+    }
+    for round in ["r0 ", "r1 "] {
+        let of = |b: &Vec<String>| {
+            b.iter()
+                .filter(|b| b.starts_with(round))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of(&bodies), of(&expected_bodies), "{round}");
+    }
 }
 
 #[tokio::test]

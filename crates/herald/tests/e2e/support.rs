@@ -636,6 +636,17 @@ pub async fn chat_op(c: &mut Client, op: i32, body: &Value) -> (Value, Vec<Value
     }
 }
 
+/// The ids of the messages in a page of history (a sync's reply, or the HTTP
+/// history).
+pub fn message_ids(page: &Value) -> Vec<i64> {
+    page["messages"]
+        .as_array()
+        .expect("a page of messages")
+        .iter()
+        .map(|m| m["id"].as_i64().expect("a message id"))
+        .collect()
+}
+
 /// Registers shop `shop` with agent `user` (password "correct horse") through
 /// the chat API at `addr`; the answer (`token`, `user`, `shop`).
 pub async fn chat_register(addr: SocketAddr, shop: &str, user: &str) -> Value {

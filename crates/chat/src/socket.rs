@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use herald_logic::{Authenticator, Identity};
+use herald_logic::{AnswerBudget, Authenticator, Identity};
 use herald_rpc::{ConnectReq, ErrorKind, Grant, Proto, ReceiveReq, RpcError, RpcResult};
 use serde::{Deserialize, Serialize};
 
@@ -114,11 +114,21 @@ impl Authenticator for ChatAuthenticator {
             return self.inner.answer_all(req).await;
         }
         let frames: Vec<&Proto> = req.proto.iter().chain(&req.more).collect();
-        // One check of the session for the frames read together.
-        let caller = self.connection_caller(req).await;
+        // One check of the session for the frames read together (none when
+        // none is the chat's).
+        let caller = if frames.iter().any(|p| reply_op(p.op).is_some()) {
+            Some(self.connection_caller(req).await)
+        } else {
+            None
+        };
         let mut replies = Vec::with_capacity(frames.len());
+        let mut budget = AnswerBudget::new();
         let mut rest = &frames[..];
         while let Some(first) = rest.first() {
+            if !replies.is_empty() && budget.spent() {
+                // The rest are asked about again.
+                break;
+            }
             // Sends in a row are stored together, in their order.
             let n = match first.op {
                 SEND_OP => rest.iter().take_while(|p| p.op == SEND_OP).count(),
@@ -128,13 +138,16 @@ impl Authenticator for ChatAuthenticator {
             let outcomes = match &caller {
                 // Not a chat op: goim's empty echo.
                 _ if reply_op(first.op).is_none() => vec![],
-                Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
-                Ok(caller) if first.op == SEND_OP => self.sends(caller, these).await,
-                Ok(caller) => vec![self.op(caller, first).await],
+                None => vec![],
+                Some(Err(e)) => (0..n).map(|_| Err(e.clone())).collect(),
+                Some(Ok(caller)) if first.op == SEND_OP => self.sends(caller, these).await,
+                Some(Ok(caller)) => vec![self.op(caller, first).await],
             };
             let mut outcomes = outcomes.into_iter();
             for p in these {
-                replies.push(outcomes.next().and_then(|o| reply_to(p, o)));
+                let reply = outcomes.next().and_then(|o| reply_to(p, o));
+                budget.took(reply.iter());
+                replies.push(reply);
             }
             rest = later;
         }

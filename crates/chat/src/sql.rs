@@ -716,15 +716,27 @@ impl ChatStore for SqlStore {
     async fn append_all(&self, ms: &[NewMessage]) -> Vec<Result<(Message, bool), StoreError>> {
         let mut out = Vec::with_capacity(ms.len());
         if let Some(appender) = self.appender() {
-            // All handed over first, in order, then waited for: they are stored
-            // in that order, in one batch or in consecutive ones.
-            let mut answers = Vec::with_capacity(ms.len());
-            for m in ms {
-                answers
-                    .push(hand_over(&appender, |answer| Append::Message(m.clone(), answer)).await);
+            // Handed over together (in parts of APPEND_PART, one after the
+            // other), then waited for: stored in that order, each part in one
+            // transaction with whatever else is waiting.
+            let mut answers = Vec::new();
+            for part in ms.chunks(APPEND_PART) {
+                let (n, part) = (part.len(), part.to_vec());
+                answers.push((
+                    n,
+                    hand_over(&appender, |answer| Append::Messages(part, answer)).await,
+                ));
             }
-            for answered in answers {
-                out.push(outcome(answered).await);
+            for (n, answered) in answers {
+                match outcome(answered).await {
+                    Ok(each) => out.extend(each),
+                    Err(e) => {
+                        let why = e.to_string();
+                        out.extend((0..n).map(|_| {
+                            Err(StoreError::Unavailable(sqlx::Error::Protocol(why.clone())))
+                        }));
+                    }
+                }
             }
             return out;
         }
@@ -1292,12 +1304,15 @@ async fn append_in(
     Ok((message_from(&existing, "")?, false))
 }
 
-/// A write waiting for SQLite's appender, and where its outcome goes.
+/// The outcome of each message of an [`Append::Messages`], in order.
+type Appended = Vec<Result<(Message, bool), StoreError>>;
+
+/// A write waiting for the appender, and where its outcome goes.
 enum Append {
-    /// A send.
-    Message(
-        NewMessage,
-        tokio::sync::oneshot::Sender<Result<(Message, bool), StoreError>>,
+    /// Sends, stored in this order and in the same transaction.
+    Messages(
+        Vec<NewMessage>,
+        tokio::sync::oneshot::Sender<Result<Appended, StoreError>>,
     ),
     /// A user's last-seen time ([`ChatStore::touch`]).
     Seen(
@@ -1330,8 +1345,22 @@ async fn outcome<T>(
     }
 }
 
-/// Most writes one appender transaction stores.
+impl Append {
+    /// The messages it holds.
+    fn messages(&self) -> usize {
+        match self {
+            Append::Messages(ms, _) => ms.len(),
+            Append::Seen(..) => 0,
+        }
+    }
+}
+
+/// Most writes one appender transaction takes on (it may go over by one
+/// [`Append::Messages`], of at most [`APPEND_PART`] messages).
 const APPEND_BATCH: usize = 1024;
+
+/// Most messages handed to the appender as one write.
+const APPEND_PART: usize = 64;
 
 /// The appender: stores the sends (and SQLite's last-seen times) waiting for it in
 /// one transaction (one commit, one sync of the log for all of them), then the
@@ -1343,12 +1372,21 @@ async fn append_batches(
     mut waiting: tokio::sync::mpsc::Receiver<Append>,
 ) {
     let mut batch = Vec::with_capacity(APPEND_BATCH);
-    while waiting.recv_many(&mut batch, APPEND_BATCH).await > 0 {
-        let mut messages = Vec::with_capacity(batch.len());
+    while let Some(first) = waiting.recv().await {
+        // What is waiting, up to APPEND_BATCH writes (messages, or last-seen
+        // times).
+        let mut writes = first.messages().max(1);
+        batch.push(first);
+        while writes < APPEND_BATCH {
+            let Ok(w) = waiting.try_recv() else { break };
+            writes += w.messages().max(1);
+            batch.push(w);
+        }
+        let mut messages = Vec::with_capacity(writes);
         let mut seen: Vec<(Id, Millis)> = Vec::new();
         for w in &batch {
             match w {
-                Append::Message(m, _) => messages.push(m),
+                Append::Messages(ms, _) => messages.extend(ms),
                 Append::Seen(user, at, _) => seen.push((*user, *at)),
             }
         }
@@ -1360,16 +1398,20 @@ async fn append_batches(
         for w in batch.drain(..) {
             let failed = |why: &String| StoreError::Unavailable(sqlx::Error::Protocol(why.clone()));
             match (w, &mut stored) {
-                (Append::Message(_, answer), Ok(stored)) => {
-                    let r = stored
-                        .next()
-                        .unwrap_or(Err(StoreError::Corrupt("a send without an outcome".into())));
-                    let _ = answer.send(r);
+                (Append::Messages(ms, answer), Ok(stored)) => {
+                    let each = (0..ms.len())
+                        .map(|_| {
+                            stored.next().unwrap_or(Err(StoreError::Corrupt(
+                                "a send without an outcome".into(),
+                            )))
+                        })
+                        .collect();
+                    let _ = answer.send(Ok(each));
                 }
                 (Append::Seen(.., answer), Ok(_)) => {
                     let _ = answer.send(Ok(()));
                 }
-                (Append::Message(_, answer), Err(why)) => {
+                (Append::Messages(_, answer), Err(why)) => {
                     let _ = answer.send(Err(failed(why)));
                 }
                 (Append::Seen(.., answer), Err(why)) => {

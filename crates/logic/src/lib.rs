@@ -78,34 +78,81 @@ pub trait Authenticator: Send + Sync + 'static {
     }
 
     /// The replies to frames of an answered connection that comet read
-    /// together: `req.proto`, then each of `req.more`, one per frame in that
-    /// order (`None`: goim's empty echo). By default each is [`answer`]ed in
-    /// turn, as if it had come in a request of its own; a frame that could not
-    /// be asked about gets the empty echo and the rest are still answered.
+    /// together: `req.proto`, then each of `req.more`, one per frame handled,
+    /// in that order (`None`: goim's empty echo). It may stop before the end
+    /// (after the first) once its [`AnswerBudget`] is spent: comet asks about
+    /// the frames left again. By default each is [`answer`]ed in turn, as if
+    /// it had come in a request of its own; a frame that could not be asked
+    /// about gets the empty echo and the next ones are still answered.
     ///
     /// [`answer`]: Authenticator::answer
     async fn answer_all(&self, req: &ReceiveReq) -> RpcResult<Vec<Option<Proto>>> {
         let mut replies = Vec::with_capacity(1 + req.more.len());
+        let mut budget = AnswerBudget::new();
         for p in req.proto.iter().chain(&req.more) {
+            if !replies.is_empty() && budget.spent() {
+                break;
+            }
             let one = ReceiveReq {
                 mid: req.mid,
                 proto: Some(p.clone()),
                 context: req.context.clone(),
                 more: Vec::new(),
             };
-            replies.push(match self.answer(&one).await {
+            let reply = match self.answer(&one).await {
                 Ok(reply) => reply,
                 Err(e) => {
                     warn!(mid = req.mid, op = p.op, error = %e, "a frame could not be answered");
                     None
                 }
-            });
+            };
+            budget.took(reply.iter());
+            replies.push(reply);
         }
         Ok(replies)
     }
 
     /// The mode's name, for logs and metrics.
     fn mode(&self) -> &'static str;
+}
+
+/// What one [`Authenticator::answer_all`] takes on: once its replies hold
+/// [`AnswerBudget::BYTES`] or it has run for [`AnswerBudget::TIME`], it stops
+/// and hands the frames left back to comet (which writes the replies so far
+/// and asks again). It keeps a connection's frames asked about together from
+/// holding more memory, or taking longer, than a few answered one by one.
+#[derive(Debug)]
+pub struct AnswerBudget {
+    started: std::time::Instant,
+    bytes: usize,
+}
+
+impl AnswerBudget {
+    pub const BYTES: usize = 1 << 20;
+    pub const TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub fn new() -> AnswerBudget {
+        AnswerBudget {
+            started: std::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Counts replies made.
+    pub fn took<'a>(&mut self, replies: impl Iterator<Item = &'a Proto>) {
+        self.bytes += replies.map(|p| p.body.len()).sum::<usize>();
+    }
+
+    /// Whether no more frames should be taken on (the first always is).
+    pub fn spent(&self) -> bool {
+        self.bytes >= Self::BYTES || self.started.elapsed() >= Self::TIME
+    }
+}
+
+impl Default for AnswerBudget {
+    fn default() -> AnswerBudget {
+        AnswerBudget::new()
+    }
 }
 
 /// goim's behaviour: the auth body is the identity.

@@ -173,4 +173,25 @@ async fn frames_read_together_are_answered_one_by_one_in_order() {
         reply.more,
         vec![herald_rpc::Proto::default(), frame(19, 4, "FOUR")]
     );
+    // Replies past the budget's bytes: the frames after them are left for
+    // comet to ask about again (no reply).
+    let half = bytes::Bytes::from(vec![b'a'; herald_logic::AnswerBudget::BYTES / 2]);
+    let large = |seq: i32| herald_rpc::Proto {
+        ver: 1,
+        op: 4,
+        seq,
+        body: half.clone(),
+    };
+    let reply = logic
+        .receive(herald_rpc::ReceiveReq {
+            mid: 7,
+            proto: Some(large(5)),
+            more: vec![large(6), large(7), large(8)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.proto.unwrap().seq, 5);
+    let answered: Vec<i32> = reply.more.iter().map(|p| p.seq).collect();
+    assert_eq!(answered, vec![6], "two halves spend the budget");
 }

@@ -414,14 +414,16 @@ async fn session(
     }
 }
 
-/// Most frames of an answered connection asked about in one request: the
-/// replies of that many are in memory at once.
+/// Most frames of an answered connection asked about in one request.
 const ASKED_TOGETHER: usize = 16;
 
-/// Asks logic about an answered connection's frames read together (one
-/// request) and writes the replies before the next frame is handled: a client
-/// that asks for large replies has at most [`ASKED_TOGETHER`] in memory at
-/// once, and waits for its own socket.
+/// Asks logic about an answered connection's frames read together, in one
+/// request, and writes the replies before the next frame is handled. Logic
+/// answers them in order and may stop early (its replies' size or time being
+/// spent, or a logic that answers only the first): the frames left are asked
+/// about again, after the replies so far are written. When a request fails or
+/// times out, each frame it held gets the empty echo (logic may have handled
+/// some: the client sends again, idempotently).
 async fn ask(
     ctx: &ConnContext,
     ch: &Channel,
@@ -429,28 +431,45 @@ async fn ask(
     asks: Vec<(herald_rpc::ReceiveReq, Frame)>,
 ) -> Option<End> {
     let mut asks = asks.into_iter();
-    let (mut req, first) = asks.next()?;
+    let (mut template, first) = asks.next()?;
+    let mut frames: Vec<herald_rpc::Proto> = template.proto.take().into_iter().collect();
     let mut asked = vec![first];
     for (r, a) in asks {
-        req.more.extend(r.proto);
+        frames.extend(r.proto);
         asked.push(a);
     }
-    let (first, more) = match call(ctx, "receive", ctx.logic.receive(req)).await {
-        Some(reply) => (reply.proto, reply.more),
-        None => (None, Vec::new()),
-    };
-    let mut replies =
-        std::iter::once(first).chain(more.into_iter().map(|p| Some(p).filter(|p| p.op != 0)));
-    for a in &asked {
-        dispatch::answer(ch, a, replies.next().flatten());
-    }
-    let closing = ch.drain(out);
-    if !out.is_empty() {
-        if let Some(end) = write_drained(ctx, ch, out, closing).await {
-            return Some(end);
+    let mut done = 0;
+    while done < asked.len() {
+        let req = herald_rpc::ReceiveReq {
+            proto: frames.get(done).cloned(),
+            more: frames.get(done + 1..).unwrap_or_default().to_vec(),
+            ..template.clone()
+        };
+        let left = asked.len() - done;
+        let (first, more) = match call(ctx, "receive", ctx.logic.receive(req)).await {
+            Some(reply) => (reply.proto, reply.more),
+            None => (None, vec![herald_rpc::Proto::default(); left - 1]),
+        };
+        // The first is always answered; of the others, those with a reply (op
+        // 0: the empty echo).
+        let replies = std::iter::once(first)
+            .chain(more.into_iter().map(|p| Some(p).filter(|p| p.op != 0)))
+            .take(left);
+        for reply in replies {
+            dispatch::answer(ch, &asked[done], reply);
+            done += 1;
+        }
+        let closing = ch.drain(out);
+        if !out.is_empty() {
+            if let Some(end) = write_drained(ctx, ch, out, closing).await {
+                return Some(end);
+            }
+        }
+        if closing {
+            return Some(closed_by_server(ch));
         }
     }
-    closing.then(|| closed_by_server(ch))
+    None
 }
 
 /// Runs the recovery fills that are due: history through logic, bounded by

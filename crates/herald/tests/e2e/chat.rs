@@ -526,6 +526,51 @@ async fn frames_written_together_are_answered_and_stored_in_their_order() {
 }
 
 #[tokio::test]
+async fn large_replies_asked_for_together_all_come_in_order() {
+    use herald_proto::Frame;
+    let s = start().await;
+    let h = s.http_addr;
+    register(h, "acme", "alice").await;
+    let (token, _) = visitor(h, "acme").await;
+    let mut v = chat_auth(Client::tcp(s.tcp_addrs[0]).await, &token).await;
+    // 100 messages of 4,000 bytes: a page of them is about 400 KB.
+    let big = "x".repeat(4000);
+    let mut wire = Vec::new();
+    for i in 0..100 {
+        let body = json!({"body": format!("{i:03}{}", &big[3..])}).to_string();
+        wire.extend_from_slice(&Frame::new(1, 4, 100 + i, body.into_bytes()).to_bytes());
+    }
+    v.send_socket(&wire).await;
+    let mut answered = 0;
+    while answered < 100 {
+        if v.recv().await.expect("a reply").seq != 0 {
+            answered += 1;
+        }
+    }
+    // Ten syncs of the whole page in one write: more than logic answers in
+    // one go (its replies' budget is 1 MiB); every one is answered, in order,
+    // with the whole page.
+    let mut wire = Vec::new();
+    for i in 0..10 {
+        let body = json!({"limit": 100}).to_string();
+        wire.extend_from_slice(&Frame::new(1, 18, 1000 + i, body.into_bytes()).to_bytes());
+    }
+    v.send_socket(&wire).await;
+    let mut seqs = Vec::new();
+    while seqs.len() < 10 {
+        let f = v.recv().await.expect("a reply");
+        if f.seq == 0 {
+            continue;
+        }
+        let page: serde_json::Value = serde_json::from_slice(&f.body).unwrap();
+        assert_eq!(f.op, 19, "{}", page["message"]);
+        assert_eq!(message_ids(&page), (1..=100).collect::<Vec<_>>());
+        seqs.push(f.seq);
+    }
+    assert_eq!(seqs, (1000..1010).collect::<Vec<_>>());
+}
+
+#[tokio::test]
 async fn bad_chat_requests_get_json_errors_and_tenants_stay_apart() {
     let s = start().await;
     let h = s.http_addr;

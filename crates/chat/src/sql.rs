@@ -713,7 +713,7 @@ impl ChatStore for SqlStore {
         Ok(())
     }
 
-    async fn append_all(&self, ms: &[NewMessage]) -> Vec<Result<(Message, bool), StoreError>> {
+    async fn append_all(&self, ms: &[NewMessage]) -> Appended {
         let mut out = Vec::with_capacity(ms.len());
         if let Some(appender) = self.appender() {
             // Handed over together (in parts of APPEND_PART, one after the
@@ -1304,7 +1304,7 @@ async fn append_in(
     Ok((message_from(&existing, "")?, false))
 }
 
-/// The outcome of each message of an [`Append::Messages`], in order.
+/// The outcome of each message of a batch of sends, in order.
 type Appended = Vec<Result<(Message, bool), StoreError>>;
 
 /// A write waiting for the appender, and where its outcome goes.
@@ -1431,7 +1431,7 @@ async fn append_batch(
     engine: Engine,
     messages: &[&NewMessage],
     seen: &[(Id, Millis)],
-) -> Result<Vec<Result<(Message, bool), StoreError>>, StoreError> {
+) -> Result<Appended, StoreError> {
     // PostgreSQL may end a transaction to break a deadlock (with a writer that
     // locks conversations in another order) or a serialization failure: the
     // batch is tried again, twice at most, before its sends fail.
@@ -1458,7 +1458,7 @@ async fn append_batch_once(
     engine: Engine,
     messages: &[&NewMessage],
     seen: &[(Id, Millis)],
-) -> Result<Vec<Result<(Message, bool), StoreError>>, StoreError> {
+) -> Result<Appended, StoreError> {
     if let Some(stored) = append_together(writer, engine, messages, seen).await? {
         return Ok(stored);
     }
@@ -1561,7 +1561,7 @@ async fn append_together(
     engine: Engine,
     messages: &[&NewMessage],
     seen: &[(Id, Millis)],
-) -> Result<Option<Vec<Result<(Message, bool), StoreError>>>, StoreError> {
+) -> Result<Option<Appended>, StoreError> {
     // Each conversation once: (id, its messages in the batch, the latest time),
     // and each message's place among its conversation's (from 1).
     let mut counts: Vec<(Id, i64, Millis)> = Vec::new();
